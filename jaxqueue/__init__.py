@@ -1,0 +1,1 @@
+"""jaxqueue: exact, vectorized simulation and fluid control of LLM-inference clusters."""

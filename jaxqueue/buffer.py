@@ -1,0 +1,112 @@
+"""A first-come-first-served buffer across classes, with exact exponential abandonment.
+
+Counts per class cannot say which job is at the head of a buffer that several classes share:
+that needs the arrival order. :class:`Ring` keeps the jobs in arrival order in a ring of
+``capacity`` slots (static): each entry is the job's class, its entry time and its abandonment
+deadline. A push writes the tail, a pop reads the head: O(1) per event whatever the capacity.
+
+Abandonment is exact and *lazy*. A job entering the buffer draws its Exp(theta_i) patience once
+and abandons at ``entry + patience`` if still waiting; by memorylessness this is the CTMC's rate
+``theta_i`` per waiting job (MODEL.md Sec. 2). Nothing needs to happen at that moment: nobody
+else's rate depends on the buffer's contents, only on whether a *live* job waits. So a job whose
+deadline has passed stays in the ring, and is discarded (and counted as abandoned, at its
+deadline) when it reaches the head at a moment the policy wants to serve the buffer. The
+simulator runs such discards as zero-time bookkeeping steps (:meth:`AbstractSystem.pending`), so
+the first live job from the head is always the one served: FCFS among live jobs, exactly.
+Time integrals of the buffer's content are credited job by job when a job leaves (served or
+abandoned), over the part of its wait inside the statistics window.
+
+Times are kept relative to the current scan chunk (:func:`rebase`) so a float32 time never
+loses resolution on long runs. A push into a full ring (live plus not-yet-discarded jobs) sets
+``overflow``; the simulator then raises an error naming the capacity. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["Ring", "empty", "push", "pop", "peek", "rebase"]
+
+
+class Ring(eqx.Module):
+    """Jobs of several classes in arrival order.
+
+    Attributes:
+        label: class of each slot's job.
+        entry: chunk-relative time each job entered.
+        deadline: chunk-relative time each job abandons (if still waiting).
+        head: slot of the oldest job.
+        size: number of jobs held (live or awaiting discard).
+        overflow: set once a push found the ring full.
+    """
+
+    label: Int[Array, " K"]
+    entry: Float[Array, " K"]
+    deadline: Float[Array, " K"]
+    head: Int[Array, ""]
+    size: Int[Array, ""]
+    overflow: Bool[Array, ""]
+
+    @property
+    def capacity(self) -> int:
+        return self.label.shape[0]
+
+
+def empty(capacity: int) -> Ring:
+    """An empty ring with ``capacity`` slots."""
+    return Ring(
+        label=jnp.zeros((capacity,), jnp.int32),
+        entry=jnp.zeros((capacity,), jnp.float32),
+        deadline=jnp.zeros((capacity,), jnp.float32),
+        head=jnp.int32(0),
+        size=jnp.int32(0),
+        overflow=jnp.bool_(False),
+    )
+
+
+def push(ring: Ring, do: Bool[Array, ""], label: Int[Array, ""], entry: Float[Array, ""],
+         deadline: Float[Array, ""]) -> Ring:
+    """Appends a job when ``do`` is true."""
+    fits = ring.size < ring.capacity
+    write = do & fits
+    # An out-of-range index with mode="drop" writes nothing: no select over the whole ring.
+    slot = jnp.where(write, (ring.head + ring.size) % ring.capacity, ring.capacity)
+    return Ring(
+        label=ring.label.at[slot].set(label, mode="drop"),
+        entry=ring.entry.at[slot].set(entry, mode="drop"),
+        deadline=ring.deadline.at[slot].set(deadline, mode="drop"),
+        head=ring.head,
+        size=ring.size + write.astype(jnp.int32),
+        overflow=ring.overflow | (do & ~fits),
+    )
+
+
+def peek(ring: Ring) -> tuple[Int[Array, ""], Float[Array, ""], Float[Array, ""]]:
+    """(class, entry, deadline) of the head job (meaningless when empty)."""
+    return ring.label[ring.head], ring.entry[ring.head], ring.deadline[ring.head]
+
+
+def pop(ring: Ring, do: Bool[Array, ""]) -> Ring:
+    """Drops the head job when ``do`` is true (the caller checked the ring is not empty)."""
+    step = do.astype(jnp.int32)
+    return Ring(
+        label=ring.label,
+        entry=ring.entry,
+        deadline=ring.deadline,
+        head=(ring.head + step) % ring.capacity,
+        size=ring.size - step,
+        overflow=ring.overflow,
+    )
+
+
+def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
+    """Shifts stored times to a clock that starts ``elapsed`` later (start of the next chunk)."""
+    return eqx.tree_at(lambda r: (r.entry, r.deadline), ring,
+                       (ring.entry - elapsed, ring.deadline - elapsed))
+
+
+def overlap(start, end, w0, w1):
+    """Length of ``[start, end]`` inside the window ``[w0, w1]``."""
+    return jnp.maximum(jnp.minimum(end, w1) - jnp.maximum(start, w0), 0.0)

@@ -1,0 +1,467 @@
+"""Fluid (steady-state) LPs of the paper (Eq. 40 and 42) and its SLI-aware LP (Sec. 5).
+
+Each LP is solved on the host in float64 with SciPy's HiGHS. Variables are per-GPU fluid
+quantities of each class: prefills in service ``x``, decodes in service on mixed GPUs ``y_m``
+and on solo GPUs ``y_s``, and the prefill and decode queues ``q_p`` and ``q_d``. The result is a
+frozen :class:`Plan` that the policies consume as arrays (static planning, Sec. 4).
+
+Dual values are reported as shadow prices: revenue per GPU per second gained per unit of extra
+right-hand side, so every capacity or SLI shadow price is nonnegative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linprog
+
+from .model import Model
+
+__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Plan", "frontier", "plan_summary",
+           "solve", "solve_bundled", "solve_separate"]
+
+PRICINGS = ("bundled", "separate")
+SLI_NAMES = ("prefill_fairness", "decode_fairness", "tpot")
+_VARS = ("x", "y_m", "y_s", "q_p", "q_d")
+_HIGHS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+
+
+class FluidError(ValueError):
+    """A fluid LP that cannot be solved: infeasible, unbounded, or a HiGHS failure.
+
+    Attributes:
+        constraint: the SLI whose target cannot be met (``None`` for other failures).
+        smallest: the smallest feasible value of that SLI under the other constraints.
+    """
+
+    def __init__(self, message: str, *, constraint: str | None = None,
+                 smallest: float | None = None):
+        super().__init__(message)
+        self.constraint = constraint
+        self.smallest = smallest
+
+
+class _Infeasible(FluidError):
+    """An infeasible LP (HiGHS status 2)."""
+
+
+def _check_number(field_name: str, v) -> None:
+    try:
+        ok = not isinstance(v, bool) and math.isfinite(float(v)) and float(v) >= 0.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{field_name} = {v!r} is invalid: must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class SLI:
+    """Service-level targets of the SLI-aware LP (Sec. 5); ``None`` leaves an SLI free.
+
+    Attributes:
+        prefill_fairness: eta_1, bound on ``max_{i,j} (x_i - x_j)`` (prefills per GPU).
+        decode_fairness: eta_2, bound on ``max_{i,j} (y_s,i - y_s,j)`` (solo decodes per GPU).
+        tpot: eta_3, bound on the slot-weighted average time per output token, seconds.
+        penalty: if True the targets are soft: the objective subtracts
+            ``weights[k] * max(0, indicator_k - eta_k)`` instead of imposing them.
+        weights: penalty weight per SLI name (revenue per unit of excess), default 1.0 each.
+    """
+
+    prefill_fairness: float | None = None
+    decode_fairness: float | None = None
+    tpot: float | None = None
+    penalty: bool = False
+    weights: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        for name in SLI_NAMES:
+            if getattr(self, name) is not None:
+                _check_number(f"SLI {name}", getattr(self, name))
+        if not isinstance(self.penalty, bool):
+            raise TypeError(f"SLI penalty = {self.penalty!r} is invalid: must be True or False")
+        for k, v in dict(self.weights).items():
+            if k not in SLI_NAMES:
+                raise ValueError(f"SLI weights key {k!r} is invalid: allowed keys are {SLI_NAMES}")
+            _check_number(f"SLI weights[{k!r}]", v)
+
+    @property
+    def targets(self) -> dict[str, float]:
+        """The SLIs that carry a target, name -> eta."""
+        return {k: float(getattr(self, k)) for k in SLI_NAMES if getattr(self, k) is not None}
+
+    def weight(self, name: str) -> float:
+        """Penalty weight of one SLI (1.0 unless given)."""
+        return float(self.weights.get(name, 1.0))
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """An optimal solution of a fluid LP (per-GPU quantities; arrays have shape ``(I,)``).
+
+    Attributes:
+        pricing: ``"bundled"`` (Eq. 40) or ``"separate"`` (Eq. 42); SLI solves are bundled.
+        x: prefills in service per GPU.
+        y_m: decodes in service on mixed GPUs, per GPU.
+        y_s: decodes in service on solo GPUs, per GPU.
+        q_p: prefill queue per GPU.
+        q_d: decode queue per GPU.
+        revenue: revenue per GPU per second at the optimum (before any SLI penalty).
+        objective: optimal LP objective (revenue minus SLI penalties; equals revenue otherwise).
+        duals: shadow prices of the capacities ``"prefill"`` (sum x <= 1), ``"mixed"``
+            (sum y_m <= (B-1) sum x) and ``"solo"`` (sum y_s <= B (1 - sum x)); >= 0.
+        flow_duals: per-class shadow prices of the balance equations: ``"arrival"``, value of
+            one more class-i arrival per second (lambda_i = mu_p x + theta q_p); ``"decode"``,
+            value of one more class-i job per second entering the decode buffer.
+        solo_efficient: Prop. 3.2's condition ``gamma*tau >= (B-1)/B``.
+        sli: value of each SLI at the optimum (prefill/decode fairness, TPOT in seconds).
+        sli_duals: for SLI solves, the shadow price of each hard SLI target (revenue per unit
+            of eta, >= 0; 0 when the target does not bind); empty otherwise.
+    """
+
+    pricing: str
+    x: np.ndarray
+    y_m: np.ndarray
+    y_s: np.ndarray
+    q_p: np.ndarray
+    q_d: np.ndarray
+    revenue: float
+    objective: float
+    duals: dict[str, float]
+    flow_duals: dict[str, np.ndarray]
+    solo_efficient: bool
+    sli: dict[str, float]
+    sli_duals: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sum_x(self) -> float:
+        """Fraction of GPUs that must be mixed, ``sum_i x_i``."""
+        return float(np.sum(self.x))
+
+    def mixed_gpus(self, n: int) -> int:
+        """Number of mixed GPUs ``M = ceil(n * sum_i x_i)`` for n GPUs (Sec. 4.1).
+
+        LP round-off (``n*sum_x = 106.0000000001``) is not rounded up, and the result is kept in
+        ``[0, n]`` (only round-off can take it out).
+
+        Raises:
+            ValueError: n is not an integer >= 1.
+        """
+        try:
+            ok = not isinstance(n, bool) and float(n).is_integer() and n >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(f"n = {n!r} is invalid: must be an integer >= 1")
+        n = int(n)
+        v = n * self.sum_x
+        near = round(v)
+        m = near if abs(v - near) <= 1e-9 * max(1.0, abs(v)) else math.ceil(v)
+        return int(min(max(m, 0), n))
+
+    def completion_rate(self, model: Model) -> np.ndarray:
+        """Decode completions per GPU per second of each class, ``mu_m y_m + mu_s y_s``."""
+        return np.asarray(model.mu_m * self.y_m + model.mu_s * self.y_s, dtype=np.float64)
+
+
+# ---- LP assembly ---------------------------------------------------------------------------------
+class _LP:
+    """A small LP in maximization form, with named variable blocks and named rows."""
+
+    def __init__(self, num: int):
+        self.cols: dict[str, slice] = {}
+        self.bounds: list[tuple[float, float | None]] = []
+        self.ub: list[tuple[str, np.ndarray, float]] = []
+        self.eq: list[tuple[str, np.ndarray, float]] = []
+        for name in _VARS:
+            self.var(name, num)
+
+    def var(self, name: str, size: int = 1) -> None:
+        start = len(self.bounds)
+        self.cols[name] = slice(start, start + size)
+        self.bounds += [(0.0, None)] * size
+
+    def row(self, kind: str, name: str, coef: Mapping[str, object], rhs: float) -> None:
+        a = np.zeros(len(self.bounds))
+        for var, c in coef.items():
+            a[self.cols[var]] += c
+        (self.ub if kind == "<=" else self.eq).append((name, a, float(rhs)))
+
+    def solve(self, objective: Mapping[str, object], what: str):
+        """Maximizes ``objective``; returns (value, solution, {row name: shadow price})."""
+        n = len(self.bounds)
+        c = np.zeros(n)
+        for var, v in objective.items():
+            c[self.cols[var]] += v
+
+        def mat(rows):  # rows added before later auxiliaries are padded with zeros
+            return np.array([np.pad(a, (0, n - a.size)) for _, a, _ in rows])
+
+        res = linprog(-c, A_ub=mat(self.ub), b_ub=[b for *_, b in self.ub], A_eq=mat(self.eq),
+                      b_eq=[b for *_, b in self.eq], bounds=self.bounds, method="highs",
+                      options=_HIGHS)
+        if res.status == 2:
+            raise _Infeasible(f"{what} is infeasible")
+        if res.status == 3:
+            raise FluidError(f"{what} is unbounded")
+        if res.status != 0:
+            raise FluidError(f"{what}: HiGHS failed (status {res.status}): {res.message}")
+        # HiGHS marginals are d(min objective)/d(rhs) of the minimization of -c: negate them.
+        duals = {name: -float(m) for (name, _, _), m in zip(self.ub, res.ineqlin.marginals)}
+        duals.update({name: -float(m) for (name, _, _), m in zip(self.eq, res.eqlin.marginals)})
+        return -float(res.fun), res.x, duals
+
+
+def _base(model: Model, q_d_zero: bool = False) -> _LP:
+    """Constraints of Eq. (40) and (42): capacities (Eq. 12-14 per GPU) and flow balance."""
+    num, big_b = model.num_classes, float(model.B)
+    lp = _LP(num)
+    if q_d_zero:  # Sec. 5: the SLI-aware LP keeps no decode backlog.
+        lp.bounds[lp.cols["q_d"]] = [(0.0, 0.0)] * num
+    ones = np.ones(num)
+    lp.row("<=", "prefill", {"x": ones}, 1.0)                                # sum x <= 1
+    lp.row("<=", "mixed", {"y_m": ones, "x": -(big_b - 1.0) * ones}, 0.0)    # sum y_m <= (B-1) X
+    lp.row("<=", "solo", {"y_s": ones, "x": big_b * ones}, big_b)            # sum y_s <= B (1-X)
+    for i in range(num):
+        e = np.eye(num)[i]
+        # lambda_i - theta_i q_p,i = mu_p,i x_i
+        lp.row("=", f"arrival{i}", {"x": model.mu_p[i] * e, "q_p": model.theta[i] * e},
+               model.lambda_[i])
+        # mu_p,i x_i - theta_i q_d,i = mu_m,i y_m,i + mu_s,i y_s,i (rhs = exogenous decode inflow)
+        lp.row("=", f"decode{i}", {"y_m": model.mu_m[i] * e, "y_s": model.mu_s[i] * e,
+                                   "q_d": model.theta[i] * e, "x": -model.mu_p[i] * e}, 0.0)
+    return lp
+
+
+def _objective(model: Model, pricing: str) -> dict[str, object]:
+    if pricing == "bundled":  # Eq. (40): w_i per decode completion
+        return {"y_m": model.w * model.mu_m, "y_s": model.w * model.mu_s}
+    ones = np.ones(model.num_classes)  # Eq. (42): per prefill token and per output token
+    return {"x": model.c_p * model.C / model.tau * ones, "y_m": model.c_d / model.tau * ones,
+            "y_s": model.c_d * model.gamma * ones}
+
+
+def _tpot(model: Model, big_x: float) -> float:
+    """Slot-weighted time per output token (Sec. 5) at mixed fraction X, seconds."""
+    b, inv_gamma = float(model.B), 1.0 / float(model.gamma)
+    den = (b - 1.0) * big_x + b * (1.0 - big_x)
+    if den <= 0.0:  # B = 1 and X = 1: no decode slot at all; the limit X -> 1 is 1/gamma
+        return inv_gamma
+    return (float(model.tau) * (b - 1.0) * big_x + b * inv_gamma * (1.0 - big_x)) / den
+
+
+def _tpot_slope(model: Model, big_x: float) -> float:
+    """dTPOT/dX: TPOT(X) = k / (B - X) + const with k = B (B-1) (tau - 1/gamma)."""
+    b = float(model.B)
+    k = b * (b - 1.0) * float(model.tau - 1.0 / model.gamma)
+    return k / (b - big_x) ** 2 if k != 0.0 else 0.0
+
+
+def _add_spread(lp: _LP, model: Model, name: str) -> None:
+    """Auxiliaries ``lo <= v_i <= hi`` for a fairness SLI, so ``hi - lo >= max_ij (v_i - v_j)``."""
+    var = "x" if name == "prefill_fairness" else "y_s"
+    lp.var(f"{name}_hi")
+    lp.var(f"{name}_lo")
+    for i in range(model.num_classes):
+        e = np.eye(model.num_classes)[i]
+        lp.row("<=", f"{name}_hi{i}", {var: e, f"{name}_hi": -1.0}, 0.0)
+        lp.row("<=", f"{name}_lo{i}", {var: -e, f"{name}_lo": 1.0}, 0.0)
+
+
+def _add_sli(lp: _LP, model: Model, targets: Mapping[str, float], soft: bool) -> None:
+    """Adds one row per SLI target (Sec. 5); soft targets get an excess variable instead."""
+    for name in ("prefill_fairness", "decode_fairness"):
+        if name not in targets:
+            continue
+        _add_spread(lp, model, name)
+        coef = {f"{name}_hi": 1.0, f"{name}_lo": -1.0}
+        if soft:
+            lp.var(f"{name}_excess")
+            coef[f"{name}_excess"] = -1.0
+        lp.row("<=", name, coef, targets[name])  # max_ij (v_i - v_j) (- excess) <= eta
+    if "tpot" in targets and not soft:  # a soft TPOT is handled by _soft_tpot
+        # TPOT <= eta times its denominator B - X > 0:
+        # [tau (B-1) - B/gamma + eta] X <= B (eta - 1/gamma).
+        eta, b, inv_gamma = targets["tpot"], float(model.B), 1.0 / float(model.gamma)
+        coef = float(model.tau) * (b - 1.0) - b * inv_gamma + eta
+        lp.row("<=", "tpot", {"x": coef * np.ones(model.num_classes)}, b * (eta - inv_gamma))
+
+
+def _plan(model: Model, pricing: str, lp: _LP, value: float, sol, duals, sli: SLI | None) -> Plan:
+    parts = {k: np.asarray(sol[lp.cols[k]], dtype=np.float64) for k in _VARS}
+    obj = _objective(model, pricing)
+    revenue = float(sum(np.sum(np.asarray(c) * parts[k]) for k, c in obj.items()))
+    num = model.num_classes
+    sli_duals = {}
+    if sli is not None and not sli.penalty:
+        for name in sli.targets:
+            d = duals[name]
+            if name == "tpot":  # envelope theorem on coef(eta) X <= rhs(eta): d/deta = B - X
+                d *= float(model.B) - float(np.sum(parts["x"]))
+            sli_duals[name] = max(d, 0.0)
+    return Plan(
+        pricing=pricing, revenue=revenue, objective=value, **parts,
+        duals={k: duals[k] for k in ("prefill", "mixed", "solo")},
+        flow_duals={k: np.array([duals[f"{k}{i}"] for i in range(num)])
+                    for k in ("arrival", "decode")},
+        solo_efficient=model.solo_efficient,
+        sli={"prefill_fairness": float(np.ptp(parts["x"])),
+             "decode_fairness": float(np.ptp(parts["y_s"])),
+             "tpot": _tpot(model, float(np.sum(parts["x"])))},
+        sli_duals=sli_duals)
+
+
+# ---- public solvers ------------------------------------------------------------------------------
+def _solve_plain(model: Model, pricing: str) -> Plan:
+    lp = _base(model)
+    return _plan(model, pricing, lp, *lp.solve(_objective(model, pricing), f"{pricing} LP"), None)
+
+
+def solve_bundled(model: Model) -> Plan:
+    """Solves the bundled-pricing LP (Eq. 40): revenue w_i per decode completion."""
+    return _solve_plain(model, "bundled")
+
+
+def solve_separate(model: Model) -> Plan:
+    """Solves the separate-pricing LP (Eq. 42): c_p per prompt token, c_d per output token."""
+    return _solve_plain(model, "separate")
+
+
+def solve(model: Model, pricing: str = "bundled", *, sli: SLI | None = None) -> Plan:
+    """Solves a fluid LP.
+
+    Args:
+        model: the scenario.
+        pricing: ``"bundled"`` (Eq. 40) or ``"separate"`` (Eq. 42).
+        sli: SLI targets (Sec. 5). SLI solves use bundled pricing and impose q_d = 0, as the
+            paper does; ``SLI()`` with no target gives the bundled LP restricted to q_d = 0.
+
+    Raises:
+        ValueError: unknown pricing, or SLI targets with separate pricing.
+        FluidError: infeasible or unbounded LP, HiGHS failure, or an unreachable hard SLI target
+            (the message names it and gives its smallest feasible value).
+    """
+    if pricing not in PRICINGS:
+        raise ValueError(f"pricing = {pricing!r} is invalid: allowed values are {PRICINGS}")
+    if sli is None:
+        return _solve_plain(model, pricing)
+    if not isinstance(sli, SLI):
+        raise TypeError(f"sli = {sli!r} is invalid: must be an SLI or None")
+    if pricing != "bundled":
+        raise ValueError(f"pricing = {pricing!r} is invalid with SLI targets: the SLI-aware LP "
+                         "(Sec. 5) uses bundled pricing")
+    return _solve_sli(model, sli)
+
+
+def _solve_sli(model: Model, sli: SLI) -> Plan:
+    targets = sli.targets
+    lp = _base(model, q_d_zero=True)
+    _add_sli(lp, model, targets, sli.penalty)
+    obj = _objective(model, "bundled")
+    if sli.penalty:
+        obj.update({f"{k}_excess": -sli.weight(k) for k in targets if k != "tpot"})
+        if "tpot" in targets:
+            return _plan(model, "bundled", lp, *_soft_tpot(model, lp, obj, sli), sli)
+    try:
+        result = lp.solve(obj, "SLI-aware LP")
+    except _Infeasible:
+        _diagnose(model, targets)
+        raise
+    return _plan(model, "bundled", lp, *result, sli)
+
+
+def _soft_tpot(model: Model, lp: _LP, obj, sli: SLI):
+    """Maximizes ``V(X) - weight * max(0, TPOT(X) - eta)`` over the mixed fraction X.
+
+    V(X), the LP value with ``sum x = X`` fixed, is concave and piecewise linear, and TPOT(X) is
+    convex when gamma*tau >= 1, so the objective is concave in X: bisection on the sign of its
+    supergradient (the dual of ``sum x = X`` minus the penalty's slope) finds the maximizer to
+    round-off. The returned duals are those of the LP with X fixed at the optimum.
+    """
+    if model.kappa < 1.0:
+        raise FluidError("a tpot penalty needs gamma*tau >= 1 (TPOT convex in the mixed "
+                         "fraction); use a hard tpot target for this model")
+    eta, weight, ones = float(sli.tpot), sli.weight("tpot"), np.ones(model.num_classes)
+    lo = -lp.solve({"x": -ones}, "SLI-aware LP")[0]
+    hi = lp.solve({"x": ones}, "SLI-aware LP")[0]
+    lp.row("=", "mixed_fraction", {"x": ones}, lo)
+
+    def at(big_x: float):
+        lp.eq[-1] = (*lp.eq[-1][:2], big_x)
+        return lp.solve(obj, "SLI-aware LP")
+
+    while hi - lo > 1e-13:
+        mid = 0.5 * (lo + hi)
+        slope = _tpot_slope(model, mid) if _tpot(model, mid) > eta else 0.0
+        if at(mid)[2]["mixed_fraction"] - weight * slope > 0.0:
+            lo = mid
+        else:
+            hi = mid
+    big_x = 0.5 * (lo + hi)
+    value, sol, duals = at(big_x)
+    return value - weight * max(0.0, _tpot(model, big_x) - eta), sol, duals
+
+
+def _smallest(model: Model, name: str, others: Mapping[str, float]) -> float:
+    """Smallest value of one SLI under the base LP (q_d = 0) and the other hard targets."""
+    lp = _base(model, q_d_zero=True)
+    _add_sli(lp, model, others, soft=False)
+    if name != "tpot":
+        _add_spread(lp, model, name)
+        return -lp.solve({f"{name}_hi": -1.0, f"{name}_lo": 1.0}, f"minimizing {name}")[0]
+    # TPOT is monotone in X (Sec. 5): its minimum sits at the smallest or the largest X.
+    ones = np.ones(model.num_classes)
+    ends = [lp.solve({"x": s * ones}, "minimizing tpot")[0] * s for s in (-1.0, 1.0)]
+    return min(_tpot(model, e) for e in ends)
+
+
+def _diagnose(model: Model, targets: Mapping[str, float]) -> None:
+    """Raises a FluidError naming the hard SLI target that makes the LP infeasible."""
+    _base(model, q_d_zero=True).solve(_objective(model, "bundled"), "fluid LP with q_d = 0")
+    for name, eta in targets.items():
+        others = {k: v for k, v in targets.items() if k != name}
+        try:
+            low = _smallest(model, name, others)
+        except FluidError:
+            continue
+        if low > eta:
+            raise FluidError(f"{name} target {eta:g} cannot be met: the smallest feasible value "
+                             f"is {low:.6g}", constraint=name, smallest=low)
+    raise FluidError(f"SLI targets {dict(targets)} cannot be met together")
+
+
+def frontier(model: Model, sli_name: str, values: Sequence[float]) -> list[dict[str, float]]:
+    """Revenue against one hard SLI target (Fig. 8), one dict per value.
+
+    Each dict holds ``value`` (eta), ``revenue`` (per GPU per second) and ``shadow_price``
+    (revenue per unit of eta: the dual of that SLI constraint). A value below the smallest
+    feasible one raises :class:`FluidError`; an unknown name or invalid value, ValueError.
+    """
+    if sli_name not in SLI_NAMES:
+        raise ValueError(f"sli_name = {sli_name!r} is invalid: allowed values are {SLI_NAMES}")
+    out = []
+    for v in values:
+        plan = solve(model, sli=SLI(**{sli_name: v}))
+        out.append({"value": float(v), "revenue": plan.revenue,
+                    "shadow_price": plan.sli_duals[sli_name]})
+    return out
+
+
+def plan_summary(model: Model, plan: Plan) -> dict:
+    """The JSON object of ``jaxqueue lp``: plain Python floats, per-class rows by name."""
+    if plan.x.shape != (model.num_classes,):
+        raise ValueError(f"plan has {plan.x.size} classes but model {model.name!r} has "
+                         f"{model.num_classes}")
+
+    rows = zip(model.class_names, plan.x, plan.y_m, plan.y_s, plan.q_p, plan.q_d, strict=True)
+    keys = ("x", "y_mixed", "y_solo", "q_prefill", "q_decode")
+    return {
+        "pricing": plan.pricing, "revenue": float(plan.revenue),
+        "mixed_fraction": plan.sum_x, "solo_efficient": bool(plan.solo_efficient),
+        "classes": [{"name": name, **{k: float(v) for k, v in zip(keys, values, strict=True)}}
+                    for name, *values in rows],
+        "sli": {k: float(v) for k, v in plan.sli.items()},
+        "duals": {k: float(v) for k, v in plan.duals.items()},
+    }

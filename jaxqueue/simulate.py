@@ -1,0 +1,437 @@
+"""The exact event-by-event simulator: a jitted ``lax.scan`` over CTMC events, vmapped over
+replications, driven by a host loop over fixed-length chunks.
+
+A *system* (:class:`AbstractSystem`) is a PyTree holding a policy's structure (static fields:
+number of classes, buffer capacities, gate kind) and its parameters (array leaves: rates, n, the
+plan). One step of the simulator
+
+1. asks the system for its event rates and its next scheduled event (an abandonment deadline of
+   an ordered buffer, :mod:`jaxqueue.buffer`),
+2. draws the holding time ``Exp(total rate)`` and, with one uniform, the event
+   (:func:`choose_event`, the one place a differentiable relaxation replaces),
+3. credits the time integrals of the system's levels and the event counters, restricted to the
+   statistics window ``[warmup, horizon]``, and
+4. lets the system apply the event and its policy's decisions (:meth:`AbstractSystem.fire`).
+
+Time keeps its precision on long runs: the clock restarts at zero in every chunk (deadlines are
+rebased), integrals and counters are reset per chunk and summed on the host in float64.
+
+Replication ``r`` draws chunk ``c``'s random bits from ``fold_in(fold_in(key, r), c)``, so its
+path does not depend on how many replications run or on the chunk count of a longer horizon.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt32
+
+__all__ = [
+    "AbstractSystem",
+    "Run",
+    "SimulationError",
+    "choose_event",
+    "exponential",
+    "simulate",
+    "uniform",
+]
+
+
+class SimulationError(RuntimeError):
+    """A simulation that cannot produce a valid result (e.g. a buffer's capacity exceeded)."""
+
+
+class AbstractSystem(eqx.Module):
+    """A continuous-time Markov chain with a policy: what one simulator step needs.
+
+    Subclasses set ``level_names`` (quantities whose time integral is recorded, one per class,
+    name-major), ``tally_names`` (event counters, one per class), and ``num_random`` (extra uniform words a step may use, e.g. to draw a
+    patience), and implement the methods below. All methods are pure and traceable.
+    """
+
+    level_names: ClassVar[tuple[str, ...]]
+    tally_names: ClassVar[tuple[str, ...]]
+    num_random: ClassVar[int] = 0
+
+    @property
+    @abc.abstractmethod
+    def num_classes(self) -> int:
+        """Number of job classes; levels and tallies hold one entry per name and class."""
+
+    @abc.abstractmethod
+    def init(self) -> Any:
+        """The state at time zero (an empty system)."""
+
+    @abc.abstractmethod
+    def rates(self, state: Any) -> Float[Array, " E"]:
+        """Rates of the exponential events in ``state``."""
+
+    def pending(self, state: Any) -> Bool[Array, ""]:
+        """Whether ``state`` needs a zero-time bookkeeping step before the next random event
+        (e.g. discarding an abandoned job at the head of a lazy buffer, :mod:`jaxqueue.buffer`)."""
+        return jnp.bool_(False)
+
+    @abc.abstractmethod
+    def fire(self, state: Any, event: Int[Array, ""], t: Float[Array, ""],
+             u: Float[Array, " U"], window: tuple[Float[Array, ""], Float[Array, ""]]
+             ) -> tuple[Any, Int[Array, " T"], Float[Array, " L"]]:
+        """Applies exponential event ``event`` at time ``t`` (``E`` means none: a bookkeeping
+        step when :meth:`pending`, else nothing) and the policy's decisions.
+
+        ``window`` is the chunk-relative statistics window ``(start, end]``. Returns the new
+        state, the counter increments (``(T * I,)``, already restricted to the window) and
+        time-integral increments credited directly (``(L * I,)``; e.g. a buffered job's wait when
+        it leaves), added to the integrals of :meth:`levels`.
+        """
+
+    def finalize(self, state: Any, window: tuple[Float[Array, ""], Float[Array, ""]]
+                 ) -> tuple[Int[Array, " T"], Float[Array, " L"]]:
+        """Counter and integral increments owed by jobs still held at the end of a run."""
+        return (jnp.zeros(len(self.tally_names) * self.num_classes, jnp.int32),
+                jnp.zeros(len(self.level_names) * self.num_classes, jnp.float32))
+
+    @abc.abstractmethod
+    def levels(self, state: Any) -> Float[Array, " L"]:
+        """Quantities integrated over time, shape ``(len(level_names),)``."""
+
+    def rebase(self, state: Any, elapsed: Float[Array, ""]) -> Any:
+        """Shifts stored chunk-relative times by ``elapsed`` (start of the next chunk)."""
+        return state
+
+    def overflow(self, state: Any) -> Bool[Array, ""]:
+        """Whether a fixed-capacity structure overflowed (the run is then invalid)."""
+        return jnp.bool_(False)
+
+    def overflow_message(self) -> str:
+        return "a fixed-capacity buffer overflowed"
+
+
+# ---- random numbers ---------------------------------------------------------------------------
+def uniform(bits: UInt32[Array, "..."]) -> Float[Array, "..."]:
+    """Uniform in [0, 1) from the top 24 bits of ``bits`` (exact in float32)."""
+    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+def exponential(bits: UInt32[Array, "..."]) -> Float[Array, "..."]:
+    """Standard exponential from ``bits``: ``-log(1 - U)``, finite since ``1 - U >= 2^-24``."""
+    return -jnp.log1p(-uniform(bits))
+
+
+def choose_event(rates: Float[Array, " E"], u: Float[Array, ""]) -> Int[Array, ""]:
+    """The next event of a CTMC: index ``k`` with probability ``rates[k] / sum(rates)``.
+
+    Inverse-CDF sampling with one uniform. A zero-rate event is never chosen (round-off that
+    would land past the last positive rate is sent back to it). Returns ``E`` when every rate is
+    zero. This is the one discrete choice of a step: a relaxation replaces this function.
+    """
+    cum = jnp.cumsum(rates)
+    index = jnp.sum(cum <= u * cum[-1]).astype(jnp.int32)
+    positive = rates > 0
+    num = rates.shape[0]
+    last_positive = num - 1 - jnp.argmax(positive[::-1]).astype(jnp.int32)
+    return jnp.where(jnp.any(positive), jnp.minimum(index, last_positive), num)
+
+
+# ---- one chunk --------------------------------------------------------------------------------
+class _Acc(eqx.Module):
+    levels: Float[Array, " L"]
+    tally: Int[Array, " T"]
+    events_window: Int[Array, ""]
+    events: Int[Array, ""]
+
+
+def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], clock_dtype: Any):
+    """One event (or one zero-time bookkeeping step) of one replication.
+
+    Vmapped over replications by the caller.
+    """
+    state, t, acc, w0, w1 = carry
+    rates = system.rates(state)
+    num_events = rates.shape[0]
+    total = jnp.sum(rates)
+    dt = exponential(b[0]) / total  # +inf when nothing can happen
+    pending = system.pending(state)
+    t_new = jnp.where(pending, t, t + dt.astype(clock_dtype))
+    live = t_new <= w1
+    random = live & ~pending
+    event = jnp.where(random, choose_event(rates, uniform(b[1])), num_events)
+    weight = jnp.maximum(jnp.minimum(t_new, w1) - jnp.maximum(t, w0), 0)
+    window = (w0.astype(jnp.float32), w1.astype(jnp.float32))
+    new_state, tally, credit = system.fire(state, event, t_new.astype(jnp.float32),
+                                           uniform(b[2:]), window)
+    acc = _Acc(
+        levels=acc.levels + weight * system.levels(state).astype(clock_dtype)
+        + credit.astype(clock_dtype),
+        tally=acc.tally + tally,
+        events_window=acc.events_window + (random & (t_new > w0)).astype(jnp.int32),
+        events=acc.events + random.astype(jnp.int32),
+    )
+    return (new_state, jnp.where(live, t_new, w1), acc, w0, w1)
+
+
+def _chunk_bits(key, rep_ids, chunk_index, length: int, width: int) -> UInt32[Array, "N W R"]:
+    """Random words for one chunk, ``(length, width, R)``.
+
+    Replication ``r`` draws chunk ``c`` from ``fold_in(fold_in(key, r), c)``: its words depend on
+    nothing but ``(key, r, c)``, so a replication's path is the same whatever the number of
+    replications, and each chunk of a longer horizon extends the same path.
+    """
+
+    def one(rep):
+        k = jax.random.fold_in(jax.random.fold_in(key, rep), chunk_index)
+        return jax.random.bits(k, (length, width), jnp.uint32)
+
+    return jax.vmap(one, out_axes=-1)(rep_ids)
+
+
+def _chunk_many(system, key, rep_ids, chunk_index, states, window_start, window_end, *,
+                length: int, clock_dtype: Any):
+    """All replications for one chunk of ``length`` events.
+
+    Layout: every per-replication array keeps the replication axis *last*, and the scan's step
+    is ``vmap(step, in_axes=-1, out_axes=-1)``: the step's elementwise arithmetic then runs along
+    contiguous replication vectors (what the CPU's SIMD units and a GPU's warps want), and its
+    small reductions over classes become elementwise operations between rows.
+    """
+    bits = _chunk_bits(key, rep_ids, chunk_index, length, 2 + system.num_random)
+    reps = rep_ids.shape[0]
+    acc0 = _Acc(
+        levels=jnp.zeros((len(system.level_names) * system.num_classes, reps), clock_dtype),
+        tally=jnp.zeros((len(system.tally_names) * system.num_classes, reps), jnp.int32),
+        events_window=jnp.zeros((reps,), jnp.int32),
+        events=jnp.zeros((reps,), jnp.int32),
+    )
+    w0 = window_start.astype(clock_dtype)
+    w1 = window_end.astype(clock_dtype)
+    axes = _rep_axes(system)
+    carry_axes = (axes, -1, -1, -1, -1)
+    step = jax.vmap(lambda c, b: _step(system, c, b, clock_dtype), in_axes=(carry_axes, -1),
+                    out_axes=carry_axes)
+    carry = (states, jnp.zeros((reps,), clock_dtype), acc0, w0, w1)
+    (states, t, acc, _, _), _ = jax.lax.scan(lambda c, b: (step(c, b), None), carry, bits)
+    done = t >= w1
+    states = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(states, t.astype(jnp.float32))
+    overflow = jax.vmap(system.overflow, in_axes=(axes,))(states)
+    return states, t, acc, done, overflow
+
+
+_chunk_jit = jax.jit(_chunk_many, static_argnames=("length", "clock_dtype"))
+
+
+@jax.jit
+def _finalize_jit(system, states, window_start):
+    """Residual accounting at the end of a run; the clock's zero is the end of the run."""
+    return jax.vmap(lambda s, w0: system.finalize(s, (w0, jnp.float32(0.0))),
+                    in_axes=(_rep_axes(system), 0), out_axes=-1)(states, window_start)
+
+
+def compile_count() -> int:
+    """Number of programs compiled for the chunk kernel in this process (for tests)."""
+    return _chunk_jit._cache_size()
+
+
+# ---- the host loop ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    """Raw per-replication results of :func:`simulate` (float64/int64 NumPy arrays).
+
+    Attributes:
+        level_integrals: time integral of each level over the window, ``(R, L)``.
+        tallies: event counts inside the window, ``(R, T)``.
+        window: length of each replication's statistics window (``horizon - warmup`` unless
+            interrupted), ``(R,)``.
+        events: events simulated over all replications, warm-up included.
+        wall_seconds: wall time of the simulation, compilation excluded.
+        compile_seconds: wall time spent compiling (0 when the program was cached).
+        chunks: number of chunks run.
+        interrupted: whether the run was stopped before the horizon (results cover the part done).
+    """
+
+    level_integrals: np.ndarray
+    tallies: np.ndarray
+    window: np.ndarray
+    events: int
+    wall_seconds: float
+    compile_seconds: float
+    chunks: int
+    interrupted: bool = False
+    level_names: tuple[str, ...] = ()
+    tally_names: tuple[str, ...] = ()
+    num_classes: int = 1
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    def _slice(self, names: tuple[str, ...], name: str) -> slice:
+        k = names.index(name)
+        return slice(k * self.num_classes, (k + 1) * self.num_classes)
+
+    def level(self, name: str) -> np.ndarray:
+        """Time average of a level per replication and class, ``(R, I)``."""
+        return self.level_integrals[:, self._slice(self.level_names, name)] / self.window[:, None]
+
+    def count(self, name: str) -> np.ndarray:
+        """Events of one counter per replication and class inside the window, ``(R, I)``."""
+        return self.tallies[:, self._slice(self.tally_names, name)]
+
+    def rate(self, name: str) -> np.ndarray:
+        """Events of one counter per unit time per replication and class, ``(R, I)``."""
+        return self.count(name) / self.window[:, None]
+
+
+def _check_window(reps: int, horizon: float, warmup: float, chunk_events: int) -> None:
+    if isinstance(reps, bool) or not isinstance(reps, (int, np.integer)) or reps < 1:
+        raise ValueError(f"reps = {reps!r} is invalid: must be an integer >= 1")
+    if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"horizon = {horizon!r} is invalid: must be finite and > 0")
+    if not (isinstance(warmup, (int, float)) and math.isfinite(warmup) and 0 <= warmup < horizon):
+        raise ValueError(f"warmup = {warmup!r} is invalid: must be in [0, horizon={horizon})")
+    if not (isinstance(chunk_events, (int, np.integer)) and chunk_events >= 1):
+        raise ValueError(f"chunk_events = {chunk_events!r} is invalid: must be an integer >= 1")
+
+
+def simulate(
+    key: PRNGKeyArray,
+    system: AbstractSystem,
+    *,
+    reps: int,
+    horizon: float,
+    warmup: float = 0.0,
+    chunk_events: int = 1024,
+    clock_dtype: Any = jnp.float32,
+    progress: bool | Callable[[float], None] = False,
+    max_chunks: int | None = None,
+) -> Run:
+    """Simulates ``reps`` independent replications of ``system`` over ``[0, horizon]``.
+
+    Statistics cover ``[warmup, horizon]`` (model seconds). A Ctrl-C between chunks stops the
+    run cleanly: the result covers the part simulated and says ``interrupted``.
+
+    Args:
+        key: a ``jax.random.key``; replication ``r`` uses ``fold_in(key, r)``.
+        system: the policy and parameters to simulate.
+        reps: number of replications.
+        horizon: end of the simulated time.
+        warmup: start of the statistics window.
+        chunk_events: events per scan chunk (static: changing it recompiles).
+        clock_dtype: dtype of the clock and time integrals (``jnp.float64`` needs x64 enabled;
+            used by tests to check the float32 clock).
+        progress: True for a progress bar on stderr, or a callable receiving the fraction done.
+        max_chunks: stop after this many chunks (a safety net; ``None`` for no limit).
+    """
+    _check_window(reps, horizon, warmup, chunk_events)
+    if np.dtype(clock_dtype) == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("clock_dtype = float64 needs jax.enable_x64(True)")
+    state0 = system.init()
+    states = _replicate(state0, reps)
+    rep_ids = jnp.arange(reps, dtype=jnp.uint32)
+    t_abs = np.zeros(reps)
+    level_sum = np.zeros((reps, len(system.level_names) * system.num_classes))
+    tally_sum = np.zeros((reps, len(system.tally_names) * system.num_classes), np.int64)
+    events = 0
+    compile_seconds = 0.0
+    wall = 0.0
+    chunk = 0
+    interrupted = False
+    report = _progress_bar if progress is True else (progress or None)
+    before = compile_count()
+    try:
+        while True:
+            w0 = np.clip(warmup - t_abs, 0.0, None)
+            w1 = horizon - t_abs
+            start = time.perf_counter()
+            out = _chunk_jit(system, key, rep_ids, jnp.uint32(chunk), states,
+                             jnp.asarray(w0, jnp.float32), jnp.asarray(w1, jnp.float32),
+                             length=int(chunk_events), clock_dtype=clock_dtype)
+            states, t_end, acc, done, overflow = out
+            done = np.asarray(done)  # blocks until the chunk is computed
+            elapsed = time.perf_counter() - start
+            if chunk == 0 and compile_count() > before:
+                # The first call compiled: time a second, identical call to separate the two.
+                start = time.perf_counter()
+                jax.block_until_ready(_chunk_jit(
+                    system, key, rep_ids, jnp.uint32(chunk), _replicate(state0, reps),
+                    jnp.asarray(w0, jnp.float32), jnp.asarray(w1, jnp.float32),
+                    length=int(chunk_events), clock_dtype=clock_dtype))
+                run_time = time.perf_counter() - start
+                compile_seconds = max(elapsed - run_time, 0.0)
+                elapsed = run_time
+            wall += elapsed
+            if np.any(np.asarray(overflow)):
+                raise SimulationError(system.overflow_message())
+            t_abs = np.where(done, horizon, t_abs + np.asarray(t_end, np.float64))
+            level_sum += np.asarray(acc.levels, np.float64).T
+            tally_sum += np.asarray(acc.tally, np.int64).T
+            events += int(np.sum(np.asarray(acc.events, np.int64)))
+            chunk += 1
+            if report:
+                report(float(np.mean(t_abs)) / horizon)
+            if np.all(done) or (max_chunks is not None and chunk >= max_chunks):
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    if report is _progress_bar:
+        sys.stderr.write("\n")
+    if chunk > 0:
+        # Jobs still held by lazy buffers owe their waits (and abandonments) up to now.
+        fin_tally, fin_levels = _finalize_jit(system, states, jnp.asarray(warmup - t_abs, jnp.float32))
+        tally_sum += np.asarray(fin_tally, np.int64).T
+        level_sum += np.asarray(fin_levels, np.float64).T
+    window = np.clip(t_abs, warmup, horizon) - warmup
+    interrupted = interrupted or not np.all(t_abs >= horizon)
+    return Run(
+        level_integrals=level_sum,
+        tallies=tally_sum,
+        window=window,
+        events=events,
+        wall_seconds=wall,
+        compile_seconds=compile_seconds,
+        chunks=chunk,
+        interrupted=interrupted,
+        level_names=tuple(system.level_names),
+        tally_names=tuple(system.tally_names),
+        num_classes=system.num_classes,
+    )
+
+
+#: Per-replication arrays at least this long keep the replication axis first (see _rep_axes).
+_LONG = 128
+
+
+def _rep_axis(shape: tuple[int, ...]) -> int:
+    return 0 if len(shape) >= 1 and shape[0] >= _LONG else -1
+
+
+def _rep_axes(system: AbstractSystem) -> Any:
+    """Where each state leaf keeps its replication axis: first for long per-replication arrays
+    (buffers written at a per-replication slot, which XLA then updates in place), last for
+    scalars and per-class vectors (so arithmetic runs along contiguous replication vectors)."""
+    return jax.tree.map(lambda a: _rep_axis(a.shape), jax.eval_shape(system.init))
+
+
+def _replicate(state: Any, reps: int) -> Any:
+    """``reps`` copies of a state in the kernel's layout (see :func:`_rep_axes`)."""
+    def copies(a):
+        a = jnp.asarray(a)
+        if _rep_axis(a.shape) == 0:
+            return jnp.broadcast_to(a[None], (reps, *a.shape))
+        return jnp.broadcast_to(a[..., None], (*a.shape, reps))
+    return jax.tree.map(copies, state)
+
+
+def _progress_bar(fraction: float) -> None:
+    width = 30
+    filled = int(round(width * min(fraction, 1.0)))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}%")
+    sys.stderr.flush()

@@ -1,0 +1,135 @@
+"""Checks a user can run: the simulator against exact answers.
+
+- :func:`erlang_a_check`: the engine on an M/M/N+M queue against its birth-death solution;
+- :func:`small_system_check`: a small prefill/decode system against the exact stationary law of
+  its generator (:func:`jaxqueue.theory.pooled_stationary`);
+- :func:`convergence_check`: the paper's instance at growing n against the fluid LP bound.
+
+Each returns a JSON-ready dict with simulated ``{mean, ci95}`` next to the exact value and a
+verdict: ``agree`` when the exact value lies within 3 standard errors of the simulated mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import fluid, policies, scenarios, stats, theory
+from .policies.erlang import ErlangA
+from .simulate import simulate
+
+__all__ = ["erlang_a_check", "small_system_check", "convergence_check"]
+
+_Z = 3.0  # standard errors allowed between a simulated mean and an exact value
+
+
+def _compare(values: np.ndarray, exact: float) -> dict[str, Any]:
+    values = np.asarray(values, np.float64)
+    mean, ci = stats.mean_ci(values)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
+    z = (float(mean) - exact) / se if se > 0 else (0.0 if float(mean) == exact else np.inf)
+    return {"mean": float(mean), "ci95": float(ci), "exact": float(exact), "z": float(z),
+            "agree": bool(abs(z) <= _Z)}
+
+
+def erlang_a_check(servers: int, arrival_rate: float, service_rate: float, patience_rate: float,
+                   *, reps: int = 256, horizon: float = 2000.0, warmup: float = 200.0,
+                   seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Simulates M/M/N+M and compares with the exact stationary values."""
+    exact = theory.erlang_a(servers, arrival_rate, service_rate, patience_rate)
+    system = ErlangA(servers=np.int32(servers), arrival_rate=np.float32(arrival_rate),
+                     service_rate=np.float32(service_rate),
+                     patience_rate=np.float32(patience_rate))
+    run = simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
+                   progress=progress)
+    arrivals = run.count("arrivals")[:, 0]
+    # Abandonments per arrival in the window: P(abandon) by the ratio of long-run rates.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        abandon = run.count("abandonments")[:, 0] / arrivals
+    checks = {
+        "abandon_probability": _compare(abandon, exact["abandon_probability"]),
+        "mean_queue": _compare(run.level("queue")[:, 0], exact["mean_queue"]),
+        "mean_busy": _compare(run.level("busy")[:, 0], exact["mean_busy"]),
+    }
+    return {
+        "system": {"servers": servers, "arrival_rate": arrival_rate, "service_rate": service_rate,
+                   "patience_rate": patience_rate},
+        "simulated": {k: {"mean": v["mean"], "ci95": v["ci95"]} for k, v in checks.items()},
+        "exact": {k: exact[k] for k in checks},
+        "z": {k: v["z"] for k, v in checks.items()},
+        "verdict": "agree" if all(v["agree"] for v in checks.values()) else "disagree",
+        "reps": reps, "horizon": horizon, "warmup": warmup,
+        "events": run.events, "events_per_second": run.events_per_second,
+        "wall_seconds": run.wall_seconds, "compile_seconds": run.compile_seconds,
+    }
+
+
+def small_model():
+    """A small two-class instance (paper-like lengths, scaled so a 2-GPU chain is tiny)."""
+    from .model import Model
+
+    return Model(name="small-2class", class_names=("short", "long"), lambda_=(0.6, 0.4),
+                 theta=(0.5, 0.8), P=(300, 900), D=(200, 120), alpha=0.0174, beta=6.2e-5,
+                 gamma=1 / 0.022, C=256, B=2, c_p=0.1, c_d=0.2)
+
+
+def small_system_check(policy: str = "gate-and-route", *, n: int = 2, M: int = 1,
+                       reps: int = 256, horizon: float = 2000.0, warmup: float = 100.0,
+                       seed: int = 0, max_queue: int = 8,
+                       progress: bool = False) -> dict[str, Any]:
+    """A two-class, two-GPU system against the exact stationary law of its generator."""
+    model = small_model()
+    spec = policies.resolve(policy)
+    plan = fluid.solve(model, spec.pricing)
+    exact = theory.pooled_stationary(model, n, M, spec.name, x_star=plan.x, q_p_star=plan.q_p,
+                                     max_queue=max_queue)
+    system, _ = policies.build(spec.name, model, n, plan=plan)
+    system = system.__class__(model=model, n=np.int32(n), M=np.int32(M), x_star=plan.x,
+                              q_star=plan.q_p, gate=system.gate, capacity=system.capacity)
+    run = simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
+                   progress=progress)
+    q = stats.per_gpu(run, model, n)
+    keys = {"x": "x", "y_m": "y_mixed", "y_s": "y_solo", "q_p": "q_prefill", "q_d": "q_decode",
+            "completion_rate": "completion_rate",
+            "prefill_abandonment_rate": "prefill_abandonment_rate",
+            "decode_abandonment_rate": "decode_abandonment_rate"}
+    rows = []
+    for ek, sk in keys.items():
+        for i, name in enumerate(model.class_names):
+            row = _compare(q[sk][:, i], float(np.asarray(exact[ek])[i]))
+            rows.append({"quantity": sk, "class": name, **row})
+    return {
+        "policy": spec.name, "n": n, "M": M, "reps": reps, "horizon": horizon,
+        "truncation_mass": float(exact["truncation_mass"]), "num_states": int(exact["num_states"]),
+        "checks": rows,
+        "verdict": "agree" if all(r["agree"] for r in rows) else "disagree",
+        "events": run.events, "events_per_second": run.events_per_second,
+    }
+
+
+def convergence_check(scenario: str = "paper-qwen8b", gpus: Sequence[int] = (5, 20, 50),
+                      *, policy: str = "gate-and-route", reps: int = 64, horizon: float = 1000.0,
+                      warmup: float = 200.0, seed: int = 0,
+                      progress: bool = False) -> dict[str, Any]:
+    """Per-GPU bundled revenue of a policy at growing n next to the LP bound R*."""
+    model = scenarios.load(scenario)
+    spec = policies.resolve(policy)
+    plan = fluid.solve(model, spec.pricing)
+    rows = []
+    for n in gpus:
+        system, _ = policies.build(spec.name, model, n, plan=plan)
+        run = simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
+                       progress=progress)
+        summary = stats.summarize_pooled(run, model, n)
+        rev = summary["revenue_per_gpu"][spec.pricing]
+        rows.append({
+            "gpus": int(n), "mixed_gpus": int(system.M), "revenue": rev,
+            "lp_revenue": plan.revenue, "gap": plan.revenue - rev["mean"],
+            "relative_gap": (plan.revenue - rev["mean"]) / plan.revenue,
+            "events": run.events, "wall_seconds": run.wall_seconds,
+        })
+    return {"scenario": scenario, "policy": spec.name, "pricing": spec.pricing, "reps": reps,
+            "horizon": horizon, "warmup": warmup, "rows": rows}

@@ -435,3 +435,33 @@ def _progress_bar(fraction: float) -> None:
     filled = int(round(width * min(fraction, 1.0)))
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}%")
     sys.stderr.flush()
+
+
+def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, rep: int = 0,
+               every: int = 1) -> tuple[Any, Float[Array, " N"], Int[Array, "N T"]]:
+    """The path of replication ``rep`` over its first ``num_events`` steps (opt-in, for checks
+    and plots): states and times after each step, and cumulative counters (no window).
+
+    Uses the same step and random numbers as :func:`simulate`'s first chunk. ``every`` keeps one
+    step in ``every``.
+    """
+    state = system.init()
+    bits = _chunk_bits(key, jnp.asarray([rep], jnp.uint32), jnp.uint32(0), num_events,
+                       2 + system.num_random)[..., 0]
+    acc0 = _Acc(
+        levels=jnp.zeros(len(system.level_names) * system.num_classes, jnp.float32),
+        tally=jnp.zeros(len(system.tally_names) * system.num_classes, jnp.int32),
+        events_window=jnp.int32(0),
+        events=jnp.int32(0),
+    )
+    window = (jnp.float32(-1.0), jnp.float32(jnp.inf))
+
+    def run(system, carry, bits):
+        def body(carry, b):
+            carry = _step(system, carry, b, jnp.float32)
+            return carry, (carry[0], carry[1], carry[2].tally)
+        return jax.lax.scan(body, carry, bits)[1]
+
+    carry = (state, jnp.float32(0.0), acc0, *window)
+    states, times, tallies = jax.jit(run)(system, carry, bits)
+    return jax.tree.map(lambda a: a[::every], states), times[::every], tallies[::every]

@@ -167,7 +167,7 @@ class Pooled(AbstractSystem):
 
         def patience(cls):
             # Exp(theta_cls) from one uniform; theta = 0 means the job never abandons.
-            return t - jnp.log1p(-u[0]) / m.theta[cls].astype(jnp.float32)
+            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta, jnp.float32)[cls]
 
         def serve_head(ring, ready, before):
             """Bookkeeping on a ring whose head may be served: discard it if it abandoned.

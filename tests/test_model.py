@@ -1,0 +1,88 @@
+"""Model validation: every invalid input names its field and allowed range."""
+
+import math
+
+import pytest
+
+from jaxqueue import scenarios
+from jaxqueue.model import Model, ModelError
+
+GOOD = dict(lambda_=(0.5, 0.5), theta=(0.1, 0.1), P=(300, 3000), D=(1000, 400), alpha=0.0174,
+            beta=6.2e-5, gamma=45.45, C=256, B=16, c_p=0.1, c_d=0.2)
+
+
+def test_paper_rates_by_hand():
+    m = scenarios.load("paper-qwen8b")
+    # tau = 0.0174 + 6.2e-5 * 256 = 0.033272 s; mu_p,1 = 256 / (300 * 0.033272) = 25.6472
+    assert math.isclose(m.tau, 0.033272, rel_tol=1e-12)
+    assert math.isclose(m.mu_p[0], 256 / (300 * 0.033272), rel_tol=1e-12)
+    assert math.isclose(m.mu_m[1], 1 / (400 * 0.033272), rel_tol=1e-12)
+    assert math.isclose(m.mu_s[0], (1 / 0.022) / 1000, rel_tol=1e-12)
+    # kappa = gamma tau is class independent: mu_s / mu_m = kappa for each class
+    assert all(math.isclose(s / mm, m.kappa, rel_tol=1e-12) for s, mm in zip(m.mu_s, m.mu_m))
+    assert list(m.w) == [0.1 * 300 + 0.2 * 1000, 0.1 * 3000 + 0.2 * 400]
+    assert m.solo_efficient
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(P=(0, 3000)), "P"),
+        (dict(D=(1000, -1)), "D"),
+        (dict(B=0), "B"),
+        (dict(B=2.5), "B"),
+        (dict(C=0), "C"),
+        (dict(C=-3), "C"),
+        (dict(lambda_=(-0.1, 0.5)), "lambda_"),
+        (dict(theta=(0.1, -1)), "theta"),
+        (dict(lambda_=(math.nan, 0.5)), "lambda_"),
+        (dict(theta=(math.inf, 0.1)), "theta"),
+        (dict(gamma=0), "gamma"),
+        (dict(alpha=-1), "alpha"),
+        (dict(c_p=math.inf), "c_p"),
+        (dict(lambda_=(0.5,)), "class arrays have different lengths"),
+        (dict(lambda_=(), theta=(), P=(), D=()), "classes is empty"),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(change, field):
+    with pytest.raises(ModelError, match=field.replace("(", r"\(")):
+        Model(**{**GOOD, **change})
+
+
+def test_toml_unknown_field_and_missing_sections(tmp_path):
+    good = scenarios.load("paper-qwen8b").to_dict()
+    path = tmp_path / "s.toml"
+    text = """name = "x"
+[gpu]
+alpha = 0.0174
+beta = 6.2e-5
+gamma = 45.45
+chunk = 256
+batch = 16
+colour = 3
+[pricing]
+prefill = 0.1
+decode = 0.2
+[[classes]]
+arrival_rate = 0.5
+patience_rate = 0.1
+prompt_tokens = 300
+output_tokens = 1000
+"""
+    path.write_text(text)
+    with pytest.raises(ModelError, match="unknown field 'colour'"):
+        scenarios.load(path)
+    path.write_text(text.replace("colour = 3\n", "").replace("batch = 16\n", "batch = 0\n"))
+    with pytest.raises(ModelError, match="B \\(batch\\)"):
+        scenarios.load(path)
+    path.write_text(text.replace("colour = 3\n", ""))
+    m = scenarios.load(path)
+    assert m.num_classes == 1 and m.class_names == ("class-1",)
+    assert Model.from_dict(good).to_dict() == good
+    with pytest.raises(ModelError, match="neither a built-in name"):
+        scenarios.load("no-such-scenario")
+
+
+def test_builtin_scenarios():
+    assert scenarios.load("dolly-8class").num_classes == 8
+    assert scenarios.load("paper-qwen4b").tau == pytest.approx(0.0152 + 3.6e-5 * 256)

@@ -72,7 +72,16 @@ def _cmd_lp(args) -> None:
     from . import fluid, scenarios
 
     model = scenarios.load(args.scenario)
-    plan = fluid.solve(model, args.pricing)
+    targets = {"prefill_fairness": args.prefill_fairness, "decode_fairness": args.decode_fairness,
+               "tpot": args.tpot}
+    sli = None
+    if any(v is not None for v in targets.values()):
+        weights = {k: args.penalty_weight for k, v in targets.items() if v is not None}
+        sli = fluid.SLI(**targets, penalty=args.penalty, weights=weights)
+    elif args.penalty:
+        raise ValueError("--penalty needs at least one SLI target (--prefill-fairness, "
+                         "--decode-fairness or --tpot)")
+    plan = fluid.solve(model, args.pricing, sli=sli)
     out = fluid.plan_summary(model, plan)
 
     def human(o):
@@ -84,6 +93,25 @@ def _cmd_lp(args) -> None:
         for c in o["classes"]:
             print(f"{c['name']:>24} {c['x']:10.5f} {c['y_mixed']:10.5f} {c['y_solo']:10.5f} "
                   f"{c['q_prefill']:10.5f} {c['q_decode']:10.5f}")
+        print("SLIs at the optimum: " + ", ".join(f"{k} = {v:.6g}" for k, v in o["sli"].items()))
+    _emit(out, args.json, human)
+
+
+def _cmd_frontier(args) -> None:
+    from . import fluid, scenarios
+
+    model = scenarios.load(args.scenario)
+    name = args.sli.replace("-", "_")
+    rows = fluid.frontier(model, name, args.values)
+    out = {"scenario": model.name, "sli": name, "unconstrained_revenue":
+           fluid.solve(model, "bundled").revenue, "points": rows}
+
+    def human(o):
+        print(f"{o['scenario']}: bundled LP revenue against the {o['sli']} target "
+              f"(unconstrained R* = {o['unconstrained_revenue']:.4f})")
+        print(f"{'target':>12} {'revenue':>12} {'shadow price':>14}")
+        for r in o["points"]:
+            print(f"{r['value']:>12.6g} {r['revenue']:>12.4f} {r['shadow_price']:>14.6g}")
     _emit(out, args.json, human)
 
 
@@ -245,8 +273,24 @@ def _parser() -> argparse.ArgumentParser:
     lp = sub.add_parser("lp", help="solve the fluid LP of a scenario")
     lp.add_argument("scenario", help="built-in name or path to a scenario TOML file")
     lp.add_argument("--pricing", choices=("bundled", "separate"), default="bundled")
+    lp.add_argument("--prefill-fairness", type=_number("prefill-fairness"), default=None,
+                    metavar="ETA1", help="max_ij (x_i - x_j) <= ETA1 (MODEL.md Sec. 6)")
+    lp.add_argument("--decode-fairness", type=_number("decode-fairness"), default=None,
+                    metavar="ETA2", help="max_ij (y_s,i - y_s,j) <= ETA2")
+    lp.add_argument("--tpot", type=_number("tpot", strict=True), default=None, metavar="ETA3",
+                    help="average time per output token <= ETA3 seconds")
+    lp.add_argument("--penalty", action="store_true",
+                    help="penalize SLI violations linearly instead of imposing them")
+    lp.add_argument("--penalty-weight", type=_number("penalty-weight"), default=1.0)
     lp.add_argument("--json", action="store_true")
     lp.set_defaults(func=_cmd_lp)
+
+    fr = sub.add_parser("frontier", help="LP revenue and shadow price along one SLI target")
+    fr.add_argument("scenario")
+    fr.add_argument("--sli", required=True, choices=("prefill-fairness", "decode-fairness", "tpot"))
+    fr.add_argument("--values", required=True, nargs="+", type=_number("values"))
+    fr.add_argument("--json", action="store_true")
+    fr.set_defaults(func=_cmd_frontier)
 
     def run_options(q, reps=256, horizon=2000.0, warmup=500.0):
         q.add_argument("--reps", type=_positive_int("reps"), default=reps)

@@ -25,9 +25,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -312,6 +313,8 @@ def simulate(
     clock_dtype: Any = jnp.float32,
     progress: bool | Callable[[float], None] = False,
     max_chunks: int | None = None,
+    devices: Sequence[Any] | None = None,
+    max_batch: int | None = None,
 ) -> Run:
     """Simulates ``reps`` independent replications of ``system`` over ``[0, horizon]``.
 
@@ -329,41 +332,114 @@ def simulate(
             used by tests to check the float32 clock).
         progress: True for a progress bar on stderr, or a callable receiving the fraction done.
         max_chunks: stop after this many chunks (a safety net; ``None`` for no limit).
+        devices: devices to shard the replications over (one program, ``jax.sharding``);
+            ``None`` runs on the default device. Results are identical either way.
+        max_batch: most replications run at once; more run in successive batches (same
+            results). ``None`` picks the largest batch that fits in memory
+            (:func:`max_batch_for`).
     """
     _check_window(reps, horizon, warmup, chunk_events)
     if np.dtype(clock_dtype) == np.float64 and not jax.config.jax_enable_x64:
         raise ValueError("clock_dtype = float64 needs jax.enable_x64(True)")
+    devices = list(devices) if devices is not None else None
+    if devices is not None and len(devices) == 0:
+        raise ValueError("devices is empty: give at least one device, or None")
+    per = len(devices) if devices else 1
+    if max_batch is None:
+        max_batch = max_batch_for(system, chunk_events, devices)
+    elif isinstance(max_batch, bool) or int(max_batch) < 1:
+        raise ValueError(f"max_batch = {max_batch!r} is invalid: must be an integer >= 1")
+    batch = max(per, (min(int(max_batch), reps) // per) * per)
+    report = _progress_bar if progress is True else (progress or None)
+    parts = []
+    for start in range(0, reps, batch):
+        size = min(batch, reps - start)
+        padded = -(-size // per) * per  # shards need equal sizes: extra replications are dropped
+
+        def sub_report(f, start=start, size=size):
+            if report:
+                report((start + f * size) / reps)
+
+        part = _run_batch(system, key, start, padded, horizon, warmup, int(chunk_events),
+                          clock_dtype, sub_report if report else None, max_chunks, devices)
+        parts.append((tuple(a[:size] for a in part[0]), *part[1:]))
+        if part[-1]:  # interrupted
+            break
+    if report is _progress_bar:
+        sys.stderr.write("\n")
+    level_sum = np.concatenate([p[0][0] for p in parts])
+    tally_sum = np.concatenate([p[0][1] for p in parts])
+    t_abs = np.concatenate([p[0][2] for p in parts])
+    done_reps = t_abs.shape[0]
+    if done_reps < reps:  # interrupted before some batches started
+        level_sum = np.concatenate([level_sum, np.zeros((reps - done_reps, level_sum.shape[1]))])
+        tally_sum = np.concatenate([tally_sum, np.zeros((reps - done_reps, tally_sum.shape[1]),
+                                                        np.int64)])
+        t_abs = np.concatenate([t_abs, np.zeros(reps - done_reps)])
+    window = np.clip(t_abs, warmup, horizon) - warmup
+    return Run(
+        level_integrals=level_sum,
+        tallies=tally_sum,
+        window=window,
+        events=sum(p[1] for p in parts),
+        wall_seconds=sum(p[2] for p in parts),
+        compile_seconds=sum(p[3] for p in parts),
+        chunks=sum(p[4] for p in parts),
+        interrupted=bool(np.any(t_abs < horizon)),
+        level_names=tuple(system.level_names),
+        tally_names=tuple(system.tally_names),
+        num_classes=system.num_classes,
+    )
+
+
+def _shard(tree: Any, axes: Any, devices: list[Any] | None) -> Any:
+    """Places each leaf's replication axis (``axes``: 0 or -1 per leaf) across ``devices``."""
+    if devices is None:
+        return tree
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("reps",))
+
+    def put(a, axis):
+        spec = [None] * a.ndim
+        spec[axis] = "reps"
+        return jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
+    return jax.tree.map(put, tree, axes)
+
+
+def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dtype, report,
+               max_chunks, devices):
+    """The host loop over chunks for replications ``first .. first + reps - 1``."""
     state0 = system.init()
-    states = _replicate(state0, reps)
-    rep_ids = jnp.arange(reps, dtype=jnp.uint32)
+    axes = _rep_axes(system)
+    fresh = lambda: _shard(_replicate(state0, reps), axes, devices)  # noqa: E731
+    states = fresh()
+    rep_ids = _shard(jnp.arange(first, first + reps, dtype=jnp.uint32), -1, devices)
     t_abs = np.zeros(reps)
     level_sum = np.zeros((reps, len(system.level_names) * system.num_classes))
     tally_sum = np.zeros((reps, len(system.tally_names) * system.num_classes), np.int64)
-    events = 0
-    compile_seconds = 0.0
-    wall = 0.0
-    chunk = 0
-    interrupted = False
-    report = _progress_bar if progress is True else (progress or None)
+    events, compile_seconds, wall, chunk, interrupted = 0, 0.0, 0.0, 0, False
+
+    def windows():
+        w0 = np.clip(warmup - t_abs, 0.0, None)
+        return (_shard(jnp.asarray(w0, jnp.float32), -1, devices),
+                _shard(jnp.asarray(horizon - t_abs, jnp.float32), -1, devices))
+
     before = compile_count()
     try:
         while True:
-            w0 = np.clip(warmup - t_abs, 0.0, None)
-            w1 = horizon - t_abs
+            w0, w1 = windows()
             start = time.perf_counter()
-            out = _chunk_jit(system, key, rep_ids, jnp.uint32(chunk), states,
-                             jnp.asarray(w0, jnp.float32), jnp.asarray(w1, jnp.float32),
-                             length=int(chunk_events), clock_dtype=clock_dtype)
+            out = _chunk_jit(system, key, rep_ids, jnp.uint32(chunk), states, w0, w1,
+                             length=chunk_events, clock_dtype=clock_dtype)
             states, t_end, acc, done, overflow = out
             done = np.asarray(done)  # blocks until the chunk is computed
             elapsed = time.perf_counter() - start
             if chunk == 0 and compile_count() > before:
                 # The first call compiled: time a second, identical call to separate the two.
                 start = time.perf_counter()
-                jax.block_until_ready(_chunk_jit(
-                    system, key, rep_ids, jnp.uint32(chunk), _replicate(state0, reps),
-                    jnp.asarray(w0, jnp.float32), jnp.asarray(w1, jnp.float32),
-                    length=int(chunk_events), clock_dtype=clock_dtype))
+                jax.block_until_ready(_chunk_jit(system, key, rep_ids, jnp.uint32(0), fresh(),
+                                                 w0, w1, length=chunk_events,
+                                                 clock_dtype=clock_dtype))
                 run_time = time.perf_counter() - start
                 compile_seconds = max(elapsed - run_time, 0.0)
                 elapsed = run_time
@@ -381,28 +457,35 @@ def simulate(
                 break
     except KeyboardInterrupt:
         interrupted = True
-    if report is _progress_bar:
-        sys.stderr.write("\n")
     if chunk > 0:
         # Jobs still held by lazy buffers owe their waits (and abandonments) up to now.
-        fin_tally, fin_levels = _finalize_jit(system, states, jnp.asarray(warmup - t_abs, jnp.float32))
+        fin_tally, fin_levels = _finalize_jit(system, states,
+                                              jnp.asarray(warmup - t_abs, jnp.float32))
         tally_sum += np.asarray(fin_tally, np.int64).T
         level_sum += np.asarray(fin_levels, np.float64).T
-    window = np.clip(t_abs, warmup, horizon) - warmup
-    interrupted = interrupted or not np.all(t_abs >= horizon)
-    return Run(
-        level_integrals=level_sum,
-        tallies=tally_sum,
-        window=window,
-        events=events,
-        wall_seconds=wall,
-        compile_seconds=compile_seconds,
-        chunks=chunk,
-        interrupted=interrupted,
-        level_names=tuple(system.level_names),
-        tally_names=tuple(system.tally_names),
-        num_classes=system.num_classes,
-    )
+    return (level_sum, tally_sum, t_abs), events, wall, compile_seconds, chunk, interrupted
+
+
+def max_batch_for(system: AbstractSystem, chunk_events: int,
+                  devices: Sequence[Any] | None = None, fraction: float = 0.25) -> int:
+    """The most replications to run at once: ``fraction`` of the memory of the devices used
+    (the host's physical memory for CPU devices) over the bytes one replication needs (its state
+    three times over for the chunk's inputs, outputs and temporaries, plus its random words)."""
+    state = jax.eval_shape(system.init)
+    state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+    per_rep = 3 * state_bytes + chunk_events * (2 + system.num_random) * 4 * 2 + 4096
+    devs = list(devices) if devices else [jax.devices()[0]]
+    total = 0
+    for d in devs:
+        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+        limit = (stats or {}).get("bytes_limit")
+        if limit is None:
+            try:
+                limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // len(devs)
+            except (ValueError, OSError, AttributeError):
+                limit = 4 << 30
+        total += limit
+    return max(1, int(fraction * total // per_rep))
 
 
 #: Per-replication arrays at least this long keep the replication axis first (see _rep_axes).

@@ -46,6 +46,18 @@ def bench_erlang(servers: int, reps: int, horizon: float, chunk: int) -> dict:
                                           "chunk_events": chunk})
 
 
+def bench_per_gpu(gpus: int, reps: int, horizon: float, chunk: int,
+                  policy: str = "fi-wsp") -> dict:
+    from jaxqueue.policies.per_gpu import build_per_gpu
+
+    model = scenarios.load("paper-qwen8b")
+    system, _ = build_per_gpu(policy, model, gpus)
+    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
+                   chunk_events=chunk)
+    return _row(f"per-gpu {policy} paper-qwen8b", run,
+                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -58,7 +70,8 @@ def main() -> None:
     reps = 64 if a.quick else a.reps
     horizon = a.horizon or (1.0 if a.quick else 4.0)
     rows = [bench_pooled(a.gpus, reps, horizon, a.chunk_events),
-            bench_erlang(50, reps, horizon * 100, a.chunk_events)]
+            bench_erlang(50, reps, horizon * 100, a.chunk_events),
+            bench_per_gpu(a.gpus, min(reps, 256), horizon, a.chunk_events)]
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
     if a.json:

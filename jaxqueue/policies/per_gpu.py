@@ -1,0 +1,475 @@
+"""Per-GPU systems: the Sec. 6.3 baselines (FI-WSP, GI-WSP, GF-WSP) and Gate-and-Route / FG-SP
+with every GPU's contents explicit.
+
+The coupled baselines keep a request on the GPU where its prefill ran, and a GPU's mode (mixed
+while a prefill runs on it, solo otherwise) sets the speed of every decode on it (MODEL.md
+Sec. 5, "Baselines and ablations"): pooled counts cannot describe them.
+
+**State: per-GPU arrays**, not counts of GPUs per configuration. A GPU's configuration is its
+prefill's class (or none) and its decode count per class: ``(I+1) * C(B+I, I)`` configurations,
+459 for the paper's I = 2, B = 16 but about 2e6 for the eight Dolly-15k classes, so counts per
+configuration would be cheaper only for one or two classes, while per-GPU arrays cost O(n I) per
+step for every instance. ``pre[g]`` is the class of the prefill running on GPU g (-1: none; at
+most one prefill per GPU by construction), ``dec[g, i]`` its class-i decodes. The arrays have a
+static length ``gpus`` (n rounded up to a power of two by :func:`build_per_gpu`, so nearby n
+share one compiled program); ``n`` and ``M`` stay dynamic leaves, GPUs ``g >= n`` are inactive.
+
+Two layouts:
+
+- ``"shared"`` (FI-WSP, GI-WSP, GF-WSP; no static planning): every GPU may run one prefill,
+  and its prefill and decodes share its B slots.
+- ``"planned"`` (GG-SP, FG-SP; static planning, Sec. 4.1): GPUs ``g < M`` are mixed (a reserved
+  prefill slot and B-1 decode slots), the others solo (B decode slots, never a prefill).
+
+Decode speed: on a GPU running a prefill a decode completes at mu_m, otherwise at mu_s. With
+``speed_rule="paper"`` (the default) a planned mixed GPU counts as mixed even while its prefill
+slot idles, as in the paper's pooled model; ``"idle-solo"`` runs it at solo speed then (the
+realistic rule, MODEL.md Sec. 8). The levels and tallies carry the pooled engine's names and
+meanings per *speed*: ``y_m``/``mixed_done`` are decodes at mu_m, ``y_s``/``solo_done`` at mu_s,
+so :func:`jaxqueue.stats.summarize_pooled` and the JSON keys apply unchanged.
+
+Exponential events, ``E = 5I``, laid out as in :mod:`.pooled`: ``arrival | prefill completion |
+decode completion at mu_m | decode completion at mu_s | prefill-queue abandonment``, each per
+class, with aggregated rates (``mu_p,i X_i``, ``mu_m,i Y_m,i``, ``mu_s,i Y_s,i``). The GPU on
+which a chosen completion happens is drawn in a second stage with its own uniform, with
+probability proportional to its share of that rate (its class-i prefills, or its class-i decodes
+at that speed): ``P(kind, i, g) = P(kind, i) P(g | kind, i)``, the CTMC's law exactly.
+
+Decisions (deterministic; each event changes one GPU, so one decision per side keeps the
+invariants "no GPU able to start a prefill while a live job waits for one" and "no free decode
+slot while a live job waits for decode"):
+
+- a new prefill starts on the eligible GPU holding the fewest requests (fewest decodes slowed
+  by mixed mode), ties to the lowest index; after a completion only its GPU can become eligible;
+- coupled (``FI-WSP``, ``GI-WSP``): the decode stays in the prefill's slot on the same GPU;
+- decoupled: a finished prefill first lets its GPU admit the next prefill (prefill-first, GF-WSP),
+  then goes to a free decode slot: solo pool before mixed pool (greedy router, planned layout),
+  then GPUs decoding at solo speed before those at mixed speed, then the fewest requests held,
+  then the lowest index; with no free slot it joins the FCFS decode buffer across classes.
+
+Admission: the gate (``deviation``, as in :mod:`.pooled`) over per-class queue counts with CTMC
+abandonment, or FCFS across classes (``fcfs``) over a lazy :class:`jaxqueue.buffer.Ring`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from .. import buffer as buf
+from .. import fluid
+from ..model import Model
+from ..simulate import AbstractSystem
+from .pooled import LEVELS, TALLIES, default_capacity
+
+__all__ = ["PER_GPU_POLICIES", "PerGpu", "PerGpuPolicy", "PerGpuState", "build_per_gpu",
+           "gpu_slots", "resolve_per_gpu"]
+
+LAYOUTS = ("shared", "planned")
+SPEED_RULES = ("paper", "idle-solo")
+_GATES = ("deviation", "fcfs")
+
+
+class PerGpuState(eqx.Module):
+    """What every GPU holds, the per-class prefill queues and the FCFS buffers.
+
+    Attributes:
+        pre: class of the prefill running on each GPU, -1 when none.
+        dec: decodes of each class on each GPU.
+        Qp: jobs waiting for prefill per class (the gate; unused with FCFS admission).
+        prefill_ring: the FCFS prefill queue (FCFS admission only, else None).
+        decode_ring: the FCFS decode buffer (decoupled policies only, else None).
+    """
+
+    pre: Int[Array, " G"]
+    dec: Int[Array, "G I"]
+    Qp: Int[Array, " I"]
+    prefill_ring: buf.Ring | None
+    decode_ring: buf.Ring | None
+
+
+class _View(NamedTuple):
+    free: Int[Array, " G"]  # free decode slots
+    can_prefill: Bool[Array, " G"]  # could start a prefill now
+    slow: Bool[Array, " G"]  # decodes run at mu_m
+    held: Int[Array, " G"]  # requests held (prefill + decodes)
+    mixed_pool: Bool[Array, " G"]  # planned mixed GPU
+
+
+class PerGpu(AbstractSystem):
+    """A cluster whose state says what each GPU holds (see the module docstring).
+
+    Attributes:
+        model: the scenario.
+        n: number of GPUs (active GPUs are ``g < n``).
+        M: number of planned mixed GPUs (planned layout; ignored by the shared one).
+        x_star: the bundled plan's per-GPU prefill occupancy (gate targets).
+        q_star: the bundled plan's per-GPU prefill queue (gate tie-break targets).
+        gpus: length of the per-GPU arrays, ``>= n`` (static).
+        layout: ``"shared"`` or ``"planned"`` (static).
+        coupled: whether a decode stays in its prefill's slot (static).
+        gate: ``"deviation"`` or ``"fcfs"`` (static).
+        speed_rule: ``"paper"`` or ``"idle-solo"`` (static).
+        capacity: slots of each FCFS ring (static).
+    """
+
+    model: Model
+    n: Int[Array, ""]
+    M: Int[Array, ""]
+    x_star: Float[Array, " I"]
+    q_star: Float[Array, " I"]
+    gpus: int = eqx.field(static=True)
+    layout: str = eqx.field(static=True)
+    coupled: bool = eqx.field(static=True)
+    gate: str = eqx.field(static=True)
+    speed_rule: str = eqx.field(static=True, default="paper")
+    capacity: int = eqx.field(static=True, default=256)
+
+    level_names: ClassVar[tuple[str, ...]] = LEVELS
+    tally_names: ClassVar[tuple[str, ...]] = TALLIES
+    num_random: ClassVar[int] = 2
+
+    def __check_init__(self):
+        for field, value, allowed in (("layout", self.layout, LAYOUTS),
+                                      ("gate", self.gate, _GATES),
+                                      ("speed_rule", self.speed_rule, SPEED_RULES)):
+            if value not in allowed:
+                raise ValueError(f"{field} = {value!r} is invalid: must be one of {allowed}")
+        if self.coupled and self.layout != "shared":
+            raise ValueError("coupled = True needs layout = 'shared' (a decode stays in the "
+                             "prefill's slot, which the planned layout reserves for prefills)")
+        if self.gpus < 1 or self.capacity < 1:
+            raise ValueError(f"gpus = {self.gpus}, capacity = {self.capacity}: must be >= 1")
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def init(self) -> PerGpuState:
+        num = self.num_classes
+        return PerGpuState(
+            pre=jnp.full((self.gpus,), -1, jnp.int32),
+            dec=jnp.zeros((self.gpus, num), jnp.int32),
+            Qp=jnp.zeros(num, jnp.int32),
+            prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
+            decode_ring=None if self.coupled else buf.empty(self.capacity),
+        )
+
+    # ---- derived per-GPU quantities ---------------------------------------------------------
+    def _view(self, pre: Int[Array, " G"], dec: Int[Array, "G I"]) -> _View:
+        B = self.model.B
+        g = jnp.arange(self.gpus)
+        active = g < self.n
+        busy = pre >= 0
+        decoding = jnp.sum(dec, axis=1)
+        held = decoding + busy.astype(jnp.int32)
+        if self.layout == "planned":
+            mixed_pool = g < self.M
+            free = jnp.where(active, jnp.where(mixed_pool, B - 1, B) - decoding, 0)
+            can_prefill = mixed_pool & active & ~busy
+            slow = busy | mixed_pool if self.speed_rule == "paper" else busy
+        else:
+            mixed_pool = jnp.zeros_like(busy)
+            free = jnp.where(active, B - held, 0)
+            can_prefill = active & ~busy & (free > 0)
+            slow = busy
+        return _View(free.astype(jnp.int32), can_prefill, slow, held, mixed_pool)
+
+    def _able(self, pre, dec, g) -> Bool[Array, ""]:
+        """Whether GPU ``g`` (an index < gpus, or gpus for none) could start a prefill."""
+        k = jnp.minimum(g, self.gpus - 1)
+        idle = (g < self.n) & (pre[k] < 0)
+        if self.layout == "planned":
+            return idle & (g < self.M)
+        return idle & (jnp.sum(dec[k]) < self.model.B)
+
+    def _counts(self, pre, dec, slow):
+        """(X, Y_m, Y_s) per class: prefills, decodes at mu_m, decodes at mu_s."""
+        X = jnp.sum(pre[:, None] == jnp.arange(self.num_classes)[None, :], axis=0)
+        Ym = jnp.sum(jnp.where(slow[:, None], dec, 0), axis=0)
+        Ys = jnp.sum(dec, axis=0) - Ym
+        return X.astype(jnp.int32), Ym, Ys
+
+    def _route_score(self, v: _View) -> Int[Array, " G"]:
+        """Lower is preferred for a decode: solo pool, then solo speed, then fewest held."""
+        big = 2 * self.model.B + 2
+        return v.held + big * v.slow.astype(jnp.int32) + 2 * big * v.mixed_pool.astype(jnp.int32)
+
+    # ---- the AbstractSystem interface -------------------------------------------------------
+    def rates(self, s: PerGpuState) -> Float[Array, " E"]:
+        m = self.model
+        X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
+        return jnp.concatenate([
+            m.lambda_ * self.n, m.mu_p * X, m.mu_m * Ym, m.mu_s * Ys, m.theta * s.Qp,
+        ]).astype(jnp.float32)
+
+    def levels(self, s: PerGpuState) -> Float[Array, " L"]:
+        # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
+        X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
+        return jnp.concatenate([X, Ym, Ys, s.Qp, jnp.zeros_like(s.Qp)]).astype(jnp.float32)
+
+    def pending(self, s: PerGpuState) -> Bool[Array, ""]:
+        v = self._view(s.pre, s.dec)
+        todo = jnp.bool_(False)
+        if s.prefill_ring is not None:
+            todo = todo | (jnp.any(v.can_prefill) & (s.prefill_ring.size > 0))
+        if s.decode_ring is not None:
+            todo = todo | (jnp.any(v.free > 0) & (s.decode_ring.size > 0))
+        return todo
+
+    def rebase(self, s: PerGpuState, elapsed) -> PerGpuState:
+        def shift(ring):
+            return None if ring is None else buf.rebase(ring, elapsed)
+        return eqx.tree_at(lambda s: (s.prefill_ring, s.decode_ring), s,
+                           (shift(s.prefill_ring), shift(s.decode_ring)),
+                           is_leaf=lambda x: x is None)
+
+    def overflow(self, s: PerGpuState) -> Bool[Array, ""]:
+        over = jnp.bool_(False)
+        for ring in (s.prefill_ring, s.decode_ring):
+            if ring is not None:
+                over = over | ring.overflow
+        return over
+
+    def overflow_message(self) -> str:
+        return (
+            f"a FCFS buffer overflowed its capacity of {self.capacity} jobs: rerun with a larger "
+            "capacity (--buffer-capacity); no result was produced from the truncated run"
+        )
+
+    def fire(self, s: PerGpuState, event, t, u, window):
+        m = self.model
+        num = self.num_classes
+        G = self.gpus
+        classes = jnp.arange(num)
+        w0, w1 = window
+        hot = (jnp.arange(5 * num) == event).reshape(5, num).astype(jnp.int32)
+        arrive, prefill_done, mixed_done, solo_done, queue_abandon = hot
+        counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
+        kind, cls = event // num, event % num
+        bookkeeping = event == 5 * num
+        v = self._view(s.pre, s.dec)
+        X, _, _ = self._counts(s.pre, s.dec, v.slow)
+
+        def one_hot(c, do):
+            return ((classes == c) & do).astype(jnp.int32)
+
+        def at(do, g):  # the index of GPU g when `do`, else one past the end (a dropped write)
+            return jnp.where(do, g, G)
+
+        def pick(eligible, score):  # the eligible GPU with the lowest score, then lowest index
+            return jnp.argmin(jnp.where(eligible, score, jnp.iinfo(jnp.int32).max))
+
+        def patience(c):
+            # Exp(theta_c) from one uniform; theta = 0 means the job never abandons.
+            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta, jnp.float32)[c]
+
+        def serve_head(ring, ready):
+            """Bookkeeping on a ring whose head may be served: discard it if it abandoned."""
+            label, entry, deadline = buf.peek(ring)
+            look = bookkeeping & ready & (ring.size > 0)
+            gone = look & (deadline <= t)
+            take = look & ~gone
+            in_win = ((deadline > w0) & (deadline <= w1)).astype(jnp.int32)
+            credit = one_hot(label, look).astype(jnp.float32) * buf.overlap(
+                entry, jnp.where(gone, deadline, t), w0, w1)
+            return buf.pop(ring, look), label, take, one_hot(label, gone) * in_win, credit
+
+        # Second stage of a completion: its GPU, proportional to the GPU's share of the rate.
+        column = jnp.take(s.dec, cls, axis=1, mode="clip")
+        weight = jnp.where(kind == 1, (s.pre == cls).astype(jnp.int32),
+                           jnp.where(kind == 2, column * v.slow,
+                                     jnp.where(kind == 3, column * ~v.slow, 0)))
+        cum = jnp.cumsum(weight)
+        total = cum[-1]
+        draw = jnp.minimum((u[1] * total.astype(jnp.float32)).astype(jnp.int32), total - 1)
+        completes = (kind >= 1) & (kind <= 3)
+        g_event = jnp.where(completes, jnp.sum(cum <= draw), G)
+        finished = kind == 1
+        pre = s.pre.at[at(finished, g_event)].set(-1, mode="drop")
+        dec = s.dec.at[at((kind == 2) | (kind == 3), g_event), cls].add(-1, mode="drop")
+        if self.coupled:  # Immediate coupling: the decode keeps the prefill's slot.
+            dec = dec.at[at(finished, g_event), cls].add(1, mode="drop")
+        X = X - prefill_done
+
+        # Prefill side. An arrival finding a GPU able to prefill starts at once (no live job
+        # waits then); after a completion only its GPU can become able, and admits one job.
+        can_start = jnp.any(v.can_prefill)
+        arrival = kind == 0
+        pre = pre.at[at(arrival & can_start, pick(v.can_prefill, v.held))].set(cls, mode="drop")
+        queued = arrival & ~can_start
+        p_credit = jnp.zeros(num, jnp.float32)
+        pring = s.prefill_ring
+        if pring is None:
+            Qp = s.Qp + one_hot(cls, queued) - queue_abandon
+            admit = completes & self._able(pre, dec, g_event) & jnp.any(Qp > 0)
+            chosen = self._gate_choice(X, Qp)
+            Qp = Qp - one_hot(chosen, admit)
+            pre = pre.at[at(admit, g_event)].set(chosen, mode="drop")
+            p_gone = queue_abandon * counted
+        else:
+            Qp = s.Qp
+            pring = buf.push(pring, queued, cls, t, patience(cls))
+            p_look = bookkeeping & can_start & (pring.size > 0)
+            pring, label, take, p_gone, p_credit = serve_head(pring, can_start)
+            pre = pre.at[at(take, pick(v.can_prefill, v.held))].set(label, mode="drop")
+
+        # Decode side (decoupled only): route a finished prefill, or serve the decode buffer.
+        d_gone = jnp.zeros(num, jnp.int32)
+        d_credit = jnp.zeros(num, jnp.float32)
+        dring = s.decode_ring
+        if dring is not None:
+            after = self._view(pre, dec)
+            has_free = jnp.any(after.free > 0)
+            place = finished & has_free
+            dec = dec.at[at(place, pick(after.free > 0, self._route_score(after))), cls].add(
+                1, mode="drop")
+            dring = buf.push(dring, finished & ~has_free, cls, t, patience(cls))
+            ready = has_free
+            if pring is not None and self.layout == "shared":
+                ready = ready & ~p_look  # prefill-first: the prefill queue is served first
+            dring, label, take, d_gone, d_credit = serve_head(dring, ready)
+            dec = dec.at[at(take, pick(after.free > 0, self._route_score(after))), label].add(
+                1, mode="drop")
+
+        state = PerGpuState(pre=pre, dec=dec, Qp=Qp, prefill_ring=pring, decode_ring=dring)
+        tally = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
+                                 solo_done * counted, p_gone, d_gone])
+        zero = jnp.zeros(num, jnp.float32)
+        credit = jnp.concatenate([zero, zero, zero, p_credit, d_credit])
+        return state, tally, credit
+
+    def finalize(self, s: PerGpuState, window):
+        num = self.num_classes
+        zero_i = jnp.zeros(num, jnp.int32)
+        zero_f = jnp.zeros(num, jnp.float32)
+        p_gone, p_wait = (zero_i, zero_f) if s.prefill_ring is None else _residual(
+            s.prefill_ring, num, window)
+        d_gone, d_wait = (zero_i, zero_f) if s.decode_ring is None else _residual(
+            s.decode_ring, num, window)
+        tally = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone])
+        credit = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
+        return tally.astype(jnp.int32), credit
+
+    def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
+        """The gate of Sec. 4.1 (as in :mod:`.pooled`): the waiting class with the smallest
+        ``xi_i = (X_i - n x_i*) / x_i*`` (+inf when ``x_i* = 0``), ties to the larger
+        ``Q_p,i - n q_p,i*``, then the lower index (meaningless if none waits)."""
+        waiting = Qp > 0
+        n = jnp.asarray(self.n, jnp.float32)
+        x_star = jnp.asarray(self.x_star, jnp.float32)
+        safe = jnp.where(x_star > 0, x_star, 1.0)
+        xi = jnp.where(x_star > 0, (X - n * x_star) / safe, jnp.inf)
+        first = waiting & (xi == jnp.min(jnp.where(waiting, xi, jnp.inf)))
+        dev = Qp - n * jnp.asarray(self.q_star, jnp.float32)
+        second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
+        return jnp.argmax(second)
+
+
+def _residual(ring: buf.Ring, num: int, window):
+    """Abandonments and waits owed by the jobs a ring still holds at the end of a run."""
+    w0, w1 = window
+    k = jnp.arange(ring.capacity)
+    held = ((k - ring.head) % ring.capacity) < ring.size
+    gone = held & (ring.deadline <= w1)
+    end = jnp.where(gone, ring.deadline, w1)
+    wait = jnp.where(held, buf.overlap(ring.entry, end, w0, w1), 0.0)
+    hot = ring.label[None, :] == jnp.arange(num)[:, None]
+    in_win = gone & (ring.deadline > w0)
+    return jnp.sum(hot & in_win, axis=1), jnp.sum(jnp.where(hot, wait, 0.0), axis=1)
+
+
+# ---- policies and the builder ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PerGpuPolicy:
+    """A policy on the per-GPU engine: its layout, coupling and admission."""
+
+    name: str
+    layout: str
+    coupled: bool
+    gate: str
+    description: str
+    aliases: tuple[str, ...] = ()
+
+
+PER_GPU_POLICIES = {
+    p.name: p
+    for p in (
+        PerGpuPolicy("fi-wsp", "shared", True, "fcfs",
+                     "FI-WSP (Sec. 6.3): FCFS admission, Immediate coupling, no static planning "
+                     "(Sarathi-Serve-style industry baseline)"),
+        PerGpuPolicy("gi-wsp", "shared", True, "deviation",
+                     "GI-WSP (Sec. 6.3): the Gate-and-Route gate on the coupled architecture"),
+        PerGpuPolicy("gf-wsp", "shared", False, "deviation",
+                     "GF-WSP (Sec. 6.3): the gate, decoupled phases, no static planning, "
+                     "prefill-first"),
+        PerGpuPolicy("fg-sp", "planned", False, "fcfs",
+                     "FG-SP (Sec. 6.3): static planning and greedy router, FCFS admission"),
+        PerGpuPolicy("gate-and-route", "planned", False, "deviation",
+                     "GG-SP (Sec. 4.1): static planning, occupancy-deviation gate, greedy router",
+                     aliases=("gg-sp",)),
+    )
+}
+
+
+def resolve_per_gpu(name: str) -> PerGpuPolicy:
+    """The per-GPU policy called ``name`` (or one of its aliases)."""
+    for policy in PER_GPU_POLICIES.values():
+        if name == policy.name or name in policy.aliases:
+            return policy
+    known = sorted([*PER_GPU_POLICIES, *(a for p in PER_GPU_POLICIES.values() for a in p.aliases)])
+    raise ValueError(f"policy = {name!r} is unknown on the per-GPU engine: must be one of "
+                     f"{', '.join(known)}")
+
+
+def gpu_slots(n: int) -> int:
+    """Length of the per-GPU arrays for n GPUs: the next power of two (nearby n share one
+    compiled program; the padding GPUs are inactive)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def build_per_gpu(name: str, model: Model, n: int, *, plan: fluid.Plan | None = None,
+                  capacity: int | None = None, speed_rule: str = "paper"
+                  ) -> tuple[PerGpu, fluid.Plan]:
+    """The per-GPU system of policy ``name`` on ``n`` GPUs.
+
+    Args:
+        name: one of :data:`PER_GPU_POLICIES` (or an alias).
+        model: the scenario.
+        n: number of GPUs (integer >= 1).
+        plan: the fluid plan (default: the bundled LP; its x* and q_p* are the gate's targets,
+            its ``mixed_gpus(n)`` the planned layout's M).
+        capacity: slots of the FCFS buffers (default :func:`.pooled.default_capacity`).
+        speed_rule: ``"paper"`` or ``"idle-solo"`` (see the module docstring).
+
+    Returns:
+        The system and the plan it was built from.
+    """
+    policy = resolve_per_gpu(name)
+    try:
+        ok = not isinstance(n, bool) and float(n).is_integer() and int(n) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
+    n = int(n)
+    if speed_rule not in SPEED_RULES:
+        raise ValueError(f"speed_rule = {speed_rule!r} is invalid: must be one of {SPEED_RULES}")
+    if capacity is None:
+        capacity = default_capacity(n)
+    elif isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:
+        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer >= 1")
+    plan = plan if plan is not None else fluid.solve(model, "bundled")
+    M = plan.mixed_gpus(n) if policy.layout == "planned" else 0
+    system = PerGpu(
+        model=model, n=np.int32(n), M=np.int32(M),
+        x_star=np.asarray(plan.x, np.float64), q_star=np.asarray(plan.q_p, np.float64),
+        gpus=gpu_slots(n), layout=policy.layout, coupled=policy.coupled, gate=policy.gate,
+        speed_rule=speed_rule, capacity=int(capacity),
+    )
+    return system, plan

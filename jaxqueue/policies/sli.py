@@ -1,0 +1,287 @@
+"""SLI-aware Gate-and-Route (MODEL.md Sec. 5, paper Sec. 5.1 and EC 13), on pooled counts.
+
+Static planning and the gate are those of Gate-and-Route (:mod:`jaxqueue.policies.pooled`): M of
+the n GPUs are mixed (``M = ceil(n sum x*)``), they hold the M prefill slots and (B-1)M decode
+slots at rate mu_m; the n-M solo GPUs hold B(n-M) decode slots at rate mu_s; the gate admits the
+waiting class with the smallest occupancy deviation. What changes is the *router*: the greedy
+router of Sec. 4.1 fills solo slots first and reaches the LP's revenue but not its per-class
+split of decode occupancy (Fig. 5); this router splits each class's decode traffic between the
+two sides in the LP's proportions, so that both ``x`` and ``(y_m, y_s)`` approach the plan (Fig. 6).
+
+Router. A class-i job whose prefill completes goes to the *solo side* with probability
+
+    p_s,i = mu_s,i y_s,i* / (mu_p,i x_i* - theta_i q_d,i*)                       (EC 13)
+
+and to the *mixed side* otherwise. By the decode balance of the LP (Eq. 40, second equality) the
+denominator is the planned completion rate ``mu_m,i y_m,i* + mu_s,i y_s,i*``, which is how it is
+computed here (so ``p_s,i`` lies in [0, 1] exactly); with ``q_d* = 0`` this is Sec. 5.1's
+formula. A class that the plan does not decode at all (denominator 0) goes to the solo side.
+On its side the job takes a free slot, else waits in that side's decode buffer.
+
+Each side keeps per-class buffer *counts*: jobs of one class are exchangeable, so FCFS within a
+class needs no arrival order, and the buffers' abandonments are ordinary CTMC events at rate
+``theta_i`` times the count (no lazy ring, no bookkeeping steps). When a decode slot frees on a
+side whose buffer is not empty, it takes a job of class j with probability proportional to j's
+planned completion rate on that side (``mu_m,j y_m,j*`` mixed, ``mu_s,j y_s,j*`` solo) among the
+classes with waiting jobs (EC 13). The paper leaves open the case where every waiting class has a
+planned rate 0 on that side (possible only for classes the plan does not decode at all, or with
+a hand-made plan): jaxqueue then picks uniformly among the waiting classes, so a free slot never
+idles while a job waits on its side.
+
+Exponential events, ``E = 7I`` of them, class-major within each kind:
+``arrival | prefill completion | mixed decode completion | solo decode completion |
+prefill-queue abandonment | solo-buffer abandonment | mixed-buffer abandonment``.
+
+One uniform per step (``num_random = 1``) drives the one random decision a step can take: the
+side of a finished prefill, or the class a freed decode slot takes (never both in one step).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .. import fluid
+from ..model import Model
+from ..simulate import AbstractSystem, choose_event
+from .pooled import LEVELS, Pooled
+from .pooled import TALLIES as _POOLED_TALLIES
+
+__all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
+
+#: Event counters, each per class: those of the pooled systems (so :mod:`jaxqueue.stats`
+#: applies), then ``routed_solo``, the prefill completions the router sent to the solo side.
+TALLIES = (*_POOLED_TALLIES, "routed_solo")
+
+
+class SLIState(eqx.Module):
+    """Counts per class.
+
+    Attributes:
+        X: prefills in service (on mixed GPUs).
+        Ym: decodes on mixed GPUs.
+        Ys: decodes on solo GPUs.
+        Qp: jobs waiting for prefill.
+        Qds: jobs waiting in the solo side's decode buffer.
+        Qdm: jobs waiting in the mixed side's decode buffer.
+    """
+
+    X: Int[Array, " I"]
+    Ym: Int[Array, " I"]
+    Ys: Int[Array, " I"]
+    Qp: Int[Array, " I"]
+    Qds: Int[Array, " I"]
+    Qdm: Int[Array, " I"]
+
+
+class SLIGateAndRoute(AbstractSystem):
+    """SLI-aware Gate-and-Route: the deviation gate and the two-sided proportional router.
+
+    Attributes:
+        model: the scenario (rates are derived from it inside the step).
+        n: number of GPUs.
+        M: number of mixed GPUs (``ceil(n sum x*)`` under static planning).
+        x_star: the plan's per-GPU prefill occupancy (gate targets).
+        q_star: the plan's per-GPU prefill queue (gate tie-break targets).
+        y_m_star: the plan's per-GPU decodes on mixed GPUs (router targets).
+        y_s_star: the plan's per-GPU decodes on solo GPUs (router targets).
+    """
+
+    model: Model
+    n: Int[Array, ""]
+    M: Int[Array, ""]
+    x_star: Float[Array, " I"]
+    q_star: Float[Array, " I"]
+    y_m_star: Float[Array, " I"]
+    y_s_star: Float[Array, " I"]
+
+    level_names: ClassVar[tuple[str, ...]] = LEVELS
+    tally_names: ClassVar[tuple[str, ...]] = TALLIES
+    num_random: ClassVar[int] = 1
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    # ---- the plan's rates (derived, never stored) -------------------------------------------
+    @property
+    def mixed_rate(self) -> Float[Array, " I"]:
+        """Planned class-i decode completions per GPU per second on the mixed side,
+        ``mu_m,i y_m,i*``."""
+        return self.model.mu_m * self.y_m_star
+
+    @property
+    def solo_rate(self) -> Float[Array, " I"]:
+        """Planned class-i decode completions per GPU per second on the solo side,
+        ``mu_s,i y_s,i*``."""
+        return self.model.mu_s * self.y_s_star
+
+    @property
+    def p_solo(self) -> Float[Array, " I"]:
+        """Probability ``p_s,i`` that the router sends a class-i job to the solo side (EC 13);
+        1 for a class the plan does not decode."""
+        solo, total = self.solo_rate, self.mixed_rate + self.solo_rate
+        safe = total + (total <= 0)  # arithmetic only: works on host arrays and traced ones
+        return solo / safe + (total <= 0)
+
+    # ---- the engine's interface -------------------------------------------------------------
+    def init(self) -> SLIState:
+        zeros = jnp.zeros(self.num_classes, jnp.int32)
+        return SLIState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros, Qds=zeros, Qdm=zeros)
+
+    def rates(self, s: SLIState) -> Float[Array, " E"]:
+        m = self.model
+        return jnp.concatenate([
+            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
+            m.theta * s.Qds, m.theta * s.Qdm,
+        ]).astype(jnp.float32)
+
+    def levels(self, s: SLIState) -> Float[Array, " L"]:
+        # q_d is both decode buffers together (the fluid model's q_d, per class).
+        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, s.Qds + s.Qdm]).astype(jnp.float32)
+
+    def fire(self, s: SLIState, event, t, u, window):
+        m = self.model
+        num = self.num_classes
+        classes = jnp.arange(num)
+        w0, w1 = window
+        hot = (jnp.arange(7 * num) == event).reshape(7, num).astype(jnp.int32)
+        arrive, prefill_done, mixed_done, solo_done, p_gone, ds_gone, dm_gone = hot
+        counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
+        B = m.B
+        free_solo = B * (self.n - self.M) > jnp.sum(s.Ys)
+        free_mixed = (B - 1) * self.M > jnp.sum(s.Ym)
+        idle = self.M > jnp.sum(s.X)
+
+        def one_hot(cls, do):
+            return ((classes == cls) & do).astype(jnp.int32)
+
+        # Router: a finished class-i prefill goes to the solo side with probability p_s,i, and
+        # takes a free slot of its side or waits in that side's buffer (Sec. 5.1).
+        finished = jnp.any(prefill_done > 0)
+        cls_in = jnp.argmax(prefill_done)
+        p_solo = jnp.asarray(self.p_solo, jnp.float32)[cls_in]
+        solo_side = finished & (u[0] < p_solo)
+        mixed_side = finished & ~solo_side
+        to_ys = one_hot(cls_in, solo_side & free_solo)
+        to_qds = one_hot(cls_in, solo_side & ~free_solo)
+        to_ym = one_hot(cls_in, mixed_side & free_mixed)
+        to_qdm = one_hot(cls_in, mixed_side & ~free_mixed)
+
+        # A decode slot freed on a side takes a waiting job of that side, class j with
+        # probability proportional to its planned rate there among the waiting classes (EC 13).
+        # The freed slot was the only free one: by induction a free slot never coexists with a
+        # waiting job on its side, and one event frees at most one slot.
+        Qds = s.Qds - ds_gone + to_qds
+        Qdm = s.Qdm - dm_gone + to_qdm
+        take_s = one_hot(self._pick(jnp.asarray(self.solo_rate, jnp.float32), s.Qds, u[0]),
+                         jnp.any(solo_done > 0) & jnp.any(s.Qds > 0))
+        take_m = one_hot(self._pick(jnp.asarray(self.mixed_rate, jnp.float32), s.Qdm, u[0]),
+                         jnp.any(mixed_done > 0) & jnp.any(s.Qdm > 0))
+        Ys = s.Ys - solo_done + to_ys + take_s
+        Ym = s.Ym - mixed_done + to_ym + take_m
+        Qds = Qds - take_s
+        Qdm = Qdm - take_m
+
+        # Gate (as Gate-and-Route): an arrival finding an idle prefill slot starts at once; a
+        # prefill slot freed by a completion admits one waiting job, chosen by the deviation gate.
+        X = s.X - prefill_done + arrive * idle.astype(jnp.int32)
+        Qp = s.Qp + arrive * (~idle).astype(jnp.int32) - p_gone
+        admit = one_hot(self._gate_choice(X, Qp), finished & jnp.any(Qp > 0))
+        X = X + admit
+        Qp = Qp - admit
+
+        state = SLIState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, Qds=Qds, Qdm=Qdm)
+        tally = jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, p_gone,
+                                 ds_gone + dm_gone, to_ys + to_qds]) * counted
+        return state, tally, jnp.zeros(len(LEVELS) * num, jnp.float32)
+
+    # ---- the two decisions ------------------------------------------------------------------
+    @staticmethod
+    def _pick(rate: Float[Array, " I"], waiting: Int[Array, " I"], u) -> Int[Array, ""]:
+        """A waiting class, with probability proportional to ``rate`` among the waiting classes,
+        uniform among them if all of their rates are 0 (meaningless if none waits)."""
+        has = waiting > 0
+        weight = jnp.where(has, rate, 0.0)
+        weight = jnp.where(jnp.sum(weight) > 0, weight, has.astype(jnp.float32))
+        return jnp.minimum(choose_event(weight, u), rate.shape[0] - 1)
+
+    def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
+        """The class the Gate-and-Route gate admits next (Sec. 4.1; meaningless if none waits).
+
+        Delegates to :meth:`Pooled._gate_choice` so the two policies share one gate by
+        construction (the pooled view holds no buffer; its capacity is never used).
+        """
+        view = Pooled(model=self.model, n=self.n, M=self.M, x_star=self.x_star,
+                      q_star=self.q_star, gate="deviation", capacity=1)
+        return view._gate_choice(X, Qp)
+
+
+# ---- building from a plan ----------------------------------------------------------------------
+def _check_plan(model: Model, plan: fluid.Plan) -> None:
+    """Raises ValueError unless ``plan`` is a nonnegative plan of ``model``'s shape whose decode
+    flows balance (Eq. 40: mu_p x - theta q_d = mu_m y_m + mu_s y_s), which ``p_s`` relies on."""
+    num = model.num_classes
+    arrays = {}
+    for name in ("x", "y_m", "y_s", "q_p", "q_d"):
+        a = np.asarray(getattr(plan, name), np.float64)
+        if a.shape != (num,):
+            raise ValueError(f"plan.{name} has shape {a.shape}: model {model.name!r} has {num} "
+                             f"classes, so it must have shape ({num},)")
+        if not np.all(np.isfinite(a)) or np.any(a < -1e-9):
+            raise ValueError(f"plan.{name} = {a.tolist()} is invalid: must be finite and >= 0")
+        arrays[name] = a
+    inflow = model.mu_p * arrays["x"] - model.theta * arrays["q_d"]
+    done = model.mu_m * arrays["y_m"] + model.mu_s * arrays["y_s"]
+    scale = max(1.0, float(np.max(np.abs(model.mu_p * arrays["x"]))))
+    if np.max(np.abs(inflow - done)) > 1e-6 * scale:
+        raise ValueError(
+            "plan is not a fluid plan of this model: its decode flows do not balance "
+            f"(mu_p x - theta q_d = {inflow.tolist()} but mu_m y_m + mu_s y_s = {done.tolist()}); "
+            "solve it with jaxqueue.fluid.solve for the same model")
+    if float(np.sum(arrays["x"])) > 1 + 1e-9:
+        raise ValueError(f"plan has sum x = {np.sum(arrays['x'])!r} > 1: not a fluid plan")
+
+
+def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
+              sli: fluid.SLI | None = None) -> tuple[SLIGateAndRoute, fluid.Plan]:
+    """SLI-aware Gate-and-Route on ``n`` GPUs, planned from the (SLI-aware) bundled LP.
+
+    Args:
+        model: the scenario.
+        n: number of GPUs (integer >= 1).
+        plan: the fluid plan to follow (default ``fluid.solve(model, "bundled", sli=sli)``). Any
+            plan of this model is accepted, also one with a decode backlog ``q_d* > 0`` (EC 13).
+        sli: SLI targets of the default plan (Sec. 5); not allowed together with ``plan``.
+
+    Returns:
+        The system and the plan it was built from.
+
+    Raises:
+        ValueError: invalid ``n``, both ``plan`` and ``sli`` given, or a plan that does not fit
+            the model (shape, sign or flow balance).
+        jaxqueue.fluid.FluidError: the default LP cannot be solved (e.g. an unreachable SLI).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) \
+            or not float(n).is_integer() or int(n) < 1:
+        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
+    n = int(n)
+    if plan is not None and sli is not None:
+        raise ValueError("give either plan or sli, not both: sli only shapes the default plan")
+    if plan is None:
+        plan = fluid.solve(model, "bundled", sli=sli)
+    elif not isinstance(plan, fluid.Plan):
+        raise TypeError(f"plan = {plan!r} is invalid: must be a jaxqueue.fluid.Plan or None")
+    _check_plan(model, plan)
+
+    def target(a):  # LP round-off can leave -1e-12: a plan quantity is >= 0
+        return np.maximum(np.asarray(a, np.float64), 0.0)
+
+    system = SLIGateAndRoute(
+        model=model, n=np.int32(n), M=np.int32(plan.mixed_gpus(n)), x_star=target(plan.x),
+        q_star=target(plan.q_p), y_m_star=target(plan.y_m), y_s_star=target(plan.y_s))
+    return system, plan

@@ -30,6 +30,34 @@ def _enable_cache() -> None:
             pass
 
 
+def _use_all_cores() -> None:
+    """Before JAX starts: expose one CPU device per core, so that sharding the replications over
+    ``--devices all`` runs them on every core (XLA runs a small kernel on one thread). Affects
+    only the CPU platform; an explicit setting in ``XLA_FLAGS`` wins."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count or 1}"
+
+
+def _devices(spec: str):
+    """``all`` or a count N: the first N devices of the default backend."""
+    import jax
+
+    available = jax.devices()
+    if spec == "all":
+        return available
+    try:
+        count = int(spec)
+    except ValueError:
+        raise ValueError(f"devices = {spec!r} is invalid: must be 'all' or an integer "
+                         f"in [1, {len(available)}]") from None
+    if not 1 <= count <= len(available):
+        raise ValueError(f"devices = {count} is invalid: must be 'all' or an integer in "
+                         f"[1, {len(available)}] (available: {len(available)})")
+    return available[:count]
+
+
 def _positive_int(name: str):
     def parse(text: str) -> int:
         try:
@@ -124,9 +152,10 @@ def _cmd_simulate(args) -> None:
 
     model = scenarios.load(args.scenario)
     system, plan = policies.build(args.policy, model, args.gpus, capacity=args.buffer_capacity)
+    devices = _devices(args.devices)
     run = simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
                    warmup=args.warmup, chunk_events=args.chunk_events,
-                   progress=not args.json and sys.stderr.isatty())
+                   progress=not args.json and sys.stderr.isatty(), devices=devices)
     summary = stats.summarize_pooled(run, model, args.gpus)
     out = {
         "scenario": model.name,
@@ -145,6 +174,7 @@ def _cmd_simulate(args) -> None:
         "wall_seconds": run.wall_seconds,
         "compile_seconds": run.compile_seconds,
         "events_per_second": run.events_per_second,
+        "devices": len(devices),
         "interrupted": run.interrupted,
     }
 
@@ -308,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--buffer-capacity", type=_positive_int("buffer-capacity"), default=None,
                      help="slots of each FCFS buffer (default: a power of two >= 8n)")
     sim.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=1024)
+    sim.add_argument("--devices", default="all",
+                     help="shard replications over 'all' devices or the first N (default all; "
+                          "on a CPU, one device per core)")
     run_options(sim)
     sim.set_defaults(func=_cmd_simulate)
 
@@ -349,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if getattr(args, "warmup", None) is not None and getattr(args, "horizon", None) is not None:
         if args.warmup >= args.horizon:
             _parser().error(f"warmup = {args.warmup:g}: must be < horizon = {args.horizon:g}")
+    _use_all_cores()
     _enable_cache()
     from .fluid import FluidError
     from .model import ModelError

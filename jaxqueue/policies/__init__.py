@@ -15,8 +15,9 @@ from .. import fluid
 from ..model import Model
 from .erlang import ErlangA
 from .pooled import Pooled, default_capacity
+from .sli import SLIGateAndRoute, build_sli
 
-__all__ = ["POLICIES", "Policy", "build", "resolve", "ErlangA", "Pooled"]
+__all__ = ["POLICIES", "Policy", "build", "resolve", "ErlangA", "Pooled", "SLIGateAndRoute"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Policy:
     gate: str
     description: str
     aliases: tuple[str, ...] = ()
+    router: str = "greedy"
 
 
 POLICIES = {
@@ -42,6 +44,10 @@ POLICIES = {
         Policy("prioritize-and-route", "separate", "priority",
                "Prioritize-and-Route (Sec. 4.2.1): separate-pricing LP planning, admit the "
                "waiting class with the largest D/P, greedy router"),
+        Policy("sli-gate-and-route", "bundled", "deviation",
+               "SLI-aware Gate-and-Route (Sec. 5.1, EC 13): (SLI-aware) bundled-LP planning, "
+               "the same gate, random routing to the solo or mixed side in the LP's "
+               "proportions (one decode buffer per side)", router="sli"),
     )
 }
 
@@ -56,15 +62,18 @@ def resolve(name: str) -> Policy:
 
 
 def build(name: str, model: Model, n: int, *, plan: fluid.Plan | None = None,
-          capacity: int | None = None) -> tuple[Pooled, fluid.Plan]:
+          capacity: int | None = None, sli: fluid.SLI | None = None
+          ) -> tuple[Pooled | SLIGateAndRoute, fluid.Plan]:
     """The system of policy ``name`` on ``n`` GPUs, planned from its fluid LP.
 
     Args:
         name: a policy name or alias (see :data:`POLICIES`).
         model: the scenario.
         n: number of GPUs (integer >= 1).
-        plan: the fluid plan to use (default: solve the LP of the policy's pricing).
+        plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
+            SLI targets ``sli`` if given).
         capacity: slots of the FCFS buffers (default :func:`default_capacity`).
+        sli: SLI targets of the plan (bundled pricing only).
 
     Returns:
         The system and the plan it was built from.
@@ -73,6 +82,10 @@ def build(name: str, model: Model, n: int, *, plan: fluid.Plan | None = None,
     if isinstance(n, bool) or not float(n).is_integer() or int(n) < 1:
         raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
     n = int(n)
+    if plan is None and (sli is not None or policy.router == "sli"):
+        plan = fluid.solve(model, policy.pricing, sli=sli)
+    if policy.router == "sli":
+        return build_sli(model, n, plan=plan)  # per-class decode buffers: no FCFS ring
     if capacity is None:
         capacity = default_capacity(n)
     elif isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:

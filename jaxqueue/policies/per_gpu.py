@@ -263,7 +263,7 @@ class PerGpu(AbstractSystem):
             return jnp.where(do, g, G)
 
         def pick(eligible, score):  # the eligible GPU with the lowest score, then lowest index
-            return jnp.argmin(jnp.where(eligible, score, jnp.iinfo(jnp.int32).max))
+            return _first_min(jnp.where(eligible, score, 8 * m.B + 8))
 
         def patience(c):
             # Exp(theta_c) from one uniform; theta = 0 means the job never abandons.
@@ -285,11 +285,8 @@ class PerGpu(AbstractSystem):
         weight = jnp.where(kind == 1, (s.pre == cls).astype(jnp.int32),
                            jnp.where(kind == 2, column * v.slow,
                                      jnp.where(kind == 3, column * ~v.slow, 0)))
-        cum = jnp.cumsum(weight)
-        total = cum[-1]
-        draw = jnp.minimum((u[1] * total.astype(jnp.float32)).astype(jnp.int32), total - 1)
         completes = (kind >= 1) & (kind <= 3)
-        g_event = jnp.where(completes, jnp.sum(cum <= draw), G)
+        g_event = jnp.where(completes, _draw_index(weight, u[1]), G)
         finished = kind == 1
         pre = s.pre.at[at(finished, g_event)].set(-1, mode="drop")
         dec = s.dec.at[at((kind == 2) | (kind == 3), g_event), cls].add(-1, mode="drop")
@@ -369,6 +366,39 @@ class PerGpu(AbstractSystem):
         dev = Qp - n * jnp.asarray(self.q_star, jnp.float32)
         second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
         return jnp.argmax(second)
+
+
+def _first_min(score: Int[Array, " G"]) -> Int[Array, ""]:
+    """``argmin(score)``, ties to the lowest index, for small non-negative scores.
+
+    One integer min over ``score * G + index`` (XLA's CPU argmin, a variadic reduction, is
+    several times slower); exact while ``(max score + 1) * G < 2^31``, i.e. ``(8B + 9) G``.
+    """
+    G = score.shape[0]
+    return jnp.min(score * G + jnp.arange(G, dtype=score.dtype)) % G
+
+
+def _draw_index(weight: Int[Array, " G"], u: Float[Array, ""]) -> Int[Array, ""]:
+    """Index g with probability ``weight[g] / sum(weight)`` from one uniform (any value when
+    every weight is zero).
+
+    Integer inverse CDF: ``j = floor(u * total)`` and the first g whose running sum exceeds j,
+    so a zero weight is never chosen. The running sum is taken in two levels (blocks of about
+    sqrt(G)): a cumulative sum over all G entries costs O(G^2) work on XLA's CPU backend.
+    """
+    G = weight.shape[0]
+    k = 1 << ((max(G, 1) - 1).bit_length() + 1) // 2  # block length, a power of two
+    if G % k:
+        k = G
+    blocks = weight.reshape(G // k, k)
+    sums = jnp.sum(blocks, axis=1)
+    cum = jnp.cumsum(sums)
+    total = cum[-1]
+    draw = jnp.minimum((u * total.astype(jnp.float32)).astype(weight.dtype), total - 1)
+    b = jnp.minimum(jnp.sum(cum <= draw), G // k - 1)
+    rest = draw - (cum[b] - sums[b])
+    inner = jnp.cumsum(blocks[b])
+    return b * k + jnp.minimum(jnp.sum(inner <= rest), k - 1)
 
 
 def _residual(ring: buf.Ring, num: int, window):

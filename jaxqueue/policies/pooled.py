@@ -36,7 +36,8 @@ from .. import buffer as buf
 from ..model import Model
 from ..simulate import AbstractSystem
 
-__all__ = ["Pooled", "PooledState", "LEVELS", "TALLIES", "GATES", "default_capacity"]
+__all__ = ["Pooled", "PooledState", "LEVELS", "TALLIES", "GATES", "default_capacity",
+           "gate_choice"]
 
 #: Time-integrated levels, each per class (the names of the per-GPU fluid quantities).
 LEVELS = ("x", "y_m", "y_s", "q_p", "q_d")
@@ -246,21 +247,30 @@ class Pooled(AbstractSystem):
         return tally, credit
 
     def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-        """The class the gate admits next among the waiting ones (meaningless if none waits)."""
-        m = self.model
-        waiting = Qp > 0
-        if self.gate == "priority":
-            key = (m.D / m.P).astype(jnp.float32)
-            best = jnp.max(jnp.where(waiting, key, -jnp.inf))
-            return jnp.argmax(waiting & (key == best))
-        n = jnp.asarray(self.n, jnp.float32)
-        x_star = jnp.asarray(self.x_star, jnp.float32)
-        safe = jnp.where(x_star > 0, x_star, 1.0)
-        xi = jnp.where(x_star > 0, (X - n * x_star) / safe, jnp.inf)
-        first = waiting & (xi == jnp.min(jnp.where(waiting, xi, jnp.inf)))
-        dev = Qp - n * jnp.asarray(self.q_star, jnp.float32)
-        second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
-        return jnp.argmax(second)
+        return gate_choice(self.gate, self.model, self.n, self.x_star, self.q_star, X, Qp)
+
+
+def gate_choice(gate: str, model: Model, n, x_star, q_star, X: Int[Array, " I"],
+                Qp: Int[Array, " I"]) -> Int[Array, ""]:
+    """The class a gate admits next among the waiting ones (meaningless if none waits).
+
+    ``deviation``: smallest ``xi_i = (X_i - n x_i*) / x_i*`` (+inf when ``x_i* = 0``, so such a
+    class is admitted only when no other waits), ties to the larger ``Qp_i - n q_i*``, then the
+    lower index (Sec. 4.1). ``priority``: largest ``D_i / P_i``, ties to the lower index.
+    """
+    waiting = Qp > 0
+    if gate == "priority":
+        key = (model.D / model.P).astype(jnp.float32)
+        best = jnp.max(jnp.where(waiting, key, -jnp.inf))
+        return jnp.argmax(waiting & (key == best))
+    n = jnp.asarray(n, jnp.float32)
+    x_star = jnp.asarray(x_star, jnp.float32)
+    safe = jnp.where(x_star > 0, x_star, 1.0)
+    xi = jnp.where(x_star > 0, (X - n * x_star) / safe, jnp.inf)
+    first = waiting & (xi == jnp.min(jnp.where(waiting, xi, jnp.inf)))
+    dev = Qp - n * jnp.asarray(q_star, jnp.float32)
+    second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
+    return jnp.argmax(second)
 
 
 def default_capacity(n: int) -> int:

@@ -48,7 +48,7 @@ from jaxtyping import Array, Float, Int
 from .. import fluid
 from ..model import Model
 from ..simulate import AbstractSystem, choose_event
-from .pooled import LEVELS, Pooled
+from .pooled import LEVELS, gate_choice
 from .pooled import TALLIES as _POOLED_TALLIES
 
 __all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
@@ -211,14 +211,9 @@ class SLIGateAndRoute(AbstractSystem):
         return jnp.minimum(choose_event(weight, u), rate.shape[0] - 1)
 
     def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-        """The class the Gate-and-Route gate admits next (Sec. 4.1; meaningless if none waits).
-
-        Delegates to :meth:`Pooled._gate_choice` so the two policies share one gate by
-        construction (the pooled view holds no buffer; its capacity is never used).
-        """
-        view = Pooled(model=self.model, n=self.n, M=self.M, x_star=self.x_star,
-                      q_star=self.q_star, gate="deviation", capacity=1)
-        return view._gate_choice(X, Qp)
+        """The class the Gate-and-Route gate admits next (Sec. 4.1; the same gate function as
+        the pooled family; meaningless if none waits)."""
+        return gate_choice("deviation", self.model, self.n, self.x_star, self.q_star, X, Qp)
 
 
 # ---- building from a plan ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt32
 
 __all__ = [
@@ -180,19 +181,35 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], clock_dtype: An
     return (new_state, jnp.where(live, t_new, w1), acc, w0, w1)
 
 
+def _rep_key(key, rep, chunk_index) -> UInt32[Array, " 2"]:
+    """Key words of replication ``rep`` in chunk ``chunk_index``: ``fold_in(fold_in(key, rep),
+    chunk)``. A replication's numbers depend on nothing but ``(key, rep, chunk)``, so its path is
+    the same whatever the number of replications, and a longer horizon extends the same path."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(key, rep), chunk_index))
+
+
+def _step_bits(words: UInt32[Array, " 2"], step, width: int) -> UInt32[Array, " W"]:
+    """The ``width`` random words of one step: Threefry-2x32 of the counter ``(step, j)`` under
+    the replication's chunk key, computed inside the step (no per-chunk buffer of random words
+    to stream through memory)."""
+    step = jnp.asarray(step, jnp.uint32)
+    out = []
+    for j in range((width + 1) // 2):
+        y0, y1 = threefry2x32_p.bind(words[0], words[1], step, jnp.uint32(j))
+        out += [y0, y1]
+    return jnp.stack(out[:width])
+
+
 def _chunk_bits(key, rep_ids, chunk_index, length: int, width: int) -> UInt32[Array, "N W R"]:
-    """Random words for one chunk, ``(length, width, R)``.
-
-    Replication ``r`` draws chunk ``c`` from ``fold_in(fold_in(key, r), c)``: its words depend on
-    nothing but ``(key, r, c)``, so a replication's path is the same whatever the number of
-    replications, and each chunk of a longer horizon extends the same path.
-    """
-
-    def one(rep):
-        k = jax.random.fold_in(jax.random.fold_in(key, rep), chunk_index)
-        return jax.random.bits(k, (length, width), jnp.uint32)
-
-    return jax.vmap(one, out_axes=-1)(rep_ids)
+    """All random words of one chunk, ``(length, width, R)`` (for :func:`trajectory`)."""
+    words = jax.vmap(lambda r: _rep_key(key, r, chunk_index))(rep_ids)  # (R, 2)
+    reps = rep_ids.shape[0]
+    # Every (step, replication) pair batched alike: the Threefry primitive's batching rule wants
+    # its key and counter batched together.
+    words = jnp.broadcast_to(words[None], (length, reps, 2)).reshape(-1, 2)
+    steps = jnp.broadcast_to(jnp.arange(length, dtype=jnp.uint32)[:, None], (length, reps))
+    flat = jax.vmap(lambda w, l: _step_bits(w, l, width))(words, steps.reshape(-1))
+    return jnp.moveaxis(flat.reshape(length, reps, width), 1, -1)
 
 
 def _chunk_many(system, key, rep_ids, chunk_index, states, window_start, window_end, *,
@@ -204,7 +221,8 @@ def _chunk_many(system, key, rep_ids, chunk_index, states, window_start, window_
     contiguous replication vectors (what the CPU's SIMD units and a GPU's warps want), and its
     small reductions over classes become elementwise operations between rows.
     """
-    bits = _chunk_bits(key, rep_ids, chunk_index, length, 2 + system.num_random)
+    width = 2 + system.num_random
+    words = jax.vmap(lambda r: _rep_key(key, r, chunk_index), out_axes=-1)(rep_ids)  # (2, R)
     reps = rep_ids.shape[0]
     acc0 = _Acc(
         levels=jnp.zeros((len(system.level_names) * system.num_classes, reps), clock_dtype),
@@ -216,10 +234,11 @@ def _chunk_many(system, key, rep_ids, chunk_index, states, window_start, window_
     w1 = window_end.astype(clock_dtype)
     axes = _rep_axes(system)
     carry_axes = (axes, -1, -1, -1, -1)
-    step = jax.vmap(lambda c, b: _step(system, c, b, clock_dtype), in_axes=(carry_axes, -1),
-                    out_axes=carry_axes)
+    step = jax.vmap(lambda c, w, l: _step(system, c, _step_bits(w, l, width), clock_dtype),
+                    in_axes=(carry_axes, -1, None), out_axes=carry_axes)
     carry = (states, jnp.zeros((reps,), clock_dtype), acc0, w0, w1)
-    (states, t, acc, _, _), _ = jax.lax.scan(lambda c, b: (step(c, b), None), carry, bits)
+    (states, t, acc, _, _), _ = jax.lax.scan(lambda c, l: (step(c, words, l), None), carry,
+                                             jnp.arange(length, dtype=jnp.uint32))
     done = t >= w1
     states = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(states, t.astype(jnp.float32))
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(states)

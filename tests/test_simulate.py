@@ -130,8 +130,9 @@ def test_float32_clock_agrees_with_float64_over_ten_million_events():
         r64 = sim.simulate(jax.random.key(4), system, reps=2, horizon=horizon, warmup=1000.0,
                            chunk_events=4096, clock_dtype=jnp.float64)
     assert r32.events > 1e7 - 1e6
-    # The float32 and float64 runs take the same path (same events, same choices) ...
-    np.testing.assert_array_equal(r32.tallies, r64.tallies)
+    # The float32 and float64 runs take the same path (same events, same choices); only an event
+    # within float32 resolution of the horizon may fall on the other side of it ...
+    assert np.abs(r32.tallies - r64.tallies).max() <= 1
     # ... and their time integrals agree to float32 resolution of one chunk.
     np.testing.assert_allclose(r32.level_integrals, r64.level_integrals, rtol=2e-6)
 

@@ -34,36 +34,39 @@ class Ring(eqx.Module):
     """Jobs of several classes in arrival order.
 
     Attributes:
-        label: class of each slot's job.
-        entry: chunk-relative time each job entered.
-        deadline: chunk-relative time each job abandons (if still waiting).
+        data: one row per slot, ``(class, entry time, deadline)``, times chunk-relative. One
+            row is one cache line: a push or a pop touches memory once.
         head: slot of the oldest job.
         size: number of jobs held (live or awaiting discard).
         overflow: set once a push found the ring full.
     """
 
-    label: Int[Array, " K"]
-    entry: Float[Array, " K"]
-    deadline: Float[Array, " K"]
+    data: Float[Array, "K 3"]
     head: Int[Array, ""]
     size: Int[Array, ""]
     overflow: Bool[Array, ""]
 
     @property
     def capacity(self) -> int:
-        return self.label.shape[0]
+        return self.data.shape[0]
+
+    @property
+    def label(self) -> Int[Array, " K"]:
+        return self.data[:, 0].astype(jnp.int32)
+
+    @property
+    def entry(self) -> Float[Array, " K"]:
+        return self.data[:, 1]
+
+    @property
+    def deadline(self) -> Float[Array, " K"]:
+        return self.data[:, 2]
 
 
 def empty(capacity: int) -> Ring:
     """An empty ring with ``capacity`` slots."""
-    return Ring(
-        label=jnp.zeros((capacity,), jnp.int32),
-        entry=jnp.zeros((capacity,), jnp.float32),
-        deadline=jnp.zeros((capacity,), jnp.float32),
-        head=jnp.int32(0),
-        size=jnp.int32(0),
-        overflow=jnp.bool_(False),
-    )
+    return Ring(data=jnp.zeros((capacity, 3), jnp.float32), head=jnp.int32(0),
+                size=jnp.int32(0), overflow=jnp.bool_(False))
 
 
 def push(ring: Ring, do: Bool[Array, ""], label: Int[Array, ""], entry: Float[Array, ""],
@@ -73,10 +76,9 @@ def push(ring: Ring, do: Bool[Array, ""], label: Int[Array, ""], entry: Float[Ar
     write = do & fits
     # An out-of-range index with mode="drop" writes nothing: no select over the whole ring.
     slot = jnp.where(write, (ring.head + ring.size) % ring.capacity, ring.capacity)
+    row = jnp.stack([label.astype(jnp.float32), entry, deadline])  # class ids are exact
     return Ring(
-        label=ring.label.at[slot].set(label, mode="drop"),
-        entry=ring.entry.at[slot].set(entry, mode="drop"),
-        deadline=ring.deadline.at[slot].set(deadline, mode="drop"),
+        data=ring.data.at[slot].set(row, mode="drop"),
         head=ring.head,
         size=ring.size + write.astype(jnp.int32),
         overflow=ring.overflow | (do & ~fits),
@@ -85,26 +87,21 @@ def push(ring: Ring, do: Bool[Array, ""], label: Int[Array, ""], entry: Float[Ar
 
 def peek(ring: Ring) -> tuple[Int[Array, ""], Float[Array, ""], Float[Array, ""]]:
     """(class, entry, deadline) of the head job (meaningless when empty)."""
-    return ring.label[ring.head], ring.entry[ring.head], ring.deadline[ring.head]
+    row = ring.data[ring.head]
+    return row[0].astype(jnp.int32), row[1], row[2]
 
 
 def pop(ring: Ring, do: Bool[Array, ""]) -> Ring:
     """Drops the head job when ``do`` is true (the caller checked the ring is not empty)."""
     step = do.astype(jnp.int32)
-    return Ring(
-        label=ring.label,
-        entry=ring.entry,
-        deadline=ring.deadline,
-        head=(ring.head + step) % ring.capacity,
-        size=ring.size - step,
-        overflow=ring.overflow,
-    )
+    return Ring(data=ring.data, head=(ring.head + step) % ring.capacity, size=ring.size - step,
+                overflow=ring.overflow)
 
 
 def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
     """Shifts stored times to a clock that starts ``elapsed`` later (start of the next chunk)."""
-    return eqx.tree_at(lambda r: (r.entry, r.deadline), ring,
-                       (ring.entry - elapsed, ring.deadline - elapsed))
+    shift = jnp.stack([jnp.float32(0.0), elapsed, elapsed])
+    return eqx.tree_at(lambda r: r.data, ring, ring.data - shift)
 
 
 def overlap(start, end, w0, w1):

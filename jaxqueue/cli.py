@@ -336,7 +336,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--policy", default="gate-and-route")
     sim.add_argument("--gpus", type=_positive_int("gpus"), default=50)
     sim.add_argument("--buffer-capacity", type=_positive_int("buffer-capacity"), default=None,
-                     help="slots of each FCFS buffer (default: a power of two >= 8n)")
+                     help="slots of each FCFS buffer (default: a power of two >= 2n, "
+                          "at least 256)")
     sim.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=1024)
     sim.add_argument("--devices", default="all",
                      help="shard replications over 'all' devices or the first N (default all; "

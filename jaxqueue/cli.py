@@ -63,7 +63,8 @@ def _positive_int(name: str):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} = {text!r}: must be an integer >= 1") from None
+            raise argparse.ArgumentTypeError(
+                f"{name} = {text!r}: must be an integer >= 1") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"{name} = {value}: must be an integer >= 1")
         return value

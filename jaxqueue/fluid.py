@@ -209,8 +209,10 @@ class _LP:
         if res.status != 0:
             raise FluidError(f"{what}: HiGHS failed (status {res.status}): {res.message}")
         # HiGHS marginals are d(min objective)/d(rhs) of the minimization of -c: negate them.
-        duals = {name: -float(m) for (name, _, _), m in zip(self.ub, res.ineqlin.marginals)}
-        duals.update({name: -float(m) for (name, _, _), m in zip(self.eq, res.eqlin.marginals)})
+        duals = {name: -float(m)
+                 for (name, _, _), m in zip(self.ub, res.ineqlin.marginals, strict=True)}
+        duals.update({name: -float(m)
+                      for (name, _, _), m in zip(self.eq, res.eqlin.marginals, strict=True)})
         return -float(res.fun), res.x, duals
 
 

@@ -199,7 +199,8 @@ class Model(eqx.Module):
     # ---- construction from files and dicts ----------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "scenario") -> Model:
-        """Builds a model from the TOML layout (``name``, ``[gpu]``, ``[pricing]``, ``[[classes]]``).
+        """Builds a model from the TOML layout (``name``, ``[gpu]``, ``[pricing]``,
+        ``[[classes]]``).
 
         Unknown keys raise :class:`ModelError` naming the key and where it was found.
         """

@@ -91,7 +91,7 @@ def assert_dual_optimal(model: Model, plan: fluid.Plan, tol: float = 1e-7) -> No
         assert abs(room * a[k]) <= 1e-7
 
 
-# ---- paper reference values (MODEL.md Sec. 7) ----------------------------------------------------
+# ---- paper reference values (MODEL.md Sec. 7) ---------------------------------------------------
 def bundled_closed_form(m: Model) -> float:
     """The bundled optimum of the paper instance in closed form (active set read off the LP).
 
@@ -171,7 +171,7 @@ def test_plans_are_feasible_and_dual_optimal(make, pricing):
     assert plan.sli_duals == {}
 
 
-# ---- hand-solved one-class cases ------------------------------------------------------------------
+# ---- hand-solved one-class cases ----------------------------------------------------------------
 def test_tiny_light_load_serves_everything():
     # LP: max 3 (y_m + 2 y_s) s.t. x <= 1, y_m <= x, y_s <= 2 (1-x), 1 - q_p = 2x,
     # 2x - q_d = y_m + 2 y_s. Revenue = 3 (2x - q_d) = 3 (1 - q_p - q_d) <= 3 = w lambda, reached
@@ -205,7 +205,7 @@ def test_infeasible_lp_raises():
         fluid.solve(tiny(10.0, theta=[0.0]), sli=SLI(tpot=1.0))
 
 
-# ---- mixed GPUs -------------------------------------------------------------------------------------
+# ---- mixed GPUs ---------------------------------------------------------------------------------
 def test_mixed_gpus_rounding_is_robust():
     plan = fluid.solve_bundled(reference_model())
     assert plan.mixed_gpus(500) == 107  # 500 * (0.01826053 + 0.19495312) = 106.61 -> 107
@@ -222,7 +222,7 @@ def test_mixed_gpus_rounding_is_robust():
             plan.mixed_gpus(bad)
 
 
-# ---- SLI-aware LP (Sec. 5) ---------------------------------------------------------------------------
+# ---- SLI-aware LP (Sec. 5) ----------------------------------------------------------------------
 def test_loose_sli_targets_reproduce_the_unconstrained_lp():
     m = reference_model()
     base = fluid.solve_bundled(m)
@@ -401,7 +401,7 @@ def test_infeasible_tpot_on_the_paper_instance():
     assert err.value.smallest == pytest.approx(0.022, rel=1e-12)
 
 
-# ---- invalid inputs and the CLI summary ------------------------------------------------------------
+# ---- invalid inputs and the CLI summary ---------------------------------------------------------
 def test_invalid_inputs_raise():
     m = tiny(1.0)
     with pytest.raises(ValueError, match="pricing = 'flat'.*bundled.*separate"):

@@ -19,7 +19,8 @@ def test_paper_rates_by_hand():
     assert math.isclose(m.mu_m[1], 1 / (400 * 0.033272), rel_tol=1e-12)
     assert math.isclose(m.mu_s[0], (1 / 0.022) / 1000, rel_tol=1e-12)
     # kappa = gamma tau is class independent: mu_s / mu_m = kappa for each class
-    assert all(math.isclose(s / mm, m.kappa, rel_tol=1e-12) for s, mm in zip(m.mu_s, m.mu_m))
+    assert all(math.isclose(s / mm, m.kappa, rel_tol=1e-12)
+               for s, mm in zip(m.mu_s, m.mu_m, strict=True))
     assert list(m.w) == [0.1 * 300 + 0.2 * 1000, 0.1 * 3000 + 0.2 * 400]
     assert m.solo_efficient
 

@@ -84,7 +84,7 @@ def test_jit_matches_eager_and_vmap_matches_loop():
     with jax.disable_jit():
         eager = sim._chunk_many(system, key, ids, jnp.uint32(0), states, w0, w1, length=20,
                                 clock_dtype=jnp.float32)
-    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(eager)):
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(eager), strict=True):
         a, b = np.asarray(a), np.asarray(b)
         if a.dtype.kind in "iub":
             np.testing.assert_array_equal(a, b)  # the same events, counts and decisions
@@ -94,7 +94,7 @@ def test_jit_matches_eager_and_vmap_matches_loop():
         one = sim._chunk_jit(system, key, ids[r:r + 1], jnp.uint32(0),
                              sim._replicate(system.init(), 1), w0[:1], w1[:1], length=20,
                              clock_dtype=jnp.float32)
-        for a, b in zip(jax.tree.leaves(batched[1:]), jax.tree.leaves(one[1:])):
+        for a, b in zip(jax.tree.leaves(batched[1:]), jax.tree.leaves(one[1:]), strict=True):
             np.testing.assert_array_equal(np.asarray(a)[..., r], np.asarray(b)[..., 0])
 
 

@@ -1,8 +1,9 @@
 """The M/M/N+M (Erlang-A) queue on the simulator's engine: the validation oracle's twin.
 
 One class, N servers, Poisson(lambda) arrivals, Exp(mu) services, Exp(theta) patience of each
-waiting customer. Its exact stationary law is a birth-death chain (:func:`jaxqueue.theory.erlang_a`),
-so it checks the engine's clock, event choice, statistics window and replication logic.
+waiting customer. Its exact stationary law is a birth-death chain
+(:func:`jaxqueue.theory.erlang_a`), so it checks the engine's clock, event choice, statistics
+window and replication logic.
 """
 
 from __future__ import annotations

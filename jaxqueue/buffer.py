@@ -104,6 +104,20 @@ def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
     return eqx.tree_at(lambda r: r.data, ring, ring.data - shift)
 
 
+def residual(ring: Ring, num_classes: int, window) -> tuple[Int[Array, " I"], Float[Array, " I"]]:
+    """Per class: abandonments (in the window) and waits (their part inside the window) owed by
+    the jobs the ring still holds when a run ends at the window's end (chunk-relative times)."""
+    w0, w1 = window
+    k = jnp.arange(ring.capacity)
+    held = ((k - ring.head) % ring.capacity) < ring.size
+    gone = held & (ring.deadline <= w1)
+    end = jnp.where(gone, ring.deadline, w1)
+    wait = jnp.where(held, overlap(ring.entry, end, w0, w1), 0.0)
+    hot = ring.label[None, :] == jnp.arange(num_classes)[:, None]
+    in_win = gone & (ring.deadline > w0)
+    return jnp.sum(hot & in_win, axis=1), jnp.sum(jnp.where(hot, wait, 0.0), axis=1)
+
+
 def overlap(start, end, w0, w1):
     """Length of ``[start, end]`` inside the window ``[w0, w1]``."""
     return jnp.maximum(jnp.minimum(end, w1) - jnp.maximum(start, w0), 0.0)

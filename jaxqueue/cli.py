@@ -84,6 +84,21 @@ def _number(name: str, low: float = 0.0, strict: bool = False):
     return parse
 
 
+def _sli(args):
+    """The SLI targets given on the command line (None when there are none)."""
+    from . import fluid
+
+    targets = {"prefill_fairness": args.prefill_fairness, "decode_fairness": args.decode_fairness,
+               "tpot": args.tpot}
+    if all(v is None for v in targets.values()):
+        if args.penalty:
+            raise ValueError("--penalty needs at least one SLI target (--prefill-fairness, "
+                             "--decode-fairness or --tpot)")
+        return None
+    weights = {k: args.penalty_weight for k, v in targets.items() if v is not None}
+    return fluid.SLI(**targets, penalty=args.penalty, weights=weights)
+
+
 def _emit(obj: dict[str, Any], as_json: bool, human) -> None:
     if as_json:
         json.dump(obj, sys.stdout, indent=2, allow_nan=True)
@@ -101,16 +116,7 @@ def _cmd_lp(args) -> None:
     from . import fluid, scenarios
 
     model = scenarios.load(args.scenario)
-    targets = {"prefill_fairness": args.prefill_fairness, "decode_fairness": args.decode_fairness,
-               "tpot": args.tpot}
-    sli = None
-    if any(v is not None for v in targets.values()):
-        weights = {k: args.penalty_weight for k, v in targets.items() if v is not None}
-        sli = fluid.SLI(**targets, penalty=args.penalty, weights=weights)
-    elif args.penalty:
-        raise ValueError("--penalty needs at least one SLI target (--prefill-fairness, "
-                         "--decode-fairness or --tpot)")
-    plan = fluid.solve(model, args.pricing, sli=sli)
+    plan = fluid.solve(model, args.pricing, sli=_sli(args))
     out = fluid.plan_summary(model, plan)
 
     def human(o):
@@ -152,7 +158,8 @@ def _cmd_simulate(args) -> None:
     from .simulate import simulate
 
     model = scenarios.load(args.scenario)
-    system, plan = policies.build(args.policy, model, args.gpus, capacity=args.buffer_capacity)
+    system, plan = policies.build(args.policy, model, args.gpus, capacity=args.buffer_capacity,
+                                  engine=args.engine, speed_rule=args.speed_rule, sli=_sli(args))
     devices = _devices(args.devices)
     run = simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
                    warmup=args.warmup, chunk_events=args.chunk_events,
@@ -161,6 +168,7 @@ def _cmd_simulate(args) -> None:
     out = {
         "scenario": model.name,
         "policy": policies.resolve(args.policy).name,
+        "engine": "per-gpu" if isinstance(system, policies.PerGpu) else "pooled",
         "gpus": args.gpus,
         "mixed_gpus": int(system.M),
         "reps": args.reps,
@@ -273,13 +281,13 @@ def _cmd_convergence(args) -> None:
 def _cmd_policies(args) -> None:
     from . import policies
 
-    out = {p.name: {"aliases": list(p.aliases), "pricing": p.pricing,
+    out = {p.name: {"aliases": list(p.aliases), "pricing": p.pricing, "engines": list(p.engines),
                     "description": p.description} for p in policies.POLICIES.values()}
 
     def human(o):
         for name, p in o.items():
             alias = f" (alias {', '.join(p['aliases'])})" if p["aliases"] else ""
-            print(f"{name}{alias}: {p['description']}")
+            print(f"{name}{alias} [{', '.join(p['engines'])}]: {p['description']}")
     _emit(out, args.json, human)
 
 
@@ -301,18 +309,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxqueue", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    def sli_options(q):
+        q.add_argument("--prefill-fairness", type=_number("prefill-fairness"), default=None,
+                       metavar="ETA1", help="max_ij (x_i - x_j) <= ETA1 (MODEL.md Sec. 6)")
+        q.add_argument("--decode-fairness", type=_number("decode-fairness"), default=None,
+                       metavar="ETA2", help="max_ij (y_s,i - y_s,j) <= ETA2")
+        q.add_argument("--tpot", type=_number("tpot", strict=True), default=None, metavar="ETA3",
+                       help="average time per output token <= ETA3 seconds")
+        q.add_argument("--penalty", action="store_true",
+                       help="penalize SLI violations linearly instead of imposing them")
+        q.add_argument("--penalty-weight", type=_number("penalty-weight"), default=1.0)
+
     lp = sub.add_parser("lp", help="solve the fluid LP of a scenario")
     lp.add_argument("scenario", help="built-in name or path to a scenario TOML file")
     lp.add_argument("--pricing", choices=("bundled", "separate"), default="bundled")
-    lp.add_argument("--prefill-fairness", type=_number("prefill-fairness"), default=None,
-                    metavar="ETA1", help="max_ij (x_i - x_j) <= ETA1 (MODEL.md Sec. 6)")
-    lp.add_argument("--decode-fairness", type=_number("decode-fairness"), default=None,
-                    metavar="ETA2", help="max_ij (y_s,i - y_s,j) <= ETA2")
-    lp.add_argument("--tpot", type=_number("tpot", strict=True), default=None, metavar="ETA3",
-                    help="average time per output token <= ETA3 seconds")
-    lp.add_argument("--penalty", action="store_true",
-                    help="penalize SLI violations linearly instead of imposing them")
-    lp.add_argument("--penalty-weight", type=_number("penalty-weight"), default=1.0)
+    sli_options(lp)
     lp.add_argument("--json", action="store_true")
     lp.set_defaults(func=_cmd_lp)
 
@@ -334,7 +345,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate a policy, many replications at once")
     sim.add_argument("scenario")
-    sim.add_argument("--policy", default="gate-and-route")
+    sim.add_argument("--policy", default="gate-and-route",
+                     help="a policy name (see `jaxqueue policies`)")
+    sim.add_argument("--engine", choices=("pooled", "per-gpu"), default=None,
+                     help="engine for policies that run on both (default: the policy's first)")
+    sim.add_argument("--speed-rule", choices=("paper", "idle-solo"), default="paper",
+                     help="per-GPU engine: decode speed of a mixed GPU whose prefill slot idles")
+    sli_options(sim)
     sim.add_argument("--gpus", type=_positive_int("gpus"), default=50)
     sim.add_argument("--buffer-capacity", type=_positive_int("buffer-capacity"), default=None,
                      help="slots of each FCFS buffer (default: a power of two >= 2n, "

@@ -65,7 +65,7 @@ from .. import buffer as buf
 from .. import fluid
 from ..model import Model
 from ..simulate import AbstractSystem
-from .pooled import LEVELS, TALLIES, default_capacity
+from .pooled import LEVELS, TALLIES, default_capacity, gate_choice
 
 __all__ = ["PER_GPU_POLICIES", "PerGpu", "PerGpuPolicy", "PerGpuState", "build_per_gpu",
            "gpu_slots", "resolve_per_gpu"]
@@ -345,27 +345,17 @@ class PerGpu(AbstractSystem):
         num = self.num_classes
         zero_i = jnp.zeros(num, jnp.int32)
         zero_f = jnp.zeros(num, jnp.float32)
-        p_gone, p_wait = (zero_i, zero_f) if s.prefill_ring is None else _residual(
+        p_gone, p_wait = (zero_i, zero_f) if s.prefill_ring is None else buf.residual(
             s.prefill_ring, num, window)
-        d_gone, d_wait = (zero_i, zero_f) if s.decode_ring is None else _residual(
+        d_gone, d_wait = (zero_i, zero_f) if s.decode_ring is None else buf.residual(
             s.decode_ring, num, window)
         tally = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone])
         credit = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
         return tally.astype(jnp.int32), credit
 
     def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-        """The gate of Sec. 4.1 (as in :mod:`.pooled`): the waiting class with the smallest
-        ``xi_i = (X_i - n x_i*) / x_i*`` (+inf when ``x_i* = 0``), ties to the larger
-        ``Q_p,i - n q_p,i*``, then the lower index (meaningless if none waits)."""
-        waiting = Qp > 0
-        n = jnp.asarray(self.n, jnp.float32)
-        x_star = jnp.asarray(self.x_star, jnp.float32)
-        safe = jnp.where(x_star > 0, x_star, 1.0)
-        xi = jnp.where(x_star > 0, (X - n * x_star) / safe, jnp.inf)
-        first = waiting & (xi == jnp.min(jnp.where(waiting, xi, jnp.inf)))
-        dev = Qp - n * jnp.asarray(self.q_star, jnp.float32)
-        second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
-        return jnp.argmax(second)
+        """The gate of Sec. 4.1, shared with the pooled engine (:func:`.pooled.gate_choice`)."""
+        return gate_choice("deviation", self.model, self.n, self.x_star, self.q_star, X, Qp)
 
 
 def _first_min(score: Int[Array, " G"]) -> Int[Array, ""]:
@@ -399,19 +389,6 @@ def _draw_index(weight: Int[Array, " G"], u: Float[Array, ""]) -> Int[Array, ""]
     rest = draw - (cum[b] - sums[b])
     inner = jnp.cumsum(blocks[b])
     return b * k + jnp.minimum(jnp.sum(inner <= rest), k - 1)
-
-
-def _residual(ring: buf.Ring, num: int, window):
-    """Abandonments and waits owed by the jobs a ring still holds at the end of a run."""
-    w0, w1 = window
-    k = jnp.arange(ring.capacity)
-    held = ((k - ring.head) % ring.capacity) < ring.size
-    gone = held & (ring.deadline <= w1)
-    end = jnp.where(gone, ring.deadline, w1)
-    wait = jnp.where(held, buf.overlap(ring.entry, end, w0, w1), 0.0)
-    hot = ring.label[None, :] == jnp.arange(num)[:, None]
-    in_win = gone & (ring.deadline > w0)
-    return jnp.sum(hot & in_win, axis=1), jnp.sum(jnp.where(hot, wait, 0.0), axis=1)
 
 
 # ---- policies and the builder ------------------------------------------------------------

@@ -224,24 +224,12 @@ class Pooled(AbstractSystem):
         return state, tally, credit
 
     def finalize(self, s: PooledState, window):
-        w0, w1 = window
         num = self.num_classes
-
-        def residual(ring):
-            # Every held job: abandoned already if its deadline passed, else still waiting.
-            k = jnp.arange(ring.capacity)
-            held = ((k - ring.head) % ring.capacity) < ring.size
-            gone = held & (ring.deadline <= w1)
-            end = jnp.where(gone, ring.deadline, w1)
-            wait = jnp.where(held, buf.overlap(ring.entry, end, w0, w1), 0.0)
-            hot = ring.label[None, :] == jnp.arange(num)[:, None]
-            in_win = gone & (ring.deadline > w0)
-            return jnp.sum(hot & in_win, axis=1), jnp.sum(jnp.where(hot, wait, 0.0), axis=1)
-
         zero_i = jnp.zeros(num, jnp.int32)
         zero_f = jnp.zeros(num, jnp.float32)
-        d_gone, d_wait = residual(s.decode_ring)
-        p_gone, p_wait = (zero_i, zero_f) if s.prefill_ring is None else residual(s.prefill_ring)
+        d_gone, d_wait = buf.residual(s.decode_ring, num, window)
+        p_gone, p_wait = ((zero_i, zero_f) if s.prefill_ring is None
+                          else buf.residual(s.prefill_ring, num, window))
         tally = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone]).astype(jnp.int32)
         credit = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
         return tally, credit

@@ -57,8 +57,7 @@ class AbstractSystem(eqx.Module):
     """A continuous-time Markov chain with a policy: what one simulator step needs.
 
     Subclasses set ``level_names`` (quantities whose time integral is recorded, one per class,
-    name-major), ``tally_names`` (event counters, one per class), and ``num_random`` (extra
-    uniform words a step may use, e.g. to draw a
+    name-major), ``tally_names`` (event counters, one per class), and ``num_random`` (extra uniform words a step may use, e.g. to draw a
     patience), and implement the methods below. All methods are pure and traceable.
     """
 
@@ -137,7 +136,11 @@ def choose_event(rates: Float[Array, " E"], u: Float[Array, ""]) -> Int[Array, "
     would land past the last positive rate is sent back to it). Returns ``E`` when every rate is
     zero. This is the one discrete choice of a step: a relaxation replaces this function.
     """
-    cum = jnp.cumsum(rates)
+    # A running sum written out (XLA's CPU cumsum is a reduce-window, slow inside a scan step).
+    running = [rates[0]]
+    for k in range(1, rates.shape[0]):
+        running.append(running[-1] + rates[k])
+    cum = jnp.stack(running)
     index = jnp.sum(cum <= u * cum[-1]).astype(jnp.int32)
     positive = rates > 0
     num = rates.shape[0]
@@ -241,8 +244,7 @@ def _chunk_many(system, key, rep_ids, chunk_index, states, window_start, window_
     (states, t, acc, _, _), _ = jax.lax.scan(lambda c, l: (step(c, words, l), None), carry,
                                              jnp.arange(length, dtype=jnp.uint32))
     done = t >= w1
-    states = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(states,
-                                                                        t.astype(jnp.float32))
+    states = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(states, t.astype(jnp.float32))
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(states)
     return states, t, acc, done, overflow
 
@@ -422,8 +424,7 @@ def _shard(tree: Any, axes: Any, devices: list[Any] | None) -> Any:
     def put(a, axis):
         spec = [None] * a.ndim
         spec[axis] = "reps"
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-        return jax.device_put(a, sharding)
+        return jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
 
     return jax.tree.map(put, tree, axes)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, gmres, spilu, splu
 from scipy.special import logsumexp
 
@@ -182,6 +183,11 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
 
     Returns:
         The reachable states (from the empty system), the generator and its stationary law.
+
+    Raises:
+        ValueError: an argument out of range (named), a chain over ``max_states``, or a
+            reducible chain.
+        RuntimeError: the stationary solve missed its residual bound.
     """
     n = _integer("n", n, 1)
     M = _integer("M", M, 0)
@@ -190,12 +196,10 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
     if policy not in POLICIES:
         raise _bad("policy", policy, f"one of {POLICIES}")
     num = model.num_classes
-    if policy == "gate-and-route":
-        if x_star is None:
-            raise _bad("x_star", x_star, f"{num} finite values >= 0 for gate-and-route")
-        x_star = _class_array("x_star", x_star, num)
-        q_p_star = (np.zeros(num) if q_p_star is None
-                    else _class_array("q_p_star", q_p_star, num))
+    if policy == "gate-and-route" and x_star is None:
+        raise _bad("x_star", x_star, f"{num} finite values >= 0 for gate-and-route")
+    x_star = None if x_star is None else _class_array("x_star", x_star, num)
+    q_p_star = np.zeros(num) if q_p_star is None else _class_array("q_p_star", q_p_star, num)
     max_queue = _integer("max_queue", max_queue, 0)
     max_buffer = max_queue if max_buffer is None else _integer("max_buffer", max_buffer, 0)
     max_states = _integer("max_states", max_states, 1)
@@ -277,6 +281,9 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
     size = len(states)
     off = sp.csr_matrix((vals, (rows, cols)), shape=(size, size))
     generator = (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
+    if connected_components(off, connection="strong")[0] != 1:
+        raise ValueError("the chain is not irreducible: some waiting job can never leave "
+                         "(theta = 0 for a class that no server can take; raise M or B)")
     return PooledChain(states, generator, _solve(generator))
 
 
@@ -354,6 +361,9 @@ def pooled_stationary(model: Model, n: int, M: int, policy: str, *, x_star=None,
         ``truncation_mass``. Exactly, per class: lambda = prefill completion + prefill
         abandonment + prefill loss, and prefill completion = completion + decode abandonment +
         decode loss.
+
+    Raises:
+        ValueError: as :func:`pooled_chain`.
     """
     chain = pooled_chain(model, n, M, policy, x_star=x_star, q_p_star=q_p_star,
                          max_queue=max_queue, max_buffer=max_buffer, max_states=max_states)

@@ -183,3 +183,4 @@ def test_gate_and_route_approaches_lp_bound(n):
     rev = stats.per_gpu(run, model, n)["revenue_bundled"]
     assert rev.mean() < plan.revenue  # the LP bounds every policy in the limit (and here)
     assert (plan.revenue - rev.mean()) / plan.revenue < (0.05 if n == 50 else 0.02)
+

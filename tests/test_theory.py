@@ -224,3 +224,10 @@ def test_gate_rules():
 def test_pooled_rejects_bad_input(kwargs, field):
     with pytest.raises(ValueError, match=field):
         pooled_stationary(_two_class(), **kwargs)
+
+
+def test_pooled_rejects_reducible_chain():
+    # No prefill slot (M = 0) and no patience: arrivals pile up in the queue and never leave.
+    m = _model([0.5], [0.0], P=[1.0], D=[1.0], B=1)
+    with pytest.raises(ValueError, match="irreducible"):
+        pooled_stationary(m, 1, 0, "fg-sp", max_queue=2)

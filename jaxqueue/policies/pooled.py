@@ -254,7 +254,9 @@ def gate_choice(gate: str, model: Model, n, x_star, q_star, X: Int[Array, " I"],
     n = jnp.asarray(n, jnp.float32)
     x_star = jnp.asarray(x_star, jnp.float32)
     safe = jnp.where(x_star > 0, x_star, 1.0)
-    xi = jnp.where(x_star > 0, (X - n * x_star) / safe, jnp.inf)
+    # xi = X/x* - n, equal to (X - n x*)/x* but exact in float32 where ties matter most: every
+    # class with X = 0 gets exactly -n, so the queue-deviation rule breaks the tie, not rounding.
+    xi = jnp.where(x_star > 0, X / safe - n, jnp.inf)
     first = waiting & (xi == jnp.min(jnp.where(waiting, xi, jnp.inf)))
     dev = Qp - n * jnp.asarray(q_star, jnp.float32)
     second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))

@@ -57,7 +57,8 @@ class AbstractSystem(eqx.Module):
     """A continuous-time Markov chain with a policy: what one simulator step needs.
 
     Subclasses set ``level_names`` (quantities whose time integral is recorded, one per class,
-    name-major), ``tally_names`` (event counters, one per class), and ``num_random`` (extra uniform words a step may use, e.g. to draw a
+    name-major), ``tally_names`` (event counters, one per class), and ``num_random`` (extra
+    uniform words a step may use, e.g. to draw a
     patience), and implement the methods below. All methods are pure and traceable.
     """
 
@@ -244,7 +245,8 @@ def _chunk_many(system, key, rep_ids, chunk_index, states, window_start, window_
     (states, t, acc, _, _), _ = jax.lax.scan(lambda c, l: (step(c, words, l), None), carry,
                                              jnp.arange(length, dtype=jnp.uint32))
     done = t >= w1
-    states = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(states, t.astype(jnp.float32))
+    states = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(states,
+                                                                        t.astype(jnp.float32))
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(states)
     return states, t, acc, done, overflow
 
@@ -424,7 +426,8 @@ def _shard(tree: Any, axes: Any, devices: list[Any] | None) -> Any:
     def put(a, axis):
         spec = [None] * a.ndim
         spec[axis] = "reps"
-        return jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+        return jax.device_put(a, sharding)
 
     return jax.tree.map(put, tree, axes)
 

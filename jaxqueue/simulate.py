@@ -340,6 +340,7 @@ def simulate(
     max_chunks: int | None = None,
     devices: Sequence[Any] | None = None,
     max_batch: int | None = None,
+    first_rep: int = 0,
 ) -> Run:
     """Simulates ``reps`` independent replications of ``system`` over ``[0, horizon]``.
 
@@ -362,6 +363,10 @@ def simulate(
         max_batch: most replications run at once; more run in successive batches (same
             results). ``None`` picks the largest batch that fits in memory
             (:func:`max_batch_for`).
+        first_rep: id of the first replication (replications ``first_rep .. first_rep + reps
+            - 1`` run). Several processes (e.g. one per host under ``jax.distributed``) can
+            split one experiment into disjoint id ranges and concatenate their results: each
+            replication's path depends only on ``(key, id)``.
     """
     _check_window(reps, horizon, warmup, chunk_events)
     if np.dtype(clock_dtype) == np.float64 and not jax.config.jax_enable_x64:
@@ -374,6 +379,8 @@ def simulate(
         max_batch = max_batch_for(system, chunk_events, devices)
     elif isinstance(max_batch, bool) or int(max_batch) < 1:
         raise ValueError(f"max_batch = {max_batch!r} is invalid: must be an integer >= 1")
+    if isinstance(first_rep, bool) or int(first_rep) != first_rep or first_rep < 0:
+        raise ValueError(f"first_rep = {first_rep!r} is invalid: must be an integer >= 0")
     batch = max(per, (min(int(max_batch), reps) // per) * per)
     report = _progress_bar if progress is True else (progress or None)
     parts = []
@@ -385,7 +392,8 @@ def simulate(
             if report:
                 report((start + f * size) / reps)
 
-        part = _run_batch(system, key, start, padded, horizon, warmup, int(chunk_events),
+        part = _run_batch(system, key, first_rep + start, padded, horizon, warmup,
+                          int(chunk_events),
                           clock_dtype, sub_report if report else None, max_chunks, devices)
         parts.append((tuple(a[:size] for a in part[0]), *part[1:]))
         if part[-1]:  # interrupted

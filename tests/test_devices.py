@@ -53,3 +53,16 @@ def test_batches_of_replications_are_bit_identical():
     batched = simulate(jax.random.key(8), system, max_batch=3, **kw)
     np.testing.assert_array_equal(whole.tallies, batched.tallies)
     np.testing.assert_array_equal(whole.level_integrals, batched.level_integrals)
+
+
+def test_disjoint_replication_ranges_concatenate_to_the_whole():
+    # What several hosts (or processes) do under jax.distributed: each runs its own id range.
+    model = scenarios.load("paper-qwen8b")
+    system, _ = policies.build("fg-sp", model, 10)
+    kw = dict(horizon=30.0, warmup=5.0)
+    whole = simulate(jax.random.key(9), system, reps=6, **kw)
+    first = simulate(jax.random.key(9), system, reps=2, **kw)
+    rest = simulate(jax.random.key(9), system, reps=4, first_rep=2, **kw)
+    np.testing.assert_array_equal(whole.tallies, np.concatenate([first.tallies, rest.tallies]))
+    np.testing.assert_array_equal(whole.level_integrals,
+                                  np.concatenate([first.level_integrals, rest.level_integrals]))

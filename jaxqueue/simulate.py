@@ -5,19 +5,21 @@ A *system* (:class:`AbstractSystem`) is a PyTree holding a policy's structure (s
 number of classes, buffer capacities, gate kind) and its parameters (array leaves: rates, n, the
 plan). One step of the simulator
 
-1. asks the system for its event rates and its next scheduled event (an abandonment deadline of
-   an ordered buffer, :mod:`jaxqueue.buffer`),
+1. asks the system for its event rates, or whether it owes a zero-time bookkeeping step first
+   (:meth:`AbstractSystem.pending`: discarding an abandoned job at the head of a lazy FCFS
+   buffer, :mod:`jaxqueue.buffer`),
 2. draws the holding time ``Exp(total rate)`` and, with one uniform, the event
    (:func:`choose_event`, the one place a differentiable relaxation replaces),
 3. credits the time integrals of the system's levels and the event counters, restricted to the
    statistics window ``[warmup, horizon]``, and
 4. lets the system apply the event and its policy's decisions (:meth:`AbstractSystem.fire`).
 
-Time keeps its precision on long runs: the clock restarts at zero in every chunk (deadlines are
-rebased), integrals and counters are reset per chunk and summed on the host in float64.
+Time keeps its precision on long runs: the clock restarts at zero in every chunk (stored times
+are rebased), integrals and counters are reset per chunk and summed on the host in float64.
 
-Replication ``r`` draws chunk ``c``'s random bits from ``fold_in(fold_in(key, r), c)``, so its
-path does not depend on how many replications run or on the chunk count of a longer horizon.
+Replication ``r`` draws chunk ``c``'s random words from ``fold_in(fold_in(key, r), c)``, so its
+path does not depend on how many replications run, on how they are sharded or batched, or on the
+chunk count of a longer horizon.
 """
 
 from __future__ import annotations

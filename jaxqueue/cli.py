@@ -222,14 +222,16 @@ def _cmd_validate(args) -> None:
     if which in ("erlang-a", "all"):
         out["erlang_a"] = validate.erlang_a_check(
             args.servers, args.arrival_rate, args.service_rate, args.patience_rate,
-            reps=args.reps, horizon=args.horizon, warmup=args.warmup, seed=args.seed)
+            reps=args.reps, horizon=args.horizon, warmup=args.warmup, seed=args.seed,
+            devices=_devices("all"))
     if which in ("small", "all"):
         out["small"] = validate.small_system_check(
-            args.policy, reps=args.reps, horizon=args.horizon, warmup=args.warmup, seed=args.seed)
+            args.policy, reps=args.reps, horizon=args.horizon, warmup=args.warmup, seed=args.seed,
+            devices=_devices("all"))
     if which in ("convergence", "all"):
         out["convergence"] = validate.convergence_check(
             args.scenario, args.gpus_list, policy=args.policy, reps=min(args.reps, 64),
-            horizon=args.horizon, warmup=args.warmup, seed=args.seed)
+            horizon=args.horizon, warmup=args.warmup, seed=args.seed, devices=_devices("all"))
     if which == "erlang-a":
         out = out["erlang_a"]
 
@@ -274,7 +276,7 @@ def _cmd_convergence(args) -> None:
 
     out = validate.convergence_check(args.scenario, args.gpus_list, policy=args.policy,
                                      reps=args.reps, horizon=args.horizon, warmup=args.warmup,
-                                     seed=args.seed)
+                                     seed=args.seed, devices=_devices("all"))
     _emit(out, args.json, _print_convergence)
 
 

@@ -5,7 +5,8 @@
   its generator (:func:`jaxqueue.theory.pooled_stationary`);
 - :func:`convergence_check`: the paper's instance at growing n against the fluid LP bound.
 
-Each returns a JSON-ready dict with simulated ``{mean, ci95}`` next to the exact value and a
+``devices`` shards the replications (see :func:`jaxqueue.simulate.simulate`). Each returns a
+JSON-ready dict with simulated ``{mean, ci95}`` next to the exact value and a
 verdict: ``agree`` when the exact value lies within 3 standard errors of the simulated mean.
 """
 
@@ -37,14 +38,14 @@ def _compare(values: np.ndarray, exact: float) -> dict[str, Any]:
 
 def erlang_a_check(servers: int, arrival_rate: float, service_rate: float, patience_rate: float,
                    *, reps: int = 256, horizon: float = 2000.0, warmup: float = 200.0,
-                   seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                   seed: int = 0, progress: bool = False, devices=None) -> dict[str, Any]:
     """Simulates M/M/N+M and compares with the exact stationary values."""
     exact = theory.erlang_a(servers, arrival_rate, service_rate, patience_rate)
     system = ErlangA(servers=np.int32(servers), arrival_rate=np.float32(arrival_rate),
                      service_rate=np.float32(service_rate),
                      patience_rate=np.float32(patience_rate))
     run = simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
-                   progress=progress)
+                   progress=progress, devices=devices)
     arrivals = run.count("arrivals")[:, 0]
     # Abandonments per arrival in the window: P(abandon) by the ratio of long-run rates.
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -81,7 +82,7 @@ def small_model():
 def small_system_check(policy: str = "gate-and-route", *, n: int = 2, M: int = 1,
                        reps: int = 256, horizon: float = 2000.0, warmup: float = 100.0,
                        seed: int = 0, max_queue: int = 4,
-                       progress: bool = False) -> dict[str, Any]:
+                       progress: bool = False, devices=None) -> dict[str, Any]:
     """A two-class, two-GPU system against the exact stationary law of its generator."""
     model = small_model()
     spec = policies.resolve(policy)
@@ -92,7 +93,7 @@ def small_system_check(policy: str = "gate-and-route", *, n: int = 2, M: int = 1
     system = system.__class__(model=model, n=np.int32(n), M=np.int32(M), x_star=plan.x,
                               q_star=plan.q_p, gate=system.gate, capacity=system.capacity)
     run = simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
-                   progress=progress)
+                   progress=progress, devices=devices)
     q = stats.per_gpu(run, model, n)
     keys = {"x": "x", "y_m": "y_mixed", "y_s": "y_solo", "q_p": "q_prefill", "q_d": "q_decode",
             "completion_rate": "completion_rate",
@@ -115,7 +116,7 @@ def small_system_check(policy: str = "gate-and-route", *, n: int = 2, M: int = 1
 def convergence_check(scenario: str = "paper-qwen8b", gpus: Sequence[int] = (5, 20, 50),
                       *, policy: str = "gate-and-route", reps: int = 64, horizon: float = 1000.0,
                       warmup: float = 200.0, seed: int = 0,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False, devices=None) -> dict[str, Any]:
     """Per-GPU bundled revenue of a policy at growing n next to the LP bound R*."""
     model = scenarios.load(scenario)
     spec = policies.resolve(policy)
@@ -124,7 +125,7 @@ def convergence_check(scenario: str = "paper-qwen8b", gpus: Sequence[int] = (5, 
     for n in gpus:
         system, _ = policies.build(spec.name, model, n, plan=plan)
         run = simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
-                       progress=progress)
+                       progress=progress, devices=devices)
         summary = stats.summarize_pooled(run, model, n)
         rev = summary["revenue_per_gpu"][spec.pricing]
         rows.append({

@@ -22,7 +22,8 @@ from scipy.special import logsumexp
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["POLICIES", "PooledChain", "erlang_a", "pooled_chain", "pooled_stationary"]
+__all__ = ["POLICIES", "PooledChain", "erlang_a", "pooled_chain", "pooled_stationary",
+           "stationary"]
 
 #: Policies the pooled chain implements (names as in :mod:`jaxqueue.policies`).
 POLICIES = ("gate-and-route", "prioritize-and-route", "fg-sp")
@@ -284,10 +285,10 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
     if connected_components(off, connection="strong")[0] != 1:
         raise ValueError("the chain is not irreducible: some waiting job can never leave "
                          "(theta = 0 for a class that no server can take; raise M or B)")
-    return PooledChain(states, generator, _solve(generator))
+    return PooledChain(states, generator, stationary(generator))
 
 
-def _solve(generator: sp.csr_matrix) -> np.ndarray:
+def stationary(generator: sp.csr_matrix) -> np.ndarray:
     """Solves ``pi Q = 0, sum(pi) = 1`` for an irreducible generator Q.
 
     Fixes ``pi_0 = 1`` and solves the other balance equations ``Q^T[1:, 1:] pi[1:] = -Q[0, 1:]``

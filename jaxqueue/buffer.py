@@ -104,6 +104,21 @@ def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
     return eqx.tree_at(lambda r: r.data, ring, ring.data - shift)
 
 
+def any_overflow(*rings: Ring | None) -> Bool[Array, ""]:
+    """Whether any of the rings (None for an absent one) overflowed."""
+    over = jnp.bool_(False)
+    for ring in rings:
+        if ring is not None:
+            over = over | ring.overflow
+    return over
+
+
+def overflow_message(capacity: int) -> str:
+    """The error a run whose ring overflowed ends with."""
+    return (f"a FCFS buffer overflowed its capacity of {capacity} jobs: rerun with a larger "
+            "capacity (--buffer-capacity); no result was produced from the truncated run")
+
+
 def residual(ring: Ring, num_classes: int, window) -> tuple[Int[Array, " I"], Float[Array, " I"]]:
     """Per class: abandonments (in the window) and waits (their part inside the window) owed by
     the jobs the ring still holds when a run ends at the window's end (chunk-relative times)."""

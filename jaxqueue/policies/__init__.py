@@ -19,7 +19,7 @@ from .. import fluid
 from ..model import Model
 from .erlang import ErlangA
 from .per_gpu import PerGpu, build_per_gpu
-from .pooled import Pooled, default_capacity
+from .pooled import Pooled, checked_capacity, checked_gpus
 from .sli import SLIGateAndRoute, build_sli
 
 __all__ = ["POLICIES", "ENGINES", "Policy", "build", "resolve", "ErlangA", "Pooled", "PerGpu",
@@ -94,7 +94,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         engine: ``"pooled"`` or ``"per-gpu"`` (default: the policy's first engine).
         plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
             SLI targets ``sli`` if given).
-        capacity: slots of the FCFS buffers (default :func:`default_capacity`).
+        capacity: slots of the FCFS buffers (default :func:`.pooled.default_capacity`).
         sli: SLI targets of the plan (bundled pricing only).
         speed_rule: per-GPU engine only: ``"paper"`` (decodes on a planned mixed GPU always run
             at the mixed rate) or ``"idle-solo"`` (at the solo rate while its prefill slot idles).
@@ -111,13 +111,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
                          f"engines are {', '.join(policy.engines)}")
     if speed_rule != "paper" and engine != "per-gpu":
         raise ValueError(f"speed_rule = {speed_rule!r} needs engine = 'per-gpu'")
-    try:
-        ok = not isinstance(n, bool) and float(n).is_integer() and int(n) >= 1
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
-    n = int(n)
+    n = checked_gpus(n)
     if plan is None:
         plan = fluid.solve(model, policy.pricing, sli=sli)
     if engine == "per-gpu":
@@ -125,10 +119,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
                              speed_rule=speed_rule)
     if policy.router == "sli":
         return build_sli(model, n, plan=plan)  # per-class decode buffers: no FCFS ring
-    if capacity is None:
-        capacity = default_capacity(n)
-    elif isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:
-        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer >= 1")
+    capacity = checked_capacity(capacity, n)
     system = Pooled(
         model=model,
         n=np.int32(n),

@@ -65,7 +65,7 @@ from .. import buffer as buf
 from .. import fluid
 from ..model import Model
 from ..simulate import AbstractSystem
-from .pooled import LEVELS, TALLIES, default_capacity, gate_choice
+from .pooled import LEVELS, TALLIES, checked_capacity, checked_gpus, gate_choice
 
 __all__ = ["PER_GPU_POLICIES", "PerGpu", "PerGpuPolicy", "PerGpuState", "build_per_gpu",
            "gpu_slots", "resolve_per_gpu"]
@@ -230,17 +230,10 @@ class PerGpu(AbstractSystem):
                            is_leaf=lambda x: x is None)
 
     def overflow(self, s: PerGpuState) -> Bool[Array, ""]:
-        over = jnp.bool_(False)
-        for ring in (s.prefill_ring, s.decode_ring):
-            if ring is not None:
-                over = over | ring.overflow
-        return over
+        return buf.any_overflow(s.prefill_ring, s.decode_ring)
 
     def overflow_message(self) -> str:
-        return (
-            f"a FCFS buffer overflowed its capacity of {self.capacity} jobs: rerun with a larger "
-            "capacity (--buffer-capacity); no result was produced from the truncated run"
-        )
+        return buf.overflow_message(self.capacity)
 
     def fire(self, s: PerGpuState, event, t, u, window):
         m = self.model
@@ -458,19 +451,10 @@ def build_per_gpu(name: str, model: Model, n: int, *, plan: fluid.Plan | None = 
         The system and the plan it was built from.
     """
     policy = resolve_per_gpu(name)
-    try:
-        ok = not isinstance(n, bool) and float(n).is_integer() and int(n) >= 1
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
-    n = int(n)
+    n = checked_gpus(n)
     if speed_rule not in SPEED_RULES:
         raise ValueError(f"speed_rule = {speed_rule!r} is invalid: must be one of {SPEED_RULES}")
-    if capacity is None:
-        capacity = default_capacity(n)
-    elif isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:
-        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer >= 1")
+    capacity = checked_capacity(capacity, n)
     plan = plan if plan is not None else fluid.solve(model, "bundled")
     M = plan.mixed_gpus(n) if policy.layout == "planned" else 0
     system = PerGpu(

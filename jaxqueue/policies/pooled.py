@@ -141,16 +141,10 @@ class Pooled(AbstractSystem):
              buf.rebase(s.decode_ring, elapsed)), is_leaf=lambda x: x is None)
 
     def overflow(self, s: PooledState) -> Bool[Array, ""]:
-        over = s.decode_ring.overflow
-        if s.prefill_ring is not None:
-            over = over | s.prefill_ring.overflow
-        return over
+        return buf.any_overflow(s.prefill_ring, s.decode_ring)
 
     def overflow_message(self) -> str:
-        return (
-            f"a FCFS buffer overflowed its capacity of {self.capacity} jobs: rerun with a larger "
-            "capacity (--buffer-capacity); no result was produced from the truncated run"
-        )
+        return buf.overflow_message(self.capacity)
 
     def fire(self, s: PooledState, event, t, u, window):
         m = self.model
@@ -261,6 +255,27 @@ def gate_choice(gate: str, model: Model, n, x_star, q_star, X: Int[Array, " I"],
     dev = Qp - n * jnp.asarray(q_star, jnp.float32)
     second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
     return jnp.argmax(second)
+
+
+def checked_gpus(n) -> int:
+    """``n`` as an int, or a ValueError naming the field and its allowed range."""
+    try:
+        ok = (isinstance(n, (int, np.integer, float)) and not isinstance(n, bool)
+              and float(n).is_integer() and int(n) >= 1)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
+    return int(n)
+
+
+def checked_capacity(capacity, n: int) -> int:
+    """A ring capacity: ``capacity`` checked, or :func:`default_capacity` for n when None."""
+    if capacity is None:
+        return default_capacity(n)
+    if isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:
+        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer >= 1")
+    return int(capacity)
 
 
 def default_capacity(n: int) -> int:

@@ -48,7 +48,7 @@ from jaxtyping import Array, Float, Int
 from .. import fluid
 from ..model import Model
 from ..simulate import AbstractSystem, choose_event
-from .pooled import LEVELS, gate_choice
+from .pooled import LEVELS, checked_gpus, gate_choice
 from .pooled import TALLIES as _POOLED_TALLIES
 
 __all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
@@ -261,10 +261,7 @@ def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
             the model (shape, sign or flow balance).
         jaxqueue.fluid.FluidError: the default LP cannot be solved (e.g. an unreachable SLI).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) \
-            or not float(n).is_integer() or int(n) < 1:
-        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
-    n = int(n)
+    n = checked_gpus(n)
     if plan is not None and sli is not None:
         raise ValueError("give either plan or sli, not both: sli only shapes the default plan")
     if plan is None:

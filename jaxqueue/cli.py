@@ -163,7 +163,8 @@ def _cmd_simulate(args) -> None:
     devices = _devices(args.devices)
     run = simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
                    warmup=args.warmup, chunk_events=args.chunk_events,
-                   progress=not args.json and sys.stderr.isatty(), devices=devices)
+                   progress=not args.json and sys.stderr.isatty(), devices=devices,
+                   checkpoint=args.checkpoint)
     summary = stats.summarize_pooled(run, model, args.gpus)
     out = {
         "scenario": model.name,
@@ -353,6 +354,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="engine for policies that run on both (default: the policy's first)")
     sim.add_argument("--speed-rule", choices=("paper", "idle-solo"), default="paper",
                      help="per-GPU engine: decode speed of a mixed GPU whose prefill slot idles")
+    sim.add_argument("--checkpoint", default=None, metavar="PATH",
+                     help="save progress to PATH (.npz) every minute and on Ctrl-C; rerunning "
+                          "the same command resumes from it")
     sli_options(sim)
     sim.add_argument("--gpus", type=_positive_int("gpus"), default=50)
     sim.add_argument("--buffer-capacity", type=_positive_int("buffer-capacity"), default=None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -343,6 +344,8 @@ def simulate(
     devices: Sequence[Any] | None = None,
     max_batch: int | None = None,
     first_rep: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 60.0,
 ) -> Run:
     """Simulates ``reps`` independent replications of ``system`` over ``[0, horizon]``.
 
@@ -369,6 +372,13 @@ def simulate(
             - 1`` run). Several processes (e.g. one per host under ``jax.distributed``) can
             split one experiment into disjoint id ranges and concatenate their results: each
             replication's path depends only on ``(key, id)``.
+        checkpoint: a file (``.npz``) where the run saves its progress every
+            ``checkpoint_every`` wall seconds, when interrupted and when done. If the file exists
+            and was written by the same run (same system, key, replications, horizon, warm-up,
+            chunk length, batching), the run resumes from it, so a killed or interrupted run
+            loses at most ``checkpoint_every`` seconds of work; the result is identical to an
+            uninterrupted run.
+        checkpoint_every: wall seconds between checkpoints.
     """
     _check_window(reps, horizon, warmup, chunk_events)
     if np.dtype(clock_dtype) == np.float64 and not jax.config.jax_enable_x64:
@@ -385,8 +395,13 @@ def simulate(
         raise ValueError(f"first_rep = {first_rep!r} is invalid: must be an integer >= 0")
     batch = max(per, (min(int(max_batch), reps) // per) * per)
     report = _progress_bar if progress is True else (progress or None)
-    parts = []
+    store = _Checkpoint(checkpoint, _fingerprint(system, key, reps, horizon, warmup, chunk_events,
+                                                 clock_dtype, first_rep, batch),
+                        checkpoint_every) if checkpoint is not None else None
+    parts, current = store.load() if store else ([], None)
     for start in range(0, reps, batch):
+        if start < sum(p[0][0].shape[0] for p in parts):
+            continue  # finished before a restart
         size = min(batch, reps - start)
         padded = -(-size // per) * per  # shards need equal sizes: extra replications are dropped
 
@@ -394,11 +409,25 @@ def simulate(
             if report:
                 report((start + f * size) / reps)
 
-        part = _run_batch(system, key, first_rep + start, padded, horizon, warmup,
-                          int(chunk_events),
-                          clock_dtype, sub_report if report else None, max_chunks, devices)
-        parts.append((tuple(a[:size] for a in part[0]), *part[1:]))
-        if part[-1]:  # interrupted
+        save = None
+        if store:
+            def save(state, parts=parts):
+                store.save(parts, state)
+            save.every = store.every
+
+        raw = _run_batch(system, key, first_rep + start, padded, horizon, warmup,
+                         int(chunk_events), clock_dtype, sub_report if report else None,
+                         max_chunks, devices, resume=current, save=save)
+        current = None
+        part = _finish_batch(system, raw, warmup, devices)
+        interrupted = raw["interrupted"]
+        if not interrupted:
+            parts.append((tuple(a[:size] for a in part[0]), *part[1:]))
+            if store:
+                store.save(parts, None)
+        else:
+            # Report what was simulated; the checkpoint keeps the raw state to resume from.
+            parts = [*parts, (tuple(a[:size] for a in part[0]), *part[1:])]
             break
     if report is _progress_bar:
         sys.stderr.write("\n")
@@ -443,17 +472,37 @@ def _shard(tree: Any, axes: Any, devices: list[Any] | None) -> Any:
 
 
 def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dtype, report,
-               max_chunks, devices):
-    """The host loop over chunks for replications ``first .. first + reps - 1``."""
+               max_chunks, devices, resume=None, save=None):
+    """The host loop over chunks for replications ``first .. first + reps - 1``.
+
+    Returns the raw accumulators (before the residual accounting of :func:`_finish_batch`) and
+    the state, so that a checkpoint can resume exactly. ``resume`` is such a dict; ``save`` is
+    called with it now and then.
+    """
     state0 = system.init()
     axes = _rep_axes(system)
     fresh = lambda: _shard(_replicate(state0, reps), axes, devices)  # noqa: E731
-    states = fresh()
     rep_ids = _shard(jnp.arange(first, first + reps, dtype=jnp.uint32), -1, devices)
-    t_abs = np.zeros(reps)
-    level_sum = np.zeros((reps, len(system.level_names) * system.num_classes))
-    tally_sum = np.zeros((reps, len(system.tally_names) * system.num_classes), np.int64)
-    events, compile_seconds, wall, chunk, interrupted = 0, 0.0, 0.0, 0, False
+    if resume is not None:
+        treedef = jax.tree.structure(jax.eval_shape(lambda: _replicate(state0, reps)))
+        states = _shard(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in resume["leaves"]]),
+                        axes, devices)
+        t_abs, level_sum, tally_sum = resume["t_abs"], resume["levels"], resume["tallies"]
+        events, wall, chunk = int(resume["events"]), float(resume["wall"]), int(resume["chunk"])
+        compile_seconds = float(resume["compile"])
+    else:
+        states = fresh()
+        t_abs = np.zeros(reps)
+        level_sum = np.zeros((reps, len(system.level_names) * system.num_classes))
+        tally_sum = np.zeros((reps, len(system.tally_names) * system.num_classes), np.int64)
+        events, compile_seconds, wall, chunk = 0, 0.0, 0.0, 0
+    interrupted = False
+
+    def raw():
+        return {"leaves": [np.asarray(a) for a in jax.tree.leaves(states)], "t_abs": t_abs,
+                "levels": level_sum, "tallies": tally_sum, "events": events, "wall": wall,
+                "compile": compile_seconds, "chunk": chunk, "states": states,
+                "interrupted": interrupted}
 
     def windows():
         w0 = np.clip(warmup - t_abs, 0.0, None)
@@ -461,45 +510,130 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                 _shard(jnp.asarray(horizon - t_abs, jnp.float32), -1, devices))
 
     before = compile_count()
+    last_save = time.perf_counter()
     try:
-        while True:
+        while not np.all(t_abs >= horizon):
             w0, w1 = windows()
             start = time.perf_counter()
             out = _chunk_jit(system, key, rep_ids, jnp.uint32(chunk), states, w0, w1,
                              length=chunk_events, clock_dtype=clock_dtype)
-            states, t_end, acc, done, overflow = out
+            new_states, t_end, acc, done, overflow = out
             done = np.asarray(done)  # blocks until the chunk is computed
             elapsed = time.perf_counter() - start
-            if chunk == 0 and compile_count() > before:
-                # The first call compiled: time a second, identical call to separate the two.
+            if compile_count() > before:
+                # The call compiled: time a second, identical call to separate the two.
+                before = compile_count()
                 start = time.perf_counter()
-                jax.block_until_ready(_chunk_jit(system, key, rep_ids, jnp.uint32(0), fresh(),
+                jax.block_until_ready(_chunk_jit(system, key, rep_ids, jnp.uint32(chunk), states,
                                                  w0, w1, length=chunk_events,
                                                  clock_dtype=clock_dtype))
                 run_time = time.perf_counter() - start
-                compile_seconds = max(elapsed - run_time, 0.0)
+                compile_seconds += max(elapsed - run_time, 0.0)
                 elapsed = run_time
-            wall += elapsed
             if np.any(np.asarray(overflow)):
                 raise SimulationError(system.overflow_message())
+            # Commit the chunk only once it is complete (an interrupt above loses nothing).
+            states = new_states
+            wall += elapsed
             t_abs = np.where(done, horizon, t_abs + np.asarray(t_end, np.float64))
-            level_sum += np.asarray(acc.levels, np.float64).T
-            tally_sum += np.asarray(acc.tally, np.int64).T
+            level_sum = level_sum + np.asarray(acc.levels, np.float64).T
+            tally_sum = tally_sum + np.asarray(acc.tally, np.int64).T
             events += int(np.sum(np.asarray(acc.events, np.int64)))
             chunk += 1
             if report:
                 report(float(np.mean(t_abs)) / horizon)
-            if np.all(done) or (max_chunks is not None and chunk >= max_chunks):
+            if save and time.perf_counter() - last_save >= save_every(save):
+                save(raw())
+                last_save = time.perf_counter()
+            if max_chunks is not None and chunk >= max_chunks:
                 break
     except KeyboardInterrupt:
         interrupted = True
-    if chunk > 0:
-        # Jobs still held by lazy buffers owe their waits (and abandonments) up to now.
-        fin_tally, fin_levels = _finalize_jit(system, states,
+    interrupted = interrupted or not np.all(t_abs >= horizon)
+    if save and interrupted:
+        save(raw())
+    return raw()
+
+
+def save_every(save) -> float:
+    """Seconds between checkpoints of a save callback (its ``every`` attribute, default 60)."""
+    return getattr(save, "every", 60.0)
+
+
+def _finish_batch(system, raw, warmup, devices):
+    """A batch's results: its raw sums plus what jobs still held by lazy buffers owe."""
+    level_sum, tally_sum, t_abs = raw["levels"], raw["tallies"], raw["t_abs"]
+    if raw["chunk"] > 0:
+        fin_tally, fin_levels = _finalize_jit(system, raw["states"],
                                               jnp.asarray(warmup - t_abs, jnp.float32))
-        tally_sum += np.asarray(fin_tally, np.int64).T
-        level_sum += np.asarray(fin_levels, np.float64).T
-    return (level_sum, tally_sum, t_abs), events, wall, compile_seconds, chunk, interrupted
+        tally_sum = tally_sum + np.asarray(fin_tally, np.int64).T
+        level_sum = level_sum + np.asarray(fin_levels, np.float64).T
+    return ((level_sum, tally_sum, t_abs), raw["events"], raw["wall"], raw["compile"],
+            raw["chunk"], raw["interrupted"])
+
+
+def _fingerprint(system, key, *settings) -> str:
+    """A digest of everything that determines a run's path (for checkpoints)."""
+    digest = hashlib.sha256()
+    digest.update(repr(jax.tree.structure(system)).encode())
+    for leaf in jax.tree.leaves(system):
+        a = np.asarray(leaf)
+        digest.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+    digest.update(repr([str(x) for x in settings]).encode())
+    return digest.hexdigest()
+
+
+class _Checkpoint:
+    """Progress of a run in one ``.npz`` file, written atomically (temporary file + rename)."""
+
+    def __init__(self, path, fingerprint: str, every: float):
+        if not (isinstance(every, (int, float)) and every > 0):
+            raise ValueError(f"checkpoint_every = {every!r} is invalid: must be > 0 seconds")
+        self.path = os.fspath(path)
+        self.fingerprint = fingerprint
+        self.every = float(every)
+
+    def load(self):
+        """(finished batches, raw state of the batch in progress or None)."""
+        if not os.path.exists(self.path):
+            return [], None
+        with np.load(self.path, allow_pickle=False) as f:
+            if str(f["fingerprint"]) != self.fingerprint:
+                raise SimulationError(
+                    f"checkpoint {self.path} was written by a different run (system, key, "
+                    "replications, horizon, warm-up or chunking differ): remove it or choose "
+                    "another path")
+            parts = []
+            for b in range(int(f["num_parts"])):
+                parts.append(((f[f"p{b}_levels"], f[f"p{b}_tallies"], f[f"p{b}_t_abs"]),
+                              int(f[f"p{b}_events"]), float(f[f"p{b}_wall"]),
+                              float(f[f"p{b}_compile"]), int(f[f"p{b}_chunk"]), False))
+            current = None
+            if bool(f["has_current"]):
+                current = {"leaves": [f[f"leaf{k}"] for k in range(int(f["num_leaves"]))],
+                           "t_abs": f["c_t_abs"], "levels": f["c_levels"],
+                           "tallies": f["c_tallies"], "events": int(f["c_events"]),
+                           "wall": float(f["c_wall"]), "compile": float(f["c_compile"]),
+                           "chunk": int(f["c_chunk"])}
+        return parts, current
+
+    def save(self, parts, current) -> None:
+        data = {"fingerprint": np.asarray(self.fingerprint), "num_parts": len(parts),
+                "has_current": current is not None}
+        for b, ((lv, tl, ta), ev, wall, comp, chunk, _) in enumerate(parts):
+            data.update({f"p{b}_levels": lv, f"p{b}_tallies": tl, f"p{b}_t_abs": ta,
+                         f"p{b}_events": ev, f"p{b}_wall": wall, f"p{b}_compile": comp,
+                         f"p{b}_chunk": chunk})
+        if current is not None:
+            data.update({f"leaf{k}": a for k, a in enumerate(current["leaves"])})
+            data.update({"num_leaves": len(current["leaves"]), "c_t_abs": current["t_abs"],
+                         "c_levels": current["levels"], "c_tallies": current["tallies"],
+                         "c_events": current["events"], "c_wall": current["wall"],
+                         "c_compile": current["compile"], "c_chunk": current["chunk"]})
+        tmp = self.path + ".tmp.npz"
+        np.savez(tmp, **data)
+        os.replace(tmp, self.path)
 
 
 def max_batch_for(system: AbstractSystem, chunk_events: int,

@@ -184,3 +184,23 @@ def test_gate_and_route_approaches_lp_bound(n):
     assert rev.mean() < plan.revenue  # the LP bounds every policy in the limit (and here)
     assert (plan.revenue - rev.mean()) / plan.revenue < (0.05 if n == 50 else 0.02)
 
+
+
+def test_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+    model = scenarios.load("paper-qwen8b")
+    system, _ = policies.build("gate-and-route", model, 10)
+    kw = dict(reps=4, horizon=60.0, warmup=10.0, chunk_events=256)
+    whole = sim.simulate(jax.random.key(12), system, **kw)
+    path = tmp_path / "run.npz"
+    # Stop after 3 chunks (as a kill would), then resume from the file to the end.
+    part = sim.simulate(jax.random.key(12), system, checkpoint=path, max_chunks=3, **kw)
+    assert part.interrupted and path.exists()
+    resumed = sim.simulate(jax.random.key(12), system, checkpoint=path, **kw)
+    assert not resumed.interrupted
+    np.testing.assert_array_equal(whole.tallies, resumed.tallies)
+    np.testing.assert_allclose(whole.level_integrals, resumed.level_integrals, rtol=1e-12)
+    assert resumed.events == whole.events
+    # A checkpoint of another run is refused, not silently mixed in.
+    other, _ = policies.build("gate-and-route", model, 11)
+    with pytest.raises(sim.SimulationError, match="different run"):
+        sim.simulate(jax.random.key(12), other, checkpoint=path, **kw)

@@ -172,18 +172,22 @@ def test_small_system_matches_exact_generator(policy):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n", [50, 200])
-def test_gate_and_route_approaches_lp_bound(n):
-    # Theorem 4.1: R^n -> R* as n grows. At n = 200 the measured gap is about 1% (README).
-    model = scenarios.load("paper-qwen8b")
-    system, plan = policies.build("gate-and-route", model, n)
-    run = sim.simulate(jax.random.key(5), system, reps=32, horizon=1500.0, warmup=500.0)
+def test_gate_and_route_revenue_rises_towards_the_lp_bound():
+    # Theorem 4.1: R^n -> R* as n grows (no rate). Measured (README): gap 3.3% at n = 50 and
+    # 2.5% at n = 500, so the difference is about 2.4 revenue units, many standard errors here.
     from jaxqueue import stats
 
-    rev = stats.per_gpu(run, model, n)["revenue_bundled"]
-    assert rev.mean() < plan.revenue  # the LP bounds every policy in the limit (and here)
-    assert (plan.revenue - rev.mean()) / plan.revenue < (0.05 if n == 50 else 0.02)
-
+    model = scenarios.load("paper-qwen8b")
+    revenue = {}
+    for n in (50, 500):
+        system, plan = policies.build("gate-and-route", model, n)
+        run = sim.simulate(jax.random.key(5), system, reps=16, horizon=1500.0, warmup=500.0)
+        revenue[n] = stats.per_gpu(run, model, n)["revenue_bundled"]
+    lo, hi = revenue[50], revenue[500]
+    se = np.sqrt(lo.var(ddof=1) / lo.size + hi.var(ddof=1) / hi.size)
+    assert hi.mean() - lo.mean() > 4 * se
+    assert hi.mean() < plan.revenue  # the LP value bounds the policy
+    assert (plan.revenue - hi.mean()) / plan.revenue < 0.04
 
 
 def test_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):

@@ -104,6 +104,16 @@ def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
     return eqx.tree_at(lambda r: r.data, ring, ring.data - shift)
 
 
+def rebase_rings(state, elapsed: Float[Array, ""]):
+    """A state whose ``prefill_ring`` and ``decode_ring`` fields (each a Ring or None) are
+    rebased by ``elapsed`` (:func:`rebase`)."""
+    def shift(ring):
+        return None if ring is None else rebase(ring, elapsed)
+    return eqx.tree_at(lambda s: (s.prefill_ring, s.decode_ring), state,
+                       (shift(state.prefill_ring), shift(state.decode_ring)),
+                       is_leaf=lambda x: x is None)
+
+
 def any_overflow(*rings: Ring | None) -> Bool[Array, ""]:
     """Whether any of the rings (None for an absent one) overflowed."""
     over = jnp.bool_(False)

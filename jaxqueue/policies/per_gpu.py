@@ -65,7 +65,7 @@ from .. import buffer as buf
 from .. import fluid
 from ..model import Model
 from ..simulate import AbstractSystem
-from .pooled import LEVELS, TALLIES, checked_capacity, checked_gpus, gate_choice
+from .pooled import LEVELS, TALLIES, checked_capacity, checked_gpus, gate_choice, split_event
 
 __all__ = ["PER_GPU_POLICIES", "PerGpu", "PerGpuPolicy", "PerGpuState", "build_per_gpu",
            "gpu_slots", "resolve_per_gpu"]
@@ -223,11 +223,7 @@ class PerGpu(AbstractSystem):
         return todo
 
     def rebase(self, s: PerGpuState, elapsed) -> PerGpuState:
-        def shift(ring):
-            return None if ring is None else buf.rebase(ring, elapsed)
-        return eqx.tree_at(lambda s: (s.prefill_ring, s.decode_ring), s,
-                           (shift(s.prefill_ring), shift(s.decode_ring)),
-                           is_leaf=lambda x: x is None)
+        return buf.rebase_rings(s, elapsed)
 
     def overflow(self, s: PerGpuState) -> Bool[Array, ""]:
         return buf.any_overflow(s.prefill_ring, s.decode_ring)
@@ -241,11 +237,9 @@ class PerGpu(AbstractSystem):
         G = self.gpus
         classes = jnp.arange(num)
         w0, w1 = window
-        hot = (jnp.arange(5 * num) == event).reshape(5, num).astype(jnp.int32)
-        arrive, prefill_done, mixed_done, solo_done, queue_abandon = hot
-        counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
+        rows, counted, bookkeeping = split_event(event, num, t, window)
+        arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
         kind, cls = event // num, event % num
-        bookkeeping = event == 5 * num
         v = self._view(s.pre, s.dec)
         X, _, _ = self._counts(s.pre, s.dec, v.slow)
 

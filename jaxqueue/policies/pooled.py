@@ -135,10 +135,7 @@ class Pooled(AbstractSystem):
         return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(jnp.float32)
 
     def rebase(self, s: PooledState, elapsed) -> PooledState:
-        return eqx.tree_at(
-            lambda s: (s.prefill_ring, s.decode_ring), s,
-            (None if s.prefill_ring is None else buf.rebase(s.prefill_ring, elapsed),
-             buf.rebase(s.decode_ring, elapsed)), is_leaf=lambda x: x is None)
+        return buf.rebase_rings(s, elapsed)
 
     def overflow(self, s: PooledState) -> Bool[Array, ""]:
         return buf.any_overflow(s.prefill_ring, s.decode_ring)
@@ -151,11 +148,9 @@ class Pooled(AbstractSystem):
         num = self.num_classes
         classes = jnp.arange(num)
         w0, w1 = window
-        hot = (jnp.arange(5 * num) == event).reshape(5, num).astype(jnp.int32)
-        arrive, prefill_done, mixed_done, solo_done, queue_abandon = hot
-        counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
+        rows, counted, bookkeeping = split_event(event, num, t, window)
+        arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
         free_solo, free_mixed, idle = self._free(s)
-        bookkeeping = event == 5 * num
 
         def one_hot(cls, do):
             return ((classes == cls) & do).astype(jnp.int32)
@@ -255,6 +250,19 @@ def gate_choice(gate: str, model: Model, n, x_star, q_star, X: Int[Array, " I"],
     dev = Qp - n * jnp.asarray(q_star, jnp.float32)
     second = first & (dev == jnp.max(jnp.where(first, dev, -jnp.inf)))
     return jnp.argmax(second)
+
+
+def split_event(event, num: int, t, window):
+    """The 5I-event layout shared by the pooled and per-GPU engines, decoded.
+
+    Returns the one-hot rows ``(arrive, prefill_done, mixed_done, solo_done, queue_abandon)``
+    (each ``(I,)`` int), whether ``t`` lies in the statistics window (int 0/1), and whether the
+    step is a bookkeeping step (event index ``5I``).
+    """
+    w0, w1 = window
+    hot = (jnp.arange(5 * num) == event).reshape(5, num).astype(jnp.int32)
+    counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
+    return tuple(hot), counted, event == 5 * num
 
 
 def checked_gpus(n) -> int:

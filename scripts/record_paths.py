@@ -1,0 +1,112 @@
+"""Records (or checks) exact simulation paths of every policy and engine, for the test that a
+refactoring leaves paths bit-identical for the same key (tests/test_paths.py).
+
+    python scripts/record_paths.py            # compare against tests/data/paths.npz
+    python scripts/record_paths.py --record   # overwrite it (only when paths change on purpose)
+
+A path is what one replication does over its first 1,500 steps (state counts, times, event
+counters, from ``trajectory``) and a short multi-chunk run of 6 replications (``simulate``:
+time integrals, counters and windows). The file also notes the JAX version and the CPU, since
+XLA may round transcendental functions differently elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+FIXTURE = ROOT / "tests" / "data" / "paths.npz"
+
+CASES = [("gate-and-route", "pooled"), ("fg-sp", "pooled"), ("prioritize-and-route", "pooled"),
+         ("sli-gate-and-route", "pooled"), ("fi-wsp", "per-gpu"), ("gi-wsp", "per-gpu"),
+         ("gf-wsp", "per-gpu"), ("fg-sp", "per-gpu"), ("gate-and-route", "per-gpu")]
+STEPS = 1500
+
+
+def machine() -> str:
+    """What the recorded floats depend on: the JAX version and the CPU model."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"jax {jax.__version__}; {cpu}"
+
+
+def _state_arrays(prefix: str, states) -> dict[str, np.ndarray]:
+    """Every integer leaf of the states (ring rows are summarised by head and size)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(states):
+        name = jax.tree_util.keystr(path)
+        if name.endswith(".data"):
+            continue
+        out[f"{prefix}/state{name}"] = np.asarray(leaf)
+    return out
+
+
+def paths() -> dict[str, np.ndarray]:
+    from jaxqueue import policies, scenarios
+    from jaxqueue import simulate as sim
+
+    model = scenarios.load("paper-qwen8b")
+    out = {}
+    for policy, engine in CASES:
+        tag = f"{policy}@{engine}"
+        system, _ = policies.build(policy, model, 6, engine=engine)
+        states, times, tallies = sim.trajectory(jax.random.key(7), system, STEPS)
+        out.update(_state_arrays(tag, states))
+        out[f"{tag}/times"] = np.asarray(times)
+        tallies = np.asarray(tallies)
+        for k, name in enumerate(system.tally_names):
+            out[f"{tag}/tally/{name}"] = tallies[:, k * model.num_classes:(k + 1) * model.num_classes]
+        run = sim.simulate(jax.random.key(8), system, reps=6, horizon=60.0, warmup=15.0,
+                           chunk_events=128)
+        out[f"{tag}/run/window"] = run.window
+        for name in run.level_names:
+            out[f"{tag}/run/level/{name}"] = run.level(name)
+        for name in run.tally_names:
+            out[f"{tag}/run/count/{name}"] = run.count(name)
+    return out
+
+
+def compare(recorded, now) -> list[str]:
+    """Names of recorded arrays that differ (or are missing) now."""
+    bad = []
+    for name in recorded.files if hasattr(recorded, "files") else recorded:
+        if name == "machine":
+            continue
+        if name not in now:
+            bad.append(f"{name} (missing)")
+        elif not np.array_equal(np.asarray(recorded[name]), now[name]):
+            bad.append(name)
+    return bad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="overwrite the recorded paths")
+    args = parser.parse_args()
+    now = paths()
+    if args.record:
+        np.savez_compressed(FIXTURE, machine=np.asarray(machine()), **now)
+        print(f"recorded {len(now)} arrays to {FIXTURE} ({machine()})")
+        return
+    with np.load(FIXTURE) as recorded:
+        bad = compare(recorded, now)
+        print(f"recorded on: {recorded['machine']}\nthis machine: {machine()}")
+    print("identical" if not bad else "DIFFERENT: " + ", ".join(bad))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import jax  # noqa: E402
 
-from jaxqueue import policies, scenarios, stats  # noqa: E402
-from jaxqueue.simulate import simulate  # noqa: E402
+from jaxqueue import (  # noqa: E402
+    policies,
+    scenarios,
+    simulate,  # noqa: E402
+    stats,
+)
 
 POLICIES = ("fi-wsp", "gi-wsp", "gf-wsp", "fg-sp", "gate-and-route")
 

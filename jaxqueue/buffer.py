@@ -7,18 +7,18 @@ deadline. A push writes the tail, a pop reads the head: O(1) per event whatever 
 
 Abandonment is exact and *lazy*. A job entering the buffer draws its Exp(theta_i) patience once
 and abandons at ``entry + patience`` if still waiting; by memorylessness this is the CTMC's rate
-``theta_i`` per waiting job (MODEL.md Sec. 2). Nothing needs to happen at that moment: nobody
-else's rate depends on the buffer's contents, only on whether a *live* job waits. So a job whose
-deadline has passed stays in the ring, and is discarded (and counted as abandoned, at its
-deadline) when it reaches the head at a moment the policy wants to serve the buffer. The
-simulator runs such discards as zero-time bookkeeping steps (:meth:`AbstractSystem.pending`), so
-the first live job from the head is always the one served: FCFS among live jobs, exactly.
-Time integrals of the buffer's content are credited job by job when a job leaves (served or
-abandoned), over the part of its wait inside the statistics window.
+``theta_i`` per waiting job. Nothing needs to happen at that moment: nobody else's rate depends
+on the buffer's contents, only on whether a *live* job waits. So a job whose deadline has passed
+stays in the ring, and is discarded (and counted as abandoned, at its deadline) when it reaches
+the head at a moment the owner wants to serve the buffer (:func:`serve`). A simulator runs such
+discards as zero-time bookkeeping steps, so the first live job from the head is always the one
+served: FCFS among live jobs, exactly. Time integrals of the buffer's content are credited job
+by job when a job leaves (served or abandoned), over the part of its wait inside the statistics
+window, whenever that wait began.
 
-Times are kept relative to the current scan chunk (:func:`rebase`) so a float32 time never
+Times are kept relative to the current rollout's clock (:func:`rebase`) so a float32 time never
 loses resolution on long runs. A push into a full ring (live plus not-yet-discarded jobs) sets
-``overflow``; the simulator then raises an error naming the capacity. Nothing is dropped silently.
+``overflow``; the owner turns that into an error. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -27,15 +27,18 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["Ring", "empty", "push", "pop", "peek", "rebase"]
+from .rng import real_dtype
+
+__all__ = ["Ring", "Served", "empty", "live", "overlap", "peek", "pop", "push", "rebase",
+           "residual", "serve"]
 
 
 class Ring(eqx.Module):
     """Jobs of several classes in arrival order.
 
     Attributes:
-        data: one row per slot, ``(class, entry time, deadline)``, times chunk-relative. One
-            row is one cache line: a push or a pop touches memory once.
+        data: one row per slot, ``(class, entry time, deadline)``, times on the rollout's
+            clock. One row is one cache line: a push or a pop touches memory once.
         head: slot of the oldest job.
         size: number of jobs held (live or awaiting discard).
         overflow: set once a push found the ring full.
@@ -64,8 +67,8 @@ class Ring(eqx.Module):
 
 
 def empty(capacity: int) -> Ring:
-    """An empty ring with ``capacity`` slots."""
-    return Ring(data=jnp.zeros((capacity, 3), jnp.float32), head=jnp.int32(0),
+    """An empty ring with ``capacity`` slots (times in the step's floating dtype)."""
+    return Ring(data=jnp.zeros((capacity, 3), real_dtype()), head=jnp.int32(0),
                 size=jnp.int32(0), overflow=jnp.bool_(False))
 
 
@@ -76,7 +79,7 @@ def push(ring: Ring, do: Bool[Array, ""], label: Int[Array, ""], entry: Float[Ar
     write = do & fits
     # An out-of-range index with mode="drop" writes nothing: no select over the whole ring.
     slot = jnp.where(write, (ring.head + ring.size) % ring.capacity, ring.capacity)
-    row = jnp.stack([label.astype(jnp.float32), entry, deadline])  # class ids are exact
+    row = jnp.stack([label.astype(ring.data.dtype), entry, deadline])  # class ids are exact
     return Ring(
         data=ring.data.at[slot].set(row, mode="drop"),
         head=ring.head,
@@ -99,48 +102,72 @@ def pop(ring: Ring, do: Bool[Array, ""]) -> Ring:
 
 
 def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
-    """Shifts stored times to a clock that starts ``elapsed`` later (start of the next chunk)."""
-    shift = jnp.stack([jnp.float32(0.0), elapsed, elapsed])
+    """Shifts stored times to a clock that starts ``elapsed`` later (the next rollout's)."""
+    zero = jnp.zeros((), ring.data.dtype)
+    shift = jnp.stack([zero, elapsed.astype(ring.data.dtype), elapsed.astype(ring.data.dtype)])
     return eqx.tree_at(lambda r: r.data, ring, ring.data - shift)
 
 
-def rebase_rings(state, elapsed: Float[Array, ""]):
-    """A state whose ``prefill_ring`` and ``decode_ring`` fields (each a Ring or None) are
-    rebased by ``elapsed`` (:func:`rebase`)."""
-    def shift(ring):
-        return None if ring is None else rebase(ring, elapsed)
-    return eqx.tree_at(lambda s: (s.prefill_ring, s.decode_ring), state,
-                       (shift(state.prefill_ring), shift(state.decode_ring)),
-                       is_leaf=lambda x: x is None)
+class Served(eqx.Module):
+    """What :func:`serve` did at the head of a ring.
+
+    Attributes:
+        ring: the ring after the head was popped (if it was looked at).
+        label: class of the head job.
+        looked: indicator: the head was looked at (and popped).
+        taken: indicator: the head was live and is served now.
+        gone: indicator: the head had abandoned, at a deadline inside the statistics window.
+        wait: the head's wait inside the window (meaningful when looked at).
+    """
+
+    ring: Ring
+    label: Int[Array, ""]
+    looked: Int[Array, ""]
+    taken: Int[Array, ""]
+    gone: Int[Array, ""]
+    wait: Float[Array, ""]
 
 
-def any_overflow(*rings: Ring | None) -> Bool[Array, ""]:
-    """Whether any of the rings (None for an absent one) overflowed."""
-    over = jnp.bool_(False)
-    for ring in rings:
-        if ring is not None:
-            over = over | ring.overflow
-    return over
-
-
-def overflow_message(capacity: int) -> str:
-    """The error a run whose ring overflowed ends with."""
-    return (f"a FCFS buffer overflowed its capacity of {capacity} jobs: rerun with a larger "
-            "capacity (--buffer-capacity); no result was produced from the truncated run")
-
-
-def residual(ring: Ring, num_classes: int, window) -> tuple[Int[Array, " I"], Float[Array, " I"]]:
-    """Per class: abandonments (in the window) and waits (their part inside the window) owed by
-    the jobs the ring still holds when a run ends at the window's end (chunk-relative times)."""
+def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
+    """A bookkeeping step at the head of ``ring``: when ``look`` (an indicator; the caller
+    checked the ring is not empty), pop the head; it is served if live, or discarded as
+    abandoned if its deadline has passed. ``expired(now, deadline)`` is the deadline test (an
+    indicator, from the owner's decisions)."""
     w0, w1 = window
+    label, entry, deadline = peek(ring)
+    look = jnp.asarray(look).astype(jnp.int32)
+    gone = look * expired(t, deadline)
+    taken = look * (1 - gone)
+    in_window = ((deadline > w0) & (deadline <= w1)).astype(jnp.int32)
+    end = jnp.where(gone > 0, deadline, t)
+    return Served(ring=pop(ring, look > 0), label=label, looked=look, taken=taken,
+                  gone=gone * in_window, wait=overlap(entry, end, w0, w1))
+
+
+def _held(ring: Ring):
     k = jnp.arange(ring.capacity)
-    held = ((k - ring.head) % ring.capacity) < ring.size
+    return ((k - ring.head) % ring.capacity) < ring.size
+
+
+def residual(ring: Ring, num_classes: int, window
+             ) -> tuple[Int[Array, " I"], Float[Array, " I"]]:
+    """What the jobs a ring still holds owe when a run ends at the window's end, per class:
+    abandonments (in the window) and waits (their part inside the window)."""
+    w0, w1 = window
+    held = _held(ring)
     gone = held & (ring.deadline <= w1)
     end = jnp.where(gone, ring.deadline, w1)
     wait = jnp.where(held, overlap(ring.entry, end, w0, w1), 0.0)
     hot = ring.label[None, :] == jnp.arange(num_classes)[:, None]
     in_win = gone & (ring.deadline > w0)
     return jnp.sum(hot & in_win, axis=1), jnp.sum(jnp.where(hot, wait, 0.0), axis=1)
+
+
+def live(ring: Ring, num_classes: int, now) -> Int[Array, " I"]:
+    """Jobs still waiting at time ``now`` per class (held, deadline not yet passed)."""
+    alive = _held(ring) & (ring.deadline > now)
+    hot = ring.label[None, :] == jnp.arange(num_classes)[:, None]
+    return jnp.sum(hot & alive, axis=1).astype(jnp.int32)
 
 
 def overlap(start, end, w0, w1):

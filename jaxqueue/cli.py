@@ -112,12 +112,30 @@ def _fmt(entry: dict[str, float], digits: int = 4) -> str:
 
 
 # ---- lp ---------------------------------------------------------------------------------------
+def plan_summary(model, plan) -> dict[str, Any]:
+    """The JSON object of ``jaxqueue lp``: plain Python floats, per-class rows by name."""
+    if plan.x.shape != (model.num_classes,):
+        raise ValueError(f"plan has {plan.x.size} classes but model {model.name!r} has "
+                         f"{model.num_classes}")
+
+    rows = zip(model.class_names, plan.x, plan.y_m, plan.y_s, plan.q_p, plan.q_d, strict=True)
+    keys = ("x", "y_mixed", "y_solo", "q_prefill", "q_decode")
+    return {
+        "pricing": plan.pricing, "revenue": float(plan.revenue),
+        "mixed_fraction": plan.sum_x, "solo_efficient": bool(plan.solo_efficient),
+        "classes": [{"name": name, **{k: float(v) for k, v in zip(keys, values, strict=True)}}
+                    for name, *values in rows],
+        "sli": {k: float(v) for k, v in plan.sli.items()},
+        "duals": {k: float(v) for k, v in plan.duals.items()},
+    }
+
+
 def _cmd_lp(args) -> None:
     from . import fluid, scenarios
 
     model = scenarios.load(args.scenario)
     plan = fluid.solve(model, args.pricing, sli=_sli(args))
-    out = fluid.plan_summary(model, plan)
+    out = plan_summary(model, plan)
 
     def human(o):
         print(f"{model.name}: {o['pricing']} fluid LP, revenue per GPU R* = {o['revenue']:.6f}")
@@ -155,7 +173,7 @@ def _cmd_simulate(args) -> None:
     import jax
 
     from . import policies, scenarios, stats
-    from .simulate import simulate
+    from .driver import simulate
 
     model = scenarios.load(args.scenario)
     system, plan = policies.build(args.policy, model, args.gpus, capacity=args.buffer_capacity,
@@ -169,7 +187,7 @@ def _cmd_simulate(args) -> None:
     out = {
         "scenario": model.name,
         "policy": policies.resolve(args.policy).name,
-        "engine": "per-gpu" if isinstance(system, policies.PerGpu) else "pooled",
+        "engine": policies.engine_of(system),
         "gpus": args.gpus,
         "mixed_gpus": int(system.M),
         "reps": args.reps,
@@ -410,8 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _use_all_cores()
     _enable_cache()
     from .fluid import FluidError
+    from .kernel import SimulationError
     from .model import ModelError
-    from .simulate import SimulationError
 
     try:
         args.func(args)

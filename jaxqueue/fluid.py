@@ -20,7 +20,7 @@ from scipy.optimize import linprog
 
 from .model import Model
 
-__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Plan", "frontier", "plan_summary",
+__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Plan", "frontier",
            "solve", "solve_bundled", "solve_separate"]
 
 PRICINGS = ("bundled", "separate")
@@ -141,25 +141,22 @@ class Plan:
         return float(np.sum(self.x))
 
     def mixed_gpus(self, n: int) -> int:
-        """Number of mixed GPUs ``M = ceil(n * sum_i x_i)`` for n GPUs (Sec. 4.1).
-
-        LP round-off (``n*sum_x = 106.0000000001``) is not rounded up, and the result is kept in
-        ``[0, n]`` (only round-off can take it out).
+        """Number of mixed GPUs ``M = ceil(n * sum_i x_i)`` for n GPUs (Sec. 4.1), the rounding
+        of :class:`jaxqueue.decisions.Exact` (LP round-off such as ``106.0000000001`` is not
+        rounded up), kept in ``[0, n]``.
 
         Raises:
             ValueError: n is not an integer >= 1.
         """
+        from .decisions import ceil_count  # the one rounding rule; imported late (jax)
+
         try:
             ok = not isinstance(n, bool) and float(n).is_integer() and n >= 1
         except (TypeError, ValueError, OverflowError):
             ok = False
         if not ok:
             raise ValueError(f"n = {n!r} is invalid: must be an integer >= 1")
-        n = int(n)
-        v = n * self.sum_x
-        near = round(v)
-        m = near if abs(v - near) <= 1e-9 * max(1.0, abs(v)) else math.ceil(v)
-        return int(min(max(m, 0), n))
+        return int(min(max(ceil_count(int(n) * self.sum_x), 0), int(n)))
 
     def completion_rate(self, model: Model) -> np.ndarray:
         """Decode completions per GPU per second of each class, ``mu_m y_m + mu_s y_s``."""
@@ -449,21 +446,3 @@ def frontier(model: Model, sli_name: str, values: Sequence[float]) -> list[dict[
         out.append({"value": float(v), "revenue": plan.revenue,
                     "shadow_price": plan.sli_duals[sli_name]})
     return out
-
-
-def plan_summary(model: Model, plan: Plan) -> dict:
-    """The JSON object of ``jaxqueue lp``: plain Python floats, per-class rows by name."""
-    if plan.x.shape != (model.num_classes,):
-        raise ValueError(f"plan has {plan.x.size} classes but model {model.name!r} has "
-                         f"{model.num_classes}")
-
-    rows = zip(model.class_names, plan.x, plan.y_m, plan.y_s, plan.q_p, plan.q_d, strict=True)
-    keys = ("x", "y_mixed", "y_solo", "q_prefill", "q_decode")
-    return {
-        "pricing": plan.pricing, "revenue": float(plan.revenue),
-        "mixed_fraction": plan.sum_x, "solo_efficient": bool(plan.solo_efficient),
-        "classes": [{"name": name, **{k: float(v) for k, v in zip(keys, values, strict=True)}}
-                    for name, *values in rows],
-        "sli": {k: float(v) for k, v in plan.sli.items()},
-        "duals": {k: float(v) for k, v in plan.duals.items()},
-    }

@@ -5,10 +5,13 @@ A :class:`Model` holds the primitive parameters of one scenario, per GPU: the wo
 chunk size, batch size) and the prices. Every service rate of the paper is *derived* from these
 as a property (Eq. 4), so nothing can go stale when a parameter changes.
 
-Leaves are plain arrays. On the host they are float64 NumPy arrays, so the fluid LPs see the
-exact inputs; inside ``jax.jit`` they are traced float32 arrays, and the same properties compute
-the rates there. Properties therefore use arithmetic operators only, never ``np.`` or ``jnp.``
-functions.
+Leaves are arrays. Built from concrete values, they are validated (every error names the field
+and its allowed range) and stored as float64 NumPy arrays, so the fluid LPs see the exact inputs.
+Inside ``jax.jit``, ``jax.vmap`` or ``jax.grad`` they are traced arrays (float32, or float64
+under ``jax.enable_x64``), and the same properties compute the rates there; a model built or
+changed with :meth:`Model.replace` to traced values skips validation (it happened at the boundary,
+where the concrete values came in). Properties therefore use arithmetic operators only, never
+``np.`` or ``jnp.`` functions.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
+from jaxtyping import ArrayLike, Float, Integer
 
 __all__ = ["Model", "ModelError"]
 
@@ -51,17 +56,17 @@ class Model(eqx.Module):
         class_names: one name per class (static).
     """
 
-    lambda_: Any
-    theta: Any
-    P: Any
-    D: Any
-    alpha: Any
-    beta: Any
-    gamma: Any
-    C: Any
-    B: Any
-    c_p: Any
-    c_d: Any
+    lambda_: Float[ArrayLike, " I"]
+    theta: Float[ArrayLike, " I"]
+    P: Float[ArrayLike, " I"]
+    D: Float[ArrayLike, " I"]
+    alpha: Float[ArrayLike, ""]
+    beta: Float[ArrayLike, ""]
+    gamma: Float[ArrayLike, ""]
+    C: Float[ArrayLike, ""]
+    B: Integer[ArrayLike, ""]
+    c_p: Float[ArrayLike, ""]
+    c_d: Float[ArrayLike, ""]
     name: str = eqx.field(static=True, default="model")
     class_names: tuple[str, ...] = eqx.field(static=True, default=())
 
@@ -82,6 +87,11 @@ class Model(eqx.Module):
         name: str = "model",
         class_names: Sequence[str] | None = None,
     ):
+        given = dict(lambda_=lambda_, theta=theta, P=P, D=D, alpha=alpha, beta=beta, gamma=gamma,
+                     C=C, B=B, c_p=c_p, c_d=c_d)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(given)):
+            self._set_traced(given, name, class_names)
+            return
         arrays = {}
         sizes = {}
         for field, value in (("lambda_", lambda_), ("theta", theta), ("P", P), ("D", D)):
@@ -154,6 +164,18 @@ class Model(eqx.Module):
         self.c_d = np.float64(scalars["c_d"])
         self.name = str(name)
         self.class_names = names
+
+    def _set_traced(self, given: dict[str, Any], name: str, class_names) -> None:
+        """Stores values of which some are traced, unvalidated (see the module docstring)."""
+        import jax.numpy as jnp
+
+        num = int(np.shape(given["lambda_"])[0])
+        for field, value in given.items():
+            setattr(self, field, value if isinstance(value, jax.core.Tracer)
+                    else jnp.asarray(value))
+        self.name = str(name)
+        self.class_names = tuple(class_names) if class_names is not None else tuple(
+            f"class-{i + 1}" for i in range(num))
 
     # ---- derived quantities (paper, Sec. 1 and Eq. 4) ----------------------------------------
     @property
@@ -279,7 +301,7 @@ class Model(eqx.Module):
             raise ModelError(f"unknown model field(s) {sorted(unknown)}; known: {sorted(fields)}")
         fields.update(changes)
         if "lambda_" in changes and "class_names" not in changes:
-            if np.size(changes["lambda_"]) != self.num_classes:
+            if np.shape(changes["lambda_"])[:1] != (self.num_classes,):
                 fields["class_names"] = None
         return Model(**fields)
 

@@ -5,7 +5,7 @@
   its generator (:func:`jaxqueue.theory.pooled_stationary`);
 - :func:`convergence_check`: the paper's instance at growing n against the fluid LP bound.
 
-``devices`` shards the replications (see :func:`jaxqueue.simulate.simulate`). Each returns a
+``devices`` shards the replications (see :func:`jaxqueue.simulate`). Each returns a
 JSON-ready dict with simulated ``{mean, ci95}`` next to the exact value and a
 verdict: ``agree`` when the exact value lies within 3 standard errors of the simulated mean.
 """
@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from . import fluid, policies, scenarios, stats, theory
+from .driver import simulate
 from .policies.erlang import ErlangA
-from .simulate import simulate
 
 __all__ = ["erlang_a_check", "small_system_check", "convergence_check"]
 

@@ -44,9 +44,12 @@ if ARGS.devices != "1" and "xla_force_host_platform_device_count" not in os.envi
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxqueue import policies, scenarios  # noqa: E402
+from jaxqueue import (  # noqa: E402
+    policies,
+    scenarios,
+    simulate,  # noqa: E402
+)
 from jaxqueue.policies.erlang import ErlangA  # noqa: E402
-from jaxqueue.simulate import simulate  # noqa: E402
 
 
 def _devices():

@@ -228,8 +228,8 @@ def run_jaxqueue(p: Params, reps: int, seed: int, chunk_events: int | None = Non
     try:
         import jax
 
+        from jaxqueue import simulate
         from jaxqueue.policies.erlang import ErlangA
-        from jaxqueue.simulate import simulate
     except ImportError as err:
         sys.exit(f"cannot import jaxqueue ({err}): run from the repository root with PYTHONPATH=.")
     system = ErlangA(servers=np.int32(p.servers), arrival_rate=np.float32(p.arrival_rate),

@@ -19,9 +19,8 @@ import json
 import jax
 import numpy as np
 
-from jaxqueue import policies, scenarios
+from jaxqueue import policies, scenarios, simulate
 from jaxqueue.model import Model
-from jaxqueue.simulate import simulate
 
 
 def synthetic(num_classes: int) -> Model:

@@ -13,15 +13,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxqueue import policies, scenarios
-from jaxqueue.simulate import simulate
+from jaxqueue import policies, scenarios, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jaxqueue import policies, scenarios
-    from jaxqueue.simulate import simulate
+    from jaxqueue import simulate
     assert len(jax.devices()) == 8, jax.devices()
     model = scenarios.load("paper-qwen8b")
     for name in ("gate-and-route", "fg-sp"):

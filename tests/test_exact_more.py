@@ -9,50 +9,11 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from helpers import compare, enumerate_chain, per_gpu, z_scores
 
+import jaxqueue as jq
 from jaxqueue import fluid, policies, stats
-from jaxqueue import simulate as sim
 from jaxqueue.model import Model
-from jaxqueue.policies.per_gpu import build_per_gpu
-from jaxqueue.theory import stationary
-
-
-def z_scores(values, exact):
-    values = np.asarray(values, np.float64)
-    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
-    return (values.mean(axis=0) - exact) / se
-
-
-def enumerate_chain(start, successors):
-    """Reachable states from ``start`` and the stationary law of their generator."""
-    index, states = {start: 0}, [start]
-    rows, cols, vals = [], [], []
-    k = 0
-    while k < len(states):
-        for rate, nxt in successors(states[k]):
-            if rate <= 0:
-                continue
-            t = index.get(nxt)
-            if t is None:
-                t = index[nxt] = len(states)
-                states.append(nxt)
-            if t != k:
-                rows.append(k)
-                cols.append(t)
-                vals.append(rate)
-        k += 1
-    size = len(states)
-    off = sp.csr_matrix((vals, (rows, cols)), shape=(size, size))
-    generator = (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
-    return states, stationary(generator)
-
-
-def compare(run, model, n, exact):
-    """z-scores of :func:`jaxqueue.stats.per_gpu` against ``exact`` (same keys, per class)."""
-    q = stats.per_gpu(run, model, n)
-    return {(k, i): float(z) for k, v in exact.items()
-            for i, z in enumerate(np.atleast_1d(z_scores(q[k], np.asarray(v))))}
 
 
 # ---- SLI-aware Gate-and-Route ------------------------------------------------------------------
@@ -192,7 +153,7 @@ def test_sli_gate_and_route_matches_exact_generator(case):
     exact, size, truncation = sli_chain(model, n, M, plan.x, plan.q_p, plan.y_m, plan.y_s,
                                         *limits)
     assert truncation < (3e-5 if case == "light" else 3e-4), truncation
-    run = sim.simulate(jax.random.key(21), system, reps=256, horizon=1500.0, warmup=50.0)
+    run = jq.simulate(jax.random.key(21), system, reps=256, horizon=1500.0, warmup=50.0)
     z = compare(run, model, n, exact)
     assert max(abs(v) for v in z.values()) < 4.0, z
 
@@ -246,9 +207,9 @@ def test_gi_wsp_one_gpu_matches_exact_generator():
     exact["completion_rate"] = mu_m * exact["y_mixed"] + mu_s * exact["y_solo"]
     exact["prefill_abandonment_rate"] = theta * exact["q_prefill"]
     exact["decode_abandonment_rate"] = 0.0
-    system, _ = build_per_gpu("gi-wsp", model, 1)
+    system, _ = per_gpu("gi-wsp", model, 1)
     assert system.coupled and system.gate == "deviation"
-    run = sim.simulate(jax.random.key(12), system, reps=128, horizon=2000.0, warmup=100.0)
+    run = jq.simulate(jax.random.key(12), system, reps=128, horizon=2000.0, warmup=100.0)
     q_sim = stats.per_gpu(run, model, 1)
     assert np.all(q_sim["q_decode"] == 0) and np.all(q_sim["decode_abandonment_rate"] == 0)
     z = {k: float(z_scores(q_sim[k][:, 0], v)) for k, v in exact.items() if k not in
@@ -325,8 +286,8 @@ def test_gf_wsp_two_gpus_matches_exact_generator():
     exact, size, truncation = gf_wsp_chain(n, 1.0, 2.0, 0.5, 0.75, 0.5, B=2, max_p=25,
                                            max_d=25)
     assert truncation < 1e-9, truncation
-    system, _ = build_per_gpu("gf-wsp", model, n)
+    system, _ = per_gpu("gf-wsp", model, n)
     assert not system.coupled and system.layout == "shared" and system.gate == "deviation"
-    run = sim.simulate(jax.random.key(13), system, reps=128, horizon=2000.0, warmup=100.0)
+    run = jq.simulate(jax.random.key(13), system, reps=128, horizon=2000.0, warmup=100.0)
     z = compare(run, model, n, exact)
     assert max(abs(v) for v in z.values()) < 4.0, z

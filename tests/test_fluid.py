@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxqueue import fluid, scenarios
+from jaxqueue.cli import plan_summary
 from jaxqueue.fluid import SLI, FluidError
 from jaxqueue.model import Model
 
@@ -428,7 +429,7 @@ def test_invalid_inputs_raise():
 def test_plan_summary_is_the_cli_json():
     m = reference_model()
     plan = fluid.solve_separate(m)
-    summary = fluid.plan_summary(m, plan)
+    summary = plan_summary(m, plan)
     assert json.loads(json.dumps(summary)) == summary
     assert set(summary) == {"pricing", "revenue", "mixed_fraction", "solo_efficient", "classes",
                             "sli", "duals"}
@@ -441,4 +442,4 @@ def test_plan_summary_is_the_cli_json():
     assert set(summary["sli"]) == set(fluid.SLI_NAMES)
     assert set(summary["duals"]) == {"prefill", "mixed", "solo"}
     with pytest.raises(ValueError, match="classes"):
-        fluid.plan_summary(scenarios.load("dolly-8class"), plan)
+        plan_summary(scenarios.load("dolly-8class"), plan)

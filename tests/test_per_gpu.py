@@ -4,30 +4,25 @@ with the pooled engine where the two describe the same chain."""
 import jax
 import numpy as np
 import pytest
+from helpers import PER_GPU, per_gpu, z_scores
 
+import jaxqueue as jq
 from jaxqueue import fluid, policies, scenarios, stats
-from jaxqueue import simulate as sim
 from jaxqueue.model import Model
-from jaxqueue.policies.per_gpu import PER_GPU_POLICIES, build_per_gpu, gpu_slots
-
-
-def z_scores(values, exact):
-    values = np.asarray(values, np.float64)
-    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
-    return (values.mean(axis=0) - exact) / se
+from jaxqueue.policies.per_gpu import gpu_slots
 
 
 def _held(ring):
     return 0 if ring is None else np.asarray(ring.size)
 
 
-@pytest.mark.parametrize("name,rule", [(p, "paper") for p in PER_GPU_POLICIES]
+@pytest.mark.parametrize("name,rule", [(p, "paper") for p in PER_GPU]
                          + [("gate-and-route", "idle-solo")])
 def test_invariants_on_every_event(name, rule):
     model = scenarios.load("paper-qwen8b")
     n = 20  # 32 array slots: 12 inactive padding GPUs
-    system, _ = build_per_gpu(name, model, n, capacity=256, speed_rule=rule)
-    states, times, tallies = sim.trajectory(jax.random.key(3), system, 20_000)
+    system, _ = per_gpu(name, model, n, capacity=256, speed_rule=rule)
+    states, times, tallies = jq.trajectory(jax.random.key(3), system, 20_000)
     pre, dec, Qp = (np.asarray(a) for a in (states.pre, states.dec, states.Qp))
     B, num, M = int(model.B), model.num_classes, int(system.M)
     assert pre.shape[1] == gpu_slots(n) == 32
@@ -45,7 +40,7 @@ def test_invariants_on_every_event(name, rule):
         able = ~busy & (decoding + busy < B) & (np.arange(pre.shape[1]) < n)
     assert np.all(np.diff(np.asarray(times)) >= 0)
     # Conservation: arrivals = in service + waiting (incl. not-yet-discarded) + completed + gone.
-    t = np.asarray(tallies).reshape(len(times), 6, num).sum(-1)
+    t = np.asarray(tallies).reshape(len(times), -1, num).sum(-1)[:, :6]
     arrivals, _, mixed, solo, p_gone, d_gone = t.T
     in_system = (busy.sum(1) + decoding.sum(1) + Qp.sum(1) + _held(states.prefill_ring)
                  + _held(states.decode_ring))
@@ -111,8 +106,8 @@ def test_fi_wsp_one_gpu_matches_exact_generator():
     exact["completion_rate"] = mu_m * exact["y_mixed"] + mu_s * exact["y_solo"]
     exact["prefill_abandonment_rate"] = theta * exact["q_prefill"]
 
-    system, _ = build_per_gpu("fi-wsp", model, 1)
-    run = sim.simulate(jax.random.key(11), system, reps=128, horizon=2000.0, warmup=100.0)
+    system, _ = per_gpu("fi-wsp", model, 1)
+    run = jq.simulate(jax.random.key(11), system, reps=128, horizon=2000.0, warmup=100.0)
     q_sim = stats.per_gpu(run, model, 1)
     z = {k: float(z_scores(q_sim[k][:, 0], v)) for k, v in exact.items()}
     assert max(abs(v) for v in z.values()) < 4.0, z
@@ -124,10 +119,10 @@ def test_gate_and_route_agrees_with_pooled_engine():
     n = 10
     plan = fluid.solve(model, "bundled")
     pooled, _ = policies.build("gate-and-route", model, n, plan=plan)
-    per_gpu, _ = build_per_gpu("gate-and-route", model, n, plan=plan)
+    gpus, _ = per_gpu("gate-and-route", model, n, plan=plan)
     out = []
-    for system, seed in ((pooled, 1), (per_gpu, 2)):
-        run = sim.simulate(jax.random.key(seed), system, reps=32, horizon=1000.0, warmup=200.0)
+    for system, seed in ((pooled, 1), (gpus, 2)):
+        run = jq.simulate(jax.random.key(seed), system, reps=32, horizon=1000.0, warmup=200.0)
         out.append(stats.per_gpu(run, model, n))
     for key in ("revenue_bundled", "x", "y_mixed", "y_solo", "q_prefill", "q_decode"):
         a, b = (np.asarray(o[key], np.float64) for o in out)
@@ -138,26 +133,26 @@ def test_gate_and_route_agrees_with_pooled_engine():
 
 def test_nearby_n_share_one_program():
     model = scenarios.load("paper-qwen8b")
-    system, _ = build_per_gpu("fi-wsp", model, 20, capacity=256)
-    sim.simulate(jax.random.key(0), system, reps=2, horizon=2.0)
-    before = sim.compile_count()
+    system, _ = per_gpu("fi-wsp", model, 20, capacity=256)
+    jq.simulate(jax.random.key(0), system, reps=2, horizon=2.0)
+    before = jq.kernel.compile_count()
     for n in (17, 30, 32):  # all padded to 32 GPU slots
-        s, _ = build_per_gpu("fi-wsp", model.replace(lambda_=(0.3, 0.6)), n, capacity=256)
-        sim.simulate(jax.random.key(1), s, reps=2, horizon=2.0)
-    assert sim.compile_count() == before
+        s, _ = per_gpu("fi-wsp", model.replace(lambda_=(0.3, 0.6)), n, capacity=256)
+        jq.simulate(jax.random.key(1), s, reps=2, horizon=2.0)
+    assert jq.kernel.compile_count() == before
 
 
 def test_bad_arguments_raise():
     model = scenarios.load("paper-qwen8b")
     with pytest.raises(ValueError, match="fi-wsp, gate-and-route, gf-wsp, gg-sp, gi-wsp"):
-        build_per_gpu("fifo", model, 5)
+        per_gpu("fifo", model, 5)
     for n in (0, 2.5, True, "x"):
         with pytest.raises(ValueError, match="n \\(gpus\\)"):
-            build_per_gpu("fi-wsp", model, n)
+            per_gpu("fi-wsp", model, n)
     with pytest.raises(ValueError, match="speed_rule"):
-        build_per_gpu("gate-and-route", model, 5, speed_rule="fast")
+        per_gpu("gate-and-route", model, 5, speed_rule="fast")
     with pytest.raises(ValueError, match="capacity"):
-        build_per_gpu("gate-and-route", model, 5, capacity=0)
+        per_gpu("gate-and-route", model, 5, capacity=0)
     assert [gpu_slots(n) for n in (1, 2, 3, 5, 500, 512, 513)] == [1, 2, 4, 8, 512, 512, 1024]
 
 
@@ -168,8 +163,8 @@ def test_idle_solo_rule_is_not_slower_than_the_paper_rule():
     model = scenarios.load("paper-qwen8b")
     revenue = []
     for rule in ("paper", "idle-solo"):
-        system, _ = build_per_gpu("gate-and-route", model, 50, speed_rule=rule)
-        run = sim.simulate(jax.random.key(4), system, reps=16, horizon=1000.0, warmup=300.0)
+        system, _ = per_gpu("gate-and-route", model, 50, speed_rule=rule)
+        run = jq.simulate(jax.random.key(4), system, reps=16, horizon=1000.0, warmup=300.0)
         revenue.append(stats.per_gpu(run, model, 50)["revenue_bundled"])
     diff = revenue[1] - revenue[0]
     assert diff.mean() > -2 * diff.std(ddof=1) / np.sqrt(len(diff))

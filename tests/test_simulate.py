@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import z_scores
 
+import jaxqueue as jq
 from jaxqueue import fluid, policies, scenarios, theory
-from jaxqueue import simulate as sim
 from jaxqueue.policies.erlang import ErlangA
 from jaxqueue.policies.pooled import Pooled
 
@@ -16,15 +17,9 @@ def erlang(N=10, lam=9.0, mu=1.0, theta=0.5):
                    service_rate=np.float32(mu), patience_rate=np.float32(theta))
 
 
-def z_scores(values, exact):
-    values = np.asarray(values, np.float64)
-    se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
-    return (values.mean(axis=0) - exact) / se
-
-
 def test_erlang_a_matches_birth_death():
     exact = theory.erlang_a(10, 9.0, 1.0, 0.5)
-    run = sim.simulate(jax.random.key(1), erlang(), reps=128, horizon=1000.0, warmup=100.0)
+    run = jq.simulate(jax.random.key(1), erlang(), reps=128, horizon=1000.0, warmup=100.0)
     abandon = run.count("abandonments")[:, 0] / run.count("arrivals")[:, 0]
     # 4 standard errors: a wrong engine (e.g. an off-by-one in the window, a biased clock)
     # moves these by tens of standard errors at this sample size.
@@ -49,7 +44,7 @@ def test_invariants_on_every_event(gate):
     model = scenarios.load("paper-qwen8b")
     n, M = 20, 5
     system = pooled(model, n, M, gate, capacity=256)
-    states, times, tallies = sim.trajectory(jax.random.key(3), system, 20_000)
+    states, times, tallies = jq.trajectory(jax.random.key(3), system, 20_000)
     X, Ym, Ys, Qp = (np.asarray(a) for a in (states.X, states.Ym, states.Ys, states.Qp))
     B = int(model.B)
     for a in (X, Ym, Ys, Qp):
@@ -64,7 +59,7 @@ def test_invariants_on_every_event(gate):
     if states.prefill_ring is not None:
         held = held + np.asarray(states.prefill_ring.size)
     # Conservation: arrivals = in service + waiting (incl. not-yet-discarded) + completed + gone.
-    t = np.asarray(tallies).reshape(len(times), 6, model.num_classes).sum(-1)
+    t = np.asarray(tallies).reshape(len(times), -1, model.num_classes).sum(-1)[:, :6]
     arrivals, _, mixed, solo, p_gone, d_gone = t.T
     in_system = X.sum(1) + Ym.sum(1) + Ys.sum(1) + Qp.sum(1) + held
     np.testing.assert_array_equal(arrivals, in_system + mixed + solo + p_gone + d_gone)
@@ -75,33 +70,28 @@ def test_invariants_on_every_event(gate):
 def test_jit_matches_eager_and_vmap_matches_loop():
     system = pooled(small_model(), 2, 1, "fcfs", capacity=256)
     key = jax.random.key(7)
-    reps = 3
-    states = sim._replicate(system.init(), reps)
-    ids = jnp.arange(reps, dtype=jnp.uint32)
-    w0, w1 = jnp.zeros(reps), jnp.full(reps, 50.0)
-    batched = sim._chunk_jit(system, key, ids, jnp.uint32(0), states, w0, w1, length=20,
-                             clock_dtype=jnp.float32)
+    kw = dict(steps=6, window=(0.0, 50.0))
+    batched = jq.rollout(key, system, reps=3, **kw)
     with jax.disable_jit():
-        eager = sim._chunk_many(system, key, ids, jnp.uint32(0), states, w0, w1, length=20,
-                                clock_dtype=jnp.float32)
+        eager = jq.rollout(key, system, reps=3, **kw)
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(eager), strict=True):
         a, b = np.asarray(a), np.asarray(b)
         if a.dtype.kind in "iub":
             np.testing.assert_array_equal(a, b)  # the same events, counts and decisions
         else:  # XLA may fuse float arithmetic differently from op-by-op execution
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-    for r in range(reps):
-        one = sim._chunk_jit(system, key, ids[r:r + 1], jnp.uint32(0),
-                             sim._replicate(system.init(), 1), w0[:1], w1[:1], length=20,
-                             clock_dtype=jnp.float32)
-        for a, b in zip(jax.tree.leaves(batched[1:]), jax.tree.leaves(one[1:]), strict=True):
-            np.testing.assert_array_equal(np.asarray(a)[..., r], np.asarray(b)[..., 0])
+    for r in range(3):
+        one = jq.rollout(key, system, rep_ids=jnp.asarray([r], jnp.uint32), **kw)
+        for a, b in zip(jax.tree.leaves(batched.summary), jax.tree.leaves(one.summary),
+                        strict=True):
+            np.testing.assert_array_equal(np.asarray(a)[r], np.asarray(b)[0])
+        np.testing.assert_array_equal(np.asarray(batched.time)[r], np.asarray(one.time)[0])
 
 
 def test_replication_independent_of_replication_count():
     system = erlang()
-    few = sim.simulate(jax.random.key(2), system, reps=3, horizon=50.0, warmup=5.0)
-    many = sim.simulate(jax.random.key(2), system, reps=8, horizon=50.0, warmup=5.0)
+    few = jq.simulate(jax.random.key(2), system, reps=3, horizon=50.0, warmup=5.0)
+    many = jq.simulate(jax.random.key(2), system, reps=8, horizon=50.0, warmup=5.0)
     np.testing.assert_array_equal(few.tallies, many.tallies[:3])
     np.testing.assert_array_equal(few.level_integrals, many.level_integrals[:3])
 
@@ -110,13 +100,13 @@ def test_compiled_once_across_parameter_changes():
     model = scenarios.load("paper-qwen8b")
     plan = fluid.solve(model, "bundled")
     system, _ = policies.build("gate-and-route", model, 40, plan=plan, capacity=512)
-    sim.simulate(jax.random.key(0), system, reps=4, horizon=5.0)
-    before = sim.compile_count()
+    jq.simulate(jax.random.key(0), system, reps=4, horizon=5.0)
+    before = jq.kernel.compile_count()
     other = model.replace(lambda_=(0.3, 0.7), gamma=40.0, c_p=0.3, B=8, C=128)
     for m, n in ((other, 50), (model, 45)):
         s, _ = policies.build("gate-and-route", m, n, capacity=512)
-        sim.simulate(jax.random.key(1), s, reps=4, horizon=5.0)
-    assert sim.compile_count() == before
+        jq.simulate(jax.random.key(1), s, reps=4, horizon=5.0)
+    assert jq.kernel.compile_count() == before
 
 
 def test_float32_clock_agrees_with_float64_over_ten_million_events():
@@ -124,10 +114,10 @@ def test_float32_clock_agrees_with_float64_over_ten_million_events():
     # near t = 1e5 resolves only ~0.008 s and drifts; chunked accumulation must not.
     system = erlang(N=20, lam=20.0, mu=1.0, theta=0.5)
     horizon = 130_000.0
-    r32 = sim.simulate(jax.random.key(4), system, reps=2, horizon=horizon, warmup=1000.0,
+    r32 = jq.simulate(jax.random.key(4), system, reps=2, horizon=horizon, warmup=1000.0,
                        chunk_events=4096)
     with jax.enable_x64(True):
-        r64 = sim.simulate(jax.random.key(4), system, reps=2, horizon=horizon, warmup=1000.0,
+        r64 = jq.simulate(jax.random.key(4), system, reps=2, horizon=horizon, warmup=1000.0,
                            chunk_events=4096, clock_dtype=jnp.float64)
     assert r32.events > 1e7 - 1e6
     # The float32 and float64 runs take the same path (same events, same choices); only an event
@@ -139,11 +129,11 @@ def test_float32_clock_agrees_with_float64_over_ten_million_events():
 
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="reps"):
-        sim.simulate(jax.random.key(0), erlang(), reps=0, horizon=1.0)
+        jq.simulate(jax.random.key(0), erlang(), reps=0, horizon=1.0)
     with pytest.raises(ValueError, match="warmup"):
-        sim.simulate(jax.random.key(0), erlang(), reps=1, horizon=1.0, warmup=2.0)
+        jq.simulate(jax.random.key(0), erlang(), reps=1, horizon=1.0, warmup=2.0)
     with pytest.raises(ValueError, match="horizon"):
-        sim.simulate(jax.random.key(0), erlang(), reps=1, horizon=float("nan"))
+        jq.simulate(jax.random.key(0), erlang(), reps=1, horizon=float("nan"))
     with pytest.raises(ValueError, match="policy"):
         policies.build("no-such", scenarios.load("paper-qwen8b"), 5)
 
@@ -151,8 +141,8 @@ def test_bad_arguments_raise():
 def test_overflow_is_an_error_not_a_silent_clip():
     model = scenarios.load("paper-qwen8b")
     system = pooled(model, 200, 1, "fcfs", capacity=256)  # one prefill slot: the queue explodes
-    with pytest.raises(sim.SimulationError, match="capacity of 256"):
-        sim.simulate(jax.random.key(0), system, reps=2, horizon=50.0)
+    with pytest.raises(jq.SimulationError, match="capacity of 256"):
+        jq.simulate(jax.random.key(0), system, reps=2, horizon=50.0)
 
 
 @pytest.mark.parametrize("policy", [
@@ -181,7 +171,7 @@ def test_gate_and_route_revenue_rises_towards_the_lp_bound():
     revenue = {}
     for n in (50, 500):
         system, plan = policies.build("gate-and-route", model, n)
-        run = sim.simulate(jax.random.key(5), system, reps=16, horizon=1500.0, warmup=500.0)
+        run = jq.simulate(jax.random.key(5), system, reps=16, horizon=1500.0, warmup=500.0)
         revenue[n] = stats.per_gpu(run, model, n)["revenue_bundled"]
     lo, hi = revenue[50], revenue[500]
     se = np.sqrt(lo.var(ddof=1) / lo.size + hi.var(ddof=1) / hi.size)
@@ -194,17 +184,17 @@ def test_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     model = scenarios.load("paper-qwen8b")
     system, _ = policies.build("gate-and-route", model, 10)
     kw = dict(reps=4, horizon=60.0, warmup=10.0, chunk_events=256)
-    whole = sim.simulate(jax.random.key(12), system, **kw)
+    whole = jq.simulate(jax.random.key(12), system, **kw)
     path = tmp_path / "run.npz"
     # Stop after 3 chunks (as a kill would), then resume from the file to the end.
-    part = sim.simulate(jax.random.key(12), system, checkpoint=path, max_chunks=3, **kw)
+    part = jq.simulate(jax.random.key(12), system, checkpoint=path, max_chunks=3, **kw)
     assert part.interrupted and path.exists()
-    resumed = sim.simulate(jax.random.key(12), system, checkpoint=path, **kw)
+    resumed = jq.simulate(jax.random.key(12), system, checkpoint=path, **kw)
     assert not resumed.interrupted
     np.testing.assert_array_equal(whole.tallies, resumed.tallies)
     np.testing.assert_allclose(whole.level_integrals, resumed.level_integrals, rtol=1e-12)
     assert resumed.events == whole.events
     # A checkpoint of another run is refused, not silently mixed in.
     other, _ = policies.build("gate-and-route", model, 11)
-    with pytest.raises(sim.SimulationError, match="different run"):
-        sim.simulate(jax.random.key(12), other, checkpoint=path, **kw)
+    with pytest.raises(jq.SimulationError, match="different run"):
+        jq.simulate(jax.random.key(12), other, checkpoint=path, **kw)

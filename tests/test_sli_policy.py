@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxqueue as jq
 from jaxqueue import fluid, policies, scenarios, stats
-from jaxqueue import simulate as sim
+from jaxqueue.kernel import Event
 from jaxqueue.policies.sli import SLIGateAndRoute, SLIState, build_sli
 
 PAPER = scenarios.load("paper-qwen8b")
@@ -33,9 +34,18 @@ def state(**counts):
 
 def fire(system, s, kind, cls, u):
     """Applies one event: kind 1 = prefill, 2 = mixed decode, 3 = solo decode completion."""
-    event = jnp.int32(kind * system.num_classes + cls)
+    index = jnp.int32(kind * system.num_classes + cls)
+    event = Event(index=index, hot=system.decide.event_hot(jnp.zeros(7 * system.num_classes),
+                                                           index))
     window = (jnp.float32(-1.0), jnp.float32(jnp.inf))
-    return system.fire(s, event, jnp.float32(1.0), jnp.asarray([u], jnp.float32), window)
+    state, flow = system.fire(s, event, jnp.float32(1.0), jnp.asarray([u], jnp.float32), window)
+    return state, flow.counts, flow.waits
+
+
+def routed(system, counts):
+    """The routed_solo counter per class."""
+    k = system.tally_names.index("routed_solo")
+    return np.asarray(counts).reshape(-1, system.num_classes)[k].tolist()
 
 
 def test_hand_worked_decisions():
@@ -53,11 +63,11 @@ def test_hand_worked_decisions():
     s, tally, _ = fire(system, full, 1, 1, 0.3)
     assert (s.Qds.tolist(), s.Qdm.tolist(), s.X.tolist(), s.Qp.tolist()) == (
         [3, 3], [0, 1], [2, 3], [1, 0])
-    assert np.asarray(tally).reshape(7, 2)[6].tolist() == [0, 1]  # routed_solo, class 2
+    assert routed(system, tally) == [0, 1]  # class 2 routed to the solo side
     # With u = 0.6 >= 0.519 it goes to the (full) mixed side's buffer instead.
     s, tally, _ = fire(system, full, 1, 1, 0.6)
     assert (s.Qds.tolist(), s.Qdm.tolist()) == ([3, 2], [0, 2])
-    assert np.asarray(tally).reshape(7, 2)[6].tolist() == [0, 0]
+    assert routed(system, tally) == [0, 0]
 
     # A solo slot frees; both classes wait on the solo side. Planned solo rates
     # mu_s y_s* = (0.46833, 0.25969): class 1 with probability 0.46833 / 0.72802 = 0.6433.
@@ -81,7 +91,7 @@ def test_invariants_on_every_event(kind):
     n = 20
     system, plan = build_sli(PAPER, n, plan=plan_of(kind))
     M, B = int(system.M), int(PAPER.B)
-    states, times, tallies = sim.trajectory(jax.random.key(3), system, 20_000)
+    states, times, tallies = jq.trajectory(jax.random.key(3), system, 20_000)
     X, Ym, Ys, Qp, Qds, Qdm = (np.asarray(getattr(states, k))
                                for k in ("X", "Ym", "Ys", "Qp", "Qds", "Qdm"))
     for a in (X, Ym, Ys, Qp, Qds, Qdm):
@@ -95,11 +105,14 @@ def test_invariants_on_every_event(kind):
     assert Qds.max() > 0 and Qdm.max() > 0
     assert np.all(np.diff(np.asarray(times)) >= 0)
     # Conservation: arrivals = in system + decode completions + abandonments (both buffers).
-    t = np.asarray(tallies).reshape(len(times), 7, PAPER.num_classes)
-    arrivals, prefilled, mixed, solo, p_gone, d_gone, routed = t.transpose(1, 0, 2)
+    t = np.asarray(tallies).reshape(len(times), -1, PAPER.num_classes).transpose(1, 0, 2)
+    count = dict(zip(system.tally_names, t, strict=True))
+    arrivals, prefilled, mixed, solo, p_gone, d_gone, to_solo = (count[k] for k in (
+        "arrivals", "prefill_done", "mixed_done", "solo_done", "prefill_abandon",
+        "decode_abandon", "routed_solo"))
     in_system = X + Ym + Ys + Qp + Qds + Qdm
     np.testing.assert_array_equal(arrivals, in_system + mixed + solo + p_gone + d_gone)
-    assert np.all(routed <= prefilled)
+    assert np.all(to_solo <= prefilled)
     # Work conservation on each side: a free slot never coexists with a job waiting for it.
     assert not np.any((X.sum(1) < M) & (Qp.sum(1) > 0))
     assert not np.any((Ym.sum(1) < (B - 1) * M) & (Qdm.sum(1) > 0))
@@ -119,7 +132,7 @@ def test_routing_fraction_matches_p_solo(kind):
     p = np.where(net > 0, model.mu_s * plan.y_s / np.where(net > 0, net, 1.0), 1.0)
     np.testing.assert_allclose(system.p_solo, p, rtol=1e-7, atol=1e-9)
     assert np.any((p > 0.1) & (p < 0.9))  # the check below is not vacuous
-    run = sim.simulate(jax.random.key(11), system, reps=8, horizon=300.0, warmup=20.0)
+    run = jq.simulate(jax.random.key(11), system, reps=8, horizon=300.0, warmup=20.0)
     decided = run.count("prefill_done").sum(0)
     routed = run.count("routed_solo").sum(0)
     # Each decision is an independent Bernoulli(p_s,i) draw (a fresh uniform per step), so the
@@ -135,13 +148,13 @@ def test_routing_fraction_matches_p_solo(kind):
 
 def test_compiled_once_across_parameter_changes():
     system, _ = build_sli(PAPER, 40)
-    sim.simulate(jax.random.key(0), system, reps=4, horizon=5.0)
-    before = sim.compile_count()
+    jq.simulate(jax.random.key(0), system, reps=4, horizon=5.0)
+    before = jq.kernel.compile_count()
     other = PAPER.replace(lambda_=(0.3, 0.7), gamma=40.0, c_p=0.3, B=8, C=128)
     for m, n, sli in ((other, 50, None), (PAPER, 45, fluid.SLI(decode_fairness=1.0))):
         s, _ = build_sli(m, n, sli=sli)
-        sim.simulate(jax.random.key(1), s, reps=4, horizon=5.0)
-    assert sim.compile_count() == before
+        jq.simulate(jax.random.key(1), s, reps=4, horizon=5.0)
+    assert jq.kernel.compile_count() == before
 
 
 def test_bad_input_raises():
@@ -164,7 +177,7 @@ def test_bad_input_raises():
 
 
 def occupancy(system, n, key):
-    run = sim.simulate(key, system, reps=6, horizon=1500.0, warmup=500.0)
+    run = jq.simulate(key, system, reps=6, horizon=1500.0, warmup=500.0)
     q = stats.per_gpu(run, PAPER, n)
     return {k: q[k].mean(0) for k in ("x", "y_mixed", "y_solo")}, q["revenue_bundled"].mean()
 

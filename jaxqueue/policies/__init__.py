@@ -1,12 +1,13 @@
 """Policies: which system the simulator steps, and how it is planned from the fluid LP.
 
-Every policy of the paper (MODEL.md Sec. 5) is listed in :data:`POLICIES` with its CLI name,
-aliases, the engines it runs on and a one-line description. :func:`build` turns a name, a
-scenario and a number of GPUs into a system for :func:`jaxqueue.simulate.simulate`.
+Every policy of the paper is listed once in :data:`POLICIES`, with its CLI name, aliases, the
+engines it runs on, how it is laid out on each, and a one-line description. :func:`build` turns a
+name, a scenario and a number of GPUs into a system for :func:`jaxqueue.rollout` and
+:func:`jaxqueue.simulate`.
 
 Engines: ``pooled`` stores counts per class and pool (cost per event independent of n);
 ``per-gpu`` stores what each GPU holds (needed by the coupled baselines, whose decode speed
-depends on the mode of the GPU holding them; cost per event grows with n).
+depends on the mode of the GPU holding them).
 """
 
 from __future__ import annotations
@@ -16,21 +17,36 @@ import dataclasses
 import numpy as np
 
 from .. import fluid
+from ..decisions import AbstractDecisions, Exact
 from ..model import Model
+from .common import checked_capacity, checked_gpus
 from .erlang import ErlangA
-from .per_gpu import PerGpu, build_per_gpu
-from .pooled import Pooled, checked_capacity, checked_gpus
+from .per_gpu import SPEED_RULES, PerGpu, gpu_slots
+from .pooled import Pooled
 from .sli import SLIGateAndRoute, build_sli
 
-__all__ = ["POLICIES", "ENGINES", "Policy", "build", "resolve", "ErlangA", "Pooled", "PerGpu",
-           "SLIGateAndRoute"]
+__all__ = ["ENGINES", "POLICIES", "ErlangA", "PerGpu", "Policy", "Pooled", "SLIGateAndRoute",
+           "build", "engine_of", "resolve"]
 
 ENGINES = ("pooled", "per-gpu")
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """A named policy: its plan's pricing, its gate, the engines it runs on, and what it is."""
+    """A named policy.
+
+    Attributes:
+        name: the CLI name.
+        pricing: the LP it is planned from (``bundled`` or ``separate``).
+        gate: admission rule: ``deviation`` (Sec. 4.1), ``priority`` (Sec. 4.2.1) or ``fcfs``.
+        description: one line for ``jaxqueue policies``.
+        aliases: other accepted names.
+        router: ``greedy`` (Sec. 4.1) or ``sli`` (Sec. 5.1, pooled only).
+        engines: the engines it runs on, the default first.
+        layout: on the per-GPU engine, ``planned`` (static planning: M mixed GPUs with a
+            reserved prefill slot) or ``shared`` (any GPU may prefill, one at a time).
+        coupled: on the per-GPU engine, whether a decode stays in its prefill's slot.
+    """
 
     name: str
     pricing: str
@@ -39,6 +55,8 @@ class Policy:
     aliases: tuple[str, ...] = ()
     router: str = "greedy"
     engines: tuple[str, ...] = ("pooled",)
+    layout: str = "planned"
+    coupled: bool = False
 
 
 POLICIES = {
@@ -61,13 +79,13 @@ POLICIES = {
         Policy("fi-wsp", "bundled", "fcfs",
                "FI-WSP (Sec. 6.3): FCFS admission, immediate coupling (decode in the prefill's "
                "slot), no static planning: the Sarathi-Serve-style baseline",
-               engines=("per-gpu",)),
+               engines=("per-gpu",), layout="shared", coupled=True),
         Policy("gi-wsp", "bundled", "deviation",
                "GI-WSP (Sec. 6.3): the Gate-and-Route gate on the coupled architecture, no "
-               "static planning", engines=("per-gpu",)),
+               "static planning", engines=("per-gpu",), layout="shared", coupled=True),
         Policy("gf-wsp", "bundled", "deviation",
                "GF-WSP (Sec. 6.3): the gate, decoupled phases, no static planning, "
-               "prefill-first routing", engines=("per-gpu",)),
+               "prefill-first routing", engines=("per-gpu",), layout="shared"),
     )
 }
 
@@ -81,11 +99,20 @@ def resolve(name: str) -> Policy:
     raise ValueError(f"policy = {name!r} is unknown: must be one of {', '.join(known)}")
 
 
+def engine_of(system) -> str:
+    """``"per-gpu"`` or ``"pooled"``: the engine a built system runs on."""
+    return "per-gpu" if isinstance(system, PerGpu) else "pooled"
+
+
 def build(name: str, model: Model, n: int, *, engine: str | None = None,
           plan: fluid.Plan | None = None, capacity: int | None = None,
-          sli: fluid.SLI | None = None, speed_rule: str = "paper"
+          sli: fluid.SLI | None = None, speed_rule: str = "paper",
+          decide: AbstractDecisions | None = None
           ) -> tuple[Pooled | PerGpu | SLIGateAndRoute, fluid.Plan]:
     """The system of policy ``name`` on ``n`` GPUs, planned from its fluid LP.
+
+    Inputs are validated here, on concrete values; the system's leaves may later be replaced
+    by traced values (for ``vmap`` or ``grad``) without passing through this function again.
 
     Args:
         name: a policy name or alias (see :data:`POLICIES`).
@@ -94,10 +121,11 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         engine: ``"pooled"`` or ``"per-gpu"`` (default: the policy's first engine).
         plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
             SLI targets ``sli`` if given).
-        capacity: slots of the FCFS buffers (default :func:`.pooled.default_capacity`).
+        capacity: slots of the FCFS buffers (default :func:`.common.default_capacity`).
         sli: SLI targets of the plan (bundled pricing only).
         speed_rule: per-GPU engine only: ``"paper"`` (decodes on a planned mixed GPU always run
             at the mixed rate) or ``"idle-solo"`` (at the solo rate while its prefill slot idles).
+        decide: the decisions (default :class:`jaxqueue.decisions.Exact`).
 
     Returns:
         The system and the plan it was built from.
@@ -109,24 +137,26 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
     if engine not in policy.engines:
         raise ValueError(f"policy {policy.name!r} does not run on the {engine} engine: its "
                          f"engines are {', '.join(policy.engines)}")
+    if speed_rule not in SPEED_RULES:
+        raise ValueError(f"speed_rule = {speed_rule!r} is invalid: must be one of {SPEED_RULES}")
     if speed_rule != "paper" and engine != "per-gpu":
         raise ValueError(f"speed_rule = {speed_rule!r} needs engine = 'per-gpu'")
     n = checked_gpus(n)
+    decide = Exact() if decide is None else decide
     if plan is None:
         plan = fluid.solve(model, policy.pricing, sli=sli)
-    if engine == "per-gpu":
-        return build_per_gpu(policy.name, model, n, plan=plan, capacity=capacity,
-                             speed_rule=speed_rule)
     if policy.router == "sli":
-        return build_sli(model, n, plan=plan)  # per-class decode buffers: no FCFS ring
+        return build_sli(model, n, plan=plan, decide=decide)  # per-class buffers: no FCFS ring
     capacity = checked_capacity(capacity, n)
-    system = Pooled(
-        model=model,
-        n=np.int32(n),
-        M=np.int32(plan.mixed_gpus(n)),
-        x_star=np.asarray(plan.x, np.float64),
-        q_star=np.asarray(plan.q_p, np.float64),
-        gate=policy.gate,
-        capacity=int(capacity),
-    )
+    common = dict(model=model, n=np.int32(n), x_star=np.asarray(plan.x, np.float64),
+                  q_star=np.asarray(plan.q_p, np.float64), capacity=int(capacity), decide=decide)
+    if engine == "per-gpu":
+        M = decide.count(n * plan.sum_x) if policy.layout == "planned" else 0
+        system = PerGpu(M=np.int32(min(M, n)), gpus=gpu_slots(n), layout=policy.layout,
+                        coupled=policy.coupled, gate=policy.gate, speed_rule=speed_rule,
+                        **common)
+    else:
+        system = Pooled(M=np.int32(min(decide.count(n * plan.sum_x), n)), gate=policy.gate,
+                        **common)
     return system, plan
+

@@ -13,7 +13,8 @@ from typing import ClassVar
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ..simulate import AbstractSystem
+from ..kernel import AbstractSystem, Flow
+from ..rng import real_dtype
 
 __all__ = ["ErlangA"]
 
@@ -43,17 +44,19 @@ class ErlangA(AbstractSystem):
 
     def rates(self, k) -> Float[Array, " 3"]:
         busy = jnp.minimum(k, self.servers)
+        real = real_dtype()
         return jnp.stack([
-            jnp.asarray(self.arrival_rate, jnp.float32),
+            jnp.asarray(self.arrival_rate, real),
             self.service_rate * busy,
             self.patience_rate * (k - busy),
-        ]).astype(jnp.float32)
+        ]).astype(real)
 
     def fire(self, k, event, t, u, window):
-        hot = (jnp.arange(3) == event).astype(jnp.int32)
+        hot = event.hot
         counted = (t > window[0]) & (t <= window[1])
-        return k + hot[0] - hot[1] - hot[2], hot * counted, jnp.zeros(2, jnp.float32)
+        flow = Flow(counts=hot * counted, waits=jnp.zeros(2, t.dtype))
+        return k + hot[0] - hot[1] - hot[2], flow
 
     def levels(self, k) -> Float[Array, " 2"]:
         busy = jnp.minimum(k, self.servers)
-        return jnp.stack([busy, k - busy]).astype(jnp.float32)
+        return jnp.stack([busy, k - busy]).astype(real_dtype())

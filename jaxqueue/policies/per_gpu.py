@@ -11,7 +11,7 @@ prefill's class (or none) and its decode count per class: ``(I+1) * C(B+I, I)`` 
 configuration would be cheaper only for one or two classes, while per-GPU arrays cost O(n I) per
 step for every instance. ``pre[g]`` is the class of the prefill running on GPU g (-1: none; at
 most one prefill per GPU by construction), ``dec[g, i]`` its class-i decodes. The arrays have a
-static length ``gpus`` (n rounded up to a power of two by :func:`build_per_gpu`, so nearby n
+static length ``gpus`` (n rounded up to a power of two by :func:`gpu_slots`, so nearby n
 share one compiled program); ``n`` and ``M`` stay dynamic leaves, GPUs ``g >= n`` are inactive.
 
 Two layouts:
@@ -35,7 +35,8 @@ which a chosen completion happens is drawn in a second stage with its own unifor
 probability proportional to its share of that rate (its class-i prefills, or its class-i decodes
 at that speed): ``P(kind, i, g) = P(kind, i) P(g | kind, i)``, the CTMC's law exactly.
 
-Decisions (deterministic; each event changes one GPU, so one decision per side keeps the
+Decisions (deterministic; every choice goes through the system's ``decide``,
+:mod:`jaxqueue.decisions`; each event changes one GPU, so one decision per side keeps the
 invariants "no GPU able to start a prefill while a live job waits for one" and "no free decode
 slot while a live job waits for decode"):
 
@@ -53,22 +54,30 @@ abandonment, or FCFS across classes (``fcfs``) over a lazy :class:`jaxqueue.buff
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
-from .. import fluid
+from ..kernel import AbstractSystem, Flow
 from ..model import Model
-from ..simulate import AbstractSystem
-from .pooled import LEVELS, TALLIES, checked_capacity, checked_gpus, gate_choice, split_event
+from ..rng import real_dtype
+from .common import (
+    LEVELS,
+    TALLIES,
+    any_overflow,
+    gate_choice,
+    overflow_message,
+    rebase_rings,
+    revenue,
+    ring_live,
+    ring_residual,
+    split_event,
+)
 
-__all__ = ["PER_GPU_POLICIES", "PerGpu", "PerGpuPolicy", "PerGpuState", "build_per_gpu",
-           "gpu_slots", "resolve_per_gpu"]
+__all__ = ["PerGpu", "PerGpuState", "gpu_slots"]
 
 LAYOUTS = ("shared", "planned")
 SPEED_RULES = ("paper", "idle-solo")
@@ -206,12 +215,15 @@ class PerGpu(AbstractSystem):
         X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
         return jnp.concatenate([
             m.lambda_ * self.n, m.mu_p * X, m.mu_m * Ym, m.mu_s * Ys, m.theta * s.Qp,
-        ]).astype(jnp.float32)
+        ])
 
     def levels(self, s: PerGpuState) -> Float[Array, " L"]:
         # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
         X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
-        return jnp.concatenate([X, Ym, Ys, s.Qp, jnp.zeros_like(s.Qp)]).astype(jnp.float32)
+        return jnp.concatenate([X, Ym, Ys, s.Qp, jnp.zeros_like(s.Qp)]).astype(real_dtype())
+
+    def revenue(self, integrals, counts):
+        return revenue(self.model, integrals, counts, self.tally_names)
 
     def pending(self, s: PerGpuState) -> Bool[Array, ""]:
         v = self._view(s.pre, s.dec)
@@ -223,49 +235,41 @@ class PerGpu(AbstractSystem):
         return todo
 
     def rebase(self, s: PerGpuState, elapsed) -> PerGpuState:
-        return buf.rebase_rings(s, elapsed)
+        return rebase_rings(s, elapsed)
 
     def overflow(self, s: PerGpuState) -> Bool[Array, ""]:
-        return buf.any_overflow(s.prefill_ring, s.decode_ring)
+        return any_overflow(s.prefill_ring, s.decode_ring)
 
     def overflow_message(self) -> str:
-        return buf.overflow_message(self.capacity)
+        return overflow_message(self.capacity)
 
     def fire(self, s: PerGpuState, event, t, u, window):
-        m = self.model
+        m, d = self.model, self.decide
         num = self.num_classes
         G = self.gpus
-        classes = jnp.arange(num)
-        w0, w1 = window
         rows, counted, bookkeeping = split_event(event, num, t, window)
         arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
-        kind, cls = event // num, event % num
+        kind, cls = event.index // num, event.index % num
         v = self._view(s.pre, s.dec)
         X, _, _ = self._counts(s.pre, s.dec, v.slow)
-
-        def one_hot(c, do):
-            return ((classes == c) & do).astype(jnp.int32)
+        real = t.dtype
 
         def at(do, g):  # the index of GPU g when `do`, else one past the end (a dropped write)
             return jnp.where(do, g, G)
 
         def pick(eligible, score):  # the eligible GPU with the lowest score, then lowest index
-            return _first_min(jnp.where(eligible, score, 8 * m.B + 8))
+            return d.first_min(jnp.where(eligible, score, 8 * m.B + 8))
 
         def patience(c):
             # Exp(theta_c) from one uniform; theta = 0 means the job never abandons.
-            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta, jnp.float32)[c]
+            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta)[c]
 
         def serve_head(ring, ready):
             """Bookkeeping on a ring whose head may be served: discard it if it abandoned."""
-            label, entry, deadline = buf.peek(ring)
             look = bookkeeping & ready & (ring.size > 0)
-            gone = look & (deadline <= t)
-            take = look & ~gone
-            in_win = ((deadline > w0) & (deadline <= w1)).astype(jnp.int32)
-            credit = one_hot(label, look).astype(jnp.float32) * buf.overlap(
-                entry, jnp.where(gone, deadline, t), w0, w1)
-            return buf.pop(ring, look), label, take, one_hot(label, gone) * in_win, credit
+            out = buf.serve(ring, look, t, window, d.at_least)
+            credit = d.one_hot(out.label, num, out.looked).astype(real) * out.wait
+            return out.ring, out.label, out.taken > 0, d.one_hot(out.label, num, out.gone), credit
 
         # Second stage of a completion: its GPU, proportional to the GPU's share of the rate.
         column = jnp.take(s.dec, cls, axis=1, mode="clip")
@@ -273,7 +277,7 @@ class PerGpu(AbstractSystem):
                            jnp.where(kind == 2, column * v.slow,
                                      jnp.where(kind == 3, column * ~v.slow, 0)))
         completes = (kind >= 1) & (kind <= 3)
-        g_event = jnp.where(completes, _draw_index(weight, u[1]), G)
+        g_event = jnp.where(completes, d.draw(weight, u[1]), G)
         finished = kind == 1
         pre = s.pre.at[at(finished, g_event)].set(-1, mode="drop")
         dec = s.dec.at[at((kind == 2) | (kind == 3), g_event), cls].add(-1, mode="drop")
@@ -285,15 +289,21 @@ class PerGpu(AbstractSystem):
         # waits then); after a completion only its GPU can become able, and admits one job.
         can_start = jnp.any(v.can_prefill)
         arrival = kind == 0
-        pre = pre.at[at(arrival & can_start, pick(v.can_prefill, v.held))].set(cls, mode="drop")
+        started = arrival & can_start
+        pre = pre.at[at(started, pick(v.can_prefill, v.held))].set(cls, mode="drop")
+        start = d.one_hot(cls, num, started.astype(jnp.int32))
         queued = arrival & ~can_start
-        p_credit = jnp.zeros(num, jnp.float32)
+        zero_f = jnp.zeros(num, real)
+        zero_i = jnp.zeros(num, jnp.int32)
+        p_credit = zero_f
         pring = s.prefill_ring
+        p_look = jnp.bool_(False)
         if pring is None:
-            Qp = s.Qp + one_hot(cls, queued) - queue_abandon
+            Qp = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
             admit = completes & self._able(pre, dec, g_event) & jnp.any(Qp > 0)
             chosen = self._gate_choice(X, Qp)
-            Qp = Qp - one_hot(chosen, admit)
+            admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
+            Qp = Qp - admitted
             pre = pre.at[at(admit, g_event)].set(chosen, mode="drop")
             p_gone = queue_abandon * counted
         else:
@@ -302,12 +312,14 @@ class PerGpu(AbstractSystem):
             p_look = bookkeeping & can_start & (pring.size > 0)
             pring, label, take, p_gone, p_credit = serve_head(pring, can_start)
             pre = pre.at[at(take, pick(v.can_prefill, v.held))].set(label, mode="drop")
+            admitted = d.one_hot(label, num, take.astype(jnp.int32))
 
         # Decode side (decoupled only): route a finished prefill, or serve the decode buffer.
-        d_gone = jnp.zeros(num, jnp.int32)
-        d_credit = jnp.zeros(num, jnp.float32)
+        d_gone, d_credit = zero_i, zero_f
         dring = s.decode_ring
-        if dring is not None:
+        if dring is None:
+            decode_start = prefill_done
+        else:
             after = self._view(pre, dec)
             has_free = jnp.any(after.free > 0)
             place = finished & has_free
@@ -320,141 +332,41 @@ class PerGpu(AbstractSystem):
             dring, label, take, d_gone, d_credit = serve_head(dring, ready)
             dec = dec.at[at(take, pick(after.free > 0, self._route_score(after))), label].add(
                 1, mode="drop")
+            decode_start = (d.one_hot(cls, num, place.astype(jnp.int32))
+                            + d.one_hot(label, num, take.astype(jnp.int32)))
 
         state = PerGpuState(pre=pre, dec=dec, Qp=Qp, prefill_ring=pring, decode_ring=dring)
-        tally = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
-                                 solo_done * counted, p_gone, d_gone])
-        zero = jnp.zeros(num, jnp.float32)
-        credit = jnp.concatenate([zero, zero, zero, p_credit, d_credit])
-        return state, tally, credit
+        counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
+                                  solo_done * counted, p_gone, d_gone,
+                                  (start + admitted) * counted, decode_start * counted])
+        waits = jnp.concatenate([zero_f, zero_f, zero_f, p_credit, d_credit])
+        return state, Flow(counts=counts, waits=waits)
 
-    def finalize(self, s: PerGpuState, window):
+    def close(self, s: PerGpuState, window):
         num = self.num_classes
         zero_i = jnp.zeros(num, jnp.int32)
-        zero_f = jnp.zeros(num, jnp.float32)
-        p_gone, p_wait = (zero_i, zero_f) if s.prefill_ring is None else buf.residual(
-            s.prefill_ring, num, window)
-        d_gone, d_wait = (zero_i, zero_f) if s.decode_ring is None else buf.residual(
-            s.decode_ring, num, window)
-        tally = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone])
-        credit = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
-        return tally.astype(jnp.int32), credit
+        zero_f = jnp.zeros(num, window[0].dtype)
+        p_gone, p_wait = ring_residual(s.prefill_ring, num, window)
+        d_gone, d_wait = ring_residual(s.decode_ring, num, window)
+        counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone, zero_i,
+                                  zero_i]).astype(jnp.int32)
+        waits = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
+        return Flow(counts=counts, waits=waits)
+
+    def census(self, s: PerGpuState, now):
+        num = self.num_classes
+        X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
+        queued = s.Qp + ring_live(s.prefill_ring, num, now)
+        return jnp.concatenate([X, Ym, Ys, queued, ring_live(s.decode_ring, num, now)]
+                               ).astype(jnp.int32)
 
     def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-        """The gate of Sec. 4.1, shared with the pooled engine (:func:`.pooled.gate_choice`)."""
-        return gate_choice("deviation", self.model, self.n, self.x_star, self.q_star, X, Qp)
-
-
-def _first_min(score: Int[Array, " G"]) -> Int[Array, ""]:
-    """``argmin(score)``, ties to the lowest index, for small non-negative scores.
-
-    One integer min over ``score * G + index`` (XLA's CPU argmin, a variadic reduction, is
-    several times slower); exact while ``(max score + 1) * G < 2^31``, i.e. ``(8B + 9) G``.
-    """
-    G = score.shape[0]
-    return jnp.min(score * G + jnp.arange(G, dtype=score.dtype)) % G
-
-
-def _draw_index(weight: Int[Array, " G"], u: Float[Array, ""]) -> Int[Array, ""]:
-    """Index g with probability ``weight[g] / sum(weight)`` from one uniform (any value when
-    every weight is zero).
-
-    Integer inverse CDF: ``j = floor(u * total)`` and the first g whose running sum exceeds j,
-    so a zero weight is never chosen. The running sum is taken in two levels (blocks of about
-    sqrt(G)): a cumulative sum over all G entries costs O(G^2) work on XLA's CPU backend.
-    """
-    G = weight.shape[0]
-    k = 1 << ((max(G, 1) - 1).bit_length() + 1) // 2  # block length, a power of two
-    if G % k:
-        k = G
-    blocks = weight.reshape(G // k, k)
-    sums = jnp.sum(blocks, axis=1)
-    cum = jnp.cumsum(sums)
-    total = cum[-1]
-    draw = jnp.minimum((u * total.astype(jnp.float32)).astype(weight.dtype), total - 1)
-    b = jnp.minimum(jnp.sum(cum <= draw), G // k - 1)
-    rest = draw - (cum[b] - sums[b])
-    inner = jnp.cumsum(blocks[b])
-    return b * k + jnp.minimum(jnp.sum(inner <= rest), k - 1)
-
-
-# ---- policies and the builder ------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PerGpuPolicy:
-    """A policy on the per-GPU engine: its layout, coupling and admission."""
-
-    name: str
-    layout: str
-    coupled: bool
-    gate: str
-    description: str
-    aliases: tuple[str, ...] = ()
-
-
-PER_GPU_POLICIES = {
-    p.name: p
-    for p in (
-        PerGpuPolicy("fi-wsp", "shared", True, "fcfs",
-                     "FI-WSP (Sec. 6.3): FCFS admission, Immediate coupling, no static planning "
-                     "(Sarathi-Serve-style industry baseline)"),
-        PerGpuPolicy("gi-wsp", "shared", True, "deviation",
-                     "GI-WSP (Sec. 6.3): the Gate-and-Route gate on the coupled architecture"),
-        PerGpuPolicy("gf-wsp", "shared", False, "deviation",
-                     "GF-WSP (Sec. 6.3): the gate, decoupled phases, no static planning, "
-                     "prefill-first"),
-        PerGpuPolicy("fg-sp", "planned", False, "fcfs",
-                     "FG-SP (Sec. 6.3): static planning and greedy router, FCFS admission"),
-        PerGpuPolicy("gate-and-route", "planned", False, "deviation",
-                     "GG-SP (Sec. 4.1): static planning, occupancy-deviation gate, greedy router",
-                     aliases=("gg-sp",)),
-    )
-}
-
-
-def resolve_per_gpu(name: str) -> PerGpuPolicy:
-    """The per-GPU policy called ``name`` (or one of its aliases)."""
-    for policy in PER_GPU_POLICIES.values():
-        if name == policy.name or name in policy.aliases:
-            return policy
-    known = sorted([*PER_GPU_POLICIES, *(a for p in PER_GPU_POLICIES.values() for a in p.aliases)])
-    raise ValueError(f"policy = {name!r} is unknown on the per-GPU engine: must be one of "
-                     f"{', '.join(known)}")
+        """The gate of Sec. 4.1, shared with the pooled engine (:func:`.common.gate_choice`)."""
+        return gate_choice("deviation", self.decide, self.model, self.n, self.x_star,
+                           self.q_star, X, Qp)
 
 
 def gpu_slots(n: int) -> int:
     """Length of the per-GPU arrays for n GPUs: the next power of two (nearby n share one
     compiled program; the padding GPUs are inactive)."""
     return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def build_per_gpu(name: str, model: Model, n: int, *, plan: fluid.Plan | None = None,
-                  capacity: int | None = None, speed_rule: str = "paper"
-                  ) -> tuple[PerGpu, fluid.Plan]:
-    """The per-GPU system of policy ``name`` on ``n`` GPUs.
-
-    Args:
-        name: one of :data:`PER_GPU_POLICIES` (or an alias).
-        model: the scenario.
-        n: number of GPUs (integer >= 1).
-        plan: the fluid plan (default: the bundled LP; its x* and q_p* are the gate's targets,
-            its ``mixed_gpus(n)`` the planned layout's M).
-        capacity: slots of the FCFS buffers (default :func:`.pooled.default_capacity`).
-        speed_rule: ``"paper"`` or ``"idle-solo"`` (see the module docstring).
-
-    Returns:
-        The system and the plan it was built from.
-    """
-    policy = resolve_per_gpu(name)
-    n = checked_gpus(n)
-    if speed_rule not in SPEED_RULES:
-        raise ValueError(f"speed_rule = {speed_rule!r} is invalid: must be one of {SPEED_RULES}")
-    capacity = checked_capacity(capacity, n)
-    plan = plan if plan is not None else fluid.solve(model, "bundled")
-    M = plan.mixed_gpus(n) if policy.layout == "planned" else 0
-    system = PerGpu(
-        model=model, n=np.int32(n), M=np.int32(M),
-        x_star=np.asarray(plan.x, np.float64), q_star=np.asarray(plan.q_p, np.float64),
-        gpus=gpu_slots(n), layout=policy.layout, coupled=policy.coupled, gate=policy.gate,
-        speed_rule=speed_rule, capacity=int(capacity),
-    )
-    return system, plan

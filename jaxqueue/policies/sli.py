@@ -34,6 +34,7 @@ prefill-queue abandonment | solo-buffer abandonment | mixed-buffer abandonment``
 
 One uniform per step (``num_random = 1``) drives the one random decision a step can take: the
 side of a finished prefill, or the class a freed decode slot takes (never both in one step).
+Both are the system's ``decide.bernoulli`` and ``decide.draw`` (:mod:`jaxqueue.decisions`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .. import fluid
+from ..decisions import AbstractDecisions, Exact
+from ..kernel import AbstractSystem, Flow
 from ..model import Model
-from ..simulate import AbstractSystem, choose_event
-from .pooled import LEVELS, checked_gpus, gate_choice
-from .pooled import TALLIES as _POOLED_TALLIES
+from ..rng import real_dtype
+from .common import LEVELS, checked_gpus, gate_choice, revenue
+from .common import TALLIES as _POOLED_TALLIES
 
 __all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
 
@@ -138,39 +141,38 @@ class SLIGateAndRoute(AbstractSystem):
         return jnp.concatenate([
             m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
             m.theta * s.Qds, m.theta * s.Qdm,
-        ]).astype(jnp.float32)
+        ])
 
     def levels(self, s: SLIState) -> Float[Array, " L"]:
         # q_d is both decode buffers together (the fluid model's q_d, per class).
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, s.Qds + s.Qdm]).astype(jnp.float32)
+        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, s.Qds + s.Qdm]).astype(real_dtype())
+
+    def revenue(self, integrals, counts):
+        return revenue(self.model, integrals, counts, self.tally_names)
 
     def fire(self, s: SLIState, event, t, u, window):
-        m = self.model
+        m, d = self.model, self.decide
         num = self.num_classes
-        classes = jnp.arange(num)
         w0, w1 = window
-        hot = (jnp.arange(7 * num) == event).reshape(7, num).astype(jnp.int32)
+        hot = event.hot.reshape(7, num)
         arrive, prefill_done, mixed_done, solo_done, p_gone, ds_gone, dm_gone = hot
         counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
         B = m.B
-        free_solo = B * (self.n - self.M) > jnp.sum(s.Ys)
-        free_mixed = (B - 1) * self.M > jnp.sum(s.Ym)
-        idle = self.M > jnp.sum(s.X)
-
-        def one_hot(cls, do):
-            return ((classes == cls) & do).astype(jnp.int32)
+        free_solo = d.greater(B * (self.n - self.M), jnp.sum(s.Ys))
+        free_mixed = d.greater((B - 1) * self.M, jnp.sum(s.Ym))
+        idle = d.greater(self.M, jnp.sum(s.X))
 
         # Router: a finished class-i prefill goes to the solo side with probability p_s,i, and
         # takes a free slot of its side or waits in that side's buffer (Sec. 5.1).
-        finished = jnp.any(prefill_done > 0)
+        finished = jnp.sum(prefill_done)
         cls_in = jnp.argmax(prefill_done)
-        p_solo = jnp.asarray(self.p_solo, jnp.float32)[cls_in]
-        solo_side = finished & (u[0] < p_solo)
-        mixed_side = finished & ~solo_side
-        to_ys = one_hot(cls_in, solo_side & free_solo)
-        to_qds = one_hot(cls_in, solo_side & ~free_solo)
-        to_ym = one_hot(cls_in, mixed_side & free_mixed)
-        to_qdm = one_hot(cls_in, mixed_side & ~free_mixed)
+        p_solo = jnp.asarray(self.p_solo)[cls_in]
+        solo_side = finished * d.bernoulli(p_solo, u[0])
+        mixed_side = finished * (1 - solo_side)
+        to_ys = d.one_hot(cls_in, num, solo_side * free_solo)
+        to_qds = d.one_hot(cls_in, num, solo_side * (1 - free_solo))
+        to_ym = d.one_hot(cls_in, num, mixed_side * free_mixed)
+        to_qdm = d.one_hot(cls_in, num, mixed_side * (1 - free_mixed))
 
         # A decode slot freed on a side takes a waiting job of that side, class j with
         # probability proportional to its planned rate there among the waiting classes (EC 13).
@@ -178,10 +180,10 @@ class SLIGateAndRoute(AbstractSystem):
         # waiting job on its side, and one event frees at most one slot.
         Qds = s.Qds - ds_gone + to_qds
         Qdm = s.Qdm - dm_gone + to_qdm
-        take_s = one_hot(self._pick(jnp.asarray(self.solo_rate, jnp.float32), s.Qds, u[0]),
-                         jnp.any(solo_done > 0) & jnp.any(s.Qds > 0))
-        take_m = one_hot(self._pick(jnp.asarray(self.mixed_rate, jnp.float32), s.Qdm, u[0]),
-                         jnp.any(mixed_done > 0) & jnp.any(s.Qdm > 0))
+        take_s = d.one_hot(self._pick(jnp.asarray(self.solo_rate), s.Qds, u[0]), num,
+                           jnp.sum(solo_done) * d.greater(jnp.sum(s.Qds), 0))
+        take_m = d.one_hot(self._pick(jnp.asarray(self.mixed_rate), s.Qdm, u[0]), num,
+                           jnp.sum(mixed_done) * d.greater(jnp.sum(s.Qdm), 0))
         Ys = s.Ys - solo_done + to_ys + take_s
         Ym = s.Ym - mixed_done + to_ym + take_m
         Qds = Qds - take_s
@@ -189,31 +191,33 @@ class SLIGateAndRoute(AbstractSystem):
 
         # Gate (as Gate-and-Route): an arrival finding an idle prefill slot starts at once; a
         # prefill slot freed by a completion admits one waiting job, chosen by the deviation gate.
-        X = s.X - prefill_done + arrive * idle.astype(jnp.int32)
-        Qp = s.Qp + arrive * (~idle).astype(jnp.int32) - p_gone
-        admit = one_hot(self._gate_choice(X, Qp), finished & jnp.any(Qp > 0))
+        start = arrive * idle
+        X = s.X - prefill_done + start
+        Qp = s.Qp + arrive * (1 - idle) - p_gone
+        admit = d.one_hot(self._gate_choice(X, Qp), num, finished * d.greater(jnp.sum(Qp), 0))
         X = X + admit
         Qp = Qp - admit
 
         state = SLIState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, Qds=Qds, Qdm=Qdm)
-        tally = jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, p_gone,
-                                 ds_gone + dm_gone, to_ys + to_qds]) * counted
-        return state, tally, jnp.zeros(len(LEVELS) * num, jnp.float32)
+        counts = jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, p_gone,
+                                  ds_gone + dm_gone, start + admit,
+                                  to_ys + to_ym + take_s + take_m, to_ys + to_qds]) * counted
+        return state, Flow(counts=counts, waits=jnp.zeros(len(LEVELS) * num, t.dtype))
 
     # ---- the two decisions ------------------------------------------------------------------
-    @staticmethod
-    def _pick(rate: Float[Array, " I"], waiting: Int[Array, " I"], u) -> Int[Array, ""]:
+    def _pick(self, rate: Float[Array, " I"], waiting: Int[Array, " I"], u) -> Int[Array, ""]:
         """A waiting class, with probability proportional to ``rate`` among the waiting classes,
         uniform among them if all of their rates are 0 (meaningless if none waits)."""
         has = waiting > 0
         weight = jnp.where(has, rate, 0.0)
-        weight = jnp.where(jnp.sum(weight) > 0, weight, has.astype(jnp.float32))
-        return jnp.minimum(choose_event(weight, u), rate.shape[0] - 1)
+        weight = jnp.where(jnp.sum(weight) > 0, weight, has.astype(weight.dtype))
+        return self.decide.draw(weight, u)
 
     def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
         """The class the Gate-and-Route gate admits next (Sec. 4.1; the same gate function as
         the pooled family; meaningless if none waits)."""
-        return gate_choice("deviation", self.model, self.n, self.x_star, self.q_star, X, Qp)
+        return gate_choice("deviation", self.decide, self.model, self.n, self.x_star,
+                           self.q_star, X, Qp)
 
 
 # ---- building from a plan ----------------------------------------------------------------------
@@ -243,7 +247,8 @@ def _check_plan(model: Model, plan: fluid.Plan) -> None:
 
 
 def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
-              sli: fluid.SLI | None = None) -> tuple[SLIGateAndRoute, fluid.Plan]:
+              sli: fluid.SLI | None = None, decide: AbstractDecisions | None = None
+              ) -> tuple[SLIGateAndRoute, fluid.Plan]:
     """SLI-aware Gate-and-Route on ``n`` GPUs, planned from the (SLI-aware) bundled LP.
 
     Args:
@@ -252,6 +257,7 @@ def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
         plan: the fluid plan to follow (default ``fluid.solve(model, "bundled", sli=sli)``). Any
             plan of this model is accepted, also one with a decode backlog ``q_d* > 0`` (EC 13).
         sli: SLI targets of the default plan (Sec. 5); not allowed together with ``plan``.
+        decide: the decisions (default :class:`jaxqueue.decisions.Exact`).
 
     Returns:
         The system and the plan it was built from.
@@ -273,7 +279,9 @@ def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
     def target(a):  # LP round-off can leave -1e-12: a plan quantity is >= 0
         return np.maximum(np.asarray(a, np.float64), 0.0)
 
+    decide = Exact() if decide is None else decide
     system = SLIGateAndRoute(
-        model=model, n=np.int32(n), M=np.int32(plan.mixed_gpus(n)), x_star=target(plan.x),
-        q_star=target(plan.q_p), y_m_star=target(plan.y_m), y_s_star=target(plan.y_s))
+        model=model, n=np.int32(n), M=np.int32(min(decide.count(n * plan.sum_x), n)),
+        x_star=target(plan.x), q_star=target(plan.q_p), y_m_star=target(plan.y_m),
+        y_s_star=target(plan.y_s), decide=decide)
     return system, plan

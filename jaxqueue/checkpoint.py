@@ -1,0 +1,131 @@
+"""Checkpoints of long simulations: progress in one ``.npz`` file, written atomically.
+
+A checkpoint holds the finished batches of replications (their float64 sums) and, for the batch
+in progress, everything needed to continue it exactly: the states, the absolute clock of each
+replication, the sums so far and the chunk counter. A digest of everything that determines the
+path (system, key, replications, horizon, warm-up, chunking, batching) guards against resuming
+a different run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import jax
+import numpy as np
+
+from .kernel import SimulationError
+
+__all__ = ["Batch", "Checkpoint", "CheckpointError", "Progress", "fingerprint"]
+
+
+class CheckpointError(SimulationError):
+    """A checkpoint file that cannot be used for this run."""
+
+
+@dataclasses.dataclass
+class Batch:
+    """Sums over the statistics window of a batch of replications (host float64/int64).
+
+    Attributes:
+        integrals: time integral of each level, ``(R, L)``.
+        tallies: events of each counter, ``(R, T)``.
+        time: absolute simulated time reached, ``(R,)``.
+        stock_start: census of the levels at the window's start, ``(R, L)``.
+        stock_end: census at the end (zero until the batch is closed), ``(R, L)``.
+        events: random events simulated, warm-up included.
+        wall: wall seconds of simulation, compilation excluded.
+        compile: wall seconds spent compiling.
+        chunks: chunks run.
+    """
+
+    integrals: np.ndarray
+    tallies: np.ndarray
+    time: np.ndarray
+    stock_start: np.ndarray
+    stock_end: np.ndarray
+    events: int = 0
+    wall: float = 0.0
+    compile: float = 0.0
+    chunks: int = 0
+
+    @classmethod
+    def zeros(cls, reps: int, levels: int, tallies: int) -> Batch:
+        return cls(integrals=np.zeros((reps, levels)), tallies=np.zeros((reps, tallies), np.int64),
+                   time=np.zeros(reps), stock_start=np.zeros((reps, levels), np.int64),
+                   stock_end=np.zeros((reps, levels), np.int64))
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}{f.name}": np.asarray(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_arrays(cls, data, prefix: str) -> Batch:
+        values = {}
+        for f in dataclasses.fields(cls):
+            a = data[f"{prefix}{f.name}"]
+            values[f.name] = a if f.default is dataclasses.MISSING else type(f.default)(a)
+        return cls(**values)
+
+
+@dataclasses.dataclass
+class Progress:
+    """The batch in progress: its sums and the kernel states to continue from."""
+
+    batch: Batch
+    leaves: list[np.ndarray]
+
+
+def fingerprint(system, key, *settings) -> str:
+    """A digest of everything that determines a run's path."""
+    digest = hashlib.sha256()
+    digest.update(repr(jax.tree.structure(system)).encode())
+    for leaf in jax.tree.leaves(system):
+        a = np.asarray(leaf)
+        digest.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+    digest.update(repr([str(x) for x in settings]).encode())
+    return digest.hexdigest()
+
+
+class Checkpoint:
+    """Progress of a run in one ``.npz`` file, written atomically (temporary file + rename)."""
+
+    def __init__(self, path, fingerprint: str, every: float):
+        if not (isinstance(every, (int, float)) and every > 0):
+            raise ValueError(f"checkpoint_every = {every!r} is invalid: must be > 0 seconds")
+        self.path = os.fspath(path)
+        self.fingerprint = fingerprint
+        self.every = float(every)
+
+    def load(self) -> tuple[list[Batch], Progress | None]:
+        """The finished batches and the batch in progress (None if none) saved so far."""
+        if not os.path.exists(self.path):
+            return [], None
+        with np.load(self.path, allow_pickle=False) as f:
+            if str(f["fingerprint"]) != self.fingerprint:
+                raise CheckpointError(
+                    f"checkpoint {self.path} was written by a different run (system, key, "
+                    "replications, horizon, warm-up or chunking differ): remove it or choose "
+                    "another path")
+            done = [Batch.from_arrays(f, f"b{k}_") for k in range(int(f["num_batches"]))]
+            current = None
+            if bool(f["has_current"]):
+                current = Progress(batch=Batch.from_arrays(f, "c_"),
+                                   leaves=[f[f"leaf{k}"] for k in range(int(f["num_leaves"]))])
+        return done, current
+
+    def save(self, done: list[Batch], current: Progress | None) -> None:
+        data = {"fingerprint": np.asarray(self.fingerprint), "num_batches": len(done),
+                "has_current": current is not None}
+        for k, batch in enumerate(done):
+            data.update(batch.arrays(f"b{k}_"))
+        if current is not None:
+            data.update(current.batch.arrays("c_"))
+            data.update({f"leaf{k}": a for k, a in enumerate(current.leaves)})
+            data["num_leaves"] = len(current.leaves)
+        tmp = self.path + ".tmp.npz"
+        np.savez(tmp, **data)
+        os.replace(tmp, self.path)

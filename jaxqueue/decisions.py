@@ -1,0 +1,230 @@
+"""The one seam for every discrete decision a simulator step takes.
+
+A step of the exact simulator makes discrete choices: which event happens (from the rates),
+threshold tests (is a slot free, has a waiting job's patience run out), argmins with
+tie-breaking (the gate's class, the GPU a job goes to), categorical and Bernoulli draws (the SLI
+router), and rounding a real number to an integer (the number of mixed GPUs). Every policy asks a
+:class:`AbstractDecisions` object, which the system holds as its ``decide`` field, for each of
+these, and never decides inline. :class:`Exact` takes the decisions exactly (indicators are 0/1
+integers, selections are exact indices); a relaxation (:mod:`jaxqueue.relax`) replaces this one
+object to make a step differentiable, without touching the policies.
+
+Conventions shared by every implementation:
+
+- an *indicator* is a 0-d array that is 1 where a condition holds and 0 where not; policies
+  combine indicators with arithmetic (``a * b`` for "and", ``1 - a`` for "not") so that a
+  relaxation may return values in [0, 1] carrying gradients;
+- a *selection* returns an index (an integer array), used where the state is indexed (rings,
+  per-GPU arrays); :meth:`AbstractDecisions.one_hot` turns it into counts to add.
+
+The exact engine's sample paths are piecewise constant in the parameters, so their pathwise
+derivative is zero almost everywhere and says nothing about the derivative of an expectation.
+:func:`guard` makes differentiating the exact engine an error (:class:`NotDifferentiableError`)
+instead of a silently wrong number.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, Real
+
+__all__ = ["AbstractDecisions", "Exact", "NotDifferentiableError", "ceil_count", "guard"]
+
+
+class NotDifferentiableError(TypeError):
+    """Raised when a gradient is taken through the exact engine's parameters."""
+
+
+_GUARD_MESSAGE = (
+    "the exact simulator is not differentiable: its sample paths are piecewise constant in the "
+    "parameters, so a pathwise derivative would be zero or meaningless. For gradients use "
+    "relaxed decisions (jaxqueue.relax.Relaxed, a biased pathwise estimator), or the "
+    "score-function and finite-difference estimators of jaxqueue.tune on the exact engine")
+
+
+@jax.custom_jvp
+def _exact_leaf(x):
+    return x
+
+
+@_exact_leaf.defjvp
+def _exact_leaf_jvp(primals, tangents):
+    raise NotDifferentiableError(_GUARD_MESSAGE)
+
+
+def guard(tree):
+    """``tree`` with every floating leaf passed through an identity that raises
+    :class:`NotDifferentiableError` if it is differentiated (forward or reverse mode). Leaves not
+    being differentiated cost nothing (JAX does not call the rule for zero tangents)."""
+    return jax.tree.map(lambda a: _exact_leaf(a) if eqx.is_inexact_array(a) else a, tree)
+
+
+def ceil_count(value, rtol: float = 1e-9):
+    """``ceil(value)`` for a nonnegative count computed in floating point, where a value within
+    ``rtol`` (relative) of an integer counts as that integer (LP round-off such as
+    ``106.0000000001`` is not rounded up). Works on host numbers and traced arrays."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value)
+        near = round(v)
+        return int(near if abs(v - near) <= rtol * max(1.0, abs(v)) else math.ceil(v))
+    value = jnp.asarray(value)
+    near = jnp.round(value)
+    close = jnp.abs(value - near) <= rtol * jnp.maximum(1.0, jnp.abs(value))
+    return jnp.where(close, near, jnp.ceil(value)).astype(jnp.int32)
+
+
+class AbstractDecisions(eqx.Module):
+    """Every discrete choice of a simulator step (see the module docstring).
+
+    ``differentiable`` says whether gradients through a step carry information; when False the
+    simulator wraps the parameters with :func:`guard`.
+    """
+
+    differentiable: ClassVar[bool] = False
+
+    # ---- the event -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def event(self, rates: Float[Array, " E"], u: Float[Array, ""]) -> Int[Array, ""]:
+        """The next event of the chain: index ``k`` with probability ``rates[k] / sum(rates)``,
+        ``E`` when every rate is zero."""
+
+    @abc.abstractmethod
+    def event_hot(self, rates: Float[Array, " E"], index: Int[Array, ""]) -> Real[Array, " E"]:
+        """The chosen event as a one-hot row over the ``E`` events (all zero for ``index = E``:
+        no event), in the dtype the state's counts use."""
+
+    # ---- indicators ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def greater(self, a: ArrayLike, b: ArrayLike) -> Real[Array, "..."]:
+        """Indicator of ``a > b`` (a capacity test: ``capacity > in use``)."""
+
+    @abc.abstractmethod
+    def at_least(self, a: ArrayLike, b: ArrayLike) -> Real[Array, "..."]:
+        """Indicator of ``a >= b`` (a deadline test: ``now >= deadline``)."""
+
+    @abc.abstractmethod
+    def bernoulli(self, p: ArrayLike, u: Float[Array, ""]) -> Real[Array, ""]:
+        """Indicator that is 1 with probability ``p``, from the uniform ``u``."""
+
+    @abc.abstractmethod
+    def select(self, c: Real[Array, "..."], a: ArrayLike, b: ArrayLike) -> Array:
+        """``a`` where the indicator ``c`` is 1, ``b`` where it is 0."""
+
+    # ---- selections ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def lexmin(self, keys: tuple[Float[Array, " K"], ...], eligible: Real[Array, " K"]
+               ) -> Int[Array, ""]:
+        """Among the eligible entries, the one with the smallest ``keys[0]``, ties broken by the
+        smallest ``keys[1]``, and so on, then by the lowest index (0 when none is eligible)."""
+
+    @abc.abstractmethod
+    def first_min(self, score: Int[Array, " G"]) -> Int[Array, ""]:
+        """``argmin`` of small nonnegative integer scores, ties to the lowest index."""
+
+    @abc.abstractmethod
+    def draw(self, weights: Real[Array, " K"], u: Float[Array, ""]) -> Int[Array, ""]:
+        """Index ``k`` with probability ``weights[k] / sum(weights)`` from one uniform; any index
+        when every weight is zero."""
+
+    @abc.abstractmethod
+    def one_hot(self, index: Int[Array, ""], size: int, on: Real[Array, ""] | int = 1
+                ) -> Real[Array, " K"]:
+        """``on`` at ``index``, 0 elsewhere, in the dtype the state's counts use."""
+
+    # ---- rounding --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def count(self, value: Float[ArrayLike, "..."], u: Float[Array, ""] | None = None):
+        """An integer number of servers from a real one (e.g. ``n sum x*`` mixed GPUs)."""
+
+
+class Exact(AbstractDecisions):
+    """Exact decisions: the continuous-time Markov chain itself, bit for bit.
+
+    Indicators are int32 0/1, selections are exact indices, and :meth:`count` rounds up
+    (Sec. 4.1: ``M = ceil(n sum x*)``), ignoring LP round-off below a relative 1e-9.
+    """
+
+    differentiable: ClassVar[bool] = False
+
+    def event(self, rates, u):
+        # A running sum written out (XLA's CPU cumsum is a reduce-window, slow inside a scan
+        # step). Inverse CDF with one uniform; a zero-rate event is never chosen (round-off that
+        # would land past the last positive rate is sent back to it).
+        running = [rates[0]]
+        for k in range(1, rates.shape[0]):
+            running.append(running[-1] + rates[k])
+        cum = jnp.stack(running)
+        index = jnp.sum(cum <= u * cum[-1]).astype(jnp.int32)
+        positive = rates > 0
+        num = rates.shape[0]
+        last_positive = num - 1 - jnp.argmax(positive[::-1]).astype(jnp.int32)
+        return jnp.where(jnp.any(positive), jnp.minimum(index, last_positive), num)
+
+    def event_hot(self, rates, index):
+        return (jnp.arange(rates.shape[0]) == index).astype(jnp.int32)
+
+    def greater(self, a, b):
+        return (jnp.asarray(a) > jnp.asarray(b)).astype(jnp.int32)
+
+    def at_least(self, a, b):
+        return (jnp.asarray(a) >= jnp.asarray(b)).astype(jnp.int32)
+
+    def bernoulli(self, p, u):
+        return (u < p).astype(jnp.int32)
+
+    def select(self, c, a, b):
+        return jnp.where(jnp.asarray(c) > 0, a, b)
+
+    def lexmin(self, keys, eligible):
+        chosen = jnp.asarray(eligible) > 0
+        for key in keys:
+            chosen = chosen & (key == jnp.min(jnp.where(chosen, key, jnp.inf)))
+        return jnp.argmax(chosen)
+
+    def first_min(self, score):
+        # One integer min over ``score * G + index`` (XLA's CPU argmin, a variadic reduction, is
+        # several times slower); exact while ``(max score + 1) * G < 2^31``.
+        G = score.shape[0]
+        return jnp.min(score * G + jnp.arange(G, dtype=score.dtype)) % G
+
+    def draw(self, weights, u):
+        if jnp.issubdtype(weights.dtype, jnp.integer):
+            return _draw_count(weights, u)
+        return jnp.minimum(self.event(weights, u), weights.shape[0] - 1)
+
+    def one_hot(self, index, size, on=1):
+        return (jnp.arange(size) == index).astype(jnp.int32) * on
+
+    def count(self, value, u=None):
+        return ceil_count(value)
+
+
+def _draw_count(weight: Int[Array, " G"], u: Float[Array, ""]) -> Int[Array, ""]:
+    """Index g with probability ``weight[g] / sum(weight)`` for integer weights (any value when
+    every weight is zero).
+
+    Integer inverse CDF: ``j = floor(u * total)`` and the first g whose running sum exceeds j,
+    so a zero weight is never chosen. The running sum is taken in two levels (blocks of about
+    sqrt(G)): a cumulative sum over all G entries costs O(G^2) work on XLA's CPU backend.
+    """
+    G = weight.shape[0]
+    k = 1 << ((max(G, 1) - 1).bit_length() + 1) // 2  # block length, a power of two
+    if G % k:
+        k = G
+    blocks = weight.reshape(G // k, k)
+    sums = jnp.sum(blocks, axis=1)
+    cum = jnp.cumsum(sums)
+    total = cum[-1]
+    draw = jnp.minimum((u * total.astype(u.dtype)).astype(weight.dtype), total - 1)
+    b = jnp.minimum(jnp.sum(cum <= draw), G // k - 1)
+    rest = draw - (cum[b] - sums[b])
+    inner = jnp.cumsum(blocks[b])
+    return b * k + jnp.minimum(jnp.sum(inner <= rest), k - 1)
+

@@ -1,0 +1,372 @@
+"""The host driver of long simulations: chunks of the pure kernel, float64 sums, sharding,
+batching, progress, interrupts and checkpoints.
+
+:func:`simulate` runs ``reps`` replications over ``[0, horizon]`` as a loop over
+:func:`jaxqueue.kernel.rollout` calls of ``chunk_events`` steps each. It does no model work: each
+chunk's statistics come back from the device and are summed on the host in float64, and the
+next chunk starts from the returned states on a fresh clock (so a float32 clock never loses
+resolution). The warm-up runs first: every replication stops exactly at ``warmup`` (an event
+that would cross it is not applied; by memorylessness the next chunk's fresh holding time has
+the same law), the census of that moment starts the statistics, and the run goes on to
+``horizon``. So every job is accounted for exactly: per stage and class, what came in equals what
+went out plus the change in the census between the window's start and its end.
+
+Replication ``r`` draws chunk ``c``'s random numbers from ``fold_in(fold_in(key, r), c)``, so
+its path does not depend on how many replications run, on how they are sharded or batched, or on
+where a checkpoint cut the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from . import kernel, rng
+from .checkpoint import Batch, Checkpoint, Progress, fingerprint
+from .kernel import AbstractSystem, SimulationError
+
+__all__ = ["Run", "SimulationError", "max_batch_for", "simulate"]
+
+
+@dataclasses.dataclass
+class Run:
+    """Per-replication results of :func:`simulate` (float64/int64 NumPy arrays).
+
+    Attributes:
+        level_integrals: time integral of each level over the window, ``(R, L)``.
+        tallies: event counts inside the window, ``(R, T)``.
+        window: length of each replication's statistics window (``horizon - warmup`` unless
+            interrupted), ``(R,)``.
+        time: simulated time each replication reached (``horizon`` unless interrupted), ``(R,)``.
+        stock_start: census of each level at the window's start, ``(R, L)``.
+        stock_end: census of each level at the end, ``(R, L)``.
+        events: events simulated over all replications, warm-up included.
+        wall_seconds: wall time of the simulation, compilation excluded.
+        compile_seconds: wall time spent compiling (0 when the program was cached).
+        chunks: number of chunks run.
+        interrupted: whether the run was stopped before the horizon (results cover the part done).
+        level_names, tally_names, num_classes: the layout of the arrays (name-major).
+    """
+
+    level_integrals: np.ndarray
+    tallies: np.ndarray
+    window: np.ndarray
+    time: np.ndarray
+    stock_start: np.ndarray
+    stock_end: np.ndarray
+    events: int
+    wall_seconds: float
+    compile_seconds: float
+    chunks: int
+    interrupted: bool = False
+    level_names: tuple[str, ...] = ()
+    tally_names: tuple[str, ...] = ()
+    num_classes: int = 1
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    def _slice(self, names: tuple[str, ...], name: str) -> slice:
+        k = names.index(name)
+        return slice(k * self.num_classes, (k + 1) * self.num_classes)
+
+    def level(self, name: str) -> np.ndarray:
+        """Time average of a level per replication and class, ``(R, I)``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.level_integrals[:, self._slice(self.level_names, name)]
+                    / self.window[:, None])
+
+    def count(self, name: str) -> np.ndarray:
+        """Events of one counter per replication and class inside the window, ``(R, I)``."""
+        return self.tallies[:, self._slice(self.tally_names, name)]
+
+    def rate(self, name: str) -> np.ndarray:
+        """Events of one counter per unit time per replication and class, ``(R, I)``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.count(name) / self.window[:, None]
+
+    def stock(self, name: str, when: str = "end") -> np.ndarray:
+        """Jobs in one level per replication and class at the window's ``"start"`` or ``"end"``,
+        ``(R, I)``."""
+        table = {"start": self.stock_start, "end": self.stock_end}[when]
+        return table[:, self._slice(self.level_names, name)]
+
+
+def _check_window(reps, horizon, warmup, chunk_events) -> None:
+    if isinstance(reps, bool) or not isinstance(reps, (int, np.integer)) or reps < 1:
+        raise ValueError(f"reps = {reps!r} is invalid: must be an integer >= 1")
+    if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"horizon = {horizon!r} is invalid: must be finite and > 0")
+    if not (isinstance(warmup, (int, float)) and math.isfinite(warmup) and 0 <= warmup < horizon):
+        raise ValueError(f"warmup = {warmup!r} is invalid: must be in [0, horizon={horizon})")
+    if not (isinstance(chunk_events, (int, np.integer)) and chunk_events >= 1):
+        raise ValueError(f"chunk_events = {chunk_events!r} is invalid: must be an integer >= 1")
+
+
+def simulate(
+    key: PRNGKeyArray,
+    system: AbstractSystem,
+    *,
+    reps: int,
+    horizon: float,
+    warmup: float = 0.0,
+    chunk_events: int = 1024,
+    clock_dtype: Any = None,
+    progress: bool | Callable[[float], None] = False,
+    max_chunks: int | None = None,
+    devices: Sequence[Any] | None = None,
+    max_batch: int | None = None,
+    first_rep: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 60.0,
+) -> Run:
+    """Simulates ``reps`` independent replications of ``system`` over ``[0, horizon]``.
+
+    Statistics cover ``[warmup, horizon]`` (model seconds). A Ctrl-C between chunks stops the
+    run cleanly: the result covers the part simulated and says ``interrupted``.
+
+    Args:
+        key: a ``jax.random.key``; replication ``r`` uses ``fold_in(key, r)``.
+        system: the policy and parameters to simulate.
+        reps: number of replications.
+        horizon: end of the simulated time.
+        warmup: start of the statistics window.
+        chunk_events: events per scan chunk (static: changing it recompiles).
+        clock_dtype: dtype of the clock and time integrals (default: float32, or float64 under
+            ``jax.enable_x64``).
+        progress: True for a progress bar on stderr, or a callable receiving the fraction done.
+        max_chunks: stop after this many chunks (a safety net; ``None`` for no limit).
+        devices: devices to shard the replications over (one program, ``jax.sharding``);
+            ``None`` runs on the default device. Results are identical either way.
+        max_batch: most replications run at once; more run in successive batches (same
+            results). ``None`` picks the largest batch that fits in memory
+            (:func:`max_batch_for`).
+        first_rep: id of the first replication (replications ``first_rep .. first_rep + reps
+            - 1`` run). Several processes (e.g. one per host under ``jax.distributed``) can
+            split one experiment into disjoint id ranges and concatenate their results: each
+            replication's path depends only on ``(key, id)``.
+        checkpoint: a file (``.npz``) where the run saves its progress every
+            ``checkpoint_every`` wall seconds, when interrupted and when done. If the file exists
+            and was written by the same run (same system, key, replications, horizon, warm-up,
+            chunk length, batching), the run resumes from it, so a killed or interrupted run
+            loses at most ``checkpoint_every`` seconds of work; the result is identical to an
+            uninterrupted run.
+        checkpoint_every: wall seconds between checkpoints.
+    """
+    _check_window(reps, horizon, warmup, chunk_events)
+    clock_dtype = rng.real_dtype() if clock_dtype is None else np.dtype(clock_dtype)
+    if clock_dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("clock_dtype = float64 needs jax.enable_x64(True)")
+    devices = list(devices) if devices is not None else None
+    if devices is not None and len(devices) == 0:
+        raise ValueError("devices is empty: give at least one device, or None")
+    per = len(devices) if devices else 1
+    if max_batch is None:
+        max_batch = max_batch_for(system, chunk_events, devices)
+    elif isinstance(max_batch, bool) or int(max_batch) < 1:
+        raise ValueError(f"max_batch = {max_batch!r} is invalid: must be an integer >= 1")
+    if isinstance(first_rep, bool) or int(first_rep) != first_rep or first_rep < 0:
+        raise ValueError(f"first_rep = {first_rep!r} is invalid: must be an integer >= 0")
+    batch = max(per, (min(int(max_batch), reps) // per) * per)
+    report = _progress_bar if progress is True else (progress or None)
+    store = None
+    if checkpoint is not None:
+        store = Checkpoint(checkpoint, fingerprint(system, key, reps, horizon, warmup,
+                                                   chunk_events, clock_dtype, first_rep, batch),
+                           checkpoint_every)
+    done, current = store.load() if store else ([], None)
+    interrupted = False
+    for start in range(len(done) * batch, reps, batch):
+        size = min(batch, reps - start)
+        padded = -(-size // per) * per  # shards need equal sizes: extra replications are dropped
+
+        def sub_report(f, start=start, size=size):
+            report((start + f * size) / reps)
+
+        def save(progress_now, done=done):
+            store.save(done, progress_now)
+
+        part, interrupted = _run_batch(
+            system, key, first_rep + start, padded, horizon, warmup, int(chunk_events),
+            clock_dtype, sub_report if report else None, max_chunks, devices, resume=current,
+            save=save if store else None, every=store.every if store else math.inf)
+        current = None
+        part = dataclasses.replace(part, **{f: getattr(part, f)[:size]
+                                            for f in ("integrals", "tallies", "time",
+                                                      "stock_start", "stock_end")})
+        done = [*done, part]
+        if store and not interrupted:
+            store.save(done, None)
+        if interrupted:
+            break
+    if report is _progress_bar:
+        sys.stderr.write("\n")
+    return _merge(done, reps, horizon, warmup, system)
+
+
+def _merge(parts: list[Batch], reps: int, horizon: float, warmup: float, system) -> Run:
+    """One :class:`Run` from the batches (replications never started count zero time)."""
+    cat = {f: np.concatenate([getattr(p, f) for p in parts])
+           for f in ("integrals", "tallies", "time", "stock_start", "stock_end")}
+    missing = reps - cat["time"].shape[0]
+    if missing > 0:  # interrupted before some batches started
+        cat = {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)])
+               for k, v in cat.items()}
+    return Run(
+        level_integrals=cat["integrals"], tallies=cat["tallies"],
+        window=np.clip(cat["time"], warmup, horizon) - warmup, time=cat["time"],
+        stock_start=cat["stock_start"], stock_end=cat["stock_end"],
+        events=sum(p.events for p in parts), wall_seconds=sum(p.wall for p in parts),
+        compile_seconds=sum(p.compile for p in parts), chunks=sum(p.chunks for p in parts),
+        interrupted=bool(np.any(cat["time"] < horizon)),
+        level_names=tuple(system.level_names), tally_names=tuple(system.tally_names),
+        num_classes=system.num_classes)
+
+
+def _shard(tree: Any, axes: Any, devices: list[Any] | None) -> Any:
+    """Places each leaf's replication axis (``axes``: 0 or -1 per leaf) across ``devices``."""
+    if devices is None:
+        return tree
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("reps",))
+
+    def put(a, axis):
+        spec = [None] * a.ndim
+        spec[axis] = "reps"
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+        return jax.device_put(a, sharding)
+
+    return jax.tree.map(put, tree, axes)
+
+
+def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dtype, report,
+               max_chunks, devices, resume: Progress | None = None, save=None,
+               every: float = math.inf) -> tuple[Batch, bool]:
+    """The host loop over chunks for replications ``first .. first + reps - 1``.
+
+    Returns the batch's sums, closed (what jobs still held owe is settled), and whether it was
+    interrupted. ``save`` is called with a :class:`Progress` every ``every`` seconds and when
+    interrupted.
+    """
+    axes = kernel.rep_axes(system)
+    rep_ids = _shard(jnp.arange(first, first + reps, dtype=jnp.uint32), -1, devices)
+    num_levels = len(system.level_names) * system.num_classes
+    if resume is not None:
+        treedef = jax.tree.structure(
+            jax.eval_shape(lambda: kernel.replicate(system.init(), reps)))
+        states = _shard(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in resume.leaves]),
+                        axes, devices)
+        sums = resume.batch
+    else:
+        states = _shard(kernel.replicate(system.init(), reps), axes, devices)
+        sums = Batch.zeros(reps, num_levels, len(system.tally_names) * system.num_classes)
+    interrupted = False
+
+    def progress_now() -> Progress:
+        return Progress(batch=sums, leaves=[np.asarray(a) for a in jax.tree.leaves(states)])
+
+    def chunk_call(w0, w1):
+        return kernel._rollout_jit(key, system, rep_ids, states, w0, w1, jnp.uint32(sums.chunks),
+                                   steps=chunk_events, clock_dtype=clock_dtype, close=False)
+
+    before = kernel.compile_count()
+    last_save = time.perf_counter()
+    try:
+        while not np.all(sums.time >= horizon):
+            # Warm-up first: every replication stops at the warm-up, then all go on to the end.
+            stop = warmup if np.any(sums.time < warmup) else horizon
+            first_window_chunk = bool(np.all(sums.time == warmup))
+            # The window on this chunk's clock; its start may be negative (an earlier chunk).
+            w0 = _shard(jnp.asarray(warmup - sums.time, clock_dtype), -1, devices)
+            w1 = _shard(jnp.asarray(stop - sums.time, clock_dtype), -1, devices)
+            start = time.perf_counter()
+            out = chunk_call(w0, w1)
+            done = np.asarray(out.done)  # blocks until the chunk is computed
+            elapsed = time.perf_counter() - start
+            if kernel.compile_count() > before:
+                # The call compiled: time a second, identical call to separate the two.
+                before = kernel.compile_count()
+                start = time.perf_counter()
+                jax.block_until_ready(chunk_call(w0, w1))
+                run_time = time.perf_counter() - start
+                sums.compile += max(elapsed - run_time, 0.0)
+                elapsed = run_time
+            if np.any(np.asarray(out.overflow)):
+                raise SimulationError(system.overflow_message())
+            # Commit the chunk only once it is complete (an interrupt above loses nothing).
+            summary = out.summary
+            sums = dataclasses.replace(
+                sums,
+                time=np.where(done, stop, sums.time + np.asarray(out.time, np.float64)),
+                integrals=sums.integrals + np.asarray(summary.integrals, np.float64),
+                tallies=sums.tallies + np.asarray(summary.counts, np.int64),
+                stock_start=(np.asarray(summary.stock_start, np.int64) if first_window_chunk
+                             else sums.stock_start),
+                events=sums.events + int(np.sum(np.asarray(summary.events, np.int64))),
+                wall=sums.wall + elapsed, chunks=sums.chunks + 1)
+            states = out.state
+            if report:
+                report(float(np.mean(sums.time)) / horizon)
+            if save and time.perf_counter() - last_save >= every:
+                save(progress_now())
+                last_save = time.perf_counter()
+            if max_chunks is not None and sums.chunks >= max_chunks:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    interrupted = interrupted or not np.all(sums.time >= horizon)
+    if save and interrupted:
+        save(progress_now())
+    return _close(system, states, sums, warmup, devices), interrupted
+
+
+def _close(system, states, sums: Batch, warmup: float, devices) -> Batch:
+    """A batch's sums plus what jobs still held by lazy buffers owe, and the end census."""
+    if sums.chunks == 0:
+        return sums
+    w0 = _shard(jnp.asarray(warmup - sums.time, rng.real_dtype()), -1, devices)
+    flow, stock = kernel.close(system, states, w0)
+    return dataclasses.replace(
+        sums,
+        tallies=sums.tallies + np.asarray(flow.counts, np.int64).T,
+        integrals=sums.integrals + np.asarray(flow.waits, np.float64).T,
+        stock_end=np.asarray(stock, np.int64).T)
+
+
+def max_batch_for(system: AbstractSystem, chunk_events: int,
+                  devices: Sequence[Any] | None = None, fraction: float = 0.25) -> int:
+    """The most replications to run at once: ``fraction`` of the memory of the devices used
+    (the host's physical memory for CPU devices) over the bytes one replication needs (its state
+    three times over for the chunk's inputs, outputs and temporaries, plus its random words)."""
+    state = jax.eval_shape(system.init)
+    state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+    per_rep = 3 * state_bytes + chunk_events * (2 + system.num_random) * 4 * 2 + 4096
+    devs = list(devices) if devices else [jax.devices()[0]]
+    total = 0
+    for d in devs:
+        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+        limit = (stats or {}).get("bytes_limit")
+        if limit is None:
+            try:
+                limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // len(devs)
+            except (ValueError, OSError, AttributeError):
+                limit = 4 << 30
+        total += limit
+    return max(1, int(fraction * total // per_rep))
+
+
+def _progress_bar(fraction: float) -> None:
+    width = 30
+    filled = int(round(width * min(fraction, 1.0)))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}%")
+    sys.stderr.flush()

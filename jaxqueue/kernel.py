@@ -1,0 +1,439 @@
+"""The pure simulation kernel: a jitted ``lax.scan`` over CTMC events, vmapped over replications.
+
+A *system* (:class:`AbstractSystem`) is a PyTree holding a policy's structure (static fields:
+number of classes, buffer capacities, gate kind), its parameters (array leaves: rates, n, the
+plan; they may be tracers) and its decisions (:mod:`jaxqueue.decisions`). One step
+
+1. asks the system for its event rates, or whether it owes a zero-time bookkeeping step first
+   (:meth:`AbstractSystem.pending`: discarding an abandoned job at the head of a lazy FCFS
+   buffer, :mod:`jaxqueue.buffer`),
+2. draws the holding time ``Exp(total rate)`` and, with one uniform, the event (the system's
+   ``decide.event``),
+3. credits the time integrals of the system's levels and the event counters, restricted to the
+   statistics window, and
+4. lets the system apply the event and its policy's decisions (:meth:`AbstractSystem.fire`).
+
+:func:`rollout` runs a fixed number of steps for a batch of replications entirely on the device
+and returns a :class:`Rollout`: the final states and a :class:`Summary` (time integrals, event
+counts, revenue, the jobs present at the window's start and end). It does no host work, so it
+composes with ``jit``, ``vmap`` over parameters and, with differentiable decisions, ``grad``.
+Long runs are a host loop over rollouts (:func:`jaxqueue.simulate`): each rollout's
+clock starts at zero (stored times are rebased at its end), so a float32 clock keeps its
+resolution on long horizons.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real, UInt32
+
+from . import rng
+from .decisions import AbstractDecisions, Exact, guard
+
+__all__ = ["AbstractSystem", "Event", "Flow", "Revenue", "Rollout", "SimulationError", "Summary",
+           "close", "compile_count", "rep_axes", "replicate", "rollout", "trajectory"]
+
+
+class SimulationError(RuntimeError):
+    """A simulation that cannot produce a valid result (e.g. a buffer's capacity exceeded)."""
+
+
+class Event(eqx.Module):
+    """The event a step applies.
+
+    Attributes:
+        index: index into the system's rates; ``E`` (one past the last) for no random event
+            (a bookkeeping step when :meth:`AbstractSystem.pending`, else nothing).
+        hot: the same as a one-hot row over the ``E`` events (all zero for no event), from the
+            system's decisions (exact 0/1, or relaxed).
+    """
+
+    index: Int[Array, ""]
+    hot: Real[Array, " E"]
+
+
+class Flow(eqx.Module):
+    """What one step adds to the statistics besides the time integrals of the levels.
+
+    Attributes:
+        counts: counter increments ``(T * I,)``, already restricted to the statistics window.
+        waits: time-integral increments credited directly ``(L * I,)``, e.g. a lazily buffered
+            job's wait, credited when it leaves, over the part inside the window.
+    """
+
+    counts: Int[Array, " T"]
+    waits: Float[Array, " L"]
+
+
+class Revenue(eqx.Module):
+    """Revenue earned in the statistics window (not yet divided by its length or by n).
+
+    ``counted`` sums the prices of the completions counted; ``integral`` integrates the
+    completion *rate* of the jobs in service over time (sum over classes and speeds of price x
+    service rate x decodes in service). Both estimate the same long-run revenue; the integral
+    has the lower variance and is smooth in the parameters.
+
+    Attributes:
+        bundled_counted, bundled_integral: bundled pricing (Eq. 21-22): w_i per decode
+            completion.
+        separate_counted, separate_integral: separate pricing (Eq. 23): c_p P_i per prefill
+            completion, c_d D_i per decode completion.
+    """
+
+    bundled_counted: Float[Array, "..."]
+    bundled_integral: Float[Array, "..."]
+    separate_counted: Float[Array, "..."]
+    separate_integral: Float[Array, "..."]
+
+
+class Summary(eqx.Module):
+    """Statistics of a rollout, per replication (leading axis ``R``).
+
+    Attributes:
+        integrals: time integral of each level over the statistics window, ``(R, L * I)``
+            (name-major: level ``k`` of class ``i`` at ``k * I + i``).
+        counts: events of each counter inside the window, ``(R, T * I)``.
+        stock_start: census of the rollout's starting state: jobs present in each level,
+            ``(R, L * I)``. With a window that starts with the rollout (the default, and every
+            statistics chunk of :func:`jaxqueue.simulate`), every job is accounted for:
+            ``counted in = counted out + stock_end - stock_start`` per stage and class.
+        stock_end: census at the end (filled when the rollout is closed; zero before).
+        events: random events simulated (the warm-up included), ``(R,)``.
+        revenue: the revenue in the window (:class:`Revenue`), or None for systems without
+            prices.
+    """
+
+    integrals: Float[Array, "R L"]
+    counts: Int[Array, "R T"]
+    stock_start: Int[Array, "R L"]
+    stock_end: Int[Array, "R L"]
+    events: Int[Array, " R"]
+    revenue: Revenue | None
+
+
+class Rollout(eqx.Module):
+    """Result of :func:`rollout`.
+
+    Attributes:
+        state: the final states, in the kernel's layout (:func:`rep_axes`), times rebased so
+            that the clock of a following rollout starts at zero.
+        time: clock reached by each replication (the window's end once ``done``), ``(R,)``.
+        done: whether each replication reached the window's end, ``(R,)``.
+        overflow: whether a fixed-capacity buffer overflowed (the run is then invalid), ``(R,)``.
+        summary: the statistics (:class:`Summary`).
+    """
+
+    state: Any
+    time: Float[Array, " R"]
+    done: Bool[Array, " R"]
+    overflow: Bool[Array, " R"]
+    summary: Summary
+
+
+class AbstractSystem(eqx.Module):
+    """A continuous-time Markov chain with a policy: what one simulator step needs.
+
+    Subclasses set ``level_names`` (quantities whose time integral is recorded, one per class,
+    name-major), ``tally_names`` (event counters, one per class), and ``num_random`` (extra
+    uniform words a step may use, e.g. to draw a patience), and implement the methods below.
+    All methods are pure and traceable. ``decide`` takes every discrete decision
+    (:mod:`jaxqueue.decisions`).
+    """
+
+    decide: AbstractDecisions = eqx.field(default_factory=Exact, kw_only=True)
+
+    level_names: ClassVar[tuple[str, ...]]
+    tally_names: ClassVar[tuple[str, ...]]
+    num_random: ClassVar[int] = 0
+
+    @property
+    @abc.abstractmethod
+    def num_classes(self) -> int:
+        """Number of job classes; levels and tallies hold one entry per name and class."""
+
+    @abc.abstractmethod
+    def init(self) -> Any:
+        """The state at time zero (an empty system)."""
+
+    @abc.abstractmethod
+    def rates(self, state: Any) -> Float[Array, " E"]:
+        """Rates of the exponential events in ``state``."""
+
+    def pending(self, state: Any) -> Bool[Array, ""]:
+        """Whether ``state`` needs a zero-time bookkeeping step before the next random event
+        (e.g. discarding an abandoned job at the head of a lazy buffer, :mod:`jaxqueue.buffer`)."""
+        return jnp.bool_(False)
+
+    @abc.abstractmethod
+    def fire(self, state: Any, event: Event, t: Float[Array, ""], u: Float[Array, " U"],
+             window: tuple[Float[Array, ""], Float[Array, ""]]) -> tuple[Any, Flow]:
+        """Applies ``event`` at time ``t`` and the policy's decisions.
+
+        ``window`` is the statistics window ``(start, end]`` on this rollout's clock (its start
+        may be negative: it began in an earlier rollout). Returns the new state and its
+        :class:`Flow`.
+        """
+
+    def close(self, state: Any, window: tuple[Float[Array, ""], Float[Array, ""]]) -> Flow:
+        """What jobs still held at the end of a run owe: abandonments from lazy buffers whose
+        deadline passed inside the window, and their waits inside it. ``window`` ends now."""
+        num = len(self.level_names) * self.num_classes
+        return Flow(counts=jnp.zeros(len(self.tally_names) * self.num_classes, jnp.int32),
+                    waits=jnp.zeros(num, rng.real_dtype()))
+
+    def census(self, state: Any, now: Float[Array, ""]) -> Int[Array, " L"]:
+        """Jobs present in each level at time ``now`` (lazily buffered jobs whose deadline has
+        passed are not present). Called once per rollout, so it may scan a whole buffer."""
+        return jnp.round(self.levels(state)).astype(jnp.int32)
+
+    @abc.abstractmethod
+    def levels(self, state: Any) -> Float[Array, " L"]:
+        """Quantities integrated over time, ``(len(level_names) * num_classes,)``."""
+
+    def revenue(self, integrals: Float[Array, " L"], counts: Int[Array, " T"]) -> Revenue | None:
+        """Revenue in the window from the integrals and counts (None: the system has no prices)."""
+        return None
+
+    def rebase(self, state: Any, elapsed: Float[Array, ""]) -> Any:
+        """Shifts stored times by ``elapsed`` (start of the next rollout's clock)."""
+        return state
+
+    def overflow(self, state: Any) -> Bool[Array, ""]:
+        """Whether a fixed-capacity structure overflowed (the run is then invalid)."""
+        return jnp.bool_(False)
+
+    def overflow_message(self) -> str:
+        return "a fixed-capacity buffer overflowed"
+
+
+# ---- one step ---------------------------------------------------------------------------------
+class _Acc(eqx.Module):
+    integrals: Float[Array, " L"]
+    counts: Int[Array, " T"]
+    events: Int[Array, ""]
+
+
+def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_dtype: Any):
+    """One event (or one zero-time bookkeeping step) of one replication (vmapped by the caller).
+
+    The state is constant on ``[t, t_new)``: its levels are integrated over that interval's part
+    inside the window.
+    """
+    state, t, acc = carry
+    decide = system.decide
+    rates = system.rates(state)
+    num_events = rates.shape[0]
+    total = jnp.sum(rates)
+    dt = rng.exponential(b[0]) / total  # +inf when nothing can happen
+    pending = system.pending(state)
+    t_new = jnp.where(pending, t, t + dt.astype(clock_dtype))
+    live = t_new <= w1
+    random = live & ~pending
+    index = jnp.where(random, decide.event(rates, rng.uniform(b[1])), num_events)
+    event = Event(index=index, hot=decide.event_hot(rates, index))
+    weight = jnp.maximum(jnp.minimum(t_new, w1) - jnp.maximum(t, w0), 0)
+    real = rng.real_dtype()
+    window = (w0.astype(real), w1.astype(real))
+    levels = system.levels(state)
+    new_state, flow = system.fire(state, event, t_new.astype(real), rng.uniform(b[2:]), window)
+    # Keep the carry's dtypes (under x64, sums of int32 counts promote to int64).
+    new_state = jax.tree.map(lambda a, b: a.astype(b.dtype), new_state, state)
+    acc = _Acc(
+        integrals=acc.integrals + weight * levels.astype(clock_dtype)
+        + flow.waits.astype(clock_dtype),
+        counts=acc.counts + flow.counts.astype(acc.counts.dtype),
+        events=acc.events + random.astype(jnp.int32),
+    )
+    return (new_state, jnp.where(live, t_new, w1), acc)
+
+
+# ---- layout -----------------------------------------------------------------------------------
+#: Per-replication arrays at least this long keep the replication axis first (see rep_axes).
+_LONG = 128
+
+
+def _rep_axis(shape: tuple[int, ...]) -> int:
+    return 0 if len(shape) >= 1 and shape[0] >= _LONG else -1
+
+
+def rep_axes(system: AbstractSystem) -> Any:
+    """Where each state leaf keeps its replication axis: first for long per-replication arrays
+    (buffers written at a per-replication slot, which XLA then updates in place), last for
+    scalars and per-class vectors (so the step's arithmetic runs along contiguous replication
+    vectors, what the CPU's SIMD units and a GPU's warps want)."""
+    return jax.tree.map(lambda a: _rep_axis(a.shape), jax.eval_shape(system.init))
+
+
+def replicate(state: Any, reps: int) -> Any:
+    """``reps`` copies of a state in the kernel's layout (see :func:`rep_axes`)."""
+    def copies(a):
+        a = jnp.asarray(a)
+        if _rep_axis(a.shape) == 0:
+            return jnp.broadcast_to(a[None], (reps, *a.shape))
+        return jnp.broadcast_to(a[..., None], (*a.shape, reps))
+    return jax.tree.map(copies, state)
+
+
+# ---- the kernel -------------------------------------------------------------------------------
+def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dtype: Any,
+             close: bool) -> Rollout:
+    if not system.decide.differentiable:
+        system = guard(system)
+    width = 2 + system.num_random
+    reps = rep_ids.shape[0]
+    axes = rep_axes(system)
+    if state is None:
+        state = replicate(system.init(), reps)
+    words = jax.vmap(lambda r: rng.rep_key(key, r, chunk), out_axes=-1)(rep_ids)  # (2, R)
+    num_levels = len(system.level_names) * system.num_classes
+    # A counter rises by at most one per step: int16 halves their memory traffic per step.
+    count_dtype = jnp.int16 if steps < 2**15 else jnp.int32
+    acc0 = _Acc(
+        integrals=jnp.zeros((num_levels, reps), clock_dtype),
+        counts=jnp.zeros((len(system.tally_names) * system.num_classes, reps), count_dtype),
+        events=jnp.zeros((reps,), jnp.int32),
+    )
+    real = rng.real_dtype()
+    stock_start = jax.vmap(lambda s: system.census(s, jnp.zeros((), real)), in_axes=(axes,),
+                           out_axes=-1)(state)
+    w0 = jnp.broadcast_to(jnp.asarray(w0, clock_dtype), (reps,))
+    w1 = jnp.broadcast_to(jnp.asarray(w1, clock_dtype), (reps,))
+    carry_axes = (axes, -1, -1)
+    # The window is closed over, not carried: loop-invariant inputs cost no copies per step.
+    step = jax.vmap(lambda c, w, s, a, b: _step(system, c, rng.step_bits(w, s, width), a, b,
+                                                clock_dtype),
+                    in_axes=(carry_axes, -1, None, -1, -1), out_axes=carry_axes)
+    carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
+    (state, t, acc), _ = jax.lax.scan(lambda c, s: (step(c, words, s, w0, w1), None), carry,
+                                      jnp.arange(steps, dtype=jnp.uint32))
+    done = t >= w1
+    overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
+    state = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(state, t.astype(real))
+    integrals, counts = acc.integrals, acc.counts.astype(jnp.int32)
+    stock_end = jnp.zeros_like(stock_start)
+    if close:  # on the rebased clock the run ends at 0
+        flow, stock_end = _close(system, state, (w0 - t).astype(real), axes)
+        integrals = integrals + flow.waits.astype(clock_dtype)
+        counts = counts + flow.counts
+    revenue = jax.vmap(system.revenue, in_axes=(-1, -1))(integrals, counts)
+    summary = Summary(integrals=integrals.T, counts=counts.T, stock_start=stock_start.T,
+                      stock_end=stock_end.T, events=acc.events, revenue=revenue)
+    return Rollout(state=state, time=t, done=done, overflow=overflow, summary=summary)
+
+
+_rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close"))
+
+
+def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int | None = None,
+            rep_ids: UInt32[Array, " R"] | None = None, state: Any = None,
+            window: tuple[Any, Any] = (0.0, jnp.inf), chunk: Any = 0,
+            clock_dtype: Any = None, close: bool = True) -> Rollout:
+    """Runs ``steps`` events of each replication from ``state`` on the device.
+
+    Pure and jitted (one program per system structure, ``steps`` and ``reps``): composes with
+    ``jax.jit`` and ``jax.vmap`` over the system's parameters. Replication ``r`` draws its random
+    numbers from ``fold_in(fold_in(key, r), chunk)``, so its path depends only on ``(key, r,
+    chunk)``. With :class:`~jaxqueue.decisions.Exact` decisions, differentiating through the
+    parameters raises :class:`~jaxqueue.decisions.NotDifferentiableError`.
+
+    Args:
+        key: a ``jax.random.key``.
+        system: the policy and parameters to simulate.
+        steps: scan steps (static): random events plus zero-time bookkeeping steps; a
+            replication that reaches the window's end stops there.
+        reps: number of replications, with ids ``0 .. reps - 1`` (or give ``rep_ids``).
+        rep_ids: replication ids, ``(R,)`` uint32.
+        state: starting states in the kernel's layout (:func:`replicate`; a previous
+            :attr:`Rollout.state`); default: every replication empty.
+        window: statistics window ``(start, end]`` on this rollout's clock (scalars or ``(R,)``
+            arrays); the default ``(0, inf)`` counts everything.
+        chunk: index of this rollout in a longer run (selects fresh random numbers).
+        clock_dtype: dtype of the clock and the time integrals (default: float32, or float64
+            under ``jax.enable_x64``).
+        close: settle what jobs still held owe at the end (:meth:`AbstractSystem.close`) and
+            take the end census; a driver that continues the run passes False.
+
+    Returns:
+        The :class:`Rollout`.
+    """
+    if (reps is None) == (rep_ids is None):
+        raise ValueError("give exactly one of reps (ids 0 .. reps-1) and rep_ids")
+    if rep_ids is None:
+        if isinstance(reps, bool) or int(reps) != reps or reps < 1:
+            raise ValueError(f"reps = {reps!r} is invalid: must be an integer >= 1")
+        rep_ids = jnp.arange(int(reps), dtype=jnp.uint32)
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
+    clock_dtype = rng.real_dtype() if clock_dtype is None else jnp.dtype(clock_dtype)
+    return _rollout_jit(key, system, jnp.asarray(rep_ids, jnp.uint32), state, window[0],
+                        window[1], jnp.asarray(chunk, jnp.uint32), steps=int(steps),
+                        clock_dtype=clock_dtype, close=bool(close))
+
+
+def _close(system, state, w0, axes):
+    """Residual flows and the end census of every replication (state rebased to end at 0)."""
+    def one(s, a):
+        now = jnp.zeros((), a.dtype)
+        return system.close(s, (a, now)), system.census(s, now)
+    return jax.vmap(one, in_axes=(axes, -1), out_axes=-1)(state, w0)
+
+
+def close(system: AbstractSystem, state: Any, window_start: Any) -> tuple[Flow, Int[Array, "L R"]]:
+    """What the jobs still held in ``state`` owe at the end of a run, and the end census.
+
+    ``state`` is in the kernel's layout with its clock rebased to the end of the run (a
+    :attr:`Rollout.state`); ``window_start`` is where the statistics window began on that clock
+    (``<= 0``), per replication. Arrays keep the replication axis last.
+    """
+    return _close_jit(system, state, jnp.asarray(window_start))
+
+
+@jax.jit
+def _close_jit(system, state, w0):
+    return _close(system, state, w0.astype(rng.real_dtype()), rep_axes(system))
+
+
+def compile_count() -> int:
+    """Number of programs compiled for the kernel in this process (for tests)."""
+    return _rollout_jit._cache_size()
+
+
+def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, rep: int = 0,
+               every: int = 1) -> tuple[Any, Float[Array, " N"], Int[Array, "N T"]]:
+    """The path of replication ``rep`` over its first ``num_events`` steps (opt-in, for checks
+    and plots): states and times after each step, and cumulative counters (no window).
+
+    Uses the same step and random numbers as a rollout's first chunk. ``every`` keeps one step
+    in ``every``.
+    """
+    state = system.init()
+    bits = rng.chunk_words(key, jnp.asarray([rep], jnp.uint32), jnp.uint32(0), num_events,
+                           2 + system.num_random)[..., 0]
+    real = rng.real_dtype()
+    num_levels = len(system.level_names) * system.num_classes
+    acc0 = _Acc(
+        integrals=jnp.zeros(num_levels, real),
+        counts=jnp.zeros(len(system.tally_names) * system.num_classes, jnp.int32),
+        events=jnp.int32(0),
+    )
+    w0, w1 = jnp.asarray(-1.0, real), jnp.asarray(jnp.inf, real)
+
+    def run(system, carry, bits):
+        def body(carry, b):
+            carry = _step(system, carry, b, w0, w1, real)
+            return carry, (carry[0], carry[1], carry[2].counts)
+        return jax.lax.scan(body, carry, bits)[1]
+
+    carry = (state, jnp.asarray(0.0, real), acc0)
+    states, times, tallies = jax.jit(run)(system, carry, bits)
+    return jax.tree.map(lambda a: a[::every], states), times[::every], tallies[::every]
+
+
+def words_per_step(system: AbstractSystem) -> int:
+    """Random words one step uses (two for the holding time and the event, plus the system's)."""
+    return 2 + system.num_random

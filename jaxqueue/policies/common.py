@@ -1,0 +1,158 @@
+"""What the engines share: level and counter names, the gate, the event layout, the FCFS rings
+of a state, revenue, and the checks of n and ring capacities.
+
+The pooled (:mod:`.pooled`, :mod:`.sli`) and per-GPU (:mod:`.per_gpu`) engines record the same
+quantities under the same names, so :mod:`jaxqueue.stats` and the CLI read any of them alike.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .. import buffer as buf
+from ..decisions import AbstractDecisions
+from ..kernel import Event, Revenue
+from ..model import Model
+
+__all__ = ["GATES", "LEVELS", "TALLIES", "any_overflow", "checked_capacity", "checked_gpus",
+           "default_capacity", "gate_choice", "overflow_message", "rebase_rings", "revenue",
+           "ring_live", "ring_residual", "split_event"]
+
+#: Time-integrated levels, each per class (the names of the per-GPU fluid quantities): prefills
+#: in service, decodes in service at the mixed and at the solo speed, jobs waiting for prefill
+#: and jobs waiting for decode.
+LEVELS = ("x", "y_m", "y_s", "q_p", "q_d")
+#: Event counters, each per class: arrivals, prefill completions, decode completions at the
+#: mixed and the solo speed, abandonments from the prefill and the decode buffers, and the
+#: starts of prefill and of decode service (for the flow balance of every stage).
+TALLIES = ("arrivals", "prefill_done", "mixed_done", "solo_done", "prefill_abandon",
+           "decode_abandon", "prefill_start", "decode_start")
+GATES = ("deviation", "priority", "fcfs")
+
+
+def gate_choice(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_star,
+                X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
+    """The class a gate admits next among the waiting ones (meaningless if none waits).
+
+    ``deviation`` (Gate-and-Route, Sec. 4.1): smallest ``xi_i = (X_i - n x_i*) / x_i*`` (+inf
+    when ``x_i* = 0``, so such a class is admitted only when no other waits), ties to the larger
+    ``Qp_i - n q_i*``, then the lower index. ``priority`` (Prioritize-and-Route, Sec. 4.2.1):
+    largest ``D_i / P_i``, ties to the lower index.
+    """
+    waiting = decide.greater(Qp, 0)
+    if gate == "priority":
+        return decide.lexmin((-(model.D / model.P),), waiting)
+    x_star = jnp.asarray(x_star)
+    safe = jnp.where(x_star > 0, x_star, 1.0)
+    # xi = X/x* - n, equal to (X - n x*)/x* but exact in float32 where ties matter most: every
+    # class with X = 0 gets exactly -n, so the queue-deviation rule breaks the tie, not rounding.
+    xi = jnp.where(x_star > 0, X / safe - n, jnp.inf)
+    dev = Qp - n * jnp.asarray(q_star)
+    return decide.lexmin((xi, -dev), waiting)
+
+
+def split_event(event: Event, num: int, t, window):
+    """The 5I-event layout shared by the pooled and per-GPU engines, decoded.
+
+    Returns the one-hot rows ``(arrive, prefill_done, mixed_done, solo_done, queue_abandon)``
+    (each ``(I,)``), whether ``t`` lies in the statistics window (int 0/1), and whether the
+    step is a bookkeeping step (event index ``5I``).
+    """
+    w0, w1 = window
+    hot = event.hot.reshape(5, num)
+    counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
+    return tuple(hot), counted, event.index == 5 * num
+
+
+def revenue(model: Model, integrals: Float[Array, " L"], counts: Int[Array, " T"],
+            tally_names: tuple[str, ...]) -> Revenue:
+    """Revenue in the window of a system recording :data:`LEVELS` and :data:`TALLIES`."""
+    num = model.num_classes
+
+    def level(name):
+        k = LEVELS.index(name)
+        return integrals[k * num:(k + 1) * num]
+
+    def count(name):
+        k = tally_names.index(name)
+        return counts[k * num:(k + 1) * num].astype(integrals.dtype)
+
+    done = count("mixed_done") + count("solo_done")
+    in_service = model.mu_m * level("y_m") + model.mu_s * level("y_s")  # completions per time
+    prompt, output = model.c_p * model.P, model.c_d * model.D
+    return Revenue(
+        bundled_counted=jnp.sum(model.w * done),
+        bundled_integral=jnp.sum(model.w * in_service),
+        separate_counted=jnp.sum(prompt * count("prefill_done") + output * done),
+        separate_integral=jnp.sum(prompt * model.mu_p * level("x") + output * in_service),
+    )
+
+
+# ---- the FCFS rings of a state ------------------------------------------------------------------
+def rebase_rings(state, elapsed: Float[Array, ""]):
+    """``state`` with its ``prefill_ring`` and ``decode_ring`` (each a Ring or None) rebased."""
+    def shift(ring):
+        return None if ring is None else buf.rebase(ring, elapsed)
+    return eqx.tree_at(lambda s: (s.prefill_ring, s.decode_ring), state,
+                       (shift(state.prefill_ring), shift(state.decode_ring)),
+                       is_leaf=lambda x: x is None)
+
+
+def any_overflow(*rings: buf.Ring | None):
+    """Whether any of the rings (None for an absent one) overflowed."""
+    over = jnp.bool_(False)
+    for ring in rings:
+        if ring is not None:
+            over = over | ring.overflow
+    return over
+
+
+def overflow_message(capacity: int) -> str:
+    """The error a run whose ring overflowed ends with."""
+    return (f"a FCFS buffer overflowed its capacity of {capacity} jobs: rerun with a larger "
+            "capacity (--buffer-capacity); no result was produced from the truncated run")
+
+
+def ring_residual(ring: buf.Ring | None, num: int, window):
+    """:func:`jaxqueue.buffer.residual`, or zeros for an absent ring."""
+    if ring is None:
+        return jnp.zeros(num, jnp.int32), jnp.zeros(num, window[0].dtype)
+    return buf.residual(ring, num, window)
+
+
+def ring_live(ring: buf.Ring | None, num: int, now):
+    """:func:`jaxqueue.buffer.live`, or zeros for an absent ring."""
+    return jnp.zeros(num, jnp.int32) if ring is None else buf.live(ring, num, now)
+
+
+# ---- checks -------------------------------------------------------------------------------------
+def checked_gpus(n) -> int:
+    """``n`` as an int, or a ValueError naming the field and its allowed range."""
+    try:
+        ok = (isinstance(n, (int, np.integer, float)) and not isinstance(n, bool)
+              and float(n).is_integer() and int(n) >= 1)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
+    return int(n)
+
+
+def checked_capacity(capacity, n: int) -> int:
+    """A ring capacity: ``capacity`` checked, or :func:`default_capacity` for n when None."""
+    if capacity is None:
+        return default_capacity(n)
+    if isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:
+        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer >= 1")
+    return int(capacity)
+
+
+def default_capacity(n: int) -> int:
+    """A ring capacity for n GPUs: a power of two >= 2n (at least 256), so that nearby n share
+    one compiled program. It bounds live plus not-yet-discarded jobs (on the paper's instance at
+    n = 500 the decode buffer holds about 110); overflow is an error naming the option to raise.
+    Larger rings cost memory traffic (about 100 ns per event at 4096 slots and 1024 reps)."""
+    return int(2 ** int(np.ceil(np.log2(max(256, 2 * n)))))

@@ -1,0 +1,114 @@
+"""The pure kernel: jit/vmap over parameters, the gradient contract, dtypes, revenue."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import z_scores
+
+import jaxqueue as jq
+from jaxqueue import policies, scenarios
+from jaxqueue.decisions import NotDifferentiableError
+
+MODEL = scenarios.load("paper-qwen8b")
+
+
+def with_lambda(system, lam):
+    return eqx.tree_at(lambda s: s.model, system, system.model.replace(lambda_=lam))
+
+
+def test_rollout_jits_and_vmaps_over_arrival_rates():
+    system, _ = policies.build("gate-and-route", MODEL, 20)
+    key = jax.random.key(0)
+    lams = jnp.asarray([[0.3, 0.3], [0.5, 0.5], [0.7, 0.4]])
+
+    @jax.jit
+    @jax.vmap
+    def revenue(lam):
+        out = jq.rollout(key, with_lambda(system, lam), steps=3000, reps=4)
+        return out.summary.revenue.bundled_integral, out.summary.counts
+
+    rev, counts = revenue(lams)
+    assert rev.shape == (3, 4) and np.all(np.asarray(rev) > 0)
+    for k in range(3):  # the same as one call per parameter value
+        one = jq.rollout(key, with_lambda(system, lams[k]), steps=3000, reps=4)
+        np.testing.assert_array_equal(np.asarray(counts[k]), np.asarray(one.summary.counts))
+        np.testing.assert_allclose(np.asarray(rev[k]),
+                                   np.asarray(one.summary.revenue.bundled_integral), rtol=1e-5)
+    # More arrivals, more arrival events in the same number of steps.
+    arrivals = np.asarray(counts)[:, :, :2].sum(-1).mean(-1)
+    assert arrivals[1] > arrivals[0]
+
+
+@pytest.mark.parametrize("what", ["lambda", "x_star"])
+def test_gradients_of_the_exact_engine_raise(what):
+    system, _ = policies.build("gate-and-route", MODEL, 20)
+    key = jax.random.key(1)
+
+    def objective(p):
+        s = (with_lambda(system, p) if what == "lambda"
+             else eqx.tree_at(lambda s: s.x_star, system, p))
+        return jnp.sum(jq.rollout(key, s, steps=200, reps=2).summary.integrals)
+
+    p = jnp.asarray([0.5, 0.5]) if what == "lambda" else jnp.asarray(system.x_star)
+    with pytest.raises(NotDifferentiableError, match="not differentiable"):
+        jax.grad(objective)(p)
+    with pytest.raises(NotDifferentiableError):
+        jax.jvp(objective, (p,), (jnp.ones_like(p),))
+    assert np.isfinite(float(objective(p)))  # without differentiation it just runs
+
+
+def test_x64_runs_the_step_in_float64():
+    system, _ = policies.build("fg-sp", MODEL, 10)  # a ring: its times follow the dtype too
+    with jax.enable_x64(True):
+        out = jq.rollout(jax.random.key(2), system, steps=500, reps=2)
+        assert out.summary.integrals.dtype == jnp.float64
+        assert out.state.decode_ring.data.dtype == jnp.float64
+        assert system.rates(system.init()).dtype == jnp.float64
+    out32 = jq.rollout(jax.random.key(2), system, steps=500, reps=2)
+    assert out32.summary.integrals.dtype == jnp.float32
+    assert out32.state.decode_ring.data.dtype == jnp.float32
+
+
+def test_counted_and_integrated_revenue_agree():
+    # Two estimators of the same long-run revenue on the same paths over a fixed window: the
+    # mean of their difference per replication is zero (completions minus the integral of the
+    # completion rate is a martingale). For decode completions (bundled pricing) the integral
+    # has the smaller variance; for prefill completions it need not (measured: it has not).
+    system, plan = policies.build("gate-and-route", MODEL, 20)
+    out = jq.rollout(jax.random.key(3), system, steps=90_000, reps=48, window=(100.0, 1100.0))
+    assert np.all(np.asarray(out.done))
+    r = out.summary.revenue
+    for pricing in ("bundled", "separate"):
+        counted = np.asarray(getattr(r, f"{pricing}_counted"), np.float64) / 1000.0 / 20
+        integral = np.asarray(getattr(r, f"{pricing}_integral"), np.float64) / 1000.0 / 20
+        assert abs(z_scores(counted - integral, 0.0)) < 4
+        if pricing == "bundled":
+            assert integral.var() < counted.var()
+        assert 0.9 * plan.revenue < integral.mean() < 1.01 * plan.revenue
+
+
+def test_rollout_continues_a_run():
+    # Two rollouts of 400 steps, the second from the first's state with the window moved back
+    # to the first's start, are the two chunks of a driver run stopped after two chunks.
+    system, _ = policies.build("fg-sp", MODEL, 10)
+    key = jax.random.key(4)
+    first = jq.rollout(key, system, steps=400, reps=3, close=False)
+    second = jq.rollout(key, system, steps=400, reps=3, state=first.state, chunk=1,
+                        window=(-first.time, jnp.inf))
+    run = jq.simulate(key, system, reps=3, chunk_events=400, max_chunks=2, horizon=1e6)
+    np.testing.assert_array_equal(
+        np.asarray(first.summary.counts) + np.asarray(second.summary.counts), run.tallies)
+    np.testing.assert_array_equal(np.asarray(second.summary.stock_end), run.stock_end)
+    np.testing.assert_allclose(
+        np.asarray(first.summary.integrals) + np.asarray(second.summary.integrals),
+        run.level_integrals, rtol=1e-5)
+
+
+def test_bad_kernel_arguments_raise():
+    system, _ = policies.build("gate-and-route", MODEL, 5)
+    with pytest.raises(ValueError, match="steps"):
+        jq.rollout(jax.random.key(0), system, steps=0, reps=2)
+    with pytest.raises(ValueError, match="exactly one of reps"):
+        jq.rollout(jax.random.key(0), system, steps=10)

@@ -89,6 +89,16 @@ class AbstractDecisions(eqx.Module):
 
     differentiable: ClassVar[bool] = False
 
+    @property
+    def count_dtype(self):
+        """The dtype of the state's counts: int32 when exact, floating when gradients must flow
+        through them."""
+        return jnp.int32
+
+    def noise_words(self, num_events: int) -> int:
+        """Extra uniform words per step :meth:`event_hot` needs (beyond the event's own)."""
+        return 0
+
     # ---- the event -----------------------------------------------------------------------
     @abc.abstractmethod
     def event(self, rates: Float[Array, " E"], u: Float[Array, ""]) -> Int[Array, ""]:
@@ -96,14 +106,16 @@ class AbstractDecisions(eqx.Module):
         ``E`` when every rate is zero."""
 
     @abc.abstractmethod
-    def event_hot(self, rates: Float[Array, " E"], index: Int[Array, ""]) -> Real[Array, " E"]:
+    def event_hot(self, rates: Float[Array, " E"], index: Int[Array, ""],
+                  noise: Float[Array, " N"] | None = None) -> Real[Array, " E"]:
         """The chosen event as a one-hot row over the ``E`` events (all zero for ``index = E``:
-        no event), in the dtype the state's counts use."""
+        no event), in :attr:`count_dtype`; ``noise`` holds :meth:`noise_words` uniforms."""
 
     # ---- indicators ------------------------------------------------------------------------
     @abc.abstractmethod
     def greater(self, a: ArrayLike, b: ArrayLike) -> Real[Array, "..."]:
-        """Indicator of ``a > b`` (a capacity test: ``capacity > in use``)."""
+        """Indicator of ``a > b`` for integer-valued counts (a capacity test: ``capacity > in
+        use``; a relaxation centres its transition between ``b`` and ``b + 1``)."""
 
     @abc.abstractmethod
     def at_least(self, a: ArrayLike, b: ArrayLike) -> Real[Array, "..."]:
@@ -125,6 +137,17 @@ class AbstractDecisions(eqx.Module):
         smallest ``keys[1]``, and so on, then by the lowest index (0 when none is eligible)."""
 
     @abc.abstractmethod
+    def choose(self, keys: tuple[Float[Array, " K"], ...], eligible: Real[Array, " K"],
+               on: Real[Array, ""] | int = 1) -> tuple[Int[Array, ""], Real[Array, " K"]]:
+        """:meth:`lexmin` as an index and as counts to add: ``on`` at the chosen entry (a
+        relaxation spreads the gradient over the entries by their first key)."""
+
+    @abc.abstractmethod
+    def draw_hot(self, weights: Real[Array, " K"], u: Float[Array, ""],
+                 on: Real[Array, ""] | int = 1) -> tuple[Int[Array, ""], Real[Array, " K"]]:
+        """:meth:`draw` as an index and as counts to add (``on`` at the drawn entry)."""
+
+    @abc.abstractmethod
     def first_min(self, score: Int[Array, " G"]) -> Int[Array, ""]:
         """``argmin`` of small nonnegative integer scores, ties to the lowest index."""
 
@@ -141,7 +164,9 @@ class AbstractDecisions(eqx.Module):
     # ---- rounding --------------------------------------------------------------------------
     @abc.abstractmethod
     def count(self, value: Float[ArrayLike, "..."], u: Float[Array, ""] | None = None):
-        """An integer number of servers from a real one (e.g. ``n sum x*`` mixed GPUs)."""
+        """An integer number of servers from a real one (e.g. ``n sum x*`` mixed GPUs): rounded
+        up when ``u`` is None (Sec. 4.1), else randomised rounding between the two nearest
+        integers, up with probability equal to the fractional part."""
 
 
 class Exact(AbstractDecisions):
@@ -167,7 +192,7 @@ class Exact(AbstractDecisions):
         last_positive = num - 1 - jnp.argmax(positive[::-1]).astype(jnp.int32)
         return jnp.where(jnp.any(positive), jnp.minimum(index, last_positive), num)
 
-    def event_hot(self, rates, index):
+    def event_hot(self, rates, index, noise=None):
         return (jnp.arange(rates.shape[0]) == index).astype(jnp.int32)
 
     def greater(self, a, b):
@@ -188,6 +213,14 @@ class Exact(AbstractDecisions):
             chosen = chosen & (key == jnp.min(jnp.where(chosen, key, jnp.inf)))
         return jnp.argmax(chosen)
 
+    def choose(self, keys, eligible, on=1):
+        index = self.lexmin(keys, eligible)
+        return index, self.one_hot(index, keys[0].shape[0], on)
+
+    def draw_hot(self, weights, u, on=1):
+        index = self.draw(weights, u)
+        return index, self.one_hot(index, weights.shape[0], on)
+
     def first_min(self, score):
         # One integer min over ``score * G + index`` (XLA's CPU argmin, a variadic reduction, is
         # several times slower); exact while ``(max score + 1) * G < 2^31``.
@@ -203,7 +236,14 @@ class Exact(AbstractDecisions):
         return (jnp.arange(size) == index).astype(jnp.int32) * on
 
     def count(self, value, u=None):
-        return ceil_count(value)
+        if u is None:
+            return ceil_count(value)
+        value = jnp.asarray(value)
+        near = jnp.round(value)  # an integer up to round-off stays that integer
+        value = jnp.where(jnp.abs(value - near) <= 1e-6 * jnp.maximum(1.0, jnp.abs(value)),
+                          near, value)
+        low = jnp.floor(value)
+        return (low + (u < value - low)).astype(jnp.int32)
 
 
 def _draw_count(weight: Int[Array, " G"], u: Float[Array, ""]) -> Int[Array, ""]:

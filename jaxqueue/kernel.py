@@ -36,7 +36,8 @@ from . import rng
 from .decisions import AbstractDecisions, Exact, guard
 
 __all__ = ["AbstractSystem", "Event", "Flow", "Revenue", "Rollout", "SimulationError", "Summary",
-           "close", "compile_count", "rep_axes", "replicate", "rollout", "trajectory"]
+           "close", "compile_count", "initial_state", "rep_axes", "replicate", "rollout",
+           "trajectory"]
 
 
 class SimulationError(RuntimeError):
@@ -150,6 +151,8 @@ class AbstractSystem(eqx.Module):
     level_names: ClassVar[tuple[str, ...]]
     tally_names: ClassVar[tuple[str, ...]]
     num_random: ClassVar[int] = 0
+    #: Uniform words :meth:`randomize` uses once per replication (0: it is not called).
+    num_init_random: ClassVar[int] = 0
 
     @property
     @abc.abstractmethod
@@ -159,6 +162,11 @@ class AbstractSystem(eqx.Module):
     @abc.abstractmethod
     def init(self) -> Any:
         """The state at time zero (an empty system)."""
+
+    def randomize(self, state: Any, u: Float[Array, " K"]) -> Any:
+        """A replication's own starting state from ``num_init_random`` uniforms (e.g. the
+        randomised rounding of a fractional number of servers); the identity by default."""
+        return state
 
     @abc.abstractmethod
     def rates(self, state: Any) -> Float[Array, " E"]:
@@ -235,12 +243,15 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
     live = t_new <= w1
     random = live & ~pending
     index = jnp.where(random, decide.event(rates, rng.uniform(b[1])), num_events)
-    event = Event(index=index, hot=decide.event_hot(rates, index))
+    extra = 2 + system.num_random
+    noise = rng.uniform(b[extra:]) if b.shape[0] > extra else None
+    event = Event(index=index, hot=decide.event_hot(rates, index, noise))
     weight = jnp.maximum(jnp.minimum(t_new, w1) - jnp.maximum(t, w0), 0)
     real = rng.real_dtype()
     window = (w0.astype(real), w1.astype(real))
     levels = system.levels(state)
-    new_state, flow = system.fire(state, event, t_new.astype(real), rng.uniform(b[2:]), window)
+    new_state, flow = system.fire(state, event, t_new.astype(real), rng.uniform(b[2:extra]),
+                                  window)
     # Keep the carry's dtypes (under x64, sums of int32 counts promote to int64).
     new_state = jax.tree.map(lambda a, b: a.astype(b.dtype), new_state, state)
     acc = _Acc(
@@ -269,6 +280,25 @@ def rep_axes(system: AbstractSystem) -> Any:
     return jax.tree.map(lambda a: _rep_axis(a.shape), jax.eval_shape(system.init))
 
 
+#: The chunk index whose random words set up replications (:meth:`AbstractSystem.randomize`).
+INIT_CHUNK = 0xFFFFFFFF
+
+
+def initial_state(system: AbstractSystem, key: PRNGKeyArray, rep_ids: UInt32[Array, " R"]) -> Any:
+    """Every replication's starting state in the kernel's layout: :meth:`AbstractSystem.init`,
+    then :meth:`AbstractSystem.randomize` with the replication's own uniforms (drawn from
+    ``fold_in(fold_in(key, r), INIT_CHUNK)``, a stream no chunk uses)."""
+    reps = rep_ids.shape[0]
+    state = replicate(system.init(), reps)
+    if not system.num_init_random:
+        return state
+    width = system.num_init_random
+    u = jax.vmap(lambda r: rng.uniform(rng.step_bits(rng.rep_key(key, r, INIT_CHUNK), 0, width)),
+                 out_axes=-1)(rep_ids)
+    axes = rep_axes(system)
+    return jax.vmap(system.randomize, in_axes=(axes, -1), out_axes=axes)(state, u)
+
+
 def replicate(state: Any, reps: int) -> Any:
     """``reps`` copies of a state in the kernel's layout (see :func:`rep_axes`)."""
     def copies(a):
@@ -281,14 +311,14 @@ def replicate(state: Any, reps: int) -> Any:
 
 # ---- the kernel -------------------------------------------------------------------------------
 def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dtype: Any,
-             close: bool) -> Rollout:
+             close: bool, remat: int | None = None) -> Rollout:
     if not system.decide.differentiable:
         system = guard(system)
-    width = 2 + system.num_random
+    width = words_per_step(system)
     reps = rep_ids.shape[0]
     axes = rep_axes(system)
     if state is None:
-        state = replicate(system.init(), reps)
+        state = initial_state(system, key, rep_ids)
     words = jax.vmap(lambda r: rng.rep_key(key, r, chunk), out_axes=-1)(rep_ids)  # (2, R)
     num_levels = len(system.level_names) * system.num_classes
     # A counter rises by at most one per step: int16 halves their memory traffic per step.
@@ -309,8 +339,20 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
                                                 clock_dtype),
                     in_axes=(carry_axes, -1, None, -1, -1), out_axes=carry_axes)
     carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
-    (state, t, acc), _ = jax.lax.scan(lambda c, s: (step(c, words, s, w0, w1), None), carry,
-                                      jnp.arange(steps, dtype=jnp.uint32))
+
+    def body(c, s):
+        return step(c, words, s, w0, w1), None
+
+    if remat is None:
+        (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
+    else:
+        # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
+        @jax.checkpoint
+        def block(c, start):
+            return jax.lax.scan(body, c, start + jnp.arange(remat, dtype=jnp.uint32))[0], None
+
+        starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
+        (state, t, acc), _ = jax.lax.scan(block, carry, starts)
     done = t >= w1
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
     state = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(state, t.astype(real))
@@ -326,13 +368,13 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     return Rollout(state=state, time=t, done=done, overflow=overflow, summary=summary)
 
 
-_rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close"))
+_rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close", "remat"))
 
 
 def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int | None = None,
             rep_ids: UInt32[Array, " R"] | None = None, state: Any = None,
             window: tuple[Any, Any] = (0.0, jnp.inf), chunk: Any = 0,
-            clock_dtype: Any = None, close: bool = True) -> Rollout:
+            clock_dtype: Any = None, close: bool = True, remat: int | None = None) -> Rollout:
     """Runs ``steps`` events of each replication from ``state`` on the device.
 
     Pure and jitted (one program per system structure, ``steps`` and ``reps``): composes with
@@ -357,6 +399,9 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
             under ``jax.enable_x64``).
         close: settle what jobs still held owe at the end (:meth:`AbstractSystem.close`) and
             take the end census; a driver that continues the run passes False.
+        remat: for reverse-mode gradients through relaxed decisions: keep the scan's carry
+            only every ``remat`` steps and recompute the others (memory ``O(steps / remat +
+            remat)`` carries instead of ``O(steps)``); ``steps`` must be a multiple of it.
 
     Returns:
         The :class:`Rollout`.
@@ -369,10 +414,14 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
         rep_ids = jnp.arange(int(reps), dtype=jnp.uint32)
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
+    if remat is not None and (int(remat) < 1 or steps % int(remat)):
+        raise ValueError(f"remat = {remat!r} is invalid: must be an integer >= 1 dividing "
+                         f"steps = {steps}")
     clock_dtype = rng.real_dtype() if clock_dtype is None else jnp.dtype(clock_dtype)
     return _rollout_jit(key, system, jnp.asarray(rep_ids, jnp.uint32), state, window[0],
                         window[1], jnp.asarray(chunk, jnp.uint32), steps=int(steps),
-                        clock_dtype=clock_dtype, close=bool(close))
+                        clock_dtype=clock_dtype, close=bool(close),
+                        remat=None if remat is None else int(remat))
 
 
 def _close(system, state, w0, axes):
@@ -413,7 +462,7 @@ def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, re
     """
     state = system.init()
     bits = rng.chunk_words(key, jnp.asarray([rep], jnp.uint32), jnp.uint32(0), num_events,
-                           2 + system.num_random)[..., 0]
+                           words_per_step(system))[..., 0]
     real = rng.real_dtype()
     num_levels = len(system.level_names) * system.num_classes
     acc0 = _Acc(
@@ -435,5 +484,7 @@ def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, re
 
 
 def words_per_step(system: AbstractSystem) -> int:
-    """Random words one step uses (two for the holding time and the event, plus the system's)."""
-    return 2 + system.num_random
+    """Random words one step uses: two for the holding time and the event, the system's own,
+    and any noise its decisions need (:meth:`~jaxqueue.decisions.AbstractDecisions.noise_words`)."""
+    num_events = jax.eval_shape(lambda: system.rates(system.init())).shape[0]
+    return 2 + system.num_random + system.decide.noise_words(num_events)

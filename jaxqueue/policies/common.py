@@ -18,8 +18,8 @@ from ..kernel import Event, Revenue
 from ..model import Model
 
 __all__ = ["GATES", "LEVELS", "TALLIES", "any_overflow", "checked_capacity", "checked_gpus",
-           "default_capacity", "gate_choice", "overflow_message", "rebase_rings", "revenue",
-           "ring_live", "ring_residual", "split_event"]
+           "default_capacity", "gate_choice", "gate_keys", "overflow_message", "rebase_rings",
+           "revenue", "ring_live", "ring_residual", "split_event"]
 
 #: Time-integrated levels, each per class (the names of the per-GPU fluid quantities): prefills
 #: in service, decodes in service at the mixed and at the solo speed, jobs waiting for prefill
@@ -33,9 +33,9 @@ TALLIES = ("arrivals", "prefill_done", "mixed_done", "solo_done", "prefill_aband
 GATES = ("deviation", "priority", "fcfs")
 
 
-def gate_choice(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_star,
-                X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-    """The class a gate admits next among the waiting ones (meaningless if none waits).
+def gate_keys(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_star,
+              X: Int[Array, " I"], Qp: Int[Array, " I"]):
+    """The keys a gate ranks the waiting classes by, and which classes wait (an indicator).
 
     ``deviation`` (Gate-and-Route, Sec. 4.1): smallest ``xi_i = (X_i - n x_i*) / x_i*`` (+inf
     when ``x_i* = 0``, so such a class is admitted only when no other waits), ties to the larger
@@ -44,14 +44,21 @@ def gate_choice(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q
     """
     waiting = decide.greater(Qp, 0)
     if gate == "priority":
-        return decide.lexmin((-(model.D / model.P),), waiting)
+        return (-(model.D / model.P),), waiting
     x_star = jnp.asarray(x_star)
     safe = jnp.where(x_star > 0, x_star, 1.0)
     # xi = X/x* - n, equal to (X - n x*)/x* but exact in float32 where ties matter most: every
     # class with X = 0 gets exactly -n, so the queue-deviation rule breaks the tie, not rounding.
     xi = jnp.where(x_star > 0, X / safe - n, jnp.inf)
     dev = Qp - n * jnp.asarray(q_star)
-    return decide.lexmin((xi, -dev), waiting)
+    return (xi, -dev), waiting
+
+
+def gate_choice(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_star,
+                X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
+    """The class a gate admits next among the waiting ones (meaningless if none waits); see
+    :func:`gate_keys`."""
+    return decide.lexmin(*gate_keys(gate, decide, model, n, x_star, q_star, X, Qp))
 
 
 def split_event(event: Event, num: int, t, window):

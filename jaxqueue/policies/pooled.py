@@ -43,7 +43,7 @@ from .common import (
     LEVELS,
     TALLIES,
     any_overflow,
-    gate_choice,
+    gate_keys,
     overflow_message,
     rebase_rings,
     revenue,
@@ -52,7 +52,7 @@ from .common import (
     split_event,
 )
 
-__all__ = ["Pooled", "PooledState"]
+__all__ = ["Pooled", "PooledState", "greedy_route", "serve_ring_head"]
 
 
 class PooledState(eqx.Module):
@@ -111,7 +111,7 @@ class Pooled(AbstractSystem):
         return self.model.num_classes
 
     def init(self) -> PooledState:
-        zeros = jnp.zeros(self.num_classes, jnp.int32)
+        zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
         return PooledState(
             X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
@@ -167,29 +167,13 @@ class Pooled(AbstractSystem):
             return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta)[cls]
 
         def serve_head(ring, ready, before):
-            """Bookkeeping on a ring whose head may be served: discard it if it abandoned.
+            return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num)
 
-            ``ring`` may already hold this step's push (never in a bookkeeping step); reading the
-            head after the write lets XLA update the ring in place instead of copying it.
-            """
-            look = bookkeeping & (ready > 0) & (before.size > 0)
-            out = buf.serve(ring, look, t, window, d.at_least)
-            credit = d.one_hot(out.label, num, out.looked).astype(real) * out.wait
-            return (out.ring, d.one_hot(out.label, num, out.taken),
-                    d.one_hot(out.label, num, out.gone), credit)
-
-        # Decode side (greedy router). A finished prefill takes a free solo slot, else a free
-        # mixed slot, else joins the decode buffer; a free slot serves the buffer's oldest live job.
+        # Decode side (greedy router).
         finished = jnp.sum(prefill_done)
-        enter = finished * (1 - free_solo) * (1 - free_mixed)
-        cls_in = jnp.argmax(prefill_done)
-        dring = buf.push(s.decode_ring, enter > 0, cls_in, t, patience(cls_in))
-        ready = free_solo + free_mixed - free_solo * free_mixed
-        dring, served, d_gone, d_credit = serve_head(dring, ready, s.decode_ring)
-        placed = prefill_done * (1 - enter) + served
-        to_solo = free_solo
-        Ys = s.Ys - solo_done + placed * to_solo
-        Ym = s.Ym - mixed_done + placed * (1 - to_solo)
+        dring, Ym, Ys, placed, d_gone, d_credit = greedy_route(
+            d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
+            free_mixed, bookkeeping, t, patience, window)
 
         # Prefill side (the gate). An arrival finding an idle prefill slot starts at once (no
         # live job waits then); a prefill slot freed by a completion admits one waiting job.
@@ -200,8 +184,7 @@ class Pooled(AbstractSystem):
         q_credit = zero_f
         if s.prefill_ring is None:
             Qp = s.Qp + queued - queue_abandon
-            admit = d.one_hot(self._gate_choice(X, Qp), num,
-                              finished * d.greater(jnp.sum(Qp), 0))
+            _, admit = d.choose(*self._gate_keys(X, Qp), finished * d.greater(jnp.sum(Qp), 0))
             Qp = Qp - admit
             p_gone = queue_abandon * counted
             pring = None
@@ -236,6 +219,42 @@ class Pooled(AbstractSystem):
         return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
                                ).astype(jnp.int32)
 
-    def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-        return gate_choice(self.gate, self.decide, self.model, self.n, self.x_star, self.q_star,
-                           X, Qp)
+    def _gate_keys(self, X: Int[Array, " I"], Qp: Int[Array, " I"]):
+        return gate_keys(self.gate, self.decide, self.model, self.n, self.x_star, self.q_star,
+                         X, Qp)
+
+
+def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num):
+    """Bookkeeping on a ring whose head may be served: discard it if it abandoned.
+
+    ``ring`` may already hold this step's push (never in a bookkeeping step); reading the head
+    after the write lets XLA update the ring in place instead of copying it. Returns the ring
+    and, as counts per class, the job served, the job gone (abandoned inside the window) and
+    the wait credited.
+    """
+    look = bookkeeping & (ready > 0) & (before.size > 0)
+    out = buf.serve(ring, look, t, window, d.at_least)
+    credit = d.one_hot(out.label, num, out.looked).astype(t.dtype) * out.wait
+    return (out.ring, d.one_hot(out.label, num, out.taken), d.one_hot(out.label, num, out.gone),
+            credit)
+
+
+def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
+                 bookkeeping, t, patience, window):
+    """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
+    else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
+    oldest live job (in a bookkeeping step). Returns the ring, the decodes in service
+    ``(Ym, Ys)``, the decodes started, and the buffer's abandonments and waits per class."""
+    num = prefill_done.shape[0]
+    finished = jnp.sum(prefill_done)
+    enter = finished * (1 - free_solo) * (1 - free_mixed)
+    cls_in = jnp.argmax(prefill_done)
+    dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in))
+    ready = free_solo + free_mixed - free_solo * free_mixed
+    dring, served, gone, credit = serve_ring_head(d, dring, ready, ring, bookkeeping, t, window,
+                                                  num)
+    placed = prefill_done * (1 - enter) + served
+    to_solo = free_solo
+    Ys = Ys - solo_done + placed * to_solo
+    Ym = Ym - mixed_done + placed * (1 - to_solo)
+    return dring, Ym, Ys, placed, gone, credit

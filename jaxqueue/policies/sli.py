@@ -51,7 +51,7 @@ from ..decisions import AbstractDecisions, Exact
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..rng import real_dtype
-from .common import LEVELS, checked_gpus, gate_choice, revenue
+from .common import LEVELS, checked_gpus, gate_keys, revenue
 from .common import TALLIES as _POOLED_TALLIES
 
 __all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
@@ -133,7 +133,7 @@ class SLIGateAndRoute(AbstractSystem):
 
     # ---- the engine's interface -------------------------------------------------------------
     def init(self) -> SLIState:
-        zeros = jnp.zeros(self.num_classes, jnp.int32)
+        zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
         return SLIState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros, Qds=zeros, Qdm=zeros)
 
     def rates(self, s: SLIState) -> Float[Array, " E"]:
@@ -180,10 +180,10 @@ class SLIGateAndRoute(AbstractSystem):
         # waiting job on its side, and one event frees at most one slot.
         Qds = s.Qds - ds_gone + to_qds
         Qdm = s.Qdm - dm_gone + to_qdm
-        take_s = d.one_hot(self._pick(jnp.asarray(self.solo_rate), s.Qds, u[0]), num,
-                           jnp.sum(solo_done) * d.greater(jnp.sum(s.Qds), 0))
-        take_m = d.one_hot(self._pick(jnp.asarray(self.mixed_rate), s.Qdm, u[0]), num,
-                           jnp.sum(mixed_done) * d.greater(jnp.sum(s.Qdm), 0))
+        take_s = self._pick(jnp.asarray(self.solo_rate), s.Qds, u[0],
+                            jnp.sum(solo_done) * d.greater(jnp.sum(s.Qds), 0))
+        take_m = self._pick(jnp.asarray(self.mixed_rate), s.Qdm, u[0],
+                            jnp.sum(mixed_done) * d.greater(jnp.sum(s.Qdm), 0))
         Ys = s.Ys - solo_done + to_ys + take_s
         Ym = s.Ym - mixed_done + to_ym + take_m
         Qds = Qds - take_s
@@ -194,7 +194,8 @@ class SLIGateAndRoute(AbstractSystem):
         start = arrive * idle
         X = s.X - prefill_done + start
         Qp = s.Qp + arrive * (1 - idle) - p_gone
-        admit = d.one_hot(self._gate_choice(X, Qp), num, finished * d.greater(jnp.sum(Qp), 0))
+        _, admit = d.choose(*gate_keys("deviation", d, m, self.n, self.x_star, self.q_star, X,
+                                       Qp), finished * d.greater(jnp.sum(Qp), 0))
         X = X + admit
         Qp = Qp - admit
 
@@ -205,19 +206,13 @@ class SLIGateAndRoute(AbstractSystem):
         return state, Flow(counts=counts, waits=jnp.zeros(len(LEVELS) * num, t.dtype))
 
     # ---- the two decisions ------------------------------------------------------------------
-    def _pick(self, rate: Float[Array, " I"], waiting: Int[Array, " I"], u) -> Int[Array, ""]:
-        """A waiting class, with probability proportional to ``rate`` among the waiting classes,
-        uniform among them if all of their rates are 0 (meaningless if none waits)."""
+    def _pick(self, rate: Float[Array, " I"], waiting: Int[Array, " I"], u, on):
+        """Counts to move: ``on`` at a waiting class drawn with probability proportional to
+        ``rate`` among the waiting classes, uniformly among them if all of their rates are 0."""
         has = waiting > 0
         weight = jnp.where(has, rate, 0.0)
         weight = jnp.where(jnp.sum(weight) > 0, weight, has.astype(weight.dtype))
-        return self.decide.draw(weight, u)
-
-    def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
-        """The class the Gate-and-Route gate admits next (Sec. 4.1; the same gate function as
-        the pooled family; meaningless if none waits)."""
-        return gate_choice("deviation", self.decide, self.model, self.n, self.x_star,
-                           self.q_star, X, Qp)
+        return self.decide.draw_hot(weight, u, on)[1]
 
 
 # ---- building from a plan ----------------------------------------------------------------------

@@ -157,6 +157,12 @@ class AbstractDecisions(eqx.Module):
         when every weight is zero."""
 
     @abc.abstractmethod
+    def descend(self, tree, records, column: Int[Array, ""], u: Float[Array, ""]
+                ) -> Int[Array, ""]:
+        """An item of a :class:`jaxqueue.tree.Tree` with probability proportional to its weight
+        in ``column``, from one uniform (the same law as :meth:`draw` over all items)."""
+
+    @abc.abstractmethod
     def one_hot(self, index: Int[Array, ""], size: int, on: Real[Array, ""] | int = 1
                 ) -> Real[Array, " K"]:
         """``on`` at ``index``, 0 elsewhere, in the dtype the state's counts use."""
@@ -231,6 +237,11 @@ class Exact(AbstractDecisions):
         if jnp.issubdtype(weights.dtype, jnp.integer):
             return _draw_count(weights, u)
         return jnp.minimum(self.event(weights, u), weights.shape[0] - 1)
+
+    def descend(self, tree, records, column, u):
+        from .tree import draw  # the tree's exact integer inverse CDF
+
+        return draw(tree, records, column, u)
 
     def one_hot(self, index, size, on=1):
         return (jnp.arange(size) == index).astype(jnp.int32) * on

@@ -8,11 +8,19 @@ Sec. 5, "Baselines and ablations"): pooled counts cannot describe them.
 **State: per-GPU arrays**, not counts of GPUs per configuration. A GPU's configuration is its
 prefill's class (or none) and its decode count per class: ``(I+1) * C(B+I, I)`` configurations,
 459 for the paper's I = 2, B = 16 but about 2e6 for the eight Dolly-15k classes, so counts per
-configuration would be cheaper only for one or two classes, while per-GPU arrays cost O(n I) per
-step for every instance. ``pre[g]`` is the class of the prefill running on GPU g (-1: none; at
-most one prefill per GPU by construction), ``dec[g, i]`` its class-i decodes. The arrays have a
-static length ``gpus`` (n rounded up to a power of two by :func:`gpu_slots`, so nearby n
-share one compiled program); ``n`` and ``M`` stay dynamic leaves, GPUs ``g >= n`` are inactive.
+configuration would be cheaper only for one or two classes. ``pre[g]`` is the class of the
+prefill running on GPU g (-1: none; at most one prefill per GPU by construction), ``dec[g, i]``
+its class-i decodes. The arrays have a static length ``gpus`` (n rounded up to a power of two by
+:func:`gpu_slots`, so nearby n share one compiled program); ``n`` and ``M`` stay dynamic leaves,
+GPUs ``g >= n`` are inactive.
+
+**Cost per event: O(log n).** An event changes one GPU, or two (a completion and the GPU its
+decode is routed to). A :class:`jaxqueue.tree.Tree` over the GPUs keeps, for every block of
+GPUs, the prefills and the decodes at each speed per class (their sums at the root are the
+chain's rates), the smallest placement key of a GPU able to start a prefill and the smallest
+routing key of a GPU with a free decode slot; only the paths of the changed GPUs are
+recomputed. The GPU of a completion is drawn by descending the tree; placement and routing read
+the root. Both are exact: the same GPUs, with the same probabilities, as scanning all of them.
 
 Two layouts:
 
@@ -54,13 +62,15 @@ abandonment, or FCFS across classes (``fcfs``) over a lazy :class:`jaxqueue.buff
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
+from .. import tree as gtree
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..rng import real_dtype
@@ -90,6 +100,7 @@ class PerGpuState(eqx.Module):
     Attributes:
         pre: class of the prefill running on each GPU, -1 when none.
         dec: decodes of each class on each GPU.
+        tree: aggregates over blocks of GPUs (:meth:`PerGpu.records` gives a GPU's row).
         Qp: jobs waiting for prefill per class (the gate; unused with FCFS admission).
         prefill_ring: the FCFS prefill queue (FCFS admission only, else None).
         decode_ring: the FCFS decode buffer (decoupled policies only, else None).
@@ -97,17 +108,10 @@ class PerGpuState(eqx.Module):
 
     pre: Int[Array, " G"]
     dec: Int[Array, "G I"]
+    tree: gtree.Tree
     Qp: Int[Array, " I"]
     prefill_ring: buf.Ring | None
     decode_ring: buf.Ring | None
-
-
-class _View(NamedTuple):
-    free: Int[Array, " G"]  # free decode slots
-    can_prefill: Bool[Array, " G"]  # could start a prefill now
-    slow: Bool[Array, " G"]  # decodes run at mu_m
-    held: Int[Array, " G"]  # requests held (prefill + decodes)
-    mixed_pool: Bool[Array, " G"]  # planned mixed GPU
 
 
 class PerGpu(AbstractSystem):
@@ -161,33 +165,62 @@ class PerGpu(AbstractSystem):
 
     def init(self) -> PerGpuState:
         num = self.num_classes
+        pre = jnp.full((self.gpus,), -1, jnp.int32)
+        dec = jnp.zeros((self.gpus, num), jnp.int32)
         return PerGpuState(
-            pre=jnp.full((self.gpus,), -1, jnp.int32),
-            dec=jnp.zeros((self.gpus, num), jnp.int32),
+            pre=pre, dec=dec,
+            tree=gtree.build(self._records(pre, dec), self.gpus, sums=3 * num),
             Qp=jnp.zeros(num, jnp.int32),
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=None if self.coupled else buf.empty(self.capacity),
         )
 
-    # ---- derived per-GPU quantities ---------------------------------------------------------
-    def _view(self, pre: Int[Array, " G"], dec: Int[Array, "G I"]) -> _View:
-        B = self.model.B
-        g = jnp.arange(self.gpus)
-        active = g < self.n
-        busy = pre >= 0
-        decoding = jnp.sum(dec, axis=1)
-        held = decoding + busy.astype(jnp.int32)
-        if self.layout == "planned":
-            mixed_pool = g < self.M
-            free = jnp.where(active, jnp.where(mixed_pool, B - 1, B) - decoding, 0)
-            can_prefill = mixed_pool & active & ~busy
-            slow = busy | mixed_pool if self.speed_rule == "paper" else busy
-        else:
-            mixed_pool = jnp.zeros_like(busy)
-            free = jnp.where(active, B - held, 0)
-            can_prefill = active & ~busy & (free > 0)
-            slow = busy
-        return _View(free.astype(jnp.int32), can_prefill, slow, held, mixed_pool)
+    # ---- what each GPU contributes to the tree ----------------------------------------------
+    def _records(self, pre: Int[Array, " G"], dec: Int[Array, "G I"]):
+        """``records(start, size)``: the tree rows of GPUs ``start .. start + size - 1``.
+
+        Columns: class-i prefills (``I``), class-i decodes at mu_m (``I``), class-i decodes at
+        mu_s (``I``), then two keys: placement of a new prefill (GPUs able to start one, fewest
+        requests held first, then lowest index) and routing of a decode (GPUs with a free decode
+        slot: solo pool, then solo speed, then fewest held, then lowest index). A key is
+        ``score * gpus + g`` (INF when the GPU is not eligible), so the minimum names its GPU.
+        """
+        B, G, num = self.model.B, self.gpus, self.num_classes
+
+        def records(start, size):
+            g = start + jnp.arange(size)
+            p = jax.lax.dynamic_slice_in_dim(pre, start, size)
+            d = jax.lax.dynamic_slice_in_dim(dec, start, size, axis=0)
+            active = g < self.n
+            busy = p >= 0
+            decoding = jnp.sum(d, axis=1)
+            held = decoding + busy.astype(jnp.int32)
+            if self.layout == "planned":
+                mixed_pool = g < self.M
+                free = jnp.where(active, jnp.where(mixed_pool, B - 1, B) - decoding, 0)
+                can_prefill = mixed_pool & active & ~busy
+                slow = busy | mixed_pool if self.speed_rule == "paper" else busy
+            else:
+                mixed_pool = jnp.zeros_like(busy)
+                free = jnp.where(active, B - held, 0)
+                can_prefill = active & ~busy & (free > 0)
+                slow = busy
+            big = 2 * B + 2
+            route = held + big * slow.astype(jnp.int32) + 2 * big * mixed_pool.astype(jnp.int32)
+            keys = jnp.stack([jnp.where(can_prefill, held * G + g, gtree.INF),
+                              jnp.where(free > 0, route * G + g, gtree.INF)], axis=1)
+            prefills = (p[:, None] == jnp.arange(num)[None, :]).astype(jnp.int32)
+            slow_dec = jnp.where(slow[:, None], d, 0)
+            return jnp.concatenate([prefills, slow_dec, d - slow_dec, keys], axis=1
+                                   ).astype(jnp.int32)
+
+        return records
+
+    def _totals(self, s: PerGpuState):
+        """(X, Y_m, Y_s) per class (prefills, decodes at mu_m, at mu_s) and the two root keys."""
+        num = self.num_classes
+        top = gtree.root(s.tree)
+        return top[:num], top[num:2 * num], top[2 * num:3 * num], top[3 * num], top[3 * num + 1]
 
     def _able(self, pre, dec, g) -> Bool[Array, ""]:
         """Whether GPU ``g`` (an index < gpus, or gpus for none) could start a prefill."""
@@ -197,41 +230,29 @@ class PerGpu(AbstractSystem):
             return idle & (g < self.M)
         return idle & (jnp.sum(dec[k]) < self.model.B)
 
-    def _counts(self, pre, dec, slow):
-        """(X, Y_m, Y_s) per class: prefills, decodes at mu_m, decodes at mu_s."""
-        X = jnp.sum(pre[:, None] == jnp.arange(self.num_classes)[None, :], axis=0)
-        Ym = jnp.sum(jnp.where(slow[:, None], dec, 0), axis=0)
-        Ys = jnp.sum(dec, axis=0) - Ym
-        return X.astype(jnp.int32), Ym, Ys
-
-    def _route_score(self, v: _View) -> Int[Array, " G"]:
-        """Lower is preferred for a decode: solo pool, then solo speed, then fewest held."""
-        big = 2 * self.model.B + 2
-        return v.held + big * v.slow.astype(jnp.int32) + 2 * big * v.mixed_pool.astype(jnp.int32)
-
     # ---- the AbstractSystem interface -------------------------------------------------------
     def rates(self, s: PerGpuState) -> Float[Array, " E"]:
         m = self.model
-        X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
+        X, Ym, Ys, _, _ = self._totals(s)
         return jnp.concatenate([
             m.lambda_ * self.n, m.mu_p * X, m.mu_m * Ym, m.mu_s * Ys, m.theta * s.Qp,
         ])
 
     def levels(self, s: PerGpuState) -> Float[Array, " L"]:
         # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
-        X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
+        X, Ym, Ys, _, _ = self._totals(s)
         return jnp.concatenate([X, Ym, Ys, s.Qp, jnp.zeros_like(s.Qp)]).astype(real_dtype())
 
     def revenue(self, integrals, counts):
         return revenue(self.model, integrals, counts, self.tally_names)
 
     def pending(self, s: PerGpuState) -> Bool[Array, ""]:
-        v = self._view(s.pre, s.dec)
+        _, _, _, place, route = self._totals(s)
         todo = jnp.bool_(False)
         if s.prefill_ring is not None:
-            todo = todo | (jnp.any(v.can_prefill) & (s.prefill_ring.size > 0))
+            todo = todo | ((place < gtree.INF) & (s.prefill_ring.size > 0))
         if s.decode_ring is not None:
-            todo = todo | (jnp.any(v.free > 0) & (s.decode_ring.size > 0))
+            todo = todo | ((route < gtree.INF) & (s.decode_ring.size > 0))
         return todo
 
     def rebase(self, s: PerGpuState, elapsed) -> PerGpuState:
@@ -250,15 +271,13 @@ class PerGpu(AbstractSystem):
         rows, counted, bookkeeping = split_event(event, num, t, window)
         arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
         kind, cls = event.index // num, event.index % num
-        v = self._view(s.pre, s.dec)
-        X, _, _ = self._counts(s.pre, s.dec, v.slow)
+        X, _, _, place_key, _ = self._totals(s)
+        can_start = place_key < gtree.INF
+        first_able = place_key % G  # the GPU a new prefill starts on (when can_start)
         real = t.dtype
 
         def at(do, g):  # the index of GPU g when `do`, else one past the end (a dropped write)
             return jnp.where(do, g, G)
-
-        def pick(eligible, score):  # the eligible GPU with the lowest score, then lowest index
-            return d.first_min(jnp.where(eligible, score, 8 * m.B + 8))
 
         def patience(c):
             # Exp(theta_c) from one uniform; theta = 0 means the job never abandons.
@@ -271,13 +290,12 @@ class PerGpu(AbstractSystem):
             credit = d.one_hot(out.label, num, out.looked).astype(real) * out.wait
             return out.ring, out.label, out.taken > 0, d.one_hot(out.label, num, out.gone), credit
 
-        # Second stage of a completion: its GPU, proportional to the GPU's share of the rate.
-        column = jnp.take(s.dec, cls, axis=1, mode="clip")
-        weight = jnp.where(kind == 1, (s.pre == cls).astype(jnp.int32),
-                           jnp.where(kind == 2, column * v.slow,
-                                     jnp.where(kind == 3, column * ~v.slow, 0)))
+        # Second stage of a completion: its GPU, proportional to the GPU's share of the rate
+        # (its class-cls prefills, or its class-cls decodes at the event's speed).
+        column = jnp.clip(kind - 1, 0, 2) * num + cls
         completes = (kind >= 1) & (kind <= 3)
-        g_event = jnp.where(completes, d.draw(weight, u[1]), G)
+        g_event = jnp.where(completes,
+                            d.descend(s.tree, self._records(s.pre, s.dec), column, u[1]), G)
         finished = kind == 1
         pre = s.pre.at[at(finished, g_event)].set(-1, mode="drop")
         dec = s.dec.at[at((kind == 2) | (kind == 3), g_event), cls].add(-1, mode="drop")
@@ -287,10 +305,9 @@ class PerGpu(AbstractSystem):
 
         # Prefill side. An arrival finding a GPU able to prefill starts at once (no live job
         # waits then); after a completion only its GPU can become able, and admits one job.
-        can_start = jnp.any(v.can_prefill)
         arrival = kind == 0
         started = arrival & can_start
-        pre = pre.at[at(started, pick(v.can_prefill, v.held))].set(cls, mode="drop")
+        pre = pre.at[at(started, first_able)].set(cls, mode="drop")
         start = d.one_hot(cls, num, started.astype(jnp.int32))
         queued = arrival & ~can_start
         zero_f = jnp.zeros(num, real)
@@ -298,6 +315,7 @@ class PerGpu(AbstractSystem):
         p_credit = zero_f
         pring = s.prefill_ring
         p_look = jnp.bool_(False)
+        changed = jnp.where(completes, g_event, jnp.where(started, first_able, G))
         if pring is None:
             Qp = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
             admit = completes & self._able(pre, dec, g_event) & jnp.any(Qp > 0)
@@ -311,8 +329,10 @@ class PerGpu(AbstractSystem):
             pring = buf.push(pring, queued, cls, t, patience(cls))
             p_look = bookkeeping & can_start & (pring.size > 0)
             pring, label, take, p_gone, p_credit = serve_head(pring, can_start)
-            pre = pre.at[at(take, pick(v.can_prefill, v.held))].set(label, mode="drop")
+            pre = pre.at[at(take, first_able)].set(label, mode="drop")
             admitted = d.one_hot(label, num, take.astype(jnp.int32))
+            changed = jnp.where(take, first_able, changed)
+        tree = gtree.refresh(s.tree, self._records(pre, dec), changed)
 
         # Decode side (decoupled only): route a finished prefill, or serve the decode buffer.
         d_gone, d_credit = zero_i, zero_f
@@ -320,22 +340,23 @@ class PerGpu(AbstractSystem):
         if dring is None:
             decode_start = prefill_done
         else:
-            after = self._view(pre, dec)
-            has_free = jnp.any(after.free > 0)
+            route_key = gtree.root(tree)[3 * num + 1]
+            has_free = route_key < gtree.INF
+            target = route_key % G
             place = finished & has_free
-            dec = dec.at[at(place, pick(after.free > 0, self._route_score(after))), cls].add(
-                1, mode="drop")
+            dec = dec.at[at(place, target), cls].add(1, mode="drop")
             dring = buf.push(dring, finished & ~has_free, cls, t, patience(cls))
             ready = has_free
             if pring is not None and self.layout == "shared":
                 ready = ready & ~p_look  # prefill-first: the prefill queue is served first
             dring, label, take, d_gone, d_credit = serve_head(dring, ready)
-            dec = dec.at[at(take, pick(after.free > 0, self._route_score(after))), label].add(
-                1, mode="drop")
+            dec = dec.at[at(take, target), label].add(1, mode="drop")
             decode_start = (d.one_hot(cls, num, place.astype(jnp.int32))
                             + d.one_hot(label, num, take.astype(jnp.int32)))
+            tree = gtree.refresh(tree, self._records(pre, dec), at(place | take, target))
 
-        state = PerGpuState(pre=pre, dec=dec, Qp=Qp, prefill_ring=pring, decode_ring=dring)
+        state = PerGpuState(pre=pre, dec=dec, tree=tree, Qp=Qp, prefill_ring=pring,
+                            decode_ring=dring)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone,
                                   (start + admitted) * counted, decode_start * counted])
@@ -355,7 +376,7 @@ class PerGpu(AbstractSystem):
 
     def census(self, s: PerGpuState, now):
         num = self.num_classes
-        X, Ym, Ys = self._counts(s.pre, s.dec, self._view(s.pre, s.dec).slow)
+        X, Ym, Ys, _, _ = self._totals(s)
         queued = s.Qp + ring_live(s.prefill_ring, num, now)
         return jnp.concatenate([X, Ym, Ys, queued, ring_live(s.decode_ring, num, now)]
                                ).astype(jnp.int32)

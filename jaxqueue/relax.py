@@ -141,6 +141,9 @@ class Relaxed(AbstractDecisions):
     def first_min(self, score):
         return _EXACT.first_min(score)
 
+    def descend(self, tree, records, column, u):
+        return _EXACT.descend(tree, records, column, u)
+
     def one_hot(self, index, size, on=1):
         return (jnp.arange(size) == index).astype(real_dtype()) * on
 

@@ -235,10 +235,10 @@ def test_pooled_rejects_reducible_chain():
 
 
 def test_stationary_power_iteration_agrees_with_a_direct_solve(monkeypatch):
-    # 3,162 states: above the size where stationary() tries power iteration first. It must
-    # converge within its budget and give the law of a direct LU of the balance equations
-    # (pi_0 = 1, as stationary() writes them); so must stationary()'s fallback path, taken
-    # when the power iteration gets no budget.
+    # 3,162 states: above the size where stationary() tries its damped Jacobi iteration first.
+    # It must converge within its budget and give the law of a direct LU of the balance
+    # equations (pi_0 = 1, as stationary() writes them); so must stationary()'s fallback path,
+    # taken when the iteration gets no budget.
     import scipy.sparse.linalg as sla
 
     from jaxqueue import theory

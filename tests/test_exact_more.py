@@ -143,7 +143,7 @@ def split_plan(model, p_s):
     "light",
     # Mixed side overloaded, impatient users: both classes wait in the mixed buffer a few % of
     # the time, and scaling one class's take weight by 5 (or 1/5) moves y_m by ~5 SE. ~1.6e4
-    # states, a 5-10 s solve.
+    # states (a 5-10 s solve by LU, under a second by theory.stationary's Jacobi iteration).
     pytest.param("busy-mixed", marks=pytest.mark.slow),
 ])
 def test_sli_gate_and_route_matches_exact_generator(case):

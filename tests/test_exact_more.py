@@ -251,7 +251,8 @@ def gate_decisions(model, states, pi, gate):
             continue
         for g, (pre, dec) in enumerate(gpus):
             rate = (mu_p[pre] * (sum(dec) + 1 < B) if pre >= 0 else float(mu_s @ dec))
-            X = [sum(h[0] == i for k, h in enumerate(gpus) if k != g) for i in range(2)]
+            X = [sum(h[0] == i for k, h in enumerate(gpus) if k != g)
+                 for i in range(model.num_classes)]
             total += p * rate
             if min(queue) > 0:
                 both[gate(X, queue)] += p * rate

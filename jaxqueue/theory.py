@@ -29,6 +29,8 @@ __all__ = ["POLICIES", "PooledChain", "erlang_a", "pooled_chain", "pooled_statio
 POLICIES = ("gate-and-route", "prioritize-and-route", "fg-sp")
 
 _ERLANG_MAX_STATES = 5_000_000
+_POWER_MIN = 1_000  # states; larger chains try a damped Jacobi iteration first
+_POWER_WORK = 1e9  # multiply-adds that iteration may spend (about a second)
 _DIRECT_MAX = 8_000  # states; larger chains use ILU-preconditioned GMRES
 _RESIDUAL = 1e-11
 
@@ -291,18 +293,29 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
 def stationary(generator: sp.csr_matrix) -> np.ndarray:
     """Solves ``pi Q = 0, sum(pi) = 1`` for an irreducible generator Q.
 
-    Fixes ``pi_0 = 1`` and solves the other balance equations ``Q^T[1:, 1:] pi[1:] = -Q[0, 1:]``
-    (a row of ones for the normalisation would be dense and ruin the LU's fill-in). Small chains
-    use a sparse LU; larger ones GMRES preconditioned by an incomplete LU, since the label
-    sequences of the FCFS buffers make the exact factors fill in badly. Either way the result
-    is accepted only if ``||pi Q||_1 <= 1e-11 max_s |Q_ss|``.
+    Chains of more than a thousand states first try a damped Jacobi iteration (power iteration
+    on the lazy embedded jump chain, :func:`_power`) within a budget of about 1e9 multiply-adds:
+    the small systems of the tests converge within a few hundred to a few thousand steps, while
+    the label sequences of their FCFS buffers make exact factors fill in badly (a 7,650-state
+    chain: 0.1 s instead of 8 s for the LU). Otherwise, or if that does not converge, it fixes
+    ``pi_0 = 1`` and solves the other balance equations
+    ``Q^T[1:, 1:] pi[1:] = -Q[0, 1:]`` (a row of ones for the normalisation would be dense and
+    ruin the LU's fill-in): small chains with a sparse LU, larger ones with GMRES preconditioned
+    by an incomplete LU. Either way the result is accepted only if
+    ``||pi Q||_1 <= 1e-11 max_s |Q_ss|``.
     """
     size = generator.shape[0]
     if size == 1:
         return np.ones(1)
+    scale = _RESIDUAL * float(np.max(-generator.diagonal()))
+    if size > _POWER_MIN:
+        # Geometric convergence: a residual far below the bound costs few extra steps and keeps
+        # the result as accurate as a direct solve's.
+        pi = _power(generator, 1e-4 * scale)
+        if pi is not None:
+            return pi
     qt = generator.T.tocsc()
     a, b = qt[1:, 1:].tocsc(), -qt[1:, 0].toarray().ravel()
-    scale = _RESIDUAL * float(np.max(-generator.diagonal()))
     pi = np.ones(size)
     if size <= _DIRECT_MAX:
         pi[1:] = splu(a, permc_spec="MMD_AT_PLUS_A").solve(b)
@@ -319,6 +332,32 @@ def stationary(generator: sp.csr_matrix) -> np.ndarray:
     if not residual <= scale:
         raise RuntimeError(f"stationary solve did not converge: ||pi Q||_1 = {residual:.3g}")
     return pi
+
+
+def _power(generator: sp.csr_matrix, scale: float) -> np.ndarray | None:
+    """The stationary law by damped Jacobi iteration, or None if it does not reach
+    ``||pi Q||_1 <= scale`` within the work budget.
+
+    ``pi <- pi (I + w Q D^-1)``, D the exit rates and w = 0.8: in terms of ``nu = pi D`` this is
+    power iteration on the embedded jump chain made lazy (it stays put with probability 1 - w,
+    so even a periodic jump chain converges), whose stationary law is ``pi D`` up to a constant.
+    Every step moves each state by one of its own jumps, so rates a thousand times apart (a fast
+    prefill next to slow decodes) cost no more steps, unlike uniformization.
+    """
+    size = generator.shape[0]
+    w = 0.8
+    step = (sp.identity(size, format="csr")
+            + w * generator @ sp.diags(1.0 / -generator.diagonal())).T.tocsr()
+    qt = generator.T.tocsr()
+    pi = np.full(size, 1.0 / size)
+    check = 64  # steps between residual checks (a check costs about one step)
+    for k in range(1, int(_POWER_WORK / step.nnz) + 1):
+        pi = step @ pi
+        if k % check == 0:
+            pi /= pi.sum()
+            if np.abs(qt @ pi).sum() <= scale:
+                return pi
+    return None
 
 
 def pooled_stationary(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_star=None,

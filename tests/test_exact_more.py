@@ -1,15 +1,24 @@
 """Exact small-system checks for the policies without one elsewhere: SLI-aware Gate-and-Route
-(pooled engine), GI-WSP and GF-WSP (per-GPU engine). Each generator below is written from the
-policy's rules (module docstrings of :mod:`jaxqueue.policies.sli` and
-:mod:`jaxqueue.policies.per_gpu`), enumerated from the empty system, and solved for its
-stationary law; simulated time averages must agree within 4 standard errors."""
+(pooled engine), GI-WSP and GF-WSP (per-GPU engine). Each generator below (and
+:func:`helpers.coupled_chain`) is written from the policy's rules (module docstrings of
+:mod:`jaxqueue.policies.sli` and :mod:`jaxqueue.policies.per_gpu`), enumerated from the empty
+system, and solved for its stationary law; simulated time averages, rates, revenues and
+Little's-law waits must agree within 4 standard errors."""
 
 import dataclasses
 
 import jax
 import numpy as np
 import pytest
-from helpers import compare, enumerate_chain, per_gpu, z_scores
+from helpers import (
+    compare,
+    coupled_chain,
+    deviation_gate,
+    enumerate_chain,
+    exact_per_gpu,
+    per_gpu,
+    z_scores,
+)
 
 import jaxqueue as jq
 from jaxqueue import fluid, policies, stats
@@ -134,7 +143,7 @@ def split_plan(model, p_s):
     "light",
     # Mixed side overloaded, impatient users: both classes wait in the mixed buffer a few % of
     # the time, and scaling one class's take weight by 5 (or 1/5) moves y_m by ~5 SE. ~1.6e4
-    # states, a 5-10 s solve.
+    # states (a 5-10 s solve by LU, under a second by theory.stationary's Jacobi iteration).
     pytest.param("busy-mixed", marks=pytest.mark.slow),
 ])
 def test_sli_gate_and_route_matches_exact_generator(case):
@@ -160,9 +169,10 @@ def test_sli_gate_and_route_matches_exact_generator(case):
 
 # ---- GI-WSP and GF-WSP (per-GPU engine), one class, B = 2 --------------------------------------
 def one_class_model():
-    """tau = alpha = 1, C = 1: mu_p = 1/P = 2, mu_m = 1/D = 0.5, mu_s = gamma/D = 0.75."""
+    """tau = alpha = 1, C = 1: mu_p = 1/P = 2, mu_m = 1/D = 0.5, mu_s = gamma/D = 0.75; prices
+    per job c_p P = 0.25 (prompt) and c_d D = 2 (output)."""
     return Model(lambda_=(1.0,), theta=(0.5,), P=(0.5,), D=(2.0,), alpha=1.0, beta=0.0,
-                 gamma=1.5, C=1.0, B=2, c_p=0.0, c_d=1.0)
+                 gamma=1.5, C=1.0, B=2, c_p=0.5, c_d=1.0)
 
 
 def fi_wsp_chain(lam, mu_p, mu_m, mu_s, theta, max_queue):
@@ -215,6 +225,68 @@ def test_gi_wsp_one_gpu_matches_exact_generator():
     z = {k: float(z_scores(q_sim[k][:, 0], v)) for k, v in exact.items() if k not in
          ("q_decode", "decode_abandonment_rate")}
     assert max(abs(v) for v in z.values()) < 4.0, z
+
+
+# ---- GI-WSP, two classes on two GPUs: the gate chooses ---------------------------------------
+def gated_model():
+    """tau = alpha = 1, C = 1: mu_p = 1/P = (2, 1), mu_m = 1/D = (0.5, 1), mu_s = gamma/D =
+    (0.75, 1.5). Two GPUs of B = 2 slots get 2 lambda = (2, 2) arrivals per second, more than
+    they serve, so the queue rarely empties and at most admissions both classes wait."""
+    return Model(lambda_=(1.0, 1.0), theta=(0.8, 1.2), P=(0.5, 1.0), D=(2.0, 1.0), alpha=1.0,
+                 beta=0.0, gamma=1.5, C=1.0, B=2, c_p=0.1, c_d=0.2)
+
+
+def gate_decisions(model, states, pi, gate):
+    """Stationary rate of admissions from the queue of the coupled chain with both classes
+    waiting, per class admitted, and the rate of all admissions from the queue.
+
+    A GPU g admits after a completion that leaves it able: a prefill completion with a slot to
+    spare after the decode takes its slot, or a decode completion while g runs no prefill.
+    """
+    B = int(model.B)
+    mu_p, mu_s = np.asarray(model.mu_p), np.asarray(model.mu_s)
+    both, total = np.zeros(model.num_classes), 0.0
+    for p, (gpus, queue) in zip(pi, states, strict=True):
+        if not sum(queue):
+            continue
+        for g, (pre, dec) in enumerate(gpus):
+            rate = (mu_p[pre] * (sum(dec) + 1 < B) if pre >= 0 else float(mu_s @ dec))
+            X = [sum(h[0] == i for k, h in enumerate(gpus) if k != g)
+                 for i in range(model.num_classes)]
+            total += p * rate
+            if min(queue) > 0:
+                both[gate(X, queue)] += p * rate
+    return both, total
+
+
+def test_gi_wsp_two_classes_matches_exact_generator():
+    model, n = gated_model(), 2
+    np.testing.assert_allclose(np.c_[model.mu_p, model.mu_m, model.mu_s],
+                               [[2.0, 0.5, 0.75], [1.0, 1.0, 1.5]])
+    # Gate targets: xi_i = X_i / x_i* - 2 and the tie-break Qp_i - 2 q_i* = (Qp_1 - 1.5, Qp_2):
+    # with the other GPU running a class-i prefill the other class goes first; with neither
+    # running, class 1 needs two more waiting jobs than class 2 (exact in float32, never tied).
+    x_star, q_star = np.array([0.3, 0.2]), np.array([0.75, 0.0])
+    plan = dataclasses.replace(fluid.solve(model, "bundled"), x=x_star, q_p=q_star)
+    system, _ = per_gpu("gi-wsp", model, n, plan=plan)
+    assert system.coupled and system.gate == "deviation" and system.layout == "shared"
+    gate = deviation_gate(n, x_star, q_star)
+    # ~1e4 states. Arrivals are lost only when 14 jobs wait (probability 4e-6), which moves
+    # the exact values by far less than a tenth of a standard error.
+    states, pi, exact, truncation = coupled_chain(model, n, max_queue=14, gate=gate)
+    assert truncation < 1e-5, truncation
+    # Not vacuous: most admissions from the queue find both classes waiting, and the gate
+    # admits each class at a good share of those.
+    both, total = gate_decisions(model, states, pi, gate)
+    assert both.sum() > 0.5 * total and both.min() > 0.2 * both.sum(), (both, total)
+
+    run = jq.simulate(jax.random.key(14), system, reps=128, horizon=2000.0, warmup=100.0)
+    z = compare(run, model, n, exact)
+    assert max(abs(v) for v in z.values()) < 4.0, z
+    # ... and discriminating: with the tie-break target q* = 0 (ties to the larger queue) the
+    # exact values move by many standard errors of this run.
+    wrong = coupled_chain(model, n, max_queue=14, gate=deviation_gate(n, x_star, 0 * q_star))[2]
+    assert max(abs(v) for v in compare(run, model, n, wrong).values()) > 10.0
 
 
 def gf_wsp_chain(n, lam, mu_p, mu_m, mu_s, theta, B, max_p, max_d):
@@ -286,6 +358,12 @@ def test_gf_wsp_two_gpus_matches_exact_generator():
     exact, size, truncation = gf_wsp_chain(n, 1.0, 2.0, 0.5, 0.75, 0.5, B=2, max_p=25,
                                            max_d=25)
     assert truncation < 1e-9, truncation
+    # Revenues under both pricings and the Little's-law waits: the phases are decoupled, so
+    # finished prefills wait for decode slots (exact decode wait 0.25 s), and some abandon there,
+    # whose prompts separate pricing still pays.
+    exact = exact_per_gpu(model, *(exact[k] for k in ("x", "y_mixed", "y_solo", "q_prefill",
+                                                      "q_decode")))
+    assert exact["decode_wait"][0] > 0.1 and exact["decode_abandonment_rate"][0] > 0.05
     system, _ = per_gpu("gf-wsp", model, n)
     assert not system.coupled and system.layout == "shared" and system.gate == "deviation"
     run = jq.simulate(jax.random.key(13), system, reps=128, horizon=2000.0, warmup=100.0)

@@ -231,3 +231,28 @@ def test_pooled_rejects_reducible_chain():
     m = _model([0.5], [0.0], P=[1.0], D=[1.0], B=1)
     with pytest.raises(ValueError, match="irreducible"):
         pooled_stationary(m, 1, 0, "fg-sp", max_queue=2)
+
+
+
+def test_stationary_power_iteration_agrees_with_a_direct_solve(monkeypatch):
+    # 3,162 states: above the size where stationary() tries its damped Jacobi iteration first.
+    # It must converge within its budget and give the law of a direct LU of the balance
+    # equations (pi_0 = 1, as stationary() writes them); so must stationary()'s fallback path,
+    # taken when the iteration gets no budget.
+    import scipy.sparse.linalg as sla
+
+    from jaxqueue import theory
+
+    chain = pooled_chain(_two_class(), 2, 1, "fg-sp", max_queue=3)
+    q = chain.generator
+    assert q.shape[0] > theory._POWER_MIN
+    qt = q.T.tocsc()
+    direct = np.ones(q.shape[0])
+    direct[1:] = sla.spsolve(qt[1:, 1:].tocsc(), -qt[1:, 0].toarray().ravel())
+    direct /= direct.sum()
+    power = theory._power(q, 1e-15 * np.max(-q.diagonal()))
+    assert power is not None
+    np.testing.assert_array_equal(chain.pi, power)
+    assert np.abs(power - direct).sum() < 1e-9
+    monkeypatch.setattr(theory, "_POWER_WORK", 0.0)
+    assert np.abs(theory.stationary(q) - direct).sum() < 1e-9

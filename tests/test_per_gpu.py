@@ -4,7 +4,6 @@ chain."""
 
 import dataclasses
 
-import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -205,8 +204,7 @@ def test_idle_solo_rates_by_hand():
         empty = system.init()
         dec = empty.dec.at[0, 1].set(1).at[1].set(np.array([1, 1]))
         for prefill, rates in cases.items():
-            state = eqx.tree_at(lambda s: (s.pre, s.dec), empty,
-                                (empty.pre.at[0].set(prefill), dec))
+            state = system.with_gpus(empty, empty.pre.at[0].set(prefill), dec)
             np.testing.assert_allclose(np.asarray(system.rates(state)), rates, rtol=1e-6,
                                        err_msg=f"{rule}, prefill {prefill}")
 

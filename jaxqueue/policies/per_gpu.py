@@ -175,6 +175,14 @@ class PerGpu(AbstractSystem):
             decode_ring=None if self.coupled else buf.empty(self.capacity),
         )
 
+    def with_gpus(self, state: PerGpuState, pre: Int[Array, " G"], dec: Int[Array, "G I"]
+                  ) -> PerGpuState:
+        """``state`` with the GPUs' contents replaced by ``pre`` and ``dec`` and the aggregation
+        tree rebuilt to match (for hand-made states in tests and examples)."""
+        pre, dec = jnp.asarray(pre, jnp.int32), jnp.asarray(dec, jnp.int32)
+        tree = gtree.build(self._records(pre, dec), self.gpus, sums=3 * self.num_classes)
+        return eqx.tree_at(lambda s: (s.pre, s.dec, s.tree), state, (pre, dec, tree))
+
     # ---- what each GPU contributes to the tree ----------------------------------------------
     def _records(self, pre: Int[Array, " G"], dec: Int[Array, "G I"]):
         """``records(start, size)``: the tree rows of GPUs ``start .. start + size - 1``.

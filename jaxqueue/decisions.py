@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Real
 
-__all__ = ["AbstractDecisions", "Exact", "NotDifferentiableError", "ceil_count", "guard"]
+__all__ = ["AbstractDecisions", "Exact", "NotDifferentiableError", "ScoreFunction", "ceil_count",
+           "guard"]
 
 
 class NotDifferentiableError(TypeError):
@@ -184,6 +185,7 @@ class Exact(AbstractDecisions):
 
     differentiable: ClassVar[bool] = False
 
+
     def event(self, rates, u):
         # A running sum written out (XLA's CPU cumsum is a reduce-window, slow inside a scan
         # step). Inverse CDF with one uniform; a zero-rate event is never chosen (round-off that
@@ -255,6 +257,20 @@ class Exact(AbstractDecisions):
                           near, value)
         low = jnp.floor(value)
         return (low + (u < value - low)).astype(jnp.int32)
+
+
+class ScoreFunction(Exact):
+    """Exact decisions for the score-function (likelihood-ratio) estimator.
+
+    The sample path is the exact chain's, so it carries no pathwise gradient; what a policy's
+    randomised decisions contribute to the path's log-likelihood (``Flow.logp``, summed in
+    :attr:`jaxqueue.kernel.Summary.logp`) is differentiable in the policy's parameters. The
+    gradient of ``E[R]`` is then ``E[(R - b) d logp]`` for any baseline ``b`` independent of the
+    path: unbiased, with a variance that grows with the horizon. Differentiating anything but
+    the log-likelihood gives zero (every other output is piecewise constant in the parameters).
+    """
+
+    differentiable: ClassVar[bool] = True
 
 
 def _draw_count(weight: Int[Array, " G"], u: Float[Array, ""]) -> Int[Array, ""]:

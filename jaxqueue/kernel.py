@@ -65,10 +65,13 @@ class Flow(eqx.Module):
         counts: counter increments ``(T * I,)``, already restricted to the statistics window.
         waits: time-integral increments credited directly ``(L * I,)``, e.g. a lazily buffered
             job's wait, credited when it leaves, over the part inside the window.
+        logp: log-probability of the step's randomised policy decisions (for the
+            score-function estimator; 0 for deterministic decisions).
     """
 
     counts: Int[Array, " T"]
     waits: Float[Array, " L"]
+    logp: Float[Array, ""] = 0.0
 
 
 class Revenue(eqx.Module):
@@ -105,6 +108,8 @@ class Summary(eqx.Module):
             ``counted in = counted out + stock_end - stock_start`` per stage and class.
         stock_end: census at the end (filled when the rollout is closed; zero before).
         events: random events simulated (the warm-up included), ``(R,)``.
+        logp: log-likelihood of the randomised policy decisions of the whole rollout, ``(R,)``
+            (see :class:`jaxqueue.decisions.ScoreFunction`).
         revenue: the revenue in the window (:class:`Revenue`), or None for systems without
             prices.
     """
@@ -114,6 +119,7 @@ class Summary(eqx.Module):
     stock_start: Int[Array, "R L"]
     stock_end: Int[Array, "R L"]
     events: Int[Array, " R"]
+    logp: Float[Array, " R"]
     revenue: Revenue | None
 
 
@@ -224,6 +230,7 @@ class _Acc(eqx.Module):
     integrals: Float[Array, " L"]
     counts: Int[Array, " T"]
     events: Int[Array, ""]
+    logp: Float[Array, ""]
 
 
 def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_dtype: Any):
@@ -259,6 +266,7 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
         + flow.waits.astype(clock_dtype),
         counts=acc.counts + flow.counts.astype(acc.counts.dtype),
         events=acc.events + random.astype(jnp.int32),
+        logp=acc.logp + jnp.asarray(flow.logp, acc.logp.dtype),
     )
     return (new_state, jnp.where(live, t_new, w1), acc)
 
@@ -327,6 +335,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         integrals=jnp.zeros((num_levels, reps), clock_dtype),
         counts=jnp.zeros((len(system.tally_names) * system.num_classes, reps), count_dtype),
         events=jnp.zeros((reps,), jnp.int32),
+        logp=jnp.zeros((reps,), rng.real_dtype()),
     )
     real = rng.real_dtype()
     stock_start = jax.vmap(lambda s: system.census(s, jnp.zeros((), real)), in_axes=(axes,),
@@ -364,7 +373,8 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         counts = counts + flow.counts
     revenue = jax.vmap(system.revenue, in_axes=(-1, -1))(integrals, counts)
     summary = Summary(integrals=integrals.T, counts=counts.T, stock_start=stock_start.T,
-                      stock_end=stock_end.T, events=acc.events, revenue=revenue)
+                      stock_end=stock_end.T, events=acc.events, logp=acc.logp,
+                      revenue=revenue)
     return Rollout(state=state, time=t, done=done, overflow=overflow, summary=summary)
 
 
@@ -469,6 +479,7 @@ def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, re
         integrals=jnp.zeros(num_levels, real),
         counts=jnp.zeros(len(system.tally_names) * system.num_classes, jnp.int32),
         events=jnp.int32(0),
+        logp=jnp.asarray(0.0, real),
     )
     w0, w1 = jnp.asarray(-1.0, real), jnp.asarray(jnp.inf, real)
 

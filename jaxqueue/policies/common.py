@@ -34,13 +34,16 @@ GATES = ("deviation", "priority", "fcfs")
 
 
 def gate_keys(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_star,
-              X: Int[Array, " I"], Qp: Int[Array, " I"]):
+              X: Int[Array, " I"], Qp: Int[Array, " I"], offset=None):
     """The keys a gate ranks the waiting classes by, and which classes wait (an indicator).
 
     ``deviation`` (Gate-and-Route, Sec. 4.1): smallest ``xi_i = (X_i - n x_i*) / x_i*`` (+inf
     when ``x_i* = 0``, so such a class is admitted only when no other waits), ties to the larger
     ``Qp_i - n q_i*``, then the lower index. ``priority`` (Prioritize-and-Route, Sec. 4.2.1):
-    largest ``D_i / P_i``, ties to the lower index.
+    largest ``D_i / P_i``, ties to the lower index. ``offset`` (tunable families only) ranks by
+    ``(X_i + offset) / x_i* - n`` instead: with ``offset = 1`` the occupancy *after* admitting the
+    job, which stops a class whose target is far below one prefill from winning every time it
+    has none running.
     """
     waiting = decide.greater(Qp, 0)
     if gate == "priority":
@@ -49,16 +52,17 @@ def gate_keys(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_s
     safe = jnp.where(x_star > 0, x_star, 1.0)
     # xi = X/x* - n, equal to (X - n x*)/x* but exact in float32 where ties matter most: every
     # class with X = 0 gets exactly -n, so the queue-deviation rule breaks the tie, not rounding.
-    xi = jnp.where(x_star > 0, X / safe - n, jnp.inf)
+    occupancy = X if offset is None else X + offset
+    xi = jnp.where(x_star > 0, occupancy / safe - n, jnp.inf)
     dev = Qp - n * jnp.asarray(q_star)
     return (xi, -dev), waiting
 
 
 def gate_choice(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q_star,
-                X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
+                X: Int[Array, " I"], Qp: Int[Array, " I"], offset=None) -> Int[Array, ""]:
     """The class a gate admits next among the waiting ones (meaningless if none waits); see
     :func:`gate_keys`."""
-    return decide.lexmin(*gate_keys(gate, decide, model, n, x_star, q_star, X, Qp))
+    return decide.lexmin(*gate_keys(gate, decide, model, n, x_star, q_star, X, Qp, offset))
 
 
 def split_event(event: Event, num: int, t, window):

@@ -104,6 +104,7 @@ class PerGpuState(eqx.Module):
         Qp: jobs waiting for prefill per class (the gate; unused with FCFS admission).
         prefill_ring: the FCFS prefill queue (FCFS admission only, else None).
         decode_ring: the FCFS decode buffer (decoupled policies only, else None).
+        K: this replication's cap on concurrent prefills (with ``prefill_cap``, else None).
     """
 
     pre: Int[Array, " G"]
@@ -112,6 +113,7 @@ class PerGpuState(eqx.Module):
     Qp: Int[Array, " I"]
     prefill_ring: buf.Ring | None
     decode_ring: buf.Ring | None
+    K: Int[Array, ""] | None = None
 
 
 class PerGpu(AbstractSystem):
@@ -142,10 +144,13 @@ class PerGpu(AbstractSystem):
     gate: str = eqx.field(static=True)
     speed_rule: str = eqx.field(static=True, default="paper")
     capacity: int = eqx.field(static=True, default=256)
+    prefill_cap: Float[Array, ""] | None = None
+    gate_offset: Float[Array, ""] | None = None
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
     num_random: ClassVar[int] = 2
+    num_init_random: ClassVar[int] = 1
 
     def __check_init__(self):
         for field, value, allowed in (("layout", self.layout, LAYOUTS),
@@ -173,7 +178,15 @@ class PerGpu(AbstractSystem):
             Qp=jnp.zeros(num, jnp.int32),
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=None if self.coupled else buf.empty(self.capacity),
+            K=None if self.prefill_cap is None else jnp.int32(0),
         )
+
+    def randomize(self, s: PerGpuState, u) -> PerGpuState:
+        if self.prefill_cap is None:
+            return s
+        # K = n * prefill_cap concurrent prefills at most, rounded at random per replication.
+        K = self.decide.count(self.n * self.prefill_cap, u[0])
+        return eqx.tree_at(lambda s: s.K, s, jnp.asarray(K, jnp.int32), is_leaf=lambda x: x is None)
 
     def with_gpus(self, state: PerGpuState, pre: Int[Array, " G"], dec: Int[Array, "G I"]
                   ) -> PerGpuState:
@@ -258,7 +271,10 @@ class PerGpu(AbstractSystem):
         _, _, _, place, route = self._totals(s)
         todo = jnp.bool_(False)
         if s.prefill_ring is not None:
-            todo = todo | ((place < gtree.INF) & (s.prefill_ring.size > 0))
+            able = place < gtree.INF
+            if self.prefill_cap is not None:
+                able = able & (jnp.sum(self._totals(s)[0]) < s.K)
+            todo = todo | (able & (s.prefill_ring.size > 0))
         if s.decode_ring is not None:
             todo = todo | ((route < gtree.INF) & (s.decode_ring.size > 0))
         return todo
@@ -280,7 +296,9 @@ class PerGpu(AbstractSystem):
         arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
         kind, cls = event.index // num, event.index % num
         X, _, _, place_key, _ = self._totals(s)
-        can_start = place_key < gtree.INF
+        capped = self.prefill_cap is not None
+        under_cap = (jnp.sum(X) < s.K) if capped else jnp.bool_(True)
+        can_start = (place_key < gtree.INF) & under_cap
         first_able = place_key % G  # the GPU a new prefill starts on (when can_start)
         real = t.dtype
 
@@ -324,7 +342,23 @@ class PerGpu(AbstractSystem):
         pring = s.prefill_ring
         p_look = jnp.bool_(False)
         changed = jnp.where(completes, g_event, jnp.where(started, first_able, G))
-        if pring is None:
+        if pring is None and capped:
+            # With a cap, GPUs other than the completing one may be able while jobs wait (the
+            # cap held them back): the freed capacity goes to the best able GPU.
+            Qp = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
+            tree = gtree.refresh(s.tree, self._records(pre, dec), changed)
+            key_now = gtree.root(tree)[3 * num]
+            target = key_now % G
+            admit = (completes & (key_now < gtree.INF) & jnp.any(Qp > 0)
+                     & (jnp.sum(X) < s.K))
+            chosen = self._gate_choice(X, Qp)
+            admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
+            Qp = Qp - admitted
+            pre = pre.at[at(admit, target)].set(chosen, mode="drop")
+            p_gone = queue_abandon * counted
+            s = eqx.tree_at(lambda s: s.tree, s, tree)
+            changed = at(admit, target)
+        elif pring is None:
             Qp = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
             admit = completes & self._able(pre, dec, g_event) & jnp.any(Qp > 0)
             chosen = self._gate_choice(X, Qp)
@@ -364,7 +398,7 @@ class PerGpu(AbstractSystem):
             tree = gtree.refresh(tree, self._records(pre, dec), at(place | take, target))
 
         state = PerGpuState(pre=pre, dec=dec, tree=tree, Qp=Qp, prefill_ring=pring,
-                            decode_ring=dring)
+                            decode_ring=dring, K=s.K)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone,
                                   (start + admitted) * counted, decode_start * counted])
@@ -392,7 +426,7 @@ class PerGpu(AbstractSystem):
     def _gate_choice(self, X: Int[Array, " I"], Qp: Int[Array, " I"]) -> Int[Array, ""]:
         """The gate of Sec. 4.1, shared with the pooled engine (:func:`.common.gate_choice`)."""
         return gate_choice("deviation", self.decide, self.model, self.n, self.x_star,
-                           self.q_star, X, Qp)
+                           self.q_star, X, Qp, self.gate_offset)
 
 
 def gpu_slots(n: int) -> int:

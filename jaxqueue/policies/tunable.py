@@ -9,6 +9,11 @@ LP plan, where the family reproduces the paper's policy.
 - ``targets`` (per class, prefills per GPU): the gate admits the waiting class with the smallest
   ``X_i / target_i - n`` (Sec. 4.1's deviation with the plan's x* replaced by free targets);
   ties to the larger ``Q_p,i - n q_p,i*``, then the lower index.
+- ``offset`` (>= 0): the gate ranks by ``(X_i + offset) / target_i - n``; 0 is the paper's rule,
+  1 ranks by the occupancy after admitting the job. With the paper's rule a class with no
+  prefill running has the smallest deviation whatever its target, so a class the plan sheds
+  (small x*) wins almost every time it has none running; at n = 20 on the paper's instance
+  this costs about 11 per GPU on the coupled architecture (measured).
 - ``share`` (mixed GPUs per GPU): ``M = n * share`` mixed GPUs, rounded at random between the two
   nearest integers once per replication (up with probability equal to the fractional part), so
   revenue is continuous in the share.
@@ -25,13 +30,29 @@ the paper's Gate-and-Route (GG-SP) in law (admissions happen in zero-time bookke
 sample paths differ from :class:`~jaxqueue.policies.pooled.Pooled`'s for the same key).
 The decode side is the greedy router with the FCFS decode buffer. Every decision goes through
 ``decide``, so :class:`jaxqueue.relax.Relaxed` gives pathwise gradients for all four knobs.
+
+``coupled`` and ``coupled-fcfs`` (per-GPU engine): the dynamic mixed/solo architecture of the
+Sec. 6.3 baselines. Any GPU may run one prefill, in mixed mode while it runs; a finished prefill
+decodes in its own slot (immediate coupling), so no prefill is ever wasted and the number of GPUs
+in mixed mode moves with demand. Knobs:
+
+- ``targets`` and ``offset`` (``coupled`` only): the deviation gate's targets and offset, as
+  above (GI-WSP at x* and offset 0);
+- ``cap`` (prefills per GPU): at most ``K = n * cap`` prefills run at once (rounded at random
+  per replication); ``cap = 1`` never binds (GI-WSP, or FI-WSP for ``coupled-fcfs``, whose
+  admission is first-come-first-served across classes).
+
+The per-GPU engine takes exact decisions only: these families are tuned with the exact
+simulator's estimators (finite differences and SPSA with common random numbers), not pathwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
@@ -55,11 +76,21 @@ from .common import (
     ring_residual,
     split_event,
 )
+from .per_gpu import PerGpu, gpu_slots
 from .pooled import greedy_route
 
-__all__ = ["FAMILIES", "Gated", "GatedParams", "GatedState", "build_family", "initial_params"]
+__all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "build_family",
+           "engine", "get_params", "initial_params", "with_params"]
 
-FAMILIES = ("gated",)
+#: Family name -> (engine, one line).
+FAMILIES = {
+    "gated": ("pooled", "Gate-and-Route with free gate targets, mixed share, decode-congestion "
+                        "slack and per-class caps (GG-SP at the LP point)"),
+    "coupled": ("per-gpu", "the gate on the coupled dynamic architecture with free targets and "
+                           "a cap on concurrent prefills (GI-WSP at the LP point)"),
+    "coupled-fcfs": ("per-gpu", "FCFS admission on the coupled dynamic architecture with a cap "
+                                "on concurrent prefills (FI-WSP at cap 1)"),
+}
 
 
 class GatedParams(eqx.Module):
@@ -73,9 +104,23 @@ class GatedParams(eqx.Module):
     """
 
     targets: Float[Array, " I"]
+    offset: Float[Array, ""]
     share: Float[Array, ""]
     slack: Float[Array, ""]
     caps: Float[Array, " I"]
+
+
+class CoupledParams(eqx.Module):
+    """The continuous parameters of the ``coupled`` families.
+
+    Attributes:
+        targets: gate targets, prefills per GPU per class (> 0; unused by ``coupled-fcfs``).
+        cap: concurrent prefills per GPU at most, in ``[0, 1]``.
+    """
+
+    targets: Float[Array, " I"]
+    offset: Float[Array, ""]
+    cap: Float[Array, ""]
 
 
 class GatedState(eqx.Module):
@@ -202,7 +247,8 @@ class Gated(AbstractSystem):
         X = s.X - prefill_done
         Qp = s.Qp + arrive - queue_abandon
         go, eligible = self._admission(s, X, Ym, Ys, Qp)
-        keys, _ = gate_keys("deviation", d, m, self.n, self.params.targets, self.q_star, X, Qp)
+        keys, _ = gate_keys("deviation", d, m, self.n, self.params.targets, self.q_star, X, Qp,
+                            self.params.offset)
         _, admit = d.choose(keys, eligible, go)
         X = X + admit
         Qp = Qp - admit
@@ -232,51 +278,102 @@ class Gated(AbstractSystem):
 
 
 # ---- parameters ------------------------------------------------------------------------------
-def initial_params(family: str, model: Model, n: int, plan: fluid.Plan) -> GatedParams:
+def engine(family: str) -> str:
+    """The engine a family runs on."""
+    _check_family(family)
+    return FAMILIES[family][0]
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"family = {family!r} is unknown: must be one of {', '.join(FAMILIES)}")
+
+
+def initial_params(family: str, model: Model, n: int, plan: fluid.Plan):
     """The family's parameters at which it is the paper's policy planned by ``plan``."""
-    if family != "gated":
-        raise ValueError(f"family = {family!r} is unknown: must be one of {FAMILIES}")
-    n = checked_gpus(n)
-    x = np.maximum(np.asarray(plan.x, np.float64), 0.0)
     from ..decisions import ceil_count
 
-    M = min(max(ceil_count(n * float(np.sum(x))), 0), n)
-    return GatedParams(targets=np.where(x > 0, x, 1e-6), share=np.float64(M / n),
-                       slack=np.float64(2.0), caps=np.full(model.num_classes, 2.0))
+    _check_family(family)
+    n = checked_gpus(n)
+    x = np.maximum(np.asarray(plan.x, np.float64), 0.0)
+    targets = np.where(x > 0, x, 1e-6)
+    if family == "gated":
+        M = min(max(ceil_count(n * float(np.sum(x))), 0), n)
+        return GatedParams(targets=targets, offset=np.float64(0.0), share=np.float64(M / n),
+                           slack=np.float64(2.0), caps=np.full(model.num_classes, 2.0))
+    return CoupledParams(targets=targets, offset=np.float64(0.0), cap=np.float64(1.0))
 
 
-def check_params(params: GatedParams, model: Model) -> None:
+_RANGES = {"targets": ("> 0", lambda a: np.all(a > 0)),
+           "offset": (">= 0", lambda a: np.all(a >= 0)),
+           "share": ("in [0, 1]", lambda a: np.all((a >= 0) & (a <= 1))),
+           "slack": (">= 0", lambda a: np.all(a >= 0)),
+           "caps": (">= 0", lambda a: np.all(a >= 0)),
+           "cap": ("in [0, 1]", lambda a: np.all((a >= 0) & (a <= 1)))}
+
+
+def check_params(family: str, params, model: Model) -> None:
     """Raises ValueError naming the parameter and its allowed range."""
-    num = model.num_classes
-    checks = (("targets", params.targets, (num,), lambda a: np.all(a > 0), "> 0"),
-              ("share", params.share, (), lambda a: 0 <= a <= 1, "in [0, 1]"),
-              ("slack", params.slack, (), lambda a: a >= 0, ">= 0"),
-              ("caps", params.caps, (num,), lambda a: np.all(a >= 0), ">= 0"))
-    for name, value, shape, ok, allowed in checks:
-        a = np.asarray(value, np.float64)
+    _check_family(family)
+    want = GatedParams if family == "gated" else CoupledParams
+    if not isinstance(params, want):
+        raise TypeError(f"params for family {family!r} must be a {want.__name__}, "
+                        f"not {type(params).__name__}")
+    for f in dataclasses.fields(params):
+        a = np.asarray(getattr(params, f.name), np.float64)
+        shape = (model.num_classes,) if f.name in ("targets", "caps") else ()
+        allowed, ok = _RANGES[f.name]
         if a.shape != shape or not np.all(np.isfinite(a)) or not ok(a):
-            raise ValueError(f"params.{name} = {a.tolist()} is invalid: must be finite, "
+            raise ValueError(f"params.{f.name} = {a.tolist()} is invalid: must be finite and "
                              f"{allowed}, with shape {shape}")
 
 
 def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None = None,
-                 params: GatedParams | None = None, capacity: int | None = None,
-                 decide=None) -> tuple[Gated, GatedParams]:
-    """A system of the tunable family ``family`` on ``n`` GPUs, at ``params`` (default: the
-    point that reproduces the paper's policy under ``plan``, the bundled LP by default)."""
+                 params=None, capacity: int | None = None, decide=None):
+    """A system of the tunable family ``family`` on ``n`` GPUs at ``params`` (default: the point
+    that reproduces the paper's policy under ``plan``, the bundled LP by default).
+
+    Returns:
+        The system and its parameters (float64 host arrays).
+    """
     from ..decisions import Exact
 
+    _check_family(family)
     n = checked_gpus(n)
-    if family not in FAMILIES:
-        raise ValueError(f"family = {family!r} is unknown: must be one of {FAMILIES}")
     plan = plan if plan is not None else fluid.solve(model, "bundled")
     params = params if params is not None else initial_params(family, model, n, plan)
-    check_params(params, model)
-    params = GatedParams(*(np.asarray(getattr(params, f), np.float64)
-                           for f in ("targets", "share", "slack", "caps")))
-    system = Gated(model=model, n=np.int32(n), params=params,
-                   q_star=np.asarray(plan.q_p, np.float64),
-                   capacity=checked_capacity(capacity, n),
-                   decide=Exact() if decide is None else decide)
+    check_params(family, params, model)
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    decide = Exact() if decide is None else decide
+    capacity = checked_capacity(capacity, n)
+    if family == "gated":
+        system = Gated(model=model, n=np.int32(n), params=params,
+                       q_star=np.asarray(plan.q_p, np.float64), capacity=capacity,
+                       decide=decide)
+    else:
+        if decide.differentiable:
+            raise ValueError(f"family {family!r} runs on the per-GPU engine, which takes exact "
+                             "decisions only: tune it with the exact simulator's estimators")
+        system = PerGpu(model=model, n=np.int32(n), M=np.int32(0), x_star=params.targets,
+                        q_star=np.asarray(plan.q_p, np.float64), gpus=gpu_slots(n),
+                        layout="shared", coupled=True,
+                        gate="deviation" if family == "coupled" else "fcfs",
+                        capacity=capacity, prefill_cap=params.cap, gate_offset=params.offset,
+                        decide=decide)
     return system, params
 
+
+def get_params(system):
+    """The tunable parameters of a system built by :func:`build_family`."""
+    if isinstance(system, Gated):
+        return system.params
+    return CoupledParams(targets=system.x_star, offset=system.gate_offset, cap=system.prefill_cap)
+
+
+def with_params(system, params):
+    """``system`` with its tunable parameters replaced (traceable: ``params`` may hold
+    tracers; validate concrete values with :func:`check_params` first)."""
+    if isinstance(system, Gated):
+        return eqx.tree_at(lambda s: s.params, system, params)
+    return eqx.tree_at(lambda s: (s.x_star, s.gate_offset, s.prefill_cap), system,
+                       (params.targets, params.offset, params.cap))

@@ -57,9 +57,10 @@ def _restored_environment():
     """Puts back ``XLA_FLAGS``, the jax options the command sets and jax's compilation cache,
     whether the command returns or raises: running :func:`main` in a process (a test, a
     notebook) leaves nothing behind."""
+    import jax  # importing reads no flag: XLA_FLAGS counts when a backend starts
+
     flags = os.environ.get("XLA_FLAGS")
-    jax = sys.modules.get("jax")
-    before = {k: getattr(jax.config, k) for k in _JAX_OPTIONS} if jax else None
+    before = {k: getattr(jax.config, k) for k in _JAX_OPTIONS}
     try:
         yield
     finally:
@@ -67,22 +68,14 @@ def _restored_environment():
             os.environ.pop("XLA_FLAGS", None)
         else:
             os.environ["XLA_FLAGS"] = flags
-        jax = sys.modules.get("jax")
-        if jax is not None:
-            try:
-                from jax.experimental.compilation_cache import compilation_cache
+        try:
+            from jax.experimental.compilation_cache import compilation_cache
 
-                for key, value in (before or _jax_defaults()).items():
-                    jax.config.update(key, value)
-                compilation_cache.reset_cache()
-            except Exception:  # noqa: BLE001 - restoring must never mask the command's error
-                pass
-
-
-def _jax_defaults() -> dict[str, Any]:
-    """The options' values in a process where jax was first imported by the command."""
-    return {"jax_compilation_cache_dir": None, "jax_persistent_cache_min_compile_time_secs": 1.0,
-            "jax_persistent_cache_min_entry_size_bytes": 0}
+            for key, value in before.items():
+                jax.config.update(key, value)
+            compilation_cache.reset_cache()
+        except Exception:  # noqa: BLE001 - restoring must never mask the command's error
+            pass
 
 
 def _devices(spec: str):

@@ -40,7 +40,7 @@ def run_text(capsys, *argv, code=0):
 def test_lp_reproduces_the_papers_values(capsys):
     bundled = run_json(capsys, "lp", "paper-qwen8b")
     separate = run_json(capsys, "lp", "paper-qwen8b", "--pricing", "separate")
-    # MODEL.md Sec. 7 (independent solve): bundled R* = 297.716, separate R* = 298.598.
+    # docs/model.md Sec. 8 (independent solve): bundled R* = 297.716, separate R* = 298.598.
     assert bundled["revenue"] == pytest.approx(297.716, abs=5e-4)
     assert separate["revenue"] == pytest.approx(298.598, abs=5e-4)
     assert set(bundled) >= {"pricing", "revenue", "mixed_fraction", "solo_efficient", "classes"}

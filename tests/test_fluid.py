@@ -13,7 +13,7 @@ from jaxqueue.model import Model
 
 
 def reference_model() -> Model:
-    """The Sec. 6.2 instance as the independent solve of MODEL.md Sec. 7 used it.
+    """The Sec. 6.2 instance as the independent solve of docs/model.md Sec. 8 used it.
 
     That solve's numbers (R* = 297.716, 298.598, q_d* = (0, 0.8003)) come out with
     gamma = 1/tau_solo = 1/0.022 = 45.4545 tok/s; with the paper's rounded gamma = 45.45 the
@@ -92,7 +92,7 @@ def assert_dual_optimal(model: Model, plan: fluid.Plan, tol: float = 1e-7) -> No
         assert abs(room * a[k]) <= 1e-7
 
 
-# ---- paper reference values (MODEL.md Sec. 7) ---------------------------------------------------
+# ---- paper reference values (docs/model.md Sec. 8) ----------------------------------------------
 def bundled_closed_form(m: Model) -> float:
     """The bundled optimum of the paper instance in closed form (active set read off the LP).
 
@@ -350,7 +350,7 @@ def test_prefill_fairness_on_the_paper_instance():
 
 
 def test_prefill_fairness_is_steeper_than_decode_fairness():
-    # Fig. 8. Independent solve (MODEL.md Sec. 7): decode fairness 297.7 -> 257.4 as eta_2 goes
+    # Fig. 8. Independent solve (docs/model.md Sec. 8): decode fairness 297.7 -> 257.4 as eta_2 goes
     # 4 -> 0; this LP gives 257.3996 at eta_2 = 0 against 134.0 at eta_1 = 0.
     m = reference_model()
     r_star = fluid.solve_bundled(m).revenue

@@ -12,8 +12,9 @@ discard per lazy FCFS buffer it passes through, so a replication takes at most
 ``(3 + buffers) * n * sum_i lambda_i * horizon`` steps. The rate assumed for each engine is
 below what ``scripts/bench.py`` measured on a 2-core CPU (pooled: 7 M events/s at 1,024
 replications, 0.2 M with one; per-GPU at n = 500: 0.34 M; about half of that while other jobs
-share the machine), scaled by the number of classes and, for the per-GPU engine, by the length
-of its per-GPU arrays: 25,000 events/s per replication up to 2 M per device for two classes.
+share the machine, e.g. 1.5 M for 256 replications on 2 busy cores), scaled by the number of
+classes and, for the per-GPU engine, by the length of its per-GPU arrays: 15,000 events/s per
+replication up to 1 M per device for two classes.
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ def _steps_per_time(system) -> float | None:
 
 def _rate_per_device(system, reps_per_device: int) -> float:
     """Events per second assumed for one device running ``reps_per_device`` replications."""
-    base = min(reps_per_device * 2.5e4, 2e6) * 2.0 / max(system.num_classes, 2)
+    base = min(reps_per_device * 1.5e4, 1e6) * 2.0 / max(system.num_classes, 2)
     gpus = getattr(system, "gpus", None)
     if gpus is not None:  # per-GPU engine: a step touches arrays of length `gpus`
-        base *= min(1.0, 32.0 / gpus)
+        base *= min(1.0, 256.0 / gpus)
     elif getattr(system, "model", None) is None:  # Erlang-A: a handful of scalars per step
         base *= 10.0
     return base

@@ -127,11 +127,16 @@ def _say(message: str) -> None:
     print(f"jaxqueue: {message}", file=sys.stderr, flush=True)
 
 
+def _bars(args) -> bool:
+    """Whether to show progress bars: on a terminal, without --json."""
+    return not args.json and sys.stderr.isatty()
+
+
 def _progress(args, label: str, announced: bool = False):
     """A progress bar label when stderr is a terminal and the output is not JSON; otherwise, for
     a run whose estimate was announced, one line when the first chunk is done (the run is
     compiled and going), else nothing."""
-    if not args.json and sys.stderr.isatty():
+    if _bars(args):
         return label
     if not announced:
         return False
@@ -281,7 +286,7 @@ def _cmd_simulate(args) -> int:
     import numpy as np
 
     from . import budget, fluid, policies, scenarios, stats
-    from .driver import BufferOverflowError, simulate
+    from .driver import GROWTH, BufferOverflowError, simulate
     from .report import simulate_lines
 
     model = scenarios.load(args.scenario)
@@ -313,9 +318,9 @@ def _cmd_simulate(args) -> int:
             raise
         raise BufferOverflowError(
             f"a FCFS buffer overflowed its fixed capacity of {err.capacity:,} jobs "
-            f"(--buffer-capacity): rerun with --buffer-capacity {4 * err.capacity} or more, or "
-            "without it (jaxqueue then sizes the buffers from the scenario and grows them as "
-            "needed)", capacity=err.capacity) from None
+            f"(--buffer-capacity): rerun with --buffer-capacity {GROWTH * err.capacity} or "
+            "more, or without it (jaxqueue then sizes the buffers from the scenario and grows "
+            "them as needed)", capacity=err.capacity) from None
     planned = getattr(system, "layout", "planned") == "planned"
     out: dict[str, Any] = {
         "scenario": model.name, "policy": policy.name, "engine": policies.engine_of(system),
@@ -396,7 +401,7 @@ def _cmd_validate(args) -> int:
         out["convergence"] = validate.convergence_check(
             args.scenario, args.gpus_list, policy=args.policy, reps=min(args.reps, 64),
             horizon=args.horizon, warmup=args.warmup, seed=args.seed, devices=_devices("all"),
-            progress=bool(_progress(args, "")), notify=_say)
+            progress=_bars(args), notify=_say)
     if which != "all":
         out = out[which.replace("-", "_")]
 
@@ -442,7 +447,7 @@ def _cmd_convergence(args) -> int:
     out = validate.convergence_check(args.scenario, args.gpus_list, policy=args.policy,
                                      reps=args.reps, horizon=args.horizon, warmup=args.warmup,
                                      seed=args.seed, devices=_devices("all"),
-                                     progress=bool(_progress(args, "")), notify=_say)
+                                     progress=_bars(args), notify=_say)
     _emit(out, args.json, convergence_lines)
     if out["verdict"] == "interrupted":
         _say("interrupted: the rows above cover the n simulated; no verdict")

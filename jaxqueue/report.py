@@ -238,7 +238,7 @@ def convergence_lines(cv: dict[str, Any], prefix: str = "") -> list[str]:
     """The convergence table (``jaxqueue convergence``, ``jaxqueue validate convergence``) and
     its verdict."""
     lines = [f"{prefix}{cv['scenario']} / {cv['policy']}: {cv['pricing']} revenue per GPU per "
-             f"second at growing n against the LP bound",
+             f"second against the LP bound",
              f"  {cv['reps']} replications, horizon {cv['horizon']:g} s, warm-up "
              f"{cv['warmup']:g} s; ± is a 95% confidence interval",
              f"{'n':>6}{'M (mixed)':>11}{'simulated':>24}{'LP R*':>11}{'gap':>9}{'gap %':>8}"

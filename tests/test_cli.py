@@ -145,6 +145,14 @@ def test_simulate_summary_fits_100_columns_with_units(capsys):
     assert len(details.splitlines()) > len(lines) + 20
 
 
+def test_progress_bar_on_a_terminal_only_without_json(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL)
+    assert "n = 5:" in err and "left" in err  # tqdm, with the time left
+    main(["simulate", "paper-qwen8b", *SMALL, "--json"])
+    assert "n = 5:" not in capsys.readouterr().err
+
+
 def test_simulate_json_has_waits_slis_and_no_nan(capsys):
     out = run_json(capsys, "simulate", "paper-qwen8b", *SMALL)
     assert set(out["sli"]) == {"tpot_formula", "tpot_experienced", "prefill_fairness",
@@ -313,6 +321,9 @@ def test_convergence_verdict_and_exit_code(capsys, monkeypatch):
     monkeypatch.setattr(validate, "convergence_check", lambda *a, **k: above)
     out, _ = run_text(capsys, "validate", "convergence", code=1)
     assert "verdict: DISAGREE" in out and "(1) bound: NO" in out and "3 standard errors" in out
+    longest = dict(above, scenario="dolly-8class", policy="prioritize-and-route",
+                   pricing="separate")  # the longest built-in names
+    assert max(map(len, report.convergence_lines(longest, prefix="(c) "))) <= report.WIDTH
     out, _ = run_text(capsys, "convergence", code=1)
     assert not out.startswith("(c)") and "verdict: DISAGREE" in out
     monkeypatch.setattr(validate, "convergence_check", lambda *a, **k: good)

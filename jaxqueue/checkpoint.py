@@ -4,7 +4,8 @@ A checkpoint holds the finished batches of replications (their float64 sums) and
 in progress, everything needed to continue it exactly: the states, the absolute clock of each
 replication, the sums so far and the chunk counter. A digest of everything that determines the
 path (system, key, replications, horizon, warm-up, chunking, batching) guards against resuming
-a different run.
+a different run. The file also records the capacity of the FCFS buffers the run uses (larger
+than the system's if a buffer overflowed and was grown) and whether the run finished.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from .kernel import SimulationError
 
-__all__ = ["Batch", "Checkpoint", "CheckpointError", "Progress", "fingerprint"]
+__all__ = ["Batch", "Checkpoint", "CheckpointError", "Progress", "Saved", "fingerprint"]
 
 
 class CheckpointError(SimulationError):
@@ -78,6 +79,23 @@ class Progress:
     leaves: list[np.ndarray]
 
 
+@dataclasses.dataclass
+class Saved:
+    """What a checkpoint file holds.
+
+    Attributes:
+        done: the finished batches.
+        current: the batch in progress, or None.
+        capacity: the FCFS buffers' capacity the run had reached (None: the system's own).
+        finished: whether the whole run finished.
+    """
+
+    done: list[Batch]
+    current: Progress | None
+    capacity: int | None = None
+    finished: bool = False
+
+
 def fingerprint(system, key, *settings) -> str:
     """A digest of everything that determines a run's path."""
     digest = hashlib.sha256()
@@ -100,10 +118,10 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self.every = float(every)
 
-    def load(self) -> tuple[list[Batch], Progress | None]:
-        """The finished batches and the batch in progress (None if none) saved so far."""
+    def load(self) -> Saved | None:
+        """What was saved so far (None when there is no file)."""
         if not os.path.exists(self.path):
-            return [], None
+            return None
         with np.load(self.path, allow_pickle=False) as f:
             if str(f["fingerprint"]) != self.fingerprint:
                 raise CheckpointError(
@@ -115,11 +133,17 @@ class Checkpoint:
             if bool(f["has_current"]):
                 current = Progress(batch=Batch.from_arrays(f, "c_"),
                                    leaves=[f[f"leaf{k}"] for k in range(int(f["num_leaves"]))])
-        return done, current
+            capacity = int(f["capacity"]) if "capacity" in f and int(f["capacity"]) > 0 else None
+            finished = bool(f["finished"]) if "finished" in f else False
+        return Saved(done=done, current=current, capacity=capacity, finished=finished)
 
-    def save(self, done: list[Batch], current: Progress | None) -> None:
+    def save(self, done: list[Batch], current: Progress | None, *, capacity: int | None = None,
+             finished: bool = False) -> None:
+        """Writes the finished batches, the batch in progress, the buffers' capacity and whether
+        the run finished (atomically: a reader never sees half a file)."""
         data = {"fingerprint": np.asarray(self.fingerprint), "num_batches": len(done),
-                "has_current": current is not None}
+                "has_current": current is not None, "capacity": int(capacity or 0),
+                "finished": bool(finished)}
         for k, batch in enumerate(done):
             data.update(batch.arrays(f"b{k}_"))
         if current is not None:

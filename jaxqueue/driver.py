@@ -13,7 +13,9 @@ went out plus the change in the census between the window's start and its end.
 
 Replication ``r`` draws chunk ``c``'s random numbers from ``fold_in(fold_in(key, r), c)``, so
 its path does not depend on how many replications run, on how they are sharded or batched, or on
-where a checkpoint cut the run.
+where a checkpoint cut the run. The same holds for the capacity of the FCFS buffers: it does not
+change a path unless it overflows, so a batch whose buffer overflowed is rerun from its start
+with a larger buffer (``grow_buffers``) and gives what a large enough buffer gives from the start.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,11 +34,29 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from . import kernel, rng
+from . import budget, kernel, rng
 from .checkpoint import Batch, Checkpoint, Progress, fingerprint
 from .kernel import AbstractSystem, SimulationError
 
-__all__ = ["Run", "SimulationError", "max_batch_for", "simulate"]
+__all__ = ["BufferOverflowError", "Run", "SimulationError", "SimulationWarning", "max_batch_for",
+           "simulate"]
+
+
+class SimulationWarning(UserWarning):
+    """Something the user of :func:`simulate` should know that does not invalidate the result,
+    e.g. a batch rerun with larger FCFS buffers."""
+
+
+class BufferOverflowError(SimulationError):
+    """A FCFS buffer overflowed and could not be grown (fixed capacity, or memory).
+
+    Attributes:
+        capacity: the capacity that overflowed.
+    """
+
+    def __init__(self, message: str, capacity: int | None = None):
+        super().__init__(message)
+        self.capacity = capacity
 
 
 @dataclasses.dataclass
@@ -54,8 +75,15 @@ class Run:
         wall_seconds: wall time of the simulation, compilation excluded.
         compile_seconds: wall time spent compiling (0 when the program was cached).
         chunks: number of chunks run.
-        interrupted: whether the run was stopped before the horizon (results cover the part done).
+        interrupted: whether the run was stopped before the horizon (results cover the part done;
+            replications whose ``window`` is 0 collected no statistics).
         level_names, tally_names, num_classes: the layout of the arrays (name-major).
+        horizon, warmup: the requested end of the run and start of the statistics window.
+        buffer_capacity: slots of each FCFS buffer the results were computed with (larger than
+            the system's if it overflowed and was grown), or None for a system without one.
+        regrown: how many times a batch was rerun with larger FCFS buffers after an overflow.
+        resumed: share of the run (in replication-time) read from a checkpoint instead of
+            simulated now: 0 for a fresh run, 1 when the checkpoint held the finished run.
     """
 
     level_integrals: np.ndarray
@@ -72,6 +100,16 @@ class Run:
     level_names: tuple[str, ...] = ()
     tally_names: tuple[str, ...] = ()
     num_classes: int = 1
+    horizon: float = math.nan
+    warmup: float = 0.0
+    buffer_capacity: int | None = None
+    regrown: int = 0
+    resumed: float = 0.0
+
+    @property
+    def collected(self) -> np.ndarray:
+        """Which replications collected statistics (their window is longer than 0), ``(R,)``."""
+        return self.window > 0
 
     @property
     def events_per_second(self) -> float:
@@ -123,18 +161,27 @@ def simulate(
     warmup: float = 0.0,
     chunk_events: int = 1024,
     clock_dtype: Any = None,
-    progress: bool | Callable[[float], None] = False,
+    progress: bool | str | Callable[[float], None] = False,
     max_chunks: int | None = None,
     devices: Sequence[Any] | None = None,
     max_batch: int | None = None,
     first_rep: int = 0,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
+    grow_buffers: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> Run:
     """Simulates ``reps`` independent replications of ``system`` over ``[0, horizon]``.
 
-    Statistics cover ``[warmup, horizon]`` (model seconds). A Ctrl-C between chunks stops the
-    run cleanly: the result covers the part simulated and says ``interrupted``.
+    Statistics cover ``[warmup, horizon]`` (model seconds). A Ctrl-C stops the run cleanly: the
+    result covers the part simulated, says ``interrupted``, and ``Run.time`` holds the time each
+    replication reached (a replication stopped inside the warm-up collected no statistics:
+    ``Run.collected``).
+
+    Before starting, the memory the run needs is estimated (:mod:`jaxqueue.budget`): a run whose
+    single replication does not fit on a device, or whose results do not fit in the host's
+    memory, raises :class:`jaxqueue.budget.ResourceError` (a :class:`SimulationError`) saying
+    what would fit, instead of failing inside XLA.
 
     Args:
         key: a ``jax.random.key``; replication ``r`` uses ``fold_in(key, r)``.
@@ -145,8 +192,11 @@ def simulate(
         chunk_events: events per scan chunk (static: changing it recompiles).
         clock_dtype: dtype of the clock and time integrals (default: float32, or float64 under
             ``jax.enable_x64``).
-        progress: True for a progress bar on stderr, or a callable receiving the fraction done.
-        max_chunks: stop after this many chunks (a safety net; ``None`` for no limit).
+        progress: False (quiet, the default), True for a progress bar with the time left on
+            stderr, a string for such a bar with that label, or a callable receiving the
+            fraction done after each chunk.
+        max_chunks: stop after this many chunks of a batch, as an interrupt would (a safety net
+            and a way to test interrupted runs; ``None`` for no limit).
         devices: devices to shard the replications over (one program, ``jax.sharding``);
             ``None`` runs on the default device. Results are identical either way.
         max_batch: most replications run at once; more run in successive batches (same
@@ -159,10 +209,24 @@ def simulate(
         checkpoint: a file (``.npz``) where the run saves its progress every
             ``checkpoint_every`` wall seconds, when interrupted and when done. If the file exists
             and was written by the same run (same system, key, replications, horizon, warm-up,
-            chunk length, batching), the run resumes from it, so a killed or interrupted run
-            loses at most ``checkpoint_every`` seconds of work; the result is identical to an
-            uninterrupted run.
+            chunk length, batching), the run resumes from it (``Run.resumed``), so a killed or
+            interrupted run loses at most ``checkpoint_every`` seconds of work; the result is
+            identical to an uninterrupted run. A finished run marks its file finished; running
+            it again reads the result from the file.
         checkpoint_every: wall seconds between checkpoints.
+        grow_buffers: when a FCFS buffer of a system with a ``capacity`` overflows, rerun the
+            batch from its start with four times the capacity (the paths are the same, so the
+            result is exactly that of a large enough buffer), and report it (``notify``,
+            ``Run.regrown``, ``Run.buffer_capacity``). False raises
+            :class:`BufferOverflowError` instead (for a capacity the user fixed).
+        notify: receives one line for each thing the user should know (a batch rerun with
+            larger buffers, a resumed or finished checkpoint). ``None``: a rerun raises a
+            :class:`SimulationWarning`; the rest is only in the returned fields.
+
+    Raises:
+        ValueError: invalid arguments.
+        jaxqueue.budget.ResourceError: the run does not fit in memory.
+        BufferOverflowError: an overflow that could not be grown.
     """
     _check_window(reps, horizon, warmup, chunk_events)
     clock_dtype = rng.real_dtype() if clock_dtype is None else np.dtype(clock_dtype)
@@ -172,6 +236,8 @@ def simulate(
     if devices is not None and len(devices) == 0:
         raise ValueError("devices is empty: give at least one device, or None")
     per = len(devices) if devices else 1
+    budget.check_fits(system, budget.estimate(system, reps=reps, horizon=horizon,
+                                              chunk_events=chunk_events, devices=devices), reps)
     if max_batch is None:
         max_batch = max_batch_for(system, chunk_events, devices)
     elif isinstance(max_batch, bool) or int(max_batch) < 1:
@@ -179,44 +245,159 @@ def simulate(
     if isinstance(first_rep, bool) or int(first_rep) != first_rep or first_rep < 0:
         raise ValueError(f"first_rep = {first_rep!r} is invalid: must be an integer >= 0")
     batch = max(per, (min(int(max_batch), reps) // per) * per)
-    report = _progress_bar if progress is True else (progress or None)
+    bar = _Bar("simulating" if progress is True else progress) \
+        if progress is True or isinstance(progress, str) else None
+    report = bar or (progress or None)
+    tell = notify if notify is not None else _warn_growth
     store = None
     if checkpoint is not None:
         store = Checkpoint(checkpoint, fingerprint(system, key, reps, horizon, warmup,
                                                    chunk_events, clock_dtype, first_rep, batch),
                            checkpoint_every)
-    done, current = store.load() if store else ([], None)
+    saved = store.load() if store else None
+    done, current = (saved.done, saved.current) if saved else ([], None)
+    if saved and saved.capacity is not None and saved.capacity != _capacity(system):
+        system = _with_capacity(system, saved.capacity)  # grown before the checkpoint was saved
+    resumed = 0.0
+    if saved and (done or current):
+        resumed = (sum(min(p.time.size, reps) for p in done) * horizon
+                   + (float(np.sum(current.batch.time)) if current else 0.0)) / (reps * horizon)
+        if saved.finished:
+            _say(notify, f"checkpoint {store.path} holds this run, finished: results read from "
+                         "it, nothing simulated")
+        else:
+            _say(notify, f"resumed from checkpoint {store.path}: {100 * resumed:.0f}% of the run "
+                         "was already simulated")
     interrupted = False
-    for start in range(len(done) * batch, reps, batch):
-        size = min(batch, reps - start)
-        padded = -(-size // per) * per  # shards need equal sizes: extra replications are dropped
+    regrown = 0
+    try:
+        for start in range(len(done) * batch, reps, batch):
+            size = min(batch, reps - start)
+            padded = -(-size // per) * per  # shards need equal sizes: extra replications dropped
 
-        def sub_report(f, start=start, size=size):
-            report((start + f * size) / reps)
+            def sub_report(f, start=start, size=size):
+                report((start + f * size) / reps)
 
-        def save(progress_now, done=done):
-            store.save(done, progress_now)
+            while True:
+                def save(progress_now, done=done, system=system):
+                    store.save(done, progress_now, capacity=_capacity(system))
 
-        part, interrupted = _run_batch(
-            system, key, first_rep + start, padded, horizon, warmup, int(chunk_events),
-            clock_dtype, sub_report if report else None, max_chunks, devices, resume=current,
-            save=save if store else None, every=store.every if store else math.inf)
-        current = None
-        part = dataclasses.replace(part, **{f: getattr(part, f)[:size]
-                                            for f in ("integrals", "tallies", "time",
-                                                      "stock_start", "stock_end")})
-        done = [*done, part]
-        if store and not interrupted:
-            store.save(done, None)
-        if interrupted:
-            break
-    if report is _progress_bar:
-        sys.stderr.write("\n")
-    return _merge(done, reps, horizon, warmup, system)
+                try:
+                    part, interrupted = _run_batch(
+                        system, key, first_rep + start, padded, horizon, warmup,
+                        int(chunk_events), clock_dtype, sub_report if report else None,
+                        max_chunks, devices, resume=current, save=save if store else None,
+                        every=store.every if store else math.inf)
+                    break
+                except _Overflow:
+                    system = _regrow(system, grow_buffers, chunk_events, padded // per, devices)
+                    current = None
+                    regrown += 1
+                    tell(f"a FCFS buffer overflowed in replications {first_rep + start}-"
+                         f"{first_rep + start + size - 1}: rerunning them with buffers of "
+                         f"{_capacity(system):,} jobs (same random numbers: the result is that "
+                         "of a large enough buffer)")
+            current = None
+            part = dataclasses.replace(part, **{f: getattr(part, f)[:size]
+                                                for f in ("integrals", "tallies", "time",
+                                                          "stock_start", "stock_end")})
+            done = [*done, part]
+            if store and not interrupted:
+                store.save(done, None, capacity=_capacity(system))
+            if interrupted:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if store and not interrupted and not (saved and saved.finished):
+        store.save(done, None, capacity=_capacity(system), finished=True)
+        _say(notify, f"checkpoint {store.path} marked finished: the same command reads the "
+                     "result from it")
+    return _merge(done, reps, horizon, warmup, system, regrown=regrown, resumed=resumed)
 
 
-def _merge(parts: list[Batch], reps: int, horizon: float, warmup: float, system) -> Run:
+def _say(notify, message: str) -> None:
+    if notify is not None:
+        notify(message)
+
+
+def _warn_growth(message: str) -> None:
+    warnings.warn(message, SimulationWarning, stacklevel=3)
+
+
+def _capacity(system) -> int | None:
+    """The FCFS buffers' capacity of a system that has one (a static int field), else None."""
+    capacity = getattr(system, "capacity", None)
+    return capacity if isinstance(capacity, int) and not isinstance(capacity, bool) else None
+
+
+def _with_capacity(system, capacity: int):
+    """``system`` with FCFS buffers of ``capacity`` slots (a static field: this recompiles)."""
+    return dataclasses.replace(system, capacity=int(capacity))
+
+
+class _Overflow(SimulationError):
+    """Raised by :func:`_run_batch` when a buffer overflowed in a chunk."""
+
+
+#: Factor by which an overflowing FCFS buffer grows before its batch is rerun.
+GROWTH = 4
+
+
+def _regrow(system, grow: bool, chunk_events: int, reps_per_device: int, devices):
+    """The system with larger FCFS buffers, or :class:`BufferOverflowError` saying why not."""
+    capacity = _capacity(system)
+    message = system.overflow_message()
+    if capacity is None:
+        raise BufferOverflowError(message)
+    if not grow:
+        raise BufferOverflowError(
+            f"{message}; its capacity was fixed (grow_buffers=False): use {GROWTH * capacity:,} "
+            "or more, or let jaxqueue size and grow it", capacity=capacity)
+    bigger = _with_capacity(system, GROWTH * capacity)
+    need = budget.device_bytes_per_rep(bigger, chunk_events) * reps_per_device
+    room = 2 * budget.DEVICE_SHARE * min(budget.device_memory(devices))
+    if need > room:
+        raise BufferOverflowError(
+            f"{message}; growing it to {GROWTH * capacity:,} jobs would not fit in memory "
+            f"({budget.human_bytes(need)} per device): the buffer's queue does not stay bounded "
+            "(an overloaded class that never abandons, patience_rate = 0?)", capacity=capacity)
+    return bigger
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, with the time left; created at the first report, so that
+    compilation does not distort its rate."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def __call__(self, fraction: float) -> None:
+        k = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, initial=k, desc=self.label, file=sys.stderr, smoothing=0,
+                            dynamic_ncols=True, mininterval=0.5,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                                       "{elapsed} elapsed, {remaining} left")
+        elif k < self.bar.n:  # a batch rerun with larger buffers
+            self.bar.reset(total=1000)
+            self.bar.update(k)
+        else:
+            self.bar.update(k - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _merge(parts: list[Batch], reps: int, horizon: float, warmup: float, system, *,
+           regrown: int = 0, resumed: float = 0.0) -> Run:
     """One :class:`Run` from the batches (replications never started count zero time)."""
+    num_levels = len(system.level_names) * system.num_classes
+    parts = parts or [Batch.zeros(0, num_levels, len(system.tally_names) * system.num_classes)]
     cat = {f: np.concatenate([getattr(p, f) for p in parts])
            for f in ("integrals", "tallies", "time", "stock_start", "stock_end")}
     missing = reps - cat["time"].shape[0]
@@ -231,7 +412,8 @@ def _merge(parts: list[Batch], reps: int, horizon: float, warmup: float, system)
         compile_seconds=sum(p.compile for p in parts), chunks=sum(p.chunks for p in parts),
         interrupted=bool(np.any(cat["time"] < horizon)),
         level_names=tuple(system.level_names), tally_names=tuple(system.tally_names),
-        num_classes=system.num_classes)
+        num_classes=system.num_classes, horizon=float(horizon), warmup=float(warmup),
+        buffer_capacity=_capacity(system), regrown=regrown, resumed=resumed)
 
 
 def _shard(tree: Any, axes: Any, devices: list[Any] | None) -> Any:
@@ -303,7 +485,7 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                 sums.compile += max(elapsed - run_time, 0.0)
                 elapsed = run_time
             if np.any(np.asarray(out.overflow)):
-                raise SimulationError(system.overflow_message())
+                raise _Overflow(system.overflow_message())
             # Commit the chunk only once it is complete (an interrupt above loses nothing).
             summary = out.summary
             sums = dataclasses.replace(
@@ -345,29 +527,11 @@ def _close(system, states, sums: Batch, warmup: float, devices) -> Batch:
 
 
 def max_batch_for(system: AbstractSystem, chunk_events: int,
-                  devices: Sequence[Any] | None = None, fraction: float = 0.25) -> int:
+                  devices: Sequence[Any] | None = None,
+                  fraction: float = budget.DEVICE_SHARE) -> int:
     """The most replications to run at once: ``fraction`` of the memory of the devices used
-    (the host's physical memory for CPU devices) over the bytes one replication needs (its state
-    three times over for the chunk's inputs, outputs and temporaries, plus its random words)."""
-    state = jax.eval_shape(system.init)
-    state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
-    per_rep = 3 * state_bytes + chunk_events * (2 + system.num_random) * 4 * 2 + 4096
-    devs = list(devices) if devices else [jax.devices()[0]]
-    total = 0
-    for d in devs:
-        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
-        limit = (stats or {}).get("bytes_limit")
-        if limit is None:
-            try:
-                limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // len(devs)
-            except (ValueError, OSError, AttributeError):
-                limit = 4 << 30
-        total += limit
+    (the host's physical memory for CPU devices) over the bytes one replication needs
+    (:func:`jaxqueue.budget.device_bytes_per_rep`)."""
+    per_rep = budget.device_bytes_per_rep(system, chunk_events)
+    total = sum(budget.device_memory(devices))
     return max(1, int(fraction * total // per_rep))
-
-
-def _progress_bar(fraction: float) -> None:
-    width = 30
-    filled = int(round(width * min(fraction, 1.0)))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}%")
-    sys.stderr.flush()

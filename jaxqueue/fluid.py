@@ -20,8 +20,8 @@ from scipy.optimize import linprog
 
 from .model import Model
 
-__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Plan", "frontier",
-           "solve", "solve_bundled", "solve_separate"]
+__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Optima", "Plan", "frontier",
+           "optima", "penalty_terms", "smallest", "solve", "solve_bundled", "solve_separate"]
 
 PRICINGS = ("bundled", "separate")
 SLI_NAMES = ("prefill_fairness", "decode_fairness", "tpot")
@@ -67,7 +67,9 @@ class SLI:
         tpot: eta_3, bound on the slot-weighted average time per output token, seconds.
         penalty: if True the targets are soft: the objective subtracts
             ``weights[k] * max(0, indicator_k - eta_k)`` instead of imposing them.
-        weights: penalty weight per SLI name (revenue per unit of excess), default 1.0 each.
+        weights: penalty weight per SLI name, default 1.0 each, in revenue per GPU per second
+            per unit of excess: per second of TPOT above eta_3, per prefill (resp. solo decode)
+            per GPU of fairness spread above eta_1 (resp. eta_2).
     """
 
     prefill_fairness: float | None = None
@@ -134,6 +136,11 @@ class Plan:
     solo_efficient: bool
     sli: dict[str, float]
     sli_duals: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def penalty(self) -> float:
+        """SLI penalty subtracted from the revenue at the optimum (0 without penalties)."""
+        return self.revenue - self.objective
 
     @property
     def sum_x(self) -> float:
@@ -403,6 +410,14 @@ def _soft_tpot(model: Model, lp: _LP, obj, sli: SLI):
     return value - weight * max(0.0, _tpot(model, big_x) - eta), sol, duals
 
 
+def smallest(model: Model, name: str, others: Mapping[str, float] | None = None) -> float:
+    """Smallest value any plan can give one SLI (under the LP's constraints with q_d = 0 and the
+    hard targets ``others``), e.g. 1/gamma for TPOT without other targets."""
+    if name not in SLI_NAMES:
+        raise ValueError(f"name = {name!r} is invalid: allowed values are {SLI_NAMES}")
+    return _smallest(model, name, dict(others or {}))
+
+
 def _smallest(model: Model, name: str, others: Mapping[str, float]) -> float:
     """Smallest value of one SLI under the base LP (q_d = 0) and the other hard targets."""
     lp = _base(model, q_d_zero=True)
@@ -446,3 +461,118 @@ def frontier(model: Model, sli_name: str, values: Sequence[float]) -> list[dict[
         out.append({"value": float(v), "revenue": plan.revenue,
                     "shadow_price": plan.sli_duals[sli_name]})
     return out
+
+
+# ---- reading an optimum ------------------------------------------------------------------------
+def penalty_terms(plan: Plan, sli: SLI) -> dict[str, dict[str, float]]:
+    """Each SLI target of ``sli`` at ``plan``'s optimum: ``value`` (the indicator), ``target``
+    (eta), ``excess`` (``max(0, value - target)``), ``weight`` and ``penalty``
+    (``weight * excess`` for soft targets, 0 for hard ones, whose excess is round-off)."""
+    out = {}
+    for name, eta in sli.targets.items():
+        value = float(plan.sli[name])
+        excess = max(0.0, value - eta)
+        if excess < 1e-12 * max(1.0, abs(eta)):
+            excess = 0.0
+        weight = sli.weight(name) if sli.penalty else math.inf
+        out[name] = {"value": value, "target": eta, "excess": excess,
+                     "weight": weight if sli.penalty else None,
+                     "penalty": weight * excess if sli.penalty else 0.0}
+    return out
+
+
+@dataclass(frozen=True)
+class Optima:
+    """The set of optimal solutions of a fluid LP, per plan quantity.
+
+    Attributes:
+        low, high: smallest and largest value of each quantity (``"x"``, ``"y_m"``, ``"y_s"``,
+            ``"q_p"``, ``"q_d"``: arrays ``(I,)``; ``"sum_x"``: a float) over the solutions whose
+            objective is within ``tolerance`` of the optimum.
+        tolerance: the objective's slack that defines "optimal".
+    """
+
+    low: dict[str, np.ndarray | float]
+    high: dict[str, np.ndarray | float]
+    tolerance: float
+
+    def spread(self, name: str):
+        return np.asarray(self.high[name]) - np.asarray(self.low[name])
+
+    def unique(self, atol: float = 1e-6) -> bool:
+        """Whether every quantity is the same in all optimal solutions, up to ``atol``."""
+        return all(float(np.max(self.spread(k))) <= atol for k in self.low)
+
+
+def optima(model: Model, pricing: str = "bundled", *, sli: SLI | None = None,
+           rel_tol: float = 1e-10) -> Optima:
+    """Whether the optimum of :func:`solve` is unique, checked rather than guessed.
+
+    Solves the LP, adds the row "objective >= optimum - tol" (``tol = rel_tol * max(1,
+    |optimum|)``) and minimizes and maximizes every plan quantity over it (2 x 5I LPs). A
+    quantity whose range is wider than round-off has alternative optimal values: the plan
+    HiGHS returns is then one vertex among several that earn the same, and another solver, a
+    perturbed input or a different penalty weight may return another. A soft TPOT target is not
+    linear in the mixed fraction X; see the comment in the code for how it is handled exactly.
+    """
+    if pricing not in PRICINGS:
+        raise ValueError(f"pricing = {pricing!r} is invalid: allowed values are {PRICINGS}")
+    if sli is not None and pricing != "bundled":
+        raise ValueError(f"pricing = {pricing!r} is invalid with SLI targets: the SLI-aware LP "
+                         "(Sec. 5) uses bundled pricing")
+
+    def build():
+        if sli is None:
+            return _base(model), _objective(model, pricing)
+        lp = _base(model, q_d_zero=True)
+        _add_sli(lp, model, sli.targets, sli.penalty)
+        obj = _objective(model, "bundled")
+        if sli.penalty:
+            obj.update({f"{k}_excess": -sli.weight(k) for k in sli.targets if k != "tpot"})
+        return lp, obj
+
+    plan = solve(model, pricing, sli=sli)
+    tol = rel_tol * max(1.0, abs(plan.objective))
+    ones = np.ones(model.num_classes)
+    if sli is None or not (sli.penalty and "tpot" in sli.targets):
+        lp, obj = build()
+        low, high = _face(lp, obj, plan.objective - tol, model.num_classes)
+        return Optima(low=low, high=high, tolerance=tol)
+
+    # TPOT(X) = k / (B - X) + const is strictly convex for k > 0: where its penalty is active
+    # the penalized objective is strictly concave, so the optimal X is unique and the other
+    # quantities range over the LP with X fixed. Where it is not active, the optimum is that of
+    # the LP with the (linear) hard TPOT row, whose optimal face holds every optimal plan.
+    eta, weight = float(sli.tpot), sli.weight("tpot")
+    b = float(model.B)
+    k = b * (b - 1.0) * float(model.tau - 1.0 / model.gamma)
+    lp, obj = build()
+    active = _tpot(model, plan.sum_x) > eta * (1.0 + 1e-9)
+    if weight > 0 and active and k > 0:
+        lp.row("=", "mixed_fraction", {"x": ones}, plan.sum_x)
+        value = plan.objective + weight * (_tpot(model, plan.sum_x) - eta)
+        low, high = _face(lp, obj, value - tol, model.num_classes)
+        low["sum_x"] = high["sum_x"] = plan.sum_x
+    else:
+        if weight > 0:
+            _add_sli(lp, model, {"tpot": eta}, soft=False)
+        low, high = _face(lp, obj, plan.objective - tol, model.num_classes)
+    return Optima(low=low, high=high, tolerance=tol)
+
+
+def _face(lp: _LP, obj, floor: float, num: int):
+    """Ranges of the plan quantities over ``{feasible, objective >= floor}``."""
+    lp.row("<=", "optimal", {k: -np.asarray(c, dtype=np.float64) for k, c in obj.items()}, -floor)
+    low, high = {}, {}
+    for k in _VARS:
+        lo, hi = np.zeros(num), np.zeros(num)
+        for i in range(num):
+            e = np.eye(num)[i]
+            hi[i] = lp.solve({k: e}, "range of the optimum")[0]
+            lo[i] = -lp.solve({k: -e}, "range of the optimum")[0]
+        low[k], high[k] = lo, hi
+    ones = np.ones(num)
+    low["sum_x"] = -lp.solve({"x": -ones}, "range of the optimum")[0]
+    high["sum_x"] = lp.solve({"x": ones}, "range of the optimum")[0]
+    lp.ub.pop()
+    return low, high

@@ -36,6 +36,20 @@ def _bad(field: str, value: Any, allowed: str) -> ModelError:
     return ModelError(f"{field} = {value!r} is invalid: must be {allowed}")
 
 
+def _check_numeric(field: str, value: Any) -> None:
+    """Strings (``"300"``) and booleans are not numbers, even where NumPy would convert them."""
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (TypeError, ValueError):
+        kind = "O"
+    if kind in "USb":
+        raise _bad(field, value, "numbers, not strings or booleans")
+    if kind == "O":
+        for v in np.asarray(value, dtype=object).ravel():
+            if isinstance(v, (str, bytes, bool)):
+                raise _bad(field, value, "numbers, not strings or booleans")
+
+
 class Model(eqx.Module):
     """One scenario of the paper's model (per-GPU quantities).
 
@@ -95,6 +109,7 @@ class Model(eqx.Module):
         arrays = {}
         sizes = {}
         for field, value in (("lambda_", lambda_), ("theta", theta), ("P", P), ("D", D)):
+            _check_numeric(field, value)
             try:
                 arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
             except (TypeError, ValueError):
@@ -116,13 +131,13 @@ class Model(eqx.Module):
             if not np.all(np.isfinite(arr)):
                 raise _bad(field, arr.tolist(), "finite")
         if np.any(arrays["lambda_"] < 0):
-            raise _bad("lambda_ (arrival_rate)", arrays["lambda_"].tolist(), ">= 0")
+            raise _bad("lambda_", arrays["lambda_"].tolist(), ">= 0")
         if np.any(arrays["theta"] < 0):
-            raise _bad("theta (patience_rate)", arrays["theta"].tolist(), ">= 0")
+            raise _bad("theta", arrays["theta"].tolist(), ">= 0")
         if np.any(arrays["P"] <= 0):
-            raise _bad("P (prompt_tokens)", arrays["P"].tolist(), "> 0")
+            raise _bad("P", arrays["P"].tolist(), "> 0")
         if np.any(arrays["D"] <= 0):
-            raise _bad("D (output_tokens)", arrays["D"].tolist(), "> 0")
+            raise _bad("D", arrays["D"].tolist(), "> 0")
         scalars = {}
         for field, value, low, strict in (
             ("alpha", alpha, 0.0, False),
@@ -132,6 +147,7 @@ class Model(eqx.Module):
             ("c_p", c_p, 0.0, False),
             ("c_d", c_d, 0.0, False),
         ):
+            _check_numeric(field, value)
             try:
                 v = float(value)
             except (TypeError, ValueError):
@@ -145,7 +161,7 @@ class Model(eqx.Module):
                 "is invalid: the mixed iteration time must be > 0"
             )
         if isinstance(B, bool) or not float(B).is_integer() or int(B) < 1:
-            raise _bad("B (batch)", B, "an integer >= 1")
+            raise _bad("B", B, "an integer >= 1")
         names = tuple(class_names) if class_names is not None else tuple(
             f"class-{i + 1}" for i in range(num)
         )
@@ -224,45 +240,91 @@ class Model(eqx.Module):
         """Builds a model from the TOML layout (``name``, ``[gpu]``, ``[pricing]``,
         ``[[classes]]``).
 
-        Unknown keys raise :class:`ModelError` naming the key and where it was found.
+        Every error names ``source`` (the file) and the key as the file spells it
+        (``classes[0].arrival_rate``, ``gpu.chunk``), with the value and the allowed range.
+        Numbers must be TOML numbers (a string such as ``"300"`` is an error); ``gpu.chunk``
+        and ``gpu.batch`` must be integers >= 1.
         """
-        _check_keys(data, {"name", "gpu", "pricing", "classes"}, source)
+        def fail(key: str, value: Any, allowed: str) -> ModelError:
+            return ModelError(f"{source}: {key} = {value!r} is invalid: must be {allowed}")
+
+        if not isinstance(data, Mapping):
+            raise ModelError(f"{source}: must be a TOML table of name, [gpu], [pricing] and "
+                             "[[classes]]")
+        _check_keys(data, {"name", "gpu", "pricing", "classes"}, source, "")
         for section in ("gpu", "pricing", "classes"):
             if section not in data:
-                raise ModelError(f"{source}: missing section [{section}]")
+                table = "[[classes]]" if section == "classes" else f"[{section}]"
+                raise ModelError(f"{source}: missing {table}")
         gpu, pricing, classes = data["gpu"], data["pricing"], data["classes"]
         if not isinstance(gpu, Mapping):
-            raise ModelError(f"{source}: [gpu] must be a table")
+            raise ModelError(f"{source}: gpu must be a table [gpu]")
         if not isinstance(pricing, Mapping):
-            raise ModelError(f"{source}: [pricing] must be a table")
+            raise ModelError(f"{source}: pricing must be a table [pricing]")
         if not isinstance(classes, Sequence) or isinstance(classes, (str, bytes)):
             raise ModelError(f"{source}: classes must be an array of tables [[classes]]")
         if len(classes) == 0:
             raise ModelError(f"{source}: classes is empty: a model needs at least one class")
         gpu_keys = {"alpha", "beta", "gamma", "chunk", "batch"}
-        _check_keys(gpu, gpu_keys, f"{source} [gpu]", required=gpu_keys)
-        _check_keys(pricing, {"prefill", "decode"}, f"{source} [pricing]",
+        _check_keys(gpu, gpu_keys, source, "gpu.", required=gpu_keys)
+        _check_keys(pricing, {"prefill", "decode"}, source, "pricing.",
                     required={"prefill", "decode"})
         class_keys = {"name", "arrival_rate", "patience_rate", "prompt_tokens", "output_tokens"}
         for k, c in enumerate(classes):
             if not isinstance(c, Mapping):
-                raise ModelError(f"{source}: classes[{k}] must be a table")
-            _check_keys(c, class_keys, f"{source} classes[{k}]", required=class_keys - {"name"})
-        return cls(
-            name=str(data.get("name", source)),
-            class_names=[str(c.get("name", f"class-{k + 1}")) for k, c in enumerate(classes)],
-            lambda_=[c["arrival_rate"] for c in classes],
-            theta=[c["patience_rate"] for c in classes],
-            P=[c["prompt_tokens"] for c in classes],
-            D=[c["output_tokens"] for c in classes],
-            alpha=gpu["alpha"],
-            beta=gpu["beta"],
-            gamma=gpu["gamma"],
-            C=gpu["chunk"],
-            B=gpu["batch"],
-            c_p=pricing["prefill"],
-            c_d=pricing["decode"],
-        )
+                raise ModelError(f"{source}: classes[{k}] must be a table [[classes]]")
+            _check_keys(c, class_keys, source, f"classes[{k}].", required=class_keys - {"name"})
+
+        def number(key: str, value: Any, low: float, strict: bool) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                kind = "a string" if isinstance(value, str) else type(value).__name__
+                raise fail(key, value, f"a number, not {kind}")
+            if not math.isfinite(value) or value < low or (strict and value == low):
+                raise fail(key, value, f"a finite number {'>' if strict else '>='} {low:g}")
+            return float(value)
+
+        def integer(key: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(value, float) and not value.is_integer()) or not value >= 1:
+                raise fail(key, value, "an integer >= 1")
+            return int(value)
+
+        alpha = number("gpu.alpha", gpu["alpha"], 0.0, False)
+        beta = number("gpu.beta", gpu["beta"], 0.0, False)
+        gamma = number("gpu.gamma", gpu["gamma"], 0.0, True)
+        chunk = integer("gpu.chunk", gpu["chunk"])
+        batch = integer("gpu.batch", gpu["batch"])
+        if alpha + beta * chunk <= 0:
+            raise ModelError(f"{source}: gpu.alpha + gpu.beta * gpu.chunk = "
+                             f"{alpha + beta * chunk!r} is invalid: the mixed iteration time "
+                             "must be > 0")
+        prefill = number("pricing.prefill", pricing["prefill"], 0.0, False)
+        decode = number("pricing.decode", pricing["decode"], 0.0, False)
+        per_class = {"arrival_rate": (0.0, False), "patience_rate": (0.0, False),
+                     "prompt_tokens": (0.0, True), "output_tokens": (0.0, True)}
+        rows = [{key: number(f"classes[{k}].{key}", c[key], *bounds)
+                 for key, bounds in per_class.items()} for k, c in enumerate(classes)]
+        names = []
+        for k, c in enumerate(classes):
+            name = c.get("name", f"class-{k + 1}")
+            if not isinstance(name, str) or not name:
+                raise fail(f"classes[{k}].name", name, "a non-empty string")
+            names.append(name)
+        scenario_name = data.get("name", source)
+        if not isinstance(scenario_name, str):
+            raise fail("name", scenario_name, "a string")
+        try:
+            return cls(
+                name=scenario_name,
+                class_names=names,
+                lambda_=[r["arrival_rate"] for r in rows],
+                theta=[r["patience_rate"] for r in rows],
+                P=[r["prompt_tokens"] for r in rows],
+                D=[r["output_tokens"] for r in rows],
+                alpha=alpha, beta=beta, gamma=gamma, C=chunk, B=batch, c_p=prefill, c_d=decode,
+            )
+        except ModelError as err:  # a cross-field check the keys above do not cover
+            raise ModelError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML layout of this model (inverse of :meth:`from_dict`)."""
@@ -272,7 +334,7 @@ class Model(eqx.Module):
                 "alpha": float(self.alpha),
                 "beta": float(self.beta),
                 "gamma": float(self.gamma),
-                "chunk": float(self.C),
+                "chunk": int(self.C) if float(self.C).is_integer() else float(self.C),
                 "batch": int(self.B),
             },
             "pricing": {"prefill": float(self.c_p), "decode": float(self.c_d)},
@@ -306,13 +368,14 @@ class Model(eqx.Module):
         return Model(**fields)
 
 
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str,
+def _check_keys(table: Mapping[str, Any], allowed: set[str], source: str, prefix: str,
                 required: set[str] | None = None) -> None:
+    """Unknown and missing keys of one TOML table, named as the file spells them."""
     unknown = sorted(set(table) - allowed)
+    where = f"in [{prefix.rstrip('.')}]" if prefix else "at the top level"
     if unknown:
-        raise ModelError(
-            f"{where}: unknown field {unknown[0]!r}; allowed fields are {sorted(allowed)}"
-        )
+        raise ModelError(f"{source}: unknown key {prefix}{unknown[0]}; the keys allowed {where} "
+                         f"are {', '.join(sorted(allowed))}")
     missing = sorted((required or set()) - set(table))
     if missing:
-        raise ModelError(f"{where}: missing field {missing[0]!r}")
+        raise ModelError(f"{source}: missing key {prefix}{missing[0]}")

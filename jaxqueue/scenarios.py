@@ -20,7 +20,7 @@ __all__ = ["CALIBRATIONS", "SCENARIOS", "DOLLY_15K", "load", "names"]
 
 #: Iteration-time calibrations of Sec. 6.1: (alpha seconds, beta seconds/token, gamma tokens/s).
 #: gamma is ``1/tau_solo`` with the measured solo iteration time (0.022 s and 0.019 s), which the
-#: paper prints rounded as 45.45 and 52.63 tok/s; the paper's LP values (MODEL.md Sec. 7:
+#: paper prints rounded as 45.45 and 52.63 tok/s; the paper's LP values (docs/model.md Sec. 8:
 #: bundled R* = 297.716, separate 298.598) are reproduced with 1/0.022, not with 45.45.
 CALIBRATIONS = {
     "qwen-8b": dict(alpha=0.0174, beta=6.2e-5, gamma=1 / 0.022),

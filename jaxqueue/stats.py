@@ -1,11 +1,24 @@
 """Summaries of simulated replications: means with 95% confidence half-widths, per-GPU metrics.
 
 Confidence intervals use Student's t quantile over replications (independent by construction),
-so they stay honest for a handful of seeds.
+so they stay honest for a handful of seeds. One replication has no interval: its ``ci95`` is
+None in the summaries (NaN from :func:`mean_ci`). Only replications that collected statistics
+(an interrupted run may stop some inside the warm-up) enter a summary.
+
+The achieved service-level indicators (SLIs, paper Sec. 5) of each replication are computed from
+its time averages, and summarized like every other quantity:
+
+- ``tpot_formula``: the paper's slot-weighted time per output token
+  ``TPOT(X) = [tau (B-1) X + (1/gamma) B (1-X)] / [(B-1) X + B (1-X)]`` at the simulated prefill
+  occupancy ``X = sum_i x_i`` per GPU: what the SLI-aware LP constrains;
+- ``tpot_experienced``: the seconds per output token of the decodes actually in service,
+  weighted by their occupancy, ``sum_i (y_m,i tau + y_s,i / gamma) / sum_i (y_m,i + y_s,i)``;
+- ``prefill_fairness``: ``max_ij (x_i - x_j)``; ``decode_fairness``: ``max_ij (y_s,i - y_s,j)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -14,7 +27,7 @@ from scipy import stats as _st
 from .driver import Run
 from .model import Model
 
-__all__ = ["mean_ci", "summarize_pooled"]
+__all__ = ["SLI_KEYS", "achieved_sli", "mean_ci", "summarize_pooled", "tpot"]
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -28,18 +41,83 @@ def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return mean, _st.t.ppf(0.975, r - 1) * sem
 
 
-def _pack(values: np.ndarray) -> dict[str, float] | list[dict[str, float]]:
-    mean, ci = mean_ci(values)
+def _number(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _pack(values: np.ndarray) -> dict[str, float | None] | list[dict[str, float | None]]:
+    """``{mean, ci95}`` over replications (axis 0); None where undefined (one replication has
+    no interval; a rate of nothing has no mean)."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if values.shape[0] >= 2 and np.all(np.isfinite(values)):
+            mean, ci = mean_ci(values)
+        else:  # NaN replications (e.g. a wait with no job) are left out, quietly
+            mean, ci = _nan_mean_ci(values)
     if np.ndim(mean) == 0:
-        return {"mean": float(mean), "ci95": float(ci)}
-    return [{"mean": float(m), "ci95": float(c)} for m, c in zip(mean, ci, strict=True)]
+        return {"mean": _number(mean), "ci95": _number(ci)}
+    return [{"mean": _number(m), "ci95": _number(c)} for m, c in zip(mean, ci, strict=True)]
+
+
+def _nan_mean_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mean_ci` over the finite entries of each column (NaN where fewer than 1 or 2)."""
+    flat = values.reshape(values.shape[0], -1)
+    means, cis = [], []
+    for column in flat.T:
+        finite = column[np.isfinite(column)]
+        if finite.size == 0:
+            means.append(np.nan)
+            cis.append(np.nan)
+        else:
+            m, c = mean_ci(finite)
+            means.append(float(m))
+            cis.append(float(c))
+    shape = values.shape[1:]
+    return np.asarray(means).reshape(shape), np.asarray(cis).reshape(shape)
+
+
+def tpot(model: Model, mixed_fraction):
+    """The paper's slot-weighted time per output token (Sec. 5) at prefill occupancy
+    ``X = sum_i x_i`` per GPU, in seconds:
+    ``[tau (B-1) X + (1/gamma) B (1-X)] / [(B-1) X + B (1-X)]`` (1/gamma where no slot decodes).
+    """
+    x = np.asarray(mixed_fraction, np.float64)
+    b, tau, inv_gamma = float(model.B), float(model.tau), 1.0 / float(model.gamma)
+    den = (b - 1.0) * x + b * (1.0 - x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = (tau * (b - 1.0) * x + inv_gamma * b * (1.0 - x)) / den
+    return np.where(den > 0, value, inv_gamma)
+
+
+#: The achieved SLIs (see the module docstring), in the order they are reported.
+SLI_KEYS = ("tpot_formula", "tpot_experienced", "prefill_fairness", "decode_fairness")
+
+
+def achieved_sli(q: dict[str, np.ndarray], model: Model) -> dict[str, np.ndarray]:
+    """Per-replication achieved SLIs ``(R,)`` from :func:`per_gpu`'s time averages."""
+    x, y_m, y_s = q["x"], q["y_mixed"], q["y_solo"]
+    decoding = np.sum(y_m + y_s, axis=1)
+    seconds = np.sum(y_m * float(model.tau) + y_s / float(model.gamma), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        experienced = np.where(decoding > 0, seconds / decoding, np.nan)
+    return {
+        "tpot_formula": tpot(model, np.sum(x, axis=1)),
+        "tpot_experienced": experienced,
+        "prefill_fairness": np.ptp(x, axis=1),
+        "decode_fairness": np.ptp(y_s, axis=1),
+    }
 
 
 def per_gpu(run: Run, model: Model, n: int) -> dict[str, np.ndarray]:
     """Per-replication, per-GPU quantities ``(R, I)`` and revenues ``(R,)`` of a pooled-type run."""
     completion = (run.count("mixed_done") + run.count("solo_done")) / run.window[:, None] / n
     prefill = run.rate("prefill_done") / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        abandoned = ((run.count("prefill_abandon") + run.count("decode_abandon"))
+                     / run.count("arrivals"))
     out = {
+        "abandonment": abandoned,
         "x": run.level("x") / n,
         "y_mixed": run.level("y_m") / n,
         "y_solo": run.level("y_s") / n,
@@ -73,14 +151,27 @@ def per_gpu(run: Run, model: Model, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-CLASS_KEYS = ("arrival_rate", "x", "y_mixed", "y_solo", "q_prefill", "q_decode", "completion_rate",
-              "prefill_completion_rate", "prefill_abandonment_rate", "decode_abandonment_rate",
-              "prefill_wait", "decode_wait")
+CLASS_KEYS = ("arrival_rate", "abandonment", "x", "y_mixed", "y_solo", "q_prefill", "q_decode",
+              "completion_rate", "prefill_completion_rate", "prefill_abandonment_rate",
+              "decode_abandonment_rate", "prefill_wait", "decode_wait")
 
 
 def summarize_pooled(run: Run, model: Model, n: int) -> dict[str, Any]:
     """``revenue_per_gpu`` (bundled and separate, the headline estimators), every revenue
-    estimator in ``revenue_estimators``, and per-class ``{mean, ci95}`` entries."""
+    estimator in ``revenue_estimators``, the achieved SLIs in ``sli``, per-class
+    ``{mean, ci95}`` entries, and ``replications``, the number summarized (those that collected
+    statistics).
+
+    Raises:
+        ValueError: no replication collected statistics (a run interrupted in its warm-up).
+    """
+    keep = run.collected
+    if not np.any(keep):
+        raise ValueError("no statistics were collected: every replication stopped before the "
+                         "end of its warm-up")
+    if not np.all(keep):
+        run = dataclasses.replace(run, **{f: getattr(run, f)[keep] for f in (
+            "level_integrals", "tallies", "window", "time", "stock_start", "stock_end")})
     q = per_gpu(run, model, n)
     classes = []
     packed = {k: _pack(q[k]) for k in CLASS_KEYS}
@@ -88,7 +179,10 @@ def summarize_pooled(run: Run, model: Model, n: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name}
         entry.update({k: packed[k][i] for k in CLASS_KEYS})
         classes.append(entry)
+    sli = achieved_sli(q, model)
     return {
+        "replications": int(run.window.shape[0]),
+        "sli": {k: _pack(sli[k]) for k in SLI_KEYS},
         "revenue_per_gpu": {"bundled": _pack(q["revenue_bundled"]),
                             "separate": _pack(q["revenue_separate"])},
         "revenue_estimators": {

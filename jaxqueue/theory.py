@@ -374,7 +374,7 @@ def pooled_stationary(model: Model, n: int, M: int, policy: str, *, x_star=None,
     ``Q_p,j - n q_p,j*``, then lower index), ``prioritize-and-route`` the largest D_j/P_j,
     ``fg-sp`` the head of the queue. A mixed (solo) decode completion hands its slot to the
     head of the decode buffer. Every waiting job abandons at its theta_i. Decodes run at mu_m,i
-    on mixed and mu_s,i on solo GPUs (the paper's rates, MODEL.md Sec. 5).
+    on mixed and mu_s,i on solo GPUs (the paper's rates, docs/model.md Sec. 6).
 
     Truncation: an arrival finding ``max_queue`` jobs in the prefill queue is lost, and so is a
     routed job finding ``max_buffer`` jobs in the decode buffer. ``truncation_mass`` is the

@@ -6,7 +6,7 @@ the number of classes, on this machine (compilation excluded and printed apart).
     python scripts/bench_scaling.py --devices all   # shard over every device
     (on a CPU, first export XLA_FLAGS=--xla_force_host_platform_device_count=<cores>)
 
-The class sweep uses a synthetic workload (MODEL.md Sec. 1-3 with the Qwen-8B calibration):
+The class sweep uses a synthetic workload (docs/model.md Sec. 1-3 with the Qwen-8B calibration):
 I classes with prompt lengths spread over 100-3000 tokens and output lengths over 100-1500, the
 paper's total load of 1 request/s per GPU split evenly, theta = 0.1.
 """

@@ -1,10 +1,23 @@
-"""The command line: JSON keys of each command, errors naming the field."""
+"""The command line: JSON keys of each command, errors naming the field, tables a person can
+read (width, units, verdicts), interrupts, and a process left as it was found."""
 
+import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from jaxqueue import report
 from jaxqueue.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# One compiled program for the simulations below: paper-qwen8b at n = 5 (rings of 256 jobs),
+# four replications on one device.
+SMALL = ["--gpus", "5", "--reps", "4", "--horizon", "40", "--warmup", "10", "--devices", "1"]
 
 
 def run_json(capsys, *argv):
@@ -12,10 +25,22 @@ def run_json(capsys, *argv):
     return json.loads(capsys.readouterr().out)
 
 
+def run_text(capsys, *argv, code=0):
+    """The command's stdout and stderr; ``code`` is the exit status it must end with."""
+    if code:
+        with pytest.raises(SystemExit) as err:
+            main(list(argv))
+        assert err.value.code == code
+    else:
+        main(list(argv))
+    out = capsys.readouterr()
+    return out.out, out.err
+
+
 def test_lp_reproduces_the_papers_values(capsys):
     bundled = run_json(capsys, "lp", "paper-qwen8b")
     separate = run_json(capsys, "lp", "paper-qwen8b", "--pricing", "separate")
-    # MODEL.md Sec. 7 (independent solve): bundled R* = 297.716, separate R* = 298.598.
+    # docs/model.md Sec. 8 (independent solve): bundled R* = 297.716, separate R* = 298.598.
     assert bundled["revenue"] == pytest.approx(297.716, abs=5e-4)
     assert separate["revenue"] == pytest.approx(298.598, abs=5e-4)
     assert set(bundled) >= {"pricing", "revenue", "mixed_fraction", "solo_efficient", "classes"}
@@ -66,9 +91,264 @@ def test_validate_erlang_a_json(capsys):
     (["simulate", "paper-qwen8b", "--policy", "nope"], "policy"),
     (["lp", "nope"], "neither a built-in name"),
     (["lp", "paper-qwen8b", "--tpot", "0.02"], "smallest feasible value is 0.022"),
+    # The SLI plan without its router would silently change gate-and-route's plan.
+    (["simulate", "paper-qwen8b", "--tpot", "0.023"], "use --policy sli-gate-and-route"),
+    # Memory: one line that says what would fit, instead of an XLA OOM traceback.
+    (["simulate", "paper-qwen8b", "--gpus", "1000000000"], "at most about n = "),
+    (["simulate", "paper-qwen8b", "--reps", "100000000000"], "replications fit"),
 ])
 def test_bad_input_names_the_field(capsys, argv, message):
     with pytest.raises(SystemExit) as err:
         main(argv)
     assert err.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert any(message in line and "error" in line for line in err.splitlines())  # one line
+
+
+def test_main_leaves_the_process_as_it_found_it(capsys, monkeypatch, tmp_path):
+    # The command sets XLA_FLAGS (one CPU device per core) and a persistent compilation cache;
+    # run in-process (a test, a notebook) it must put both back, also when it fails.
+    import jax
+    from jax._src import compilation_cache
+
+    monkeypatch.setenv("JAXQUEUE_CACHE", str(tmp_path / "xla"))
+    flags = os.environ.get("XLA_FLAGS")
+    options = {k: getattr(jax.config, k) for k in (
+        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    main(["simulate", "paper-qwen8b", *SMALL, "--json"])
+    with pytest.raises(SystemExit):
+        main(["simulate", "paper-qwen8b", "--gpus", "0"])
+    with pytest.raises(SystemExit):
+        main(["lp", "no-such-scenario"])
+    capsys.readouterr()
+    assert os.environ.get("XLA_FLAGS") == flags
+    assert {k: getattr(jax.config, k) for k in options} == options
+    assert not compilation_cache.is_persistent_cache_enabled() or options[
+        "jax_compilation_cache_dir"]
+    assert compilation_cache._cache is None  # the cache object is gone too
+
+
+def test_simulate_summary_fits_100_columns_with_units(capsys):
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= report.WIDTH
+    for needle in ("revenue per GPU per second (bundled pricing)", "LP bound R* = 297.7162",
+                   "jobs/s per GPU", "% of arrivals", "prefill wait", "decode wait", "s, mean",
+                   "TPOT, paper's formula at X (s)", "TPOT that decodes see (s)",
+                   "prefill fairness (jobs/GPU)", "planned mixed GPUs: M = 2 of 5", "events:"):
+        assert needle in out, needle
+    assert "nan" not in out.lower()
+    details, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--details")
+    assert max(len(line) for line in details.splitlines()) <= report.WIDTH
+    assert "decodes at solo speed y_solo (jobs/GPU)" in details and "LP plan" in details
+    assert len(details.splitlines()) > len(lines) + 20
+
+
+def test_progress_bar_on_a_terminal_only_without_json(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL)
+    assert "n = 5:" in err and "left" in err  # tqdm, with the time left
+    main(["simulate", "paper-qwen8b", *SMALL, "--json"])
+    assert "n = 5:" not in capsys.readouterr().err
+
+
+def test_simulate_json_has_waits_slis_and_no_nan(capsys):
+    out = run_json(capsys, "simulate", "paper-qwen8b", *SMALL)
+    assert set(out["sli"]) == {"tpot_formula", "tpot_experienced", "prefill_fairness",
+                               "decode_fairness"}
+    tpot = out["sli"]["tpot_formula"]
+    assert tpot["target"] is None and tpot["plan"] == pytest.approx(0.0242836, rel=1e-5)
+    # The paper's TPOT at the simulated X lies between tau (X = 1) and 1/gamma (X = 0).
+    assert 0.022 < tpot["mean"] < 0.033272 and tpot["ci95"] > 0
+    for c in out["classes"]:
+        assert c["prefill_wait"]["mean"] >= 0 and 0 <= c["abandonment"]["mean"] <= 1
+    assert out["time_reached"]["min"] == 40.0 and out["replications_with_statistics"] == 4
+
+
+# One replication in chunks of 64 events: a second program, shared by the two tests below.
+ONE = ["--gpus", "5", "--reps", "1", "--devices", "1", "--chunk-events", "64"]
+
+
+def test_one_replication_says_it_has_no_interval(capsys):
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", *ONE, "--horizon", "40",
+                      "--warmup", "10")
+    assert "one replication: no confidence intervals" in out
+    assert "nan" not in out.lower() and "±" not in out
+
+
+def test_coupled_policy_names_its_layout(capsys):
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", "--policy", "fi-wsp", *SMALL)
+    assert "planned mixed GPUs: none (coupled" in out and "0 mixed" not in out
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    js = run_json(capsys, "simulate", "paper-qwen8b", "--policy", "fi-wsp", *SMALL)
+    assert js["mixed_gpus"] is None and js["coupled"] and not js["static_planning"]
+
+
+def test_sli_policy_reports_its_targets_and_says_when_it_misses_them(capsys):
+    # At n = 50 the TPOT plan's X* = 0.0942 needs M = ceil(50 X*) = 5 mixed GPUs, whose busy
+    # prefill slots make X = 0.1 and TPOT(0.1) = 0.02306 s > 0.023: the output must show it.
+    argv = ["simulate", "paper-qwen8b", "--policy", "sli-gate-and-route", "--gpus", "50",
+            "--reps", "2", "--horizon", "60", "--warmup", "20", "--devices", "1"]
+    out, _ = run_text(capsys, *argv, "--tpot", "0.023")
+    line = next(x for x in out.splitlines() if x.startswith("TPOT, paper's formula"))
+    assert "0.023" in line and line.rstrip().endswith("MISSED")
+    assert "a bound only for policies that meet its targets" in out
+    js = run_json(capsys, *argv, "--tpot", "0.023")
+    assert js["sli"]["tpot_formula"]["mean"] == pytest.approx(0.02306, abs=2e-5)
+    assert js["sli"]["tpot_formula"]["target"] == 0.023
+    plain, _ = run_text(capsys, *argv)
+    assert "without SLI targets (none given)" in plain and "the plan of gate-and-route" in plain
+
+
+def test_fixed_buffer_capacity_overflow_says_what_to_use(capsys):
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", "--policy", "fg-sp", *SMALL,
+                      "--buffer-capacity", "2", code=2)
+    assert "fixed capacity of 2 jobs" in err and "--buffer-capacity 8 or more" in err
+
+
+def test_estimate_of_a_long_run_is_printed_before_it_starts(capsys):
+    # FI-WSP on a million GPUs: per-GPU arrays of 2^20 entries per replication, O(n) per step.
+    out, err = run_text(capsys, "simulate", "paper-qwen8b", "--policy", "fi-wsp", "--gpus",
+                        "1000000", "--reps", "2", "--estimate")
+    assert out == "" and "estimated run time" in err
+    assert any(unit in err for unit in ("days", "years"))
+
+
+def test_an_interrupt_in_the_warmup_says_no_statistics_and_exits_130(capsys, monkeypatch):
+    from jaxqueue import driver
+
+    # max_chunks stops the run as a Ctrl-C between chunks would.
+    monkeypatch.setattr(driver, "simulate", functools.partial(driver.simulate, max_chunks=1))
+    argv = ["simulate", "paper-qwen8b", *ONE, "--horizon", "40", "--warmup", "35"]
+    out, err = run_text(capsys, *argv, code=130)
+    assert "INTERRUPTED at t = " in out and "no statistics were collected" in out
+    assert "nan" not in out.lower() and "interrupted" in err
+    js = run_json_code(capsys, 130, *argv)
+    assert js["interrupted"] and js["revenue_per_gpu"] is None
+    assert 0 < js["time_reached"]["max"] < 35
+
+
+def run_json_code(capsys, code, *argv):
+    with pytest.raises(SystemExit) as err:
+        main([*argv, "--json"])
+    assert err.value.code == code
+    return json.loads(capsys.readouterr().out)
+
+
+# The command as its entry point runs it, with Python's Ctrl-C handling restored: a process
+# started in the background by a shell inherits SIGINT ignored.
+COMMAND = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from jaxqueue.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_on_the_command_exits_130_with_the_time_reached():
+    env = dict(os.environ, JAXQUEUE_CACHE="",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, "simulate", "paper-qwen8b", "--gpus", "5", "--reps",
+         "2", "--horizon", "1e7", "--warmup", "0", "--json"], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stderr:  # the estimate, then a line once the run is compiled and going
+            if "simulating" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    js = json.loads(out)
+    assert js["interrupted"] and js["horizon"] == 1e7
+    assert 0 < js["time_reached"]["min"] < 1e7 and js["replications_with_statistics"] == 2
+
+
+def test_help_shows_defaults_and_no_rst_markup(capsys):
+    for argv in (["--help"], ["simulate", "--help"], ["lp", "--help"], ["validate", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "``" not in text
+    main_help = capsys.readouterr
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = main_help().out
+    assert "(default: 50)" in text and "(default: 256)" in text and "--details" in text
+    with pytest.raises(SystemExit):
+        main(["lp", "--help"])
+    assert "revenue per GPU per second per unit of excess" in " ".join(main_help().out.split())
+
+
+def test_validate_prints_its_verdict_and_the_threshold(capsys):
+    out, _ = run_text(capsys, "validate", "erlang-a", "--servers", "5", "--arrival-rate", "4",
+                      "--service-rate", "1", "--patience-rate", "0.5", "--reps", "32",
+                      "--horizon", "300", "--warmup", "30")
+    assert "verdict: AGREE" in out and "|z| <= 3" in out
+
+
+def test_convergence_verdict_and_exit_code(capsys, monkeypatch):
+    import numpy as np
+
+    from jaxqueue import validate
+
+    lp = 297.716
+
+    def fake(values_by_n):
+        samples = {n: np.asarray(v, float) for n, v in values_by_n.items()}
+        rows = []
+        for n, v in samples.items():
+            se = v.std(ddof=1) / np.sqrt(v.size)
+            rows.append({"gpus": n, "mixed_gpus": 1, "lp_revenue": lp, "replications": v.size,
+                         "revenue": {"mean": v.mean(), "ci95": 2 * se}, "gap": lp - v.mean(),
+                         "relative_gap": (lp - v.mean()) / lp, "wall_seconds": 0.0,
+                         "z_above_bound": (v.mean() - lp) / se, "events": 0})
+        out = {"scenario": "paper-qwen8b", "policy": "gate-and-route", "pricing": "bundled",
+               "reps": 4, "horizon": 1.0, "warmup": 0.0, "rows": rows, "interrupted": False}
+        out.update(validate.convergence_verdict(rows, samples))
+        return out
+
+    # Rising revenue under the bound: agree. Above the bound by many standard errors: disagree.
+    good = fake({5: [265.0, 266.0, 264.0, 265.5], 50: [288.0, 288.5, 287.5, 288.2]})
+    assert good["verdict"] == "agree" and good["bound"] and good["trend"]
+    above = fake({5: [265.0, 266.0, 264.0, 265.5], 50: [299.0, 299.5, 298.8, 299.2]})
+    assert above["verdict"] == "disagree" and not above["bound"] and above["trend"]
+    flat = fake({5: [265.0, 266.0, 264.0, 265.5], 50: [265.0, 266.0, 264.0, 265.5]})
+    assert flat["verdict"] == "disagree" and flat["bound"] and not flat["trend"]
+    monkeypatch.setattr(validate, "convergence_check", lambda *a, **k: above)
+    out, _ = run_text(capsys, "validate", "convergence", code=1)
+    assert "verdict: DISAGREE" in out and "(1) bound: NO" in out and "3 standard errors" in out
+    longest = dict(above, scenario="dolly-8class", policy="prioritize-and-route",
+                   pricing="separate")  # the longest built-in names
+    assert max(map(len, report.convergence_lines(longest, prefix="(c) "))) <= report.WIDTH
+    out, _ = run_text(capsys, "convergence", code=1)
+    assert not out.startswith("(c)") and "verdict: DISAGREE" in out
+    monkeypatch.setattr(validate, "convergence_check", lambda *a, **k: good)
+    out, _ = run_text(capsys, "convergence")
+    assert out.startswith("paper-qwen8b / gate-and-route") and "verdict: AGREE" in out
+
+
+def test_exact_check_table_states_its_threshold():
+    rows = [("mean_queue", {"mean": 2.9, "ci95": 0.1, "exact": 2.95, "z": 2.18, "agree": True})]
+    lines = report.exact_check_lines("title", rows, "agree", "agree when every |z| <= 3")
+    assert lines[-1] == "verdict: AGREE (agree when every |z| <= 3)"
+
+
+def test_lp_penalty_prints_revenue_penalty_and_violations(capsys):
+    js = run_json(capsys, "lp", "paper-qwen8b", "--tpot", "0.021", "--penalty")
+    term = js["penalties"]["tpot"]
+    assert js["revenue"] == pytest.approx(297.716, abs=5e-4)
+    assert term["excess"] == pytest.approx(0.0242836 - 0.021, rel=1e-4)
+    assert js["objective"] == pytest.approx(js["revenue"] - term["penalty"], rel=1e-12)
+    assert term["smallest"] == pytest.approx(0.022, rel=1e-9)
+    assert js["unique"] is False and "y_mixed" in js["alternative_optima"]
+    out, _ = run_text(capsys, "lp", "paper-qwen8b", "--tpot", "0.021", "--penalty",
+                      "--penalty-weight", "1e6")
+    assert "revenue - penalty = 0.000000 - 1000 = -1000.000000" in out
+    assert "no plan meets this target" in out and "-0.0" not in out
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    out, _ = run_text(capsys, "lp", "paper-qwen8b")
+    assert "the LP optimum is not unique" in out

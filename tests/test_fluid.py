@@ -13,7 +13,7 @@ from jaxqueue.model import Model
 
 
 def reference_model() -> Model:
-    """The Sec. 6.2 instance as the independent solve of MODEL.md Sec. 7 used it.
+    """The Sec. 6.2 instance as the independent solve of docs/model.md Sec. 8 used it.
 
     That solve's numbers (R* = 297.716, 298.598, q_d* = (0, 0.8003)) come out with
     gamma = 1/tau_solo = 1/0.022 = 45.4545 tok/s; with the paper's rounded gamma = 45.45 the
@@ -92,7 +92,7 @@ def assert_dual_optimal(model: Model, plan: fluid.Plan, tol: float = 1e-7) -> No
         assert abs(room * a[k]) <= 1e-7
 
 
-# ---- paper reference values (MODEL.md Sec. 7) ---------------------------------------------------
+# ---- paper reference values (docs/model.md Sec. 8) ----------------------------------------------
 def bundled_closed_form(m: Model) -> float:
     """The bundled optimum of the paper instance in closed form (active set read off the LP).
 
@@ -350,7 +350,7 @@ def test_prefill_fairness_on_the_paper_instance():
 
 
 def test_prefill_fairness_is_steeper_than_decode_fairness():
-    # Fig. 8. Independent solve (MODEL.md Sec. 7): decode fairness 297.7 -> 257.4 as eta_2 goes
+    # Fig. 8. Independent solve (docs/model.md Sec. 8): decode fairness 297.7 -> 257.4 as eta_2 goes
     # 4 -> 0; this LP gives 257.3996 at eta_2 = 0 against 134.0 at eta_1 = 0.
     m = reference_model()
     r_star = fluid.solve_bundled(m).revenue
@@ -431,8 +431,8 @@ def test_plan_summary_is_the_cli_json():
     plan = fluid.solve_separate(m)
     summary = plan_summary(m, plan)
     assert json.loads(json.dumps(summary)) == summary
-    assert set(summary) == {"pricing", "revenue", "mixed_fraction", "solo_efficient", "classes",
-                            "sli", "duals"}
+    assert set(summary) == {"scenario", "pricing", "revenue", "objective", "penalty",
+                            "mixed_fraction", "solo_efficient", "classes", "sli", "duals"}
     assert summary["pricing"] == "separate" and type(summary["revenue"]) is float
     assert summary["mixed_fraction"] == pytest.approx(plan.sum_x)
     assert [c["name"] for c in summary["classes"]] == ["decode-heavy", "prefill-heavy"]
@@ -443,3 +443,57 @@ def test_plan_summary_is_the_cli_json():
     assert set(summary["duals"]) == {"prefill", "mixed", "solo"}
     with pytest.raises(ValueError, match="classes"):
         plan_summary(scenarios.load("dolly-8class"), plan)
+
+
+def test_optimum_ranges_hand_checked_one_class():
+    # Light load (see test_tiny_light_load_serves_everything): R = 3 needs q_p = q_d = 0, hence
+    # x = 0.5, and decode throughput y_m + 2 y_s = 1 with y_m <= x = 0.5 and y_s <= 2(1-x) = 1:
+    # every y_m in [0, 0.5] with y_s = (1 - y_m)/2 in [0.25, 0.5] is optimal. Not unique.
+    light = fluid.optima(tiny(1.0))
+    assert not light.unique()
+    assert (light.low["x"][0], light.high["x"][0]) == pytest.approx((0.5, 0.5), abs=1e-6)
+    assert (light.low["y_m"][0], light.high["y_m"][0]) == pytest.approx((0.0, 0.5), abs=1e-6)
+    assert (light.low["y_s"][0], light.high["y_s"][0]) == pytest.approx((0.25, 0.5), abs=1e-6)
+    # Heavy load: capacity binds at the vertex x = 0.8, y_m = 0.8, y_s = 0.4: the only optimum.
+    assert fluid.optima(tiny(10.0)).unique()
+    # A soft TPOT target: the penalized objective is strictly concave around X = 0.5
+    # (test_tpot_penalty_hand_checked_one_class), so X is unique; the decodes 2X = 1 per second
+    # again split freely: y_m in [0, X] = [0, 0.5], y_s = (1 - y_m)/2 <= 2(1 - X) = 1.
+    soft = fluid.optima(tiny(10.0), sli=SLI(tpot=0.3125, penalty=True, weights={"tpot": 27.0}))
+    assert (soft.low["sum_x"], soft.high["sum_x"]) == pytest.approx((0.5, 0.5), abs=1e-9)
+    assert (soft.low["y_m"][0], soft.high["y_m"][0]) == pytest.approx((0.0, 0.5), abs=1e-6)
+    assert (soft.low["y_s"][0], soft.high["y_s"][0]) == pytest.approx((0.25, 0.5), abs=1e-6)
+    assert not soft.unique()
+
+
+def test_the_paper_lp_optimum_is_not_unique_and_penalties_pick_other_vertices():
+    # Revenue counts decode completions mu_m y_m + mu_s y_s, which the decode balance fixes:
+    # how the decodes split between mixed and solo slots is free within the capacities, so the
+    # plain LP and the q_d = 0 LP of a penalized solve return different vertices at one R*.
+    m = scenarios.load("paper-qwen8b")
+    plain = fluid.solve(m)
+    penalized = fluid.solve(m, sli=SLI(tpot=0.021, penalty=True))
+    assert penalized.revenue == pytest.approx(plain.revenue, rel=1e-12)
+    ranges = fluid.optima(m)
+    assert not ranges.unique()
+    assert np.max(ranges.spread("y_m")) > 3.0  # y_m of one class from 0 to 3.198
+    np.testing.assert_allclose(ranges.spread("x"), 0.0, atol=1e-6)  # the gate's targets are not
+
+
+def test_penalty_terms_add_up_to_the_objective():
+    # Hand-checked above: weight 0.1 keeps x = (1, 0), spread 1 against the target 0.5.
+    m = two_class()
+    sli = SLI(prefill_fairness=0.5, penalty=True, weights={"prefill_fairness": 0.1})
+    plan = fluid.solve(m, sli=sli)
+    terms = fluid.penalty_terms(plan, sli)
+    assert terms["prefill_fairness"] == pytest.approx(
+        {"value": 1.0, "target": 0.5, "excess": 0.5, "weight": 0.1, "penalty": 0.05}, rel=1e-9)
+    assert plan.penalty == pytest.approx(0.05, rel=1e-9)
+    assert plan.objective == pytest.approx(plan.revenue - plan.penalty, rel=1e-12)
+    # The paper instance's TPOT cannot go below 1/gamma = 0.022 s: a target of 0.021 is
+    # violated by any plan; with weight 1 the penalty (3.3e-3) leaves the plan unchanged.
+    paper = scenarios.load("paper-qwen8b")
+    soft = SLI(tpot=0.021, penalty=True)
+    tpot = fluid.penalty_terms(fluid.solve(paper, sli=soft), soft)["tpot"]
+    assert tpot["excess"] == pytest.approx(fluid.solve(paper).sli["tpot"] - 0.021, rel=1e-9)
+    assert fluid.smallest(paper, "tpot") == pytest.approx(0.022, rel=1e-12)

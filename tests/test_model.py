@@ -71,10 +71,10 @@ prompt_tokens = 300
 output_tokens = 1000
 """
     path.write_text(text)
-    with pytest.raises(ModelError, match="unknown field 'colour'"):
+    with pytest.raises(ModelError, match=r"s\.toml: unknown key gpu\.colour"):
         scenarios.load(path)
     path.write_text(text.replace("colour = 3\n", "").replace("batch = 16\n", "batch = 0\n"))
-    with pytest.raises(ModelError, match="B \\(batch\\)"):
+    with pytest.raises(ModelError, match=r"s\.toml: gpu\.batch = 0 is invalid: must be an integer"):
         scenarios.load(path)
     path.write_text(text.replace("colour = 3\n", ""))
     m = scenarios.load(path)
@@ -87,3 +87,66 @@ output_tokens = 1000
 def test_builtin_scenarios():
     assert scenarios.load("dolly-8class").num_classes == 8
     assert scenarios.load("paper-qwen4b").tau == pytest.approx(0.0152 + 3.6e-5 * 256)
+
+
+# A scenario file the paper's instance spells out; each case replaces one line.
+SCENARIO = """name = "x"
+[gpu]
+alpha = 0.0174
+beta = 6.2e-5
+gamma = 45.45
+chunk = 256
+batch = 16
+[pricing]
+prefill = 0.1
+decode = 0.2
+[[classes]]
+arrival_rate = 0.5
+patience_rate = 0.1
+prompt_tokens = 300
+output_tokens = 1000
+[[classes]]
+name = "second"
+arrival_rate = 0.5
+patience_rate = 0.1
+prompt_tokens = 3000
+output_tokens = 400
+"""
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("chunk = 256", "chunk = 2.5", r"gpu\.chunk = 2\.5 is invalid: must be an integer >= 1"),
+    ("chunk = 256", "chunk = -512", r"gpu\.chunk = -512 is invalid: must be an integer >= 1"),
+    ("batch = 16", "batch = 1.5", r"gpu\.batch = 1\.5 is invalid: must be an integer >= 1"),
+    ("batch = 16", 'batch = "16"', r"gpu\.batch = '16' is invalid"),
+    ("prompt_tokens = 300", 'prompt_tokens = "300"',
+     r"classes\[0\]\.prompt_tokens = '300' is invalid: must be a number, not a string"),
+    ("arrival_rate = 0.5\npatience_rate = 0.1\nprompt_tokens = 3000",
+     "arrival_rate = -1\npatience_rate = 0.1\nprompt_tokens = 3000",
+     r"classes\[1\]\.arrival_rate = -1 is invalid: must be a finite number >= 0"),
+    ("gamma = 45.45", "gamma = 0", r"gpu\.gamma = 0 is invalid: must be a finite number > 0"),
+    ("prefill = 0.1", "prefill = true", r"pricing\.prefill = True is invalid: must be a number"),
+    ("alpha = 0.0174\nbeta = 6.2e-5", "alpha = 0\nbeta = 0",
+     r"gpu\.alpha \+ gpu\.beta \* gpu\.chunk = 0\.0 is invalid"),
+    ('name = "second"', "name = 3", r"classes\[1\]\.name = 3 is invalid: must be a non-empty"),
+    ("output_tokens = 1000", "", r"missing key classes\[0\]\.output_tokens"),
+])
+def test_toml_errors_name_the_file_and_the_key(tmp_path, old, new, message):
+    # The file's own spelling (classes[0].arrival_rate, gpu.chunk), never the model's symbols
+    # (lambda_, C); strings and fractional chunks are errors, not silently converted.
+    assert old in SCENARIO
+    path = tmp_path / "cluster.toml"
+    path.write_text(SCENARIO.replace(old, new, 1))
+    with pytest.raises(ModelError, match=message) as err:
+        scenarios.load(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert "lambda_" not in str(err.value) and "C =" not in str(err.value)
+
+
+def test_python_construction_names_its_own_fields_and_refuses_strings():
+    with pytest.raises(ModelError, match=r"^lambda_ = "):
+        Model(**{**GOOD, "lambda_": (-1.0, 0.5)})
+    with pytest.raises(ModelError, match=r"^P = .*not strings"):
+        Model(**{**GOOD, "P": ("300", 3000)})
+    with pytest.raises(ModelError, match=r"^alpha = .*not strings"):
+        Model(**{**GOOD, "alpha": "0.0174"})

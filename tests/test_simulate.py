@@ -138,11 +138,12 @@ def test_bad_arguments_raise():
         policies.build("no-such", scenarios.load("paper-qwen8b"), 5)
 
 
-def test_overflow_is_an_error_not_a_silent_clip():
+def test_overflow_of_a_fixed_capacity_is_an_error_not_a_silent_clip():
     model = scenarios.load("paper-qwen8b")
     system = pooled(model, 200, 1, "fcfs", capacity=256)  # one prefill slot: the queue explodes
-    with pytest.raises(jq.SimulationError, match="capacity of 256"):
-        jq.simulate(jax.random.key(0), system, reps=2, horizon=50.0)
+    # A capacity the user fixed is not grown: the error says what to use instead.
+    with pytest.raises(jq.SimulationError, match="capacity of 256 .* use 1,024 or more"):
+        jq.simulate(jax.random.key(0), system, reps=2, horizon=50.0, grow_buffers=False)
 
 
 @pytest.mark.parametrize("policy", [
@@ -190,12 +191,21 @@ def test_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     path = tmp_path / "run.npz"
     # Stop after 3 chunks (as a kill would), then resume from the file to the end.
     part = jq.simulate(jax.random.key(12), system, checkpoint=path, max_chunks=3, **kw)
-    assert part.interrupted and path.exists()
-    resumed = jq.simulate(jax.random.key(12), system, checkpoint=path, **kw)
+    assert part.interrupted and path.exists() and part.resumed == 0
+    said = []
+    resumed = jq.simulate(jax.random.key(12), system, checkpoint=path, notify=said.append, **kw)
     assert not resumed.interrupted
     np.testing.assert_array_equal(whole.tallies, resumed.tallies)
     np.testing.assert_allclose(whole.level_integrals, resumed.level_integrals, rtol=1e-12)
     assert resumed.events == whole.events
+    # The resumed run says so, and how much it found done; the finished run marks its file.
+    done = float(np.mean(part.time)) / kw["horizon"]
+    assert resumed.resumed == pytest.approx(done, rel=1e-9) and 0 < done < 1
+    assert said[0].startswith(f"resumed from checkpoint {path}: {100 * done:.0f}%")
+    assert "marked finished" in said[-1]
+    again = jq.simulate(jax.random.key(12), system, checkpoint=path, notify=said.append, **kw)
+    assert again.resumed == 1.0 and "finished: results read from it" in said[-1]
+    np.testing.assert_array_equal(again.tallies, whole.tallies)
     # A checkpoint of another run is refused, not silently mixed in.
     other, _ = policies.build("gate-and-route", model, 11)
     with pytest.raises(jq.SimulationError, match="different run"):

@@ -7,6 +7,8 @@ quantities under the same names, so :mod:`jaxqueue.stats` and the CLI read any o
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +19,10 @@ from ..decisions import AbstractDecisions
 from ..kernel import Event, Revenue
 from ..model import Model
 
-__all__ = ["GATES", "LEVELS", "TALLIES", "any_overflow", "checked_capacity", "checked_gpus",
-           "default_capacity", "gate_choice", "gate_keys", "overflow_message", "rebase_rings",
-           "revenue", "ring_live", "ring_residual", "split_event"]
+__all__ = ["GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow", "checked_capacity",
+           "checked_gpus", "default_capacity", "gate_choice", "gate_keys", "live_bound",
+           "overflow_message", "rebase_rings", "revenue", "ring_live", "ring_residual",
+           "split_event"]
 
 #: Time-integrated levels, each per class (the names of the per-GPU fluid quantities): prefills
 #: in service, decodes in service at the mixed and at the solo speed, jobs waiting for prefill
@@ -122,9 +125,9 @@ def any_overflow(*rings: buf.Ring | None):
 
 
 def overflow_message(capacity: int) -> str:
-    """The error a run whose ring overflowed ends with."""
-    return (f"a FCFS buffer overflowed its capacity of {capacity} jobs: rerun with a larger "
-            "capacity (--buffer-capacity); no result was produced from the truncated run")
+    """What happened when a ring overflowed (the driver grows it and reruns, or says why not)."""
+    return (f"a FCFS buffer overflowed its capacity of {capacity:,} jobs (no result is taken "
+            "from a truncated run)")
 
 
 def ring_residual(ring: buf.Ring | None, num: int, window):
@@ -140,30 +143,57 @@ def ring_live(ring: buf.Ring | None, num: int, now):
 
 
 # ---- checks -------------------------------------------------------------------------------------
+#: Largest n: counts, slots and ring indices are int32.
+MAX_GPUS = 2**31 - 1
+
+
 def checked_gpus(n) -> int:
     """``n`` as an int, or a ValueError naming the field and its allowed range."""
     try:
         ok = (isinstance(n, (int, np.integer, float)) and not isinstance(n, bool)
-              and float(n).is_integer() and int(n) >= 1)
+              and float(n).is_integer() and 1 <= int(n) <= MAX_GPUS)
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer >= 1")
+        raise ValueError(f"n (gpus) = {n!r} is invalid: must be an integer in [1, {MAX_GPUS}]")
     return int(n)
 
 
-def checked_capacity(capacity, n: int) -> int:
-    """A ring capacity: ``capacity`` checked, or :func:`default_capacity` for n when None."""
+def checked_capacity(capacity, n: int, model: Model | None = None) -> int:
+    """A ring capacity: ``capacity`` checked, or :func:`default_capacity` for n (and the
+    scenario ``model``) when None."""
     if capacity is None:
-        return default_capacity(n)
-    if isinstance(capacity, bool) or int(capacity) != capacity or capacity < 1:
-        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer >= 1")
+        return default_capacity(n, model)
+    if (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
+            or not 1 <= capacity <= MAX_GPUS):
+        raise ValueError(f"capacity = {capacity!r} is invalid: must be an integer in "
+                         f"[1, {MAX_GPUS}]")
     return int(capacity)
 
 
-def default_capacity(n: int) -> int:
-    """A ring capacity for n GPUs: a power of two >= 2n (at least 256), so that nearby n share
-    one compiled program. It bounds live plus not-yet-discarded jobs (on the paper's instance at
-    n = 500 the decode buffer holds about 110); overflow is an error naming the option to raise.
-    Larger rings cost memory traffic (about 100 ns per event at 4096 slots and 1024 reps)."""
-    return int(2 ** int(np.ceil(np.log2(max(256, 2 * n)))))
+def live_bound(n: int, model: Model) -> float:
+    """Mean of the bound on live waiting jobs used by :func:`default_capacity`:
+    ``m = n * sum_i lambda_i / theta_i`` over the classes with theta_i > 0."""
+    lam, theta = np.asarray(model.lambda_, np.float64), np.asarray(model.theta, np.float64)
+    patient = theta > 0
+    return float(n * np.sum(lam[patient] / theta[patient]))
+
+
+def default_capacity(n: int, model: Model | None = None) -> int:
+    """A ring capacity for n GPUs of a scenario: the smallest power of two (so that nearby n
+    share one compiled program) that is at least 256, 2n and ``m + 6 sqrt(m)``.
+
+    The bound: a job waits in a buffer only while its patience runs, so at any moment the live
+    jobs of a buffer are among the jobs of an M/M/inf queue fed by every arrival (rate
+    ``n sum_i lambda_i``) whose "service" is the patience (rate ``theta_i``): Poisson with mean
+    ``m = n sum_i lambda_i / theta_i`` in steady state (:func:`live_bound`). ``m + 6 sqrt(m)``
+    is exceeded with probability about 1e-9 at a given moment (normal approximation). A ring also
+    holds jobs that abandoned but wait behind a live one to be discarded (lazy abandonment), and
+    classes with theta_i = 0 never abandon, so this is not a bound on the ring: a ring that
+    overflows anyway is grown and its batch rerun by :func:`jaxqueue.simulate`, which tells the
+    user. Without ``model`` only 256 and 2n count."""
+    need = max(256, 2 * n)
+    if model is not None:
+        m = live_bound(n, model)
+        need = max(need, math.ceil(m + 6 * math.sqrt(m)))
+    return int(2 ** math.ceil(math.log2(need)))

@@ -2,8 +2,8 @@
 with every GPU's contents explicit.
 
 The coupled baselines keep a request on the GPU where its prefill ran, and a GPU's mode (mixed
-while a prefill runs on it, solo otherwise) sets the speed of every decode on it (MODEL.md
-Sec. 5, "Baselines and ablations"): pooled counts cannot describe them.
+while a prefill runs on it, solo otherwise) sets the speed of every decode on it (docs/model.md
+Sec. 6, the baselines of Sec. 6.3): pooled counts cannot describe them.
 
 **State: per-GPU arrays**, not counts of GPUs per configuration. A GPU's configuration is its
 prefill's class (or none) and its decode count per class: ``(I+1) * C(B+I, I)`` configurations,
@@ -32,7 +32,7 @@ Two layouts:
 Decode speed: on a GPU running a prefill a decode completes at mu_m, otherwise at mu_s. With
 ``speed_rule="paper"`` (the default) a planned mixed GPU counts as mixed even while its prefill
 slot idles, as in the paper's pooled model; ``"idle-solo"`` runs it at solo speed then (the
-realistic rule, MODEL.md Sec. 8). The levels and tallies carry the pooled engine's names and
+realistic rule, docs/model.md Sec. 8). The levels and tallies carry the pooled engine's names and
 meanings per *speed*: ``y_m``/``mixed_done`` are decodes at mu_m, ``y_s``/``solo_done`` at mu_s,
 so :func:`jaxqueue.stats.summarize_pooled` and the JSON keys apply unchanged.
 

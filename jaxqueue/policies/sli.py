@@ -1,4 +1,4 @@
-"""SLI-aware Gate-and-Route (MODEL.md Sec. 5, paper Sec. 5.1 and EC 13), on pooled counts.
+"""SLI-aware Gate-and-Route (docs/model.md Sec. 6, paper Sec. 5.1 and EC 13), on pooled counts.
 
 Static planning and the gate are those of Gate-and-Route (:mod:`jaxqueue.policies.pooled`): M of
 the n GPUs are mixed (``M = ceil(n sum x*)``), they hold the M prefill slots and (B-1)M decode

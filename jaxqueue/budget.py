@@ -1,0 +1,214 @@
+"""What a simulation will cost before it starts: memory per replication and a run-time estimate.
+
+Memory is exact up to XLA's temporaries: the state of one replication is read from the
+system's ``init`` without allocating it (``jax.eval_shape``); a chunk holds it about three times
+over (inputs, outputs, temporaries), plus its random words. Pooled systems hold counts and
+buffers whose size follows n; per-GPU systems hold arrays of length O(n) per replication. The
+host keeps float64 sums per replication (a few hundred bytes each).
+
+Time is an estimate, meant to be pessimistic on an idle machine. Every job causes at most one
+arrival, one prefill end (completion or abandonment), one decode end, and one zero-time
+discard per lazy FCFS buffer it passes through, so a replication takes at most
+``(3 + buffers) * n * sum_i lambda_i * horizon`` steps. The rate assumed for each engine is
+below what ``scripts/bench.py`` measured on a 2-core CPU (pooled: 7 M events/s at 1,024
+replications, 0.2 M with one; per-GPU at n = 500: 0.34 M; about half of that while other jobs
+share the machine, e.g. 1.5 M for 256 replications on 2 busy cores), scaled by the number of
+classes and, for the per-GPU engine, by the length of its per-GPU arrays: 15,000 events/s per
+replication up to 1 M per device for two classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from .kernel import SimulationError
+
+__all__ = ["Estimate", "ResourceError", "device_memory", "estimate", "host_memory",
+           "human_bytes", "human_seconds"]
+
+#: Share of a device's memory one batch of replications may take (the rest is XLA's and ours).
+DEVICE_SHARE = 0.25
+#: Share of the host's physical memory the per-replication results may take.
+HOST_SHARE = 0.5
+
+
+class ResourceError(SimulationError):
+    """A run that cannot fit in memory; the message says what would fit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What a run needs.
+
+    Attributes:
+        device_bytes_per_rep: device memory one replication needs during a chunk.
+        device_bytes: memory one device can give a batch (``DEVICE_SHARE`` of it).
+        host_bytes_per_rep: host memory of one replication's results.
+        host_bytes: host memory the results may take (``HOST_SHARE`` of it).
+        events: estimated steps of the whole run (an upper bound on its events), or None
+            when the system does not say its arrival rates.
+        events_per_second: the rate assumed for this engine, replications and devices.
+    """
+
+    device_bytes_per_rep: int
+    device_bytes: int
+    host_bytes_per_rep: int
+    host_bytes: int
+    events: float | None
+    events_per_second: float
+
+    @property
+    def seconds(self) -> float | None:
+        """Estimated wall seconds of simulation (compilation excluded)."""
+        return None if self.events is None else self.events / self.events_per_second
+
+    @property
+    def max_reps_device(self) -> int:
+        """Replications one device can run at once."""
+        return int(self.device_bytes // self.device_bytes_per_rep)
+
+    @property
+    def max_reps_host(self) -> int:
+        """Replications whose results fit in the host's memory."""
+        return int(self.host_bytes // self.host_bytes_per_rep)
+
+
+def state_bytes(system) -> int:
+    """Bytes of one replication's state (from ``system.init``, nothing allocated)."""
+    state = jax.eval_shape(system.init)
+    return int(sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state)))
+
+
+def device_bytes_per_rep(system, chunk_events: int) -> int:
+    """Device memory of one replication in a chunk: its state three times over (inputs, outputs
+    and temporaries) and its random words."""
+    return 3 * state_bytes(system) + chunk_events * (2 + system.num_random) * 4 * 2 + 4096
+
+
+def host_bytes_per_rep(system) -> int:
+    """Host memory of one replication's results: its float64 sums (integrals, counters, time,
+    censuses at the window's ends) twice over (batches and their concatenation), and the
+    per-GPU summaries of :mod:`jaxqueue.stats`."""
+    levels = len(system.level_names) * system.num_classes
+    tallies = len(system.tally_names) * system.num_classes
+    return 8 * (2 * (3 * levels + tallies + 1) + 30 * system.num_classes)
+
+
+def device_memory(devices: Sequence[Any] | None = None) -> list[int]:
+    """Memory of each device in bytes: its allocator's limit, or for CPU devices the host's
+    physical memory shared among them."""
+    devs = list(devices) if devices else [jax.devices()[0]]
+    out = []
+    for d in devs:
+        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+        limit = (stats or {}).get("bytes_limit")
+        if limit is None:
+            limit = host_memory() // len(devs)
+        out.append(int(limit))
+    return out
+
+
+def host_memory() -> int:
+    """The host's physical memory in bytes (4 GiB when it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _steps_per_time(system) -> float | None:
+    """An upper bound on the steps per model second of one replication (see the module
+    docstring), or None for a system that does not expose its arrival rates."""
+    model = getattr(system, "model", None)
+    if model is not None:
+        arrivals = float(np.asarray(system.n)) * float(np.sum(np.asarray(model.lambda_)))
+        state = jax.eval_shape(system.init)
+        rings = sum(getattr(state, k, None) is not None for k in ("prefill_ring", "decode_ring"))
+        return (3 + rings) * arrivals
+    rate = getattr(system, "arrival_rate", None)
+    if rate is not None:  # M/M/N+M: an arrival and a departure (service or abandonment) per job
+        return 2.0 * float(np.asarray(rate))
+    return None
+
+
+def _rate_per_device(system, reps_per_device: int) -> float:
+    """Events per second assumed for one device running ``reps_per_device`` replications."""
+    base = min(reps_per_device * 1.5e4, 1e6) * 2.0 / max(system.num_classes, 2)
+    gpus = getattr(system, "gpus", None)
+    if gpus is not None:  # per-GPU engine: a step touches arrays of length `gpus`
+        base *= min(1.0, 256.0 / gpus)
+    elif getattr(system, "model", None) is None:  # Erlang-A: a handful of scalars per step
+        base *= 10.0
+    return base
+
+
+def estimate(system, *, reps: int, horizon: float, chunk_events: int = 1024,
+             devices: Sequence[Any] | None = None) -> Estimate:
+    """The memory and time a run of ``reps`` replications over ``[0, horizon]`` needs."""
+    memory = device_memory(devices)
+    per = len(memory)
+    events = None
+    steps = _steps_per_time(system)
+    if steps is not None:
+        events = steps * float(horizon) * reps
+    per_device = -(-reps // per)
+    return Estimate(
+        device_bytes_per_rep=device_bytes_per_rep(system, chunk_events),
+        device_bytes=int(DEVICE_SHARE * min(memory)),
+        host_bytes_per_rep=host_bytes_per_rep(system),
+        host_bytes=int(HOST_SHARE * host_memory()),
+        events=events,
+        events_per_second=per * _rate_per_device(system, per_device),
+    )
+
+
+def check_fits(system, est: Estimate, reps: int) -> None:
+    """Raises :class:`ResourceError` (one line that says what would fit) when one replication
+    does not fit on a device or the results of ``reps`` do not fit in the host's memory."""
+    if est.device_bytes_per_rep > est.device_bytes:
+        share = est.device_bytes / est.device_bytes_per_rep
+        what = "this system"
+        fit = ""
+        n = getattr(system, "n", None)
+        if n is not None:  # the state grows in proportion to n (buffers, per-GPU arrays)
+            n = int(np.asarray(n))
+            what = f"n = {n:,} GPUs"
+            fit = f": at most about n = {max(1, int(n * share)):,} GPUs fit"
+        raise ResourceError(
+            f"{what} need {human_bytes(est.device_bytes_per_rep)} of memory per replication, "
+            f"more than the {human_bytes(est.device_bytes)} a device can give{fit}")
+    if reps * est.host_bytes_per_rep > est.host_bytes:
+        raise ResourceError(
+            f"reps = {reps:,} need {human_bytes(reps * est.host_bytes_per_rep)} of host memory "
+            f"for their results ({est.host_bytes_per_rep} bytes each), more than "
+            f"{human_bytes(est.host_bytes)}: at most about {est.max_reps_host:,} replications "
+            "fit")
+
+
+def human_bytes(size: float) -> str:
+    """``1.5 GB``-style sizes (powers of 1000)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if abs(size) < 1000 or unit == "PB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.3g} {unit}"
+        size /= 1000
+    raise AssertionError  # unreachable
+
+
+def human_seconds(seconds: float) -> str:
+    """``3 min``-style durations."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 365 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    return f"{seconds / (365 * 86400):.2g} years"

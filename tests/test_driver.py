@@ -1,0 +1,124 @@
+"""The host driver as a user meets it: buffers that grow instead of failing, interrupted runs
+that say how far they got, runs refused before they exhaust memory, progress on request."""
+
+import dataclasses
+import math
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+import jaxqueue as jq
+from jaxqueue import budget, policies, scenarios, stats
+from jaxqueue.policies.common import default_capacity, live_bound
+
+PAPER = scenarios.load("paper-qwen8b")
+# fg-sp keeps its prefill queue in a FCFS ring; on 10 GPUs over 60 s it holds more than 16 jobs
+# (measured: a ring of 16 overflows, one of 64 does not).
+KW = dict(reps=4, horizon=60.0, warmup=10.0, chunk_events=256)
+
+
+def test_an_overflowing_buffer_grows_and_gives_the_large_buffer_result():
+    small, _ = policies.build("fg-sp", PAPER, 10, capacity=16)
+    large, _ = policies.build("fg-sp", PAPER, 10, capacity=64)
+    said = []
+    grown = jq.simulate(jax.random.key(1), small, notify=said.append, **KW)
+    direct = jq.simulate(jax.random.key(1), large, **KW)
+    assert grown.regrown == 1 and grown.buffer_capacity == 64 and direct.regrown == 0
+    assert len(said) == 1 and "rerunning them with buffers of 64 jobs" in said[0]
+    # The capacity never changes a path that does not overflow: the rerun is bit-identical to a
+    # run that had the large buffer from the start.
+    np.testing.assert_array_equal(grown.tallies, direct.tallies)
+    np.testing.assert_array_equal(grown.level_integrals, direct.level_integrals)
+    # In the Python API without `notify`, the rerun is a warning.
+    with pytest.warns(jq.driver.SimulationWarning, match="overflowed"):
+        jq.simulate(jax.random.key(1), small, **KW)
+    # A capacity the user fixed stays an error that says what to use.
+    with pytest.raises(jq.driver.BufferOverflowError, match="use 64 or more") as err:
+        jq.simulate(jax.random.key(1), small, grow_buffers=False, **KW)
+    assert err.value.capacity == 16
+
+
+def test_default_capacity_covers_the_live_bound_of_every_builtin_scenario():
+    # dolly-8class at n = 50 overflowed the old default of 256 jobs (its decode ring reached 274
+    # in 16 replications); the default now covers m + 6 sqrt(m) live jobs, m = n sum lambda/theta.
+    for name in scenarios.names():
+        model = scenarios.load(name)
+        for n in (5, 50, 100, 500):
+            m = live_bound(n, model)
+            cap = policies.build("fg-sp", model, n)[0].capacity
+            assert cap == default_capacity(n, model) >= m + 6 * math.sqrt(m)
+            assert cap >= 2 * n and cap & (cap - 1) == 0  # a power of two (shared programs)
+    dolly = scenarios.load("dolly-8class")
+    assert live_bound(50, dolly) == pytest.approx(50 * 8 * 0.25 / 0.1)
+    assert policies.build("gate-and-route", dolly, 50)[0].capacity == 2048
+
+
+# The runs below share one compiled program: two replications at a time, 64 events a chunk.
+SHORT = dict(chunk_events=64, max_batch=2)
+
+
+def test_an_interrupt_in_the_warmup_collects_nothing_and_says_so():
+    system, _ = policies.build("gate-and-route", PAPER, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning about empty means
+        run = jq.simulate(jax.random.key(2), system, reps=2, horizon=500.0, warmup=400.0,
+                          max_chunks=1, **SHORT)
+        assert run.interrupted and not np.any(run.collected)
+        # Time reached is the truth, not the horizon asked for: a chunk of 64 events on five
+        # GPUs covers a few seconds of model time.
+        assert np.all((run.time > 0) & (run.time < 400.0)) and run.horizon == 500.0
+        with pytest.raises(ValueError, match="no statistics were collected"):
+            stats.summarize_pooled(run, PAPER, 5)
+
+
+def test_an_interrupted_window_summarizes_only_what_was_collected():
+    system, _ = policies.build("gate-and-route", PAPER, 5)
+    run = jq.simulate(jax.random.key(2), system, reps=4, horizon=500.0, warmup=2.0,
+                      max_chunks=3, **SHORT)
+    # The first batch of two stopped after 3 chunks inside the window; the second never began.
+    assert run.interrupted and list(run.collected) == [True, True, False, False]
+    summary = stats.summarize_pooled(run, PAPER, 5)
+    assert summary["replications"] == 2
+    assert summary["revenue_per_gpu"]["bundled"]["mean"] > 0
+    # One replication has no interval: None (JSON null), not NaN.
+    one = dataclasses.replace(run, **{f: getattr(run, f)[:1] for f in (
+        "level_integrals", "tallies", "window", "time", "stock_start", "stock_end")})
+    summary = stats.summarize_pooled(one, PAPER, 5)
+    assert summary["revenue_per_gpu"]["bundled"]["ci95"] is None
+    assert summary["sli"]["tpot_formula"]["ci95"] is None
+    assert summary["revenue_per_gpu"]["bundled"]["mean"] > 0
+
+
+def test_runs_that_cannot_fit_in_memory_are_refused_with_what_would_fit():
+    system, _ = policies.build("gate-and-route", PAPER, 1_000_000_000)
+    with pytest.raises(budget.ResourceError, match=r"at most about n = [\d,]+ GPUs fit") as err:
+        jq.simulate(jax.random.key(0), system, reps=1, horizon=1.0)
+    assert "\n" not in str(err.value)
+    small, _ = policies.build("gate-and-route", PAPER, 5)
+    with pytest.raises(budget.ResourceError, match=r"at most about [\d,]+ replications fit"):
+        jq.simulate(jax.random.key(0), small, reps=10**11, horizon=1.0)
+
+
+def test_time_estimate_counts_events_per_job():
+    # Every job makes at most an arrival, a prefill end, a decode end and one discard per FCFS
+    # ring it passes: gate-and-route has one ring (decode), so 4 steps per arrival; n = 50 GPUs
+    # at 1 arrival per second per GPU over 1000 s and 8 replications is 1.6e6 steps.
+    system, _ = policies.build("gate-and-route", PAPER, 50)
+    est = budget.estimate(system, reps=8, horizon=1000.0)
+    assert est.events == pytest.approx(4 * 50 * 1.0 * 1000.0 * 8)
+    assert est.seconds == pytest.approx(est.events / est.events_per_second)
+    # The per-GPU engine's steps touch arrays of length n: it is assumed far slower at large n.
+    fi, _ = policies.build("fi-wsp", PAPER, 1_000_000)
+    slow = budget.estimate(fi, reps=8, horizon=1000.0)
+    assert slow.events_per_second < est.events_per_second / 1000
+
+
+def test_progress_only_on_request(capsys):
+    system, _ = policies.build("gate-and-route", PAPER, 5)
+    jq.simulate(jax.random.key(4), system, reps=2, horizon=20.0, **SHORT)
+    assert capsys.readouterr().err == ""
+    jq.simulate(jax.random.key(4), system, reps=2, horizon=20.0, progress="n = 5", **SHORT)
+    err = capsys.readouterr().err
+    assert "n = 5:" in err and "100%" in err and "left" in err  # a tqdm bar with time left

@@ -290,6 +290,8 @@ def _cmd_simulate(args) -> int:
     from .report import simulate_lines
 
     model = scenarios.load(args.scenario)
+    if args.params is not None:
+        return _simulate_tuned(args, model)
     policy = policies.resolve(args.policy)
     sli = _sli(args)
     if sli is not None and policy.router != "sli":
@@ -360,6 +362,45 @@ def _cmd_simulate(args) -> int:
                 if args.checkpoint else ""))
         return INTERRUPTED
     return 0
+
+
+def _simulate_tuned(args, model) -> int:
+    """``simulate --params FILE``: a tuned member of a policy family, on fresh seeds."""
+    import jax
+
+    from . import fluid, stats
+    from .policies import tunable
+
+    family, params, meta = tunable.load_params(args.params, model)
+    plan = fluid.solve(model, "bundled")
+    system, params = tunable.build_family(family, model, args.gpus, plan=plan, params=params,
+                                          capacity=args.buffer_capacity)
+    run = jq_simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
+                      warmup=args.warmup, chunk_events=args.chunk_events,
+                      progress=_progress(args, f"tuned {family}, n = {args.gpus}"),
+                      devices=_devices(args.devices))
+    summary = stats.summarize_pooled(run, model, args.gpus)
+    out = {"scenario": model.name, "family": family, "params_file": str(args.params),
+           "params": {k: v for k, v in meta["params"].items()},
+           "tuned_for": {k: meta.get(k) for k in ("scenario", "gpus")},
+           "gpus": args.gpus, "reps": args.reps, "horizon": args.horizon, "warmup": args.warmup,
+           "seed": args.seed, "lp_revenue": plan.revenue,
+           "revenue_per_gpu": summary["revenue_per_gpu"], "classes": summary["classes"],
+           "interrupted": run.interrupted, "events": run.events,
+           "wall_seconds": run.wall_seconds}
+
+    def lines(o):
+        r = o["revenue_per_gpu"]
+        yield (f"{o['scenario']} / tuned {o['family']} ({o['params_file']}): n = {o['gpus']} "
+               f"GPUs, {o['reps']} replications, horizon {o['horizon']:g} s "
+               f"(warm-up {o['warmup']:g} s), seed {o['seed']}")
+        yield ("revenue per GPU per second: bundled "
+               f"{r['bundled']['mean']:.4f} ± {r['bundled']['ci95']:.2g}, separate "
+               f"{r['separate']['mean']:.4f} ± {r['separate']['ci95']:.2g} (LP bound, bundled: "
+               f"{o['lp_revenue']:.4f})")
+        yield "parameters: " + ", ".join(f"{k} = {v}" for k, v in o["params"].items())
+    _emit(out, args.json, lines)
+    return INTERRUPTED if run.interrupted else 0
 
 
 def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:
@@ -571,6 +612,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="also print each class's occupancies and rates next to the LP plan")
     sim.add_argument("--estimate", action="store_true",
                      help="print the memory and run-time estimate and stop")
+    sim.add_argument("--params", default=None, metavar="FILE",
+                     help="simulate tuned parameters saved by jaxqueue tune --save (the file "
+                          "names the policy family; --policy is then ignored)")
     run_options(sim)
     sim.set_defaults(func=_cmd_simulate)
 
@@ -613,7 +657,20 @@ def _parser() -> argparse.ArgumentParser:
     sc = command("scenarios", "list the built-in scenarios")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.set_defaults(func=_cmd_scenarios)
+
+    from .tune_cli import add_tune_command
+    add_tune_command(command, run_options, _cmd_tune_entry)
     return p
+
+
+def _cmd_tune_entry(args) -> int:
+    from .tune_cli import run_tune
+    return run_tune(args, say=_say, bars=_bars(args), emit=_emit)
+
+
+def jq_simulate(*args, **kwargs):
+    from .driver import simulate
+    return simulate(*args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -80,7 +80,8 @@ from .per_gpu import PerGpu, gpu_slots
 from .pooled import greedy_route
 
 __all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "build_family",
-           "engine", "get_params", "initial_params", "with_params"]
+           "check_params", "engine", "get_params", "initial_params", "load_params",
+           "save_params", "with_params"]
 
 #: Family name -> (engine, one line).
 FAMILIES = {
@@ -161,10 +162,11 @@ class Gated(AbstractSystem):
     params: GatedParams
     q_star: Float[Array, " I"]
     capacity: int = eqx.field(static=True)
+    gate_temperature: Float[Array, ""] | None = None
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
-    num_random: ClassVar[int] = 1
+    num_random: ClassVar[int] = 2
     num_init_random: ClassVar[int] = 1
 
     @property
@@ -249,7 +251,16 @@ class Gated(AbstractSystem):
         go, eligible = self._admission(s, X, Ym, Ys, Qp)
         keys, _ = gate_keys("deviation", d, m, self.n, self.params.targets, self.q_star, X, Qp,
                             self.params.offset)
-        _, admit = d.choose(keys, eligible, go)
+        logp = jnp.zeros((), t.dtype)
+        if self.gate_temperature is None:
+            _, admit = d.choose(keys, eligible, go)
+        else:  # a randomised gate: class j with probability proportional to exp(-xi_j / tau)
+            ok = jax.lax.stop_gradient(eligible) > 0.5
+            logits = jnp.where(ok, -keys[0] / self.gate_temperature, -jnp.inf)
+            probs = jax.nn.softmax(jnp.where(jnp.any(ok), logits, 0.0))
+            index, admit = d.draw_hot(probs, u[1], go)
+            chosen = jax.lax.stop_gradient(go) > 0.5
+            logp = jnp.where(chosen, jnp.log(jnp.where(chosen, probs[index], 1.0)), 0.0)
         X = X + admit
         Qp = Qp - admit
 
@@ -259,7 +270,7 @@ class Gated(AbstractSystem):
                                   admit * counted, placed * counted])
         zero_f = jnp.zeros(num, t.dtype)
         waits = jnp.concatenate([zero_f, zero_f, zero_f, zero_f, d_credit])
-        return state, Flow(counts=counts, waits=waits)
+        return state, Flow(counts=counts, waits=waits, logp=logp)
 
     def close(self, s: GatedState, window):
         num = self.num_classes
@@ -329,9 +340,13 @@ def check_params(family: str, params, model: Model) -> None:
 
 
 def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None = None,
-                 params=None, capacity: int | None = None, decide=None):
+                 params=None, capacity: int | None = None, decide=None,
+                 gate_temperature: float | None = None):
     """A system of the tunable family ``family`` on ``n`` GPUs at ``params`` (default: the point
     that reproduces the paper's policy under ``plan``, the bundled LP by default).
+    ``gate_temperature`` (``gated`` only) randomises the gate: it admits class j with
+    probability proportional to ``exp(-xi_j / gate_temperature)`` among the eligible classes,
+    which makes revenue smooth in the targets (for the score-function estimator).
 
     Returns:
         The system and its parameters (float64 host arrays).
@@ -347,9 +362,12 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
     decide = Exact() if decide is None else decide
     capacity = checked_capacity(capacity, n)
     if family == "gated":
+        if gate_temperature is not None and not gate_temperature > 0:
+            raise ValueError(f"gate_temperature = {gate_temperature!r} is invalid: must be > 0")
         system = Gated(model=model, n=np.int32(n), params=params,
                        q_star=np.asarray(plan.q_p, np.float64), capacity=capacity,
-                       decide=decide)
+                       gate_temperature=None if gate_temperature is None
+                       else np.float64(gate_temperature), decide=decide)
     else:
         if decide.differentiable:
             raise ValueError(f"family {family!r} runs on the per-GPU engine, which takes exact "
@@ -377,3 +395,54 @@ def with_params(system, params):
         return eqx.tree_at(lambda s: s.params, system, params)
     return eqx.tree_at(lambda s: (s.x_star, s.gate_offset, s.prefill_cap), system,
                        (params.targets, params.offset, params.cap))
+
+
+# ---- parameter files -------------------------------------------------------------------------
+PARAMS_FORMAT = "jaxqueue-params"
+
+
+def save_params(path, family: str, params, **meta) -> None:
+    """Writes ``params`` of ``family`` (and ``meta``: scenario, gpus, revenue...) as JSON, so
+    that ``jaxqueue simulate SCENARIO --gpus N --params FILE`` re-evaluates them."""
+    import json
+    import os
+
+    _check_family(family)
+    data = {"format": PARAMS_FORMAT, "version": 1, "family": family,
+            "params": {f.name: np.asarray(getattr(params, f.name), np.float64).tolist()
+                       for f in dataclasses.fields(params)}, **meta}
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load_params(path, model: Model):
+    """(family, params, the whole file as a dict) from a file written by :func:`save_params`;
+    a ValueError names what is wrong (file, key, allowed values)."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"params file {path}: cannot be read as JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != PARAMS_FORMAT:
+        raise ValueError(f"params file {path}: not a jaxqueue parameter file (key 'format' must "
+                         f"be {PARAMS_FORMAT!r}; write one with jaxqueue tune --save)")
+    family = data.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"params file {path}: family = {family!r} is invalid: must be one of "
+                         f"{', '.join(FAMILIES)}")
+    kind = GatedParams if family == "gated" else CoupledParams
+    names = [f.name for f in dataclasses.fields(kind)]
+    given = data.get("params")
+    if not isinstance(given, dict) or sorted(given) != sorted(names):
+        raise ValueError(f"params file {path}: key 'params' must hold exactly {names} for "
+                         f"family {family!r}")
+    try:
+        params = kind(**{k: np.asarray(given[k], np.float64) for k in names})
+    except (TypeError, ValueError):
+        raise ValueError(f"params file {path}: 'params' values must be numbers") from None
+    check_params(family, params, model)
+    return family, params, data

@@ -1,0 +1,264 @@
+"""Tuning the continuous parameters of a policy family (:mod:`jaxqueue.policies.tunable`).
+
+The objective is the long-run revenue per GPU per second of the exact system. Four gradient
+estimators of it, each with common random numbers (both sides of a difference see the same key):
+
+- ``pathwise``: the derivative of a relaxed sample path (:class:`jaxqueue.relax.Relaxed`,
+  straight-through), by forward-mode differentiation (one ``jvp`` per parameter, constant
+  memory); biased, low variance; pooled families only;
+- ``score``: the score-function (likelihood-ratio) estimator ``mean((R - b) d log p)`` of a
+  randomised policy, with a leave-one-out baseline ``b``; unbiased, variance growing with the
+  horizon; needs randomised decisions (``gated`` with a gate temperature);
+- ``fd``: central finite differences on the exact simulator, one pair of runs per parameter;
+- ``spsa``: simultaneous perturbation: one pair of runs along a random +-1 direction for all
+  parameters at once.
+
+:func:`tune` runs optax's Adam on the chosen estimator in an unconstrained parametrisation
+(log targets; other parameters projected onto their ranges), evaluates the current point on
+the exact simulator with fresh keys every few steps, and returns the best evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from . import fluid, kernel, stats
+from .decisions import ScoreFunction
+from .driver import simulate
+from .model import Model
+from .policies import tunable
+from .relax import Relaxed
+
+__all__ = ["ESTIMATORS", "Problem", "TuneResult", "evaluate", "gradient", "tune"]
+
+ESTIMATORS = ("pathwise", "score", "fd", "spsa")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What to tune: a family on a scenario, and how its revenue is measured.
+
+    Attributes:
+        family: a family of :data:`jaxqueue.policies.tunable.FAMILIES`.
+        model: the scenario.
+        n: number of GPUs.
+        plan: the fluid plan the family starts from (bundled LP).
+        pricing: ``"bundled"`` or ``"separate"``.
+        horizon, warmup: simulated seconds of each evaluation and its discarded start.
+        reps: replications per evaluation (per side of a difference).
+        gate_temperature: for the ``score`` estimator: the gate draws classes with probabilities
+            ``softmax(-xi / temperature)`` (a randomised policy); None: the exact argmin.
+    """
+
+    family: str
+    model: Model
+    n: int
+    plan: fluid.Plan
+    pricing: str = "bundled"
+    horizon: float = 800.0
+    warmup: float = 200.0
+    reps: int = 16
+    gate_temperature: float | None = None
+
+    def system(self, params=None, decide=None):
+        return tunable.build_family(self.family, self.model, self.n, plan=self.plan,
+                                    params=params, decide=decide,
+                                    gate_temperature=self.gate_temperature)[0]
+
+    def initial(self):
+        return tunable.initial_params(self.family, self.model, self.n, self.plan)
+
+
+# ---- the unconstrained parametrisation -----------------------------------------------------------
+def to_free(params):
+    """Free coordinates: log targets, the rest as they are."""
+    return dataclasses.replace(params, targets=jnp.log(jnp.asarray(params.targets)))
+
+
+def from_free(free):
+    """Parameters from free coordinates, projected onto their ranges (see ``tunable``)."""
+    p = dataclasses.replace(free, targets=jnp.exp(free.targets))
+    clip = {"offset": (0.0, None), "share": (0.0, 1.0), "slack": (0.0, None),
+            "caps": (0.0, None), "cap": (0.0, 1.0)}
+    for name, (low, high) in clip.items():
+        if hasattr(p, name):
+            p = dataclasses.replace(p, **{name: jnp.clip(getattr(p, name), low, high)})
+    return p
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+def evaluate(problem: Problem, params, key, reps: int | None = None) -> np.ndarray:
+    """Revenue per GPU per second of each replication on the exact simulator."""
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    system = problem.system(params)
+    run = simulate(key, system, reps=reps or problem.reps, horizon=problem.horizon,
+                   warmup=problem.warmup)
+    return stats.per_gpu(run, problem.model, problem.n)[f"revenue_{problem.pricing}"]
+
+
+def _relaxed_revenue(problem: Problem, decide, key, steps: int):
+    """A traceable function of free coordinates: mean revenue per GPU of ``problem.reps``
+    replications of ``steps`` events after ``problem.warmup`` seconds (ratio of the revenue
+    integral to the time covered)."""
+    template = problem.system(decide=decide)
+
+    def f(free):
+        system = tunable.with_params(template, from_free(free))
+        out = kernel.rollout(key, system, steps=steps, reps=problem.reps,
+                             window=(problem.warmup, jnp.inf))
+        span = jnp.maximum(out.time - problem.warmup, 1e-9)
+        revenue = getattr(out.summary.revenue, f"{problem.pricing}_integral")
+        return jnp.mean(revenue / span) / problem.n, out
+
+    return f
+
+
+def steps_for(problem: Problem) -> int:
+    """Events to cover the warm-up and horizon: rates at a full system, with 20% to spare."""
+    m = problem.model
+    per_second = problem.n * float(np.sum(m.lambda_)) * 3.0  # arrivals, prefills, decodes
+    return int(1.2 * per_second * problem.horizon) + 64
+
+
+def gradient(problem: Problem, estimator: str, free, key, *, temperature: float = 0.2,
+             perturbation: float = 0.1) -> tuple[Any, dict]:
+    """An estimate of d(mean revenue per GPU)/d(free coordinates), and what it cost.
+
+    Returns the gradient (same structure as ``free``) and ``{"events": ..., "value": ...}``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator = {estimator!r} is unknown: must be one of {ESTIMATORS}")
+    flat, unravel = ravel_pytree(free)
+    if estimator in ("fd", "spsa"):
+        crn, direction = jax.random.split(key)
+        if estimator == "spsa":
+            delta = jax.random.rademacher(direction, flat.shape, dtype=flat.dtype)
+            dirs = [delta]
+        else:
+            dirs = list(jnp.eye(flat.shape[0], dtype=flat.dtype))
+        grads, events, values = [], 0, []
+        for d in dirs:
+            up = evaluate(problem, from_free(unravel(flat + perturbation * d)), crn)
+            down = evaluate(problem, from_free(unravel(flat - perturbation * d)), crn)
+            values += [up.mean(), down.mean()]
+            grads.append((up.mean() - down.mean()) / (2 * perturbation))
+            events += 2 * problem.reps
+        g = (grads[0] * dirs[0] if estimator == "spsa"
+             else jnp.asarray(grads, flat.dtype))
+        return unravel(g), {"replications": events, "value": float(np.mean(values))}
+    if tunable.engine(problem.family) != "pooled":
+        raise ValueError(f"estimator {estimator!r} needs a pooled family; {problem.family!r} "
+                         "runs on the per-GPU engine (exact decisions only): use fd or spsa")
+    steps = steps_for(problem)
+    if estimator == "pathwise":
+        f = _relaxed_revenue(problem, Relaxed(temperature=temperature,
+                                              decision_temperature=max(temperature, 0.05)),
+                             key, steps)
+        value, jac = jax.jit(lambda x: _jacfwd(lambda y: f(unravel(y))[0], x))(flat)
+        return unravel(jac), {"replications": problem.reps, "value": float(value)}
+    # score: grad of mean((R - b) log p) with R fixed and b the leave-one-out mean.
+    f = _relaxed_revenue(problem, ScoreFunction(), key, steps)
+
+    def surrogate(y):
+        _, out = f(unravel(y))
+        span = jnp.maximum(out.time - problem.warmup, 1e-9)
+        revenue = getattr(out.summary.revenue, f"{problem.pricing}_integral") / span / problem.n
+        r = jax.lax.stop_gradient(revenue)
+        baseline = (jnp.sum(r) - r) / jnp.maximum(r.shape[0] - 1, 1)
+        return jnp.mean((r - baseline) * out.summary.logp), jnp.mean(r)
+
+    (_, value), g = jax.jit(jax.value_and_grad(surrogate, has_aux=True))(flat)
+    return unravel(g), {"replications": problem.reps, "value": float(value)}
+
+
+def _jacfwd(f: Callable, x):
+    """(f(x), df/dx) by forward mode, one jvp per coordinate (constant memory)."""
+    basis = jnp.eye(x.shape[0], dtype=x.dtype)
+    value = f(x)
+    jac = jax.lax.map(lambda v: jax.jvp(f, (x,), (v,))[1], basis)
+    return value, jac
+
+
+# ---- the optimizer loop ------------------------------------------------------------------------
+@dataclasses.dataclass
+class TuneResult:
+    """The outcome of :func:`tune`.
+
+    Attributes:
+        family: the family tuned.
+        initial: the starting parameters (the paper's policy) and their exact revenue.
+        best: the best parameters found and their exact revenue (fresh keys).
+        history: per optimizer step: the estimator's value, and per evaluation the exact
+            revenue ``{"step", "mean", "ci95", "params"}``.
+        replications: replications simulated by the estimator (without the evaluations).
+        wall_seconds: wall time.
+    """
+
+    family: str
+    initial: dict
+    best: dict
+    history: dict
+    replications: int
+    wall_seconds: float
+
+
+def _summary(params, revenues) -> dict:
+    mean, ci = stats.mean_ci(np.asarray(revenues))
+    return {"params": {k: np.asarray(v).tolist() for k, v in
+                       dataclasses.asdict(params).items()} if dataclasses.is_dataclass(params)
+            else params, "mean": float(mean), "ci95": float(ci)}
+
+
+def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa", learning_rate: float = 0.05,
+         perturbation: float = 0.15, temperature: float = 0.3, eval_every: int = 5,
+         eval_reps: int | None = None, seed: int = 0,
+         progress: Callable[[int, dict], None] | None = None) -> TuneResult:
+    """Adam on ``estimator``'s gradient from the paper's policy; returns the best exact
+    evaluation (each on fresh keys, ``eval_reps`` replications)."""
+    if isinstance(steps, bool) or int(steps) < 1:
+        raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
+    start = time.perf_counter()
+    eval_reps = eval_reps or problem.reps
+    key = jax.random.key(seed)
+    p0 = problem.initial()
+    free = to_free(jax.tree.map(jnp.asarray, p0))
+    opt = optax.adam(learning_rate)
+    state = opt.init(free)
+    history = {"value": [], "evaluations": []}
+    used = 0
+
+    def assess(step, params):
+        k = jax.random.fold_in(key, 1_000_000 + step)
+        out = {"step": step, **_summary(params, evaluate(problem, params, k, eval_reps))}
+        history["evaluations"].append(out)
+        return out
+
+    initial = assess(0, p0)
+    best = initial
+    for step in range(1, steps + 1):
+        decay = 1.0 / (1.0 + 0.5 * step / steps)  # temperature and perturbation shrink slowly
+        g, info = gradient(problem, estimator, free, jax.random.fold_in(key, step),
+                           temperature=temperature * decay, perturbation=perturbation * decay)
+        used += info["replications"]
+        history["value"].append(info["value"])
+        updates, state = opt.update(jax.tree.map(lambda a: -a, g), state, free)
+        free = optax.apply_updates(free, updates)
+        free = to_free(from_free(free))  # keep the projection in the free coordinates
+        if step % eval_every == 0 or step == steps:
+            now = assess(step, jax.tree.map(np.asarray, from_free(free)))
+            if now["mean"] > best["mean"]:
+                best = now
+        if progress:
+            progress(step, {"value": info["value"], "best": best["mean"]})
+    return TuneResult(family=problem.family, initial=initial, best=best, history=history,
+                      replications=used, wall_seconds=time.perf_counter() - start)
+

@@ -1,0 +1,212 @@
+"""``jaxqueue tune``: tune a policy family's parameters, compare with baselines, save them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any
+
+__all__ = ["add_tune_command", "run_tune"]
+
+PAPER_POLICIES = (("fi-wsp", "per-gpu"), ("gi-wsp", "per-gpu"), ("gf-wsp", "per-gpu"),
+                  ("fg-sp", "pooled"), ("gate-and-route", "pooled"))
+
+
+def add_tune_command(command, run_options, handler) -> None:
+    from .policies.tunable import FAMILIES
+    from .tune import ESTIMATORS
+
+    tu = command("tune", "tune a policy family's parameters from the LP plan, against baselines")
+    tu.add_argument("scenario", help="built-in name or path to a TOML file")
+    tu.add_argument("--gpus", type=int, required=True, help="number of GPUs n")
+    tu.add_argument("--family", default="auto", choices=("auto", *FAMILIES),
+                    help="policy family; auto evaluates each family's LP point and tunes the "
+                         "best (" + "; ".join(f"{k}: {v[1]} [{v[0]}]" for k, v in
+                                                FAMILIES.items()) + ")")
+    tu.add_argument("--estimator", default="auto", choices=("auto", *ESTIMATORS),
+                    help="gradient estimator (auto: pathwise on the pooled engine, spsa on the "
+                         "per-GPU engine)")
+    tu.add_argument("--steps", type=int, default=30, help="optimizer steps (Adam)")
+    tu.add_argument("--learning-rate", type=float, default=0.05,
+                    help="Adam's step size, in the free coordinates (log targets)")
+    tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
+                    help="the revenue tuned for")
+    tu.add_argument("--eval-every", type=int, default=5,
+                    help="evaluate on the exact simulator with fresh keys every K steps")
+    tu.add_argument("--eval-reps", type=int, default=32,
+                    help="replications of each exact evaluation")
+    tu.add_argument("--save", default=None, metavar="FILE",
+                    help="write the tuned parameters (JSON) for jaxqueue simulate --params")
+    tu.add_argument("--plot", default=None, metavar="PNG",
+                    help="the training curve (default tune_SCENARIO_nN.png)")
+    tu.add_argument("--no-baselines", action="store_true",
+                    help="skip the baselines (grid over M, SPSA, the paper's five policies)")
+    run_options(tu, reps=16, horizon=600.0, warmup=150.0)
+    tu.set_defaults(func=handler)
+
+
+def _pack(values) -> dict[str, float]:
+    from .stats import mean_ci
+
+    mean, ci = mean_ci(values)
+    return {"mean": float(mean), "ci95": float(ci)}
+
+
+def run_tune(args, *, say, bars: bool, emit) -> int:
+    import jax
+    import numpy as np
+
+    from . import fluid, policies, scenarios, stats
+    from .driver import simulate
+    from .policies import tunable
+    from .tune import Problem, evaluate, tune
+
+    if args.gpus < 1:
+        raise ValueError(f"gpus = {args.gpus}: must be an integer >= 1")
+    for name in ("steps", "eval_every", "eval_reps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"learning-rate = {args.learning_rate}: must be finite and > 0")
+    start = time.perf_counter()
+    model = scenarios.load(args.scenario)
+    plan = fluid.solve(model, "bundled")
+    n = args.gpus
+    key = jax.random.key(args.seed)
+    eval_key = jax.random.fold_in(key, 7)  # the same key for every comparison (CRN)
+
+    def problem(family):
+        return Problem(family=family, model=model, n=n, plan=plan, pricing=args.pricing,
+                       horizon=args.horizon, warmup=args.warmup, reps=args.reps)
+
+    families = list(tunable.FAMILIES) if args.family == "auto" else [args.family]
+    starts = {}
+    if len(families) > 1:
+        say(f"evaluating each family's LP point ({args.eval_reps} replications each)")
+        for f in families:
+            p = problem(f)
+            starts[f] = _pack(evaluate(p, p.initial(), eval_key, args.eval_reps))
+        family = max(starts, key=lambda f: starts[f]["mean"])
+        say("LP points: " + ", ".join(f"{f} {v['mean']:.2f}" for f, v in starts.items())
+            + f"; tuning {family}")
+    else:
+        family = families[0]
+    estimator = args.estimator
+    if estimator == "auto":
+        estimator = "pathwise" if tunable.engine(family) == "pooled" else "spsa"
+    prob = problem(family)
+    bar = None
+    if bars:
+        from tqdm import tqdm
+        bar = tqdm(total=args.steps, desc=f"tuning {family} ({estimator})", file=sys.stderr,
+                   unit="step")
+
+    def progress(step, info):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(best=f"{info['best']:.2f}", refresh=False)
+    result = tune(prob, steps=args.steps, estimator=estimator,
+                  learning_rate=args.learning_rate, eval_every=args.eval_every,
+                  eval_reps=args.eval_reps, seed=args.seed, progress=progress)
+    if bar is not None:
+        bar.close()
+    # Report the best point and the LP point on one more fresh key (no winner's curse).
+    final_key = jax.random.fold_in(key, 11)
+    best_params = _params(tunable, family, result.best["params"])
+    tuned = {"params": result.best["params"],
+             "revenue": _pack(evaluate(prob, best_params, final_key, args.eval_reps))}
+    lp = {"params": result.initial["params"],
+          "revenue": _pack(evaluate(prob, prob.initial(), final_key, args.eval_reps))}
+    baselines: dict[str, Any] = {}
+    if not args.no_baselines:
+        say("baselines on the same fresh key: the paper's policies, a grid over M, SPSA")
+        for name, engine in PAPER_POLICIES:
+            system, _ = policies.build(name, model, n, engine=engine, plan=plan)
+            run = simulate(final_key, system, reps=args.eval_reps, horizon=args.horizon,
+                           warmup=args.warmup)
+            baselines[name] = _pack(stats.per_gpu(run, model, n)[f"revenue_{args.pricing}"])
+        gated = problem("gated")
+        p0 = gated.initial()
+        m0 = int(round(float(p0.share) * n))
+        grid = {}
+        for M in range(max(0, m0 - 2), min(n, m0 + 2) + 1):
+            p = dataclasses.replace(p0, share=np.float64(M / n))
+            grid[M] = _pack(evaluate(gated, p, final_key, args.eval_reps))
+        best_M = max(grid, key=lambda M: grid[M]["mean"])
+        baselines["gate-and-route, best M on a grid"] = {**grid[best_M], "M": best_M,
+                                                         "grid": {str(k): v for k, v in
+                                                                  grid.items()}}
+        if estimator != "spsa":
+            spsa_steps = max(1, result.replications // (2 * args.reps))
+            spsa = tune(prob, steps=spsa_steps, estimator="spsa",
+                        learning_rate=args.learning_rate, eval_every=max(1, spsa_steps // 4),
+                        eval_reps=args.eval_reps, seed=args.seed + 1)
+            sp = _params(tunable, family, spsa.best["params"])
+            baselines[f"spsa, same budget ({spsa_steps} steps)"] = _pack(
+                evaluate(prob, sp, final_key, args.eval_reps))
+    out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
+           "pricing": args.pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
+           "baselines": baselines, "family_starts": starts, "steps": args.steps,
+           "replications_used": result.replications, "evaluations": result.history["evaluations"],
+           "wall_seconds": time.perf_counter() - start, "seed": args.seed}
+    if args.save:
+        tunable.save_params(args.save, family, best_params, scenario=model.name, gpus=n,
+                            revenue=tuned["revenue"], pricing=args.pricing)
+        say(f"tuned parameters written to {args.save} (jaxqueue simulate {args.scenario} "
+            f"--gpus {n} --params {args.save})")
+    plot = args.plot or f"tune_{model.name}_n{n}.png"
+    _plot(plot, out, result.history)
+    out["plot"] = plot
+    say(f"training curve written to {plot}")
+    emit(out, args.json, _lines)
+    return 0
+
+
+def _params(tunable, family, values: dict):
+    import numpy as np
+
+    kind = tunable.GatedParams if family == "gated" else tunable.CoupledParams
+    return kind(**{k: np.asarray(v, np.float64) for k, v in values.items()})
+
+
+def _lines(o):
+    def rev(r):
+        return f"{r['mean']:.3f} ± {r['ci95']:.2g}"
+    yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']} "
+           f"({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} revenue per GPU "
+           f"per second, LP bound {o['lp_bound']:.3f}")
+    yield f"  {'LP point (the paper policy of the family)':<46} {rev(o['lp']['revenue'])}"
+    yield f"  {'tuned':<46} {rev(o['tuned']['revenue'])}"
+    for name, r in o["baselines"].items():
+        yield f"  {name:<46} {rev(r)}"
+    yield "tuned parameters: " + ", ".join(
+        f"{k} = {[round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)}"
+        for k, v in o["tuned"]["params"].items())
+
+
+def _plot(path, out, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    steps = range(1, len(history["value"]) + 1)
+    ax.plot(steps, history["value"], color="0.6", lw=1, label="estimator's revenue (CRN runs)")
+    ev = history["evaluations"]
+    ax.errorbar([e["step"] for e in ev], [e["mean"] for e in ev], [e["ci95"] for e in ev],
+                fmt="o-", color="C0", capsize=3, label="exact evaluation, fresh keys (95% CI)")
+    ax.axhline(out["lp_bound"], color="k", ls="--", lw=1, label=f"LP bound {out['lp_bound']:.2f}")
+    if out["baselines"]:
+        name, best = max(out["baselines"].items(), key=lambda kv: kv[1]["mean"])
+        ax.axhline(best["mean"], color="C3", ls=":", lw=1.5, label=f"best baseline: {name}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"{out['pricing']} revenue per GPU per second")
+    ax.set_title(f"{out['scenario']}, n = {out['gpus']}: tuning {out['family']}")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

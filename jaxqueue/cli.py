@@ -325,6 +325,28 @@ def _cmd_scenarios(args) -> None:
     _emit(out, args.json, human)
 
 
+def _cmd_reproduce(args) -> None:
+    """Runs the repository's experiments/ (the paper's figures) and writes REPORT.md. They live
+    in the source tree, next to this package, not in the installed package (they import
+    matplotlib); JAXQUEUE_EXPERIMENTS may point at another checkout's experiments/ folder."""
+    import importlib
+    from pathlib import Path
+
+    folder = Path(os.environ.get("JAXQUEUE_EXPERIMENTS")
+                  or Path(__file__).resolve().parent.parent / "experiments")
+    if not (folder / "reproduce.py").is_file():
+        raise ValueError(f"experiments folder {folder} not found: `jaxqueue reproduce` runs the "
+                         "repository's experiments/, so install from a clone (pip install -e .) "
+                         "or set JAXQUEUE_EXPERIMENTS=/path/to/jaxqueue/experiments")
+    sys.path.insert(0, str(folder.resolve().parent))
+    runner = importlib.import_module("experiments.reproduce")
+    out = runner.main(out=args.out, quick=args.quick, only=args.only, seed=args.seed,
+                      force=args.force)
+    print(f"{out['report']}")
+    for c in out["claims"]:
+        print(f"{c.verdict:>15}  {c.figure:<16} {c.statement}")
+
+
 # ---- parser -----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxqueue", description=__doc__.splitlines()[0])
@@ -416,6 +438,17 @@ def _parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scenarios", help="list the built-in scenarios")
     sc.add_argument("--json", action="store_true")
     sc.set_defaults(func=_cmd_scenarios)
+
+    rep = sub.add_parser("reproduce", help="run the paper's figures and write REPORT.md with a "
+                                           "verdict on each claim")
+    rep.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
+    rep.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                     choices=("fig2", "fig4-6", "fig7", "fig8", "fig9-10", "table1"),
+                     help="run only these experiments (the report covers every complete one)")
+    rep.add_argument("--out", default="results", help="results folder (resumes what is there)")
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--force", action="store_true", help="rerun experiments already complete")
+    rep.set_defaults(func=_cmd_reproduce)
     return p
 
 

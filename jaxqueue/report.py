@@ -119,8 +119,8 @@ def judge_backlog(class_names, separate_lp_qd, separate_sim_qd, bundled_lp_qd,
               and sep_sim[k] >= 2.0 * bun_sim[k])
     return _claim(
         "fig2-backlog", "Fig. 2",
-        "Separate pricing builds a persistent decode backlog (of the prefill-heavy class; "
-        "MODEL.md words it 'class-1'); bundled pricing does not.", ok,
+        "Separate pricing builds a persistent decode backlog of one class (in the LP, the "
+        "prefill-heavy one); bundled pricing does not.", ok,
         "the separate LP plans q_d > 0.1 per GPU for some class k and the bundled LP none, and "
         "under Prioritize-and-Route the simulated q_d,k is at least half its LP target and at "
         "least twice Gate-and-Route's",

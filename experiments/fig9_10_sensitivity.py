@@ -161,7 +161,7 @@ def _plot_lines(result, path):
         v = np.asarray(line["values"], float)
         top, bottom = axes[0, j], axes[1, j]
         top.plot(v, line["revenue"], "k-", lw=1.5, label="LP")
-        bottom.plot(v, 1000 * np.asarray(line["tpot"]), "k-", lw=1.5, label="LP")
+        bottom.plot(v, 1000 * np.asarray(line["tpot"]), "k-", lw=1.5, label="LP optimum")
         pts = [p for p in sims if p["parameter"] in (name, "paper")]
         if pts:
             pv = [p["value"] if p["value"] is not None else line["paper_value"] for p in pts]
@@ -170,14 +170,16 @@ def _plot_lines(result, path):
                          color=common.COLORS[POLICY],
                          label=f"GG-SP simulated, n = {result['settings']['gpus']}")
             bottom.plot(pv, [1000 * p["tpot_sim"] for p in pts], "o",
-                        color=common.COLORS[POLICY], label="GG-SP simulated")
+                        color=common.COLORS[POLICY], label="GG-SP simulated (at its X)")
         for ax in (top, bottom):
             ax.axvline(line["paper_value"], color="grey", ls=":", lw=1,
                        label="paper's instance")
             if name == "beta":
                 ax.set_xscale("log")
         top.set_ylabel("revenue per GPU per second")
-        bottom.set_ylabel("TPOT at the LP optimum (ms)")
+        bottom.set_ylabel("time per output token (ms)")
+        if j == 0:
+            bottom.legend(loc="lower right")
         bottom.set_xlabel(UNITS[name])
         top.set_title(f"({'abcd'[j]}) {name}")
         top.legend(loc="best")

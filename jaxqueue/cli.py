@@ -229,7 +229,7 @@ def _cmd_lp(args) -> None:
                 for i, name in enumerate(model.class_names) if spread[i] > 1e-6}
         if wide:
             out["alternative_optima"][key] = wide
-    from .report import lp_lines
+    from .tables import lp_lines
 
     _emit(out, args.json, lp_lines)
 
@@ -287,7 +287,7 @@ def _cmd_simulate(args) -> int:
 
     from . import budget, fluid, policies, scenarios, stats
     from .driver import GROWTH, BufferOverflowError, simulate
-    from .report import simulate_lines
+    from .tables import simulate_lines
 
     model = scenarios.load(args.scenario)
     if args.params is not None:
@@ -425,7 +425,7 @@ def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:
 # ---- validate ---------------------------------------------------------------------------------
 def _cmd_validate(args) -> int:
     from . import validate
-    from .report import convergence_lines, exact_check_lines
+    from .tables import convergence_lines, exact_check_lines
 
     which = args.check
     out: dict[str, Any] = {}
@@ -483,7 +483,7 @@ def _cmd_validate(args) -> int:
 
 def _cmd_convergence(args) -> int:
     from . import validate
-    from .report import convergence_lines
+    from .tables import convergence_lines
 
     out = validate.convergence_check(args.scenario, args.gpus_list, policy=args.policy,
                                      reps=args.reps, horizon=args.horizon, warmup=args.warmup,
@@ -518,6 +518,28 @@ def _cmd_scenarios(args) -> None:
                 f"C={d['gpu']['chunk']:g}, alpha={d['gpu']['alpha']}, beta={d['gpu']['beta']}, "
                 f"gamma={d['gpu']['gamma']:.4g}" for name, d in o.items()]
     _emit(out, args.json, lines)
+
+
+def _cmd_reproduce(args) -> None:
+    """Runs the repository's experiments/ (the paper's figures) and writes REPORT.md. They live
+    in the source tree, next to this package, not in the installed package (they import
+    matplotlib); JAXQUEUE_EXPERIMENTS may point at another checkout's experiments/ folder."""
+    import importlib
+    from pathlib import Path
+
+    folder = Path(os.environ.get("JAXQUEUE_EXPERIMENTS")
+                  or Path(__file__).resolve().parent.parent / "experiments")
+    if not (folder / "reproduce.py").is_file():
+        raise ValueError(f"experiments folder {folder} not found: `jaxqueue reproduce` runs the "
+                         "repository's experiments/, so install from a clone (pip install -e .) "
+                         "or set JAXQUEUE_EXPERIMENTS=/path/to/jaxqueue/experiments")
+    sys.path.insert(0, str(folder.resolve().parent))
+    runner = importlib.import_module("experiments.reproduce")
+    out = runner.main(out=args.out, quick=args.quick, only=args.only, seed=args.seed,
+                      force=args.force)
+    print(f"{out['report']}")
+    for c in out["claims"]:
+        print(f"{c.verdict:>15}  {c.figure:<16} {c.statement}")
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -658,8 +680,19 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.set_defaults(func=_cmd_scenarios)
 
+    rep = command("reproduce", "run the paper's figures and write REPORT.md with a verdict on "
+                  "each claim")
+    rep.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
+    rep.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                     choices=("fig2", "fig4-6", "fig7", "fig8", "fig9-10", "table1"),
+                     help="run only these experiments (the report covers every complete one)")
+    rep.add_argument("--out", default="results", help="results folder (resumes what is there)")
+    rep.add_argument("--seed", type=int, default=0, help="random seed of every experiment")
+    rep.add_argument("--force", action="store_true", help="rerun experiments already complete")
+    rep.set_defaults(func=_cmd_reproduce)
     from .tune_cli import add_tune_command
     add_tune_command(command, run_options, _cmd_tune_entry)
+
     return p
 
 

@@ -21,7 +21,8 @@ from scipy.optimize import linprog
 from .model import Model
 
 __all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Optima", "Plan", "frontier",
-           "optima", "penalty_terms", "smallest", "solve", "solve_bundled", "solve_separate"]
+           "optima", "penalty_terms", "smallest", "solve", "solve_bundled", "solve_separate",
+           "tpot"]
 
 PRICINGS = ("bundled", "separate")
 SLI_NAMES = ("prefill_fairness", "decode_fairness", "tpot")
@@ -256,6 +257,13 @@ def _tpot(model: Model, big_x: float) -> float:
     if den <= 0.0:  # B = 1 and X = 1: no decode slot at all; the limit X -> 1 is 1/gamma
         return inv_gamma
     return (float(model.tau) * (b - 1.0) * big_x + b * inv_gamma * (1.0 - big_x)) / den
+
+
+def tpot(model: Model, mixed_fraction: float) -> float:
+    """Average time per output token (Sec. 5), seconds, when a fraction ``mixed_fraction``
+    (X = sum_i x_i, prefills in service per GPU) of the GPUs runs a prefill: the slot-weighted
+    mean of tau over the (B-1) X mixed decode slots and 1/gamma over the B (1-X) solo ones."""
+    return _tpot(model, float(mixed_fraction))
 
 
 def _tpot_slope(model: Model, big_x: float) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxqueue import report
+from jaxqueue import tables as report
 from jaxqueue.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

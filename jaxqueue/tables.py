@@ -1,0 +1,269 @@
+"""Text tables of the command line, from the JSON objects its commands print with ``--json``.
+
+Every function takes such an object and returns lines no wider than :data:`WIDTH` (a summary
+that reads in a 100-column terminal), with units on every number: revenue per GPU per second,
+jobs per GPU, seconds, percentages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["WIDTH", "convergence_lines", "exact_check_lines", "fmt", "lp_lines", "simulate_lines"]
+
+WIDTH = 100
+
+_NAMES = {
+    "tpot_formula": ("TPOT, paper's formula at X", "s"),
+    "tpot_experienced": ("TPOT that decodes see", "s"),
+    "prefill_fairness": ("prefill fairness", "jobs/GPU"),
+    "decode_fairness": ("decode fairness", "jobs/GPU"),
+}
+
+
+def _clean(v: float) -> float:
+    """LP round-off such as -1e-17 prints as 0, never as -0.00000."""
+    return 0.0 if abs(v) < 1e-9 else v
+
+
+def fmt(entry: dict[str, Any] | None, digits: int = 4, scale: float = 1.0) -> str:
+    """``mean ± ci95`` (``mean`` alone when there is no interval, ``n/a`` without a mean)."""
+    if entry is None or entry.get("mean") is None:
+        return "n/a"
+    mean = _clean(entry["mean"] * scale)
+    if entry.get("ci95") is None:
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {entry['ci95'] * scale:.2g}"
+
+
+# ---- simulate ---------------------------------------------------------------------------------
+def _layout_line(o: dict[str, Any]) -> str:
+    n = o["gpus"]
+    if o["mixed_gpus"] is not None:
+        return (f"planned mixed GPUs: M = {o['mixed_gpus']} of {n} (a reserved prefill slot and "
+                f"B-1 decode slots each); solo GPUs: {n - o['mixed_gpus']}")
+    if o.get("coupled"):
+        return ("planned mixed GPUs: none (coupled: any GPU prefills, one job at a time,\n"
+                "    and its decodes run at mixed speed meanwhile)")
+    return ("planned mixed GPUs: none (no static planning: any GPU may run one prefill at a\n"
+            "    time, and its decodes run at mixed speed meanwhile)")
+
+
+def _interrupted_line(o: dict[str, Any]) -> str:
+    t = o["time_reached"]
+    reach = (f"t = {t['max']:g} s" if t["min"] == t["max"]
+             else f"t = {t['min']:g} s to {t['max']:g} s")
+    return (f"INTERRUPTED at {reach} of {o['horizon']:g} s: the results cover the part "
+            f"simulated\n  ({o['replications_with_statistics']} of {o['reps']} replications "
+            "collected statistics)")
+
+
+def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
+    """The ``jaxqueue simulate`` summary (and with ``details`` the per-class tables)."""
+    reps = f"{o['reps']} replication{'s' if o['reps'] != 1 else ''}"
+    lines = [f"{o['scenario']} / {o['policy']} ({o['engine']} engine): n = {o['gpus']} GPUs, "
+             f"{reps}, seed {o['seed']}",
+             f"  model time: horizon {o['horizon']:g} s, warm-up {o['warmup']:g} s "
+             f"(statistics over the last {o['horizon'] - o['warmup']:g} s)",
+             *f"  {_layout_line(o)}".split("\n"),
+             f"  plan: {o['plan']}"]
+    if o["interrupted"]:
+        lines += _interrupted_line(o).split("\n")
+    if o["replications_with_statistics"] == 0:
+        t = o["time_reached"]["max"]
+        lines.append(f"no statistics were collected: the run stopped at t = {t:g} s, inside the "
+                     f"{o['warmup']:g} s warm-up")
+        return lines + [_events_line(o)]
+    pricing = o["lp_pricing"]
+    rev = o["revenue_per_gpu"]
+    lines.append(f"revenue per GPU per second ({pricing} pricing): {fmt(rev[pricing], 6)}")
+    bound = o["lp_revenue"]
+    gap = bound - rev[pricing]["mean"]
+    if o.get("unconstrained_lp_revenue") is not None:
+        lines.append(f"  SLI-aware LP value {bound:.4f}: a bound only for policies that meet "
+                     "its targets")
+        lines.append(f"  LP bound without targets R* = {o['unconstrained_lp_revenue']:.4f}")
+    else:
+        lines.append(f"  LP bound R* = {bound:.4f}: gap {gap:.4g} ({100 * gap / bound:.2f}%)")
+    other = "separate" if pricing == "bundled" else "bundled"
+    lines.append(f"  under {other} pricing: {fmt(rev[other], 6)}")
+    if o["replications_with_statistics"] < 2:
+        lines.append("  one replication: no confidence intervals (run --reps 2 or more for them)")
+    else:
+        lines.append("  ± is the half-width of a 95% confidence interval over replications")
+    lines += _class_table(o) + _sli_table(o)
+    if details:
+        lines += _details(o)
+    return lines + [_events_line(o)]
+
+
+def _name_width(o: dict[str, Any]) -> int:
+    return min(max(12, *(len(c["name"]) for c in o["classes"])), 22)
+
+
+def _class_table(o: dict[str, Any]) -> list[str]:
+    w = _name_width(o)
+    cols = (("throughput", "jobs/s per GPU", "completion_rate", 1.0),
+            ("abandoned", "% of arrivals", "abandonment", 100.0),
+            ("prefill wait", "s, mean", "prefill_wait", 1.0),
+            ("decode wait", "s, mean", "decode_wait", 1.0))
+    lines = ["", f"{'class':<{w}}" + "".join(f"{c[0]:>18}" for c in cols),
+             f"{'':<{w}}" + "".join(f"{c[1]:>18}" for c in cols)]
+    for c in o["classes"]:
+        lines.append(f"{c['name'][:w]:<{w}}"
+                     + "".join(f"{fmt(c[key], 4, scale):>18}" for _, _, key, scale in cols))
+    lines.append("waits: mean time a job spends in each buffer (Little's law), abandoning jobs "
+                 "included")
+    return lines
+
+
+def _verdict(entry, target) -> str:
+    if target is None or entry is None or entry.get("mean") is None:
+        return ""
+    mean, ci = entry["mean"], entry.get("ci95") or 0.0
+    if mean - ci > target:
+        return "MISSED"
+    if mean + ci <= target:
+        return "met"
+    return "met?" if mean <= target else "missed?"
+
+
+def _sli_table(o: dict[str, Any]) -> list[str]:
+    lines = ["", f"{'service levels (paper Sec. 5)':<34}{'achieved':>20}{'LP plan':>12}"
+                 f"{'target':>10}  verdict"]
+    for key, entry in o["sli"].items():
+        label, unit = _NAMES[key]
+        target = entry.get("target")
+        plan = entry.get("plan")
+        lines.append(f"{label + ' (' + unit + ')':<34}{fmt(entry, 4):>20}"
+                     f"{'-' if plan is None else f'{_clean(plan):.4g}':>12}"
+                     f"{'-' if target is None else f'{target:.4g}':>10}  "
+                     f"{_verdict(entry, target)}")
+    lines.append("X = sum_i x_i (prefills in service per GPU); fairness = largest difference "
+                 "between classes")
+    if any(e.get("target") is not None for e in o["sli"].values()):
+        lines.append("verdict: met / MISSED beyond the 95% interval; met? / missed? within it")
+    return lines
+
+
+def _details(o: dict[str, Any]) -> list[str]:
+    rows = (("prefills in service x", "jobs/GPU", "x", "x"),
+            ("decodes at mixed speed y_mixed", "jobs/GPU", "y_mixed", "y_mixed"),
+            ("decodes at solo speed y_solo", "jobs/GPU", "y_solo", "y_solo"),
+            ("waiting for prefill q_prefill", "jobs/GPU", "q_prefill", "q_prefill"),
+            ("waiting for decode q_decode", "jobs/GPU", "q_decode", "q_decode"),
+            ("arrivals", "/s per GPU", "arrival_rate", None),
+            ("prefills completed", "/s per GPU", "prefill_completion_rate", None),
+            ("decodes completed", "/s per GPU", "completion_rate", "completion_rate"),
+            ("prefill abandonments", "/s per GPU", "prefill_abandonment_rate", None),
+            ("decode abandonments", "/s per GPU", "decode_abandonment_rate", None))
+    lines = []
+    for c in o["classes"]:
+        lines += ["", f"{c['name'] + ' (time averages)':<44}{'simulated':>24}{'LP plan':>14}"]
+        for label, unit, key, plan_key in rows:
+            plan = c.get("plan", {}).get(plan_key) if plan_key else None
+            lines.append(f"  {label + ' (' + unit + ')':<42}{fmt(c[key], 5):>24}"
+                         f"{'-' if plan is None else f'{_clean(plan):.5g}':>14}")
+    return lines
+
+
+def _events_line(o: dict[str, Any]) -> str:
+    rate = o["events_per_second"]
+    rate_text = "" if rate is None or not math.isfinite(rate) else f"{rate / 1e6:.3g} M/s; "
+    return (f"events: {o['events']:,} in {o['wall_seconds']:.1f} s ({rate_text}"
+            f"compilation {o['compile_seconds']:.1f} s; {o['devices']} device"
+            f"{'s' if o['devices'] != 1 else ''})")
+
+
+# ---- lp ---------------------------------------------------------------------------------------
+def lp_lines(o: dict[str, Any]) -> list[str]:
+    """The ``jaxqueue lp`` tables."""
+    lines = [f"{o['scenario']}: {o['pricing']} fluid LP, per GPU (rates per second)",
+             f"revenue per GPU per second R* = {_clean(o['revenue']):.6f}"]
+    if o.get("penalties"):
+        lines.append(f"penalized objective = revenue - penalty = {_clean(o['revenue']):.6f} - "
+                     f"{_clean(o['penalty']):.6g} = {_clean(o['objective']):.6f}")
+        for name, p in o["penalties"].items():
+            unit = "s" if name == "tpot" else "jobs/GPU"
+            lines.append(f"  {name}: {p['value']:.6g} {unit} at the optimum, target "
+                         f"{p['target']:.6g} {unit}: excess {p['excess']:.3g} x weight "
+                         f"{p['weight']:g} = penalty {p['penalty']:.6g}")
+            if p.get("smallest") is not None and p["smallest"] > p["target"]:
+                lines.append(f"    no plan meets this target: the smallest {name} any plan can "
+                             f"give is {p['smallest']:.6g} {unit}")
+            elif p["excess"] > 0:
+                lines.append("    violated: at this weight, meeting the target would cost more "
+                             "revenue than the penalty it saves")
+        lines.append("  a weight is revenue per GPU per second per unit of excess")
+        lines.append("  (per second of TPOT, per job per GPU of fairness)")
+    lines.append(f"prefill occupancy sum x = {_clean(o['mixed_fraction']):.6f} (mixed GPUs "
+                 f"M = ceil(n sum x))")
+    lines.append(f"solo decoding efficient (Prop. 3.2, gamma tau >= (B-1)/B): "
+                 f"{'yes' if o['solo_efficient'] else 'no'}")
+    w = min(max(12, *(len(c["name"]) for c in o["classes"])), 22)
+    keys = ("x", "y_mixed", "y_solo", "q_prefill", "q_decode")
+    lines.append(f"{'class (jobs per GPU)':<{max(w, 20)}}" + "".join(f"{k:>12}" for k in keys))
+    for c in o["classes"]:
+        lines.append(f"{c['name'][:w]:<{max(w, 20)}}"
+                     + "".join(f"{_clean(c[k]):>12.5f}" for k in keys))
+    s = o["sli"]
+    lines.append(f"SLIs at the optimum: prefill fairness {_clean(s['prefill_fairness']):.6g} "
+                 f"jobs/GPU, decode fairness {_clean(s['decode_fairness']):.6g} jobs/GPU,")
+    lines.append(f"  TPOT {s['tpot']:.6g} s")
+    if o.get("unique") is False:
+        lines.append(f"the LP optimum is not unique: plans that earn the same (within "
+                     f"{o['optimum_tolerance']:.1g}) differ in")
+        for k, per in o["alternative_optima"].items():
+            for name, (lo, hi) in per.items():
+                lines.append(f"  {k}[{name}] from {_clean(lo):.5f} to {_clean(hi):.5f}")
+        lines.append("  the table shows the one HiGHS returned; the policies follow that one")
+    elif o.get("unique"):
+        lines.append("the LP optimum is unique (checked: every quantity has one optimal value)")
+    return lines
+
+
+# ---- validate -----------------------------------------------------------------------------------
+def exact_check_lines(title: str, rows: list[tuple[str, dict[str, Any]]], verdict: str,
+                      criterion: str) -> list[str]:
+    """A table of simulated values against exact ones, and its verdict with the criterion."""
+    lines = [*title.split("\n"), f"{'quantity':<36}{'simulated':>24}{'exact':>14}{'z':>8}  verdict"]
+    for label, r in rows:
+        lines.append(f"{label:<36}{fmt(r, 6):>24}{r['exact']:>14.6g}{r['z']:>8.2f}  "
+                     f"{'agree' if r['agree'] else 'DISAGREE'}")
+    return lines + [f"verdict: {verdict.upper()} ({criterion})"]
+
+
+def convergence_lines(cv: dict[str, Any], prefix: str = "") -> list[str]:
+    """The convergence table (``jaxqueue convergence``, ``jaxqueue validate convergence``) and
+    its verdict."""
+    lines = [f"{prefix}{cv['scenario']} / {cv['policy']}: {cv['pricing']} revenue per GPU per "
+             f"second against the LP bound",
+             f"  {cv['reps']} replications, horizon {cv['horizon']:g} s, warm-up "
+             f"{cv['warmup']:g} s; ± is a 95% confidence interval",
+             f"{'n':>6}{'M (mixed)':>11}{'simulated':>24}{'LP R*':>11}{'gap':>9}{'gap %':>8}"
+             f"{'wall s':>9}"]
+    for r in cv["rows"]:
+        lines.append(f"{r['gpus']:>6}{r['mixed_gpus']:>11}{fmt(r['revenue'], 6):>24}"
+                     f"{r['lp_revenue']:>11.3f}{r['gap']:>9.3f}{100 * r['relative_gap']:>7.2f}%"
+                     f"{r['wall_seconds']:>9.1f}")
+    bound, trend = cv.get("bound"), cv.get("trend")
+    checks = []
+    if bound is not None:
+        worst = max((r["z_above_bound"] for r in cv["rows"] if r["z_above_bound"] is not None),
+                    default=None)
+        checks.append(f"(1) bound: {'yes' if bound else 'NO'}, no revenue above R* by more "
+                      f"than 3 standard errors (largest z = "
+                      f"{'n/a' if worst is None else f'{worst:.2f}'})")
+    else:
+        checks.append("(1) bound: not checked (solo decoding is not the more efficient mode, "
+                      "Prop. 3.2)")
+    if trend is None:
+        checks.append("(2) trend: not checked (needs two n or more and two replications)")
+    else:
+        checks.append(f"(2) trend: {'yes' if trend else 'NO'}, the revenue at n = "
+                      f"{cv['rows'][-1]['gpus']} exceeds that at n = {cv['rows'][0]['gpus']} by "
+                      f"{cv['trend_z']:.1f} standard errors (needs > 3)")
+    lines.append(f"verdict: {cv['verdict'].upper()}")
+    lines += [f"  {c}" for c in checks]
+    return lines

@@ -1,0 +1,105 @@
+"""Every experiment of the paper in a tiny mode: it runs, writes the promised files and keys, and
+the report judges every claim; a second run resumes (skips what is complete)."""
+
+import json
+import os
+
+import pytest
+
+from experiments import reproduce
+from jaxqueue import report
+from jaxqueue.cli import main as cli_main
+
+#: Tiny sizes: seconds per experiment (compilation dominates).
+TINY = {
+    "fig2": {"gpus": 5, "reps": 2, "horizon": 40.0, "warmup": 10.0},
+    "fig4-6": {"gpus": [5, 10, 20], "reps": 2, "horizon": 40.0, "warmup": 10.0},
+    "fig7": {"instances": 2, "gpus": [8], "reps": 2, "horizon": 30.0, "warmup": 10.0},
+    "fig8": {"gpus": 10, "reps": 2, "horizon": 40.0, "warmup": 10.0,
+             "prefill_fairness": [0.1], "decode_fairness": [4.0], "tpot": [0.024]},
+    "fig9-10": {"gpus": 10, "reps": 2, "horizon": 40.0, "warmup": 10.0,
+                "points": [["beta", 1e-4]]},
+    "table1": {"gpus": 5, "reps": 2, "horizon": 40.0, "warmup": 10.0},
+}
+META = {"experiment", "figure", "title", "quick", "seed", "settings", "scenario", "policies",
+        "jaxqueue_version", "jax_version", "outputs", "key_numbers", "wall_seconds", "complete"}
+KEYS = {
+    "fig2": {"rows", "class_names", "gpus"},
+    "fig4-6": {"series", "lp", "class_names"},
+    "fig7": {"instances", "paper_instance", "grids", "ranges", "fixed", "engine"},
+    "fig8": {"curves", "points", "lp_revenue", "inv_gamma", "unconstrained_point"},
+    "fig9-10": {"lines", "paper_range_sensitivity", "heatmap_B_beta", "heatmap_prices",
+                "price_lines", "sim_points"},
+    "table1": {"classes", "lp", "simulated", "gpus"},
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("reproduce"))
+    first = reproduce.main(out=out, quick=True, seed=1, sizes=TINY)
+    return out, first
+
+
+@pytest.mark.parametrize("name", list(reproduce.EXPERIMENTS))
+def test_experiment_writes_its_outputs(results, name):
+    out, _ = results
+    mod = reproduce.module(name)
+    with open(os.path.join(out, f"{mod.NAME}.json")) as f:
+        data = json.load(f)
+    assert META | KEYS[name] <= set(data)
+    assert data["complete"] and data["seed"] == 1 and data["quick"]
+    for o in mod.OUTPUTS:
+        assert os.path.getsize(os.path.join(out, o)) > 1000, o
+    assert not [f for f in os.listdir(out) if ".tmp" in f]  # atomic writes leave nothing
+    for table in data["key_numbers"]:
+        assert all(len(row) == len(table["columns"]) for row in table["rows"])
+
+
+def test_fig7_details(results):
+    out, _ = results
+    with open(os.path.join(out, "fig7_policies.json")) as f:
+        data = json.load(f)
+    assert data["settings"]["grid_seed"] == 2026 and len(data["instances"]) == 2
+    lo, hi = data["ranges"]["beta"]
+    assert all(lo <= i["beta"] <= hi for i in data["instances"])
+    (grid,) = data["grids"]
+    assert set(grid["policies"]) == {"fi-wsp", "gi-wsp", "gf-wsp", "fg-sp", "gate-and-route"}
+    assert set(grid["table"]["gi-wsp"]) >= {"mean", "sd", "wins", "win_margin", "minus_gg_sp"}
+    assert sum(v["wins"] for v in grid["table"].values()) == 2
+
+
+def test_report_and_resume(results):
+    out, first = results
+    assert first["skipped"] == [] and set(first["timings"]) == set(reproduce.EXPERIMENTS)
+    with open(first["report"]) as f:
+        text = f.read()
+    ids = {c.id for c in first["claims"]}
+    assert {"fig2-backlog", "fig4-revenue", "fig6-sli-router", "fig7-best-n8", "fig8-tpot",
+            "fig9-beta", "fig10-ratio", "table1-fit"} <= ids
+    for c in first["claims"]:
+        assert c.id in text and c.verdict in (report.HOLDS, report.FAILS, report.NOT_COMPARABLE)
+    assert "![fig7_policies.png](fig7_policies.png)" in text
+    # LP-only claims do not depend on the tiny simulation: they are decided as on a full run.
+    verdict = {c.id: c.verdict for c in first["claims"]}
+    assert verdict["fig8-prefill"] == report.HOLDS and verdict["fig8-decode"] == report.FAILS
+    assert verdict["fig8-tpot"] == report.HOLDS and verdict["fig10-ratio"] == report.HOLDS
+    assert verdict["table1-fit"] == report.NOT_COMPARABLE
+    again = reproduce.main(out=out, quick=True, seed=1, sizes=TINY, only=["fig2", "table1"])
+    assert again["skipped"] == ["fig2", "table1"] and again["timings"] == {}
+    # Other sizes are another run: not skipped.
+    assert not reproduce.complete(reproduce.module("fig2"), out, True, 1, {"gpus": 6})
+
+
+def test_reproduce_bad_input(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as err:
+        cli_main(["reproduce", "--only", "fig3"])
+    assert err.value.code == 2 and "fig3" in capsys.readouterr().err
+    monkeypatch.setenv("JAXQUEUE_EXPERIMENTS", "/nonexistent/experiments")
+    with pytest.raises(SystemExit) as err:
+        cli_main(["reproduce", "--quick"])
+    assert err.value.code == 2 and "experiments folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="experiment 'nope' is unknown"):
+        reproduce.module("nope")
+    with pytest.raises(TypeError, match="unknown size"):
+        reproduce.module("fig2").main(out="/tmp", quick=True, nope=1)

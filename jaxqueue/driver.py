@@ -450,7 +450,7 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                         axes, devices)
         sums = resume.batch
     else:
-        states = _shard(kernel.initial_state(
+        states = _shard(kernel.initial_state_jit(
             system, key, jnp.arange(first, first + reps, dtype=jnp.uint32)), axes, devices)
         sums = Batch.zeros(reps, num_levels, len(system.tally_names) * system.num_classes)
     interrupted = False

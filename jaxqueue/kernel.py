@@ -307,6 +307,10 @@ def initial_state(system: AbstractSystem, key: PRNGKeyArray, rep_ids: UInt32[Arr
     return jax.vmap(system.randomize, in_axes=(axes, -1), out_axes=axes)(state, u)
 
 
+#: :func:`initial_state` as one compiled program (op by op it would compile dozens of tiny ones).
+initial_state_jit = jax.jit(initial_state)
+
+
 def replicate(state: Any, reps: int) -> Any:
     """``reps`` copies of a state in the kernel's layout (see :func:`rep_axes`)."""
     def copies(a):

@@ -3,10 +3,12 @@
 A grid of instances (rates, lengths, prices, plans, n, B: any array leaf of a system) is
 simulated by stacking the systems along a leading axis (:func:`stack`) and ``jax.vmap``-ing the
 kernel's rollout over that axis: one compiled program per *structure* (policy kind, engine,
-number of classes, buffer capacity, per-GPU array length: the static fields), not one compiled
-call per point. :func:`simulate_many` is :func:`jaxqueue.simulate` for such a stack: the same
-host loop of chunks (warm-up first, then the window; float64 sums on the host), run in lockstep
-over the points, each point following exactly the schedule of chunks it would follow alone.
+number of classes, per-GPU array length: the static fields), not one compiled call per point.
+Points that differ only in FCFS buffer capacity share a program: each group runs with its largest
+capacity (a capacity changes what fits, never a sample path). :func:`simulate_many` is
+:func:`jaxqueue.simulate` for such a stack: the same host loop of chunks (warm-up first, then the
+window; float64 sums on the host), run in lockstep over the points, each point following exactly
+the schedule of chunks it would follow alone.
 
 So point ``p`` of ``simulate_many(key, systems, ...)`` equals ``simulate(key, systems[p], ...)``
 run with a single batch: replication ``r`` of every point draws its random numbers from
@@ -20,6 +22,7 @@ better simulated one by one with :func:`jaxqueue.simulate`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,10 +34,17 @@ from jaxtyping import PRNGKeyArray
 
 from . import kernel, rng
 from .checkpoint import Batch
-from .driver import Run, _check_window, _merge, _shard
+from .driver import Run, _capacity, _check_window, _merge, _shard
 from .kernel import AbstractSystem, SimulationError
 
 __all__ = ["simulate_many", "stack", "structure"]
+
+
+def _with_capacity(system: AbstractSystem, capacity: int) -> AbstractSystem:
+    """``system`` with ``capacity`` FCFS slots (unchanged when it has no FCFS buffers)."""
+    if _capacity(system) is None:
+        return system
+    return dataclasses.replace(system, capacity=int(capacity))
 
 
 def structure(system: AbstractSystem) -> tuple[Any, tuple[tuple[tuple[int, ...], str], ...]]:
@@ -87,8 +97,8 @@ def _close_many(systems, states, w0):
 
 
 @jax.jit
-def _init_many(systems, rep_ids):
-    return jax.vmap(lambda s: kernel.replicate(s.init(), rep_ids.shape[0]))(systems)
+def _init_many(key, systems, rep_ids):
+    return jax.vmap(lambda s: kernel.initial_state(s, key, rep_ids))(systems)
 
 
 def compile_count() -> int:
@@ -143,7 +153,7 @@ def simulate_many(
         raise ValueError("devices is empty: give at least one device, or None")
     groups: dict[Any, list[int]] = {}
     for k, s in enumerate(systems):
-        groups.setdefault(structure(s), []).append(k)
+        groups.setdefault(structure(_with_capacity(s, 1)), []).append(k)
     runs: list[Run | None] = [None] * len(systems)
     done_points = 0
     for members in groups.values():
@@ -153,6 +163,9 @@ def simulate_many(
             if progress:
                 progress((base + f * size) / len(systems))
         group = [systems[k] for k in members]
+        largest = max((_capacity(s) or 0) for s in group)
+        if largest:
+            group = [_with_capacity(s, largest) for s in group]
         for k, run in zip(members, _run_group(key, group, int(reps), float(horizon),
                                               float(warmup), int(chunk_events), clock_dtype,
                                               sub, devices, max_chunks), strict=True):
@@ -175,7 +188,7 @@ def _run_group(key, systems, reps, horizon, warmup, chunk_events, clock_dtype, r
     padded = -(-reps // per) * per  # shards need equal sizes: extra replications are dropped
     axes = jax.tree.map(lambda a: a + 1 if a == 0 else a, kernel.rep_axes(template))
     rep_ids = _shard(jnp.arange(padded, dtype=jnp.uint32), -1, devices)
-    states = _shard(_init_many(stacked, jnp.arange(padded, dtype=jnp.uint32)), axes, devices)
+    states = _shard(_init_many(key, stacked, jnp.arange(padded, dtype=jnp.uint32)), axes, devices)
     levels = len(template.level_names) * template.num_classes
     tallies_n = len(template.tally_names) * template.num_classes
     t_now = np.zeros((num, padded))

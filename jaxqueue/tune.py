@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -38,7 +38,7 @@ from .model import Model
 from .policies import tunable
 from .relax import Relaxed
 
-__all__ = ["ESTIMATORS", "Problem", "TuneResult", "evaluate", "gradient", "tune"]
+__all__ = ["ESTIMATORS", "Problem", "TuneResult", "evaluate", "gradient", "mask", "tune"]
 
 ESTIMATORS = ("pathwise", "score", "fd", "spsa")
 
@@ -129,22 +129,45 @@ def steps_for(problem: Problem) -> int:
     return int(1.2 * per_second * problem.horizon) + 64
 
 
+def mask(free, only: Sequence[str] | None):
+    """Ones on the coordinates of the fields named in ``only`` (all fields if None), zeros
+    elsewhere, in the structure of ``free``.
+
+    Raises:
+        ValueError: a name in ``only`` is not a parameter of the family.
+    """
+    names = [f.name for f in dataclasses.fields(free)]
+    if only is not None:
+        unknown = [k for k in only if k not in names]
+        if unknown or not only:
+            raise ValueError(f"only = {list(only)!r} is invalid: must name one or more of "
+                             f"{names}")
+    return dataclasses.replace(free, **{k: jnp.full(jnp.shape(getattr(free, k)),
+                                                    float(only is None or k in only))
+                                        for k in names})
+
+
 def gradient(problem: Problem, estimator: str, free, key, *, temperature: float = 0.2,
-             perturbation: float = 0.1) -> tuple[Any, dict]:
+             perturbation: float = 0.1, only: Sequence[str] | None = None) -> tuple[Any, dict]:
     """An estimate of d(mean revenue per GPU)/d(free coordinates), and what it cost.
 
-    Returns the gradient (same structure as ``free``) and ``{"events": ..., "value": ...}``.
+    ``only`` names the parameters tuned (default all): the others get a zero gradient, and
+    finite differences and SPSA perturb only the named ones.
+
+    Returns the gradient (same structure as ``free``) and ``{"replications": ..., "value": ...}``.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator = {estimator!r} is unknown: must be one of {ESTIMATORS}")
     flat, unravel = ravel_pytree(free)
+    on = ravel_pytree(mask(free, only))[0].astype(flat.dtype)
     if estimator in ("fd", "spsa"):
         crn, direction = jax.random.split(key)
         if estimator == "spsa":
-            delta = jax.random.rademacher(direction, flat.shape, dtype=flat.dtype)
+            delta = jax.random.rademacher(direction, flat.shape, dtype=flat.dtype) * on
             dirs = [delta]
         else:
-            dirs = list(jnp.eye(flat.shape[0], dtype=flat.dtype))
+            dirs = [e for e, m in zip(jnp.eye(flat.shape[0], dtype=flat.dtype), np.asarray(on),
+                                      strict=True) if m]
         grads, events, values = [], 0, []
         for d in dirs:
             up = evaluate(problem, from_free(unravel(flat + perturbation * d)), crn)
@@ -153,7 +176,8 @@ def gradient(problem: Problem, estimator: str, free, key, *, temperature: float 
             grads.append((up.mean() - down.mean()) / (2 * perturbation))
             events += 2 * problem.reps
         g = (grads[0] * dirs[0] if estimator == "spsa"
-             else jnp.asarray(grads, flat.dtype))
+             else jnp.zeros_like(flat).at[np.flatnonzero(np.asarray(on))].set(
+                 jnp.asarray(grads, flat.dtype)))
         return unravel(g), {"replications": events, "value": float(np.mean(values))}
     if tunable.engine(problem.family) != "pooled":
         raise ValueError(f"estimator {estimator!r} needs a pooled family; {problem.family!r} "
@@ -163,7 +187,7 @@ def gradient(problem: Problem, estimator: str, free, key, *, temperature: float 
         f = _relaxed_revenue(problem, Relaxed(temperature=temperature,
                                               decision_temperature=max(temperature, 0.05)),
                              key, steps)
-        value, jac = jax.jit(lambda x: _jacfwd(lambda y: f(unravel(y))[0], x))(flat)
+        value, jac = jax.jit(lambda x: _jacfwd(lambda y: f(unravel(y))[0], x, on))(flat)
         return unravel(jac), {"replications": problem.reps, "value": float(value)}
     # score: grad of mean((R - b) log p) with R fixed and b the leave-one-out mean.
     f = _relaxed_revenue(problem, ScoreFunction(), key, steps)
@@ -177,15 +201,17 @@ def gradient(problem: Problem, estimator: str, free, key, *, temperature: float 
         return jnp.mean((r - baseline) * out.summary.logp), jnp.mean(r)
 
     (_, value), g = jax.jit(jax.value_and_grad(surrogate, has_aux=True))(flat)
-    return unravel(g), {"replications": problem.reps, "value": float(value)}
+    return unravel(g * on), {"replications": problem.reps, "value": float(value)}
 
 
-def _jacfwd(f: Callable, x):
-    """(f(x), df/dx) by forward mode, one jvp per coordinate (constant memory)."""
-    basis = jnp.eye(x.shape[0], dtype=x.dtype)
+def _jacfwd(f: Callable, x, on):
+    """(f(x), df/dx) by forward mode, one jvp per coordinate where ``on`` is one (constant
+    memory); zeros elsewhere."""
+    picked = np.flatnonzero(np.asarray(on))
+    basis = jnp.eye(x.shape[0], dtype=x.dtype)[picked]
     value = f(x)
-    jac = jax.lax.map(lambda v: jax.jvp(f, (x,), (v,))[1], basis)
-    return value, jac
+    partial = jax.lax.map(lambda v: jax.jvp(f, (x,), (v,))[1], basis)
+    return value, jnp.zeros_like(x).at[picked].set(partial)
 
 
 # ---- the optimizer loop ------------------------------------------------------------------------
@@ -220,17 +246,22 @@ def _summary(params, revenues) -> dict:
 
 def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa", learning_rate: float = 0.05,
          perturbation: float = 0.15, temperature: float = 0.3, eval_every: int = 5,
-         eval_reps: int | None = None, seed: int = 0,
+         eval_reps: int | None = None, seed: int = 0, only: Sequence[str] | None = None,
+         initial: Any = None,
          progress: Callable[[int, dict], None] | None = None) -> TuneResult:
-    """Adam on ``estimator``'s gradient from the paper's policy; returns the best exact
-    evaluation (each on fresh keys, ``eval_reps`` replications)."""
+    """Adam on ``estimator``'s gradient from ``initial`` (default: the paper's policy, the
+    family's LP point); returns the best exact evaluation (each on fresh keys, ``eval_reps``
+    replications). ``only`` names the parameters tuned (default all; the others stay at their
+    starting values)."""
     if isinstance(steps, bool) or int(steps) < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
     start = time.perf_counter()
     eval_reps = eval_reps or problem.reps
     key = jax.random.key(seed)
-    p0 = problem.initial()
+    p0 = problem.initial() if initial is None else initial
+    tunable.check_params(problem.family, p0, problem.model)
     free = to_free(jax.tree.map(jnp.asarray, p0))
+    mask(free, only)  # names checked before any simulation
     opt = optax.adam(learning_rate)
     state = opt.init(free)
     history = {"value": [], "evaluations": []}
@@ -247,7 +278,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa", learning
     for step in range(1, steps + 1):
         decay = 1.0 / (1.0 + 0.5 * step / steps)  # temperature and perturbation shrink slowly
         g, info = gradient(problem, estimator, free, jax.random.fold_in(key, step),
-                           temperature=temperature * decay, perturbation=perturbation * decay)
+                           temperature=temperature * decay, perturbation=perturbation * decay,
+                           only=only)
         used += info["replications"]
         history["value"].append(info["value"])
         updates, state = opt.update(jax.tree.map(lambda a: -a, g), state, free)

@@ -28,6 +28,10 @@ def add_tune_command(command, run_options, handler) -> None:
     tu.add_argument("--estimator", default="auto", choices=("auto", *ESTIMATORS),
                     help="gradient estimator (auto: pathwise on the pooled engine, spsa on the "
                          "per-GPU engine)")
+    tu.add_argument("--only", default=None, metavar="NAMES",
+                    help="comma-separated parameters to tune, the others staying at the LP point "
+                         "(gated: targets, offset, share, slack, caps; coupled families: targets, "
+                         "offset, cap); default all")
     tu.add_argument("--steps", type=int, default=30, help="optimizer steps (Adam)")
     tu.add_argument("--learning-rate", type=float, default=0.05,
                     help="Adam's step size, in the free coordinates (log targets)")
@@ -107,9 +111,10 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best=f"{info['best']:.2f}", refresh=False)
+    only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
     result = tune(prob, steps=args.steps, estimator=estimator,
                   learning_rate=args.learning_rate, eval_every=args.eval_every,
-                  eval_reps=args.eval_reps, seed=args.seed, progress=progress)
+                  eval_reps=args.eval_reps, seed=args.seed, only=only, progress=progress)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
@@ -142,7 +147,7 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
             spsa_steps = max(1, result.replications // (2 * args.reps))
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
                         learning_rate=args.learning_rate, eval_every=max(1, spsa_steps // 4),
-                        eval_reps=args.eval_reps, seed=args.seed + 1)
+                        eval_reps=args.eval_reps, seed=args.seed + 1, only=only)
             sp = _params(tunable, family, spsa.best["params"])
             baselines[f"spsa, same budget ({spsa_steps} steps)"] = _pack(
                 evaluate(prob, sp, final_key, args.eval_reps))

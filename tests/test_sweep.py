@@ -48,3 +48,23 @@ def test_stack_names_what_differs():
         sweep.simulate_many(jax.random.key(0), [a], reps=0, horizon=10.0)
     stacked = sweep.stack([a, a])
     assert np.shape(stacked.model.lambda_) == (2, 2) and np.shape(stacked.n) == (2,)
+
+
+def test_points_that_draw_their_setup_at_random_match_simulate():
+    # The gated family rounds n * share to M at random per replication (its setup stream):
+    # a sweep must draw exactly the M that simulate draws.
+    from jaxqueue.policies import tunable
+
+    base, params = tunable.build_family("gated", MODEL, 12)
+    systems = [tunable.with_params(base, eqx_replace(params, share=s)) for s in (0.31, 0.47)]
+    key = jax.random.key(5)
+    runs = sweep.simulate_many(key, systems, reps=6, horizon=60.0, warmup=10.0)
+    for system, many in zip(systems, runs, strict=True):
+        one = jq.simulate(key, system, reps=6, horizon=60.0, warmup=10.0, max_batch=6)
+        np.testing.assert_array_equal(many.tallies, one.tallies)
+
+
+def eqx_replace(params, **kw):
+    import dataclasses
+
+    return dataclasses.replace(params, **{k: np.float64(v) for k, v in kw.items()})

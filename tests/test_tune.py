@@ -18,6 +18,7 @@ from jaxqueue.model import Model
 from jaxqueue.policies import tunable
 from jaxqueue.relax import Relaxed
 from jaxqueue.tune import Problem, evaluate, from_free, gradient, to_free, tune
+from jaxqueue.tune import mask as tune_mask
 
 PAPER = scenarios.load("paper-qwen8b")
 
@@ -116,8 +117,8 @@ def test_exact_revenue_of_the_randomised_gate_matches_simulation():
 
 
 def test_tuning_a_one_parameter_toy_reaches_its_known_optimum():
-    # One knob, the mixed share of a 4-GPU tiny system; every other parameter is pinned by
-    # projecting its coordinates back. Revenue is linear in the share between integers
+    # One knob, the mixed share of a 4-GPU tiny system (every other parameter stays at the LP
+    # point). Revenue is linear in the share between integers
     # (randomised rounding of M), so the optimum is the best integer M, known from the exact
     # chains with the deterministic gate (tau small); the tuner must end within one GPU of it.
     model, n = tiny_model(), 4
@@ -128,7 +129,10 @@ def test_tuning_a_one_parameter_toy_reaches_its_known_optimum():
     problem = Problem(family="gated", model=model, n=n, plan=plan, horizon=300.0, warmup=30.0,
                       reps=16)
     result = tune(problem, steps=12, estimator="fd", learning_rate=0.08, eval_every=4,
-                  eval_reps=16, seed=2)
+                  eval_reps=16, seed=2, only=("share",))
+    for name in ("targets", "slack", "caps"):  # the others did not move
+        np.testing.assert_array_equal(result.best["params"][name],
+                                      result.initial["params"][name])
     share = result.best["params"]["share"]
     assert abs(share * n - best_M) <= 1.0, (share * n, best_M, exact)
 
@@ -161,3 +165,13 @@ def test_parameter_files_round_trip_and_refuse_bad_input(tmp_path):
     free = to_free(jax.tree.map(jnp.asarray, params))
     back = from_free(free)
     np.testing.assert_allclose(np.asarray(back.targets), params.targets, rtol=1e-6)
+
+
+def test_only_names_known_parameters():
+    plan = fluid.solve(PAPER, "bundled")
+    free = to_free(jax.tree.map(jnp.asarray, tunable.initial_params("gated", PAPER, 20, plan)))
+    with pytest.raises(ValueError, match=r"only = \['cap'\] is invalid: must name one or more"):
+        tune_mask(free, ["cap"])
+    m = tune_mask(free, ["share", "caps"])
+    assert float(m.share) == 1.0 and np.all(np.asarray(m.caps) == 1.0)
+    assert np.all(np.asarray(m.targets) == 0.0) and float(m.slack) == 0.0

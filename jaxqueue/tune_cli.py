@@ -22,8 +22,9 @@ def add_tune_command(command, run_options, handler) -> None:
     tu.add_argument("scenario", help="built-in name or path to a TOML file")
     tu.add_argument("--gpus", type=int, required=True, help="number of GPUs n")
     tu.add_argument("--family", default="auto", choices=("auto", *FAMILIES),
-                    help="policy family; auto evaluates each family's LP point and tunes the "
-                         "best (" + "; ".join(f"{k}: {v[1]} [{v[0]}]" for k, v in
+                    help="policy family; auto evaluates every family's starting points (its LP "
+                         "point and, with a gate, the LP point ranking classes after admission) "
+                         "and tunes from the best (" + "; ".join(f"{k}: {v[1]} [{v[0]}]" for k, v in
                                                 FAMILIES.items()) + ")")
     tu.add_argument("--estimator", default="auto", choices=("auto", *ESTIMATORS),
                     help="gradient estimator (auto: pathwise on the pooled engine, spsa on the "
@@ -59,114 +60,151 @@ def _pack(values) -> dict[str, float]:
 
 
 def run_tune(args, *, say, bars: bool, emit) -> int:
-    import jax
-    import numpy as np
-
-    from . import fluid, policies, scenarios, stats
-    from .driver import simulate
-    from .policies import tunable
-    from .tune import Problem, evaluate, tune
+    from . import scenarios
 
     if args.gpus < 1:
         raise ValueError(f"gpus = {args.gpus}: must be an integer >= 1")
-    for name in ("steps", "eval_every", "eval_reps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        raise ValueError(f"learning-rate = {args.learning_rate}: must be finite and > 0")
+    only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
+    out, history, family, best_params = compare(
+        scenarios.load(args.scenario), args.gpus, family=args.family, estimator=args.estimator,
+        steps=args.steps, learning_rate=args.learning_rate, pricing=args.pricing,
+        eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
+        horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
+        baselines=not args.no_baselines, say=say, bars=bars)
+    if args.save:
+        from .policies import tunable
+
+        tunable.save_params(args.save, family, best_params, scenario=out["scenario"],
+                            gpus=args.gpus, revenue=out["tuned"]["revenue"],
+                            pricing=args.pricing)
+        say(f"tuned parameters written to {args.save} (jaxqueue simulate {args.scenario} "
+            f"--gpus {args.gpus} --params {args.save})")
+    plot = args.plot or f"tune_{out['scenario']}_n{args.gpus}.png"
+    _plot(plot, out, history)
+    out["plot"] = plot
+    say(f"training curve written to {plot}")
+    emit(out, args.json, _lines)
+    return 0
+
+
+def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", steps: int = 30,
+            learning_rate: float = 0.05, pricing: str = "bundled", eval_every: int = 5,
+            eval_reps: int = 32, reps: int = 16, horizon: float = 600.0, warmup: float = 150.0,
+            seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
+            bars: bool = False):
+    """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does.
+
+    Returns the command's JSON object, the tuning history, the family tuned and its best
+    parameters.
+    """
+    import jax
+    import numpy as np
+
+    from . import fluid, policies, stats
+    from .driver import simulate
+    from .policies import tunable
+    from .tune import ESTIMATORS, Problem, evaluate, tune
+
+    if family != "auto" and family not in tunable.FAMILIES:
+        raise ValueError(f"family = {family!r} is unknown: must be auto or one of "
+                         f"{list(tunable.FAMILIES)}")
+    if estimator != "auto" and estimator not in ESTIMATORS:
+        raise ValueError(f"estimator = {estimator!r} is unknown: must be auto or one of "
+                         f"{list(ESTIMATORS)}")
+    for name, value in (("steps", steps), ("eval_every", eval_every), ("eval_reps", eval_reps),
+                        ("reps", reps)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name.replace('_', '-')} = {value}: must be an integer >= 1")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning-rate = {learning_rate}: must be finite and > 0")
     start = time.perf_counter()
-    model = scenarios.load(args.scenario)
     plan = fluid.solve(model, "bundled")
-    n = args.gpus
-    key = jax.random.key(args.seed)
+    key = jax.random.key(seed)
     eval_key = jax.random.fold_in(key, 7)  # the same key for every comparison (CRN)
 
-    def problem(family):
-        return Problem(family=family, model=model, n=n, plan=plan, pricing=args.pricing,
-                       horizon=args.horizon, warmup=args.warmup, reps=args.reps)
+    def problem(f):
+        return Problem(family=f, model=model, n=n, plan=plan, pricing=pricing,
+                       horizon=horizon, warmup=warmup, reps=reps)
 
-    families = list(tunable.FAMILIES) if args.family == "auto" else [args.family]
-    starts = {}
-    if len(families) > 1:
-        say(f"evaluating each family's LP point ({args.eval_reps} replications each)")
-        for f in families:
-            p = problem(f)
-            starts[f] = _pack(evaluate(p, p.initial(), eval_key, args.eval_reps))
-        family = max(starts, key=lambda f: starts[f]["mean"])
-        say("LP points: " + ", ".join(f"{f} {v['mean']:.2f}" for f, v in starts.items())
-            + f"; tuning {family}")
-    else:
-        family = families[0]
-    estimator = args.estimator
+    families = list(tunable.FAMILIES) if family == "auto" else [family]
+    say(f"evaluating the starting points ({eval_reps} replications each)")
+    starts, points = {}, {}
+    for f in families:
+        p = problem(f)
+        for label, params in tunable.starting_points(f, model, n, plan).items():
+            starts[f"{f}: {label}"] = _pack(evaluate(p, params, eval_key, eval_reps))
+            points[f"{f}: {label}"] = (f, params)
+    chosen = max(starts, key=lambda k: starts[k]["mean"])
+    family, start_params = points[chosen]
+    say("starting points: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in starts.items())
+        + f"; tuning from {chosen}")
     if estimator == "auto":
         estimator = "pathwise" if tunable.engine(family) == "pooled" else "spsa"
     prob = problem(family)
     bar = None
     if bars:
         from tqdm import tqdm
-        bar = tqdm(total=args.steps, desc=f"tuning {family} ({estimator})", file=sys.stderr,
+        bar = tqdm(total=steps, desc=f"tuning {family} ({estimator})", file=sys.stderr,
                    unit="step")
 
     def progress(step, info):
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best=f"{info['best']:.2f}", refresh=False)
-    only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
-    result = tune(prob, steps=args.steps, estimator=estimator,
-                  learning_rate=args.learning_rate, eval_every=args.eval_every,
-                  eval_reps=args.eval_reps, seed=args.seed, only=only, progress=progress)
+    result = tune(prob, steps=steps, estimator=estimator,
+                  learning_rate=learning_rate, eval_every=eval_every,
+                  eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
+                  progress=progress)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
     final_key = jax.random.fold_in(key, 11)
     best_params = _params(tunable, family, result.best["params"])
     tuned = {"params": result.best["params"],
-             "revenue": _pack(evaluate(prob, best_params, final_key, args.eval_reps))}
-    lp = {"params": result.initial["params"],
-          "revenue": _pack(evaluate(prob, prob.initial(), final_key, args.eval_reps))}
-    baselines: dict[str, Any] = {}
-    if not args.no_baselines:
+             "revenue": _pack(evaluate(prob, best_params, final_key, eval_reps))}
+    lp = {"params": _summary_params(prob.initial()),
+          "revenue": _pack(evaluate(prob, prob.initial(), final_key, eval_reps))}
+    compared: dict[str, Any] = {}
+    if baselines:
         say("baselines on the same fresh key: the paper's policies, a grid over M, SPSA")
         for name, engine in PAPER_POLICIES:
             system, _ = policies.build(name, model, n, engine=engine, plan=plan)
-            run = simulate(final_key, system, reps=args.eval_reps, horizon=args.horizon,
-                           warmup=args.warmup)
-            baselines[name] = _pack(stats.per_gpu(run, model, n)[f"revenue_{args.pricing}"])
+            run = simulate(final_key, system, reps=eval_reps, horizon=horizon,
+                           warmup=warmup)
+            compared[name] = _pack(stats.per_gpu(run, model, n)[f"revenue_{pricing}"])
         gated = problem("gated")
         p0 = gated.initial()
         m0 = int(round(float(p0.share) * n))
         grid = {}
         for M in range(max(0, m0 - 2), min(n, m0 + 2) + 1):
             p = dataclasses.replace(p0, share=np.float64(M / n))
-            grid[M] = _pack(evaluate(gated, p, final_key, args.eval_reps))
+            grid[M] = _pack(evaluate(gated, p, final_key, eval_reps))
         best_M = max(grid, key=lambda M: grid[M]["mean"])
-        baselines["gate-and-route, best M on a grid"] = {**grid[best_M], "M": best_M,
+        compared["gate-and-route, best M on a grid"] = {**grid[best_M], "M": best_M,
                                                          "grid": {str(k): v for k, v in
                                                                   grid.items()}}
         if estimator != "spsa":
-            spsa_steps = max(1, result.replications // (2 * args.reps))
+            spsa_steps = max(1, result.replications // (2 * reps))
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
-                        learning_rate=args.learning_rate, eval_every=max(1, spsa_steps // 4),
-                        eval_reps=args.eval_reps, seed=args.seed + 1, only=only)
+                        learning_rate=learning_rate, eval_every=max(1, spsa_steps // 4),
+                        eval_reps=eval_reps, seed=seed + 1, only=only,
+                        initial=start_params)
             sp = _params(tunable, family, spsa.best["params"])
-            baselines[f"spsa, same budget ({spsa_steps} steps)"] = _pack(
-                evaluate(prob, sp, final_key, args.eval_reps))
+            compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack(
+                evaluate(prob, sp, final_key, eval_reps))
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
-           "pricing": args.pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
-           "baselines": baselines, "family_starts": starts, "steps": args.steps,
+           "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
+           "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
            "replications_used": result.replications, "evaluations": result.history["evaluations"],
-           "wall_seconds": time.perf_counter() - start, "seed": args.seed}
-    if args.save:
-        tunable.save_params(args.save, family, best_params, scenario=model.name, gpus=n,
-                            revenue=tuned["revenue"], pricing=args.pricing)
-        say(f"tuned parameters written to {args.save} (jaxqueue simulate {args.scenario} "
-            f"--gpus {n} --params {args.save})")
-    plot = args.plot or f"tune_{model.name}_n{n}.png"
-    _plot(plot, out, result.history)
-    out["plot"] = plot
-    say(f"training curve written to {plot}")
-    emit(out, args.json, _lines)
-    return 0
+           "wall_seconds": time.perf_counter() - start, "seed": seed}
+    return out, result.history, family, best_params
+
+
+def _summary_params(params) -> dict:
+    import numpy as np
+
+    return {f.name: np.asarray(getattr(params, f.name)).tolist()
+            for f in dataclasses.fields(params)}
 
 
 def _params(tunable, family, values: dict):
@@ -186,7 +224,7 @@ def _lines(o):
     yield f"  {'tuned':<46} {rev(o['tuned']['revenue'])}"
     for name, r in o["baselines"].items():
         yield f"  {name:<46} {rev(r)}"
-    yield "tuned parameters: " + ", ".join(
+    yield f"tuned from {o['start']}; parameters: " + ", ".join(
         f"{k} = {[round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)}"
         for k, v in o["tuned"]["params"].items())
 

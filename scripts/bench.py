@@ -59,6 +59,29 @@ def _devices():
     return devs if ARGS.devices == "all" else devs[:int(ARGS.devices)]
 
 
+def kernels(system, reps: int, chunk: int) -> dict:
+    """What XLA compiles for one chunk of ``system`` (one device): the optimised HLO's fusions
+    (each one kernel launch on the CPU), loop-carried copies, while loops and all instructions.
+    The scan body runs once per step, so these count the kernels of a step (plus a few of the
+    chunk's prologue and epilogue)."""
+    import re
+
+    import jax.numpy as jnp
+
+    from jaxqueue import kernel, rng
+
+    ids = jnp.arange(reps, dtype=jnp.uint32)
+    state = kernel.initial_state(system, jax.random.key(0), ids)
+    real = rng.real_dtype()
+    text = kernel._rollout_jit.lower(
+        jax.random.key(0), system, ids, state, jnp.zeros((reps,), real),
+        jnp.full((reps,), jnp.inf, real), jnp.uint32(0), steps=chunk, clock_dtype=real,
+        close=False).compile().as_text()
+    ops = re.findall(r"= [^ ]+ (\w[\w-]*)\(", text)
+    return {"fusions": ops.count("fusion"), "copies": ops.count("copy"),
+            "while_loops": ops.count("while"), "instructions": len(ops)}
+
+
 def _row(name: str, run, extra: dict) -> dict:
     return {"benchmark": name, **extra, "events": run.events, "wall_seconds": run.wall_seconds,
             "events_per_second": run.events_per_second,
@@ -71,7 +94,8 @@ def bench_pooled(gpus: int, reps: int, horizon: float, chunk: int) -> dict:
     run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
                    chunk_events=chunk, devices=_devices())
     return _row("pooled gate-and-route paper-qwen8b", run,
-                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk})
+                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
+                 "kernels": kernels(system, reps, chunk)})
 
 
 def bench_erlang(servers: int, reps: int, horizon: float, chunk: int) -> dict:
@@ -90,7 +114,8 @@ def bench_per_gpu(gpus: int, reps: int, horizon: float, chunk: int,
     run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
                    chunk_events=chunk, devices=_devices())
     return _row(f"per-gpu {policy} paper-qwen8b", run,
-                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk})
+                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
+                 "kernels": kernels(system, reps, chunk)})
 
 
 def main() -> None:
@@ -120,6 +145,10 @@ def main() -> None:
         print(f"{r['benchmark']:<36} {size:<50} {r['events']:>13,} events "
               f"{r['wall_seconds']:7.2f} s {r['events_per_second']:>14,.0f} events/s "
               f"(compile {r['compile_seconds']:.2f} s)")
+        if "kernels" in r:
+            k = r["kernels"]
+            print(f"{'':<36} compiled chunk: {k['fusions']} fusions, {k['copies']} copies, "
+                  f"{k['while_loops']} while loops, {k['instructions']} instructions")
 
 
 if __name__ == "__main__":

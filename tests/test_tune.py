@@ -3,6 +3,7 @@ a known optimum, exact revenue of the randomised gate, one compilation per shape
 files."""
 
 import dataclasses
+import json
 
 import equinox as eqx
 import jax
@@ -175,3 +176,30 @@ def test_only_names_known_parameters():
     m = tune_mask(free, ["share", "caps"])
     assert float(m.share) == 1.0 and np.all(np.asarray(m.caps) == 1.0)
     assert np.all(np.asarray(m.targets) == 0.0) and float(m.slack) == 0.0
+
+
+def test_tune_command_saves_what_simulate_params_reruns(tmp_path, capsys):
+    from jaxqueue.cli import main
+
+    saved, plot = tmp_path / "tuned.json", tmp_path / "curve.png"
+    code = main(["tune", "paper-qwen8b", "--gpus", "6", "--family", "gated", "--steps", "2",
+                 "--reps", "2", "--horizon", "30", "--warmup", "5", "--eval-every", "1",
+                 "--eval-reps", "3", "--no-baselines", "--only", "share,offset",
+                 "--save", str(saved), "--plot", str(plot), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (0, None)
+    assert {"lp", "tuned", "baselines", "steps", "wall_seconds", "starts", "start"} <= set(out)
+    assert set(out["starts"]) == {"gated: LP point", "gated: LP point, rank after admission"}
+    for part in ("lp", "tuned"):
+        assert set(out[part]) == {"params", "revenue"}
+        assert set(out[part]["revenue"]) == {"mean", "ci95"}
+    # Only the named parameters moved from the start.
+    start = tunable.starting_points("gated", PAPER, 6, fluid.solve(PAPER, "bundled"))
+    first = start["LP point, rank after admission" if "rank" in out["start"] else "LP point"]
+    np.testing.assert_allclose(out["tuned"]["params"]["targets"], first.targets)
+    assert plot.stat().st_size > 1000
+    code = main(["simulate", "paper-qwen8b", "--gpus", "6", "--params", str(saved), "--reps", "2",
+                 "--horizon", "30", "--warmup", "5", "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert code in (0, None)
+    assert again["revenue_per_gpu"]["bundled"]["mean"] > 0

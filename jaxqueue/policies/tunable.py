@@ -49,7 +49,7 @@ simulator's estimators (finite differences and SPSA with common random numbers),
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -81,7 +81,7 @@ from .pooled import greedy_route
 
 __all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "build_family",
            "check_params", "engine", "get_params", "initial_params", "load_params",
-           "save_params", "with_params"]
+           "save_params", "starting_points", "with_params"]
 
 #: Family name -> (engine, one line).
 FAMILIES = {
@@ -313,6 +313,18 @@ def initial_params(family: str, model: Model, n: int, plan: fluid.Plan):
         return GatedParams(targets=targets, offset=np.float64(0.0), share=np.float64(M / n),
                            slack=np.float64(2.0), caps=np.full(model.num_classes, 2.0))
     return CoupledParams(targets=targets, offset=np.float64(0.0), cap=np.float64(1.0))
+
+
+def starting_points(family: str, model: Model, n: int, plan: fluid.Plan) -> dict[str, Any]:
+    """Where tuning may start: the LP point (the paper's policy) and, for the families with a
+    gate, the same point ranking classes by their occupancy after admission (``offset = 1``),
+    a structural change gradients do not find from the LP point (the gate's ranking is
+    piecewise constant in the offset). Keys are short descriptions."""
+    p0 = initial_params(family, model, n, plan)
+    points = {"LP point": p0}
+    if family != "coupled-fcfs":
+        points["LP point, rank after admission"] = dataclasses.replace(p0, offset=np.float64(1.0))
+    return points
 
 
 _RANGES = {"targets": ("> 0", lambda a: np.all(a > 0)),

@@ -33,6 +33,9 @@ def add_tune_command(command, run_options, handler) -> None:
                     help="comma-separated parameters to tune, the others staying at the LP point "
                          "(gated: targets, offset, share, slack, caps; coupled families: targets, "
                          "offset, cap); default all")
+    tu.add_argument("--start", choices=("best", "lp"), default="best",
+                    help="best: tune from the best starting point; lp: from the family's LP "
+                         "point (the paper's policy)")
     tu.add_argument("--steps", type=int, default=30, help="optimizer steps (Adam)")
     tu.add_argument("--learning-rate", type=float, default=0.05,
                     help="Adam's step size, in the free coordinates (log targets)")
@@ -70,7 +73,7 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
         steps=args.steps, learning_rate=args.learning_rate, pricing=args.pricing,
         eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
-        baselines=not args.no_baselines, say=say, bars=bars)
+        baselines=not args.no_baselines, say=say, bars=bars, start=args.start)
     if args.save:
         from .policies import tunable
 
@@ -91,7 +94,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             learning_rate: float = 0.05, pricing: str = "bundled", eval_every: int = 5,
             eval_reps: int = 32, reps: int = 16, horizon: float = 600.0, warmup: float = 150.0,
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
-            bars: bool = False):
+            bars: bool = False, start: str = "best"):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does.
 
     Returns the command's JSON object, the tuning history, the family tuned and its best
@@ -117,7 +120,9 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             raise ValueError(f"{name.replace('_', '-')} = {value}: must be an integer >= 1")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning-rate = {learning_rate}: must be finite and > 0")
-    start = time.perf_counter()
+    if start not in ("best", "lp"):
+        raise ValueError(f"start = {start!r} is invalid: must be 'best' or 'lp'")
+    began = time.perf_counter()
     plan = fluid.solve(model, "bundled")
     key = jax.random.key(seed)
     eval_key = jax.random.fold_in(key, 7)  # the same key for every comparison (CRN)
@@ -131,7 +136,10 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     starts, points = {}, {}
     for f in families:
         p = problem(f)
-        for label, params in tunable.starting_points(f, model, n, plan).items():
+        candidates = tunable.starting_points(f, model, n, plan)
+        if start == "lp":
+            candidates = {"LP point": candidates["LP point"]}
+        for label, params in candidates.items():
             starts[f"{f}: {label}"] = _pack(evaluate(p, params, eval_key, eval_reps))
             points[f"{f}: {label}"] = (f, params)
     chosen = max(starts, key=lambda k: starts[k]["mean"])
@@ -196,7 +204,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
            "replications_used": result.replications, "evaluations": result.history["evaluations"],
-           "wall_seconds": time.perf_counter() - start, "seed": seed}
+           "wall_seconds": time.perf_counter() - began, "seed": seed}
     return out, result.history, family, best_params
 
 

@@ -32,7 +32,7 @@ from jaxqueue import fluid, policies, stats, sweep  # noqa: E402
 from jaxqueue.kernel import SimulationError  # noqa: E402
 from jaxqueue.policies.common import default_capacity  # noqa: E402
 
-__all__ = ["Timer", "cached", "capacity_for", "command_line", "log", "meta", "pack",
+__all__ = ["Timer", "cached", "capacity_for", "command_line", "finish", "log", "meta", "pack",
            "per_gpu_summary", "plt", "run_systems", "save_png", "sizes", "write_json"]
 
 #: Colours of the five policies of Sec. 6.3 and the two routers, the same in every figure.
@@ -124,6 +124,15 @@ def write_json(path: str, obj: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(jsonable(obj), f, indent=1)
     os.replace(tmp, path)
+
+
+def finish(out: str, name: str, outputs: Sequence[str], result: dict, timer: Timer) -> dict:
+    """Writes an experiment's ``name.json`` into ``out``, marked complete (last, so that an
+    interrupted run is never taken for a finished one), and returns it as written."""
+    result = jsonable({**result, "outputs": list(outputs), "wall_seconds": timer()})
+    result["complete"] = True
+    write_json(os.path.join(out, f"{name}.json"), result)
+    return result
 
 
 def save_png(fig, path: str) -> None:

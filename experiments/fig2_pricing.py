@@ -61,11 +61,7 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
               "class_names": list(model.class_names), "gpus": n, "capacity": sim["capacity"],
               "rows": rows, "key_numbers": _key_numbers(rows, model)}
     _plot(rows, model, n, os.path.join(out, f"{NAME}.png"))
-    result["outputs"] = list(OUTPUTS)
-    result["wall_seconds"] = timer()
-    result["complete"] = True
-    common.write_json(os.path.join(out, f"{NAME}.json"), result)
-    return common.jsonable(result)
+    return common.finish(out, NAME, OUTPUTS, result, timer)
 
 
 def _key_numbers(rows, model) -> list[dict]:

@@ -80,11 +80,7 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
                     os.path.join(out, OUTPUTS[2]))
     _plot_occupancy(result, "sli-gate-and-route", "Fig. 6: SLI-aware router",
                     os.path.join(out, OUTPUTS[3]))
-    result["outputs"] = list(OUTPUTS)
-    result["wall_seconds"] = timer()
-    result["complete"] = True
-    common.write_json(os.path.join(out, f"{NAME}.json"), result)
-    return result
+    return common.finish(out, NAME, OUTPUTS, result, timer)
 
 
 def _deviations(r, targets) -> dict[str, float]:

@@ -121,11 +121,7 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
     result = common.jsonable(result)
     result["key_numbers"] = _key_numbers(result)
     _plot(result, os.path.join(out, f"{NAME}.png"))
-    result["outputs"] = list(OUTPUTS)
-    result["wall_seconds"] = timer()
-    result["complete"] = True
-    common.write_json(os.path.join(out, f"{NAME}.json"), result)
-    return result
+    return common.finish(out, NAME, OUTPUTS, result, timer)
 
 
 def _grid_summary(n: int, per_policy: dict, rstar: np.ndarray) -> dict:

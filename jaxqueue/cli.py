@@ -624,7 +624,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--gpus", type=_positive_int("gpus"), default=50, help="number of GPUs n")
     sim.add_argument("--buffer-capacity", type=_positive_int("buffer-capacity"), default=None,
                      help="fixed slots of each FCFS buffer (an overflow is then an error); by "
-                          "default sized from the scenario and grown if it overflows")
+                          "default sized from n and the plan and grown if it overflows")
     sim.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=1024,
                      help="events per compiled scan chunk")
     sim.add_argument("--devices", default="all",

@@ -2,7 +2,6 @@
 that say how far they got, runs refused before they exhaust memory, progress on request."""
 
 import dataclasses
-import math
 import warnings
 
 import jax
@@ -11,7 +10,7 @@ import pytest
 
 import jaxqueue as jq
 from jaxqueue import budget, policies, scenarios, stats
-from jaxqueue.policies.common import default_capacity, live_bound
+from jaxqueue.policies.common import default_capacity
 
 PAPER = scenarios.load("paper-qwen8b")
 # fg-sp keeps its prefill queue in a FCFS ring; on 10 GPUs over 60 s it holds more than 16 jobs
@@ -40,19 +39,18 @@ def test_an_overflowing_buffer_grows_and_gives_the_large_buffer_result():
     assert err.value.capacity == 16
 
 
-def test_default_capacity_covers_the_live_bound_of_every_builtin_scenario():
-    # dolly-8class at n = 50 overflowed the old default of 256 jobs (its decode ring reached 274
-    # in 16 replications); the default now covers m + 6 sqrt(m) live jobs, m = n sum lambda/theta.
+def test_default_capacity_is_small_and_covers_the_planned_queues():
+    # Rings are touched at head and tail every step, so a small ring is a fast one; the default
+    # covers 2n and twice the plan's waiting jobs, and is a power of two (shared programs).
     for name in scenarios.names():
         model = scenarios.load(name)
+        plan = jq.fluid.solve(model, "bundled")
+        queue = float(np.sum(plan.q_p) + np.sum(plan.q_d))
         for n in (5, 50, 100, 500):
-            m = live_bound(n, model)
-            cap = policies.build("fg-sp", model, n)[0].capacity
-            assert cap == default_capacity(n, model) >= m + 6 * math.sqrt(m)
-            assert cap >= 2 * n and cap & (cap - 1) == 0  # a power of two (shared programs)
-    dolly = scenarios.load("dolly-8class")
-    assert live_bound(50, dolly) == pytest.approx(50 * 8 * 0.25 / 0.1)
-    assert policies.build("gate-and-route", dolly, 50)[0].capacity == 2048
+            cap = policies.build("fg-sp", model, n, plan=plan)[0].capacity
+            assert cap == default_capacity(n, queue) >= max(2 * n, 2 * n * queue + 64)
+            assert cap & (cap - 1) == 0 and cap < 4 * max(256, 2 * n, 2 * n * queue + 64)
+    assert default_capacity(500) == 1024 and default_capacity(5) == 256
 
 
 # The runs below share one compiled program: two replications at a time, 64 events a chunk.

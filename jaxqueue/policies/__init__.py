@@ -122,7 +122,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
             SLI targets ``sli`` if given).
         capacity: slots of the FCFS buffers (default :func:`.common.default_capacity`, sized
-            from the scenario; :func:`jaxqueue.simulate` grows it if it overflows anyway).
+            from n and the plan's queues; :func:`jaxqueue.simulate` grows it if it overflows).
         sli: SLI targets of the plan (bundled pricing only).
         speed_rule: per-GPU engine only: ``"paper"`` (decodes on a planned mixed GPU always run
             at the mixed rate) or ``"idle-solo"`` (at the solo rate while its prefill slot idles).
@@ -148,7 +148,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         plan = fluid.solve(model, policy.pricing, sli=sli)
     if policy.router == "sli":
         return build_sli(model, n, plan=plan, decide=decide)  # per-class buffers: no FCFS ring
-    capacity = checked_capacity(capacity, n, model)
+    capacity = checked_capacity(capacity, n, float(np.sum(plan.q_p) + np.sum(plan.q_d)))
     common = dict(model=model, n=np.int32(n), x_star=np.asarray(plan.x, np.float64),
                   q_star=np.asarray(plan.q_p, np.float64), capacity=int(capacity), decide=decide)
     if engine == "per-gpu":

@@ -114,6 +114,8 @@ def _plot(result, path) -> None:
                         [100 * k[1]["ci95"] / k[2] for k in keep], fmt="o-", capsize=3,
                         color=color, label=label)
         ax.set_xscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
         ax.set_xlabel("GPUs n")
         ax.set_ylabel("gap to the LP bound R* (%)")
         ax.set_title(name)

@@ -103,3 +103,21 @@ def test_reproduce_bad_input(capsys, monkeypatch):
         reproduce.module("nope")
     with pytest.raises(TypeError, match="unknown size"):
         reproduce.module("fig2").main(out="/tmp", quick=True, nope=1)
+
+
+@pytest.mark.slow
+def test_tune_gap_writes_its_comparisons(tmp_path):
+    # Tuning against the baselines at one tiny n (minutes: a dozen compiled programs).
+    from experiments import tune_gap
+
+    out = str(tmp_path)
+    result = tune_gap.main(out=out, quick=True, gpus=[4], scenarios=["paper-qwen8b"], steps=2,
+                           reps=2, eval_reps=3, horizon=40.0, warmup=10.0)
+    assert result["complete"] and len(result["points"]) == 1
+    (row,) = result["points"]
+    assert row["gpus"] == 4 and row["best_baseline"] in {
+        "fi-wsp", "gi-wsp", "gf-wsp", "fg-sp", "gate-and-route", "gate-and-route, best M on a grid"}
+    assert os.path.getsize(os.path.join(out, "tune_gap.png")) > 1000
+    again = tune_gap.main(out=out, quick=True, gpus=[4], scenarios=["paper-qwen8b"], steps=2,
+                          reps=2, eval_reps=3, horizon=40.0, warmup=10.0)
+    assert again["comparisons"] == result["comparisons"]  # resumed from its parts

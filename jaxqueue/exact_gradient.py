@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model import Model
-from .theory import stationary
+from .theory import generator_of, stationary
 
 __all__ = ["gated_revenue", "revenue_gradient"]
 
@@ -91,29 +91,9 @@ def gated_revenue(model: Model, n: int, M: int, targets, offset: float, tau: flo
                 out.append((theta[c], (X, Ym, Ys, Qp, buf[:k] + buf[k + 1:])))
         return out
 
-    import scipy.sparse as sp
-
     zeros = (0,) * num
-    start = (zeros, zeros, zeros, zeros, ())
-    index, states = {start: 0}, [start]
-    rows, cols, vals = [], [], []
-    k = 0
-    while k < len(states):
-        for rate, nxt in successors(states[k]):
-            if rate <= 0:
-                continue
-            t = index.get(nxt)
-            if t is None:
-                t = index[nxt] = len(states)
-                states.append(nxt)
-            if t != k:
-                rows.append(k)
-                cols.append(t)
-                vals.append(rate)
-        k += 1
+    states, generator = generator_of((zeros, zeros, zeros, zeros, ()), successors)
     size = len(states)
-    off = sp.csr_matrix((vals, (rows, cols)), shape=(size, size))
-    generator = (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
     pi = stationary(generator)
     X, Ym, Ys, Qp, Qd = (np.zeros((size, num)) for _ in range(5))
     full = np.zeros(size, bool)

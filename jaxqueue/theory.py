@@ -263,31 +263,44 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
 
     zeros = (0,) * num
     start = (zeros, zeros, zeros, () if fifo else zeros, ())
-    index = {start: 0}
-    states = [start]
+    states, generator = generator_of(start, successors, max_states=max_states, skip_zero=False)
+    if connected_components(generator, connection="strong")[0] != 1:
+        raise ValueError("the chain is not irreducible: some waiting job can never leave "
+                         "(theta = 0 for a class that no server can take; raise M or B)")
+    return PooledChain(states, generator, stationary(generator))
+
+
+def generator_of(start, successors, *, max_states: int | None = None, skip_zero: bool = True):
+    """The states reachable from ``start`` and the generator of the chain on them (CSR).
+
+    ``successors(state)`` lists ``(rate, next_state)`` pairs; self-loops are ignored, and so are
+    zero rates unless ``skip_zero`` is False.
+
+    Raises:
+        ValueError: more than ``max_states`` states are reachable.
+    """
+    index, states = {start: 0}, [start]
     rows, cols, vals = [], [], []
-    s = 0
-    while s < len(states):
-        for rate, nxt in successors(states[s]):
+    k = 0
+    while k < len(states):
+        for rate, nxt in successors(states[k]):
+            if skip_zero and rate <= 0:
+                continue
             t = index.get(nxt)
             if t is None:
-                if len(states) >= max_states:
+                if max_states is not None and len(states) >= max_states:
                     raise ValueError(f"the chain has more than max_states = {max_states} states: "
                                      "lower max_queue / max_buffer, n or B")
                 t = index[nxt] = len(states)
                 states.append(nxt)
-            if t != s:
-                rows.append(s)
+            if t != k:
+                rows.append(k)
                 cols.append(t)
                 vals.append(rate)
-        s += 1
+        k += 1
     size = len(states)
     off = sp.csr_matrix((vals, (rows, cols)), shape=(size, size))
-    generator = (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
-    if connected_components(off, connection="strong")[0] != 1:
-        raise ValueError("the chain is not irreducible: some waiting job can never leave "
-                         "(theta = 0 for a class that no server can take; raise M or B)")
-    return PooledChain(states, generator, stationary(generator))
+    return states, (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
 
 
 def stationary(generator: sp.csr_matrix) -> np.ndarray:

@@ -6,10 +6,8 @@ estimates from a chain's exact means, and building per-GPU systems. Imported as
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
-from jaxqueue import policies, stats
-from jaxqueue.theory import stationary
+from jaxqueue import policies, stats, theory
 
 #: Policies that run on the per-GPU engine.
 PER_GPU = tuple(p.name for p in policies.POLICIES.values() if "per-gpu" in p.engines)
@@ -45,26 +43,8 @@ def enumerate_chain(start, successors):
 
     ``successors(state)`` lists ``(rate, next_state)``; self-loops and zero rates are ignored.
     """
-    index, states = {start: 0}, [start]
-    rows, cols, vals = [], [], []
-    k = 0
-    while k < len(states):
-        for rate, nxt in successors(states[k]):
-            if rate <= 0:
-                continue
-            t = index.get(nxt)
-            if t is None:
-                t = index[nxt] = len(states)
-                states.append(nxt)
-            if t != k:
-                rows.append(k)
-                cols.append(t)
-                vals.append(rate)
-        k += 1
-    size = len(states)
-    off = sp.csr_matrix((vals, (rows, cols)), shape=(size, size))
-    generator = (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
-    return states, stationary(generator)
+    states, generator = theory.generator_of(start, successors)
+    return states, theory.stationary(generator)
 
 
 def compare(run, model, n, exact):

@@ -372,7 +372,16 @@ def _simulate_tuned(args, model) -> int:
     from .policies import tunable
 
     family, params, meta = tunable.load_params(args.params, model)
-    plan = fluid.solve(model, "bundled")
+    sli = meta.get("sli")  # tuned under SLI targets: the same SLI-aware plan
+    if sli:
+        try:
+            sli = fluid.SLI(**sli["targets"], penalty=bool(sli.get("penalty")),
+                            weights=sli.get("weights", {}))
+        except (TypeError, KeyError, AttributeError):
+            raise ValueError(f"params file {args.params}: key 'sli' must hold 'targets' (SLI "
+                             "name -> target), 'penalty' and 'weights', as jaxqueue tune writes "
+                             "it") from None
+    plan = fluid.solve(model, "bundled", sli=sli or None)
     system, params = tunable.build_family(family, model, args.gpus, plan=plan, params=params,
                                           capacity=args.buffer_capacity)
     run = jq_simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
@@ -691,7 +700,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="rerun experiments already complete")
     rep.set_defaults(func=_cmd_reproduce)
     from .tune_cli import add_tune_command
-    add_tune_command(command, run_options, _cmd_tune_entry)
+    add_tune_command(command, run_options, sli_options, _cmd_tune_entry)
 
     return p
 

@@ -14,7 +14,7 @@ PAPER_POLICIES = (("fi-wsp", "per-gpu"), ("gi-wsp", "per-gpu"), ("gf-wsp", "per-
                   ("fg-sp", "pooled"), ("gate-and-route", "pooled"))
 
 
-def add_tune_command(command, run_options, handler) -> None:
+def add_tune_command(command, run_options, sli_options, handler) -> None:
     from .policies.tunable import FAMILIES
     from .tune import ESTIMATORS
 
@@ -32,11 +32,16 @@ def add_tune_command(command, run_options, handler) -> None:
     tu.add_argument("--only", default=None, metavar="NAMES",
                     help="comma-separated parameters to tune, the others staying at the LP point "
                          "(gated: targets, offset, share, slack, caps; coupled families: targets, "
-                         "offset, cap); default all")
+                         "offset, cap; sli-gated: targets, split); default all")
     tu.add_argument("--start", choices=("best", "lp"), default="best",
                     help="best: tune from the best starting point; lp: from the family's LP "
                          "point (the paper's policy)")
     tu.add_argument("--steps", type=int, default=30, help="optimizer steps (Adam)")
+    tu.add_argument("--fluid-steps", type=int, default=0, metavar="K",
+                    help="gated family: first K Adam steps on the deterministic fluid surrogate "
+                         "(exact gradients, fractions of a second each; blind to finite-n "
+                         "fluctuations beyond a smoothing at scale 1/sqrt(n)), then the "
+                         "estimator's steps from there")
     tu.add_argument("--learning-rate", type=float, default=0.05,
                     help="Adam's step size, in the free coordinates (log targets)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
@@ -51,6 +56,12 @@ def add_tune_command(command, run_options, handler) -> None:
                     help="the training curve (default tune_SCENARIO_nN.png)")
     tu.add_argument("--no-baselines", action="store_true",
                     help="skip the baselines (grid over M, SPSA, the paper's five policies)")
+    sli_options(tu)
+    tu.epilog = ("SLI targets (--prefill-fairness, --decode-fairness, --tpot) enter the tuned "
+                 "objective as penalties: revenue minus W * max(0, indicator - target) per SLI, "
+                 "W = --penalty-weight, measured on every replication; the starting plan is the "
+                 "SLI-aware LP (soft with --penalty). The revenue, the objective and the achieved "
+                 "SLIs are all reported.")
     run_options(tu, reps=16, horizon=600.0, warmup=150.0)
     tu.set_defaults(func=handler)
 
@@ -62,24 +73,40 @@ def _pack(values) -> dict[str, float]:
     return {"mean": float(mean), "ci95": float(ci)}
 
 
+def _pack_measured(d: dict, sli) -> dict[str, Any]:
+    """``{mean, ci95}`` of the objective; with SLI targets also the revenue and the achieved
+    SLIs (means) beside it."""
+    import numpy as np
+
+    out = _pack(d["objective"])
+    if sli is not None:
+        out["revenue"] = _pack(d["revenue"])
+        out["sli"] = {k: float(np.nanmean(v)) for k, v in d.items()
+                      if k not in ("objective", "revenue")}
+    return out
+
+
 def run_tune(args, *, say, bars: bool, emit) -> int:
     from . import scenarios
 
     if args.gpus < 1:
         raise ValueError(f"gpus = {args.gpus}: must be an integer >= 1")
+    from .cli import _sli
+
     only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
     out, history, family, best_params = compare(
         scenarios.load(args.scenario), args.gpus, family=args.family, estimator=args.estimator,
         steps=args.steps, learning_rate=args.learning_rate, pricing=args.pricing,
         eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
-        baselines=not args.no_baselines, say=say, bars=bars, start=args.start)
+        baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=_sli(args),
+        fluid_steps=args.fluid_steps)
     if args.save:
         from .policies import tunable
 
         tunable.save_params(args.save, family, best_params, scenario=out["scenario"],
                             gpus=args.gpus, revenue=out["tuned"]["revenue"],
-                            pricing=args.pricing)
+                            pricing=args.pricing, sli=out["sli"])
         say(f"tuned parameters written to {args.save} (jaxqueue simulate {args.scenario} "
             f"--gpus {args.gpus} --params {args.save})")
     plot = args.plot or f"tune_{out['scenario']}_n{args.gpus}.png"
@@ -94,8 +121,10 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             learning_rate: float = 0.05, pricing: str = "bundled", eval_every: int = 5,
             eval_reps: int = 32, reps: int = 16, horizon: float = 600.0, warmup: float = 150.0,
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
-            bars: bool = False, start: str = "best"):
-    """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does.
+            bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0):
+    """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
+    (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
+    SLI-aware LP.
 
     Returns the command's JSON object, the tuning history, the family tuned and its best
     parameters.
@@ -103,10 +132,10 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     import jax
     import numpy as np
 
-    from . import fluid, policies, stats
+    from . import fluid, policies
     from .driver import simulate
     from .policies import tunable
-    from .tune import ESTIMATORS, Problem, evaluate, tune
+    from .tune import ESTIMATORS, Problem, evaluate, measure, tune
 
     if family != "auto" and family not in tunable.FAMILIES:
         raise ValueError(f"family = {family!r} is unknown: must be auto or one of "
@@ -122,16 +151,22 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
         raise ValueError(f"learning-rate = {learning_rate}: must be finite and > 0")
     if start not in ("best", "lp"):
         raise ValueError(f"start = {start!r} is invalid: must be 'best' or 'lp'")
+    if isinstance(fluid_steps, bool) or int(fluid_steps) != fluid_steps or fluid_steps < 0:
+        raise ValueError(f"fluid-steps = {fluid_steps}: must be an integer >= 0")
+    if fluid_steps and family not in ("auto", "gated"):
+        raise ValueError(f"fluid-steps needs --family gated (the surrogate models it), not "
+                         f"{family!r}")
     began = time.perf_counter()
-    plan = fluid.solve(model, "bundled")
+    plan = fluid.solve(model, "bundled", sli=sli)
     key = jax.random.key(seed)
     eval_key = jax.random.fold_in(key, 7)  # the same key for every comparison (CRN)
 
     def problem(f):
         return Problem(family=f, model=model, n=n, plan=plan, pricing=pricing,
-                       horizon=horizon, warmup=warmup, reps=reps)
+                       horizon=horizon, warmup=warmup, reps=reps, sli=sli)
 
-    families = list(tunable.FAMILIES) if family == "auto" else [family]
+    families = (list(tunable.FAMILIES) if family == "auto" and not fluid_steps
+                else ["gated"] if family == "auto" else [family])
     say(f"evaluating the starting points ({eval_reps} replications each)")
     starts, points = {}, {}
     for f in families:
@@ -162,31 +197,38 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     result = tune(prob, steps=steps, estimator=estimator,
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
-                  progress=progress)
+                  fluid_steps=fluid_steps, progress=progress)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
     final_key = jax.random.fold_in(key, 11)
     best_params = _params(tunable, family, result.best["params"])
-    tuned = {"params": result.best["params"],
-             "revenue": _pack(evaluate(prob, best_params, final_key, eval_reps))}
-    lp = {"params": _summary_params(prob.initial()),
-          "revenue": _pack(evaluate(prob, prob.initial(), final_key, eval_reps))}
+    def assessed(params):
+        d = evaluate(prob, params, final_key, eval_reps, detail=True)
+        if sli is None:
+            return {"revenue": _pack(d["revenue"])}
+        packed = _pack_measured(d, sli)
+        return {"revenue": packed.pop("revenue"), "objective": packed}
+
+    tuned = {"params": result.best["params"], **assessed(best_params)}
+    lp = {"params": _summary_params(prob.initial()), **assessed(prob.initial())}
     compared: dict[str, Any] = {}
     if baselines:
         say("baselines on the same fresh key: the paper's policies, a grid over M, SPSA")
-        for name, engine in PAPER_POLICIES:
+        paper = [*PAPER_POLICIES, *([("sli-gate-and-route", "pooled")] if sli else [])]
+        for name, engine in paper:
             system, _ = policies.build(name, model, n, engine=engine, plan=plan)
             run = simulate(final_key, system, reps=eval_reps, horizon=horizon,
                            warmup=warmup)
-            compared[name] = _pack(stats.per_gpu(run, model, n)[f"revenue_{pricing}"])
+            compared[name] = _pack_measured(measure(run, model, n, pricing, sli), sli)
         gated = problem("gated")
         p0 = gated.initial()
         m0 = int(round(float(p0.share) * n))
         grid = {}
         for M in range(max(0, m0 - 2), min(n, m0 + 2) + 1):
             p = dataclasses.replace(p0, share=np.float64(M / n))
-            grid[M] = _pack(evaluate(gated, p, final_key, eval_reps))
+            grid[M] = _pack_measured(evaluate(gated, p, final_key, eval_reps, detail=True),
+                                     sli)
         best_M = max(grid, key=lambda M: grid[M]["mean"])
         compared["gate-and-route, best M on a grid"] = {**grid[best_M], "M": best_M,
                                                          "grid": {str(k): v for k, v in
@@ -198,13 +240,19 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
                         eval_reps=eval_reps, seed=seed + 1, only=only,
                         initial=start_params)
             sp = _params(tunable, family, spsa.best["params"])
-            compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack(
-                evaluate(prob, sp, final_key, eval_reps))
+            compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
+                evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
            "replications_used": result.replications, "evaluations": result.history["evaluations"],
-           "wall_seconds": time.perf_counter() - began, "seed": seed}
+           "fluid_stage": None if not fluid_steps else {
+               "steps": fluid_steps, "surrogate": result.history["fluid"],
+               "exact": next(e for e in result.history["evaluations"]
+                             if e.get("stage") == "fluid")},
+           "wall_seconds": time.perf_counter() - began, "seed": seed,
+           "sli": None if sli is None else {"targets": sli.targets, "penalty": sli.penalty,
+                                            "weights": {k: sli.weight(k) for k in sli.targets}}}
     return out, result.history, family, best_params
 
 
@@ -218,20 +266,42 @@ def _summary_params(params) -> dict:
 def _params(tunable, family, values: dict):
     import numpy as np
 
-    kind = tunable.GatedParams if family == "gated" else tunable.CoupledParams
+    kind = tunable.PARAMS[family]
     return kind(**{k: np.asarray(v, np.float64) for k, v in values.items()})
 
 
 def _lines(o):
     def rev(r):
         return f"{r['mean']:.3f} ± {r['ci95']:.2g}"
+
+    sli = o.get("sli")
+    what = "revenue" if sli is None else "objective (revenue - SLI penalties)"
+
+    def row(name, r, revenue=None):
+        line = f"  {name:<46} {rev(r)}"
+        if sli is not None:
+            achieved = ", ".join(f"{k} {r['sli'][k]:.4g}" for k in
+                                 ("prefill_fairness", "decode_fairness", "tpot_formula"))
+            line += f"  (revenue {rev(revenue or r['revenue'])}; {achieved})"
+        return line
+
     yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']} "
-           f"({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} revenue per GPU "
+           f"({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} {what} per GPU "
            f"per second, LP bound {o['lp_bound']:.3f}")
-    yield f"  {'LP point (the paper policy of the family)':<46} {rev(o['lp']['revenue'])}"
-    yield f"  {'tuned':<46} {rev(o['tuned']['revenue'])}"
+    if sli is not None:
+        yield ("SLI targets " + ", ".join(f"{k} <= {v:g} (weight {sli['weights'][k]:g})"
+                                          for k, v in sli["targets"].items()))
+    for name, entry in (("LP point (the paper policy of the family)", o["lp"]),
+                        ("tuned", o["tuned"])):
+        yield row(name, entry.get("objective", entry["revenue"]), entry["revenue"])
     for name, r in o["baselines"].items():
-        yield f"  {name:<46} {rev(r)}"
+        yield row(name, r)
+    stage = o.get("fluid_stage")
+    if stage:
+        yield (f"fluid first stage ({stage['steps']} steps): surrogate "
+               f"{stage['surrogate'][0]:.3f} -> {stage['surrogate'][-1]:.3f}; its end point on "
+               f"the exact simulator {rev(stage['exact'])}, share = "
+               f"{stage['exact']['params']['share']:.4f}")
     yield f"tuned from {o['start']}; parameters: " + ", ".join(
         f"{k} = {[round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)}"
         for k, v in o["tuned"]["params"].items())
@@ -245,7 +315,7 @@ def _plot(path, out, history) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = range(1, len(history["value"]) + 1)
-    ax.plot(steps, history["value"], color="0.6", lw=1, label="estimator's revenue (CRN runs)")
+    ax.plot(steps, history["value"], color="0.6", lw=1, label="estimator's value (CRN runs)")
     ev = history["evaluations"]
     ax.errorbar([e["step"] for e in ev], [e["mean"] for e in ev], [e["ci95"] for e in ev],
                 fmt="o-", color="C0", capsize=3, label="exact evaluation, fresh keys (95% CI)")
@@ -254,7 +324,8 @@ def _plot(path, out, history) -> None:
         name, best = max(out["baselines"].items(), key=lambda kv: kv[1]["mean"])
         ax.axhline(best["mean"], color="C3", ls=":", lw=1.5, label=f"best baseline: {name}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"{out['pricing']} revenue per GPU per second")
+    ax.set_ylabel(f"{out['pricing']} revenue per GPU per second"
+                  + (" minus SLI penalties" if out.get("sli") else ""))
     ax.set_title(f"{out['scenario']}, n = {out['gpus']}: tuning {out['family']}")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)

@@ -3,6 +3,7 @@ gradient of a small system, at equal simulation budgets.
 
     python scripts/gradient_diagnostics.py            # the full table (about 15-30 min, 2 cores)
     python scripts/gradient_diagnostics.py --quick    # fewer repeats (a few minutes)
+    python scripts/gradient_diagnostics.py --only pathwise=0.1 pathwise=1  # some rows
 
 The system: two classes on n = 2 GPUs (one mixed), B = 2, a randomised gate (temperature
 ``--gate-tau``) over the ``gated`` family's targets and offset, so that revenue is smooth in
@@ -51,7 +52,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="estimates per estimator")
     p.add_argument("--gate-tau", type=float, default=1.0, help="the gate's randomisation")
     p.add_argument("--horizon", type=float, default=None, help="seconds per estimate's budget")
+    p.add_argument("--only", nargs="+", default=None, metavar="ROW",
+                   help="rows to run: fd, spsa, score, pathwise=T (T one of 0.01 0.1 0.5 1)")
     a = p.parse_args()
+    cases = [("fd", dict(perturbation=0.05), 6), ("spsa", dict(perturbation=0.05), 2),
+             ("score", {}, 1)] + [("pathwise", dict(temperature=t), 1)
+                                  for t in (0.01, 0.1, 0.5, 1.0)]
+    rows = {name if name != "pathwise" else f"pathwise={kw['temperature']:g}": (name, kw, runs)
+            for name, kw, runs in cases}
+    if a.only is not None:
+        unknown = [r for r in a.only if r not in rows]
+        if unknown:
+            p.error(f"--only {' '.join(unknown)}: must be among {' '.join(rows)}")
+        cases = [rows[r] for r in dict.fromkeys(a.only)]
     repeats = a.repeats or (4 if a.quick else 12)
     horizon = a.horizon or (1500.0 if a.quick else 4000.0)
     jax.config.update("jax_enable_x64", True)
@@ -78,9 +91,6 @@ def main() -> None:
         return Problem(family="gated", model=model, n=n, plan=plan, horizon=budget / runs / reps,
                        warmup=50.0, reps=reps, gate_temperature=a.gate_tau)
 
-    cases = [("fd", dict(perturbation=0.05), 6), ("spsa", dict(perturbation=0.05), 2),
-             ("score", {}, 1)] + [("pathwise", dict(temperature=t), 1)
-                                  for t in (0.01, 0.1, 0.5, 1.0)]
     print(f"budget per estimate: {budget:.0f} replication-seconds; {repeats} estimates each")
     print(f"{'estimator':<22} {'rel. bias':>10} {'rel. var':>10} {'cos(mean)':>10} "
           f"{'mean cos':>9} {'seconds':>8}")

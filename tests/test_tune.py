@@ -18,7 +18,7 @@ from jaxqueue.exact_gradient import gated_revenue
 from jaxqueue.model import Model
 from jaxqueue.policies import tunable
 from jaxqueue.relax import Relaxed
-from jaxqueue.tune import Problem, evaluate, from_free, gradient, to_free, tune
+from jaxqueue.tune import Problem, evaluate, from_free, gradient, sli_penalty, to_free, tune
 from jaxqueue.tune import mask as tune_mask
 
 PAPER = scenarios.load("paper-qwen8b")
@@ -30,10 +30,11 @@ def tiny_model():
                  beta=0.0, gamma=1.5, C=1.0, B=2, c_p=1.0, c_d=0.5, name="tiny")
 
 
-@pytest.mark.parametrize("family", ["gated", "coupled"])
+@pytest.mark.parametrize("family", ["gated", "coupled", "sli-gated"])
 def test_the_lp_point_of_each_family_is_the_papers_policy(family):
     # At the LP point the families take the paper policy's decisions on the same random numbers.
-    paper = {"gated": ("gate-and-route", "pooled"), "coupled": ("gi-wsp", "per-gpu")}[family]
+    paper = {"gated": ("gate-and-route", "pooled"), "coupled": ("gi-wsp", "per-gpu"),
+             "sli-gated": ("sli-gate-and-route", "pooled")}[family]
     reference, plan = jq.build(paper[0], PAPER, 10, engine=paper[1])
     system, _ = tunable.build_family(family, PAPER, 10, plan=plan)
     a = jq.rollout(jax.random.key(0), reference, steps=3000, reps=3)
@@ -203,3 +204,66 @@ def test_tune_command_saves_what_simulate_params_reruns(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert code in (0, None)
     assert again["revenue_per_gpu"]["bundled"]["mean"] > 0
+
+
+def test_sli_penalty_by_hand():
+    x = np.array([[0.1, 0.3], [0.2, 0.2]])
+    y_s = np.array([[5.0, 2.0], [1.0, 1.5]])
+    sli = fluid.SLI(prefill_fairness=0.1, decode_fairness=1.0, tpot=0.02,
+                    weights={"prefill_fairness": 2.0, "tpot": 1000.0})
+    got = np.asarray(sli_penalty(PAPER, sli, x, y_s))
+    tpot = stats.tpot(PAPER, np.array([0.4, 0.4]))
+    want = (2.0 * np.array([0.1, 0.0]) + np.array([2.0, 0.0])
+            + 1000.0 * np.maximum(tpot - 0.02, 0.0))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.all(np.asarray(sli_penalty(PAPER, None, x, y_s)) == 0.0)
+
+
+def test_objective_subtracts_the_penalties_of_the_measured_slis():
+    sli = fluid.SLI(decode_fairness=0.5, prefill_fairness=0.01, weights={"decode_fairness": 3.0})
+    plan = fluid.solve(PAPER, "bundled", sli=fluid.SLI(decode_fairness=0.5, penalty=True))
+    problem = Problem(family="sli-gated", model=PAPER, n=6, plan=plan, horizon=40.0,
+                      warmup=10.0, reps=3, sli=sli)
+    d = evaluate(problem, problem.initial(), jax.random.key(2), detail=True)
+    excess = (3.0 * np.maximum(d["decode_fairness"] - 0.5, 0.0)
+              + np.maximum(d["prefill_fairness"] - 0.01, 0.0))
+    assert np.all(excess > 0)  # the targets bind, so the test can fail
+    np.testing.assert_allclose(d["objective"], d["revenue"] - excess, rtol=1e-5)
+
+
+def test_sli_family_split_gets_a_score_gradient_and_the_gate_none():
+    plan = fluid.solve(PAPER, "bundled")
+    problem = Problem(family="sli-gated", model=PAPER, n=8, plan=plan, horizon=60.0,
+                      warmup=10.0, reps=4, sli=fluid.SLI(decode_fairness=1.0))
+    free = to_free(jax.tree.map(jnp.asarray, problem.initial()))
+    g, _ = gradient(problem, "score", free, jax.random.key(3))
+    assert np.all(np.asarray(g.targets) == 0.0)  # the gate is exact: no likelihood
+    assert np.any(np.asarray(g.split) != 0.0) and np.all(np.isfinite(np.asarray(g.split)))
+    with pytest.raises(ValueError, match="gate_temperature is for the gated family only"):
+        tunable.build_family("sli-gated", PAPER, 8, plan=plan, gate_temperature=0.5)
+
+
+def test_tune_with_sli_targets_reports_them_and_simulate_replans(tmp_path, capsys):
+    from jaxqueue.cli import main
+
+    saved = tmp_path / "sli.json"
+    code = main(["tune", "paper-qwen8b", "--gpus", "6", "--family", "sli-gated", "--steps", "1",
+                 "--estimator", "spsa", "--reps", "2", "--horizon", "30", "--warmup", "5",
+                 "--eval-reps", "3", "--no-baselines", "--decode-fairness", "2",
+                 "--penalty", "--penalty-weight", "4", "--save", str(saved),
+                 "--plot", str(tmp_path / "c.png"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (0, None)
+    assert out["sli"] == {"targets": {"decode_fairness": 2.0}, "penalty": True,
+                          "weights": {"decode_fairness": 4.0}}
+    for part in ("lp", "tuned"):
+        assert set(out[part]) == {"params", "revenue", "objective"}
+        assert set(out[part]["objective"]["sli"]) == set(stats.SLI_KEYS)
+        assert out[part]["objective"]["mean"] <= out[part]["revenue"]["mean"] + 1e-9
+    assert set(out["tuned"]["params"]) == {"targets", "split"}
+    code = main(["simulate", "paper-qwen8b", "--gpus", "6", "--params", str(saved), "--reps", "2",
+                 "--horizon", "30", "--warmup", "5", "--json"])
+    again = json.loads(capsys.readouterr().out)
+    plan = fluid.solve(PAPER, "bundled", sli=fluid.SLI(decode_fairness=2.0, penalty=True,
+                                                        weights={"decode_fairness": 4.0}))
+    assert code in (0, None) and again["lp_revenue"] == pytest.approx(plan.revenue)

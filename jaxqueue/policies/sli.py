@@ -47,7 +47,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .. import fluid
-from ..decisions import AbstractDecisions, Exact
+from ..decisions import AbstractDecisions, Exact, ScoreFunction
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..rng import real_dtype
@@ -92,6 +92,9 @@ class SLIGateAndRoute(AbstractSystem):
         q_star: the plan's per-GPU prefill queue (gate tie-break targets).
         y_m_star: the plan's per-GPU decodes on mixed GPUs (router targets).
         y_s_star: the plan's per-GPU decodes on solo GPUs (router targets).
+        split: per class, the probability that the router sends a finished prefill to the solo
+            side; None (the paper's policy): ``p_s,i`` from the plan (see :attr:`p_solo`). The
+            tunable ``sli-gated`` family (:mod:`jaxqueue.policies.tunable`) sets it.
     """
 
     model: Model
@@ -101,6 +104,7 @@ class SLIGateAndRoute(AbstractSystem):
     q_star: Float[Array, " I"]
     y_m_star: Float[Array, " I"]
     y_s_star: Float[Array, " I"]
+    split: Float[Array, " I"] | None = None
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
@@ -126,7 +130,9 @@ class SLIGateAndRoute(AbstractSystem):
     @property
     def p_solo(self) -> Float[Array, " I"]:
         """Probability ``p_s,i`` that the router sends a class-i job to the solo side (EC 13);
-        1 for a class the plan does not decode."""
+        1 for a class the plan does not decode; :attr:`split` where given."""
+        if self.split is not None:
+            return self.split
         solo, total = self.solo_rate, self.mixed_rate + self.solo_rate
         safe = total + (total <= 0)  # arithmetic only: works on host arrays and traced ones
         return solo / safe + (total <= 0)
@@ -168,6 +174,10 @@ class SLIGateAndRoute(AbstractSystem):
         cls_in = jnp.argmax(prefill_done)
         p_solo = jnp.asarray(self.p_solo)[cls_in]
         solo_side = finished * d.bernoulli(p_solo, u[0])
+        logp = jnp.zeros((), t.dtype)
+        if isinstance(d, ScoreFunction):  # the router's draw is the randomised decision
+            chosen = jnp.where(solo_side > 0.5, p_solo, 1.0 - p_solo)
+            logp = jnp.where(finished > 0, jnp.log(jnp.where(finished > 0, chosen, 1.0)), 0.0)
         mixed_side = finished * (1 - solo_side)
         to_ys = d.one_hot(cls_in, num, solo_side * free_solo)
         to_qds = d.one_hot(cls_in, num, solo_side * (1 - free_solo))
@@ -203,7 +213,7 @@ class SLIGateAndRoute(AbstractSystem):
         counts = jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, p_gone,
                                   ds_gone + dm_gone, start + admit,
                                   to_ys + to_ym + take_s + take_m, to_ys + to_qds]) * counted
-        return state, Flow(counts=counts, waits=jnp.zeros(len(LEVELS) * num, t.dtype))
+        return state, Flow(counts=counts, waits=jnp.zeros(len(LEVELS) * num, t.dtype), logp=logp)
 
     # ---- the two decisions ------------------------------------------------------------------
     def _pick(self, rate: Float[Array, " I"], waiting: Int[Array, " I"], u, on):

@@ -44,6 +44,20 @@ in mixed mode moves with demand. Knobs:
 
 The per-GPU engine takes exact decisions only: these families are tuned with the exact
 simulator's estimators (finite differences and SPSA with common random numbers), not pathwise.
+
+``sli-gated`` (pooled engine): SLI-aware Gate-and-Route
+(:class:`~jaxqueue.policies.sli.SLIGateAndRoute`, Sec. 5.1) with free knobs:
+
+- ``targets``: the deviation gate's targets, as above (offset 0);
+- ``split`` (per class, in ``[0, 1]``): the probability that the router sends a finished class-i
+  prefill to the solo side. The paper's ``p_s,i`` is the plan's share of class-i decode
+  completions on solo GPUs; moving it trades per-class solo occupancy (decode fairness) and
+  time per output token against revenue.
+
+The number of mixed GPUs stays the plan's ``ceil(n sum x*)``. At ``targets = x*`` and
+``split = p_s`` the family is the paper's SLI-aware policy, path for path. Its random decision is
+the router's draw, so every estimator applies: ``score`` differentiates the draw's
+log-probability (the split; the gate is exact), ``pathwise`` relaxes both.
 """
 
 from __future__ import annotations
@@ -78,8 +92,10 @@ from .common import (
 )
 from .per_gpu import PerGpu, gpu_slots
 from .pooled import greedy_route
+from .sli import SLIGateAndRoute, build_sli
 
-__all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "build_family",
+__all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "SLIParams",
+           "build_family",
            "check_params", "engine", "get_params", "initial_params", "load_params",
            "save_params", "starting_points", "with_params"]
 
@@ -91,6 +107,8 @@ FAMILIES = {
                            "a cap on concurrent prefills (GI-WSP at the LP point)"),
     "coupled-fcfs": ("per-gpu", "FCFS admission on the coupled dynamic architecture with a cap "
                                 "on concurrent prefills (FI-WSP at cap 1)"),
+    "sli-gated": ("pooled", "SLI-aware Gate-and-Route with free gate targets and router splits "
+                            "(the paper's SLI-aware policy at the LP point)"),
 }
 
 
@@ -122,6 +140,23 @@ class CoupledParams(eqx.Module):
     targets: Float[Array, " I"]
     offset: Float[Array, ""]
     cap: Float[Array, ""]
+
+
+class SLIParams(eqx.Module):
+    """The continuous parameters of the ``sli-gated`` family.
+
+    Attributes:
+        targets: gate targets, prefills per GPU per class (> 0).
+        split: per class, the probability of routing a finished prefill to the solo side.
+    """
+
+    targets: Float[Array, " I"]
+    split: Float[Array, " I"]
+
+
+#: Family name -> its parameters' class.
+PARAMS = {"gated": GatedParams, "coupled": CoupledParams, "coupled-fcfs": CoupledParams,
+          "sli-gated": SLIParams}
 
 
 class GatedState(eqx.Module):
@@ -312,6 +347,9 @@ def initial_params(family: str, model: Model, n: int, plan: fluid.Plan):
         M = min(max(ceil_count(n * float(np.sum(x))), 0), n)
         return GatedParams(targets=targets, offset=np.float64(0.0), share=np.float64(M / n),
                            slack=np.float64(2.0), caps=np.full(model.num_classes, 2.0))
+    if family == "sli-gated":
+        system, _ = build_sli(model, n, plan=plan)
+        return SLIParams(targets=targets, split=np.asarray(system.p_solo, np.float64))
     return CoupledParams(targets=targets, offset=np.float64(0.0), cap=np.float64(1.0))
 
 
@@ -322,7 +360,7 @@ def starting_points(family: str, model: Model, n: int, plan: fluid.Plan) -> dict
     piecewise constant in the offset). Keys are short descriptions."""
     p0 = initial_params(family, model, n, plan)
     points = {"LP point": p0}
-    if family != "coupled-fcfs":
+    if family in ("gated", "coupled"):
         points["LP point, rank after admission"] = dataclasses.replace(p0, offset=np.float64(1.0))
     return points
 
@@ -332,19 +370,20 @@ _RANGES = {"targets": ("> 0", lambda a: np.all(a > 0)),
            "share": ("in [0, 1]", lambda a: np.all((a >= 0) & (a <= 1))),
            "slack": (">= 0", lambda a: np.all(a >= 0)),
            "caps": (">= 0", lambda a: np.all(a >= 0)),
-           "cap": ("in [0, 1]", lambda a: np.all((a >= 0) & (a <= 1)))}
+           "cap": ("in [0, 1]", lambda a: np.all((a >= 0) & (a <= 1))),
+           "split": ("in [0, 1]", lambda a: np.all((a >= 0) & (a <= 1)))}
 
 
 def check_params(family: str, params, model: Model) -> None:
     """Raises ValueError naming the parameter and its allowed range."""
     _check_family(family)
-    want = GatedParams if family == "gated" else CoupledParams
+    want = PARAMS[family]
     if not isinstance(params, want):
         raise TypeError(f"params for family {family!r} must be a {want.__name__}, "
                         f"not {type(params).__name__}")
     for f in dataclasses.fields(params):
         a = np.asarray(getattr(params, f.name), np.float64)
-        shape = (model.num_classes,) if f.name in ("targets", "caps") else ()
+        shape = (model.num_classes,) if f.name in ("targets", "caps", "split") else ()
         allowed, ok = _RANGES[f.name]
         if a.shape != shape or not np.all(np.isfinite(a)) or not ok(a):
             raise ValueError(f"params.{f.name} = {a.tolist()} is invalid: must be finite and "
@@ -373,6 +412,8 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     decide = Exact() if decide is None else decide
     capacity = checked_capacity(capacity, n)
+    if gate_temperature is not None and family != "gated":
+        raise ValueError(f"gate_temperature is for the gated family only, not {family!r}")
     if family == "gated":
         if gate_temperature is not None and not gate_temperature > 0:
             raise ValueError(f"gate_temperature = {gate_temperature!r} is invalid: must be > 0")
@@ -380,6 +421,9 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
                        q_star=np.asarray(plan.q_p, np.float64), capacity=capacity,
                        gate_temperature=None if gate_temperature is None
                        else np.float64(gate_temperature), decide=decide)
+    elif family == "sli-gated":
+        system, _ = build_sli(model, n, plan=plan, decide=decide)
+        system = dataclasses.replace(system, x_star=params.targets, split=params.split)
     else:
         if decide.differentiable:
             raise ValueError(f"family {family!r} runs on the per-GPU engine, which takes exact "
@@ -397,6 +441,8 @@ def get_params(system):
     """The tunable parameters of a system built by :func:`build_family`."""
     if isinstance(system, Gated):
         return system.params
+    if isinstance(system, SLIGateAndRoute):
+        return SLIParams(targets=system.x_star, split=system.split)
     return CoupledParams(targets=system.x_star, offset=system.gate_offset, cap=system.prefill_cap)
 
 
@@ -405,6 +451,8 @@ def with_params(system, params):
     tracers; validate concrete values with :func:`check_params` first)."""
     if isinstance(system, Gated):
         return eqx.tree_at(lambda s: s.params, system, params)
+    if isinstance(system, SLIGateAndRoute):
+        return eqx.tree_at(lambda s: (s.x_star, s.split), system, (params.targets, params.split))
     return eqx.tree_at(lambda s: (s.x_star, s.gate_offset, s.prefill_cap), system,
                        (params.targets, params.offset, params.cap))
 
@@ -446,7 +494,7 @@ def load_params(path, model: Model):
     if family not in FAMILIES:
         raise ValueError(f"params file {path}: family = {family!r} is invalid: must be one of "
                          f"{', '.join(FAMILIES)}")
-    kind = GatedParams if family == "gated" else CoupledParams
+    kind = PARAMS[family]
     names = [f.name for f in dataclasses.fields(kind)]
     given = data.get("params")
     if not isinstance(given, dict) or sorted(given) != sorted(names):

@@ -72,16 +72,21 @@ class FluidPath:
     stock_change: jax.Array
 
 
+#: Amounts below this (per GPU) count as none where a ratio or a log is taken, so that no
+#: gradient overflows in float32.
+_TINY = 1e-6
+
+
 def _split(amount, capacity):
     """Per-class parts of ``amount`` placed into ``capacity`` (proportional to ``amount``)."""
     total = jnp.sum(amount)
-    some = total > 0
-    safe = jnp.where(some, total, 1.0)  # no 0/0 in the value or the gradient
+    some = total > _TINY
+    safe = jnp.where(some, total, 1.0)  # no 0/0 or overflow in the value or the gradient
     return jnp.where(some, amount * (jnp.minimum(safe, capacity) / safe), 0.0)
 
 
 def trajectory(model: Model, params, *, n: int, horizon: float = 400.0, warmup: float = 150.0,
-               dt: float = 0.02, smoothing: float | None = None,
+               dt: float = 0.005, smoothing: float | None = None,
                pricing: str = "bundled") -> FluidPath:
     """Integrates the surrogate from an empty system (traceable in ``params``; see the module
     docstring). ``params`` is a :class:`~jaxqueue.policies.tunable.GatedParams`."""
@@ -129,7 +134,7 @@ def trajectory(model: Model, params, *, n: int, horizon: float = 400.0, warmup: 
         admit = jnp.zeros_like(x)
         for _ in range(num):  # water-filling: what a class's queue cannot take goes on
             left = qp - admit
-            some = left > 0  # a class whose queue is used up drops out of the next round
+            some = left > _TINY * s  # a class whose queue is used up drops out of the next round
             logit = jnp.where(some, key + jnp.log(jnp.where(some, jnp.minimum(left / s, 1.0),
                                                             1.0)), -jnp.inf)
             weight = jax.nn.softmax(jnp.where(jnp.any(some), logit, 0.0))

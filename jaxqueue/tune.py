@@ -22,7 +22,7 @@ simulated prefill occupancy). Four gradient estimators of it, each with common r
 (log targets; other parameters projected onto their ranges), evaluates the current point on
 the exact simulator with fresh keys every few steps, and returns the best evaluation. For the
 ``gated`` family it can first take ``fluid_steps`` Adam steps on the deterministic fluid
-surrogate (:mod:`jaxqueue.surrogate`, exact gradients by reverse mode, a fraction of a second
+surrogate (:mod:`jaxqueue.surrogate`, exact gradients by reverse mode, about a second
 each); the point it reaches is evaluated on the exact simulator like any other, and the
 stochastic stage continues from it.
 """
@@ -290,8 +290,13 @@ def _fluid_stage(problem: Problem, free, steps: int, learning_rate: float, only)
     opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
     state = opt.init(flat)
     values, best = [], (-np.inf, flat)
-    for _ in range(steps):
+    for step in range(steps):
         value, g = value_and_grad(flat)
+        if not (np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g)))):
+            raise FloatingPointError(
+                f"the fluid surrogate's value or gradient is not finite at its step {step + 1} "
+                f"(parameters {jax.tree.map(np.asarray, from_free(unravel(flat)))}): tune "
+                "without the fluid stage (fluid_steps = 0)")
         values.append(float(value))
         if values[-1] > best[0]:
             best = (values[-1], flat)
@@ -314,7 +319,8 @@ class TuneResult:
         initial: the starting parameters (the paper's policy) and their exact revenue.
         best: the best parameters found and their exact revenue (fresh keys).
         history: per optimizer step: the estimator's value, and per evaluation the exact
-            revenue ``{"step", "mean", "ci95", "params"}``.
+            revenue ``{"step", "mean", "ci95", "params"}``; ``skipped``: the steps whose
+            gradient estimate was not finite (no update was made).
         replications: replications simulated by the estimator (without the evaluations).
         wall_seconds: wall time.
     """
@@ -361,7 +367,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa", learning
     mask(free, only)  # names checked before any simulation
     opt = optax.adam(learning_rate)
     state = opt.init(free)
-    history = {"value": [], "evaluations": []}
+    history = {"value": [], "evaluations": [], "skipped": []}
     used = 0
 
     def assess(step, params):
@@ -386,9 +392,12 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa", learning
                            only=only)
         used += info["replications"]
         history["value"].append(info["value"])
-        updates, state = opt.update(jax.tree.map(lambda a: -a, g), state, free)
-        free = optax.apply_updates(free, updates)
-        free = to_free(from_free(free))  # keep the projection in the free coordinates
+        if all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g)):
+            updates, state = opt.update(jax.tree.map(lambda a: -a, g), state, free)
+            free = optax.apply_updates(free, updates)
+            free = to_free(from_free(free))  # keep the projection in the free coordinates
+        else:  # a relaxed path can blow up (see the diagnostics): no step on a broken estimate
+            history["skipped"].append(step)
         if step % eval_every == 0 or step == steps:
             now = assess(step, jax.tree.map(np.asarray, from_free(free)))
             if now["mean"] > best["mean"]:

@@ -27,8 +27,9 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "and tunes from the best (" + "; ".join(f"{k}: {v[1]} [{v[0]}]" for k, v in
                                                 FAMILIES.items()) + ")")
     tu.add_argument("--estimator", default="auto", choices=("auto", *ESTIMATORS),
-                    help="gradient estimator (auto: pathwise on the pooled engine, spsa on the "
-                         "per-GPU engine)")
+                    help="gradient estimator (auto: spsa, common-random-number differences on "
+                         "the exact simulator; pathwise and score are biased or noisy where "
+                         "checked, see scripts/gradient_diagnostics.py)")
     tu.add_argument("--only", default=None, metavar="NAMES",
                     help="comma-separated parameters to tune, the others staying at the LP point "
                          "(gated: targets, offset, share, slack, caps; coupled families: targets, "
@@ -39,7 +40,7 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
     tu.add_argument("--steps", type=int, default=30, help="optimizer steps (Adam)")
     tu.add_argument("--fluid-steps", type=int, default=0, metavar="K",
                     help="gated family: first K Adam steps on the deterministic fluid surrogate "
-                         "(exact gradients, fractions of a second each; blind to finite-n "
+                         "(exact gradients, about a second each on a 2-core CPU; blind to finite-n "
                          "fluctuations beyond a smoothing at scale 1/sqrt(n)), then the "
                          "estimator's steps from there")
     tu.add_argument("--learning-rate", type=float, default=0.05,
@@ -182,7 +183,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     say("starting points: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in starts.items())
         + f"; tuning from {chosen}")
     if estimator == "auto":
-        estimator = "pathwise" if tunable.engine(family) == "pooled" else "spsa"
+        estimator = "spsa"
     prob = problem(family)
     bar = None
     if bars:
@@ -246,6 +247,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
            "replications_used": result.replications, "evaluations": result.history["evaluations"],
+           "skipped_steps": result.history["skipped"],
            "fluid_stage": None if not fluid_steps else {
                "steps": fluid_steps, "surrogate": result.history["fluid"],
                "exact": next(e for e in result.history["evaluations"]
@@ -296,6 +298,9 @@ def _lines(o):
         yield row(name, entry.get("objective", entry["revenue"]), entry["revenue"])
     for name, r in o["baselines"].items():
         yield row(name, r)
+    if o.get("skipped_steps"):
+        yield (f"warning: {len(o['skipped_steps'])} step(s) skipped, the {o['estimator']} estimate "
+               f"was not finite (steps {o['skipped_steps']})")
     stage = o.get("fluid_stage")
     if stage:
         yield (f"fluid first stage ({stage['steps']} steps): surrogate "

@@ -267,3 +267,22 @@ def test_tune_with_sli_targets_reports_them_and_simulate_replans(tmp_path, capsy
     plan = fluid.solve(PAPER, "bundled", sli=fluid.SLI(decode_fairness=2.0, penalty=True,
                                                         weights={"decode_fairness": 4.0}))
     assert code in (0, None) and again["lp_revenue"] == pytest.approx(plan.revenue)
+
+
+def test_a_non_finite_estimate_is_skipped_and_reported(monkeypatch):
+    import jaxqueue.tune as tune_module
+
+    plan = fluid.solve(PAPER, "bundled")
+    problem = Problem(family="gated", model=PAPER, n=6, plan=plan, horizon=30.0, warmup=5.0,
+                      reps=2)
+    real = tune_module.gradient
+
+    def broken(problem, estimator, free, key, **kw):
+        g, info = real(problem, estimator, free, key, **kw)
+        return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), g), info
+
+    monkeypatch.setattr(tune_module, "gradient", broken)
+    result = tune(problem, steps=2, estimator="spsa", eval_every=2, eval_reps=2)
+    assert result.history["skipped"] == [1, 2]
+    last = result.history["evaluations"][-1]["params"]
+    np.testing.assert_allclose(last["share"], float(problem.initial().share), rtol=1e-6)

@@ -11,26 +11,27 @@ an ordinary smooth function of the parameters that ``jax.grad`` differentiates i
 Per GPU and class i the state is ``x`` (prefills running), ``y_m``, ``y_s`` (decodes on mixed
 and solo GPUs), ``q_p``, ``q_d`` (the two buffers). One step of length ``dt``:
 
-1. arrivals ``lambda_i dt`` join ``q_p``; each buffer loses ``theta_i dt`` of its content;
-2. a fraction ``1 - exp(-mu dt)`` of each service completes (exact for the linear outflow, so
-   fast prefills need no tiny step);
+1. the gate fills the idle prefill capacity ``min(share, free decode capacity + slack) - sum x``
+   at once: class i gets the share ``softmax(-(x_i + offset / n) / target_i / s)`` of it among
+   the classes with jobs waiting and below their caps, never more than its queue; what a class
+   cannot take goes to the others (water-filling, as the exact gate passes to the next class);
+2. arrivals ``lambda_i dt`` join ``q_p``; each buffer loses ``theta_i dt`` of its content; each
+   service completes ``mu dt`` of its content (forward Euler; since the gate refills prefill
+   slots at once, a busy slot completes ``mu dt`` per step; ``dt`` is cut to ``0.5 / max mu_p``);
 3. finished prefills take free solo capacity ``B (1 - share) - sum y_s`` first, then free mixed
    capacity ``(B - 1) share - sum y_m``, the rest waits in ``q_d`` (greedy router), and ``q_d``
    moves into capacity freed since (its classes in proportion to their content: FCFS across
-   classes);
-4. the gate fills the idle prefill capacity ``min(share, free decode capacity + slack) - sum x``:
-   class i gets the share ``softmax(-(x_i + offset / n) / target_i / s)`` of it among the classes
-   with jobs waiting and below their caps, never more than its queue; what a class cannot take
-   goes to the others (water-filling, as the exact gate passes to the next class).
+   classes).
 
-Where the exact policy switches (a slot is free or not, a queue is empty or not, the gate's argmin),
-the surrogate uses ``softplus`` and ``sigmoid`` at the scale ``s`` (per GPU): with ``s -> 0`` it
-is the fluid limit, in which the LP point of the family earns the LP revenue; at a finite ``n``
-the scale ``s = 1 / sqrt(n)`` (the default) stands for the size of the random fluctuations of
-per-GPU counts, a heuristic, not a derivation: the surrogate cannot see finite-n effects beyond
-this smoothing, so its optimum is near the LP point and it serves as a cheap first stage, not a
-replacement for the exact estimators. Revenue is the time average over ``(warmup, horizon)`` of the
-completion rate times the prices (bundled or separate), minus SLI penalties when given.
+Capacities stay hard (a smoothed max would add capacity that does not exist and overstate
+revenue); only the gate's argmin and the caps are smoothed, at the scale ``s`` per GPU. The
+default ``s = 1 / sqrt(n)`` stands for the size of the random fluctuations of per-GPU counts: a
+heuristic, not a derivation. The surrogate cannot see finite-n effects beyond this smoothing
+(with one class and ``s -> 0`` the LP point earns the LP revenue, tested; with several classes
+the greedy router's class mix on the decode slots can lose revenue even in the fluid model), so
+it serves as a cheap first stage, not a replacement for the exact estimators. Revenue is the
+time average over ``(warmup, horizon)`` of the completion rate times the prices (bundled or
+separate), minus SLI penalties when given.
 """
 
 from __future__ import annotations
@@ -114,11 +115,7 @@ def trajectory(model: Model, params, *, n: int, horizon: float = 400.0, warmup: 
     share, slack = jnp.asarray(params.share, dtype), jnp.asarray(params.slack, dtype)
     caps, offset = jnp.asarray(params.caps, dtype), jnp.asarray(params.offset, dtype)
 
-    def soft(v):  # max(v, 0): capacities stay hard (a smooth max would add phantom capacity)
-        return jnp.maximum(v, 0.0)
-
-    # Forward Euler for the outflows (the gate refills prefill slots at once, so a slot's
-    # completions in a step are mu dt, not 1 - exp(-mu dt)); dt is cut so that mu dt <= 1/2.
+    # Forward Euler for the outflows (step 2 of the module docstring).
     fastest = float(np.max(np.asarray(model.mu_p, np.float64)))
     dt = min(float(dt), 0.5 / fastest)
     done_p, done_m, done_s = (jnp.minimum(f[k] * dt, 1.0) for k in ("mu_p", "mu_m", "mu_s"))
@@ -129,7 +126,7 @@ def trajectory(model: Model, params, *, n: int, horizon: float = 400.0, warmup: 
         """Admissions filling the idle prefill capacity (step 4 of the module docstring)."""
         free_dec = B * (1.0 - share) - jnp.sum(ys) + (B - 1.0) * share - jnp.sum(ym)
         room = jnp.minimum(share, free_dec + slack)
-        idle = soft(room - jnp.sum(x))
+        idle = jnp.maximum(room - jnp.sum(x), 0.0)
         key = -(x + offset / n) / targets / s + jax.nn.log_sigmoid((caps - x) / s)
         admit = jnp.zeros_like(x)
         for _ in range(num):  # water-filling: what a class's queue cannot take goes on
@@ -153,13 +150,13 @@ def trajectory(model: Model, params, *, n: int, horizon: float = 400.0, warmup: 
         x, ym, ys = x - out_p, ym - out_m, ys - out_s
         qp, qd = qp + arrive - ab_p, qd - ab_d
         # Greedy router: solo, then mixed, then the decode buffer; the buffer refills freed slots.
-        free_s = soft(B * (1.0 - share) - jnp.sum(ys))
+        free_s = jnp.maximum(B * (1.0 - share) - jnp.sum(ys), 0.0)
         to_s = _split(out_p, free_s)
-        free_m = soft((B - 1.0) * share - jnp.sum(ym))
+        free_m = jnp.maximum((B - 1.0) * share - jnp.sum(ym), 0.0)
         to_m = _split(out_p - to_s, free_m)
         qd = qd + out_p - to_s - to_m
-        pull_s = _split(qd, soft(free_s - jnp.sum(to_s)))
-        pull_m = _split(qd - pull_s, soft(free_m - jnp.sum(to_m)))
+        pull_s = _split(qd, jnp.maximum(free_s - jnp.sum(to_s), 0.0))
+        pull_m = _split(qd - pull_s, jnp.maximum(free_m - jnp.sum(to_m), 0.0))
         qd = qd - pull_s - pull_m
         ys, ym = ys + to_s + pull_s, ym + to_m + pull_m
         done = out_m + out_s

@@ -252,11 +252,7 @@ def _objective(model: Model, pricing: str) -> dict[str, object]:
 
 def _tpot(model: Model, big_x: float) -> float:
     """Slot-weighted time per output token (Sec. 5) at mixed fraction X, seconds."""
-    b, inv_gamma = float(model.B), 1.0 / float(model.gamma)
-    den = (b - 1.0) * big_x + b * (1.0 - big_x)
-    if den <= 0.0:  # B = 1 and X = 1: no decode slot at all; the limit X -> 1 is 1/gamma
-        return inv_gamma
-    return (float(model.tau) * (b - 1.0) * big_x + b * inv_gamma * (1.0 - big_x)) / den
+    return float(model.tpot(float(big_x)))
 
 
 def tpot(model: Model, mixed_fraction: float) -> float:

@@ -229,6 +229,17 @@ class Model(eqx.Module):
         """Bundled price of a class-i job, ``c_p P_i + c_d D_i``."""
         return self.c_p * self.P + self.c_d * self.D
 
+    def tpot(self, mixed_fraction):
+        """The paper's slot-weighted time per output token (Sec. 5), seconds, at prefill
+        occupancy ``X = sum_i x_i`` per GPU (a float, a NumPy array or a traced array):
+        ``[tau (B-1) X + (1/gamma) B (1-X)] / [(B-1) X + B (1-X)]``, and 1/gamma where no slot
+        decodes (B = 1 and X = 1, the limit X -> 1)."""
+        b, inv_gamma, x = float(self.B), 1.0 / float(self.gamma), mixed_fraction
+        den = (b - 1.0) * x + b * (1.0 - x)
+        none = den <= 0.0
+        value = (float(self.tau) * (b - 1.0) * x + b * inv_gamma * (1.0 - x)) / (den + none)
+        return value * (1 - none) + inv_gamma * none
+
     @property
     def solo_efficient(self) -> bool:
         """Proposition 3.2's condition ``gamma*tau >= (B-1)/B`` (host values only)."""

@@ -79,15 +79,8 @@ def _nan_mean_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def tpot(model: Model, mixed_fraction):
     """The paper's slot-weighted time per output token (Sec. 5) at prefill occupancy
-    ``X = sum_i x_i`` per GPU, in seconds:
-    ``[tau (B-1) X + (1/gamma) B (1-X)] / [(B-1) X + B (1-X)]`` (1/gamma where no slot decodes).
-    """
-    x = np.asarray(mixed_fraction, np.float64)
-    b, tau, inv_gamma = float(model.B), float(model.tau), 1.0 / float(model.gamma)
-    den = (b - 1.0) * x + b * (1.0 - x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = (tau * (b - 1.0) * x + inv_gamma * b * (1.0 - x)) / den
-    return np.where(den > 0, value, inv_gamma)
+    ``X = sum_i x_i`` per GPU, in seconds (:meth:`jaxqueue.Model.tpot`), as a float64 array."""
+    return np.asarray(model.tpot(np.asarray(mixed_fraction, np.float64)), np.float64)
 
 
 #: The achieved SLIs (see the module docstring), in the order they are reported.

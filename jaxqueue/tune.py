@@ -119,19 +119,10 @@ def sli_penalty(model: Model, sli: fluid.SLI | None, x, y_s):
         return total
     indicators = {"prefill_fairness": lambda: jnp.ptp(x, axis=-1),
                   "decode_fairness": lambda: jnp.ptp(y_s, axis=-1),
-                  "tpot": lambda: _tpot(model, jnp.sum(x, axis=-1))}
+                  "tpot": lambda: model.tpot(jnp.sum(x, axis=-1))}
     for name, eta in sli.targets.items():
         total = total + sli.weight(name) * jnp.maximum(indicators[name]() - eta, 0.0)
     return total
-
-
-def _tpot(model: Model, big_x):
-    """The paper's TPOT at prefill occupancy ``big_x`` (as :func:`jaxqueue.stats.tpot`)."""
-    b, tau, inv_gamma = float(model.B), float(model.tau), 1.0 / float(model.gamma)
-    den = (b - 1.0) * big_x + b * (1.0 - big_x)
-    safe = jnp.where(den > 0, den, 1.0)
-    return jnp.where(den > 0, (tau * (b - 1.0) * big_x + inv_gamma * b * (1.0 - big_x)) / safe,
-                     inv_gamma)
 
 
 # ---- evaluation --------------------------------------------------------------------------------

@@ -1,17 +1,17 @@
 """Counter-based random numbers for the scan kernel.
 
 Replication ``r`` draws chunk ``c``'s words from the key ``fold_in(fold_in(key, r), c)``, and step
-``s`` of that chunk hashes the counter ``(s, j)`` under it with Threefry-2x32. Nothing is
-buffered: a step computes its own words, so no per-chunk array of random numbers streams through
-memory, and a replication's path depends on nothing but ``(key, r, c, s)``: not on how many
-replications run, nor on how they are sharded or batched.
+``s`` of that chunk hashes the counter ``(s, j)`` under it with Threefry-2x32
+(:func:`threefry2x32`, the generator of ``jax.random``'s default keys, written out so that it
+fuses into the step). Nothing is buffered: a step computes its own words, so no per-chunk array
+of random numbers streams through memory, and a replication's path depends on nothing but
+``(key, r, c, s)``: not on how many replications run, nor on how they are sharded or batched.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry2x32_p
 from jaxtyping import Array, Float, PRNGKeyArray, UInt32
 
 __all__ = ["chunk_words", "exponential", "real_dtype", "rep_key", "step_bits", "uniform"]
@@ -39,13 +39,38 @@ def rep_key(key: PRNGKeyArray, rep, chunk) -> UInt32[Array, " 2"]:
     return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(key, rep), chunk))
 
 
+#: Threefry-2x32's rotation distances (Salmon et al., "Parallel random numbers: as easy as 1, 2,
+#: 3", SC 2011, Table 4) and its key-schedule parity constant.
+_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+_PARITY = 0x1BD11BDA
+
+
+def threefry2x32(k0, k1, x0, x1):
+    """Threefry-2x32 with 20 rounds (the generator behind ``jax.random``'s default keys),
+    written out as plain integer arithmetic: XLA fuses it into the step's other element-wise
+    work, where the primitive ``threefry2x32_p`` compiles on the CPU to a rolled loop of small
+    kernels. Bit for bit the primitive's output (tested)."""
+    u32 = jnp.uint32
+    ks = (k0, k1, k0 ^ k1 ^ u32(_PARITY))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for block in range(5):
+        for r in _ROTATIONS[4 * (block % 2):4 * (block % 2) + 4]:
+            x0 = x0 + x1
+            x1 = (x1 << u32(r)) | (x1 >> u32(32 - r))
+            x1 = x1 ^ x0
+        i = block + 1
+        x0 = x0 + ks[i % 3]
+        x1 = x1 + ks[(i + 1) % 3] + u32(i)
+    return x0, x1
+
+
 def step_bits(words: UInt32[Array, " 2"], step, width: int) -> UInt32[Array, " W"]:
     """The ``width`` random words of one step: Threefry-2x32 of the counter ``(step, j)`` under
     the replication's chunk key."""
     step = jnp.asarray(step, jnp.uint32)
     out = []
     for j in range((width + 1) // 2):
-        y0, y1 = threefry2x32_p.bind(words[0], words[1], step, jnp.uint32(j))
+        y0, y1 = threefry2x32(words[0], words[1], step, jnp.uint32(j))
         out += [y0, y1]
     return jnp.stack(out[:width])
 

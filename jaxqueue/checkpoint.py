@@ -17,6 +17,7 @@ import os
 import jax
 import numpy as np
 
+from . import kernel
 from .kernel import SimulationError
 
 __all__ = ["Batch", "Checkpoint", "CheckpointError", "Progress", "Saved", "fingerprint"]
@@ -103,6 +104,8 @@ def fingerprint(system, key, *settings) -> str:
     for leaf in jax.tree.leaves(system):
         a = np.asarray(leaf)
         digest.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    # Where the saved states keep their replication axis (the kernel's layout may change).
+    digest.update(repr(jax.tree.leaves(kernel.rep_axes(system))).encode())
     digest.update(np.asarray(jax.random.key_data(key)).tobytes())
     digest.update(repr([str(x) for x in settings]).encode())
     return digest.hexdigest()

@@ -247,7 +247,10 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
     dt = rng.exponential(b[0]) / total  # +inf when nothing can happen
     pending = system.pending(state)
     t_new = jnp.where(pending, t, t + dt.astype(clock_dtype))
-    live = t_new <= w1
+    # A replication that has reached the window's end takes no more random events in this
+    # rollout (only zero-time bookkeeping): a holding time below half a float ulp of the clock
+    # would otherwise land an event exactly on the end.
+    live = (t_new <= w1) & (pending | (t < w1))
     random = live & ~pending
     index = jnp.where(random, decide.event(rates, rng.uniform(b[1])), num_events)
     extra = 2 + system.num_random
@@ -272,19 +275,21 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
 
 
 # ---- layout -----------------------------------------------------------------------------------
-#: Per-replication arrays at least this long keep the replication axis first (see rep_axes).
+#: Per-replication vectors at least this long keep the replication axis first (see rep_axes).
 _LONG = 128
 
 
 def _rep_axis(shape: tuple[int, ...]) -> int:
-    return 0 if len(shape) >= 1 and shape[0] >= _LONG else -1
+    return 0 if len(shape) >= 2 or (len(shape) == 1 and shape[0] >= _LONG) else -1
 
 
 def rep_axes(system: AbstractSystem) -> Any:
-    """Where each state leaf keeps its replication axis: first for long per-replication arrays
-    (buffers written at a per-replication slot, which XLA then updates in place), last for
-    scalars and per-class vectors (so the step's arithmetic runs along contiguous replication
-    vectors, what the CPU's SIMD units and a GPU's warps want)."""
+    """Where each state leaf keeps its replication axis: first for long per-replication vectors
+    and for every array of two or more axes (buffers and trees written at a per-replication
+    slot, which XLA then updates in place; with the axis last, the per-GPU engine's small tree
+    levels were transposed twice per step), last for scalars and per-class vectors (so the
+    step's arithmetic runs along contiguous replication vectors, what the CPU's SIMD units and
+    a GPU's warps want)."""
     return jax.tree.map(lambda a: _rep_axis(a.shape), jax.eval_shape(system.init))
 
 
@@ -322,8 +327,12 @@ def replicate(state: Any, reps: int) -> Any:
 
 
 # ---- the kernel -------------------------------------------------------------------------------
+#: Steps between two checks of whether a rollout may stop early (exact decisions only).
+STOP_BLOCK = 32
+
+
 def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dtype: Any,
-             close: bool, remat: int | None = None) -> Rollout:
+             close: bool, remat: int | None = None, stop_early: bool = True) -> Rollout:
     if not system.decide.differentiable:
         system = guard(system)
     width = words_per_step(system)
@@ -336,8 +345,8 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     # A counter rises by at most one per step: int16 halves their memory traffic per step.
     count_dtype = jnp.int16 if steps < 2**15 else jnp.int32
     acc0 = _Acc(
-        integrals=jnp.zeros((num_levels, reps), clock_dtype),
-        counts=jnp.zeros((len(system.tally_names) * system.num_classes, reps), count_dtype),
+        integrals=jnp.zeros((reps, num_levels), clock_dtype),
+        counts=jnp.zeros((reps, len(system.tally_names) * system.num_classes), count_dtype),
         events=jnp.zeros((reps,), jnp.int32),
         logp=jnp.zeros((reps,), rng.real_dtype()),
     )
@@ -346,17 +355,37 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
                            out_axes=-1)(state)
     w0 = jnp.broadcast_to(jnp.asarray(w0, clock_dtype), (reps,))
     w1 = jnp.broadcast_to(jnp.asarray(w1, clock_dtype), (reps,))
-    carry_axes = (axes, -1, -1)
+    carry_axes = (axes, -1, 0)
     # The window is closed over, not carried: loop-invariant inputs cost no copies per step.
-    step = jax.vmap(lambda c, w, s, a, b: _step(system, c, rng.step_bits(w, s, width), a, b,
-                                                clock_dtype),
+    step = jax.vmap(lambda c, w, s, a, b: _step(
+        system, c, rng.step_bits(w, s, width), a, b, clock_dtype),
                     in_axes=(carry_axes, -1, None, -1, -1), out_axes=carry_axes)
     carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
 
     def body(c, s):
         return step(c, words, s, w0, w1), None
 
-    if remat is None:
+    if remat is None and stop_early and not system.decide.differentiable:
+        # Blocks of steps while some replication can still change: once every replication has
+        # reached the window's end with no bookkeeping left, the remaining steps would change
+        # nothing (the result is the same as scanning them, bit for bit).
+        block = min(steps, STOP_BLOCK)
+        head = steps % block
+        if head:
+            carry = jax.lax.scan(body, carry, jnp.arange(head, dtype=jnp.uint32))[0]
+        pending = jax.vmap(system.pending, in_axes=(axes,))
+
+        def more(c):
+            (state, t, _), start = c
+            return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
+
+        def run(c):
+            carry, start = c
+            carry = jax.lax.scan(body, carry, start + jnp.arange(block, dtype=jnp.uint32))[0]
+            return carry, start + jnp.uint32(block)
+
+        (state, t, acc), _ = jax.lax.while_loop(more, run, (carry, jnp.uint32(head)))
+    elif remat is None:
         (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
     else:
         # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
@@ -369,7 +398,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     done = t >= w1
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
     state = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(state, t.astype(real))
-    integrals, counts = acc.integrals, acc.counts.astype(jnp.int32)
+    integrals, counts = acc.integrals.T, acc.counts.astype(jnp.int32).T
     stock_end = jnp.zeros_like(stock_start)
     if close:  # on the rebased clock the run ends at 0
         flow, stock_end = _close(system, state, (w0 - t).astype(real), axes)
@@ -382,13 +411,15 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     return Rollout(state=state, time=t, done=done, overflow=overflow, summary=summary)
 
 
-_rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close", "remat"))
+_rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close", "remat",
+                                                  "stop_early"))
 
 
 def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int | None = None,
             rep_ids: UInt32[Array, " R"] | None = None, state: Any = None,
             window: tuple[Any, Any] = (0.0, jnp.inf), chunk: Any = 0,
-            clock_dtype: Any = None, close: bool = True, remat: int | None = None) -> Rollout:
+            clock_dtype: Any = None, close: bool = True, remat: int | None = None,
+            stop_early: bool = True) -> Rollout:
     """Runs ``steps`` events of each replication from ``state`` on the device.
 
     Pure and jitted (one program per system structure, ``steps`` and ``reps``): composes with
@@ -416,6 +447,9 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
         remat: for reverse-mode gradients through relaxed decisions: keep the scan's carry
             only every ``remat`` steps and recompute the others (memory ``O(steps / remat +
             remat)`` carries instead of ``O(steps)``); ``steps`` must be a multiple of it.
+        stop_early: with exact decisions, stop (checking every :data:`STOP_BLOCK` steps) once
+            every replication has reached the window's end with no bookkeeping left; the
+            result is the same bit for bit as running all ``steps`` (False does that).
 
     Returns:
         The :class:`Rollout`.
@@ -435,7 +469,7 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
     return _rollout_jit(key, system, jnp.asarray(rep_ids, jnp.uint32), state, window[0],
                         window[1], jnp.asarray(chunk, jnp.uint32), steps=int(steps),
                         clock_dtype=clock_dtype, close=bool(close),
-                        remat=None if remat is None else int(remat))
+                        remat=None if remat is None else int(remat), stop_early=bool(stop_early))
 
 
 def _close(system, state, w0, axes):

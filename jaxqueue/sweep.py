@@ -81,8 +81,9 @@ def stack(systems: Sequence[AbstractSystem]) -> AbstractSystem:
 # ---- the vmapped kernel -----------------------------------------------------------------------
 def _many(key, systems, rep_ids, states, w0, w1, chunk, *, steps, clock_dtype):
     def one(system, state, a, b):
+        # A vmapped early stop would select over every state leaf per block: scan instead.
         return kernel._rollout(key, system, rep_ids, state, a, b, chunk, steps=steps,
-                               clock_dtype=clock_dtype, close=False)
+                               clock_dtype=clock_dtype, close=False, stop_early=False)
     return jax.vmap(one)(systems, states, w0, w1)
 
 

@@ -112,3 +112,52 @@ def test_bad_kernel_arguments_raise():
         jq.rollout(jax.random.key(0), system, steps=0, reps=2)
     with pytest.raises(ValueError, match="exactly one of reps"):
         jq.rollout(jax.random.key(0), system, steps=10)
+
+
+def test_threefry_written_out_is_the_primitive():
+    # The step hashes its counters with rng.threefry2x32 (plain integer arithmetic, fused by
+    # XLA); it must be jax's Threefry-2x32 bit for bit, so paths and streams are unchanged.
+    from jax.extend.random import threefry2x32_p
+
+    from jaxqueue import rng
+
+    words = np.random.default_rng(0).integers(0, 2**32, size=(4, 4096), dtype=np.uint64)
+    k0, k1, x0, x1 = (jnp.asarray(w.astype(np.uint32)) for w in words)
+    want = threefry2x32_p.bind(k0, k1, x0, x1)
+    got = jax.jit(rng.threefry2x32)(k0, k1, x0, x1)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("policy", ["fg-sp", "gate-and-route"])
+def test_stopping_early_changes_nothing(policy):
+    # A window that every replication reaches long before the last step: the rollout that stops
+    # once all are done equals, leaf for leaf, the one that scans every step.
+    system, _ = policies.build(policy, MODEL, 10)
+    key = jax.random.key(7)
+    runs = [jq.rollout(key, system, steps=1500, reps=6, window=(0.0, 3.0), stop_early=s)
+            for s in (True, False)]
+    assert bool(np.all(np.asarray(runs[0].done)))
+    assert int(np.min(np.asarray(runs[0].summary.events))) < 1000  # done well before the end
+    for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_replication_at_the_window_end_takes_no_event():
+    # Random words of zero give a zero holding time: at the window's end the old step applied
+    # (and counted) an event there, again and again while the rollout went on.
+    from jaxqueue import kernel
+
+    system, _ = policies.build("gate-and-route", MODEL, 10)
+    state = system.init()
+    acc = kernel._Acc(integrals=jnp.zeros(len(system.level_names) * 2),
+                      counts=jnp.zeros(len(system.tally_names) * 2, jnp.int32),
+                      events=jnp.int32(0), logp=jnp.float32(0))
+    end = jnp.float32(2.0)
+    bits = jnp.zeros(kernel.words_per_step(system), jnp.uint32)
+    for t, fires in ((end, False), (end - 1, True)):
+        new_state, t_new, out = kernel._step(system, (state, t, acc), bits, jnp.float32(0),
+                                             end, jnp.float32)
+        assert int(out.events) == int(fires)
+        assert int(np.sum(np.asarray(out.counts))) == (2 if fires else 0)  # arrival + start
+        assert float(t_new) == float(t)

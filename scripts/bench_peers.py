@@ -196,13 +196,16 @@ def run_simpy(p: Params, reps: int, seed: int) -> dict:
                      [a for _, _, a in results])
 
 
-def run_jaxqueue(p: Params, reps: int, seed: int, chunk_events: int | None = None) -> dict:
+def run_jaxqueue(p: Params, reps: int, seed: int, chunk_events: int | None = None,
+                 devices: str = "1") -> dict:
     """jaxqueue, all replications at once: ``validate.erlang_a_check``, else ``simulate``.
 
     Args:
         p, reps, seed: as :func:`run_ciw` (the seed is the ``jax.random.key``).
         chunk_events: events per scan chunk (None: the engine's default); ``simulate`` is used
             when given and ``erlang_a_check`` does not take it.
+        devices: ``"1"`` (one device), ``"all"`` or a count: replications sharded over that
+            many JAX devices (on a CPU, one per core when XLA_FLAGS asks for them).
 
     Returns:
         The simulator's row, with ``via`` naming the function used.
@@ -217,14 +220,21 @@ def run_jaxqueue(p: Params, reps: int, seed: int, chunk_events: int | None = Non
         print("note: erlang_a_check takes no chunk_events; using jaxqueue.simulate.simulate",
               file=sys.stderr)
         check = None
+    used = None
+    if devices != "1":
+        import jax
+
+        used = jax.devices() if devices == "all" else jax.devices()[:int(devices)]
     if check is not None:
         extra = {"chunk_events": chunk_events} if chunk_events else {}
+        if used is not None:
+            extra["devices"] = used
         out = check(p.servers, p.arrival_rate, p.service_rate, p.patience_rate,
                     reps=reps, horizon=p.horizon, warmup=p.warmup, seed=seed, **extra)
         ab = out["simulated"]["abandon_probability"]
         return {**summarise("jaxqueue", reps, out["events"], out["wall_seconds"], [],
                             compile_s=out["compile_seconds"], mean=ab["mean"], ci95=ab["ci95"]),
-                "via": "jaxqueue.validate.erlang_a_check"}
+                "via": "jaxqueue.validate.erlang_a_check", "devices": len(used or [0])}
     try:
         import jax
 
@@ -236,11 +246,14 @@ def run_jaxqueue(p: Params, reps: int, seed: int, chunk_events: int | None = Non
                      service_rate=np.float32(p.service_rate),
                      patience_rate=np.float32(p.patience_rate))
     extra = {"chunk_events": chunk_events} if chunk_events else {}
+    if used is not None:
+        extra["devices"] = used
     run = simulate(jax.random.key(seed), system, reps=reps, horizon=p.horizon, warmup=p.warmup,
                    **extra)
     estimates = run.count("abandonments")[:, 0] / run.count("arrivals")[:, 0]
     return {**summarise("jaxqueue", reps, run.events, run.wall_seconds, estimates,
-                        compile_s=run.compile_seconds), "via": "jaxqueue.simulate.simulate"}
+                        compile_s=run.compile_seconds), "via": "jaxqueue.simulate.simulate",
+            "devices": len(used or [0])}
 
 
 def machine() -> dict:
@@ -295,9 +308,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--simpy-reps", type=int, default=3)
     ap.add_argument("--chunk-events", type=int, default=None,
                     help="events per jaxqueue scan chunk (default: the engine's)")
+    ap.add_argument("--devices", default="1",
+                    help="jaxqueue's devices: 1 (default), 'all' or a count; on a CPU 'all' is one "
+                         "device per core (Ciw and SimPy run on one core either way)")
     ap.add_argument("--quick", action="store_true", help="short horizon, a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     a = ap.parse_args(argv)
+    if a.devices not in ("1", "all") and not (a.devices.isdigit() and int(a.devices) >= 1):
+        ap.error(f"--devices = {a.devices!r} is invalid: must be 'all' or an integer >= 1")
+    if a.devices != "1" and "xla_force_host_platform_device_count" not in os.environ.get(
+            "XLA_FLAGS", ""):
+        # One CPU device per core, set before JAX starts (it affects only the CPU platform).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={os.cpu_count()}")
     horizon = a.horizon if a.horizon is not None else (200.0 if a.quick else 2000.0)
     warmup = a.warmup if a.warmup is not None else horizon / 10
     p = Params(a.servers, a.arrival_rate, a.service_rate, a.patience_rate, horizon, warmup)
@@ -307,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
             __import__(name)
         except ImportError:
             sys.exit(MISSING.format(name=name))
-    rows = [run_jaxqueue(p, a.jax_reps, a.seed, a.chunk_events),
+    rows = [run_jaxqueue(p, a.jax_reps, a.seed, a.chunk_events, a.devices),
             run_ciw(p, a.ciw_reps, a.seed), run_simpy(p, a.simpy_reps, a.seed)]
     for r in rows:
         r["speedup_of_jaxqueue"] = rows[0]["events_per_second"] / r["events_per_second"]
@@ -317,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(report, indent=2))
     else:
         m = report["machine"]
-        print(f"machine: {m['processor']}, {m['cpus']} CPUs, {m.get('jax_devices', '')}")
+        print(f"machine: {m['processor']}, {m['cpus']} CPUs, {m.get('jax_devices', '')}; "
+              f"jaxqueue on {rows[0]['devices']} device(s)")
         print(table(p, exact, rows))
     return report
 

@@ -7,7 +7,7 @@ n GPUs costs O(n) per event. A :class:`Tree` keeps them for every block of GPUs:
 is a row of ``C`` integers per item (its weights, then its keys); each node stores the column
 sums of its children's weight columns and the column minima of their key columns. An event
 changes one or two items, so only the nodes on their paths to the root are recomputed:
-``O(F log_F n)`` work, with fanouts ``F <= 32``, and a handful of array operations whatever n.
+``O(F log_F n)`` work, with fanouts ``F <= 16``, and a handful of array operations whatever n.
 
 Leaves are not stored: their records are computed from the owner's state by a function
 ``records(start, size)`` for the ``size`` items from ``start`` (a contiguous block). The number
@@ -36,7 +36,7 @@ INF = jnp.iinfo(jnp.int32).max
 Records = Callable[[Array, int], Int[Array, "F C"]]
 
 
-def fanouts(size: int, largest: int = 32) -> tuple[int, ...]:
+def fanouts(size: int, largest: int = 16) -> tuple[int, ...]:
     """Fanouts of the levels below the root, top first, each a power of two ``<= largest``,
     as even as possible, multiplying to ``size`` (a power of two)."""
     if size < 1 or size & (size - 1):
@@ -67,7 +67,7 @@ def _reduce(block: Int[Array, "F C"], sums: int) -> Int[Array, " C"]:
     return jnp.concatenate([jnp.sum(block[:, :sums], axis=0), jnp.min(block[:, sums:], axis=0)])
 
 
-def build(records: Records, size: int, sums: int, largest: int = 32) -> Tree:
+def build(records: Records, size: int, sums: int, largest: int = 16) -> Tree:
     """The tree over ``size`` items whose records ``records(0, size)`` gives (O(size), once)."""
     fan = fanouts(size, largest)
     rows = records(jnp.int32(0), size)

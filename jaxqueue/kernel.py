@@ -355,10 +355,12 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
                            out_axes=-1)(state)
     w0 = jnp.broadcast_to(jnp.asarray(w0, clock_dtype), (reps,))
     w1 = jnp.broadcast_to(jnp.asarray(w1, clock_dtype), (reps,))
+    # Accumulators with the replication axis first: the step writes a per-replication row of
+    # levels and counters, which with the axis last XLA transposed on every step.
     carry_axes = (axes, -1, 0)
     # The window is closed over, not carried: loop-invariant inputs cost no copies per step.
-    step = jax.vmap(lambda c, w, s, a, b: _step(
-        system, c, rng.step_bits(w, s, width), a, b, clock_dtype),
+    step = jax.vmap(lambda c, w, s, a, b: _step(system, c, rng.step_bits(w, s, width), a, b,
+                                                clock_dtype),
                     in_axes=(carry_axes, -1, None, -1, -1), out_axes=carry_axes)
     carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
 

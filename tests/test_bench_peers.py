@@ -63,7 +63,16 @@ def test_peer_estimates_exact_abandonment(runner):
 
 
 def test_jaxqueue_estimates_exact_abandonment():
-    _check(bench.run_jaxqueue(PARAMS, 256, 0), 256, bench.exact_abandon_probability(PARAMS))
+    row = bench.run_jaxqueue(PARAMS, 256, 0)
+    _check(row, 256, bench.exact_abandon_probability(PARAMS))
+    assert row["devices"] == 1
+
+
+@pytest.mark.parametrize("devices", ["0", "two", "-1"])
+def test_bad_devices_are_refused(devices, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--devices", devices])
+    assert "--devices" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # about 6-9 s: a whole --quick run in a subprocess

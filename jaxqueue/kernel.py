@@ -327,8 +327,9 @@ def replicate(state: Any, reps: int) -> Any:
 
 
 # ---- the kernel -------------------------------------------------------------------------------
-#: Steps between two checks of whether a rollout may stop early (exact decisions only).
-STOP_BLOCK = 32
+#: Steps between two checks of whether a rollout may stop early, and whose random words are
+#: hashed together (exact decisions only).
+STOP_BLOCK = 64
 
 
 def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dtype: Any,
@@ -381,9 +382,16 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
             (state, t, _), start = c
             return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
 
+        # The block's random words are hashed before its steps, all at once: inside the step,
+        # XLA recomputed each hash in every kernel that read one of its words.
+        given = jax.vmap(lambda c, b, a, z: _step(system, c, b, a, z, clock_dtype),
+                         in_axes=(carry_axes, -1, -1, -1), out_axes=carry_axes)
+
         def run(c):
             carry, start = c
-            carry = jax.lax.scan(body, carry, start + jnp.arange(block, dtype=jnp.uint32))[0]
+            bits = rng.block_words(words, start, block, width)
+            carry = jax.lax.scan(lambda c, b: (given(c, jnp.stack(b), w0, w1), None), carry,
+                                 bits)[0]
             return carry, start + jnp.uint32(block)
 
         (state, t, acc), _ = jax.lax.while_loop(more, run, (carry, jnp.uint32(head)))

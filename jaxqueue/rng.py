@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, UInt32
 
-__all__ = ["chunk_words", "exponential", "real_dtype", "rep_key", "step_bits", "uniform"]
+__all__ = ["block_words", "chunk_words", "exponential", "real_dtype", "rep_key", "step_bits",
+           "threefry2x32", "uniform"]
 
 
 def real_dtype():
@@ -73,6 +74,20 @@ def step_bits(words: UInt32[Array, " 2"], step, width: int) -> UInt32[Array, " W
         y0, y1 = threefry2x32(words[0], words[1], step, jnp.uint32(j))
         out += [y0, y1]
     return jnp.stack(out[:width])
+
+
+def block_words(words: UInt32[Array, "2 R"], start, length: int, width: int
+                ) -> tuple[UInt32[Array, "N R"], ...]:
+    """The random words of steps ``start .. start + length - 1`` of every replication, one
+    ``(length, R)`` array per word: the same words :func:`step_bits` gives step by step, hashed
+    for a block of steps at once (each Threefry call once, in one element-wise kernel)."""
+    steps = jnp.asarray(start, jnp.uint32) + jnp.arange(length, dtype=jnp.uint32)[:, None]
+    k0, k1 = words[0][None, :], words[1][None, :]
+    steps = jnp.broadcast_to(steps, (length, words.shape[1]))
+    out = []
+    for j in range((width + 1) // 2):
+        out += threefry2x32(k0, k1, steps, jnp.full_like(steps, j))
+    return tuple(out[:width])
 
 
 def chunk_words(key: PRNGKeyArray, rep_ids, chunk, length: int, width: int

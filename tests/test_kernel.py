@@ -161,3 +161,18 @@ def test_a_replication_at_the_window_end_takes_no_event():
         assert int(out.events) == int(fires)
         assert int(np.sum(np.asarray(out.counts))) == (2 if fires else 0)  # arrival + start
         assert float(t_new) == float(t)
+
+
+def test_block_words_are_the_step_words():
+    # A stopping rollout hashes a block of steps at once; the words must be step_bits' words.
+    from jaxqueue import rng
+
+    words = jax.vmap(lambda r: rng.rep_key(jax.random.key(3), r, 5), out_axes=-1)(
+        jnp.arange(7, dtype=jnp.uint32))
+    block = rng.block_words(words, 40, 9, 3)
+    assert len(block) == 3 and block[0].shape == (9, 7)
+    for s in range(9):
+        for r in range(7):
+            want = rng.step_bits(words[:, r], 40 + s, 3)
+            got = [int(block[j][s, r]) for j in range(3)]
+            assert got == [int(w) for w in want]

@@ -3,9 +3,11 @@
 Replication ``r`` draws chunk ``c``'s words from the key ``fold_in(fold_in(key, r), c)``, and step
 ``s`` of that chunk hashes the counter ``(s, j)`` under it with Threefry-2x32
 (:func:`threefry2x32`, the generator of ``jax.random``'s default keys, written out so that it
-fuses into the step). Nothing is buffered: a step computes its own words, so no per-chunk array
-of random numbers streams through memory, and a replication's path depends on nothing but
-``(key, r, c, s)``: not on how many replications run, nor on how they are sharded or batched.
+fuses with the work around it). Words are computed where they are used: by the step itself, or
+for one block of steps at a time (:func:`block_words`, used by :func:`jaxqueue.kernel.rollout`),
+so no per-chunk array of random numbers streams through memory, and a replication's path
+depends on nothing but ``(key, r, c, s)``: not on how many replications run, nor on how they are
+sharded or batched.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def rep_key(key: PRNGKeyArray, rep, chunk) -> UInt32[Array, " 2"]:
     return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(key, rep), chunk))
 
 
-#: Threefry-2x32's rotation distances (Salmon et al., "Parallel random numbers: as easy as 1, 2,
-#: 3", SC 2011, Table 4) and its key-schedule parity constant.
+#: Threefry-2x32's rotation distances and key-schedule parity constant (Salmon, Moraes, Dror,
+#: Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the Random123 constants).
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 _PARITY = 0x1BD11BDA
 

@@ -96,11 +96,5 @@ def chunk_words(key: PRNGKeyArray, rep_ids, chunk, length: int, width: int
                 ) -> UInt32[Array, "N W R"]:
     """All random words of one chunk, ``(length, width, R)`` (for
     :func:`jaxqueue.kernel.trajectory`, which needs them as a scan input)."""
-    words = jax.vmap(lambda r: rep_key(key, r, chunk))(rep_ids)  # (R, 2)
-    reps = rep_ids.shape[0]
-    # Every (step, replication) pair batched alike: the Threefry primitive's batching rule wants
-    # its key and counter batched together.
-    words = jnp.broadcast_to(words[None], (length, reps, 2)).reshape(-1, 2)
-    steps = jnp.broadcast_to(jnp.arange(length, dtype=jnp.uint32)[:, None], (length, reps))
-    flat = jax.vmap(lambda w, s: step_bits(w, s, width))(words, steps.reshape(-1))
-    return jnp.moveaxis(flat.reshape(length, reps, width), 1, -1)
+    words = jax.vmap(lambda r: rep_key(key, r, chunk), out_axes=-1)(rep_ids)  # (2, R)
+    return jnp.stack(block_words(words, 0, length, width), axis=1)

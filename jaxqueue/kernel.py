@@ -360,13 +360,19 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     # levels and counters, which with the axis last XLA transposed on every step.
     carry_axes = (axes, -1, 0)
     # The window is closed over, not carried: loop-invariant inputs cost no copies per step.
-    step = jax.vmap(lambda c, w, s, a, b: _step(system, c, rng.step_bits(w, s, width), a, b,
-                                                clock_dtype),
-                    in_axes=(carry_axes, -1, None, -1, -1), out_axes=carry_axes)
+    step = jax.vmap(lambda c, b, a, z: _step(system, c, b, a, z, clock_dtype),
+                    in_axes=(carry_axes, -1, -1, -1), out_axes=carry_axes)
+    step_words = jax.vmap(rng.step_bits, in_axes=(-1, None, None), out_axes=-1)  # (W, R)
     carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
 
     def body(c, s):
-        return step(c, words, s, w0, w1), None
+        return step(c, step_words(words, s, width), w0, w1), None
+
+    def run_block(c, start, length: int):
+        # The block's random words are hashed before its steps, all at once: inside the step,
+        # XLA recomputed each hash in every kernel that read one of its words.
+        bits = rng.block_words(words, start, length, width)
+        return jax.lax.scan(lambda c, b: (step(c, jnp.stack(b), w0, w1), None), c, bits)[0]
 
     if remat is None and stop_early and not system.decide.differentiable:
         # Blocks of steps while some replication can still change: once every replication has
@@ -375,24 +381,16 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         block = min(steps, STOP_BLOCK)
         head = steps % block
         if head:
-            carry = jax.lax.scan(body, carry, jnp.arange(head, dtype=jnp.uint32))[0]
+            carry = run_block(carry, jnp.uint32(0), head)
         pending = jax.vmap(system.pending, in_axes=(axes,))
 
         def more(c):
             (state, t, _), start = c
             return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
 
-        # The block's random words are hashed before its steps, all at once: inside the step,
-        # XLA recomputed each hash in every kernel that read one of its words.
-        given = jax.vmap(lambda c, b, a, z: _step(system, c, b, a, z, clock_dtype),
-                         in_axes=(carry_axes, -1, -1, -1), out_axes=carry_axes)
-
         def run(c):
             carry, start = c
-            bits = rng.block_words(words, start, block, width)
-            carry = jax.lax.scan(lambda c, b: (given(c, jnp.stack(b), w0, w1), None), carry,
-                                 bits)[0]
-            return carry, start + jnp.uint32(block)
+            return run_block(carry, start, block), start + jnp.uint32(block)
 
         (state, t, acc), _ = jax.lax.while_loop(more, run, (carry, jnp.uint32(head)))
     elif remat is None:

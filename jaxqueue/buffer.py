@@ -145,8 +145,9 @@ def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
 
 
 def _held(ring: Ring):
-    k = jnp.arange(ring.capacity)
-    return ((k - ring.head) % ring.capacity) < ring.size
+    # Slot k's place after the head, without an integer remainder per slot (slow on a CPU).
+    ahead = jnp.arange(ring.capacity) - ring.head
+    return jnp.where(ahead < 0, ahead + ring.capacity, ahead) < ring.size
 
 
 def residual(ring: Ring, num_classes: int, window

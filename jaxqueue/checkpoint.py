@@ -104,8 +104,11 @@ def fingerprint(system, key, *settings) -> str:
     for leaf in jax.tree.leaves(system):
         a = np.asarray(leaf)
         digest.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
-    # Where the saved states keep their replication axis (the kernel's layout may change).
+    # The saved states' layout: where they keep their replication axis, and each leaf's dtype
+    # and shape (the kernel's layout may change between versions; such a file is refused).
     digest.update(repr(jax.tree.leaves(kernel.rep_axes(system))).encode())
+    digest.update(repr([(str(a.dtype), a.shape)
+                        for a in jax.tree.leaves(jax.eval_shape(system.init))]).encode())
     digest.update(np.asarray(jax.random.key_data(key)).tobytes())
     digest.update(repr([str(x) for x in settings]).encode())
     return digest.hexdigest()

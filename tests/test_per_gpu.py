@@ -4,7 +4,9 @@ chain."""
 
 import dataclasses
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
@@ -167,6 +169,26 @@ def test_bad_arguments_raise():
     assert [gpu_slots(n) for n in (1, 2, 3, 5, 500, 512, 513)] == [1, 2, 4, 8, 512, 512, 1024]
 
 
+def test_gpu_arrays_are_int16_only_where_counts_fit():
+    model = scenarios.load("paper-qwen8b")
+    small, _ = per_gpu("fi-wsp", model, 20, capacity=256)
+    assert small.init().dec.dtype == jnp.int16 and small.init().pre.dtype == jnp.int16
+    # B = 2^15 decode slots per GPU would wrap an int16 count: those arrays stay int32.
+    big, _ = per_gpu("fi-wsp", model.replace(B=2**15), 20, capacity=256)
+    assert big.init().dec.dtype == jnp.int32 and big.init().pre.dtype == jnp.int32
+    # From int32 arrays the step follows the same path as from int16 ones while counts fit
+    # both (it widens every count to int32 before arithmetic, and writes in the arrays' dtype).
+    key, ids = jax.random.key(5), jnp.arange(2, dtype=jnp.uint32)
+    narrow = jq.kernel.initial_state(small, key, ids)
+    wide = eqx.tree_at(lambda s: (s.pre, s.dec), narrow,
+                       (narrow.pre.astype(jnp.int32), narrow.dec.astype(jnp.int32)))
+    a, b = (jq.rollout(key, small, steps=3000, rep_ids=ids, state=s) for s in (narrow, wide))
+    assert b.state.dec.dtype == jnp.int32 and a.state.dec.dtype == jnp.int16
+    assert np.asarray(a.state.dec).max() > 0  # the GPUs were used
+    np.testing.assert_array_equal(np.asarray(a.summary.counts), np.asarray(b.summary.counts))
+    np.testing.assert_array_equal(np.asarray(a.state.dec), np.asarray(b.state.dec))
+
+
 # ---- the idle-solo speed rule (planned layout) ------------------------------------------------
 def idle_solo_model():
     """tau = alpha = 1, C = 1: mu_p = 1/P = (2, 1), mu_m = 1/D = (1/3, 1/6), mu_s = gamma/D =
@@ -202,7 +224,7 @@ def test_idle_solo_rates_by_hand():
     for rule, cases in expected.items():
         system = idle_solo_system(model, rule)
         empty = system.init()
-        dec = empty.dec.at[0, 1].set(1).at[1].set(np.array([1, 1]))
+        dec = empty.dec.at[0, 1].set(1).at[1].set(1)  # row 1: one decode of each class
         for prefill, rates in cases.items():
             state = system.with_gpus(empty, empty.pre.at[0].set(prefill), dec)
             np.testing.assert_allclose(np.asarray(system.rates(state)), rates, rtol=1e-6,

@@ -168,10 +168,22 @@ class PerGpu(AbstractSystem):
     def num_classes(self) -> int:
         return self.model.num_classes
 
+    @property
+    def slot_dtype(self):
+        """The dtype of ``pre`` and ``dec``: int16 when every prefill class and decode count
+        fits (B and I below 2^15), else int32. A step reads a block of GPUs' rows from these
+        long arrays; half the bytes cut the n = 5000 step to about 0.93x on the development
+        CPU (same-process A/B)."""
+        try:
+            big = max(int(self.model.B), self.num_classes)
+        except (TypeError, jax.errors.ConcretizationTypeError):  # B traced: stay general
+            return jnp.int32
+        return jnp.int16 if big < 2**15 else jnp.int32
+
     def init(self) -> PerGpuState:
         num = self.num_classes
-        pre = jnp.full((self.gpus,), -1, jnp.int32)
-        dec = jnp.zeros((self.gpus, num), jnp.int32)
+        pre = jnp.full((self.gpus,), -1, self.slot_dtype)
+        dec = jnp.zeros((self.gpus, num), self.slot_dtype)
         return PerGpuState(
             pre=pre, dec=dec,
             tree=gtree.build(self._records(pre, dec), self.gpus, sums=3 * num),
@@ -192,7 +204,7 @@ class PerGpu(AbstractSystem):
                   ) -> PerGpuState:
         """``state`` with the GPUs' contents replaced by ``pre`` and ``dec`` and the aggregation
         tree rebuilt to match (for hand-made states in tests and examples)."""
-        pre, dec = jnp.asarray(pre, jnp.int32), jnp.asarray(dec, jnp.int32)
+        pre, dec = jnp.asarray(pre, self.slot_dtype), jnp.asarray(dec, self.slot_dtype)
         tree = gtree.build(self._records(pre, dec), self.gpus, sums=3 * self.num_classes)
         return eqx.tree_at(lambda s: (s.pre, s.dec, s.tree), state, (pre, dec, tree))
 
@@ -210,8 +222,8 @@ class PerGpu(AbstractSystem):
 
         def records(start, size):
             g = start + jnp.arange(size)
-            p = jax.lax.dynamic_slice_in_dim(pre, start, size)
-            d = jax.lax.dynamic_slice_in_dim(dec, start, size, axis=0)
+            p = jax.lax.dynamic_slice_in_dim(pre, start, size).astype(jnp.int32)
+            d = jax.lax.dynamic_slice_in_dim(dec, start, size, axis=0).astype(jnp.int32)
             active = g < self.n
             busy = p >= 0
             decoding = jnp.sum(d, axis=1)
@@ -249,7 +261,7 @@ class PerGpu(AbstractSystem):
         idle = (g < self.n) & (pre[k] < 0)
         if self.layout == "planned":
             return idle & (g < self.M)
-        return idle & (jnp.sum(dec[k]) < self.model.B)
+        return idle & (jnp.sum(dec[k].astype(jnp.int32)) < self.model.B)
 
     # ---- the AbstractSystem interface -------------------------------------------------------
     def rates(self, s: PerGpuState) -> Float[Array, " E"]:
@@ -333,7 +345,7 @@ class PerGpu(AbstractSystem):
         # waits then); after a completion only its GPU can become able, and admits one job.
         arrival = kind == 0
         started = arrival & can_start
-        pre = pre.at[at(started, first_able)].set(cls, mode="drop")
+        pre = pre.at[at(started, first_able)].set(jnp.asarray(cls, pre.dtype), mode="drop")
         start = d.one_hot(cls, num, started.astype(jnp.int32))
         queued = arrival & ~can_start
         zero_f = jnp.zeros(num, real)
@@ -354,7 +366,7 @@ class PerGpu(AbstractSystem):
             chosen = self._gate_choice(X, Qp)
             admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
             Qp = Qp - admitted
-            pre = pre.at[at(admit, target)].set(chosen, mode="drop")
+            pre = pre.at[at(admit, target)].set(jnp.asarray(chosen, pre.dtype), mode="drop")
             p_gone = queue_abandon * counted
             s = eqx.tree_at(lambda s: s.tree, s, tree)
             changed = at(admit, target)
@@ -364,14 +376,14 @@ class PerGpu(AbstractSystem):
             chosen = self._gate_choice(X, Qp)
             admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
             Qp = Qp - admitted
-            pre = pre.at[at(admit, g_event)].set(chosen, mode="drop")
+            pre = pre.at[at(admit, g_event)].set(jnp.asarray(chosen, pre.dtype), mode="drop")
             p_gone = queue_abandon * counted
         else:
             Qp = s.Qp
             pring = buf.push(pring, queued, cls, t, patience(cls))
             p_look = bookkeeping & can_start & (pring.size > 0)
             pring, label, take, p_gone, p_credit = serve_head(pring, can_start)
-            pre = pre.at[at(take, first_able)].set(label, mode="drop")
+            pre = pre.at[at(take, first_able)].set(jnp.asarray(label, pre.dtype), mode="drop")
             admitted = d.one_hot(label, num, take.astype(jnp.int32))
             changed = jnp.where(take, first_able, changed)
         tree = gtree.refresh(s.tree, self._records(pre, dec), changed)

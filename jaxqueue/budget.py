@@ -10,11 +10,14 @@ Time is an estimate, meant to be pessimistic on an idle machine. Every job cause
 arrival, one prefill end (completion or abandonment), one decode end, and one zero-time
 discard per lazy FCFS buffer it passes through, so a replication takes at most
 ``(3 + buffers) * n * sum_i lambda_i * horizon`` steps. The rate assumed for each engine is
-below what ``scripts/bench.py`` measured on a 2-core CPU (pooled: 7 M events/s at 1,024
-replications, 0.2 M with one; per-GPU at n = 500: 0.34 M; about half of that while other jobs
-share the machine, e.g. 1.5 M for 256 replications on 2 busy cores), scaled by the number of
-classes and, for the per-GPU engine, by the length of its per-GPU arrays: 15,000 events/s per
-replication up to 1 M per device for two classes.
+below what ``scripts/bench.py`` measured on a 2-core CPU, scaled by the number of classes:
+15,000 events/s per replication up to 1 M per device for two classes (pooled, measured: 5 M
+events/s on one device and 8 M on two at 1,024 to 4,096 replications, 0.2 M with one
+replication). The per-GPU engine is assumed at half that up to 512 GPU slots (measured at
+n = 500 with 128 replications per device: 0.78 M events/s on one device, 1.9 M on two), and
+its cost per event to grow as the square of its tree's depth, ``log2`` of the slots, beyond
+(measured from n = 500 to n = 5,000, depth 9 to 13: 1.3x on one device, 1.9x on two, against
+an assumed 2.1x).
 """
 
 from __future__ import annotations
@@ -142,8 +145,9 @@ def _rate_per_device(system, reps_per_device: int) -> float:
     """Events per second assumed for one device running ``reps_per_device`` replications."""
     base = min(reps_per_device * 1.5e4, 1e6) * 2.0 / max(system.num_classes, 2)
     gpus = getattr(system, "gpus", None)
-    if gpus is not None:  # per-GPU engine: a step touches arrays of length `gpus`
-        base *= min(1.0, 256.0 / gpus)
+    if gpus is not None:  # per-GPU engine: O(log n) per event over a tree of the GPUs
+        depth = max(math.log2(gpus), 9.0)
+        base *= 0.5 * (9.0 / depth) ** 2
     elif getattr(system, "model", None) is None:  # Erlang-A: a handful of scalars per step
         base *= 10.0
     return base

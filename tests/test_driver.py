@@ -107,10 +107,16 @@ def test_time_estimate_counts_events_per_job():
     est = budget.estimate(system, reps=8, horizon=1000.0)
     assert est.events == pytest.approx(4 * 50 * 1.0 * 1000.0 * 8)
     assert est.seconds == pytest.approx(est.events / est.events_per_second)
-    # The per-GPU engine's steps touch arrays of length n: it is assumed far slower at large n.
-    fi, _ = policies.build("fi-wsp", PAPER, 1_000_000)
-    slow = budget.estimate(fi, reps=8, horizon=1000.0)
-    assert slow.events_per_second < est.events_per_second / 1000
+    # The per-GPU engine is assumed at half the pooled rate up to 512 GPU slots, its cost per
+    # event growing with the square of its tree's depth (log2 of the slots) beyond: O(log n)
+    # per event, not O(n).
+    def per_gpu_rate(n):
+        fi, _ = policies.build("fi-wsp", PAPER, n)
+        return budget.estimate(fi, reps=8, horizon=1000.0).events_per_second
+    assert per_gpu_rate(50) == pytest.approx(est.events_per_second / 2)
+    assert per_gpu_rate(500) == per_gpu_rate(50)
+    assert per_gpu_rate(5000) == pytest.approx(per_gpu_rate(500) * (9 / 13) ** 2)
+    assert per_gpu_rate(1_000_000) == pytest.approx(per_gpu_rate(500) * (9 / 20) ** 2)
 
 
 def test_progress_only_on_request(capsys):

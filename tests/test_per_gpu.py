@@ -172,13 +172,23 @@ def test_bad_arguments_raise():
 def test_gpu_arrays_are_int16_only_where_counts_fit():
     model = scenarios.load("paper-qwen8b")
     small, _ = per_gpu("fi-wsp", model, 20, capacity=256)
-    assert small.init().dec.dtype == jnp.int16 and small.init().pre.dtype == jnp.int16
-    # B = 2^15 decode slots per GPU would wrap an int16 count: those arrays stay int32.
+    assert small.counts == "int16" and small.init().dec.dtype == jnp.int16
+    # Also where the state is made inside a jitted program (the system's leaves traced).
+    key, ids = jax.random.key(5), jnp.arange(2, dtype=jnp.uint32)
+    jitted = jq.kernel.initial_state_jit(small, key, ids)
+    assert jitted.pre.dtype == jitted.dec.dtype == jnp.int16
+    # B = 2^15 decode slots per GPU would wrap an int16 count: those arrays stay int32, and an
+    # int16 system is refused for such a model, however it got it.
     big, _ = per_gpu("fi-wsp", model.replace(B=2**15), 20, capacity=256)
-    assert big.init().dec.dtype == jnp.int32 and big.init().pre.dtype == jnp.int32
+    assert big.counts == "int32" and big.init().dec.dtype == jnp.int32
+    with pytest.raises(ValueError, match=r"counts = 'int16' cannot hold .*\(B = 32768"):
+        eqx.tree_at(lambda s: s.model, small, big.model).init()
+    with pytest.raises(ValueError, match="counts = 'int16' cannot hold"):
+        dataclasses.replace(big, counts="int16")
+    with pytest.raises(ValueError, match="counts = 'int8' is invalid"):
+        dataclasses.replace(small, counts="int8")
     # From int32 arrays the step follows the same path as from int16 ones while counts fit
     # both (it widens every count to int32 before arithmetic, and writes in the arrays' dtype).
-    key, ids = jax.random.key(5), jnp.arange(2, dtype=jnp.uint32)
     narrow = jq.kernel.initial_state(small, key, ids)
     wide = eqx.tree_at(lambda s: (s.pre, s.dec), narrow,
                        (narrow.pre.astype(jnp.int32), narrow.dec.astype(jnp.int32)))

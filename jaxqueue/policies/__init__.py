@@ -21,7 +21,7 @@ from ..decisions import AbstractDecisions, Exact
 from ..model import Model
 from .common import checked_capacity, checked_gpus
 from .erlang import ErlangA
-from .per_gpu import SPEED_RULES, PerGpu, gpu_slots
+from .per_gpu import SPEED_RULES, PerGpu, counts_dtype, gpu_slots
 from .pooled import Pooled
 from .sli import SLIGateAndRoute, build_sli
 
@@ -155,7 +155,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         M = decide.count(n * plan.sum_x) if policy.layout == "planned" else 0
         system = PerGpu(M=np.int32(min(M, n)), gpus=gpu_slots(n), layout=policy.layout,
                         coupled=policy.coupled, gate=policy.gate, speed_rule=speed_rule,
-                        **common)
+                        counts=counts_dtype(model), **common)
     else:
         system = Pooled(M=np.int32(min(decide.count(n * plan.sum_x), n)), gate=policy.gate,
                         **common)

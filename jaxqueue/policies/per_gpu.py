@@ -87,11 +87,12 @@ from .common import (
     split_event,
 )
 
-__all__ = ["PerGpu", "PerGpuState", "gpu_slots"]
+__all__ = ["PerGpu", "PerGpuState", "counts_dtype", "gpu_slots"]
 
 LAYOUTS = ("shared", "planned")
 SPEED_RULES = ("paper", "idle-solo")
 _GATES = ("deviation", "fcfs")
+_COUNTS = ("int16", "int32")
 
 
 class PerGpuState(eqx.Module):
@@ -131,6 +132,8 @@ class PerGpu(AbstractSystem):
         gate: ``"deviation"`` or ``"fcfs"`` (static).
         speed_rule: ``"paper"`` or ``"idle-solo"`` (static).
         capacity: slots of each FCFS ring (static).
+        counts: dtype of the per-GPU arrays, ``"int16"`` or ``"int32"`` (static; the builders
+            take :func:`counts_dtype` of the model: int16 where B and I fit).
     """
 
     model: Model
@@ -144,6 +147,7 @@ class PerGpu(AbstractSystem):
     gate: str = eqx.field(static=True)
     speed_rule: str = eqx.field(static=True, default="paper")
     capacity: int = eqx.field(static=True, default=256)
+    counts: str = eqx.field(static=True, default="int32")
     prefill_cap: Float[Array, ""] | None = None
     gate_offset: Float[Array, ""] | None = None
 
@@ -155,7 +159,8 @@ class PerGpu(AbstractSystem):
     def __check_init__(self):
         for field, value, allowed in (("layout", self.layout, LAYOUTS),
                                       ("gate", self.gate, _GATES),
-                                      ("speed_rule", self.speed_rule, SPEED_RULES)):
+                                      ("speed_rule", self.speed_rule, SPEED_RULES),
+                                      ("counts", self.counts, _COUNTS)):
             if value not in allowed:
                 raise ValueError(f"{field} = {value!r} is invalid: must be one of {allowed}")
         if self.coupled and self.layout != "shared":
@@ -163,6 +168,7 @@ class PerGpu(AbstractSystem):
                              "prefill's slot, which the planned layout reserves for prefills)")
         if self.gpus < 1 or self.capacity < 1:
             raise ValueError(f"gpus = {self.gpus}, capacity = {self.capacity}: must be >= 1")
+        self.slot_dtype  # noqa: B018 (raises if the model's counts do not fit `counts`)
 
     @property
     def num_classes(self) -> int:
@@ -170,15 +176,13 @@ class PerGpu(AbstractSystem):
 
     @property
     def slot_dtype(self):
-        """The dtype of ``pre`` and ``dec``: int16 when every prefill class and decode count
-        fits (B and I below 2^15), else int32. A step reads a block of GPUs' rows from these
-        long arrays; half the bytes cut the n = 5000 step to about 0.93x on the development
-        CPU (same-process A/B)."""
-        try:
-            big = max(int(self.model.B), self.num_classes)
-        except (TypeError, jax.errors.ConcretizationTypeError):  # B traced: stay general
-            return jnp.int32
-        return jnp.int16 if big < 2**15 else jnp.int32
+        """The dtype of ``pre`` and ``dec`` (:attr:`counts`); raises when the model's B or
+        number of classes would not fit it (checked where B is a concrete value)."""
+        if self.counts == "int16" and (_largest_count(self.model) or 0) >= 2**15:
+            raise ValueError(f"counts = 'int16' cannot hold this model's decode counts and "
+                             f"classes (B = {self.model.B}, I = {self.num_classes}): both must "
+                             f"be < {2**15}; use counts = 'int32'")
+        return jnp.dtype(self.counts)
 
     def init(self) -> PerGpuState:
         num = self.num_classes
@@ -317,6 +321,9 @@ class PerGpu(AbstractSystem):
         def at(do, g):  # the index of GPU g when `do`, else one past the end (a dropped write)
             return jnp.where(do, g, G)
 
+        def start_prefill(pre, do, g, c):  # GPU g starts a class-c prefill when `do`
+            return pre.at[at(do, g)].set(jnp.asarray(c, pre.dtype), mode="drop")
+
         def patience(c):
             # Exp(theta_c) from one uniform; theta = 0 means the job never abandons.
             return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta)[c]
@@ -345,7 +352,7 @@ class PerGpu(AbstractSystem):
         # waits then); after a completion only its GPU can become able, and admits one job.
         arrival = kind == 0
         started = arrival & can_start
-        pre = pre.at[at(started, first_able)].set(jnp.asarray(cls, pre.dtype), mode="drop")
+        pre = start_prefill(pre, started, first_able, cls)
         start = d.one_hot(cls, num, started.astype(jnp.int32))
         queued = arrival & ~can_start
         zero_f = jnp.zeros(num, real)
@@ -366,7 +373,7 @@ class PerGpu(AbstractSystem):
             chosen = self._gate_choice(X, Qp)
             admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
             Qp = Qp - admitted
-            pre = pre.at[at(admit, target)].set(jnp.asarray(chosen, pre.dtype), mode="drop")
+            pre = start_prefill(pre, admit, target, chosen)
             p_gone = queue_abandon * counted
             s = eqx.tree_at(lambda s: s.tree, s, tree)
             changed = at(admit, target)
@@ -376,14 +383,14 @@ class PerGpu(AbstractSystem):
             chosen = self._gate_choice(X, Qp)
             admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
             Qp = Qp - admitted
-            pre = pre.at[at(admit, g_event)].set(jnp.asarray(chosen, pre.dtype), mode="drop")
+            pre = start_prefill(pre, admit, g_event, chosen)
             p_gone = queue_abandon * counted
         else:
             Qp = s.Qp
             pring = buf.push(pring, queued, cls, t, patience(cls))
             p_look = bookkeeping & can_start & (pring.size > 0)
             pring, label, take, p_gone, p_credit = serve_head(pring, can_start)
-            pre = pre.at[at(take, first_able)].set(jnp.asarray(label, pre.dtype), mode="drop")
+            pre = start_prefill(pre, take, first_able, label)
             admitted = d.one_hot(label, num, take.astype(jnp.int32))
             changed = jnp.where(take, first_able, changed)
         tree = gtree.refresh(s.tree, self._records(pre, dec), changed)
@@ -445,3 +452,20 @@ def gpu_slots(n: int) -> int:
     """Length of the per-GPU arrays for n GPUs: the next power of two (nearby n share one
     compiled program; the padding GPUs are inactive)."""
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def counts_dtype(model: Model) -> str:
+    """The narrowest dtype of the per-GPU arrays for ``model``: ``"int16"`` when its B (decode
+    slots per GPU) and number of classes are below 2^15, else ``"int32"`` (also when B is not a
+    concrete value). A step gathers a block of GPUs' rows from these long arrays; half the bytes
+    per row help where they are large (see the README's speed section)."""
+    big = _largest_count(model)
+    return "int16" if big is not None and big < 2**15 else "int32"
+
+
+def _largest_count(model: Model) -> int | None:
+    """The largest value a per-GPU array holds, max(B, I); None when B is traced."""
+    try:
+        return max(int(model.B), model.num_classes)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None

@@ -90,7 +90,7 @@ from .common import (
     ring_residual,
     split_event,
 )
-from .per_gpu import PerGpu, gpu_slots
+from .per_gpu import PerGpu, counts_dtype, gpu_slots
 from .pooled import greedy_route
 from .sli import SLIGateAndRoute, build_sli
 
@@ -432,8 +432,8 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
                         q_star=np.asarray(plan.q_p, np.float64), gpus=gpu_slots(n),
                         layout="shared", coupled=True,
                         gate="deviation" if family == "coupled" else "fcfs",
-                        capacity=capacity, prefill_cap=params.cap, gate_offset=params.offset,
-                        decide=decide)
+                        capacity=capacity, counts=counts_dtype(model), prefill_cap=params.cap,
+                        gate_offset=params.offset, decide=decide)
     return system, params
 
 

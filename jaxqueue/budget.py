@@ -14,9 +14,9 @@ below what ``scripts/bench.py`` measured on a 2-core CPU, scaled by the number o
 15,000 events/s per replication up to 1 M per device for two classes (pooled, measured: 5 M
 events/s on one device and 8 M on two at 1,024 to 4,096 replications, 0.2 M with one
 replication). The per-GPU engine is assumed at half that up to 512 GPU slots (measured at
-n = 500 with 128 replications per device: 0.78 M events/s on one device, 1.9 M on two), and
-its cost per event to grow as the square of its tree's depth, ``log2`` of the slots, beyond
-(measured from n = 500 to n = 5,000, depth 9 to 13: 1.1-1.4x on one device, 1.8-1.9x on two,
+n = 500 with 256 replications: 0.8-1.4 M events/s on one device, 1.9-2.0 M on two), and its
+cost per event to grow as the square of its tree's depth, ``log2`` of the slots, beyond
+(measured from n = 500 to n = 5,000, depth 9 to 13: 1.1-1.6x on one device, 1.8-1.9x on two,
 against an assumed 2.1x).
 """
 

@@ -78,18 +78,35 @@ class Relaxed(AbstractDecisions):
         num = rates.shape[0]
         dtype = real_dtype()
         hard = (jnp.arange(num) == index).astype(dtype)
-        positive = rates > 0
-        log_r = jnp.where(positive, jnp.log(jnp.where(positive, rates, 1.0)), -jnp.inf)
+        positive = jax.lax.stop_gradient(rates) > 0
+        log_r = jnp.log(jnp.where(positive, rates, 1.0))
         # Gumbel noise conditional on the sampled event k having the largest perturbed
         # log-rate: the maximum is Gumbel(log sum r) at k; every other entry is a Gumbel of its
         # own log-rate truncated below that maximum (the top-down construction).
+        fixed = jax.lax.stop_gradient(log_r)
         v = jnp.clip(noise, 2.0**-25, 1.0 - 2.0**-25)
         k = jnp.minimum(index, num - 1)
-        top = jax.nn.logsumexp(log_r) - jnp.log(-jnp.log(v[k]))
-        g = log_r - jnp.log(-jnp.log(v))
-        below = -jnp.logaddexp(-top, -jnp.where(positive, g, 0.0))
-        z = jnp.where(jnp.arange(num) == k, top, jnp.where(positive, below, -jnp.inf))
-        soft = jax.nn.softmax(z / self.temperature)
+        masked = jnp.where(positive, fixed, -jnp.inf)
+        top = jax.nn.logsumexp(jnp.where(jnp.any(positive), masked, 0.0)) - jnp.log(-jnp.log(v[k]))
+        g = fixed - jnp.log(-jnp.log(v))
+        below = -jnp.logaddexp(-top, -g)
+        z = jnp.where(jnp.arange(num) == k, top, below)
+        # The noise is held fixed (it is a draw, not a function of the rates): the perturbed
+        # log-rates move one for one with the log-rates. Letting the gradient through the
+        # construction above would freeze the sampled event and lose the "which clock rings
+        # first" term (Paulus, Maddison & Krause, ICLR 2021: Rao-Blackwellised straight-through
+        # Gumbel-softmax; tested against dp/dlog r of the exact categorical).
+        z = log_r + jax.lax.stop_gradient(z - log_r)
+        some = jnp.any(positive)  # none: no event can happen (the row is zero anyway)
+        logits = jnp.where(positive, z / self.temperature, -jnp.inf)
+        soft = jax.nn.softmax(jnp.where(some, logits, 0.0)) * some
+        # A zero rate may carry a tangent (a fractional job made by a relaxed decision): its
+        # event's probability then moves at the exact rate dp_k = dr_k / R, taken from the
+        # others in proportion (dp_j = -p_j sum dr_k / R), as the holding time's total does.
+        total = jax.lax.stop_gradient(jnp.sum(rates))
+        scale = jnp.where(total > 0, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)
+        extra = jnp.where(positive, 0.0, (rates - jax.lax.stop_gradient(rates)) * scale)
+        soft = soft * (1.0 - jnp.sum(extra)) + extra
         live = (index < num).astype(dtype)
         return _st(hard, soft * live)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -20,7 +21,7 @@ from ..kernel import Event, Revenue
 from ..model import Model
 
 __all__ = ["GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow", "checked_capacity",
-           "checked_gpus", "default_capacity", "gate_choice", "gate_keys",
+           "checked_gpus", "default_capacity", "gate_admit", "gate_choice", "gate_keys",
            "overflow_message", "rebase_rings", "revenue", "ring_live", "ring_residual",
            "split_event"]
 
@@ -66,6 +67,35 @@ def gate_choice(gate: str, decide: AbstractDecisions, model: Model, n, x_star, q
     """The class a gate admits next among the waiting ones (meaningless if none waits); see
     :func:`gate_keys`."""
     return decide.lexmin(*gate_keys(gate, decide, model, n, x_star, q_star, X, Qp, offset))
+
+
+def gate_admit(decide: AbstractDecisions, keys, eligible, on, temperature=None, u=None):
+    """The gate's admission as counts to add, and its log-probability.
+
+    With ``temperature`` None the gate is deterministic: the eligible class with the smallest
+    ``keys`` (:meth:`~jaxqueue.decisions.AbstractDecisions.choose`), log-probability 0. Else it
+    is randomised: class j with probability ``softmax(-keys[0] / temperature)_j`` among the
+    eligible classes, drawn with the uniform ``u`` (a class whose first key is +inf, i.e. a plan
+    target of 0, is drawn only when every eligible class has one, then uniformly among them).
+    Its expected behaviour is smooth in the keys, and the log-probability of the draw (0 when
+    ``on`` is 0) is what the likelihood-ratio estimators differentiate. As ``temperature -> 0``
+    it tends to the deterministic gate (except on exact ties of the first key, which it splits
+    evenly instead of using the later keys).
+    """
+    if temperature is None:
+        return decide.choose(keys, eligible, on)[1], jnp.zeros(())
+    ok = jax.lax.stop_gradient(eligible) > 0.5
+    first = keys[0]
+    finite = jnp.isfinite(first)
+    logits = jnp.where(ok & finite, -jnp.where(finite, first, 0.0) / temperature, -jnp.inf)
+    # Every eligible class infinite: uniform among them.
+    only_inf = jnp.any(ok) & ~jnp.any(ok & finite)
+    logits = jnp.where(only_inf, jnp.where(ok, 0.0, -jnp.inf), logits)
+    probs = jax.nn.softmax(jnp.where(jnp.any(ok), logits, 0.0))
+    index, admit = decide.draw_hot(probs, u, on)
+    chosen = jax.lax.stop_gradient(on) > 0.5
+    logp = jnp.where(chosen, jnp.log(jnp.where(chosen, probs[index], 1.0)), 0.0)
+    return admit, logp
 
 
 def split_event(event: Event, num: int, t, window):

@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
@@ -253,7 +254,13 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     ready = free_solo + free_mixed - free_solo * free_mixed
     dring, served, gone, credit = serve_ring_head(d, dring, ready, ring, bookkeeping, t, window,
                                                   num)
-    placed = prefill_done * (1 - enter) + served
+    # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
+    # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
+    # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the
+    # routing's own derivative into the buffer is not taken (a bias, measured with the rest).
+    # With exact decisions this is prefill_done * (1 - enter), bit for bit.
+    into_ring = jax.lax.stop_gradient(prefill_done * enter)
+    placed = prefill_done - into_ring + served
     to_solo = free_solo
     Ys = Ys - solo_done + placed * to_solo
     Ym = Ym - mixed_done + placed * (1 - to_solo)

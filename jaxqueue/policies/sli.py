@@ -35,6 +35,7 @@ prefill-queue abandonment | solo-buffer abandonment | mixed-buffer abandonment``
 One uniform per step (``num_random = 1``) drives the one random decision a step can take: the
 side of a finished prefill, or the class a freed decode slot takes (never both in one step).
 Both are the system's ``decide.bernoulli`` and ``decide.draw`` (:mod:`jaxqueue.decisions`).
+With a ``gate_temperature`` the gate draws its class too, with a second uniform.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from ..decisions import AbstractDecisions, Exact, ScoreFunction
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..rng import real_dtype
-from .common import LEVELS, checked_gpus, gate_keys, revenue
+from .common import LEVELS, checked_gpus, gate_admit, gate_keys, revenue
 from .common import TALLIES as _POOLED_TALLIES
 
 __all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
@@ -95,6 +96,9 @@ class SLIGateAndRoute(AbstractSystem):
         split: per class, the probability that the router sends a finished prefill to the solo
             side; None (the paper's policy): ``p_s,i`` from the plan (see :attr:`p_solo`). The
             tunable ``sli-gated`` family (:mod:`jaxqueue.policies.tunable`) sets it.
+        gate_temperature: None (the paper's deterministic gate), or a temperature at which the
+            gate draws the class it admits with probabilities ``softmax(-xi / temperature)``
+            (:func:`~jaxqueue.policies.common.gate_admit`; the smoothed ``sli-gated`` family).
     """
 
     model: Model
@@ -105,10 +109,15 @@ class SLIGateAndRoute(AbstractSystem):
     y_m_star: Float[Array, " I"]
     y_s_star: Float[Array, " I"]
     split: Float[Array, " I"] | None = None
+    gate_temperature: Float[Array, ""] | None = None
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
-    num_random: ClassVar[int] = 1
+
+    @property
+    def num_random(self) -> int:
+        # The router's (or a freed slot's) draw; a randomised gate draws with a second word.
+        return 1 if self.gate_temperature is None else 2
 
     @property
     def num_classes(self) -> int:
@@ -175,7 +184,7 @@ class SLIGateAndRoute(AbstractSystem):
         p_solo = jnp.asarray(self.p_solo)[cls_in]
         solo_side = finished * d.bernoulli(p_solo, u[0])
         logp = jnp.zeros((), t.dtype)
-        if isinstance(d, ScoreFunction):  # the router's draw is the randomised decision
+        if isinstance(d, ScoreFunction):  # the router's draw is a randomised decision
             chosen = jnp.where(solo_side > 0.5, p_solo, 1.0 - p_solo)
             logp = jnp.where(finished > 0, jnp.log(jnp.where(finished > 0, chosen, 1.0)), 0.0)
         mixed_side = finished * (1 - solo_side)
@@ -204,8 +213,11 @@ class SLIGateAndRoute(AbstractSystem):
         start = arrive * idle
         X = s.X - prefill_done + start
         Qp = s.Qp + arrive * (1 - idle) - p_gone
-        _, admit = d.choose(*gate_keys("deviation", d, m, self.n, self.x_star, self.q_star, X,
-                                       Qp), finished * d.greater(jnp.sum(Qp), 0))
+        u_gate = u[1] if self.gate_temperature is not None else None
+        admit, gate_logp = gate_admit(
+            d, *gate_keys("deviation", d, m, self.n, self.x_star, self.q_star, X, Qp),
+            finished * d.greater(jnp.sum(Qp), 0), self.gate_temperature, u_gate)
+        logp = logp + gate_logp
         X = X + admit
         Qp = Qp - admit
 

@@ -82,6 +82,7 @@ from .common import (
     any_overflow,
     checked_capacity,
     checked_gpus,
+    gate_admit,
     gate_keys,
     overflow_message,
     rebase_rings,
@@ -95,9 +96,9 @@ from .pooled import greedy_route
 from .sli import SLIGateAndRoute, build_sli
 
 __all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "SLIParams",
-           "build_family",
-           "check_params", "engine", "get_params", "initial_params", "load_params",
-           "save_params", "starting_points", "with_params"]
+           "build_family", "check_params", "engine", "get_params", "initial_params",
+           "load_params", "rounded", "rounding_logp", "save_params", "starting_points",
+           "with_params"]
 
 #: Family name -> (engine, one line).
 FAMILIES = {
@@ -168,6 +169,8 @@ class GatedState(eqx.Module):
         Ys: decodes on solo GPUs.
         Qp: jobs waiting for prefill.
         M: mixed GPUs of this replication (``n * share`` rounded at random).
+        slack: this replication's decode-congestion slack in jobs (``n * slack`` rounded).
+        caps: this replication's per-class caps in jobs (``n * caps`` rounded).
         decode_ring: the FCFS decode buffer.
         prefill_ring: always None (kept for the shared ring helpers).
     """
@@ -177,6 +180,8 @@ class GatedState(eqx.Module):
     Ys: Int[Array, " I"]
     Qp: Int[Array, " I"]
     M: Int[Array, ""]
+    slack: Int[Array, ""]
+    caps: Int[Array, " I"]
     decode_ring: buf.Ring
     prefill_ring: None = None
 
@@ -202,21 +207,58 @@ class Gated(AbstractSystem):
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
     num_random: ClassVar[int] = 2
-    num_init_random: ClassVar[int] = 1
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
 
+    @property
+    def smoothed(self) -> bool:
+        """Whether every decision is randomised (a gate temperature is set): the gate draws
+        its class and the thresholds are rounded with the triangular dither (:func:`rounded`)."""
+        return self.gate_temperature is not None
+
+    @property
+    def num_init_random(self) -> int:
+        # share, slack and one cap per class: one uniform each, two with the dither.
+        return (2 + self.num_classes) * (2 if self.smoothed else 1)
+
+    def thresholds(self) -> Float[Array, " K"]:
+        """The real numbers each replication rounds: ``n * (share, slack, caps_1..caps_I)``."""
+        p, n = self.params, self.n
+        return jnp.concatenate([jnp.stack([n * p.share, n * p.slack]), n * p.caps])
+
     def init(self) -> GatedState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
-        return GatedState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
-                          M=jnp.zeros((), self.decide.count_dtype),
-                          decode_ring=buf.empty(self.capacity))
+        scalar = jnp.zeros((), self.decide.count_dtype)
+        return GatedState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros, M=scalar, slack=scalar,
+                          caps=zeros, decode_ring=buf.empty(self.capacity))
 
     def randomize(self, s: GatedState, u) -> GatedState:
-        M = self.decide.count(self.n * self.params.share, u[0])
-        return eqx.tree_at(lambda s: s.M, s, jnp.asarray(M, s.M.dtype))
+        k = rounded(self.decide, self.thresholds(), u, self.smoothed)
+        dtype = s.M.dtype
+        M = jnp.minimum(k[0], self.n).astype(dtype)
+        return eqx.tree_at(lambda s: (s.M, s.slack, s.caps), s,
+                           (M, k[1].astype(dtype), k[2:].astype(dtype)))
+
+    def rounding_logp(self, s: GatedState) -> Float[Array, " K"]:
+        """``log P`` of each of this replication's rounded thresholds (share, slack, caps;
+        :func:`rounding_logp`), a function of the parameters: what the likelihood-ratio
+        estimator differentiates for them."""
+        k = jnp.concatenate([jnp.stack([s.M, s.slack]), s.caps]).astype(real_dtype())
+        values = self.thresholds()
+        upper = jnp.full(values.shape, jnp.inf, values.dtype).at[0].set(self.n)
+        return rounding_logp(values, k, self.smoothed, upper, total=False)
+
+    def threshold_reach(self, s: GatedState) -> Float[Array, " K"]:
+        """What each rounded threshold is compared with in ``s``: the slack with ``sum X -
+        free decode slots``, cap i with ``X_i`` (a threshold ``K`` admits while the quantity is
+        below it); the number of mixed GPUs always matters (+inf). If the running maximum of a
+        quantity stays below every value its threshold can take, the threshold decided nothing
+        in that replication (the likelihood-ratio estimator then drops its term)."""
+        _, _, free = self._decode_free(s, s.Ym, s.Ys)
+        return jnp.concatenate([jnp.stack([jnp.inf, jnp.sum(s.X) - free]), s.X]
+                               ).astype(real_dtype())
 
     def rates(self, s: GatedState) -> Float[Array, " E"]:
         m = self.model
@@ -251,12 +293,12 @@ class Gated(AbstractSystem):
     def _admission(self, s: GatedState, X, Ym, Ys, Qp):
         """(indicator that a prefill may start now, eligible classes): an idle prefill slot, a
         waiting class under its cap, and prefills fewer than free decode slots + slack n."""
-        d, n, p = self.decide, self.n, self.params
+        d = self.decide
         _, _, free = self._decode_free(s, Ym, Ys)
-        eligible = d.greater(Qp, 0) * d.greater(p.caps * n, X)
+        eligible = d.greater(Qp, 0) * d.greater(s.caps, X)
         some = d.greater(jnp.sum(eligible), 0)
         idle = d.greater(s.M, jnp.sum(X))
-        allowed = d.greater(free + p.slack * n, jnp.sum(X))
+        allowed = d.greater(free + s.slack, jnp.sum(X))
         return idle * some * allowed, eligible
 
     def pending(self, s: GatedState) -> Bool[Array, ""]:
@@ -286,26 +328,18 @@ class Gated(AbstractSystem):
         go, eligible = self._admission(s, X, Ym, Ys, Qp)
         keys, _ = gate_keys("deviation", d, m, self.n, self.params.targets, self.q_star, X, Qp,
                             self.params.offset)
-        logp = jnp.zeros((), t.dtype)
-        if self.gate_temperature is None:
-            _, admit = d.choose(keys, eligible, go)
-        else:  # a randomised gate: class j with probability proportional to exp(-xi_j / tau)
-            ok = jax.lax.stop_gradient(eligible) > 0.5
-            logits = jnp.where(ok, -keys[0] / self.gate_temperature, -jnp.inf)
-            probs = jax.nn.softmax(jnp.where(jnp.any(ok), logits, 0.0))
-            index, admit = d.draw_hot(probs, u[1], go)
-            chosen = jax.lax.stop_gradient(go) > 0.5
-            logp = jnp.where(chosen, jnp.log(jnp.where(chosen, probs[index], 1.0)), 0.0)
+        admit, logp = gate_admit(d, keys, eligible, go, self.gate_temperature, u[1])
         X = X + admit
         Qp = Qp - admit
 
-        state = GatedState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, M=s.M, decode_ring=dring)
+        state = GatedState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, M=s.M, slack=s.slack, caps=s.caps,
+                           decode_ring=dring)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, queue_abandon * counted, d_gone,
                                   admit * counted, placed * counted])
         zero_f = jnp.zeros(num, t.dtype)
         waits = jnp.concatenate([zero_f, zero_f, zero_f, zero_f, d_credit])
-        return state, Flow(counts=counts, waits=waits, logp=logp)
+        return state, Flow(counts=counts, waits=waits, logp=jnp.asarray(logp, t.dtype))
 
     def close(self, s: GatedState, window):
         num = self.num_classes
@@ -321,6 +355,61 @@ class Gated(AbstractSystem):
         num = self.num_classes
         return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, ring_live(s.decode_ring, num, now)]
                                ).astype(jnp.int32)
+
+
+def rounded(decide, values: Float[Array, " K"], u: Float[Array, " U"], dither: bool):
+    """Integers from reals, drawn once per replication: the number of mixed GPUs, the slack
+    and the caps of :class:`Gated` from ``n * (share, slack, caps)``.
+
+    Without ``dither``: randomised rounding, ``floor(v) + 1[u_0 < v - floor(v)]``, so the
+    expectation is ``v`` and the expected objective is piecewise linear in ``v``, with kinks at
+    the integers (where the paper's policies sit). With ``dither``: ``round(v + u_0 - u_1)``,
+    rounding after adding triangular noise on (-1, 1); the outcome is within one of ``round(v)``
+    and the expected objective is continuously differentiable in ``v`` (at an integer ``k`` its
+    slope is the central one, ``(J(k + 1) - J(k - 1)) / 2``). Negative results become 0. ``u``
+    holds one uniform per value (two with the dither: the first ``K``, then the second ``K``).
+    """
+    K = values.shape[0]
+    if dither:
+        k = decide.count(values + 0.5 - u[K:2 * K], u[:K])
+    else:
+        k = decide.count(values, u[:K])
+    return jnp.maximum(k, 0)
+
+
+def _triangular_cdf(x):
+    """CDF of the triangular law on (-1, 1) (the sum of two uniforms minus one)."""
+    x = jnp.clip(x, -1.0, 1.0)
+    return jnp.where(x < 0, 0.5 * (1.0 + x) ** 2, 1.0 - 0.5 * (1.0 - x) ** 2)
+
+
+def rounding_logp(values: Float[Array, " K"], k: Float[Array, " K"], dither: bool,
+                  upper: Float[Array, " K"] | None = None, total: bool = True):
+    """``log P`` of the integers ``k`` drawn by :func:`rounded` from ``values`` (summed over the
+    entries, or per entry with ``total = False``), differentiable in ``values``: what the
+    likelihood-ratio estimator differentiates for parameters a replication rounds once.
+    ``upper`` caps each entry (the number of mixed GPUs is at most n), as the system does;
+    results at 0 or at ``upper`` collect the mass beyond."""
+    values = jnp.asarray(values)
+    k = jnp.asarray(k, values.dtype)
+    upper = jnp.full_like(values, jnp.inf) if upper is None else jnp.asarray(upper, values.dtype)
+    if dither:
+        hi = jnp.where(k >= upper, 1.0, _triangular_cdf(k + 0.5 - values))
+        lo = jnp.where(k <= 0, 0.0, _triangular_cdf(k - 0.5 - values))
+        p = hi - lo
+    else:
+        low = jnp.floor(values)
+        frac = values - low
+        p = jnp.where(k == low + 1, frac, jnp.where(k == low, 1.0 - frac, 0.0))
+    logp = jnp.log(jnp.maximum(p, 1e-30))
+    return jnp.sum(logp) if total else logp
+
+
+def smallest_rounded(values, dither: bool) -> np.ndarray:
+    """The smallest integer :func:`rounded` can draw from each of ``values`` (host arrays)."""
+    values = np.asarray(values, np.float64)
+    low = np.floor(values - 1.5) + 1 if dither else np.floor(values)
+    return np.maximum(low, 0)
 
 
 # ---- parameters ------------------------------------------------------------------------------
@@ -395,9 +484,12 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
                  gate_temperature: float | None = None):
     """A system of the tunable family ``family`` on ``n`` GPUs at ``params`` (default: the point
     that reproduces the paper's policy under ``plan``, the bundled LP by default).
-    ``gate_temperature`` (``gated`` only) randomises the gate: it admits class j with
-    probability proportional to ``exp(-xi_j / gate_temperature)`` among the eligible classes,
-    which makes revenue smooth in the targets (for the score-function estimator).
+
+    ``gate_temperature`` (``gated`` and ``sli-gated``) makes the family *smoothed*: the gate
+    admits class j with probability proportional to ``exp(-xi_j / gate_temperature)`` among the
+    eligible classes, and (``gated``) the share, slack and caps are rounded with the triangular
+    dither (:func:`rounded`), so the expected objective is continuously differentiable in every
+    parameter; as the temperature goes to 0 the gate becomes the deterministic one.
 
     Returns:
         The system and its parameters (float64 host arrays).
@@ -412,18 +504,22 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     decide = Exact() if decide is None else decide
     capacity = checked_capacity(capacity, n)
-    if gate_temperature is not None and family != "gated":
-        raise ValueError(f"gate_temperature is for the gated family only, not {family!r}")
+    if gate_temperature is not None:
+        if family not in ("gated", "sli-gated"):
+            raise ValueError(f"gate_temperature is for the gated and sli-gated families only, "
+                             f"not {family!r}")
+        if not (np.isfinite(gate_temperature) and gate_temperature > 0):
+            raise ValueError(f"gate_temperature = {gate_temperature!r} is invalid: must be "
+                             "finite and > 0")
+        gate_temperature = np.float64(gate_temperature)
     if family == "gated":
-        if gate_temperature is not None and not gate_temperature > 0:
-            raise ValueError(f"gate_temperature = {gate_temperature!r} is invalid: must be > 0")
         system = Gated(model=model, n=np.int32(n), params=params,
                        q_star=np.asarray(plan.q_p, np.float64), capacity=capacity,
-                       gate_temperature=None if gate_temperature is None
-                       else np.float64(gate_temperature), decide=decide)
+                       gate_temperature=gate_temperature, decide=decide)
     elif family == "sli-gated":
         system, _ = build_sli(model, n, plan=plan, decide=decide)
-        system = dataclasses.replace(system, x_star=params.targets, split=params.split)
+        system = dataclasses.replace(system, x_star=params.targets, split=params.split,
+                                     gate_temperature=gate_temperature)
     else:
         if decide.differentiable:
             raise ValueError(f"family {family!r} runs on the per-GPU engine, which takes exact "

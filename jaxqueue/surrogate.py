@@ -178,7 +178,7 @@ def trajectory(model: Model, params, *, n: int, horizon: float = 400.0, warmup: 
 def revenue(model: Model, params, *, n: int, sli: fluid.SLI | None = None, **kw):
     """The surrogate's objective: revenue per GPU per second minus SLI penalties (as
     :func:`jaxqueue.tune.sli_penalty`) of :func:`trajectory`'s time averages."""
-    from .tune import sli_penalty
+    from .objective import sli_penalty
 
     path = trajectory(model, params, n=n, **kw)
     return path.revenue - sli_penalty(model, sli, path.x, path.y_s)

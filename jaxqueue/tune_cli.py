@@ -27,9 +27,15 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "and tunes from the best (" + "; ".join(f"{k}: {v[1]} [{v[0]}]" for k, v in
                                                 FAMILIES.items()) + ")")
     tu.add_argument("--estimator", default="auto", choices=("auto", *ESTIMATORS),
-                    help="gradient estimator (auto: spsa, common-random-number differences on "
-                         "the exact simulator; pathwise and score are biased or noisy where "
-                         "checked, see scripts/gradient_diagnostics.py)")
+                    help="gradient estimator (auto: fd, common-random-number central "
+                         "differences on the exact simulator in natural steps; score needs "
+                         "--temperature; pathwise is biased; see docs/gradients.md)")
+    tu.add_argument("--temperature", type=float, default=None, metavar="T",
+                    help="smooth the gated and sli-gated families: the gate draws classes with "
+                         "probabilities softmax(-xi / T) and the share, slack and caps are "
+                         "rounded with a triangular dither, so the expected objective is "
+                         "differentiable in every parameter (needed by --estimator score); the "
+                         "tuned point is also reported for the deterministic policy")
     tu.add_argument("--only", default=None, metavar="NAMES",
                     help="comma-separated parameters to tune, the others staying at the LP point "
                          "(gated: targets, offset, share, slack, caps; coupled families: targets, "
@@ -43,8 +49,10 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "(exact gradients, about a second each on a 2-core CPU; blind to finite-n "
                          "fluctuations beyond a smoothing at scale 1/sqrt(n)), then the "
                          "estimator's steps from there")
-    tu.add_argument("--learning-rate", type=float, default=0.05,
-                    help="Adam's step size, in the free coordinates (log targets)")
+    tu.add_argument("--learning-rate", type=float, default=0.3,
+                    help="Adam's step size in natural steps (one natural step moves about 1.5 "
+                         "jobs or GPUs: 1.5/n in share, slack and caps, 1.5 planned prefills in a "
+                         "target, 0.25 in the offset, 0.05 in a split)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
@@ -54,7 +62,7 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
     tu.add_argument("--save", default=None, metavar="FILE",
                     help="write the tuned parameters (JSON) for jaxqueue simulate --params")
     tu.add_argument("--plot", default=None, metavar="PNG",
-                    help="the training curve (default tune_SCENARIO_nN.png)")
+                    help="write the training curve to this file")
     tu.add_argument("--no-baselines", action="store_true",
                     help="skip the baselines (grid over M, SPSA, the paper's five policies)")
     sli_options(tu)
@@ -101,7 +109,7 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
         eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=_sli(args),
-        fluid_steps=args.fluid_steps)
+        fluid_steps=args.fluid_steps, temperature=args.temperature)
     if args.save:
         from .policies import tunable
 
@@ -110,22 +118,23 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
                             pricing=args.pricing, sli=out["sli"])
         say(f"tuned parameters written to {args.save} (jaxqueue simulate {args.scenario} "
             f"--gpus {args.gpus} --params {args.save})")
-    plot = args.plot or f"tune_{out['scenario']}_n{args.gpus}.png"
-    _plot(plot, out, history)
-    out["plot"] = plot
-    say(f"training curve written to {plot}")
+    if args.plot:
+        _plot(args.plot, out, history)
+        out["plot"] = args.plot
+        say(f"training curve written to {args.plot}")
     emit(out, args.json, _lines)
     return 0
 
 
 def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", steps: int = 30,
-            learning_rate: float = 0.05, pricing: str = "bundled", eval_every: int = 5,
+            learning_rate: float = 0.3, pricing: str = "bundled", eval_every: int = 5,
             eval_reps: int = 32, reps: int = 16, horizon: float = 600.0, warmup: float = 150.0,
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
-            bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0):
+            bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
+            temperature: float | None = None):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
-    SLI-aware LP.
+    SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
 
     Returns the command's JSON object, the tuning history, the family tuned and its best
     parameters.
@@ -157,17 +166,31 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     if fluid_steps and family not in ("auto", "gated"):
         raise ValueError(f"fluid-steps needs --family gated (the surrogate models it), not "
                          f"{family!r}")
+    if temperature is not None:
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature = {temperature}: must be finite and > 0")
+        if family not in ("auto", "gated", "sli-gated"):
+            raise ValueError(f"temperature smooths the gated and sli-gated families, not "
+                             f"{family!r}")
     began = time.perf_counter()
     plan = fluid.solve(model, "bundled", sli=sli)
     key = jax.random.key(seed)
     eval_key = jax.random.fold_in(key, 7)  # the same key for every comparison (CRN)
 
     def problem(f):
+        smooth = temperature if f in ("gated", "sli-gated") else None
         return Problem(family=f, model=model, n=n, plan=plan, pricing=pricing,
-                       horizon=horizon, warmup=warmup, reps=reps, sli=sli)
+                       horizon=horizon, warmup=warmup, reps=reps, sli=sli,
+                       gate_temperature=smooth)
 
-    families = (list(tunable.FAMILIES) if family == "auto" and not fluid_steps
-                else ["gated"] if family == "auto" else [family])
+    if family != "auto":
+        families = [family]
+    elif fluid_steps:
+        families = ["gated"]
+    elif temperature is not None or estimator in ("score", "pathwise"):
+        families = ["gated", "sli-gated"]  # the families these estimators can differentiate
+    else:
+        families = list(tunable.FAMILIES)
     say(f"evaluating the starting points ({eval_reps} replications each)")
     starts, points = {}, {}
     for f in families:
@@ -183,7 +206,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     say("starting points: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in starts.items())
         + f"; tuning from {chosen}")
     if estimator == "auto":
-        estimator = "spsa"
+        estimator = "fd"
     prob = problem(family)
     bar = None
     if bars:
@@ -204,15 +227,29 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     # Report the best point and the LP point on one more fresh key (no winner's curse).
     final_key = jax.random.fold_in(key, 11)
     best_params = _params(tunable, family, result.best["params"])
-    def assessed(params):
+    objectives = {}
+
+    def assessed(params, name):
         d = evaluate(prob, params, final_key, eval_reps, detail=True)
+        objectives[name] = d["objective"]
         if sli is None:
             return {"revenue": _pack(d["revenue"])}
         packed = _pack_measured(d, sli)
         return {"revenue": packed.pop("revenue"), "objective": packed}
 
-    tuned = {"params": result.best["params"], **assessed(best_params)}
-    lp = {"params": _summary_params(prob.initial()), **assessed(prob.initial())}
+    tuned = {"params": result.best["params"], **assessed(best_params, "tuned")}
+    if prob.gate_temperature is not None:  # the deterministic policy at the tuned point
+        plain = dataclasses.replace(prob, gate_temperature=None)
+        d = evaluate(plain, best_params, final_key, eval_reps, detail=True)
+        tuned["deterministic"] = ({"revenue": _pack(d["revenue"])} if sli is None else
+                                  {"revenue": _pack(d["revenue"]),
+                                   "objective": _pack_measured(d, sli)})
+    # The chosen start on the same key: what the steps gained, apart from what the start gave.
+    started = {"name": chosen, "params": _summary_params(start_params),
+               **assessed(start_params, "start")}
+    # Paired over the replications of the final key (common random numbers).
+    started["steps_gained"] = _pack(objectives["tuned"] - objectives["start"])
+    lp = {"params": _summary_params(prob.initial()), **assessed(prob.initial(), "lp")}
     compared: dict[str, Any] = {}
     if baselines:
         say("baselines on the same fresh key: the paper's policies, a grid over M, SPSA")
@@ -235,7 +272,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
                                                          "grid": {str(k): v for k, v in
                                                                   grid.items()}}
         if estimator != "spsa":
-            spsa_steps = max(1, result.replications // (2 * reps))
+            spsa_steps = max(1, result.replications // (2 * reps))  # equal replication-runs
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
                         learning_rate=learning_rate, eval_every=max(1, spsa_steps // 4),
                         eval_reps=eval_reps, seed=seed + 1, only=only,
@@ -244,9 +281,11 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
-           "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "tuned": tuned,
+           "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
+           "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
-           "replications_used": result.replications, "evaluations": result.history["evaluations"],
+           "replications_used": result.replications, "events_used": result.events,
+           "evaluations": result.history["evaluations"],
            "skipped_steps": result.history["skipped"],
            "fluid_stage": None if not fluid_steps else {
                "steps": fluid_steps, "surrogate": result.history["fluid"],
@@ -294,8 +333,16 @@ def _lines(o):
         yield ("SLI targets " + ", ".join(f"{k} <= {v:g} (weight {sli['weights'][k]:g})"
                                           for k, v in sli["targets"].items()))
     for name, entry in (("LP point (the paper policy of the family)", o["lp"]),
+                        (f"start ({o['started']['name']})", o["started"]),
                         ("tuned", o["tuned"])):
         yield row(name, entry.get("objective", entry["revenue"]), entry["revenue"])
+    gain = o["started"]["steps_gained"]
+    yield (f"  {'what the steps gained over the start (paired)':<46} {gain['mean']:+.3f} ± "
+           f"{gain['ci95']:.2g}")
+    if "deterministic" in o["tuned"]:
+        d = o["tuned"]["deterministic"]
+        yield row("tuned point, deterministic policy", d.get("objective", d["revenue"]),
+                  d["revenue"])
     for name, r in o["baselines"].items():
         yield row(name, r)
     if o.get("skipped_steps"):

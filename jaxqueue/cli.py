@@ -431,6 +431,36 @@ def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:
     return {k: {**v, "plan": plans[k], "target": target_of[k]} for k, v in achieved.items()}
 
 
+# ---- sensitivity ------------------------------------------------------------------------------
+def _cmd_sensitivity(args) -> int:
+    import jax
+
+    from . import scenarios, sensitivity
+    from .budget import human_bytes, human_seconds
+
+    model = scenarios.load(args.scenario)
+    devices = _devices(args.devices)
+    options = dict(policy=args.policy, engine=args.engine, reps=args.reps, horizon=args.horizon,
+                   rel_step=args.rel_step, replan=args.replan, devices=devices)
+    est, systems = sensitivity.estimate(model, args.gpus, **options)
+    announced = est.seconds is not None and (est.seconds >= ANNOUNCE_AFTER or args.estimate)
+    if announced:
+        _say(f"estimated run time {human_seconds(est.seconds)} ({systems} systems x "
+             f"{args.reps} replications side by side: at most {est.events:.3g} events at an "
+             f"assumed {est.events_per_second:.3g} events/s on {len(devices)} device"
+             f"{'s' if len(devices) != 1 else ''}, compilation excluded); memory "
+             f"{human_bytes(est.device_bytes_per_rep)} per replication. Ctrl-C stops it "
+             "without a result")
+    if args.estimate:
+        return 0
+    out = sensitivity.sensitivities(
+        jax.random.key(args.seed), model, args.gpus, warmup=args.warmup,
+        progress=_progress(args, f"n = {args.gpus}, {systems} systems", announced), **options)
+    out["seed"] = args.seed
+    _emit(out, args.json, sensitivity.lines)
+    return 0
+
+
 # ---- validate ---------------------------------------------------------------------------------
 def _cmd_validate(args) -> int:
     from . import validate
@@ -648,6 +678,29 @@ def _parser() -> argparse.ArgumentParser:
                           "names the policy family; --policy is then ignored)")
     run_options(sim)
     sim.set_defaults(func=_cmd_simulate)
+
+    sens = command("sensitivity", "derivatives of a policy's simulated revenue per GPU per "
+                   "second with respect to every model parameter (95% intervals, common random "
+                   "numbers), next to the fluid LP's, and the value of one more and one fewer "
+                   "GPU (docs/sensitivity.md)")
+    sens.add_argument("scenario", help="built-in name or path to a TOML file")
+    sens.add_argument("--gpus", type=_positive_int("gpus"), required=True,
+                      help="number of GPUs n (>= 2: n - 1 and n + 1 are simulated too)")
+    sens.add_argument("--policy", default="gate-and-route",
+                      help="a policy name (see jaxqueue policies)")
+    sens.add_argument("--engine", choices=("pooled", "per-gpu"), default=None,
+                      help="engine for policies that run on both (default: the policy's first)")
+    sens.add_argument("--rel-step", type=_number("rel-step", strict=True), default=0.05,
+                      help="relative step h/|value| of the central differences, in (0, 0.5]")
+    sens.add_argument("--replan", action="store_true",
+                      help="re-solve the LP plan at every perturbed point instead of keeping "
+                           "the base model's plan (the policy as deployed)")
+    sens.add_argument("--devices", default="all",
+                      help="shard replications over 'all' devices or the first N")
+    sens.add_argument("--estimate", action="store_true",
+                      help="print the memory and run-time estimate and stop")
+    run_options(sens, reps=64, horizon=1200.0, warmup=200.0)
+    sens.set_defaults(func=_cmd_sensitivity)
 
     val = command("validate", "check the simulator against exact answers, with a verdict "
                   "(exit code 1 on disagreement)")

@@ -1,0 +1,222 @@
+"""The truth for the gradient benchmark: per-coordinate common-random-number central differences
+of a smoothed policy family's expected objective, with as many replications as it takes.
+
+    python scripts/gradient_truth.py --case qwen-gated-20          # one case (resumable)
+    python scripts/gradient_truth.py --all                         # every case, in turn
+    python scripts/gradient_truth.py --report                      # print what is stored
+
+Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at its best start
+(the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
+its LP point, and ``dolly-8class`` with ``gated`` (19 parameters), each at n = 20 and n = 100;
+every family smoothed (a gate temperature, dithered thresholds; see
+:func:`jaxqueue.policies.tunable.build_family`), bundled revenue per GPU per second over
+(200 s, 1000 s].
+
+For each coordinate i the runs are the point moved by +-h_i and by +-h_i / 2 (h_i its difference
+step, :func:`jaxqueue.objective.difference_steps`), all configurations in one vmapped batch with
+common random numbers, ``--batch`` replications at a time. After each batch the per-replication
+objectives are written to ``results/gradient_truth/CASE/batch_K.npz``: an interrupted run loses
+at most one batch and continues where it stopped. The truth is accepted once every coordinate's
+standard error is below ``0.1 ||g|| / sqrt(p)`` and the two step sizes agree within 2 standard
+errors on every coordinate (``--max-reps`` caps the effort; the report says whether it was
+accepted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jaxqueue import fluid, scenarios  # noqa: E402
+from jaxqueue.objective import (  # noqa: E402
+    Problem,
+    difference_steps,
+    from_free,
+    measure,
+    to_free,
+)
+from jaxqueue.policies import tunable  # noqa: E402
+from jaxqueue.sweep import simulate_many  # noqa: E402
+
+OUT = ROOT / "results" / "gradient_truth"
+HORIZON, WARMUP = 1000.0, 200.0
+TEMPERATURE = 20.0
+
+CASES = {f"{tag}-{n}": (scenario, family, n)
+         for tag, scenario, family in (("qwen-gated", "paper-qwen8b", "gated"),
+                                       ("qwen-sli", "paper-qwen8b", "sli-gated"),
+                                       ("dolly-gated", "dolly-8class", "gated"))
+         for n in (20, 100)}
+
+
+def case_problem(name: str, reps: int = 256) -> tuple[Problem, object]:
+    """The smoothed problem of a case and the parameters at which its gradient is taken."""
+    scenario, family, n = CASES[name]
+    model = scenarios.load(scenario)
+    plan = fluid.solve(model, "bundled")
+    problem = Problem(family=family, model=model, n=n, plan=plan, horizon=HORIZON,
+                      warmup=WARMUP, reps=reps, gate_temperature=TEMPERATURE)
+    params = tunable.initial_params(family, model, n, plan)
+    if family == "gated":
+        params = dataclasses.replace(params, offset=np.float64(1.0))
+    return problem, params
+
+
+def configurations(problem: Problem, params):
+    """The base point, then for each coordinate +h, -h, +h/2, -h/2 (free coordinates), and the
+    actual widths of the two differences (after projection onto the parameter ranges)."""
+    free = to_free(jax.tree.map(jnp.asarray, params))
+    flat, unravel = ravel_pytree(free)
+    flat = np.asarray(flat, np.float64)
+    h = np.asarray(ravel_pytree(difference_steps(problem, params))[0])
+
+    def project(x):
+        return np.asarray(ravel_pytree(to_free(from_free(unravel(jnp.asarray(x)))))[0])
+
+    points, widths = [flat], []
+    for i in range(flat.size):
+        row = []
+        for scale in (1.0, 0.5):
+            up, down = flat.copy(), flat.copy()
+            up[i] += scale * h[i]
+            down[i] -= scale * h[i]
+            up, down = project(up), project(down)
+            points += [up, down]
+            row.append(up[i] - down[i])
+        widths.append(row)
+    return points, np.asarray(widths), unravel
+
+
+def run_batch(problem: Problem, points, unravel, batch: int, reps: int) -> np.ndarray:
+    """Objectives ``(configurations, reps)`` of replications ``batch * reps ..`` (common random
+    numbers: every configuration uses the same replication ids)."""
+    systems = [problem.system(jax.tree.map(np.asarray, from_free(unravel(jnp.asarray(p)))))
+               for p in points]
+    key = jax.random.fold_in(jax.random.key(20261203), batch)
+    runs = simulate_many(key, systems, reps=reps, horizon=problem.horizon,
+                         warmup=problem.warmup)
+    return np.stack([measure(r, problem.model, problem.n, problem.pricing)["objective"]
+                     for r in runs]), sum(r.events for r in runs)
+
+
+def load(name: str):
+    folder = OUT / name
+    files = sorted(folder.glob("batch_*.npz"), key=lambda f: int(f.stem.split("_")[1]))
+    values = [np.load(f)["values"] for f in files]
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+    return (np.concatenate(values, axis=1) if values else None), meta
+
+
+def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
+    """The truth and its checks from per-replication objectives ``(1 + 4p, R)``."""
+    p = widths.shape[0]
+    g, se, g2, se2 = (np.zeros(p) for _ in range(4))
+    for i in range(p):
+        d1 = (values[1 + 4 * i] - values[2 + 4 * i]) / widths[i, 0]
+        d2 = (values[3 + 4 * i] - values[4 + 4 * i]) / widths[i, 1]
+        g[i], se[i] = d1.mean(), d1.std(ddof=1) / np.sqrt(d1.size)
+        g2[i], se2[i] = d2.mean(), d2.std(ddof=1) / np.sqrt(d2.size)
+    norm = float(np.linalg.norm(g))
+    precise = bool(np.all(se < 0.1 * norm / np.sqrt(p)))
+    agree = np.abs(g - g2) <= 2 * np.sqrt(se**2 + se2**2)
+    return {"grad": g.tolist(), "se": se.tolist(), "grad_half": g2.tolist(),
+            "se_half": se2.tolist(), "reps": int(values.shape[1]), "norm": norm,
+            "precise": precise, "steps_agree": bool(np.all(agree)),
+            "accepted": precise and bool(np.all(agree)),
+            "value": float(values[0].mean()), "value_se": float(values[0].std(ddof=1)
+                                                                  / np.sqrt(values.shape[1]))}
+
+
+def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
+    problem, params = case_problem(name)
+    points, widths, unravel = configurations(problem, params)
+    folder = OUT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_file = folder / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {
+        "case": name, "scenario": CASES[name][0], "family": CASES[name][1], "n": CASES[name][2],
+        "temperature": TEMPERATURE, "horizon": HORIZON, "warmup": WARMUP,
+        "params": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(params).items()},
+        "batch_reps": batch_reps, "events": 0, "seconds": 0.0}
+    if meta["batch_reps"] != batch_reps:
+        raise SystemExit(f"{name}: stored batches have {meta['batch_reps']} replications, not "
+                         f"{batch_reps}: pass --batch {meta['batch_reps']}")
+    while True:
+        values, _ = load(name)
+        done = 0 if values is None else values.shape[1]
+        if values is not None and done >= min_reps:
+            s = summarize(values, widths)
+            if s["accepted"] or done >= max_reps:
+                s.update({"events": meta["events"], "seconds": meta["seconds"],
+                          "configurations": len(points)})
+                (folder / "truth.json").write_text(json.dumps({**meta, **s}, indent=1))
+                return s
+        batch = done // batch_reps
+        start = time.perf_counter()
+        out, events = run_batch(problem, points, unravel, batch, batch_reps)
+        np.savez(folder / f"batch_{batch}.npz.tmp.npz", values=out)
+        (folder / f"batch_{batch}.npz.tmp.npz").rename(folder / f"batch_{batch}.npz")
+        meta["events"] += int(events)
+        meta["seconds"] += time.perf_counter() - start
+        meta_file.write_text(json.dumps(meta, indent=1))
+        print(f"{name}: batch {batch} done ({(batch + 1) * batch_reps} replications, "
+              f"{time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def report() -> None:
+    for name in CASES:
+        f = OUT / name / "truth.json"
+        values, meta = load(name)
+        if not f.exists():
+            print(f"{name}: {0 if values is None else values.shape[1]} replications so far")
+            continue
+        t = json.loads(f.read_text())
+        print(f"{name}: {t['reps']} reps, accepted {t['accepted']} (precise {t['precise']}, "
+              f"h vs h/2 agree {t['steps_agree']}), |g| = {t['norm']:.4g}, value "
+              f"{t['value']:.3f} ± {t['value_se']:.2g}, {t['events']:.3g} events, "
+              f"{t['seconds'] / 60:.0f} min")
+        print("   g    = " + " ".join(f"{v:+.4g}" for v in t["grad"]))
+        print("   se   = " + " ".join(f"{v:.2g}" for v in t["se"]))
+        print("   g h/2= " + " ".join(f"{v:+.4g}" for v in t["grad_half"]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", action="append", choices=list(CASES), help="a case (repeatable)")
+    p.add_argument("--all", action="store_true", help="every case, in turn")
+    p.add_argument("--list", action="store_true", help="list the cases")
+    p.add_argument("--report", action="store_true", help="print the stored truths")
+    p.add_argument("--batch", type=int, default=256, help="replications per batch")
+    p.add_argument("--min-reps", type=int, default=2048, help="replications before a check")
+    p.add_argument("--max-reps", type=int, default=8192, help="stop here even if not accepted")
+    a = p.parse_args()
+    if a.list:
+        for k, v in CASES.items():
+            print(k, *v)
+        return
+    if a.report:
+        report()
+        return
+    cases = list(CASES) if a.all else (a.case or [])
+    if not cases:
+        p.error("give --case NAME, --all, --list or --report")
+    for name in cases:
+        s = run_case(name, a.batch, a.min_reps, a.max_reps)
+        print(f"{name}: accepted {s['accepted']} after {s['reps']} replications; "
+              f"g = {np.round(s['grad'], 4).tolist()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

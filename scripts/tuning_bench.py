@@ -1,0 +1,200 @@
+"""The tuning benchmark: what a tuner's steps gain over its best start, against derivative-free
+searches at equal budget and a reference search with ten times the budget.
+
+    python scripts/tuning_bench.py --problem tpot-50 [--seeds 5]    # resumable
+    python scripts/tuning_bench.py --all
+    python scripts/tuning_bench.py --report [--markdown]
+
+Problems (``--list``):
+
+- ``tpot-50``: ``paper-qwen8b``, n = 50, TPOT target 0.023 s as a penalty of weight 1e5 per
+  second of excess (the plan: the soft SLI-aware LP);
+- ``fairness-200``: ``paper-qwen8b``, n = 200, decode fairness 2 as a penalty of weight 5;
+- ``dolly-tpot-100``: ``dolly-8class`` (19 parameters), n = 100, TPOT target 0.023 s, weight 1e5;
+- ``dolly-200``: ``dolly-8class``, n = 200, revenue only: a control with no headroom.
+
+Each problem: the starting points of the ``gated`` family (its LP point, and the same ranking
+classes after admission), the best of them on a common key; then, from that start, with common
+random numbers throughout, for every seed: the gradient tuner (``--estimator``, default ``fd``:
+Adam in natural steps on common-random-number central differences), SPSA in natural steps at the
+same budget, a (1+1)-evolution strategy at the same budget, and (seed 0 only) the reference
+pattern search with ten times that budget. Every method's end point is evaluated on 512 fresh
+replications x 2,000 s (warm-up 300 s), paired with the start on the same key, so each gain over
+the start has its own interval. Results are written to ``results/tuning_bench/PROBLEM.json`` after
+every method and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jaxqueue import fluid, scenarios, stats  # noqa: E402
+from jaxqueue.objective import Problem, evaluate  # noqa: E402
+from jaxqueue.policies import tunable  # noqa: E402
+from jaxqueue.search import evolution_strategy, pattern_search  # noqa: E402
+from jaxqueue.tune import tune  # noqa: E402
+
+OUT = ROOT / "results" / "tuning_bench"
+
+PROBLEMS = {
+    "tpot-50": ("paper-qwen8b", 50, dict(tpot=0.023, weights={"tpot": 1e5})),
+    "fairness-200": ("paper-qwen8b", 200, dict(decode_fairness=2.0,
+                                               weights={"decode_fairness": 5.0})),
+    "dolly-tpot-100": ("dolly-8class", 100, dict(tpot=0.023, weights={"tpot": 1e5})),
+    "dolly-200": ("dolly-8class", 200, None),
+}
+EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
+
+
+def problem_of(name: str, reps: int, horizon: float, warmup: float) -> Problem:
+    scenario, n, sli_kw = PROBLEMS[name]
+    model = scenarios.load(scenario)
+    sli = None if sli_kw is None else fluid.SLI(penalty=True, **sli_kw)
+    plan = fluid.solve(model, "bundled", sli=sli)
+    return Problem(family="gated", model=model, n=n, plan=plan, horizon=horizon,
+                   warmup=warmup, reps=reps, sli=sli)
+
+
+def params_dict(params) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(params).items()}
+
+
+def from_dict(values: dict):
+    return tunable.GatedParams(**{k: np.asarray(v, np.float64) for k, v in values.items()})
+
+
+def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: float,
+        warmup: float) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    store = json.loads(path.read_text()) if path.exists() else {"problem": name, "methods": {}}
+
+    def save():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(store, indent=1))
+        tmp.replace(path)
+
+    problem = problem_of(name, reps, horizon, warmup)
+    final = dataclasses.replace(problem, horizon=EVAL_HORIZON, warmup=EVAL_WARMUP)
+    final_key = jax.random.key(999)
+    if "start" not in store:
+        points = tunable.starting_points("gated", problem.model, problem.n, problem.plan)
+        key = jax.random.key(5)
+        scored = {k: float(np.mean(evaluate(problem, p, key, 64))) for k, p in points.items()}
+        chosen = max(scored, key=scored.get)
+        values = evaluate(final, points[chosen], final_key, EVAL_REPS)
+        store["start"] = {"name": chosen, "scores": scored, "params": params_dict(points[chosen]),
+                          "final": stats_pack(values), "values": values.tolist()}
+        save()
+    start = from_dict(store["start"]["params"])
+    base = np.asarray(store["start"]["values"])
+
+    def record(method: str, seed: int, params, events: int, seconds: float, extra=None):
+        values = evaluate(final, params, final_key, EVAL_REPS)
+        entry = {"params": params_dict(params), "events": int(events), "seconds": seconds,
+                 "final": stats_pack(values), "gain": stats_pack(values - base), **(extra or {})}
+        store["methods"].setdefault(method, {})[str(seed)] = entry
+        save()
+        print(f"{name} {method} seed {seed}: gain {entry['gain']['mean']:+.3f} ± "
+              f"{entry['gain']['ci95']:.2g} ({events:.3g} events, {seconds:.0f} s)", flush=True)
+
+    for seed in range(seeds):
+        if str(seed) not in store["methods"].get(estimator, {}):
+            t = time.perf_counter()
+            result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
+                          eval_reps=problem.reps, seed=seed, initial=start)
+            best = from_dict(result.best["params"])
+            record(estimator, seed, best, result.events, time.perf_counter() - t,
+                   {"curve": [e["mean"] for e in result.history["evaluations"]],
+                    "events_per_step": float(np.mean(result.history["events"]))})
+        budget = store["methods"][estimator][str(seed)]["events"]
+        if str(seed) not in store["methods"].get("spsa", {}):
+            t = time.perf_counter()
+            # SPSA at the same event budget: each of its steps runs 2 configurations, where a
+            # step of fd runs 2p + 1 and one of score 1.
+            configs = 2 * len(np.concatenate([np.ravel(v) for v in
+                                              store["start"]["params"].values()])) + 1
+            per_config = store["methods"][estimator][str(seed)]["events_per_step"] / (
+                configs if estimator == "fd" else 1)
+            k = max(1, int(budget // (2 * per_config)))
+            result = tune(problem, steps=k, estimator="spsa", seed=seed, initial=start,
+                          eval_every=max(1, k // 4), eval_reps=problem.reps)
+            record("spsa", seed, from_dict(result.best["params"]), result.events,
+                   time.perf_counter() - t)
+        if str(seed) not in store["methods"].get("es", {}):
+            t = time.perf_counter()
+            result = evolution_strategy(problem, start, budget=budget, seed=seed)
+            record("es", seed, result.params, result.events, time.perf_counter() - t)
+    if "0" not in store["methods"].get("reference", {}):
+        budget = 10 * store["methods"][estimator]["0"]["events"]
+        t = time.perf_counter()
+        result = pattern_search(problem, start, budget=budget, reps=2 * problem.reps)
+        record("reference", 0, result.params, result.events, time.perf_counter() - t)
+
+
+def stats_pack(values) -> dict:
+    mean, ci = stats.mean_ci(np.asarray(values))
+    return {"mean": float(mean), "ci95": float(ci)}
+
+
+def report(markdown: bool) -> None:
+    for name in PROBLEMS:
+        path = OUT / f"{name}.json"
+        if not path.exists():
+            continue
+        store = json.loads(path.read_text())
+        s = store["start"]
+        print(f"\n{name}: start {s['name']}, objective {s['final']['mean']:.3f} ± "
+              f"{s['final']['ci95']:.2g} (512 x 2,000 s)")
+        if markdown:
+            print("| method | seeds | gain over the start, each seed (± 95%) | mean events |")
+            print("|---|---:|---|---:|")
+        for method, runs in store["methods"].items():
+            gains = "; ".join(f"{r['gain']['mean']:+.2f} ± {r['gain']['ci95']:.2g}"
+                              for r in runs.values())
+            events = np.mean([r["events"] for r in runs.values()])
+            cells = [method, str(len(runs)), gains, f"{events:.3g}"]
+            print(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--problem", action="append", choices=list(PROBLEMS))
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20, help="gradient steps per tuning run")
+    p.add_argument("--estimator", default="fd")
+    p.add_argument("--reps", type=int, default=16, help="replications per configuration")
+    p.add_argument("--horizon", type=float, default=600.0)
+    p.add_argument("--warmup", type=float, default=150.0)
+    a = p.parse_args()
+    if a.list:
+        for k, v in PROBLEMS.items():
+            print(k, *v)
+        return
+    if a.report:
+        report(a.markdown)
+        return
+    names = list(PROBLEMS) if a.all else (a.problem or [])
+    if not names:
+        p.error("give --problem NAME, --all, --list or --report")
+    for name in names:
+        run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,9 +7,10 @@ of a smoothed policy family's expected objective, with as many replications as i
 
 Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at its best start
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
-its LP point, and ``dolly-8class`` with ``gated`` (19 parameters), each at n = 20 and n = 100;
-every family smoothed (a gate temperature, dithered thresholds; see
-:func:`jaxqueue.policies.tunable.build_family`), bundled revenue per GPU per second over
+its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
+with ``gated`` (19 parameters), each at n = 20 and n = 100; every family smoothed (a gate
+temperature, dithered thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled
+revenue per GPU per second over
 (200 s, 1000 s].
 
 For each coordinate i the runs are the point moved by +-h_i and by +-h_i / 2 (h_i its difference
@@ -71,6 +72,9 @@ def case_problem(name: str, reps: int = 256) -> tuple[Problem, object]:
     params = tunable.initial_params(family, model, n, plan)
     if family == "gated":
         params = dataclasses.replace(params, offset=np.float64(1.0))
+    else:  # the LP sends every class-1 decode to the solo side (split 1, a boundary, where only
+        # a one-sided derivative exists): take the gradient inside, at split 0.9
+        params = dataclasses.replace(params, split=np.minimum(params.split, 0.9))
     return problem, params
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from jaxqueue import fluid
 from jaxqueue.estimators import estimate, rate_gradient
-from jaxqueue.exact_gradient import gated_gradient
+from jaxqueue.exact_gradient import gated_gradient, sli_gradient
 from jaxqueue.model import Model
 from jaxqueue.objective import Problem, to_free
 from jaxqueue.policies import tunable
@@ -108,3 +108,29 @@ def test_spsa_is_unbiased_over_many_directions():
                  only=["targets", "offset", "share"], directions=64, step_scale=0.5)
     z = (e.grad[:4] - exact()["free"]) / e.se[:4]
     assert np.all(np.abs(z) < 4), (e.grad[:4], e.se[:4], exact()["free"])
+
+
+def test_score_estimator_matches_the_exact_gradient_of_the_router_splits():
+    # SLI-aware Gate-and-Route with free splits: the router's draw is a per-decision
+    # likelihood ratio, the randomised gate another; against the SLI chain's exact gradient.
+    # Shorter prompts and longer outputs than small_model(), at a lower load: M = ceil(4 * 0.5)
+    # = 2 mixed GPUs (4 mixed decode slots) and two solo GPUs (6 slots).
+    model = small_model().replace(lambda_=(0.3, 0.3), theta=(3.0, 3.0), P=(0.5, 1.0),
+                                  D=(2.0, 1.0))
+    plan = fluid.solve(model, "bundled")
+    split = np.array([0.6, 0.4])
+    params = tunable.SLIParams(targets=TARGETS, split=split)
+    system, _ = tunable.build_family("sli-gated", model, N, plan=plan, params=params,
+                                     gate_temperature=TEMPERATURE)
+    out = sli_gradient(model, N, int(system.M), TARGETS, split, TEMPERATURE,
+                       np.asarray(system.mixed_rate), np.asarray(system.solo_rate),
+                       max_queue=3, max_buffer=1)
+    assert out["truncation"] < 0.01
+    want = np.r_[out["grad"]["log_targets"], out["grad"]["split"]]
+    problem = Problem(family="sli-gated", model=model, n=N, plan=plan, horizon=1000.0,
+                      warmup=20.0, reps=512, gate_temperature=TEMPERATURE)
+    e = estimate(problem, "score", to_free(jax.tree.map(jnp.asarray, params)),
+                 jax.random.key(5), discount=10.0)
+    z = (e.grad - want) / e.se
+    assert np.all(np.abs(z) < 4), (e.grad, e.se, want)
+    assert np.max(np.abs(want / e.se)) > 8  # the splits' gradient is resolved

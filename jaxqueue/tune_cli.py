@@ -115,7 +115,9 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
 
         tunable.save_params(args.save, family, best_params, scenario=out["scenario"],
                             gpus=args.gpus, revenue=out["tuned"]["revenue"],
-                            pricing=args.pricing, sli=out["sli"])
+                            pricing=args.pricing, sli=out["sli"],
+                            temperature=out["temperature"] if family in ("gated", "sli-gated")
+                            else None)
         say(f"tuned parameters written to {args.save} (jaxqueue simulate {args.scenario} "
             f"--gpus {args.gpus} --params {args.save})")
     if args.plot:

@@ -77,9 +77,10 @@ def from_dict(values: dict):
 
 
 def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: float,
-        warmup: float) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{name}.json"
+        warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
+        eval_horizon: float = EVAL_HORIZON) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {"problem": name, "methods": {}}
 
     def save():
@@ -88,14 +89,15 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         tmp.replace(path)
 
     problem = problem_of(name, reps, horizon, warmup)
-    final = dataclasses.replace(problem, horizon=EVAL_HORIZON, warmup=EVAL_WARMUP)
+    final = dataclasses.replace(problem, horizon=eval_horizon,
+                                warmup=min(EVAL_WARMUP, eval_horizon / 4))
     final_key = jax.random.key(999)
     if "start" not in store:
         points = tunable.starting_points("gated", problem.model, problem.n, problem.plan)
         key = jax.random.key(5)
         scored = {k: float(np.mean(evaluate(problem, p, key, 64))) for k, p in points.items()}
         chosen = max(scored, key=scored.get)
-        values = evaluate(final, points[chosen], final_key, EVAL_REPS)
+        values = evaluate(final, points[chosen], final_key, eval_reps)
         store["start"] = {"name": chosen, "scores": scored, "params": params_dict(points[chosen]),
                           "final": stats_pack(values), "values": values.tolist()}
         save()
@@ -103,7 +105,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     base = np.asarray(store["start"]["values"])
 
     def record(method: str, seed: int, params, events: int, seconds: float, extra=None):
-        values = evaluate(final, params, final_key, EVAL_REPS)
+        values = evaluate(final, params, final_key, eval_reps)
         entry = {"params": params_dict(params), "events": int(events), "seconds": seconds,
                  "final": stats_pack(values), "gain": stats_pack(values - base),
                  "final_values": values.tolist(), **(extra or {})}
@@ -151,7 +153,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         tuned = from_dict(store["methods"][estimator]["0"]["params"])
         names = [f.name for f in dataclasses.fields(tuned)]
         sizes = [np.size(getattr(tuned, k)) for k in names]
-        d = np.asarray(jax.random.normal(jax.random.key(31), (sum(sizes),)))
+        d = np.array(jax.random.normal(jax.random.key(31), (sum(sizes),)), np.float64)
         d /= np.linalg.norm(d)
         parts = np.split(d, np.cumsum(sizes)[:-1])
         moved = dataclasses.replace(tuned, **{
@@ -164,8 +166,8 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         result = tune(problem, steps=20, estimator=estimator, eval_every=5,
                       eval_reps=problem.reps, seed=100, initial=moved)
         v_tuned = np.asarray(store["methods"][estimator]["0"]["final_values"])
-        v_moved = evaluate(final, moved, final_key, EVAL_REPS)
-        v_back = evaluate(final, from_dict(result.best["params"]), final_key, EVAL_REPS)
+        v_moved = evaluate(final, moved, final_key, eval_reps)
+        v_back = evaluate(final, from_dict(result.best["params"]), final_key, eval_reps)
         lost = v_tuned - v_moved
         store["recovery"] = {"moved": params_dict(moved), "lost": stats_pack(lost),
                              "recovered": stats_pack(v_back - v_moved),
@@ -181,15 +183,15 @@ def stats_pack(values) -> dict:
     return {"mean": float(mean), "ci95": float(ci)}
 
 
-def report(markdown: bool) -> None:
+def report(markdown: bool, out: Path = OUT) -> None:
     for name in PROBLEMS:
-        path = OUT / f"{name}.json"
+        path = out / f"{name}.json"
         if not path.exists():
             continue
         store = json.loads(path.read_text())
         s = store["start"]
         print(f"\n{name}: start {s['name']}, objective {s['final']['mean']:.3f} ± "
-              f"{s['final']['ci95']:.2g} (512 x 2,000 s)")
+              f"{s['final']['ci95']:.2g} (final evaluation)")
         if markdown:
             print("| method | seeds | gain over the start, each seed (± 95%) | mean events |")
             print("|---|---:|---|---:|")
@@ -219,19 +221,24 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
+    p.add_argument("--out", type=Path, default=OUT, help="where results are written")
+    p.add_argument("--eval-reps", type=int, default=EVAL_REPS,
+                   help="replications of each final evaluation")
+    p.add_argument("--eval-horizon", type=float, default=EVAL_HORIZON)
     a = p.parse_args()
     if a.list:
         for k, v in PROBLEMS.items():
             print(k, *v)
         return
     if a.report:
-        report(a.markdown)
+        report(a.markdown, a.out)
         return
     names = list(PROBLEMS) if a.all else (a.problem or [])
     if not names:
         p.error("give --problem NAME, --all, --list or --report")
     for name in names:
-        run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup)
+        run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
+            a.eval_reps, a.eval_horizon)
 
 
 if __name__ == "__main__":

@@ -59,13 +59,14 @@ PROBLEMS = {
 EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
 
 
-def problem_of(name: str, reps: int, horizon: float, warmup: float) -> Problem:
+def problem_of(name: str, reps: int, horizon: float, warmup: float,
+               temperature: float | None = None) -> Problem:
     scenario, n, sli_kw = PROBLEMS[name]
     model = scenarios.load(scenario)
     sli = None if sli_kw is None else fluid.SLI(penalty=True, **sli_kw)
     plan = fluid.solve(model, "bundled", sli=sli)
     return Problem(family="gated", model=model, n=n, plan=plan, horizon=horizon,
-                   warmup=warmup, reps=reps, sli=sli)
+                   warmup=warmup, reps=reps, sli=sli, gate_temperature=temperature)
 
 
 def params_dict(params) -> dict:
@@ -78,17 +79,22 @@ def from_dict(values: dict):
 
 def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: float,
         warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
-        eval_horizon: float = EVAL_HORIZON) -> None:
+        eval_horizon: float = EVAL_HORIZON, temperature: float | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    store = json.loads(path.read_text()) if path.exists() else {"problem": name, "methods": {}}
+    store = json.loads(path.read_text()) if path.exists() else {
+        "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
+        "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup}
+    if store.get("temperature") != temperature:
+        raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
+                         "the same --temperature or another --out")
 
     def save():
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(store, indent=1))
         tmp.replace(path)
 
-    problem = problem_of(name, reps, horizon, warmup)
+    problem = problem_of(name, reps, horizon, warmup, temperature)
     final = dataclasses.replace(problem, horizon=eval_horizon,
                                 warmup=min(EVAL_WARMUP, eval_horizon / 4))
     final_key = jax.random.key(999)
@@ -225,6 +231,9 @@ def main() -> None:
     p.add_argument("--eval-reps", type=int, default=EVAL_REPS,
                    help="replications of each final evaluation")
     p.add_argument("--eval-horizon", type=float, default=EVAL_HORIZON)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="tune (and search, and evaluate) the smoothed family at this gate "
+                        "temperature; needed by --estimator score")
     a = p.parse_args()
     if a.list:
         for k, v in PROBLEMS.items():
@@ -238,7 +247,7 @@ def main() -> None:
         p.error("give --problem NAME, --all, --list or --report")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
-            a.eval_reps, a.eval_horizon)
+            a.eval_reps, a.eval_horizon, a.temperature)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,20 @@ common random numbers: every configuration of one estimate sees the same key.
   (so no coordinate moves by another's step size), ``directions`` pairs in one batch.
 - ``score``: a per-decision likelihood-ratio estimator of a smoothed family (every decision
   randomised). Each randomised decision k at time t_k carries its score
-  ``s_k = d log p(decision | state) / d theta``; its credit is the discounted future of the
-  levels the objective depends on, ``int_{t_k} exp(-(t - t_k) / W) (level(t) - b) dt``, so an
-  eligibility trace ``e(t) = sum_k s_k exp(-(t - t_k) / W)`` rides in the scan carry and
-  ``int (level - b) e dt`` is accumulated event by event (Marbach & Tsitsiklis, IEEE TAC 2001;
-  the discounted form of Baxter & Bartlett, JAIR 2001). The derivative of the long-run mean
-  level is its time average. The once-per-replication roundings (mixed GPUs, slack, caps) are
-  credited with the replication's whole window instead. Baselines: a leave-one-out constant per
-  level, and zero-mean control variates ``sum_k s_k phi(state_k)`` (the levels at each
-  decision, a state-dependent baseline fitted by cross-fitted least squares). Its cost does not
-  grow with p. It is biased by the discount (a decision's effect beyond a few W is not
-  credited), which vanishes as W grows while the variance grows; :func:`score` takes W.
+  ``s_k = d log p(decision | state) / d theta``, credited with the future of the levels the
+  objective depends on, ``int_{t_k} K(t - t_k) (level(t) - b) dt``: eligibility traces
+  ``e(t) = sum_k s_k K(t - t_k)`` ride in the scan carry and ``int (level - b) e dt`` is
+  accumulated exactly between events (Marbach & Tsitsiklis, IEEE TAC 2001; Baxter & Bartlett,
+  JAIR 2001, for the discounted traces). The kernel ``K(t) = 2 exp(-t/W) - exp(-2t/W)`` is flat
+  at 0, so a response lasting ``tau`` loses only ``O((tau/W)^2)`` of its credit. The time
+  average of the credits is the derivative of each long-run mean level, and the objective's
+  gradient follows by the chain rule. The once-per-replication roundings (mixed GPUs, slack,
+  caps) are credited with the replication's whole window instead. Variance control: a
+  leave-one-out constant baseline per level, zero-mean control variates ``sum_k s_k
+  phi(state_k)`` (the levels at each decision) fitted by cross-fitted least squares, and
+  conditional Monte Carlo for thresholds that never came within reach. Its cost does not grow
+  with p. With the events' own scores it also differentiates with respect to the model's rates
+  (:func:`rate_gradient`).
 - ``pathwise``: the derivative of a relaxed sample path (:class:`jaxqueue.relax.Relaxed`,
   straight-through), one forward-mode pass per parameter; biased (a relaxation of the path, not
   of its law); pooled families only.
@@ -121,7 +124,7 @@ def _picked(problem: Problem, estimator: str, free, only: Sequence[str] | None):
 
 def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str] | None = None,
              step_scale: float = 1.0, reps: int | None = None, directions: int = 1,
-             discount: float = 30.0, temperature: float = 0.1) -> Estimate:
+             discount: float = 30.0, relaxation: float = 0.1) -> Estimate:
     """An estimate of d(mean objective)/d(free coordinates) at ``free`` (see the module
     docstring for the estimators).
 
@@ -131,15 +134,24 @@ def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str]
         free: the point, in free coordinates (:func:`jaxqueue.objective.to_free`).
         key: a ``jax.random.key`` (common to every configuration of the estimate).
         only: the parameters tuned (default all); the others get an exact zero.
-        step_scale: ``fd`` and ``spsa`` move each coordinate by ``step_scale`` natural steps.
+        step_scale: ``fd`` and ``spsa`` move each coordinate by ``step_scale`` difference
+            steps (:func:`jaxqueue.objective.difference_steps`).
         reps: replications per configuration (default ``problem.reps``).
         directions: ``spsa``'s number of random directions (pairs of runs).
         discount: ``score``'s credit window W in seconds.
-        temperature: ``pathwise``'s relaxation temperature (the decisions' is the same, at
-            least 0.05).
+        relaxation: ``pathwise``'s relaxation temperature (the event's Gumbel softmax; the
+            decisions' is the same, at least 0.05).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator = {estimator!r} is unknown: must be one of {ESTIMATORS}")
+    for name, value, low in (("step_scale", step_scale, 0.0), ("discount", discount, 0.0),
+                             ("relaxation", relaxation, 0.0)):
+        if not (np.isfinite(value) and value > low):
+            raise ValueError(f"{name} = {value!r} is invalid: must be finite and > {low:g}")
+    for name, value, low in (("reps", reps, 2), ("directions", directions, 1)):
+        if value is not None and (isinstance(value, bool) or int(value) != value
+                                  or value < low):
+            raise ValueError(f"{name} = {value!r} is invalid: must be an integer >= {low}")
     on = _picked(problem, estimator, free, only)
     start = time.perf_counter()
     reps = reps or problem.reps
@@ -152,7 +164,7 @@ def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str]
     elif estimator == "score":
         out = _score(problem, free, key, on, reps, discount)
     else:
-        out = _pathwise(problem, free, key, on, reps, temperature)
+        out = _pathwise(problem, free, key, on, reps, relaxation)
     grad, se, value, events = out
     return Estimate(grad=np.asarray(grad, np.float64), se=np.asarray(se, np.float64),
                     value=float(value), events=int(events),

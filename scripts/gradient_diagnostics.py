@@ -43,7 +43,7 @@ from jaxqueue.estimators import estimate  # noqa: E402
 from jaxqueue.objective import natural_steps, to_free  # noqa: E402
 
 ROWS = {"score": dict(discount=10.0), "fd": dict(step_scale=0.5),
-        "spsa": dict(step_scale=0.5), "pathwise": dict(temperature=0.1)}
+        "spsa": dict(step_scale=0.5), "pathwise": dict(relaxation=0.1)}
 ONLY = ["targets", "offset", "share"]
 
 

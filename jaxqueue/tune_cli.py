@@ -27,9 +27,10 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "and tunes from the best (" + "; ".join(f"{k}: {v[1]} [{v[0]}]" for k, v in
                                                 FAMILIES.items()) + ")")
     tu.add_argument("--estimator", default="auto", choices=("auto", *ESTIMATORS),
-                    help="gradient estimator (auto: fd, common-random-number central "
-                         "differences on the exact simulator in natural steps; score needs "
-                         "--temperature; pathwise is biased; see docs/gradients.md)")
+                    help="gradient estimator (auto: score, per-decision likelihood ratios, for a "
+                         "family smoothed by --temperature; else fd, common-random-number "
+                         "central differences on the exact simulator in natural steps; pathwise "
+                         "is biased; see docs/gradients.md)")
     tu.add_argument("--temperature", type=float, default=None, metavar="T",
                     help="smooth the gated and sli-gated families: the gate draws classes with "
                          "probabilities softmax(-xi / T) and the share, slack and caps are "
@@ -207,8 +208,8 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     family, start_params = points[chosen]
     say("starting points: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in starts.items())
         + f"; tuning from {chosen}")
-    if estimator == "auto":
-        estimator = "fd"
+    if estimator == "auto":  # per-decision likelihood ratios where a smoothed family allows
+        estimator = "score" if prob_smoothed(family, temperature) else "fd"
     prob = problem(family)
     bar = None
     if bars:
@@ -297,6 +298,11 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
            "sli": None if sli is None else {"targets": sli.targets, "penalty": sli.penalty,
                                             "weights": {k: sli.weight(k) for k in sli.targets}}}
     return out, result.history, family, best_params
+
+
+def prob_smoothed(family: str, temperature) -> bool:
+    """Whether ``family`` is tuned in its smoothed form."""
+    return temperature is not None and family in ("gated", "sli-gated")
 
 
 def _summary_params(params) -> dict:

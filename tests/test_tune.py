@@ -278,3 +278,21 @@ def test_a_non_finite_estimate_is_skipped_and_reported(monkeypatch):
     assert result.history["skipped"] == [1, 2]
     last = result.history["evaluations"][-1]["params"]
     np.testing.assert_allclose(last["share"], float(problem.initial().share), rtol=1e-6)
+
+
+def test_tune_smoothed_reports_the_start_the_gain_and_the_deterministic_policy(capsys):
+    from jaxqueue.cli import main
+
+    code = main(["tune", "paper-qwen8b", "--gpus", "6", "--family", "gated", "--temperature",
+                 "20", "--steps", "1", "--reps", "2", "--horizon", "30", "--warmup", "5",
+                 "--eval-reps", "3", "--no-baselines", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (0, None)
+    assert out["estimator"] == "score" and out["temperature"] == 20.0  # auto on a smoothed family
+    assert {"name", "params", "revenue", "steps_gained"} <= set(out["started"])
+    assert set(out["tuned"]["deterministic"]) == {"revenue"}
+    # The start and the tuned point are evaluated on the same key, so the paired gain is the
+    # difference of their means.
+    gain = out["started"]["steps_gained"]["mean"]
+    assert gain == pytest.approx(out["tuned"]["revenue"]["mean"]
+                                 - out["started"]["revenue"]["mean"], abs=1e-9)

@@ -38,6 +38,7 @@ returning a zero for them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -410,10 +411,34 @@ class _Scored(AbstractSystem):
         return state, Flow(counts=flow.counts, waits=flow.waits, logp=flow.logp)
 
 
-def _embedder(unravel):
-    def embed(inner, theta):
-        return tunable.with_params(inner, from_free(unravel(theta)))
-    return embed
+@dataclasses.dataclass(frozen=True)
+class _Embed:
+    """``embed(inner, theta)``: ``inner`` with the flat vector ``theta`` put back in its
+    place, either the family's parameters (free coordinates) or fields of the model.
+
+    A static field of :class:`_Scored`, so it is hashable and compares by value: a new
+    estimate at another point reuses the compiled program (a closure would recompile it)."""
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    target: str  # "params" or "model"
+
+    @classmethod
+    def of(cls, tree, target: str) -> _Embed:
+        leaves, treedef = jax.tree.flatten(tree)
+        return cls(treedef, tuple(tuple(np.shape(a)) for a in leaves), target)
+
+    def unflatten(self, theta):
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        parts = jnp.split(theta, np.cumsum(sizes)[:-1]) if len(sizes) > 1 else [theta]
+        return jax.tree.unflatten(self.treedef, [p.reshape(s) for p, s in
+                                                 zip(parts, self.shapes, strict=True)])
+
+    def __call__(self, inner, theta):
+        values = self.unflatten(theta)
+        if self.target == "params":
+            return tunable.with_params(inner, from_free(values))
+        return eqx.tree_at(lambda s: s.model, inner, inner.model.replace(**values))
 
 
 def _likelihood_ratio(key, inner, theta, embed, center, *, discount, warmup, horizon, reps,
@@ -487,7 +512,8 @@ def _score(problem: Problem, free, key, on, reps, discount):
     center = _plan_center(problem.plan, inner.level_names, problem.n, inner.num_classes)
     J = _objective_of_levels(problem, inner)
     g, value, events = _likelihood_ratio(
-        key, inner, flat, _embedder(unravel), center, discount=discount,
+        key, inner, flat, _Embed.of(jax.tree.map(jnp.asarray, free), "params"), center,
+        discount=discount,
         warmup=problem.warmup, horizon=problem.horizon, reps=reps,
         objective=lambda levels, theta: J(levels),
         steps=steps_for(problem, problem.horizon + 3.0 * float(discount)))
@@ -516,9 +542,7 @@ def rate_gradient(key, system, n: int, *, names: Sequence[str] = ("lambda_", "th
     fields = {k: jnp.asarray(getattr(model, k), jax.dtypes.canonicalize_dtype(jnp.float64))
               for k in names}
     flat, unravel = ravel_pytree(fields)
-
-    def embed(inner, theta):
-        return eqx.tree_at(lambda s: s.model, inner, inner.model.replace(**unravel(theta)))
+    embed = _Embed.of(fields, "model")
 
     inner = eqx.tree_at(lambda s: s.decide, system, ScoreFunction())
     num = inner.num_classes
@@ -591,38 +615,42 @@ def _objective_value(problem, inner, levels):
 
 # ---- pathwise -----------------------------------------------------------------------------------
 def _pathwise(problem: Problem, free, key, on, reps, temperature):
-    flat, unravel = ravel_pytree(jax.tree.map(jnp.asarray, free))
+    flat, _ = ravel_pytree(jax.tree.map(jnp.asarray, free))
     decide = Relaxed(temperature=temperature, decision_temperature=max(temperature, 0.05))
     template = problem.system(decide=decide)
-    steps = steps_for(problem)
-
-    def f(y):
-        system = tunable.with_params(template, from_free(unravel(y)))
-        out = kernel.rollout(key, system, steps=steps, reps=reps,
-                             window=(problem.warmup, jnp.inf))
-        scale = 1.0 / (jnp.maximum(out.time - problem.warmup, 1e-9) * problem.n)
-        objective = getattr(out.summary.revenue, f"{problem.pricing}_integral") * scale
-        if problem.sli is not None:
-            per_gpu = out.summary.integrals.reshape(reps, len(system.level_names),
-                                                    -1) * scale[:, None, None]
-            names = list(system.level_names)
-            objective = objective - sli_penalty(problem.model, problem.sli,
-                                                per_gpu[:, names.index("x")],
-                                                per_gpu[:, names.index("y_s")])
-        return objective, out.summary.events
-
     picked = np.flatnonzero(on)
     basis = jnp.eye(flat.shape[0], dtype=flat.dtype)[picked]
-
-    def run(x):
-        value, events = f(x)
-        partial = jax.lax.map(lambda v: jax.jvp(lambda y: f(y)[0], (x,), (v,))[1], basis)
-        return value, events, partial
-
-    value, events, partial = jax.jit(run)(flat)
+    value, events, partial = _pathwise_run(
+        template, flat, basis, key, problem.model, jnp.asarray(problem.warmup),
+        embed=_Embed.of(jax.tree.map(jnp.asarray, free), "params"), steps=steps_for(problem),
+        reps=reps, n=problem.n, pricing=problem.pricing, sli=problem.sli)
     partial = np.asarray(partial, np.float64)  # (k, R)
     grad, se = np.zeros(flat.shape[0]), np.full(flat.shape[0], np.nan)
     grad[picked] = partial.mean(1)
     se[picked] = partial.std(1, ddof=1) / np.sqrt(reps)
     events = int(np.sum(np.asarray(events))) * (1 + len(picked))
     return grad, se, float(np.mean(np.asarray(value))), events
+
+
+@functools.partial(jax.jit, static_argnames=("embed", "steps", "reps", "n", "pricing", "sli"))
+def _pathwise_run(template, flat, basis, key, model, warmup, *, embed, steps, reps, n, pricing,
+                  sli):
+    """The relaxed objective per replication at ``flat``, the events, and its directional
+    derivatives along the rows of ``basis`` (forward mode, one pass each: constant memory).
+    One compiled program per structure, reused at every point."""
+    def f(y):
+        system = embed(template, y)
+        out = kernel.rollout(key, system, steps=steps, reps=reps, window=(warmup, jnp.inf))
+        scale = 1.0 / (jnp.maximum(out.time - warmup, 1e-9) * n)
+        objective = getattr(out.summary.revenue, f"{pricing}_integral") * scale
+        if sli is not None:
+            per_gpu = out.summary.integrals.reshape(reps, len(system.level_names),
+                                                    -1) * scale[:, None, None]
+            names = list(system.level_names)
+            objective = objective - sli_penalty(model, sli, per_gpu[:, names.index("x")],
+                                                per_gpu[:, names.index("y_s")])
+        return objective, out.summary.events
+
+    value, events = f(flat)
+    partial = jax.lax.map(lambda v: jax.jvp(lambda y: f(y)[0], (flat,), (v,))[1], basis)
+    return value, events, partial

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxqueue import fluid
+from jaxqueue import estimators, fluid
 from jaxqueue.estimators import estimate, rate_gradient
 from jaxqueue.exact_gradient import gated_gradient, sli_gradient
 from jaxqueue.model import Model
@@ -134,3 +134,21 @@ def test_score_estimator_matches_the_exact_gradient_of_the_router_splits():
     z = (e.grad - want) / e.se
     assert np.all(np.abs(z) < 4), (e.grad, e.se, want)
     assert np.max(np.abs(want / e.se)) > 8  # the splits' gradient is resolved
+
+
+def test_estimates_at_new_points_reuse_the_compiled_programs():
+    # Tuning calls the estimator at a new point every step: the likelihood-ratio and relaxed
+    # runs must not recompile (the parameters are array leaves; what is static compares by
+    # value).
+    from jaxqueue import kernel
+
+    free = to_free(jax.tree.map(jnp.asarray, params()))
+    moved = to_free(jax.tree.map(jnp.asarray, tunable.GatedParams(
+        targets=TARGETS * 1.3, offset=np.float64(0.2), share=np.float64(0.6),
+        slack=np.float64(2.0), caps=np.full(2, 2.0))))
+    small = problem(4, horizon=50.0)
+    for name in ("score", "pathwise"):
+        estimate(small, name, free, jax.random.key(0), only=["targets"])
+        before = (kernel.compile_count(), estimators._pathwise_run._cache_size())
+        estimate(small, name, moved, jax.random.key(1), only=["targets"])
+        assert (kernel.compile_count(), estimators._pathwise_run._cache_size()) == before, name

@@ -7,6 +7,12 @@ frozen :class:`Plan` that the policies consume as arrays (static planning, Sec. 
 
 Dual values are reported as shadow prices: revenue per GPU per second gained per unit of extra
 right-hand side, so every capacity or SLI shadow price is nonnegative.
+
+An optimum need not be unique (on the paper's instance the split of decodes between mixed and
+solo slots is free, and under separate pricing so is the decode backlog of each class).
+:func:`face` returns the whole optimal set as a :class:`Face`: the range of every quantity of
+every class over the optimal plans, and the distance of a simulated value to that range
+(:meth:`Face.distance`, zero inside it), which is what a simulation should be judged by.
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ from scipy.optimize import linprog
 
 from .model import Model
 
-__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "FluidError", "Optima", "Plan", "frontier",
-           "optima", "penalty_terms", "smallest", "solve", "solve_bundled", "solve_separate",
-           "tpot"]
+__all__ = ["PRICINGS", "SLI", "SLI_NAMES", "UNIQUE_ATOL", "VARIABLES", "Face", "FluidError",
+           "Optima", "Plan", "RangeDistance", "distance_to_range", "face", "frontier", "optima",
+           "penalty_terms", "smallest", "solve", "solve_bundled", "solve_separate", "tpot"]
 
 PRICINGS = ("bundled", "separate")
 SLI_NAMES = ("prefill_fairness", "decode_fairness", "tpot")
 _VARS = ("x", "y_m", "y_s", "q_p", "q_d")
+#: The plan quantities, per class: prefills in service, decodes in service on mixed and on solo
+#: GPUs, prefill and decode queues (per GPU).
+VARIABLES = _VARS
 _HIGHS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
 
@@ -508,6 +517,16 @@ class Optima:
         return all(float(np.max(self.spread(k))) <= atol for k in self.low)
 
 
+def _check_pricing(pricing: str, sli: SLI | None) -> None:
+    if pricing not in PRICINGS:
+        raise ValueError(f"pricing = {pricing!r} is invalid: allowed values are {PRICINGS}")
+    if sli is not None and not isinstance(sli, SLI):
+        raise TypeError(f"sli = {sli!r} is invalid: must be an SLI or None")
+    if sli is not None and pricing != "bundled":
+        raise ValueError(f"pricing = {pricing!r} is invalid with SLI targets: the SLI-aware LP "
+                         "(Sec. 5) uses bundled pricing")
+
+
 def optima(model: Model, pricing: str = "bundled", *, sli: SLI | None = None,
            rel_tol: float = 1e-10) -> Optima:
     """Whether the optimum of :func:`solve` is unique, checked rather than guessed.
@@ -518,12 +537,17 @@ def optima(model: Model, pricing: str = "bundled", *, sli: SLI | None = None,
     HiGHS returns is then one vertex among several that earn the same, and another solver, a
     perturbed input or a different penalty weight may return another. A soft TPOT target is not
     linear in the mixed fraction X; see the comment in the code for how it is handled exactly.
+    :func:`face` gives the same ranges with more (totals, revenue, distances to them).
     """
-    if pricing not in PRICINGS:
-        raise ValueError(f"pricing = {pricing!r} is invalid: allowed values are {PRICINGS}")
-    if sli is not None and pricing != "bundled":
-        raise ValueError(f"pricing = {pricing!r} is invalid with SLI targets: the SLI-aware LP "
-                         "(Sec. 5) uses bundled pricing")
+    _check_pricing(pricing, sli)
+    _, low, high, tol = _optimal_set(model, pricing, sli, rel_tol, extra=False)
+    return Optima(low=low, high=high, tolerance=tol)
+
+
+def _optimal_set(model: Model, pricing: str, sli: SLI | None, rel_tol: float, *, extra: bool):
+    """(plan, low, high, tolerance) of the optimal set; ``extra`` adds the ranges of each
+    quantity's total over the classes (``"total_<name>"``) and of the revenue (``"revenue"``,
+    only where SLI penalties make it differ from the objective)."""
 
     def build():
         if sli is None:
@@ -538,10 +562,15 @@ def optima(model: Model, pricing: str = "bundled", *, sli: SLI | None = None,
     plan = solve(model, pricing, sli=sli)
     tol = rel_tol * max(1.0, abs(plan.objective))
     ones = np.ones(model.num_classes)
+    more = []
+    if extra:
+        more = [(f"total_{k}", {k: ones}) for k in _VARS if k != "x"]
+        if sli is not None and sli.penalty:
+            more.append(("revenue", _objective(model, "bundled")))
     if sli is None or not (sli.penalty and "tpot" in sli.targets):
         lp, obj = build()
-        low, high = _face(lp, obj, plan.objective - tol, model.num_classes)
-        return Optima(low=low, high=high, tolerance=tol)
+        low, high = _face(lp, obj, plan.objective - tol, model.num_classes, more)
+        return plan, low, high, tol
 
     # TPOT(X) = k / (B - X) + const is strictly convex for k > 0: where its penalty is active
     # the penalized objective is strictly concave, so the optimal X is unique and the other
@@ -555,17 +584,18 @@ def optima(model: Model, pricing: str = "bundled", *, sli: SLI | None = None,
     if weight > 0 and active and k > 0:
         lp.row("=", "mixed_fraction", {"x": ones}, plan.sum_x)
         value = plan.objective + weight * (_tpot(model, plan.sum_x) - eta)
-        low, high = _face(lp, obj, value - tol, model.num_classes)
+        low, high = _face(lp, obj, value - tol, model.num_classes, more)
         low["sum_x"] = high["sum_x"] = plan.sum_x
     else:
         if weight > 0:
             _add_sli(lp, model, {"tpot": eta}, soft=False)
-        low, high = _face(lp, obj, plan.objective - tol, model.num_classes)
-    return Optima(low=low, high=high, tolerance=tol)
+        low, high = _face(lp, obj, plan.objective - tol, model.num_classes, more)
+    return plan, low, high, tol
 
 
-def _face(lp: _LP, obj, floor: float, num: int):
-    """Ranges of the plan quantities over ``{feasible, objective >= floor}``."""
+def _face(lp: _LP, obj, floor: float, num: int, extra=()):
+    """Ranges of the plan quantities (and of the linear functions ``extra``, pairs of a name
+    and coefficients) over ``{feasible, objective >= floor}``."""
     lp.row("<=", "optimal", {k: -np.asarray(c, dtype=np.float64) for k, c in obj.items()}, -floor)
     low, high = {}, {}
     for k in _VARS:
@@ -578,5 +608,219 @@ def _face(lp: _LP, obj, floor: float, num: int):
     ones = np.ones(num)
     low["sum_x"] = -lp.solve({"x": -ones}, "range of the optimum")[0]
     high["sum_x"] = lp.solve({"x": ones}, "range of the optimum")[0]
+    for name, coef in extra:
+        neg = {k: -np.asarray(c, dtype=np.float64) for k, c in coef.items()}
+        low[name] = -lp.solve(neg, "range of the optimum")[0]
+        high[name] = lp.solve(coef, "range of the optimum")[0]
     lp.ub.pop()
     return low, high
+
+
+# ---- the optimal face as a result --------------------------------------------------------------
+#: Widest range (per GPU) that still counts as one optimal value in :attr:`Face.unique` and
+#: :meth:`Face.free` (the same threshold as ``jaxqueue lp``).
+UNIQUE_ATOL = 1e-6
+#: Two-sided 95% normal quantile, the default ``crit`` of :func:`distance_to_range`.
+Z95 = 1.959963984540054
+#: The names :func:`jaxqueue.stats.per_gpu` and ``jaxqueue lp --json`` give the plan quantities.
+ALIASES = {"y_mixed": "y_m", "y_solo": "y_s", "q_prefill": "q_p", "q_decode": "q_d"}
+
+
+@dataclass(frozen=True)
+class RangeDistance:
+    """How far simulated values lie from an optimal range ``[low, high]`` (per class).
+
+    Attributes:
+        value: the simulated values.
+        low, high: the range (from :class:`Face`), so ``low <= high``.
+        distance: ``max(low - value, 0, value - high)``, 0 inside the range.
+        signed: ``value`` minus the nearest point of the range: < 0 below it, > 0 above it.
+        inside: whether ``value`` lies in the range (``distance == 0``).
+        se: the standard errors given, or None.
+        z: ``distance / se`` (0 inside; inf for a positive distance with ``se == 0``), or None.
+        ci: the interval ``(lower, upper)`` of the distance of the *true* mean to the range:
+            the image of ``value +- crit * se`` under the distance (its lower end is 0 when that
+            interval meets the range), so it covers at least as often as the interval of the
+            value does. None without ``se``.
+        consistent: whether the interval of the value meets the range (``ci[0] == 0``): the data
+            cannot tell the value from some optimal plan. None without ``se``.
+    """
+
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    distance: np.ndarray
+    signed: np.ndarray
+    inside: np.ndarray
+    se: np.ndarray | None = None
+    z: np.ndarray | None = None
+    ci: tuple[np.ndarray, np.ndarray] | None = None
+    consistent: np.ndarray | None = None
+
+
+def distance_to_range(value, low, high, se=None, *, crit: float = Z95) -> RangeDistance:
+    """Distance of ``value`` (optionally with its standard error ``se``) to ``[low, high]``,
+    element by element (NumPy broadcasting); zero inside the range. ``crit`` sets the interval
+    of the value, ``value +- crit * se`` (default: 95% normal; pass a t quantile for a
+    t-interval). See :class:`RangeDistance`.
+
+    Raises:
+        ValueError: ``low > high`` somewhere, a negative ``se`` or ``crit``, or a non-finite
+            bound.
+    """
+    v = np.asarray(value, np.float64)
+    lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError("low and high must be finite")
+    if np.any(lo > hi):
+        raise ValueError(f"low = {lo} and high = {hi} are invalid: need low <= high")
+
+    def dist(u):
+        return np.maximum(np.maximum(lo - u, u - hi), 0.0)
+
+    d = dist(v)
+    signed = v - np.clip(v, lo, hi)
+    if se is None:
+        return RangeDistance(value=v, low=lo, high=hi, distance=d, signed=signed,
+                             inside=d == 0.0)
+    s = np.asarray(se, np.float64)
+    if np.any(s < 0) or not (math.isfinite(crit) and crit >= 0):
+        raise ValueError(f"se = {se!r} and crit = {crit!r} are invalid: must be >= 0")
+    a, b = v - crit * s, v + crit * s
+    lower = np.maximum(np.maximum(lo - b, a - hi), 0.0)  # interval-to-range distance
+    upper = np.maximum(dist(a), dist(b))  # the distance is convex: largest at an end
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(d == 0.0, 0.0, d / s)
+    return RangeDistance(value=v, low=lo, high=hi, distance=d, signed=signed, inside=d == 0.0,
+                         se=s, z=z, ci=(lower, upper), consistent=lower == 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """The optimal face of a fluid LP: every plan that earns the optimum, per quantity.
+
+    A fluid LP can have many optimal solutions; :func:`solve` returns one vertex of them, which
+    no policy has reason to track. A simulated quantity is judged against the whole set: its
+    distance to the range ``[low, high]`` the quantity takes over the optimal plans
+    (:meth:`distance`), zero inside it.
+
+    Attributes:
+        pricing: ``"bundled"`` or ``"separate"``.
+        sli: the SLI targets of the LP (None for the plain LPs).
+        objective: the optimal value (revenue minus SLI penalties; the revenue without them).
+        revenue: ``(smallest, largest)`` revenue per GPU per second over the optimal plans
+            (equal ends unless soft SLI targets trade revenue against their penalty).
+        low, high: per quantity (:data:`VARIABLES`; arrays ``(I,)``), the smallest and largest
+            value of each class over the optimal plans; ``"sum_x"`` (the mixed fraction) too.
+        totals: per quantity, ``(smallest, largest)`` of its sum over the classes (the total
+            is not the sum of the per-class ends when classes trade off).
+        tolerance: the objective's slack that defines "optimal" (``rel_tol * max(1,
+            |objective|)``): ranges are exact up to it over the quantity's rate of change.
+        vertex: the plan :func:`solve` returns (one point of the face).
+        class_names: the classes, in order.
+        unique: whether every quantity has one optimal value (every range narrower than
+            :data:`UNIQUE_ATOL`).
+    """
+
+    pricing: str
+    sli: SLI | None
+    objective: float
+    revenue: tuple[float, float]
+    low: Mapping[str, np.ndarray]
+    high: Mapping[str, np.ndarray]
+    totals: Mapping[str, tuple[float, float]]
+    tolerance: float
+    vertex: Plan
+    class_names: tuple[str, ...]
+    unique: bool
+
+    @staticmethod
+    def _name(name: str) -> str:
+        key = ALIASES.get(name, name)
+        if key not in _VARS and key != "sum_x":
+            raise ValueError(f"name = {name!r} is invalid: allowed values are "
+                             f"{(*_VARS, 'sum_x', *ALIASES)}")
+        return key
+
+    def bounds(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` of one quantity per class (``"x"``, ``"y_m"`` or ``"y_mixed"``, ...;
+        ``"sum_x"`` gives floats)."""
+        key = self._name(name)
+        return self.low[key], self.high[key]
+
+    def width(self, name: str) -> np.ndarray:
+        """``high - low`` of one quantity per class: 0 (up to round-off) where it is unique."""
+        lo, hi = self.bounds(name)
+        return np.asarray(hi) - np.asarray(lo)
+
+    def total(self, name: str) -> tuple[float, float]:
+        """``(smallest, largest)`` of one quantity summed over the classes."""
+        key = self._name(name)
+        return self.totals["x" if key == "sum_x" else key]
+
+    def free(self, atol: float = UNIQUE_ATOL) -> dict[str, tuple[str, ...]]:
+        """The quantities with several optimal values: name -> the classes whose range is wider
+        than ``atol``."""
+        out = {}
+        for k in _VARS:
+            wide = tuple(c for c, w in zip(self.class_names, self.width(k), strict=True)
+                         if w > atol)
+            if wide:
+                out[k] = wide
+        return out
+
+    def distance(self, name: str, value, se=None, *, crit: float = Z95) -> RangeDistance:
+        """Distance of simulated per-class values of one quantity (with their standard errors,
+        optionally) to its optimal range, zero inside it: :func:`distance_to_range`."""
+        lo, hi = self.bounds(name)
+        return distance_to_range(value, lo, hi, se, crit=crit)
+
+    def as_dict(self) -> dict:
+        """A JSON-ready summary: per quantity and class ``[low, high]``, the totals, the
+        objective, the revenue range, ``unique`` and ``tolerance``."""
+        return {"pricing": self.pricing, "objective": self.objective,
+                "revenue": list(self.revenue), "unique": self.unique,
+                "tolerance": self.tolerance,
+                "ranges": {k: {c: [float(self.low[k][i]), float(self.high[k][i])]
+                               for i, c in enumerate(self.class_names)} for k in _VARS},
+                "sum_x": [float(self.low["sum_x"]), float(self.high["sum_x"])],
+                "totals": {k: list(v) for k, v in self.totals.items()}}
+
+
+def face(model: Model, pricing: str = "bundled", *, sli: SLI | None = None,
+         rel_tol: float = 1e-10) -> Face:
+    """The optimal face of the LP :func:`solve` solves with the same arguments (bundled,
+    separate, or SLI-aware with hard or soft targets).
+
+    Every plan quantity of every class is minimized and maximized over the feasible plans whose
+    objective is within ``tol = rel_tol * max(1, |optimum|)`` of the optimum, as are the totals
+    over the classes and, with soft SLI targets, the revenue (about 14 + 10I small LPs). A soft
+    TPOT target makes the objective concave rather than linear in the mixed fraction; where its
+    penalty is active the optimal mixed fraction is unique and the face is that of the LP with
+    it fixed (see :func:`optima`).
+
+    Raises:
+        ValueError, FluidError: as :func:`solve`.
+    """
+    _check_pricing(pricing, sli)
+    plan, low, high, tol = _optimal_set(model, pricing, sli, rel_tol, extra=True)
+    # Round-off can leave the ends of a unique quantity a hair apart in the wrong order.
+    ends = {k: (np.minimum(low[k], high[k]), np.maximum(low[k], high[k])) for k in low}
+    lo = {k: _frozen(ends[k][0]) for k in _VARS}
+    hi = {k: _frozen(ends[k][1]) for k in _VARS}
+    lo["sum_x"], hi["sum_x"] = (float(e) for e in ends["sum_x"])
+    totals = {"x": (lo["sum_x"], hi["sum_x"])}
+    totals.update({k: tuple(float(e) for e in ends[f"total_{k}"]) for k in _VARS if k != "x"})
+    revenue = (tuple(float(e) for e in ends["revenue"]) if "revenue" in ends
+               else (plan.revenue, plan.revenue))
+    unique = all(float(np.max(np.asarray(hi[k]) - np.asarray(lo[k]))) <= UNIQUE_ATOL
+                 for k in (*_VARS, "sum_x"))
+    return Face(pricing=plan.pricing, sli=sli, objective=plan.objective, revenue=revenue,
+                low=lo, high=hi, totals=totals, tolerance=tol, vertex=plan,
+                class_names=tuple(model.class_names), unique=unique)
+
+
+def _frozen(a) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.setflags(write=False)
+    return a

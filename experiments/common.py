@@ -29,7 +29,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import jaxqueue  # noqa: E402
 from jaxqueue import fluid, policies, stats, sweep  # noqa: E402
-from jaxqueue.kernel import SimulationError  # noqa: E402
 from jaxqueue.policies.common import default_capacity  # noqa: E402
 
 __all__ = ["Timer", "cached", "capacity_for", "command_line", "finish", "log", "meta", "pack",
@@ -204,28 +203,23 @@ def capacity_for(n: int, plans: Sequence[fluid.Plan]) -> int:
 
 
 def run_systems(name: str, build: Callable[[int | None], list], *, seed: int, reps: int,
-                horizon: float, warmup: float, capacity: int | None = None,
-                retries: int = 3) -> tuple[list, int | None]:
+                horizon: float, warmup: float, capacity: int | None = None
+                ) -> tuple[list, int | None]:
     """``simulate_many`` of the systems ``build(capacity)`` returns, on every device, with the
-    seed's key for every point (common random numbers). A buffer overflow reruns with twice
-    the capacity (a run is never truncated). Returns the runs and the capacity used."""
+    seed's key for every point (common random numbers). A buffer overflow reruns only the
+    replications that overflowed, with a larger buffer (``simulate_many`` does it and the
+    result is the one a large enough buffer gives); each rerun is logged. Returns the runs and
+    the largest capacity used (None for systems without buffers)."""
     timer = Timer()
-    for _ in range(retries + 1):
-        systems = build(capacity)
-        try:
-            runs = sweep.simulate_many(jax.random.key(seed), systems, reps=reps,
-                                       horizon=horizon, warmup=warmup, devices=jax.devices())
-        except SimulationError as err:
-            if capacity is None or "overflowed" not in str(err):
-                raise
-            log(f"    {name}: {err}; rerunning with capacity {2 * capacity}")
-            capacity *= 2
-            continue
-        events = sum(r.events for r in runs)
-        log(f"    {name}: {len(systems)} point(s) x {reps} reps, {events:,} events, "
-            f"{timer():.0f} s")
-        return runs, capacity
-    raise SimulationError(f"{name}: buffers still overflow at capacity {capacity}")
+    systems = build(capacity)
+    runs = sweep.simulate_many(jax.random.key(seed), systems, reps=reps, horizon=horizon,
+                               warmup=warmup, devices=jax.devices(),
+                               notify=lambda line: log(f"    {name}: {line}"))
+    events = sum(r.events for r in runs)
+    log(f"    {name}: {len(systems)} point(s) x {reps} reps, {events:,} events, "
+        f"{timer():.0f} s")
+    used = [r.buffer_capacity for r in runs if r.buffer_capacity is not None]
+    return runs, (max(used) if used else capacity)
 
 
 def engine_build(name: str, model, n: int, *, engine: str | None = None, plan=None,

@@ -26,7 +26,7 @@ import numpy as np
 
 from experiments import common
 from experiments.common import plt
-from jaxqueue import fluid, report, scenarios
+from jaxqueue import fluid, report, scenarios, sweep
 from jaxqueue.model import Model
 
 NAME = "fig7_policies"
@@ -94,14 +94,9 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
         per_policy = {}
         for policy in POLICIES:
             def simulate(policy=policy, n=n):
-                runs, cap = common.run_systems(
-                    f"{NAME} {policy} n={n}",
-                    lambda c: [common.engine_build(policy, m, n, engine="per-gpu", plan=p,
-                                                   capacity=c)[0]
-                               for m, p in zip(models, plans, strict=True)],
-                    seed=seed, reps=s["reps"], horizon=s["horizon"], warmup=s["warmup"],
-                    capacity=common.capacity_for(n, plans))
-                return {"capacity": cap,
+                runs = _simulate(f"{NAME} {policy} n={n}", policy, n, models, plans, seed, s)
+                return {"capacity": max(r.buffer_capacity or 0 for r in runs) or None,
+                        "rerun_reps": [list(r.rerun_reps) for r in runs],
                         "revenue_reps": [common.per_gpu_summary(r, m, n)["revenue_bundled_reps"]
                                          for r, m in zip(runs, models, strict=True)],
                         "events": sum(r.events for r in runs)}
@@ -124,6 +119,24 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
     return common.finish(out, NAME, OUTPUTS, result, timer)
 
 
+def _simulate(label: str, policy: str, n: int, models, plans, seed: int, s: dict) -> list:
+    """The instances under one policy at n GPUs, one vmapped program, the seed's key for every
+    instance (common random numbers). A FCFS ring that overflows reruns only the replications
+    that overflowed, with a larger ring (``simulate_many``), and says so on stderr."""
+    timer = common.Timer()
+    capacity = common.capacity_for(n, plans)
+    systems = [common.engine_build(policy, m, n, engine="per-gpu", plan=p, capacity=capacity)[0]
+               for m, p in zip(models, plans, strict=True)]
+    runs = sweep.simulate_many(jax.random.key(seed), systems, reps=s["reps"],
+                               horizon=s["horizon"], warmup=s["warmup"], devices=jax.devices(),
+                               notify=lambda line: common.log(f"    {label}: {line}"))
+    rerun = sum(len(r.rerun_reps) for r in runs)
+    common.log(f"    {label}: {len(systems)} point(s) x {s['reps']} reps, "
+               f"{sum(r.events for r in runs):,} events, {timer():.0f} s"
+               + (f" ({rerun} replication(s) rerun after a ring overflow)" if rerun else ""))
+    return runs
+
+
 def _grid_summary(n: int, per_policy: dict, rstar: np.ndarray) -> dict:
     policies_out = {}
     for policy, sim in per_policy.items():
@@ -133,7 +146,11 @@ def _grid_summary(n: int, per_policy: dict, rstar: np.ndarray) -> dict:
             "instance_mean": grid.mean(axis=1), "instance_sd": grid.std(axis=1, ddof=1)
             if grid.shape[1] > 1 else np.full(grid.shape[0], np.nan),
             "normalised_reps": grid, "paper_instance": common.pack(paper),
-            "capacity": sim["capacity"], "events": sim["events"]}
+            "capacity": sim["capacity"], "events": sim["events"],
+            # Replications rerun after a FCFS ring overflow, per grid instance (None: a part
+            # cached before reruns were recorded).
+            "rerun_reps": sim.get("rerun_reps", [None] * (len(rstar)))[:-1],
+            "paper_instance_rerun_reps": sim.get("rerun_reps", [None])[-1]}
     table = report.policy_table({p: v["instance_mean"] for p, v in policies_out.items()})
     gg = np.asarray(policies_out["gate-and-route"]["instance_mean"])
     for p, v in policies_out.items():

@@ -82,6 +82,10 @@ class Run:
         buffer_capacity: slots of each FCFS buffer the results were computed with (larger than
             the system's if it overflowed and was grown), or None for a system without one.
         regrown: how many times a batch was rerun with larger FCFS buffers after an overflow.
+        rerun_reps: the replications (rows of these arrays) whose results come from a rerun
+            after an overflow: :func:`simulate` reruns every replication of an overflowed batch,
+            :func:`jaxqueue.simulate_many` only those that overflowed (and, when an overflow in
+            the warm-up moved the start of a point's statistics window, that point's others).
         resumed: share of the run (in replication-time) read from a checkpoint instead of
             simulated now: 0 for a fresh run, 1 when the checkpoint held the finished run.
     """
@@ -105,6 +109,7 @@ class Run:
     buffer_capacity: int | None = None
     regrown: int = 0
     resumed: float = 0.0
+    rerun_reps: tuple[int, ...] = ()
 
     @property
     def collected(self) -> np.ndarray:
@@ -270,6 +275,7 @@ def simulate(
                          "was already simulated")
     interrupted = False
     regrown = 0
+    rerun: set[int] = set()
     try:
         for start in range(len(done) * batch, reps, batch):
             size = min(batch, reps - start)
@@ -293,6 +299,7 @@ def simulate(
                     system = _regrow(system, grow_buffers, chunk_events, padded // per, devices)
                     current = None
                     regrown += 1
+                    rerun.update(range(start, start + size))
                     tell(f"a FCFS buffer overflowed in replications {first_rep + start}-"
                          f"{first_rep + start + size - 1}: rerunning them with buffers of "
                          f"{_capacity(system):,} jobs (same random numbers: the result is that "
@@ -313,7 +320,8 @@ def simulate(
         store.save(done, None, capacity=_capacity(system), finished=True)
         _say(notify, f"checkpoint {store.path} marked finished: the same command reads the "
                      "result from it")
-    return _merge(done, reps, horizon, warmup, system, regrown=regrown, resumed=resumed)
+    run = _merge(done, reps, horizon, warmup, system, regrown=regrown, resumed=resumed)
+    return dataclasses.replace(run, rerun_reps=tuple(sorted(rerun)))
 
 
 def _say(notify, message: str) -> None:

@@ -77,7 +77,6 @@ import numpy as np
 from scipy import stats as _st
 
 from . import budget, fluid, policies, stats
-from .kernel import SimulationError
 from .model import Model
 
 __all__ = ["LP_STEP", "PRICES", "SIMULATED", "estimate", "lines", "lp_derivatives",
@@ -94,9 +93,6 @@ LP_STEP = 1e-4
 KINK = 0.01
 #: Default relative step of the simulated central differences.
 REL_STEP = 0.05
-#: Factor by which an overflowing FCFS buffer grows before the sweep is rerun.
-GROWTH = 4
-_MAX_REGROW = 3
 
 
 # ---- parameters -------------------------------------------------------------------------------
@@ -386,7 +382,7 @@ def sensitivities(key, model: Model, n: int, *, policy: str = "gate-and-route",
     Raises:
         ValueError: an argument out of range (named, with the allowed range).
         jaxqueue.budget.ResourceError: the sweep does not fit in memory.
-        SimulationError: a FCFS buffer overflowed even after growing it.
+        SimulationError: a FCFS buffer overflowed even after growing it (``simulate_many``).
     """
     from .sweep import simulate_many
 
@@ -396,24 +392,15 @@ def sensitivities(key, model: Model, n: int, *, policy: str = "gate-and-route",
     labels, systems, plan, rows = _points(model, n, spec.name, engine, rel_step, replan)
     _estimate(systems, reps, horizon, chunk_events, devices)
     report, bar = _progress(progress)
-    regrown = 0
     try:
-        while True:
-            try:
-                runs = simulate_many(key, systems, reps=reps, horizon=horizon, warmup=warmup,
-                                     chunk_events=chunk_events, devices=devices,
-                                     progress=report)
-                break
-            except SimulationError:
-                capacity = getattr(systems[0], "capacity", None)
-                if not isinstance(capacity, int) or regrown >= _MAX_REGROW:
-                    raise
-                regrown += 1
-                systems = [dataclasses.replace(s, capacity=GROWTH * max(
-                    s.capacity for s in systems)) for s in systems]
+        # simulate_many reruns only the replications whose FCFS ring overflowed, with a larger
+        # ring, and gives the result a large enough ring gives.
+        runs = simulate_many(key, systems, reps=reps, horizon=horizon, warmup=warmup,
+                             chunk_events=chunk_events, devices=devices, progress=report)
     finally:
         if bar is not None:
             bar.close()
+    regrown = max(r.regrown for r in runs)
     pricing = spec.pricing
     revenue = {}
     for label, run, system in zip(labels, runs, systems, strict=True):

@@ -17,8 +17,9 @@ common random numbers: every configuration of one estimate sees the same key.
   objective depends on, ``int_{t_k} K(t - t_k) (level(t) - b) dt``: eligibility traces
   ``e(t) = sum_k s_k K(t - t_k)`` ride in the scan carry and ``int (level - b) e dt`` is
   accumulated exactly between events (Marbach & Tsitsiklis, IEEE TAC 2001; Baxter & Bartlett,
-  JAIR 2001, for the discounted traces). The kernel ``K(t) = 2 exp(-t/W) - exp(-2t/W)`` is flat
-  at 0, so a response lasting ``tau`` loses only ``O((tau/W)^2)`` of its credit. The time
+  JAIR 2001, for the discounted traces). The kernel ``K(t) = 1 - (1 - exp(-t/W))^3`` is flat
+  at 0, so a response lasting ``tau`` loses only ``O((tau/W)^3)`` of its credit; W defaults to
+  three times the longest mean stage time (:func:`default_discount`). The time
   average of the credits is the derivative of each long-run mean level, and the objective's
   gradient follows by the chain rule. The once-per-replication roundings (mixed GPUs, slack,
   caps) are credited with the replication's whole window instead. Variance control: a
@@ -66,7 +67,8 @@ from .policies import tunable
 from .relax import Relaxed
 from .sweep import simulate_many
 
-__all__ = ["ESTIMATORS", "Estimate", "differentiable", "estimate", "rate_gradient"]
+__all__ = ["ESTIMATORS", "Estimate", "default_discount", "differentiable", "estimate",
+           "rate_gradient"]
 
 ESTIMATORS = ("fd", "spsa", "score", "pathwise")
 
@@ -125,7 +127,7 @@ def _picked(problem: Problem, estimator: str, free, only: Sequence[str] | None):
 
 def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str] | None = None,
              step_scale: float = 1.0, reps: int | None = None, directions: int = 1,
-             discount: float = 30.0, relaxation: float = 0.1) -> Estimate:
+             discount: float | None = None, relaxation: float = 0.1) -> Estimate:
     """An estimate of d(mean objective)/d(free coordinates) at ``free`` (see the module
     docstring for the estimators).
 
@@ -139,12 +141,15 @@ def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str]
             steps (:func:`jaxqueue.objective.difference_steps`).
         reps: replications per configuration (default ``problem.reps``).
         directions: ``spsa``'s number of random directions (pairs of runs).
-        discount: ``score``'s credit window W in seconds.
+        discount: ``score``'s credit window W in seconds (default
+            :func:`default_discount`).
         relaxation: ``pathwise``'s relaxation temperature (the event's Gumbel softmax; the
             decisions' is the same, at least 0.05).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator = {estimator!r} is unknown: must be one of {ESTIMATORS}")
+    if discount is None:
+        discount = default_discount(problem.model)
     for name, value, low in (("step_scale", step_scale, 0.0), ("discount", discount, 0.0),
                              ("relaxation", relaxation, 0.0)):
         if not (np.isfinite(value) and value > low):
@@ -240,11 +245,20 @@ def _spsa(problem, free, key, steps, on, reps, directions):
 
 
 # ---- the per-decision likelihood-ratio estimator ------------------------------------------------
-#: The credit kernel K(t) = sum_j c_j exp(-t / (s_j W)): 2 exp(-t / W) - exp(-2 t / W) is 1 at 0
-#: with zero slope there, so a response of mean duration tau is credited with a relative bias
-#: of order (tau / W)^2 instead of the tau / W of one exponential (measured on Erlang-A: 5%
-#: low at W = 15 tau with one exponential).
-_KERNEL = ((2.0, 1.0), (-1.0, 0.5))
+#: The credit kernel K(t) = sum_j c_j exp(-t / (s_j W)) = 1 - (1 - exp(-t / W))^3: 1 at 0 with
+#: its first two derivatives 0 there, so a response lasting an exponential time of mean tau
+#: loses E[(1 - exp(-t / W))^3] of its credit: 5% at W = 3 tau, 1% at W = 6 tau (one
+#: exponential loses tau / (W + tau): measured 5% low on Erlang-A at W = 15 tau).
+_KERNEL = ((3.0, 1.0), (-3.0, 0.5), (1.0, 1.0 / 3.0))
+
+
+def default_discount(model) -> float:
+    """The score estimator's default credit window: three times the longest mean time a job
+    spends in one stage (a prefill, a mixed or solo decode, a patience), in seconds."""
+    times = [1.0 / np.asarray(getattr(model, k), np.float64) for k in ("mu_p", "mu_m", "mu_s")]
+    theta = np.asarray(model.theta, np.float64)
+    times.append(np.where(theta > 0, 1.0 / np.where(theta > 0, theta, 1.0), 0.0))
+    return 3.0 * float(np.max(np.concatenate([np.ravel(t) for t in times])))
 
 
 class _ScoredState(eqx.Module):
@@ -525,7 +539,7 @@ def _score(problem: Problem, free, key, on, reps, discount):
 
 def rate_gradient(key, system, n: int, *, names: Sequence[str] = ("lambda_", "theta"),
                   reps: int = 256, horizon: float = 1000.0, warmup: float = 200.0,
-                  discount: float = 30.0, pricing: str = "bundled", plan=None) -> dict:
+                  discount: float | None = None, pricing: str = "bundled", plan=None) -> dict:
     """Likelihood-ratio estimates of d(revenue per GPU per second)/d(model field), for the
     model fields ``names`` (per class: ``lambda_``, ``theta``, ``P``, ``D``; scalars:
     ``alpha``, ``beta``, ``gamma``, ``c_p``, ``c_d``) of a pooled-type system, with the policy
@@ -539,6 +553,7 @@ def rate_gradient(key, system, n: int, *, names: Sequence[str] = ("lambda_", "th
     ``"events"``.
     """
     model = system.model
+    discount = default_discount(model) if discount is None else discount
     fields = {k: jnp.asarray(getattr(model, k), jax.dtypes.canonicalize_dtype(jnp.float64))
               for k in names}
     flat, unravel = ravel_pytree(fields)

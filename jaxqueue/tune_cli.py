@@ -41,6 +41,9 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                     help="comma-separated parameters to tune, the others staying at the LP point "
                          "(gated: targets, offset, share, slack, caps; coupled families: targets, "
                          "offset, cap; sli-gated: targets, split); default all")
+    tu.add_argument("--discount", type=float, default=None, metavar="W",
+                    help="the score estimator's credit window in seconds (default: three times "
+                         "the longest mean time a job spends in one stage)")
     tu.add_argument("--start", choices=("best", "lp"), default="best",
                     help="best: tune from the best starting point; lp: from the family's LP "
                          "point (the paper's policy)")
@@ -110,7 +113,7 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
         eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=_sli(args),
-        fluid_steps=args.fluid_steps, temperature=args.temperature)
+        fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount)
     if args.save:
         from .policies import tunable
 
@@ -134,7 +137,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             eval_reps: int = 32, reps: int = 16, horizon: float = 600.0, warmup: float = 150.0,
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
             bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
-            temperature: float | None = None):
+            temperature: float | None = None, discount: float | None = None):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
     SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
@@ -221,10 +224,13 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best=f"{info['best']:.2f}", refresh=False)
+    if discount is not None and not (math.isfinite(discount) and discount > 0):
+        raise ValueError(f"discount = {discount}: must be finite and > 0 (seconds)")
+    options = {"discount": discount} if estimator == "score" and discount is not None else {}
     result = tune(prob, steps=steps, estimator=estimator,
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
-                  fluid_steps=fluid_steps, progress=progress)
+                  fluid_steps=fluid_steps, options=options, progress=progress)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).

@@ -48,8 +48,8 @@ OUT = ROOT / "results" / "gradient_bench"
 BUDGET = 256  # replications x 1,000 s per estimate
 
 ESTIMATORS = {
-    "score": dict(estimator="score", discount=30.0),
-    "score-W100": dict(estimator="score", discount=100.0),
+    "score": dict(estimator="score"),  # W = jaxqueue.estimators.default_discount
+    "score-W30": dict(estimator="score", discount=30.0),
     "pathwise": dict(estimator="pathwise", relaxation=0.1),
     "spsa": dict(estimator="spsa"),
     "fd": dict(estimator="fd"),

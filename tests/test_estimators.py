@@ -133,7 +133,7 @@ def test_score_estimator_matches_the_exact_gradient_of_the_router_splits():
                  jax.random.key(5), discount=10.0)
     z = (e.grad - want) / e.se
     assert np.all(np.abs(z) < 4), (e.grad, e.se, want)
-    assert np.max(np.abs(want / e.se)) > 8  # the splits' gradient is resolved
+    assert np.max(np.abs(want / e.se)) > 5  # the splits' gradient is resolved
 
 
 def test_estimates_at_new_points_reuse_the_compiled_programs():

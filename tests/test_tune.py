@@ -284,7 +284,8 @@ def test_tune_smoothed_reports_the_start_the_gain_and_the_deterministic_policy(c
     from jaxqueue.cli import main
 
     code = main(["tune", "paper-qwen8b", "--gpus", "6", "--family", "gated", "--temperature",
-                 "20", "--steps", "1", "--reps", "2", "--horizon", "30", "--warmup", "5",
+                 "20", "--discount", "5", "--steps", "1", "--reps", "2", "--horizon", "30",
+                 "--warmup", "5",
                  "--eval-reps", "3", "--no-baselines", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code in (0, None)

@@ -6,18 +6,27 @@ over (inputs, outputs, temporaries), plus its random words. Pooled systems hold 
 buffers whose size follows n; per-GPU systems hold arrays of length O(n) per replication. The
 host keeps float64 sums per replication (a few hundred bytes each).
 
-Time is an estimate, meant to be pessimistic on an idle machine. Every job causes at most one
-arrival, one prefill end (completion or abandonment), one decode end, and one zero-time
-discard per lazy FCFS buffer it passes through, so a replication takes at most
-``(3 + buffers) * n * sum_i lambda_i * horizon`` steps. The rate assumed for each engine is
-below what ``scripts/bench.py`` measured on a 2-core CPU, scaled by the number of classes:
-15,000 events/s per replication up to 1 M per device for two classes (pooled, measured: 5 M
-events/s on one device and 8 M on two at 1,024 to 4,096 replications, 0.2 M with one
-replication). The per-GPU engine is assumed at half that up to 512 GPU slots (measured at
-n = 500 with 256 replications: 0.8-1.4 M events/s on one device, 1.9-2.0 M on two), and its
-cost per event to grow as the square of its tree's depth, ``log2`` of the slots, beyond
-(measured from n = 500 to n = 5,000, depth 9 to 13: 1.1-1.6x on one device, 1.8-1.9x on two,
-against an assumed 2.1x).
+Time is an estimate. Every job causes one arrival, one prefill end (its completion, or its
+abandonment while waiting) and, once prefilled, one decode end: a job abandoning in a lazy FCFS
+buffer is discarded in one zero-time step instead of an abandonment event. So a replication
+takes about ``3 * n * sum_i lambda_i * horizon`` steps, an upper bound up to the arrivals' noise
+(measured: 2.94 per arrival for Gate-and-Route on ``paper-qwen8b`` at n = 50 and 200; 2.5 at
+``B = 8``, where many jobs abandon before their prefill); systems that admit in bookkeeping
+steps (the tunable ``gated`` family) take up to one more per job.
+
+The rate assumed grows with the replications per device ``k`` as ``1.5e5 * k ** 0.55`` events
+per second, up to 4 M, for two classes (scaled by ``2 / classes`` beyond). Measured with
+``jaxqueue simulate`` on this project's 2-core CPU while other jobs kept both cores busy (load
+average 4-5), pooled Gate-and-Route, events per second per device: 0.32 M at k = 8 (n = 100,
+``B = 8``), 1.7 M and 1.4 M at k = 128 (n = 50 and 200, the default 256 replications); the
+assumed rate is 0.47 M, 2.2 M and 2.2 M there, so an estimate was 0.65-0.9x the simulation time
+measured then (compilation and start-up, 5-15 s, come on top). ``scripts/bench.py`` on a quiet
+machine gave 3.9-4.2 M at k = 512-2048 (assumed: 4 M). Under a heavier load (average 8) runs
+took up to 2.5x their estimate. The per-GPU engine is assumed at half the pooled rate up to 512
+GPU slots (measured: 0.23 M per device at k = 8 and n = 100, load 4-5; 0.12 M at k = 8 under
+load 8), its cost per event growing as the square of its tree's depth, ``log2`` of the slots,
+beyond (measured from n = 500 to n = 5,000, depth 9 to 13: 1.1-1.6x on one device, 1.8-1.9x on
+two, against an assumed 2.1x).
 """
 
 from __future__ import annotations
@@ -55,8 +64,8 @@ class Estimate:
         device_bytes: memory one device can give a batch (``DEVICE_SHARE`` of it).
         host_bytes_per_rep: host memory of one replication's results.
         host_bytes: host memory the results may take (``HOST_SHARE`` of it).
-        events: estimated steps of the whole run (an upper bound on its events), or None
-            when the system does not say its arrival rates.
+        events: estimated steps of the whole run (three per job: see the module docstring),
+            or None when the system does not say its arrival rates.
         events_per_second: the rate assumed for this engine, replications and devices.
     """
 
@@ -126,15 +135,20 @@ def host_memory() -> int:
         return 4 << 30
 
 
+#: Steps per job: its arrival, its prefill's end and its decode's end (see the module docstring).
+STEPS_PER_JOB = 3
+#: The assumed events per second of one device running k replications of a two-class pooled
+#: system: ``RATE_SCALE * k ** RATE_EXPONENT``, at most ``RATE_CAP``.
+RATE_SCALE, RATE_EXPONENT, RATE_CAP = 1.5e5, 0.55, 4e6
+
+
 def _steps_per_time(system) -> float | None:
-    """An upper bound on the steps per model second of one replication (see the module
-    docstring), or None for a system that does not expose its arrival rates."""
+    """The steps per model second of one replication (see the module docstring), or None for a
+    system that does not expose its arrival rates."""
     model = getattr(system, "model", None)
     if model is not None:
         arrivals = float(np.asarray(system.n)) * float(np.sum(np.asarray(model.lambda_)))
-        state = jax.eval_shape(system.init)
-        rings = sum(getattr(state, k, None) is not None for k in ("prefill_ring", "decode_ring"))
-        return (3 + rings) * arrivals
+        return STEPS_PER_JOB * arrivals
     rate = getattr(system, "arrival_rate", None)
     if rate is not None:  # M/M/N+M: an arrival and a departure (service or abandonment) per job
         return 2.0 * float(np.asarray(rate))
@@ -143,7 +157,8 @@ def _steps_per_time(system) -> float | None:
 
 def _rate_per_device(system, reps_per_device: int) -> float:
     """Events per second assumed for one device running ``reps_per_device`` replications."""
-    base = min(reps_per_device * 1.5e4, 1e6) * 2.0 / max(system.num_classes, 2)
+    k = max(int(reps_per_device), 1)
+    base = min(RATE_SCALE * k ** RATE_EXPONENT, RATE_CAP) * 2.0 / max(system.num_classes, 2)
     gpus = getattr(system, "gpus", None)
     if gpus is not None:  # per-GPU engine: O(log n) per event over a tree of the GPUs
         depth = max(math.log2(gpus), 9.0)

@@ -14,14 +14,22 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
 
 #: Exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
-#: Runs estimated to take longer than this (seconds) print their estimate first.
+#: Runs estimated to simulate longer than this (seconds) print their estimate first.
 ANNOUNCE_AFTER = 10.0
+#: Seconds a simulating command takes besides simulating, in its estimate: starting Python and
+#: JAX, solving the LPs, compiling (measured on 2 busy cores: 10-17 s for a pooled run at n = 50
+#: and 200 without the compilation cache; less with it).
+STARTUP = 10.0
+#: Seconds to compile one policy's program in ``jaxqueue compare``'s estimate (measured on 2
+#: busy cores: 6-15 s pooled, 11-21 s per-GPU).
+COMPILE_EACH = 12.0
 #: The jax options the command changes, restored when it returns.
 _JAX_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                 "jax_persistent_cache_min_entry_size_bytes")
@@ -132,21 +140,47 @@ def _bars(args) -> bool:
     return not args.json and sys.stderr.isatty()
 
 
+#: Without a progress bar (stderr not a terminal, or --json), a line every this many seconds.
+PROGRESS_EVERY = 30.0
+
+
+class _Lines:
+    """Progress as sparse lines on stderr, for logs and CI: one when the run is compiled and
+    going (for a run whose estimate was announced), then one every :data:`PROGRESS_EVERY`
+    seconds with the share done and the time left."""
+
+    def __init__(self, label: str, announced: bool):
+        self.label, self.announced = label, announced
+        self.first = self.last = None
+
+    def __call__(self, fraction: float) -> None:
+        import time
+
+        from .budget import human_seconds
+
+        now = time.monotonic()
+        if self.first is None:  # the first chunk is done: compiled, and the clock starts
+            self.first, self.last = (now, fraction), now
+            if self.announced:
+                _say(f"{self.label}: compiled; simulating (progress every "
+                     f"{PROGRESS_EVERY:g} s: stderr is not a terminal or --json)")
+            return
+        if now - self.last < PROGRESS_EVERY or fraction >= 1.0:
+            return
+        self.last = now
+        (t0, f0), elapsed = self.first, now - self.first[0]
+        rate = (fraction - f0) / elapsed if elapsed > 0 else 0.0
+        left = f", about {human_seconds((1.0 - fraction) / rate)} left" if rate > 0 else ""
+        _say(f"{self.label}: {100 * fraction:.0f}% simulated, {human_seconds(now - t0)} "
+             f"elapsed{left}")
+
+
 def _progress(args, label: str, announced: bool = False):
-    """A progress bar label when stderr is a terminal and the output is not JSON; otherwise, for
-    a run whose estimate was announced, one line when the first chunk is done (the run is
-    compiled and going), else nothing."""
+    """A progress bar label when stderr is a terminal and the output is not JSON; otherwise
+    sparse progress lines (:class:`_Lines`)."""
     if _bars(args):
         return label
-    if not announced:
-        return False
-    started = []
-
-    def once(fraction: float) -> None:
-        if not started:
-            started.append(fraction)
-            _say("compiled; simulating (no progress bar: stderr is not a terminal or --json)")
-    return once
+    return _Lines(label, announced)
 
 
 def _json_ready(obj):
@@ -256,6 +290,7 @@ def _cmd_frontier(args) -> None:
 
 # ---- simulate ---------------------------------------------------------------------------------
 def _plan_text(policy, sli, plan) -> str:
+    """What the policy takes from its LP, for the ``plan:`` line."""
     if policy.router == "sli":
         if sli is None:
             return (f"the bundled LP without SLI targets (none given), R* = {plan.revenue:.4f}: "
@@ -264,43 +299,57 @@ def _plan_text(policy, sli, plan) -> str:
         targets = ", ".join(f"{k} <= {v:g}{' s' if k == 'tpot' else ''}"
                             for k, v in sli.targets.items())
         return f"SLI-aware LP with {targets} ({kind}), revenue {plan.revenue:.4f}"
+    if policy.plans == "nothing":
+        return (f"none (no static planning, FCFS admission); the {plan.pricing} LP bounds its "
+                f"revenue: R* = {plan.revenue:.4f}")
+    if policy.plans == "targets":
+        return (f"the gate's targets x* from the {plan.pricing} LP (R* = {plan.revenue:.4f}); "
+                "no static planning")
     return f"the {plan.pricing} LP (R* = {plan.revenue:.4f})"
 
 
-def _announce(est, devices, args) -> None:
+def _announce(est, devices, args) -> bool:
     from .budget import human_bytes, human_seconds
 
     seconds = est.seconds
     if seconds is None or (seconds < ANNOUNCE_AFTER and not args.estimate):
         return False
-    _say(f"estimated run time {human_seconds(seconds)} (at most {est.events:.3g} events at an "
-         f"assumed {est.events_per_second:.3g} events/s on {len(devices)} device"
-         f"{'s' if len(devices) != 1 else ''}, compilation excluded); memory "
-         f"{human_bytes(est.device_bytes_per_rep)} per replication. Ctrl-C stops the run and "
-         "reports what was simulated")
+    _say(f"estimated run time {human_seconds(seconds + STARTUP)}: {human_seconds(seconds)} of "
+         f"simulation (about {est.events:.3g} events at an assumed "
+         f"{est.events_per_second:.3g} events/s on {len(devices)} device"
+         f"{'s' if len(devices) != 1 else ''}) and about {STARTUP:g} s starting and compiling; "
+         f"memory {human_bytes(est.device_bytes_per_rep)} per replication. Ctrl-C stops the run "
+         "and reports what was simulated")
     return True
 
 
 def _cmd_simulate(args) -> int:
     import jax
-    import numpy as np
 
-    from . import budget, fluid, policies, scenarios, stats
+    from . import budget, policies, scenarios
+    from .compare import tuned_system
     from .driver import GROWTH, BufferOverflowError, simulate
-    from .tables import simulate_lines
 
     model = scenarios.load(args.scenario)
+    tuned = None
     if args.params is not None:
-        return _simulate_tuned(args, model)
-    policy = policies.resolve(args.policy)
-    sli = _sli(args)
-    if sli is not None and policy.router != "sli":
-        raise ValueError(f"--prefill-fairness, --decode-fairness and --tpot plan from the "
-                         f"SLI-aware LP, which only sli-gate-and-route follows: policy "
-                         f"{policy.name!r} would take that plan without its router; use "
-                         "--policy sli-gate-and-route")
-    system, plan = policies.build(policy.name, model, args.gpus, capacity=args.buffer_capacity,
-                                  engine=args.engine, speed_rule=args.speed_rule, sli=sli)
+        system, plan, family, params, sli, meta = tuned_system(
+            args.params, model, args.gpus, capacity=args.buffer_capacity)
+        tuned = {"family": family, "file": str(args.params), "params": params,
+                 "tuned_for": {k: meta.get(k) for k in ("scenario", "gpus")}}
+        label = f"tuned {family}, n = {args.gpus}"
+    else:
+        policy = policies.resolve(args.policy)
+        sli = _sli(args)
+        if sli is not None and policy.router != "sli":
+            raise ValueError(f"--prefill-fairness, --decode-fairness and --tpot plan from the "
+                             f"SLI-aware LP, which only sli-gate-and-route follows: policy "
+                             f"{policy.name!r} would take that plan without its router; use "
+                             "--policy sli-gate-and-route")
+        system, plan = policies.build(policy.name, model, args.gpus,
+                                      capacity=args.buffer_capacity, engine=args.engine,
+                                      speed_rule=args.speed_rule, sli=sli)
+        label = f"n = {args.gpus}"
     devices = _devices(args.devices)
     est = budget.estimate(system, reps=args.reps, horizon=args.horizon,
                           chunk_events=args.chunk_events, devices=devices)
@@ -311,8 +360,7 @@ def _cmd_simulate(args) -> int:
     try:
         run = simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
                        warmup=args.warmup, chunk_events=args.chunk_events,
-                       progress=_progress(args, f"n = {args.gpus}", announced),
-                       devices=devices,
+                       progress=_progress(args, label, announced), devices=devices,
                        checkpoint=args.checkpoint, grow_buffers=args.buffer_capacity is None,
                        notify=_say)
     except BufferOverflowError as err:
@@ -323,16 +371,57 @@ def _cmd_simulate(args) -> int:
             f"(--buffer-capacity): rerun with --buffer-capacity {GROWTH * err.capacity} or "
             "more, or without it (jaxqueue then sizes the buffers from the scenario and grows "
             "them as needed)", capacity=err.capacity) from None
+    if tuned is None:
+        out = _simulation_out(args, model, system, plan, run, devices, policy=policy, sli=sli)
+    else:
+        out = _simulation_out(args, model, system, plan, run, devices, sli=sli, tuned=tuned)
+    from .tables import simulate_lines
+
+    _emit(out, args.json, lambda o: simulate_lines(o, details=args.details))
+    if run.interrupted:
+        _say("interrupted: the results above cover the part simulated"
+             + (f"; rerun the same command to resume from {args.checkpoint}"
+                if args.checkpoint else ""))
+        return INTERRUPTED
+    return 0
+
+
+def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli=None,
+                    tuned=None) -> dict[str, Any]:
+    """The JSON object of ``jaxqueue simulate`` (a named policy, or with ``tuned`` a tuned
+    member of a family: ``{family, file, params, tuned_for}``)."""
+    import dataclasses
+
+    import numpy as np
+
+    from . import diagnose, fluid, policies, stats
+
     planned = getattr(system, "layout", "planned") == "planned"
+    if hasattr(system, "M"):
+        mixed = int(system.M) if planned else None
+    else:  # the tuned gated family: M = n * share, rounded at random per replication
+        mixed = float(args.gpus * np.asarray(tuned["params"].share))
+    other = "separate" if plan.pricing == "bundled" else "bundled"
     out: dict[str, Any] = {
-        "scenario": model.name, "policy": policy.name, "engine": policies.engine_of(system),
-        "gpus": args.gpus, "mixed_gpus": int(system.M) if planned else None,
-        "static_planning": planned, "coupled": bool(getattr(system, "coupled", False)),
+        "scenario": model.name, "engine": policies.engine_of(system), "gpus": args.gpus,
+        "mixed_gpus": mixed, "static_planning": planned,
+        "coupled": bool(getattr(system, "coupled", False)),
         "reps": args.reps, "horizon": args.horizon, "warmup": args.warmup, "seed": args.seed,
-        "plan": _plan_text(policy, sli, plan), "lp_revenue": plan.revenue,
-        "lp_pricing": plan.pricing,
+        "lp_revenue": plan.revenue, "lp_pricing": plan.pricing,
+        "other_lp_revenue": fluid.solve(model, other).revenue,
         "unconstrained_lp_revenue": (fluid.solve(model, "bundled").revenue
                                      if sli is not None else None),
+    }
+    if tuned is None:
+        out.update(policy=policy.name, plan=_plan_text(policy, sli, plan))
+    else:
+        params = {f.name: np.asarray(getattr(tuned["params"], f.name)).tolist()
+                  for f in dataclasses.fields(tuned["params"])}
+        out.update(policy=f"tuned {tuned['family']}", family=tuned["family"],
+                   params_file=tuned["file"], params=params, tuned_for=tuned["tuned_for"],
+                   plan=f"tuned from the point of the {plan.pricing} LP (R* = "
+                        f"{plan.revenue:.4f}) where the family is the paper's policy")
+    out.update({
         "interrupted": run.interrupted,
         "time_reached": {"min": float(run.time.min()), "mean": float(run.time.mean()),
                          "max": float(run.time.max())},
@@ -342,7 +431,7 @@ def _cmd_simulate(args) -> int:
         "events": run.events, "wall_seconds": run.wall_seconds,
         "compile_seconds": run.compile_seconds, "events_per_second": run.events_per_second,
         "devices": len(devices),
-    }
+    })
     if np.any(run.collected):
         summary = stats.summarize_pooled(run, model, args.gpus)
         out["revenue_per_gpu"] = summary["revenue_per_gpu"]
@@ -353,63 +442,12 @@ def _cmd_simulate(args) -> int:
                          "q_decode": float(plan.q_d[i]),
                          "completion_rate": float(plan.completion_rate(model)[i])}
         out["classes"] = summary["classes"]
+        revenue = summary["revenue_per_gpu"][plan.pricing]["mean"]
+        out["diagnosis"] = diagnose.diagnose(model, plan, summary["classes"], revenue,
+                                             gpus=args.gpus, scenario=args.scenario)
     else:
-        out.update(revenue_per_gpu=None, sli=None, classes=None)
-    _emit(out, args.json, lambda o: simulate_lines(o, details=args.details))
-    if run.interrupted:
-        _say("interrupted: the results above cover the part simulated"
-             + (f"; rerun the same command to resume from {args.checkpoint}"
-                if args.checkpoint else ""))
-        return INTERRUPTED
-    return 0
-
-
-def _simulate_tuned(args, model) -> int:
-    """``simulate --params FILE``: a tuned member of a policy family, on fresh seeds."""
-    import jax
-
-    from . import fluid, stats
-    from .policies import tunable
-
-    family, params, meta = tunable.load_params(args.params, model)
-    sli = meta.get("sli")  # tuned under SLI targets: the same SLI-aware plan
-    if sli:
-        try:
-            sli = fluid.SLI(**sli["targets"], penalty=bool(sli.get("penalty")),
-                            weights=sli.get("weights", {}))
-        except (TypeError, KeyError, AttributeError):
-            raise ValueError(f"params file {args.params}: key 'sli' must hold 'targets' (SLI "
-                             "name -> target), 'penalty' and 'weights', as jaxqueue tune writes "
-                             "it") from None
-    plan = fluid.solve(model, "bundled", sli=sli or None)
-    system, params = tunable.build_family(family, model, args.gpus, plan=plan, params=params,
-                                          capacity=args.buffer_capacity)
-    run = jq_simulate(jax.random.key(args.seed), system, reps=args.reps, horizon=args.horizon,
-                      warmup=args.warmup, chunk_events=args.chunk_events,
-                      progress=_progress(args, f"tuned {family}, n = {args.gpus}"),
-                      devices=_devices(args.devices))
-    summary = stats.summarize_pooled(run, model, args.gpus)
-    out = {"scenario": model.name, "family": family, "params_file": str(args.params),
-           "params": {k: v for k, v in meta["params"].items()},
-           "tuned_for": {k: meta.get(k) for k in ("scenario", "gpus")},
-           "gpus": args.gpus, "reps": args.reps, "horizon": args.horizon, "warmup": args.warmup,
-           "seed": args.seed, "lp_revenue": plan.revenue,
-           "revenue_per_gpu": summary["revenue_per_gpu"], "classes": summary["classes"],
-           "interrupted": run.interrupted, "events": run.events,
-           "wall_seconds": run.wall_seconds}
-
-    def lines(o):
-        r = o["revenue_per_gpu"]
-        yield (f"{o['scenario']} / tuned {o['family']} ({o['params_file']}): n = {o['gpus']} "
-               f"GPUs, {o['reps']} replications, horizon {o['horizon']:g} s "
-               f"(warm-up {o['warmup']:g} s), seed {o['seed']}")
-        yield ("revenue per GPU per second: bundled "
-               f"{r['bundled']['mean']:.4f} ± {r['bundled']['ci95']:.2g}, separate "
-               f"{r['separate']['mean']:.4f} ± {r['separate']['ci95']:.2g} (LP bound, bundled: "
-               f"{o['lp_revenue']:.4f})")
-        yield "parameters: " + ", ".join(f"{k} = {v}" for k, v in o["params"].items())
-    _emit(out, args.json, lines)
-    return INTERRUPTED if run.interrupted else 0
+        out.update(revenue_per_gpu=None, sli=None, classes=None, diagnosis=None)
+    return out
 
 
 def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:
@@ -539,11 +577,23 @@ def _cmd_policies(args) -> None:
     from . import policies
 
     out = {p.name: {"aliases": list(p.aliases), "pricing": p.pricing, "engines": list(p.engines),
-                    "description": p.description} for p in policies.POLICIES.values()}
+                    "origin": p.origin, "description": p.description}
+           for p in policies.POLICIES.values()}
 
     def lines(o):
-        return [f"{name}{' (alias ' + ', '.join(p['aliases']) + ')' if p['aliases'] else ''} "
-                f"[{', '.join(p['engines'])}]: {p['description']}" for name, p in o.items()]
+        import textwrap
+
+        heads = {"paper": "the paper's policies (Lin, Han, Ding & Zhang, arXiv 2602.02987):",
+                 "jaxqueue": "jaxqueue's own:"}
+        for origin, head in heads.items():
+            yield head
+            for name, p in o.items():
+                if p["origin"] != origin:
+                    continue
+                alias = f" (alias {', '.join(p['aliases'])})" if p["aliases"] else ""
+                yield from textwrap.wrap(
+                    f"{name}{alias} [{', '.join(p['engines'])}]: {p['description']}", 100,
+                    initial_indent="  ", subsequent_indent="    ")
     _emit(out, args.json, lines)
 
 
@@ -559,20 +609,47 @@ def _cmd_scenarios(args) -> None:
     _emit(out, args.json, lines)
 
 
-def _cmd_reproduce(args) -> None:
-    """Runs the repository's experiments/ (the paper's figures) and writes REPORT.md. They live
-    in the source tree, next to this package, not in the installed package (they import
-    matplotlib); JAXQUEUE_EXPERIMENTS may point at another checkout's experiments/ folder."""
-    import importlib
-    from pathlib import Path
+def _find_experiments(env: str | None, package: Path, cwd: Path) -> Path | None:
+    """The experiments/ folder ``jaxqueue reproduce`` runs: ``JAXQUEUE_EXPERIMENTS`` if set;
+    else the one next to the package (a clone installed with ``pip install -e .``); else the
+    one of the clone the command runs in (the current folder or one above it, holding
+    ``experiments/reproduce.py`` and jaxqueue's ``pyproject.toml``), which is how ``pip install
+    .`` finds it: the experiments are not part of the installed package (they are scripts that
+    write figures and a report, not library code). None when there is none."""
+    if env:
+        folder = Path(env)
+        return folder if (folder / "reproduce.py").is_file() else None
 
-    folder = Path(os.environ.get("JAXQUEUE_EXPERIMENTS")
-                  or Path(__file__).resolve().parent.parent / "experiments")
-    if not (folder / "reproduce.py").is_file():
-        raise ValueError(f"experiments folder {folder} not found: `jaxqueue reproduce` runs the "
-                         "repository's experiments/, so install from a clone (pip install -e .) "
-                         "or set JAXQUEUE_EXPERIMENTS=/path/to/jaxqueue/experiments")
-    sys.path.insert(0, str(folder.resolve().parent))
+    def clone(root: Path) -> bool:
+        try:
+            return 'name = "jaxqueue"' in (root / "pyproject.toml").read_text()
+        except OSError:
+            return False
+    for root in (package.parent, cwd, *cwd.parents):
+        if (root / "experiments" / "reproduce.py").is_file() and (
+                root == package.parent or clone(root)):
+            return root / "experiments"
+    return None
+
+
+def _cmd_reproduce(args) -> None:
+    """Runs the repository's experiments/ (the paper's figures) and writes REPORT.md (see
+    :func:`_find_experiments` for where they are found)."""
+    import importlib
+
+    env = os.environ.get("JAXQUEUE_EXPERIMENTS")
+    folder = _find_experiments(env, Path(__file__).resolve().parent, Path.cwd())
+    if folder is None:
+        if env:
+            raise ValueError(f"experiments folder {env} not found (JAXQUEUE_EXPERIMENTS): it "
+                             "must hold the repository's experiments/reproduce.py")
+        raise ValueError("experiments folder not found: jaxqueue reproduce runs the "
+                         "experiments/ of a clone of the repository, which pip install does not "
+                         "install; run it inside the clone (cd path/to/jaxqueue), or set "
+                         "JAXQUEUE_EXPERIMENTS=path/to/jaxqueue/experiments")
+    root = str(folder.resolve().parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
     runner = importlib.import_module("experiments.reproduce")
     out = runner.main(out=args.out, quick=args.quick, only=args.only, seed=args.seed,
                       force=args.force)
@@ -581,26 +658,99 @@ def _cmd_reproduce(args) -> None:
         print(f"{c.verdict:>15}  {c.figure:<16} {c.statement}")
 
 
+# ---- compare ----------------------------------------------------------------------------------
+def _cmd_compare(args) -> int:
+    import jax
+
+    from . import compare, scenarios
+    from .budget import human_seconds
+    from .tables import compare_lines
+
+    model = scenarios.load(args.scenario)
+    text = args.policies.strip()
+    names = "all" if text == "all" else [k.strip() for k in text.split(",") if k.strip()]
+    items = compare.entries(model, args.gpus, names=names, params=args.params)
+    devices = _devices(args.devices)
+    gpu_reps = args.gpu_reps or compare.per_gpu_reps(args.reps, len(devices))
+    est = compare.estimate(items, reps=args.reps, gpu_reps=gpu_reps, horizon=args.horizon,
+                           chunk_events=args.chunk_events, devices=devices)
+    pooled = sum(e.engine == "pooled" for e in items)
+    per_gpu = len(items) - pooled
+    compiling = STARTUP + COMPILE_EACH * len(items)
+    _say(f"estimated run time {human_seconds(est['seconds'] + compiling)} for {len(items)} "
+         f"policies: {human_seconds(est['seconds'])} of simulation ({pooled} pooled x {args.reps} "
+         f"replications, {per_gpu} per-GPU x {gpu_reps}; horizon {args.horizon:g} s, n = "
+         f"{args.gpus}) and about {human_seconds(compiling)} starting and compiling (5-20 s a "
+         "policy on a CPU, less with the compilation cache). Ctrl-C stops it and reports the "
+         "policies done")
+    if args.estimate:
+        return 0
+    out = compare.compare(jax.random.key(args.seed), model, args.gpus, items, reps=args.reps,
+                          gpu_reps=gpu_reps, horizon=args.horizon, warmup=args.warmup,
+                          pricing=args.pricing, devices=devices, chunk_events=args.chunk_events,
+                          progress=lambda label: _progress(args, label), notify=_say,
+                          scenario=args.scenario)
+    out.update(seed=args.seed, estimate_seconds=est["seconds"])
+    if args.plot and out["policies"]:
+        compare.plot(args.plot, out)
+        out["plot"] = args.plot
+        _say(f"figure written to {args.plot}")
+    _emit(out, args.json, compare_lines)
+    if out["interrupted"]:
+        _say("interrupted: the table covers the policies that finished")
+        return INTERRUPTED
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default, and strips reStructuredText double back-quotes."""
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default once, where it has one (not for flags, required options, or
+    options whose help already says what the default is), and strips reStructuredText double
+    back-quotes."""
 
     def _get_help_string(self, action):
-        text = super()._get_help_string(action)
-        return text.replace("``", "") if text else text
+        text = action.help or ""
+        shown = (action.default is not None and action.default is not False
+                 and action.default is not argparse.SUPPRESS and not action.required
+                 and "default" not in text and "%(default)" not in text
+                 and (action.option_strings or action.nargs in (argparse.OPTIONAL,
+                                                                argparse.ZERO_OR_MORE)))
+        if shown:
+            text += " (default: %(default)s)"
+        return text.replace("``", "")
 
     def _format_text(self, text):
         return super()._format_text(text.replace("``", ""))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxqueue", description=__doc__.replace("``", ""),
-                                formatter_class=_Help)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are two lines: a short usage and the error, naming the
+    command (``jaxqueue simulate: error: ...``); ``--help`` still shows every option."""
 
-    def command(name, summary, **kw):
-        return sub.add_parser(name, help=summary, description=summary, formatter_class=_Help,
-                              **kw)
+    def format_usage(self) -> str:
+        positionals = [a for a in self._actions if not a.option_strings
+                       and a.help is not argparse.SUPPRESS]
+        words = []
+        for a in positionals:
+            name = a.metavar or (a.dest.upper() if a.dest != "command" else "COMMAND")
+            if isinstance(a, argparse._SubParsersAction):
+                name = "COMMAND"
+            words.append(f"[{name}]" if a.nargs == argparse.OPTIONAL else name)
+        return (f"usage: {self.prog} {' '.join([*words, '[options]'])}   "
+                f"(options: {self.prog} --help)\n")
+
+    def error(self, message: str):
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jaxqueue", description=__doc__.replace("``", ""), formatter_class=_Help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.commands = sub.choices  # name -> parser: errors found after parsing name their command
+
+    def command(name, summary, **kw):  # help is %-formatted, the description is not
+        return sub.add_parser(name, help=summary.replace("%", "%%"), description=summary,
+                              formatter_class=_Help, **kw)
 
     def sli_options(q):
         q.add_argument("--prefill-fairness", type=_number("prefill-fairness"), default=None,
@@ -678,6 +828,36 @@ def _parser() -> argparse.ArgumentParser:
                           "names the policy family; --policy is then ignored)")
     run_options(sim)
     sim.set_defaults(func=_cmd_simulate)
+
+    cmp = command("compare", "every applicable policy on common random numbers: ranked "
+                  "revenue with intervals, paired differences to the best, gaps to each "
+                  "pricing's LP bound, abandonment, service levels, and a diagnosis of any "
+                  "policy more than 5% below its bound")
+    cmp.add_argument("scenario", help="built-in name or path to a TOML file")
+    cmp.add_argument("--gpus", type=_positive_int("gpus"), required=True,
+                     help="number of GPUs n")
+    cmp.add_argument("--policies", default="all", metavar="all|P,...",
+                     help="'all' (the paper's policies and jaxqueue's own, see jaxqueue "
+                          "policies) or comma-separated policy names")
+    cmp.add_argument("--params", nargs="+", action="extend", default=[], metavar="FILE",
+                     help="also compare tuned parameters saved by jaxqueue tune --save")
+    cmp.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
+                     help="the revenue policies are ranked by (each is also measured under "
+                          "its own pricing against its own LP bound)")
+    cmp.add_argument("--gpu-reps", type=_positive_int("gpu-reps"), default=None, metavar="R",
+                     help="replications of each per-GPU policy, the first R of the pooled "
+                          "ones' (by default a quarter of --reps, at least min(reps, 8): a "
+                          "per-GPU event costs about 4x a pooled one)")
+    cmp.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=1024,
+                     help="events per compiled scan chunk")
+    cmp.add_argument("--devices", default="all",
+                     help="shard replications over 'all' devices or the first N")
+    cmp.add_argument("--estimate", action="store_true",
+                     help="print the run-time estimate and stop")
+    cmp.add_argument("--plot", default=None, metavar="PNG",
+                     help="also write a bar chart of the ranked revenues to this file")
+    run_options(cmp, reps=64, horizon=800.0, warmup=200.0)
+    cmp.set_defaults(func=_cmd_compare)
 
     sens = command("sensitivity", "derivatives of a policy's simulated revenue per GPU per "
                    "second with respect to every model parameter (95% intervals, common random "
@@ -763,11 +943,6 @@ def _cmd_tune_entry(args) -> int:
     return run_tune(args, say=_say, bars=_bars(args), emit=_emit)
 
 
-def jq_simulate(*args, **kwargs):
-    from .driver import simulate
-    return simulate(*args, **kwargs)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``jaxqueue`` command. Exits with 0 on success, 1 when a validation
     disagrees, 2 on bad input, 130 when interrupted (Ctrl-C)."""
@@ -775,7 +950,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "warmup", None) is not None and getattr(args, "horizon", None) is not None:
         if args.warmup >= args.horizon:
-            parser.error(f"warmup = {args.warmup:g}: must be < horizon = {args.horizon:g}")
+            parser.commands[args.command].error(
+                f"warmup = {args.warmup:g}: must be < horizon = {args.horizon:g}")
     with _restored_environment():
         code = _run(args)
     if code:

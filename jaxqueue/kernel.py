@@ -513,10 +513,13 @@ def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, re
     """The path of replication ``rep`` over its first ``num_events`` steps (opt-in, for checks
     and plots): states and times after each step, and cumulative counters (no window).
 
-    Uses the same step and random numbers as a rollout's first chunk. ``every`` keeps one step
-    in ``every``.
+    Uses the same starting state, step and random numbers as a rollout's first chunk. ``every``
+    keeps one step in ``every``.
     """
     state = system.init()
+    if system.num_init_random:  # the replication's own starting state (AbstractSystem.randomize)
+        batch = initial_state(system, key, jnp.asarray([rep], jnp.uint32))
+        state = jax.tree.map(lambda a, axis: jnp.take(a, 0, axis=axis), batch, rep_axes(system))
     bits = rng.chunk_words(key, jnp.asarray([rep], jnp.uint32), jnp.uint32(0), num_events,
                            words_per_step(system))[..., 0]
     real = rng.real_dtype()

@@ -31,14 +31,17 @@ __all__ = ["SLI_KEYS", "achieved_sli", "mean_ci", "summarize_pooled", "tpot"]
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over replications and the half-width of its 95% t-interval (NaN for one value)."""
+    """Mean over replications and the half-width of its 95% t-interval (NaN for one value; exactly
+    0 where every replication has the same value, which a standard deviation computed in
+    floating point may leave at round-off level, e.g. 2.8e-19)."""
     values = np.asarray(values, np.float64)
     r = values.shape[axis]
     mean = values.mean(axis=axis)
     if r < 2:
         return mean, np.full_like(mean, np.nan)
     sem = values.std(axis=axis, ddof=1) / np.sqrt(r)
-    return mean, _st.t.ppf(0.975, r - 1) * sem
+    same = np.ptp(values, axis=axis) == 0
+    return mean, np.where(same, 0.0, _st.t.ppf(0.975, r - 1) * sem)
 
 
 def _number(v) -> float | None:

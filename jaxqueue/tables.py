@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["WIDTH", "convergence_lines", "exact_check_lines", "fmt", "lp_lines", "simulate_lines"]
+__all__ = ["WIDTH", "compare_lines", "convergence_lines", "exact_check_lines", "fmt", "lp_lines",
+           "simulate_lines"]
 
 WIDTH = 100
 
@@ -27,19 +28,37 @@ def _clean(v: float) -> float:
     return 0.0 if abs(v) < 1e-9 else v
 
 
+def _ci_text(ci: float, mean: float) -> str:
+    """A half-width with two significant digits; one at round-off level prints as 0: below
+    1e-6 of the mean (the simulator integrates each chunk in float32, about 6e-8 relative: a
+    quantity equal in every replication, such as the TPOT decodes see while every decode slot
+    stays full, varies that much) or below 1e-12."""
+    if abs(ci) <= max(1e-6 * abs(mean), 1e-12):
+        return "0"
+    text = f"{ci:.2g}"
+    return f"{ci:.0f}" if "e+" in text else text  # 110, not 1.1e+02
+
+
 def fmt(entry: dict[str, Any] | None, digits: int = 4, scale: float = 1.0) -> str:
-    """``mean ± ci95`` (``mean`` alone when there is no interval, ``n/a`` without a mean)."""
+    """``mean ± ci95`` (``mean`` alone when there is no interval, ``n/a`` without a mean; an
+    interval of zero width, up to round-off, as ``± 0``)."""
     if entry is None or entry.get("mean") is None:
         return "n/a"
     mean = _clean(entry["mean"] * scale)
     if entry.get("ci95") is None:
         return f"{mean:.{digits}g}"
-    return f"{mean:.{digits}g} ± {entry['ci95'] * scale:.2g}"
+    return f"{mean:.{digits}g} ± {_ci_text(entry['ci95'] * scale, mean)}"
 
 
 # ---- simulate ---------------------------------------------------------------------------------
 def _layout_line(o: dict[str, Any]) -> str:
     n = o["gpus"]
+    if isinstance(o["mixed_gpus"], float):  # a tuned share: M rounded at random
+        m = o["mixed_gpus"]
+        if m.is_integer():
+            return f"planned mixed GPUs: M = n x share = {m:.0f} of {n}; solo GPUs: {n - m:.0f}"
+        return (f"planned mixed GPUs: n x share = {m:.4g} of {n}, rounded at random per "
+                f"replication (to {int(m)} or {int(m) + 1}); solo GPUs: the rest")
     if o["mixed_gpus"] is not None:
         return (f"planned mixed GPUs: M = {o['mixed_gpus']} of {n} (a reserved prefill slot and "
                 f"B-1 decode slots each); solo GPUs: {n - o['mixed_gpus']}")
@@ -62,12 +81,15 @@ def _interrupted_line(o: dict[str, Any]) -> str:
 def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
     """The ``jaxqueue simulate`` summary (and with ``details`` the per-class tables)."""
     reps = f"{o['reps']} replication{'s' if o['reps'] != 1 else ''}"
-    lines = [f"{o['scenario']} / {o['policy']} ({o['engine']} engine): n = {o['gpus']} GPUs, "
-             f"{reps}, seed {o['seed']}",
+    policy = o["policy"] + (f" ({o['params_file']})" if o.get("params_file") else "")
+    lines = [*_wrap(f"{o['scenario']} / {policy} ({o['engine']} engine): n = {o['gpus']} GPUs, "
+                    f"{reps}, seed {o['seed']}"),
              f"  model time: horizon {o['horizon']:g} s, warm-up {o['warmup']:g} s "
              f"(statistics over the last {o['horizon'] - o['warmup']:g} s)",
-             *f"  {_layout_line(o)}".split("\n"),
-             f"  plan: {o['plan']}"]
+             *(w for part in f"  {_layout_line(o)}".split("\n") for w in _wrap(part)),
+             *_wrap(f"  plan: {o['plan']}")]
+    if o.get("params") is not None:
+        lines += _params_lines(o)
     if o["interrupted"]:
         lines += _interrupted_line(o).split("\n")
     if o["replications_with_statistics"] == 0:
@@ -80,14 +102,19 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
     lines.append(f"revenue per GPU per second ({pricing} pricing): {fmt(rev[pricing], 6)}")
     bound = o["lp_revenue"]
     gap = bound - rev[pricing]["mean"]
-    if o.get("unconstrained_lp_revenue") is not None:
+    below = " (diagnosis below)" if o.get("diagnosis") else ""
+    sli_plan = o.get("unconstrained_lp_revenue") is not None
+    if sli_plan:
         lines.append(f"  SLI-aware LP value {bound:.4f}: a bound only for policies that meet "
-                     "its targets")
+                     f"its targets{below}")
         lines.append(f"  LP bound without targets R* = {o['unconstrained_lp_revenue']:.4f}")
     else:
-        lines.append(f"  LP bound R* = {bound:.4f}: gap {gap:.4g} ({100 * gap / bound:.2f}%)")
+        lines.append(f"  LP bound R* = {bound:.4f}: gap {gap:.4g} ({100 * gap / bound:.2f}%)"
+                     f"{below}")
     other = "separate" if pricing == "bundled" else "bundled"
-    lines.append(f"  under {other} pricing: {fmt(rev[other], 6)}")
+    own = o.get("other_lp_revenue")
+    lines.append(f"  under {other} pricing: {fmt(rev[other], 6)}"
+                 + ("" if own is None else f" (its own LP bound: R* = {own:.4f})"))
     if o["replications_with_statistics"] < 2:
         lines.append("  one replication: no confidence intervals (run --reps 2 or more for them)")
     else:
@@ -95,7 +122,27 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
     lines += _class_table(o) + _sli_table(o)
     if details:
         lines += _details(o)
+    if o.get("diagnosis"):
+        from .diagnose import diagnosis_lines
+
+        lines += [""] + diagnosis_lines(
+            o["diagnosis"], bound_name="SLI-aware LP's value" if sli_plan else "LP bound")
     return lines + [_events_line(o)]
+
+
+def _params_lines(o: dict[str, Any]) -> list[str]:
+    """A tuned family's parameters, four significant digits."""
+    import textwrap
+
+    def number(v):
+        return f"[{', '.join(map(number, v))}]" if isinstance(v, list) else f"{v:.4g}"
+
+    parts = [f"{k} = {number(v)}" for k, v in o["params"].items()]
+    made = o.get("tuned_for") or {}
+    where = ("" if not made.get("scenario") else
+             f" (tuned for {made['scenario']}, n = {made.get('gpus')})")
+    return textwrap.wrap(f"parameters{where}: " + ", ".join(parts), WIDTH,
+                         initial_indent="  ", subsequent_indent="    ")
 
 
 def _name_width(o: dict[str, Any]) -> int:
@@ -266,4 +313,136 @@ def convergence_lines(cv: dict[str, Any], prefix: str = "") -> list[str]:
                       f"{cv['trend_z']:.1f} standard errors (needs > 3)")
     lines.append(f"verdict: {cv['verdict'].upper()}")
     lines += [f"  {c}" for c in checks]
+    return lines
+
+
+# ---- compare ------------------------------------------------------------------------------------
+def _signed(entry: dict[str, Any] | None) -> str:
+    """``+1.23 ± 0.45`` (a paired difference)."""
+    if entry is None or entry.get("mean") is None:
+        return "n/a"
+    mean = _clean(entry["mean"])
+    if entry.get("ci95") is None:
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} ± {_ci_text(entry['ci95'], mean)}"
+
+
+def compare_lines(o: dict[str, Any]) -> list[str]:
+    """The ``jaxqueue compare`` tables: the ranking with paired differences and each policy's gap
+    to its own pricing's LP bound, abandonment by class, achieved SLIs, and the diagnoses."""
+    from .diagnose import diagnosis_lines
+
+    pricing = o["pricing"]
+    rows = o["policies"]
+    lines = [f"{o['scenario']}, n = {o['gpus']} GPUs: policies on common random numbers "
+             f"(replication r of every policy",
+             f"  draws from fold_in(key({o.get('seed', 0)}), r)); horizon {o['horizon']:g} s, "
+             f"warm-up {o['warmup']:g} s; {o['reps']} replications pooled, "
+             f"{o['per_gpu_reps']} per-GPU",
+             f"  LP bounds R*: bundled {o['lp_bound']['bundled']:.2f}, separate "
+             f"{o['lp_bound']['separate']:.2f}; ranked by {pricing} revenue per GPU per second"]
+    if o["interrupted"]:
+        lines.append(f"INTERRUPTED: the {len(rows)} policies below finished; the rest did not "
+                     "run")
+    if not rows:
+        return lines
+    w = _policy_width(rows)
+    lines += ["", f"{'rank':<5}{'policy':<{w}} {'engine':<8}{'reps':>4}{pricing + ' revenue':>18}"
+                  f"{'- best, paired':>16}  {'own LP bound':<15}{'gap':>7}"]
+    for r in rows:
+        own = r["revenue"][r["pricing"]]
+        diff = "best" if r["difference_to_best"] is None else _signed(r["difference_to_best"])
+        mark = "" if r["origin"] == "paper" else "*"
+        lines.append(f"{r['rank']:>3}  {(r['name'] + mark)[:w]:<{w}} {r['engine']:<8}"
+                     f"{r['reps']:>4}{' ' + fmt(r['revenue'][pricing], 5):>18}{' ' + diff:>16}  "
+                     f"{r['lp_bound']:>6.2f} {r['pricing']:<8}{100 * r['relative_gap']:>6.1f}%")
+        if r["pricing"] != pricing:
+            lines.append(f"{'':5}{'':<{w}} its {r['pricing']} revenue: {fmt(own, 5)}, "
+                         f"{100 * r['relative_gap']:.1f}% below its own LP bound")
+    both = (f" (the first {o['per_gpu_reps']} when either is per-GPU)"
+            if o["per_gpu_reps"] < o["reps"] else "")
+    lines += _wrap(f"  ± : 95% intervals. - best: the per-replication difference to the best, "
+                   f"paired on common random numbers over the replications both ran{both}. "
+                   "gap: below the LP bound of the policy's own pricing, under that pricing "
+                   "(separate pricing: the separate LP)", hang=0)
+    if any(r["origin"] != "paper" for r in rows):
+        lines.append("  * not one of the paper's policies: jaxqueue's own (jaxqueue policies) "
+                     "or a tuned file")
+    lines += _compare_abandonment(rows, w) + _compare_sli(rows, w)
+    diagnosed = [r for r in rows if r.get("diagnosis")]
+    suggestions: list[str] = []
+    for r in diagnosed:
+        lines += ["", f"{r['name']}:"] + diagnosis_lines(
+            r["diagnosis"], indent="  ", bound_name=f"{r['pricing']} LP bound",
+            suggestions=False)
+        for t in r["diagnosis"]["suggestions"]:
+            head = t.split(" (")[0]
+            if not t.startswith("jaxqueue compare") and all(
+                    u.split(" (")[0] != head for u in suggestions):
+                suggestions.append(t)
+    suggestions.sort(key=lambda t: (t.startswith("more GPUs"), t.startswith("jaxqueue tune")))
+    if diagnosed:
+        best = rows[0]
+        lines += ["", f"what to try for the {len(diagnosed)} polic"
+                      f"{'y' if len(diagnosed) == 1 else 'ies'} more than 5% below "
+                      f"{'its' if len(diagnosed) == 1 else 'their'} bound:",
+                  *(ln for t in [f"the best here: {best['name']} "
+                                 f"({100 * best['relative_gap']:.1f}% below its bound)",
+                                 *suggestions]
+                    for ln in _wrap(f"  - {t}"))]
+    lines += ["", *_wrap(f"wall time {o['wall_seconds']:.0f} s, "
+                         f"{sum(r['compile_seconds'] for r in rows):.0f} s of it compiling; "
+                         f"sizing: {o['sizing_rule']}")]
+    return lines
+
+
+def _policy_width(rows) -> int:
+    return min(max(12, *(len(r["name"]) + 1 for r in rows)), 22)
+
+
+def _wrap(line: str, hang: int = 2) -> list[str]:
+    """A line of at most :data:`WIDTH` columns, or several, continued ``hang`` columns further
+    in than it starts."""
+    import textwrap
+
+    if len(line) <= WIDTH:
+        return [line]
+    indent = len(line) - len(line.lstrip())
+    return textwrap.wrap(line.lstrip(), WIDTH, initial_indent=" " * indent,
+                         subsequent_indent=" " * (indent + hang), break_on_hyphens=False,
+                         break_long_words=False)
+
+
+def _compare_abandonment(rows, w) -> list[str]:
+    names = [c["name"] for c in rows[0]["classes"]]
+    col = max(9, min(16, (WIDTH - w - 5) // max(len(names), 1)))
+    short = all(len(n) <= col - 1 for n in names)
+    heads = names if short else [f"class {i}" for i in range(1, len(names) + 1)]
+    lines = ["", *_wrap("abandoned, % of arrivals: waiting for a prefill + waiting for a decode"
+                        + ("" if short else " (classes: " + ", ".join(
+                            f"{i} = {n}" for i, n in enumerate(names, start=1)) + ")")),
+             f"{'rank':<5}{'policy':<{w}}" + "".join(f"{h[:col - 1]:>{col}}" for h in heads)]
+
+    def cell(c):
+        p, d = c["prefill_abandonment"]["mean"], c["decode_abandonment"]["mean"]
+        if p is None or d is None:
+            return "n/a"
+        return f"{100 * p:.0f} + {100 * d:.0f}"
+    for r in rows:
+        lines.append(f"{r['rank']:>3}  {r['name'][:w]:<{w}}"
+                     + "".join(f"{cell(c):>{col}}" for c in r["classes"]))
+    return lines
+
+
+def _compare_sli(rows, w) -> list[str]:
+    keys = (("tpot_formula", "TPOT(X) ms", 1e3), ("tpot_experienced", "TPOT seen ms", 1e3),
+            ("prefill_fairness", "prefill fair.", 1.0), ("decode_fairness", "decode fair.", 1.0))
+    col = (WIDTH - 5 - w) // len(keys)
+    lines = ["", "service levels achieved (docs/model.md Sec. 7): TPOT in milliseconds, "
+                 "fairness in jobs per GPU",
+             f"{'rank':<5}{'policy':<{w}}" + "".join(f"{h:>{col}}" for _, h, _ in keys)]
+    for r in rows:
+        lines.append(f"{r['rank']:>3}  {r['name'][:w]:<{w}}"
+                     + "".join(f"{' ' + fmt(r['sli'][k], 4, scale):>{col}}"
+                               for k, _, scale in keys))
     return lines

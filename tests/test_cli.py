@@ -4,11 +4,13 @@ read (width, units, verdicts), interrupts, and a process left as it was found.""
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxqueue import tables as report
@@ -180,6 +182,7 @@ def test_one_replication_says_it_has_no_interval(capsys):
 def test_coupled_policy_names_its_layout(capsys):
     out, _ = run_text(capsys, "simulate", "paper-qwen8b", "--policy", "fi-wsp", *SMALL)
     assert "planned mixed GPUs: none (coupled" in out and "0 mixed" not in out
+    assert "plan: none (no static planning" in out and "plan: the bundled LP" not in out
     assert max(len(line) for line in out.splitlines()) <= report.WIDTH
     js = run_json(capsys, "simulate", "paper-qwen8b", "--policy", "fi-wsp", *SMALL)
     assert js["mixed_gpus"] is None and js["coupled"] and not js["static_planning"]
@@ -281,6 +284,138 @@ def test_help_shows_defaults_and_no_rst_markup(capsys):
     with pytest.raises(SystemExit):
         main(["lp", "--help"])
     assert "revenue per GPU per second per unit of excess" in " ".join(main_help().out.split())
+
+
+def test_help_gives_each_default_once_and_none_for_required_options_or_flags():
+    from jaxqueue.cli import _parser
+
+    parser = _parser()
+    checked = 0
+    for name, command in parser.commands.items():
+        formatter = command._get_formatter()
+        for action in command._actions:
+            text = formatter._expand_help(action) if action.help else ""
+            assert "(default: None)" not in text and "(default: False)" not in text, (name, text)
+            assert text.count("default") <= 1, (name, text)  # never printed twice
+            if action.required:
+                assert "default" not in text, (name, text)
+            checked += 1
+    assert checked > 100
+    engine = next(a for a in parser.commands["simulate"]._actions if a.dest == "engine")
+    assert parser.commands["simulate"]._get_formatter()._expand_help(engine).endswith(
+        "(default: the policy's first)")
+
+
+@pytest.mark.parametrize("argv, command, message", [
+    (["simulate", "paper-qwen8b", "--horizon", "10", "--warmup", "20"], "jaxqueue simulate",
+     "warmup = 20: must be < horizon = 10"),
+    (["compare", "paper-qwen8b", "--gpus", "5", "--horizon", "10", "--warmup", "20"],
+     "jaxqueue compare", "warmup = 20"),
+    (["simulate"], "jaxqueue simulate", "required: scenario"),
+    (["simulate", "paper-qwen8b", "--gpus", "x"], "jaxqueue simulate", "gpus = 'x'"),
+    (["nope"], "jaxqueue", "invalid choice: 'nope'"),
+])
+def test_argparse_errors_are_a_short_usage_and_one_line_naming_the_command(capsys, argv,
+                                                                           command, message):
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"usage: {command} ")
+    assert lines[1].startswith(f"{command}: error: ") and message in lines[1]
+    assert all(len(line) <= report.WIDTH for line in lines[:1])
+
+
+def test_simulate_prints_separate_revenue_next_to_its_own_bound_and_no_roundoff(capsys):
+    js = run_json(capsys, "simulate", "paper-qwen8b", *SMALL)
+    assert js["other_lp_revenue"] == pytest.approx(298.598, abs=5e-4)
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL)
+    line = next(x for x in out.splitlines() if "under separate pricing" in x)
+    assert line.endswith("(its own LP bound: R* = 298.5980)")
+    # A zero-width interval (every replication equal, up to round-off) prints as 0.
+    assert report.fmt({"mean": 0.3, "ci95": 2.8e-19}) == "0.3 ± 0"
+    assert report.fmt({"mean": 0.02437, "ci95": 3.7e-10}) == "0.02437 ± 0"
+    assert report.fmt({"mean": 0.0, "ci95": 2.8e-19}) == "0 ± 0"
+    assert report.fmt({"mean": 290.0, "ci95": 0.31}) == "290 ± 0.31"
+    from jaxqueue.stats import mean_ci
+
+    assert float(mean_ci(np.full(7, 0.1 + 0.2))[1]) == 0.0  # np.std gives 6e-17 here
+
+
+def test_simulate_params_prints_the_same_tables_as_simulate(tmp_path, capsys):
+    from jaxqueue import fluid, scenarios
+    from jaxqueue.policies import tunable
+
+    model = scenarios.load("paper-qwen8b")
+    saved = tmp_path / "tuned.json"
+    params = tunable.initial_params("gated", model, 5, fluid.solve(model, "bundled"))
+    tunable.save_params(saved, "gated", params, scenario="paper-qwen8b", gpus=5)
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--params", str(saved))
+    for needle in ("tuned gated (", "jobs/s per GPU", "% of arrivals", "prefill fairness",
+                   "TPOT that decodes see", "LP bound R* = 297.7162", "parameters (tuned for "
+                   "paper-qwen8b, n = 5): targets = [0.01826, 0.195], offset = 0",
+                   "planned mixed GPUs: M = n x share = 2 of 5", "its own LP bound"):
+        assert needle in " ".join(out.split()), needle
+    assert not re.search(r"\d\.\d{9,}", out)  # no 17-digit numbers
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+
+
+def test_policies_that_do_not_plan_do_not_say_they_follow_the_lp(capsys):
+    from jaxqueue import fluid, policies, scenarios
+    from jaxqueue.cli import _plan_text
+
+    plan = fluid.solve(scenarios.load("paper-qwen8b"), "bundled")
+    fi = _plan_text(policies.resolve("fi-wsp"), None, plan)
+    assert fi.startswith("none (no static planning, FCFS admission)") and "bounds" in fi
+    gi = _plan_text(policies.resolve("gi-wsp"), None, plan)
+    assert gi.startswith("the gate's targets x* from the bundled LP") and "no static" in gi
+    assert _plan_text(policies.resolve("gg-sp"), None, plan).startswith("the bundled LP (R*")
+
+
+def test_without_a_terminal_long_runs_print_sparse_progress_lines(capsys, monkeypatch):
+    from jaxqueue import cli
+
+    monkeypatch.setattr(cli, "PROGRESS_EVERY", 0.0)  # a line at every chunk instead of 30 s
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", *ONE, "--horizon", "40",
+                      "--warmup", "10")
+    lines = [x for x in err.splitlines() if "% simulated" in x]
+    assert len(lines) >= 3 and all(x.startswith("jaxqueue: n = 5: ") for x in lines)
+    assert "elapsed" in lines[-1] and "left" in lines[-1]
+    monkeypatch.setattr(cli, "PROGRESS_EVERY", 30.0)
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", *ONE, "--horizon", "40",
+                      "--warmup", "10")
+    assert "% simulated" not in err  # a short run says nothing
+
+
+def test_reproduce_finds_the_experiments_of_the_clone_it_runs_in(tmp_path):
+    from jaxqueue.cli import _find_experiments
+
+    clone = tmp_path / "clone"
+    (clone / "experiments").mkdir(parents=True)
+    (clone / "experiments" / "reproduce.py").write_text("")
+    (clone / "pyproject.toml").write_text('[project]\nname = "jaxqueue"\n')
+    (clone / "results").mkdir()
+    site = tmp_path / "site-packages" / "jaxqueue"  # pip install . (no experiments next to it)
+    site.mkdir(parents=True)
+    assert _find_experiments(None, site, clone / "results") == clone / "experiments"
+    assert _find_experiments(None, site, tmp_path) is None  # outside any clone
+    # An editable install (the package inside the clone) finds them from anywhere.
+    assert _find_experiments(None, clone / "jaxqueue", tmp_path) == clone / "experiments"
+    assert _find_experiments(str(clone / "experiments"), site, tmp_path) == clone / "experiments"
+    assert _find_experiments(str(tmp_path), site, clone) is None
+    (clone / "pyproject.toml").write_text('[project]\nname = "other"\n')  # not jaxqueue's
+    assert _find_experiments(None, site, clone / "results") is None
+
+
+def test_reproduce_outside_a_clone_says_what_to_do(capsys, monkeypatch, tmp_path):
+    from jaxqueue import cli
+
+    monkeypatch.delenv("JAXQUEUE_EXPERIMENTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "jaxqueue" / "cli.py"))
+    _, err = run_text(capsys, "reproduce", "--quick", code=2)
+    assert "run it inside the clone" in err and "JAXQUEUE_EXPERIMENTS" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_validate_prints_its_verdict_and_the_threshold(capsys):

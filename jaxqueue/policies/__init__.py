@@ -1,9 +1,9 @@
 """Policies: which system the simulator steps, and how it is planned from the fluid LP.
 
 Every policy of the paper is listed once in :data:`POLICIES`, with its CLI name, aliases, the
-engines it runs on, how it is laid out on each, and a one-line description. :func:`build` turns a
-name, a scenario and a number of GPUs into a system for :func:`jaxqueue.rollout` and
-:func:`jaxqueue.simulate`.
+engines it runs on, how it is laid out on each, and a one-line description; so are jaxqueue's own
+policies (``origin = "jaxqueue"``), listed apart. :func:`build` turns a name, a scenario and a
+number of GPUs into a system for :func:`jaxqueue.rollout` and :func:`jaxqueue.simulate`.
 
 Engines: ``pooled`` stores counts per class and pool (cost per event independent of n);
 ``per-gpu`` stores what each GPU holds (needed by the coupled baselines, whose decode speed
@@ -46,6 +46,12 @@ class Policy:
         layout: on the per-GPU engine, ``planned`` (static planning: M mixed GPUs with a
             reserved prefill slot) or ``shared`` (any GPU may prefill, one at a time).
         coupled: on the per-GPU engine, whether a decode stays in its prefill's slot.
+        gate_offset: the deviation gate ranks classes by ``(X_i + gate_offset) / x_i* - n``:
+            0 is the paper's rule, 1 ranks by the occupancy after admitting the job.
+        origin: ``"paper"`` (Lin, Han, Ding & Zhang) or ``"jaxqueue"`` (jaxqueue's own).
+        plans: what the policy takes from its LP: ``"layout"`` (static planning: M mixed GPUs,
+            and with the deviation gate its targets x*), ``"targets"`` (the gate's targets x*
+            only) or ``"nothing"`` (the LP only bounds its revenue).
     """
 
     name: str
@@ -57,6 +63,14 @@ class Policy:
     engines: tuple[str, ...] = ("pooled",)
     layout: str = "planned"
     coupled: bool = False
+    gate_offset: float = 0.0
+    origin: str = "paper"
+
+    @property
+    def plans(self) -> str:
+        if self.layout == "planned":
+            return "layout"
+        return "targets" if self.gate == "deviation" else "nothing"
 
 
 POLICIES = {
@@ -86,6 +100,13 @@ POLICIES = {
         Policy("gf-wsp", "bundled", "deviation",
                "GF-WSP (Sec. 6.3): the gate, decoupled phases, no static planning, "
                "prefill-first routing", engines=("per-gpu",), layout="shared"),
+        Policy("gi-wsp-after", "bundled", "deviation",
+               "the GI-WSP gate ranking classes by their occupancy after admission, "
+               "(X_i + 1) / x_i* - n, on the coupled architecture: a class the LP sheds no "
+               "longer wins whenever it has no prefill running (the coupled family of jaxqueue "
+               "tune at its LP point, offset 1)", aliases=("coupled-after-admission",),
+               engines=("per-gpu",), layout="shared", coupled=True, gate_offset=1.0,
+               origin="jaxqueue"),
     )
 }
 
@@ -148,6 +169,14 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         plan = fluid.solve(model, policy.pricing, sli=sli)
     if policy.router == "sli":
         return build_sli(model, n, plan=plan, decide=decide)  # per-class buffers: no FCFS ring
+    if policy.gate_offset:  # a point of the tunable coupled family, not a second implementation
+        from . import tunable
+
+        params = dataclasses.replace(tunable.initial_params("coupled", model, n, plan),
+                                     offset=np.float64(policy.gate_offset))
+        system, _ = tunable.build_family("coupled", model, n, plan=plan, params=params,
+                                         capacity=capacity, decide=decide)
+        return system, plan
     capacity = checked_capacity(capacity, n, float(np.sum(plan.q_p) + np.sum(plan.q_d)))
     common = dict(model=model, n=np.int32(n), x_star=np.asarray(plan.x, np.float64),
                   q_star=np.asarray(plan.q_p, np.float64), capacity=int(capacity), decide=decide)

@@ -28,6 +28,7 @@ diagnosed (:func:`jaxqueue.diagnose.diagnose`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -93,8 +94,14 @@ def tuned_system(path, model: Model, n: int, capacity: int | None = None):
                              ) from None
     sli = sli or None
     plan = fluid.solve(model, "bundled", sli=sli)
+    # Tuned in the smoothed form (jaxqueue tune --temperature): the same randomised policy.
+    temperature = meta.get("temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float))
+                                        and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"params file {path}: temperature = {temperature!r} is invalid: must "
+                         "be a number > 0, or absent")
     system, params = tunable.build_family(family, model, n, plan=plan, params=params,
-                                          capacity=capacity)
+                                          capacity=capacity, gate_temperature=temperature)
     return system, plan, family, params, sli, meta
 
 

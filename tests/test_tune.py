@@ -297,3 +297,18 @@ def test_tune_smoothed_reports_the_start_the_gain_and_the_deterministic_policy(c
     gain = out["started"]["steps_gained"]["mean"]
     assert gain == pytest.approx(out["tuned"]["revenue"]["mean"]
                                  - out["started"]["revenue"]["mean"], abs=1e-9)
+
+
+def test_a_smoothed_tuned_file_rebuilds_the_smoothed_policy(tmp_path):
+    # tune --temperature T --save writes T; simulate/compare --params rebuild that policy.
+    from jaxqueue.compare import tuned_system
+
+    plan = fluid.solve(PAPER, "bundled")
+    params = tunable.initial_params("gated", PAPER, 20, plan)
+    path = tmp_path / "smooth.json"
+    tunable.save_params(path, "gated", params, scenario=PAPER.name, gpus=20, temperature=20.0)
+    system = tuned_system(path, PAPER, 20)[0]
+    assert float(system.gate_temperature) == 20.0 and system.smoothed
+    tunable.save_params(path, "gated", params, scenario=PAPER.name, gpus=20, temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature = -1.0 is invalid"):
+        tuned_system(path, PAPER, 20)

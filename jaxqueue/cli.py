@@ -940,7 +940,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_tune_entry(args) -> int:
     from .tune_cli import run_tune
-    return run_tune(args, say=_say, bars=_bars(args), emit=_emit)
+    return run_tune(args, say=_say, bars=_bars(args), emit=_emit, sli=_sli(args))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -99,12 +99,13 @@ def _pack_measured(d: dict, sli) -> dict[str, Any]:
     return out
 
 
-def run_tune(args, *, say, bars: bool, emit) -> int:
+def run_tune(args, *, say, bars: bool, emit, sli=None) -> int:
+    """The ``tune`` command: ``sli`` holds the SLI targets of the command line (the caller
+    parses them, so this module does not import the CLI's)."""
     from . import scenarios
 
     if args.gpus < 1:
         raise ValueError(f"gpus = {args.gpus}: must be an integer >= 1")
-    from .cli import _sli
 
     only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
     out, history, family, best_params = compare(
@@ -112,7 +113,7 @@ def run_tune(args, *, say, bars: bool, emit) -> int:
         steps=args.steps, learning_rate=args.learning_rate, pricing=args.pricing,
         eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
-        baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=_sli(args),
+        baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=sli,
         fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount)
     if args.save:
         from .policies import tunable

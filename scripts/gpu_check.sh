@@ -15,8 +15,7 @@ python scripts/bench_scaling.py
 python - <<'PY'
 import time
 import jax
-from jaxqueue import policies, scenarios, stats
-from jaxqueue.simulate import simulate
+from jaxqueue import policies, scenarios, simulate, stats
 model = scenarios.load("paper-qwen8b")
 system, plan = policies.build("gate-and-route", model, 500)
 start = time.perf_counter()

@@ -1,5 +1,5 @@
 """One experiment split over several processes (hosts) with ``jax.distributed``: the recipe of
-the README's "Devices, several hosts", runnable.
+docs/devices.md, "Several hosts", runnable.
 
 Start one process per host, all with the same arguments except ``--process-id``; on one machine,
 for two processes:

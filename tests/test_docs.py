@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,36 @@ def test_model_page_covers_the_model():
                   "Gate-and-Route", "FI-WSP", "TPOT(X)", "fairness", "paper is silent"):
         assert topic in text, topic
     assert "docs/model.md" in (ROOT / "README.md").read_text()
+
+
+def pages():
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_relative_link_resolves_to_a_file_of_the_repository():
+    # [text](target): every target that is not a URL or an anchor names a file of the clone.
+    for page in pages():
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.is_file(), f"{page.relative_to(ROOT)} links {target}, which is missing"
+            assert ROOT in path.parents, f"{page.relative_to(ROOT)} links outside: {target}"
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
+
+
+def test_readme_is_a_front_page_whose_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    ci = (ROOT / ".ci" / "run").read_text().replace(" --quiet", "")
+    for command in ('python3 -m pip install -e ".[test]"', "python3 -m pytest -q"):
+        assert command in readme and command in ci, command
+    assert "pip install . && jaxqueue convergence" in readme  # the main job on its defaults
 
 
 def load_script(name, monkeypatch):

@@ -458,7 +458,7 @@ def counts_dtype(model: Model) -> str:
     """The narrowest dtype of the per-GPU arrays for ``model``: ``"int16"`` when its B (decode
     slots per GPU) and number of classes are below 2^15, else ``"int32"`` (also when B is not a
     concrete value). A step gathers a block of GPUs' rows from these long arrays; half the bytes
-    per row help where they are large (see the README's speed section)."""
+    per row help where they are large (see docs/speed.md)."""
     big = _largest_count(model)
     return "int16" if big is not None and big < 2**15 else "int32"
 

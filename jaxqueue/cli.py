@@ -934,6 +934,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_reproduce)
     from .tune_cli import add_tune_command
     add_tune_command(command, run_options, sli_options, _cmd_tune_entry)
+    from .fit_cli import add_fit_commands
+    add_fit_commands(command, _emit)
 
     return p
 

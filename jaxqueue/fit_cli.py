@@ -164,24 +164,27 @@ def workload_summary(w, model, gpus: float, out: str | None) -> dict[str, Any]:
 
 def workload_lines(o: dict[str, Any]) -> list[str]:
     r = o["rate"]
+    wid = max([14] + [len(c["name"]) + 2 for c in o["classes"]])
     lines = [f"trace: {o['source']}, {o['requests']} requests",
              "columns: " + ", ".join(f"{k} = {v}" for k, v in o["columns"].items() if v),
              f"classes: {o['method']}" + ("" if o["converged"] else " (NOT converged)"),
              f"arrival rate: {r['total']:.4g} requests/s in all, from {r['from']}; per GPU: "
              f"total / {r['gpus']:g} (--gpus)", "",
-             f"{'class':<16}{'share':>7}{'rate/s':>9}{'/GPU':>8}{'P mean':>8}{'P cv':>6}"
-             f"{'D mean':>8}{'D cv':>6}{'KS-exp P':>10}{'KS-exp D':>10}  best law for D (KS)"]
+             f"{'class':<{wid}}{'share':>7}{'rate/s':>8}{'/GPU':>8}{'P mean':>7}{'P cv':>6}"
+             f"{'D mean':>7}{'D cv':>6}{'KS P':>7}{'KS D':>7}  best law for D (KS)"]
     for c in o["classes"]:
         p, d = c["prompt"], c["output"]
-        lines.append(f"{c['name']:<16}{100 * c['share']:>6.1f}%{c['rate']:>9.4g}"
-                     f"{c['arrival_rate_per_gpu']:>8.4g}{p['mean']:>8.0f}{p['cv']:>6.2f}"
-                     f"{d['mean']:>8.0f}{d['cv']:>6.2f}{p['laws']['exponential']['ks']:>10.3f}"
-                     f"{d['laws']['exponential']['ks']:>10.3f}  {d['best']} "
+        lines.append(f"{c['name']:<{wid}}{100 * c['share']:>6.1f}%{c['rate']:>8.4g}"
+                     f"{c['arrival_rate_per_gpu']:>8.4g}{p['mean']:>7.0f}{p['cv']:>6.2f}"
+                     f"{d['mean']:>7.0f}{d['cv']:>6.2f}{p['laws']['exponential']['ks']:>7.3f}"
+                     f"{d['laws']['exponential']['ks']:>7.3f}  {d['best']} "
                      f"{d['laws'][d['best']]['ks']:.3f}")
-    lines += ["KS: Kolmogorov-Smirnov distance (0 = same law) between a class's lengths and the "
-              "exponential law", "with its mean (the model's assumption); lognormal and gamma "
-              "laws match mean and variance.", "An exponential law has CV 1; token counts are "
-              "integers, which adds ties to every KS value."]
+    lines += ["rate/s: requests per second in the trace; /GPU: the scenario's arrival rate "
+              "per GPU; P, D: prompt and output tokens (mean, coefficient of variation).",
+              "KS P, KS D: Kolmogorov-Smirnov distance (0 = same law) between a class's lengths "
+              "and the exponential law with their mean (the model's assumption); the lognormal "
+              "and gamma laws match mean and variance. An exponential law has CV 1; token "
+              "counts are integers, which adds ties to every KS value."]
     b = o["burstiness"]
     if b is not None:
         lines += ["", f"arrivals: inter-arrival CV {b['interarrival_cv']:.3g} (Poisson: 1)",
@@ -210,7 +213,8 @@ def _wrap(lines: list[str]) -> list[str]:
 
     out = []
     for line in lines:
-        out += textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""]
+        out += textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False,
+                             break_long_words=False) or [""]
     return out
 
 

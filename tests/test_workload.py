@@ -200,7 +200,7 @@ def test_cli_text_and_errors(tmp_path, synthetic, capsys):
     png = tmp_path / "w.png"
     main(["workload", str(synthetic[0]), "--classes", "2", "--plot", str(png)])
     text = capsys.readouterr().out
-    assert "KS-exp D" in text and "consistent with Poisson" in text and png.stat().st_size > 0
+    assert "KS D" in text and "consistent with Poisson" in text and png.stat().st_size > 0
     assert max(len(line) for line in text.splitlines()) <= 100
     bare = write_csv(tmp_path / "b.csv", {"prompt_tokens": [1, 2], "output_tokens": [3, 4]})
     with pytest.raises(SystemExit) as err:

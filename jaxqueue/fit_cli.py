@@ -26,7 +26,8 @@ def _positive(name: str, kind=float):
                 f"{name} = {text!r}: must be {'an integer' if kind is int else 'a number'} > 0"
             ) from None
         if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"{name} = {text}: must be finite and > 0")
+            raise argparse.ArgumentTypeError(f"{name} = {text}: must be " + (
+                "an integer >= 1" if kind is int else "finite and > 0"))
         return value
     return parse
 

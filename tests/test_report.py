@@ -1,10 +1,77 @@
-"""Verdict logic on synthetic numbers, both ways, and the power-law fit."""
+"""Verdict logic on synthetic numbers, every way: the trend fit of a limit in n (known limits,
+coverage of its interval), the three verdicts, distances to the LP's optimal set, and the
+power-law fit."""
 
+import jax
 import numpy as np
 import pytest
 
 from jaxqueue import report
-from jaxqueue.report import FAILS, HOLDS, NOT_COMPARABLE
+from jaxqueue.report import FAILS, HOLDS, INCONCLUSIVE, NOT_COMPARABLE
+
+N = np.array([5, 20, 50, 200, 500, 2000], float)
+
+
+def test_fit_limit_recovers_a_known_limit_and_rate():
+    # Exact data d = a + 2 n^-1/2 with small standard errors: the limit is a, the rate 1/2, and
+    # only rates near it are kept.
+    for a in (0.0, 0.05, 0.5):
+        fit = report.fit_limit(N, a + 2.0 * N**-0.5, np.full(6, 0.01))
+        assert fit["limit"] == pytest.approx(a, abs=1e-9) and fit["rate"] == 0.5
+        assert 0.4 < fit["rates"][0] < 0.5 < fit["rates"][1] < 0.6
+        assert fit["points"] == 6 and fit["scale"] == 1.0
+        assert fit["low"] < a < fit["high"] < a + 0.05
+    # A rate between the grid's (n^-1/3; the grid steps by 0.01): the interval still covers 0.
+    fit = report.fit_limit(N, N ** -(1 / 3), np.full(6, 1e-3))
+    assert fit["low"] <= 0.0 <= fit["high"] and fit["rates"][0] <= 1 / 3 <= fit["rates"][1]
+    # Fewer than three sizes: no trend.
+    few = report.fit_limit(N[:2], [1.0, 0.5], [0.1, 0.1])
+    assert few["limit"] is None and "fewer than 3" in few["note"]
+    assert report.trend_verdict(few, 0.1) == INCONCLUSIVE
+
+
+def test_trend_verdicts_three_ways():
+    se = np.full(6, 0.01)
+    vanishes = report.fit_limit(N, 2.0 * N**-0.5, se)
+    persists = report.fit_limit(N, 0.5 + 2.0 * N**-0.5, se)
+    # Too noisy to tell a limit of 0.1 from 0 or 0.2 at these sizes.
+    noisy = report.fit_limit(N[:4], 0.1 + 2.0 * N[:4] ** -0.5, np.full(4, 0.2))
+    assert report.trend_verdict(vanishes, 0.1) == HOLDS
+    assert report.trend_verdict(persists, 0.1) == FAILS
+    assert report.trend_verdict(noisy, 0.1) == INCONCLUSIVE
+    assert report.trend_verdict(vanishes, 0.1, "positive") == FAILS
+    assert report.trend_verdict(persists, 0.1, "positive") == HOLDS
+    assert report.trend_verdict(noisy, 0.1, "positive") == INCONCLUSIVE
+    with pytest.raises(ValueError, match="expect"):
+        report.trend_verdict(vanishes, 0.1, "negative")
+
+
+def test_fit_limit_interval_covers_the_true_limit():
+    # 200 noisy data sets d = 0.3 + 2 n^-1/2 + N(0, se^2): the 95% interval of the limit (the
+    # union over the rates kept, so conservative) covers 0.3 in at least 95% of them; 92% is
+    # 2 binomial standard errors (sqrt(0.95 * 0.05 / 200) = 0.015) below 95%.
+    se = 0.02 * np.ones(6)
+    noise = np.asarray(jax.random.normal(jax.random.key(19), (200, 6)), np.float64)
+    fits = [report.fit_limit(N, d, se) for d in 0.3 + 2.0 * N**-0.5 + se * noise]
+    assert np.mean([f["low"] <= 0.3 <= f["high"] for f in fits]) >= 0.92
+    # It decides when the margin is clear of the truth (interval widths are about 0.15 here):
+    # "persists" past a margin of 0.1 in nearly all, "vanishes" below 0.5 in nearly all.
+    assert np.mean([report.trend_verdict(f, 0.1, "positive") == HOLDS for f in fits]) >= 0.9
+    assert np.mean([report.trend_verdict(f, 0.5) == HOLDS for f in fits]) >= 0.9
+
+
+def test_face_deviation_and_cells_by_hand():
+    # Ranges [0, 1] for both entries; values 0.5 (inside) and 2.0 (1.0 above):
+    # distance (0 + 1) / scale 2 = 0.5; se sqrt(0.1^2 + 0.2^2) / 2.
+    d, se = report.face_deviation([0.5, 2.0], [0.1, 0.2], [0.0, 0.0], [1.0, 1.0], 2.0)
+    assert d == pytest.approx(0.5) and se == pytest.approx(np.sqrt(0.05) / 2)
+    # Per class: 0.198 +- 1.96 * 0.05 inside [0, 0.8] (the issue's prefill-heavy backlog
+    # against the separate LP's face); 1.0 +- 0.098 above it, distance 0.2 in [0.102, 0.298];
+    # -0.2 +- 0.098 below [0, 0.8], distance 0.2.
+    cells = report.face_cells([0.198, 1.0, -0.2], [0, 0, 0], [0.8, 0.8, 0.8], [0.05] * 3)
+    assert [c[3] for c in cells] == ["inside", "above", "below"]
+    assert cells[0][2] == "0.000 [0.000, 0.000]" and cells[1][2] == "0.200 [0.102, 0.298]"
+    assert cells[0][1] == "[0.000, 0.800]"
 
 
 def test_fit_power_law_recovers_a_known_rate():
@@ -18,41 +85,100 @@ def test_fit_power_law_recovers_a_known_rate():
     assert few["slope"] is None and "fewer than 3" in few["note"]
 
 
-def test_convergence_and_bands_both_ways():
+def test_convergence_and_bands_every_way():
     n = [5, 20, 50, 200]
-    shrinking = report.fit_power_law(n, [30, 15, 9, 5], [0.5] * 4)
-    assert report.judge_convergence(n, [30, 15, 9, 5], shrinking, 297.7).verdict == HOLDS
-    flat = report.fit_power_law(n, [8, 7.5, 8.2, 7.9], [0.5] * 4)
-    assert report.judge_convergence(n, [8, 7.5, 8.2, 7.9], flat, 297.7).verdict == FAILS
+    se = [0.3] * 4
+    shrinking = [30 * k**-0.5 for k in n]  # gap -> 0
+    assert report.judge_convergence(n, shrinking, se, 297.7).verdict == HOLDS
+    flat = [8 + 5 * k**-0.5 for k in n]  # a gap of 8 (2.7% of R*) that stays
+    assert report.judge_convergence(n, flat, se, 297.7).verdict == FAILS
+    noisy = [30 * k**-0.5 for k in n]
+    assert report.judge_convergence(n, noisy, [5.0] * 4, 297.7).verdict == INCONCLUSIVE
     assert report.judge_bands(n, [2.0, 1.0, 0.6, 0.3]).verdict == HOLDS
     assert report.judge_bands(n, [2.0, 1.9, 1.8, 1.5]).verdict == FAILS
 
 
-def test_queues_decode_and_occupancy_both_ways():
-    n = [5, 500]
-    assert report.judge_queues(n, [2.0, 0.05]).verdict == HOLDS
-    assert report.judge_queues(n, [2.0, 0.5]).verdict == FAILS
-    assert report.judge_decode_buffer(n, [1.0, 0.01], 0.317).verdict == HOLDS
-    assert report.judge_decode_buffer(n, [1.0, 0.3], 0.317).verdict == FAILS
-    x_ok, y_off = report.judge_occupancy("Fig. 5", "greedy", n, [0.1, 0.02], [0.6, 0.45],
+def test_queues_decode_and_occupancy_every_way():
+    n = [5, 20, 50, 200, 500]
+    se = [0.005] * 5
+    gone = [0.5 * k**-0.5 for k in n]  # -> 0
+    stays = [0.3 + 0.5 * k**-0.5 for k in n]  # -> 0.3
+    assert report.judge_queues(n, gone, se).verdict == HOLDS
+    assert report.judge_queues(n, stays, se).verdict == FAILS
+    assert report.judge_queues(n, gone, [0.5] * 5).verdict == INCONCLUSIVE
+    # Margin 10% of the planned queue 0.317: 0.0317.
+    assert report.judge_decode_buffer(n, [0.1 * k**-0.5 for k in n], se, 0.317).verdict == HOLDS
+    bad = report.judge_decode_buffer(n, [0.27] * 5, se, 0.317)
+    assert bad.verdict == FAILS and "0.0317" in bad.rule
+    x_ok, y_off = report.judge_occupancy("Fig. 5", "greedy", n, gone, se, stays, se,
                                          expect_y=False)
     assert (x_ok.verdict, y_off.verdict) == (HOLDS, HOLDS)
-    x_bad, y_on = report.judge_occupancy("Fig. 5", "greedy", n, [0.1, 0.3], [0.6, 0.02],
+    x_bad, y_on = report.judge_occupancy("Fig. 5", "greedy", n, stays, se, gone, se,
                                          expect_y=False)
     assert (x_bad.verdict, y_on.verdict) == (FAILS, FAILS)
-    (sli,) = report.judge_occupancy("Fig. 6", "SLI", n, [0.1, 0.02], [0.2, 0.03],
-                                    expect_y=True)
+    (sli,) = report.judge_occupancy("Fig. 6", "SLI", n, gone, se, gone, se, expect_y=True)
     assert sli.verdict == HOLDS
-    (sli,) = report.judge_occupancy("Fig. 6", "SLI", n, [0.1, 0.02], [0.2, 0.3], expect_y=True)
+    (sli,) = report.judge_occupancy("Fig. 6", "SLI", n, gone, se, stays, se, expect_y=True)
     assert sli.verdict == FAILS
+    (sli,) = report.judge_occupancy("Fig. 6", "SLI", n, gone, se, gone, [1.0] * 5,
+                                    expect_y=True)
+    assert sli.verdict == INCONCLUSIVE
 
 
-def test_backlog_both_ways():
-    names = ["decode-heavy", "prefill-heavy"]
-    ok = report.judge_backlog(names, [0, 0.8], [0.01, 0.7], [0, 0], [0.01, 0.05])
-    assert ok.verdict == HOLDS and "prefill-heavy" in ok.evidence
-    weak = report.judge_backlog(names, [0, 0.8], [0.2, 0.18], [0, 0], [0.13, 0.13])
-    assert weak.verdict == FAILS
+def test_backlog_every_way():
+    # Margin 10% of the separate LP's least backlog 0.32: 0.032 per GPU.
+    n = [20, 50, 200, 1000]
+    se = [0.003] * 4
+    persists = [0.3 + 0.5 * k**-0.5 for k in n]
+    vanishes = [0.5 * k**-0.5 for k in n]
+    sep, bun = report.judge_backlog(n, persists, se, n, vanishes, se, 0.32)
+    assert (sep.id, sep.verdict, bun.id, bun.verdict) == (
+        "fig2-separate-backlog", HOLDS, "fig2-bundled-backlog", HOLDS)
+    assert "0.0320" in sep.rule and "persists" in sep.rule
+    sep, bun = report.judge_backlog(n, vanishes, se, n, persists, se, 0.32)
+    assert (sep.verdict, bun.verdict) == (FAILS, FAILS)
+    sep, bun = report.judge_backlog(n[:2], persists[:2], se[:2], n, persists, [0.3] * 4, 0.32)
+    assert (sep.verdict, bun.verdict) == (INCONCLUSIVE, INCONCLUSIVE)
+
+
+def test_level_deviations_against_a_face():
+    # Two classes; x unique at (0.1, 0.2); y_m free in [0, 3] each, y_s unique (1, 1); q_p
+    # (0.3, 0), q_d (0, 0). Simulated: x (0.1, 0.25) -> 0.05 / 0.3; y_m (2, 2.5) inside, y_s
+    # (1, 1.5) -> 0.5 / sum(y_m* + y_s*) = 0.5 / 5; queues (0.3, 0.1 | 0, 0.2) -> 0.3 / 0.3.
+    names = ["a", "b"]
+    ranges = {"x": [[0.1, 0.1], [0.2, 0.2]], "y_m": [[0, 3], [0, 3]],
+              "y_s": [[1, 1], [1, 1]], "q_p": [[0.3, 0.3], [0, 0]], "q_d": [[0, 0], [0, 0]]}
+    face = {"ranges": {k: dict(zip(names, v, strict=True)) for k, v in ranges.items()}}
+    lp = {"x": [0.1, 0.2], "y_m": [3, 0], "y_s": [1, 1], "q_p": [0.3, 0], "q_d": [0, 0]}
+
+    def pack(mean):
+        return {"mean": mean, "sd": [0.0, None], "n": 4}
+
+    row = {"x": pack([0.1, 0.25]), "y_mixed": pack([2, 2.5]), "y_solo": pack([1, 1.5]),
+           "q_prefill": pack([0.3, 0.1]), "q_decode": pack([0, 0.2]),
+           "q_decode_total": {"mean": 0.2, "sd": 0.4, "n": 4}}
+    dev = report.level_deviations(row, face, lp, names)
+    assert dev["x"][0] == pytest.approx(0.05 / 0.3)
+    assert dev["y"][0] == pytest.approx(0.1)
+    assert dev["queue"][0] == pytest.approx(1.0)
+    assert dev["decode"] == pytest.approx((0.2, 0.2))  # se = 0.4 / sqrt(4)
+
+
+def test_collapses_listed_with_what_explains_them():
+    grid = {"gpus": 500, "policies": {
+        "gf-wsp": {"instance_mean": [0.97, 0.2], "x_total": [0.1, 0.96],
+                   "q_decode_total": [0.0, 6.2], "rerun_reps": [[], [0, 1]]},
+        "gate-and-route": {"instance_mean": [0.98, 0.89]}}}
+    r = {"grids": [grid], "instances": [{"beta": 1e-5, "mixed_fraction": 0.14},
+                                        {"beta": 6.289e-4, "mixed_fraction": 0.35,
+                                         "lp_decode_queue": 0.0}]}
+    (row,) = report.collapse_rows(r)
+    assert row == [500, "gf-wsp", 1, "0.000629", "0.200", "0.960", "0.350", "6.200", "0.000",
+                   "0, 1"]
+    text = "\n".join(report._collapse_section(r))
+    assert "policy's behaviour, not a defect" in text and "test_sweep_overflow" in text
+    grid["policies"]["gf-wsp"]["instance_mean"] = [0.97, 0.6]
+    assert report.collapse_rows(r) == []
 
 
 def test_policies_both_ways():
@@ -115,4 +241,8 @@ def test_dolly_judges_and_missing_experiments():
     claims = report.judge_all({})
     assert claims and all(c.verdict == NOT_COMPARABLE for c in claims)
     text = report.render({}, claims)
-    assert "0 hold, 0 do not hold" in text and "not run" in text
+    assert "0 hold, 0 do not hold, 0 inconclusive" in text and "not run" in text
+    # Each verdict's rule is next to it.
+    c = report.judge_decode_buffer([5, 20, 50], [0.3, 0.3, 0.3], [0.01] * 3, 0.317)
+    line = next(x for x in report.render({}, [c]).splitlines() if x.startswith("| fig4-decode"))
+    assert "*inconclusive*" not in line and "**does not hold**" in line and c.rule in line

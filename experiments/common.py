@@ -31,8 +31,9 @@ import jaxqueue  # noqa: E402
 from jaxqueue import fluid, policies, stats, sweep  # noqa: E402
 from jaxqueue.policies.common import default_capacity  # noqa: E402
 
-__all__ = ["Timer", "cached", "capacity_for", "command_line", "finish", "log", "meta", "pack",
-           "per_gpu_summary", "plt", "run_systems", "save_png", "sizes", "write_json"]
+__all__ = ["Timer", "cached", "capacity_for", "command_line", "face_dict", "finish", "log",
+           "meta", "pack", "per_gpu_summary", "plt", "reps_at", "run_systems", "save_png",
+           "sizes", "write_json"]
 
 #: Colours of the five policies of Sec. 6.3 and the two routers, the same in every figure.
 COLORS = {"fi-wsp": "#7f7f7f", "gi-wsp": "#1f77b4", "gf-wsp": "#2ca02c", "fg-sp": "#ff7f0e",
@@ -180,6 +181,10 @@ def per_gpu_summary(run, model, n: int) -> dict[str, Any]:
             "revenue_bundled_reps": q["revenue_bundled"],
             "revenue_separate_reps": q["revenue_separate"],
             **{k: pack(q[k]) for k in keys},
+            # Totals over the classes per replication: their standard errors need the
+            # replications (classes covary).
+            "q_prefill_total": pack(np.sum(q["q_prefill"], axis=-1)),
+            "q_decode_total": pack(np.sum(q["q_decode"], axis=-1)),
             "events": run.events, "wall_seconds": run.wall_seconds,
             "compile_seconds": run.compile_seconds}
 
@@ -189,6 +194,22 @@ def plan_dict(plan: fluid.Plan) -> dict[str, Any]:
     return {"pricing": plan.pricing, "revenue": plan.revenue, "x": plan.x, "y_m": plan.y_m,
             "y_s": plan.y_s, "q_p": plan.q_p, "q_d": plan.q_d, "sli": plan.sli,
             "mixed_fraction": plan.sum_x}
+
+
+def reps_at(n: int, reps: int, up_to: int | None) -> int:
+    """Replications at n GPUs: ``reps`` up to ``up_to`` GPUs, then ``reps * up_to / n``
+    (rounded up, at least 4), so that a size costs no more events than ``up_to`` until the floor
+    of 4. A per-GPU average over n GPUs has a variance of order 1/n, so the larger sizes stay
+    as precise per GPU as the one at ``up_to``."""
+    if up_to is None or n <= up_to:
+        return int(reps)
+    return int(max(min(reps, 4), math.ceil(reps * up_to / n)))
+
+
+def face_dict(model, pricing: str) -> dict[str, Any]:
+    """The LP's optimal face (``fluid.face(...).as_dict()``): every variable's range over the
+    optimal plans, which the report judges planned quantities against."""
+    return fluid.face(model, pricing).as_dict()
 
 
 def capacity_for(n: int, plans: Sequence[fluid.Plan]) -> int:

@@ -5,7 +5,13 @@ For each n, Gate-and-Route with the greedy router (Figs. 4-5) and with the SLI-a
 the bundled LP. Written: per-GPU revenue with 95% intervals against R* and the rate at which the
 gap shrinks (a log-log fit with its interval: the paper gives no rate), the normalised queues
 against the fluid targets (Fig. 4), and the normalised occupancies x, y_m, y_s against x*, y*
-under each router (Figs. 5 and 6).
+under each router (Figs. 5 and 6). Planned quantities are compared with their ranges over the
+LP's optimal face (the bundled LP leaves y_m and y_s per class free within ranges), and every
+deviation's limit as n grows is fitted over the sizes run (``report.fit_limit``).
+
+Sizes above ``reps_up_to`` GPUs run fewer replications (``common.reps_at``): a per-GPU average
+over n GPUs is as precise with proportionally fewer, and the pooled engine's cost per event does
+not grow with n, so the full run reaches n = 10,000.
 
 Each n is its own run (the points are not stacked: event rates grow with n, so a stack would
 spend the largest n's events on every point); nearby n share one compiled program.
@@ -31,8 +37,10 @@ OUTPUTS = (f"{NAME}.json", "fig4_revenue_queues.png", "fig5_greedy_router.png",
            "fig6_sli_router.png")
 SCENARIO = "paper-qwen8b"
 POLICIES = ("gate-and-route", "sli-gate-and-route")
-FULL = {"gpus": [5, 20, 50, 200, 500, 2000], "reps": 32, "horizon": 2500.0, "warmup": 500.0}
-QUICK = {"gpus": [5, 20, 50, 200], "reps": 16, "horizon": 800.0, "warmup": 200.0}
+FULL = {"gpus": [5, 20, 50, 200, 500, 2000, 5000, 10000], "reps": 32, "horizon": 2500.0,
+        "warmup": 500.0, "reps_up_to": 500}
+QUICK = {"gpus": [5, 20, 50, 200], "reps": 16, "horizon": 800.0, "warmup": 200.0,
+         "reps_up_to": None}
 LEVELS = ("x", "y_mixed", "y_solo", "q_prefill", "q_decode")
 
 
@@ -43,35 +51,41 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
     os.makedirs(out, exist_ok=True)
     model = scenarios.load(SCENARIO)
     plan = fluid.solve(model, "bundled")
-    targets = {"x": plan.x, "y_mixed": plan.y_m, "y_solo": plan.y_s, "q_prefill": plan.q_p,
-               "q_decode": plan.q_d}
+    face = common.face_dict(model, "bundled")
+    lp = common.jsonable(common.plan_dict(plan))
     series = {}
     for policy in POLICIES:
         rows = []
         for n in s["gpus"]:
             n = int(n)
+            reps = common.reps_at(n, s["reps"], s["reps_up_to"])
 
-            def simulate(policy=policy, n=n):
+            def simulate(policy=policy, n=n, reps=reps):
                 runs, _ = common.run_systems(
                     f"{NAME} {policy} n={n}",
                     lambda c: [common.engine_build(policy, model, n, plan=plan,
                                                    capacity=c)[0]],
-                    seed=seed, reps=s["reps"], horizon=s["horizon"], warmup=s["warmup"],
+                    seed=seed, reps=reps, horizon=s["horizon"], warmup=s["warmup"],
                     capacity=default_capacity(n))
                 return common.per_gpu_summary(runs[0], model, n)
 
-            settings = {"seed": seed, "policy": policy, "n": n,
-                        **{k: s[k] for k in ("reps", "horizon", "warmup")}}
+            settings = {"seed": seed, "policy": policy, "n": n, "reps": reps,
+                        **{k: s[k] for k in ("horizon", "warmup")}}
             r = common.cached(out, f"{NAME}_{policy}_{n}", settings, simulate)
-            rows.append({"gpus": n, "mixed_gpus": plan.mixed_gpus(n), **r,
-                         **_deviations(r, targets)})
+            rows.append({"gpus": n, "reps": reps, "mixed_gpus": plan.mixed_gpus(n), **r,
+                         **_deviations(r, face, lp, model.class_names)})
         gaps = [plan.revenue - r["revenue_bundled"]["mean"] for r in rows]
         ses = [r["revenue_bundled"]["sd"] / np.sqrt(r["revenue_bundled"]["n"]) for r in rows]
-        fit = report.fit_power_law([r["gpus"] for r in rows], gaps, ses)
-        series[policy] = {"rows": rows, "gap_fit": fit}
+        gpus = [r["gpus"] for r in rows]
+        fit = report.fit_power_law(gpus, gaps, ses)
+        limits = {"gap": report.fit_limit(gpus, gaps, ses)}
+        for key in ("x", "y", "queue", "decode"):
+            limits[key] = report.fit_limit(gpus, [r[f"{key}_distance"] for r in rows],
+                                           [r[f"{key}_distance_se"] for r in rows])
+        series[policy] = {"rows": rows, "gap_fit": fit, "limits": limits}
     result = {**common.meta(NAME, FIGURE, TITLE, quick=quick, seed=seed, settings=s,
                             scenario=SCENARIO, policies_=POLICIES),
-              "class_names": list(model.class_names), "lp": common.plan_dict(plan),
+              "class_names": list(model.class_names), "lp": lp, "face": face,
               "series": series}
     result = common.jsonable(result)
     result["key_numbers"] = _key_numbers(result)
@@ -83,44 +97,44 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
     return common.finish(out, NAME, OUTPUTS, result, timer)
 
 
-def _deviations(r, targets) -> dict[str, float]:
-    """Relative L1 distances of the simulated per-GPU levels from the LP targets."""
-    def sim(k):
-        return np.asarray(r[k]["mean"], np.float64)
-
-    def tgt(k):
-        return np.asarray(targets[k], np.float64)
-
-    x_dev = np.sum(np.abs(sim("x") - tgt("x"))) / np.sum(tgt("x"))
-    y_err = np.abs(sim("y_mixed") - tgt("y_mixed")) + np.abs(sim("y_solo") - tgt("y_solo"))
-    y_dev = np.sum(y_err) / np.sum(tgt("y_mixed") + tgt("y_solo"))
-    q_err = np.abs(sim("q_prefill") - tgt("q_prefill")) + np.abs(sim("q_decode")
-                                                                  - tgt("q_decode"))
-    q_scale = np.sum(tgt("q_prefill") + tgt("q_decode"))
-    return {"x_deviation": float(x_dev), "y_deviation": float(y_dev),
-            "queue_deviation": float(np.sum(q_err) / q_scale) if q_scale > 0 else float("nan"),
-            "queue_total": float(np.sum(sim("q_prefill") + sim("q_decode"))),
-            "decode_queue_total": float(np.sum(sim("q_decode"))),
-            "prefill_queue_total": float(np.sum(sim("q_prefill")))}
+def _deviations(r, face, lp, class_names) -> dict[str, float]:
+    """Distances of the simulated per-GPU levels to their ranges over the LP's optimal face
+    (``report.level_deviations``: x, y = (y_m, y_s) and the queues relative to the plan's
+    totals; ``decode``: the total decode queue per GPU), each with its standard error, and the
+    total queues."""
+    dev = report.level_deviations(r, face, lp, class_names)
+    out = {}
+    for key, (d, se) in dev.items():
+        out[f"{key}_distance"], out[f"{key}_distance_se"] = d, se
+    q_p, q_d = (float(np.sum(r[k]["mean"])) for k in ("q_prefill", "q_decode"))
+    return {**out, "queue_total": q_p + q_d, "decode_queue_total": q_d,
+            "prefill_queue_total": q_p}
 
 
 def _key_numbers(result) -> list[dict]:
     rstar = result["lp"]["revenue"]
     tables = []
     for policy, ser in result["series"].items():
-        rows = [[r["gpus"], r["mixed_gpus"],
-                 f"{r['revenue_bundled']['mean']:.3f} ± {r['revenue_bundled']['ci95']:.3f}",
+        rows = [[r["gpus"], r["reps"], r["mixed_gpus"],
+                 f"{r['revenue_bundled']['mean']:.3f} ± {r['revenue_bundled']['ci95'] or 0:.3f}",
                  f"{rstar - r['revenue_bundled']['mean']:.3f}",
                  f"{100 * (rstar - r['revenue_bundled']['mean']) / rstar:.2f}%",
-                 f"{r['x_deviation']:.3f}", f"{r['y_deviation']:.3f}",
-                 f"{r['prefill_queue_total']:.3f}", f"{r['decode_queue_total']:.3f}"]
+                 *(f"{r[f'{k}_distance']:.3f} ± {1.96 * r[f'{k}_distance_se']:.3f}"
+                   for k in ("x", "y", "queue")),
+                 f"{r['prefill_queue_total']:.3f}",
+                 f"{r['decode_queue_total']:.3f} ± {1.96 * r['decode_distance_se']:.3f}"]
                 for r in ser["rows"]]
-        fit = ser["gap_fit"]
+        lim = ser["limits"]
         tables.append({
             "title": f"{common.LABELS[policy]}: per-GPU bundled revenue against R* = {rstar:.3f};"
-                     f" gap ~ n^b with b = {_fmt_fit(fit)}",
-            "columns": ["n", "M", "revenue (95% CI)", "gap", "gap %", "x dev (rel L1)",
-                        "y dev (rel L1)", "q_p per GPU", "q_d per GPU"],
+                     f" gap ~ n^b with b = {_fmt_fit(ser['gap_fit'])}. Distances to the ranges "
+                     "over the LP's optimal face (zero inside; relative L1, ± 1.96 se). Fitted "
+                     "limits as n grows (d = a + b n^-c): "
+                     + "; ".join(f"{k} {report.fmt_limit(lim[k])}"
+                                 for k in ("gap", "x", "y", "queue", "decode")),
+            "columns": ["n", "reps", "M", "revenue (95% CI)", "gap", "gap %",
+                        "x dist. to face", "y dist. to face", "queue dist. to face",
+                        "q_p per GPU", "q_d per GPU"],
             "rows": rows})
     return tables
 
@@ -202,8 +216,14 @@ def _plot_occupancy(result, policy, title, path):
             ci = np.array([r[key]["ci95"][i] for r in ser["rows"]])
             ax.errorbar(n, mean, yerr=ci, marker="o", ms=4, capsize=2, color=color,
                         label=f"class {i + 1} ({cname}), simulated")
-            common.target_line(ax, n, lp[lp_key][i], color=color, lw=1,
-                               label=f"class {i + 1}, LP target {lp[lp_key][i]:.4g}")
+            lo, hi = report.face_bounds(result["face"], lp_key, result["class_names"])
+            if hi[i] - lo[i] > 1e-6:  # several optimal values: the range, not one vertex
+                ax.fill_between([n.min(), n.max()], lo[i], hi[i], color=color, alpha=0.15,
+                                label=f"class {i + 1}, LP optimal range [{lo[i]:.3g}, "
+                                      f"{hi[i]:.3g}]")
+            else:
+                common.target_line(ax, n, lp[lp_key][i], color=color, lw=1,
+                                   label=f"class {i + 1}, LP target {lp[lp_key][i]:.4g}")
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")

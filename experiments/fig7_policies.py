@@ -95,10 +95,15 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
         for policy in POLICIES:
             def simulate(policy=policy, n=n):
                 runs = _simulate(f"{NAME} {policy} n={n}", policy, n, models, plans, seed, s)
+                sums = [common.per_gpu_summary(r, m, n) for r, m in zip(runs, models,
+                                                                        strict=True)]
                 return {"capacity": max(r.buffer_capacity or 0 for r in runs) or None,
                         "rerun_reps": [list(r.rerun_reps) for r in runs],
-                        "revenue_reps": [common.per_gpu_summary(r, m, n)["revenue_bundled_reps"]
-                                         for r, m in zip(runs, models, strict=True)],
+                        "revenue_reps": [q["revenue_bundled_reps"] for q in sums],
+                        # What explains a collapse: prefills in service and the decode backlog
+                        # per GPU (means over replications), against the plan's sum x* and q_d*.
+                        "x_total": [float(np.sum(q["x"]["mean"])) for q in sums],
+                        "q_decode_total": [float(np.sum(q["q_decode"]["mean"])) for q in sums],
                         "events": sum(r.events for r in runs)}
 
             settings = {"seed": seed, "policy": policy, "n": n, "fields": fields,
@@ -150,7 +155,10 @@ def _grid_summary(n: int, per_policy: dict, rstar: np.ndarray) -> dict:
             # Replications rerun after a FCFS ring overflow, per grid instance (None: a part
             # cached before reruns were recorded).
             "rerun_reps": sim.get("rerun_reps", [None] * (len(rstar)))[:-1],
-            "paper_instance_rerun_reps": sim.get("rerun_reps", [None])[-1]}
+            "paper_instance_rerun_reps": sim.get("rerun_reps", [None])[-1],
+            # Per instance, means over seeds (None: a part cached before they were recorded).
+            "x_total": sim.get("x_total", [None] * len(rstar))[:-1],
+            "q_decode_total": sim.get("q_decode_total", [None] * len(rstar))[:-1]}
     table = report.policy_table({p: v["instance_mean"] for p, v in policies_out.items()})
     gg = np.asarray(policies_out["gate-and-route"]["instance_mean"])
     for p, v in policies_out.items():
@@ -189,7 +197,9 @@ def _plot(result, path):
         names = list(grid["policies"])
         data = [np.asarray(grid["policies"][p]["instance_mean"]) for p in names]
         xs = np.arange(len(names))
-        box = ax.boxplot(data, positions=xs, widths=0.5, showfliers=False, patch_artist=True)
+        # Quartile boxes, whiskers at the 5% and 95% quantiles: inside the instances' range.
+        box = ax.boxplot(data, positions=xs, widths=0.5, showfliers=False, patch_artist=True,
+                         whis=(5, 95))
         for patch, p in zip(box["boxes"], names, strict=True):
             patch.set_facecolor(common.COLORS[p])
             patch.set_alpha(0.35)
@@ -197,9 +207,10 @@ def _plot(result, path):
             jitter = np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else np.zeros(1)
             ax.scatter(j + jitter, d, s=12, color=common.COLORS[p], zorder=3,
                        label="instances (mean over seeds)" if j == 0 else None)
-            ax.errorbar(j + 0.32, d.mean(), yerr=d.std(ddof=1) if len(d) > 1 else 0,
-                        fmt="D", color="k", ms=4, capsize=3,
-                        label="grid mean ± sd" if j == 0 else None)
+            # The mean as a point: a mean +- sd bar can leave [0, 1] of R* on a skewed grid
+            # (one collapsed instance); the box and whiskers are quantiles of the instances.
+            ax.scatter(j + 0.32, d.mean(), marker="D", s=20, color="k", zorder=4,
+                       label="grid mean" if j == 0 else None)
             paper = grid["policies"][p]["paper_instance"]["mean"]
             ax.scatter(j, paper, marker="*", s=90, color="k", zorder=4,
                        label="paper's instance" if j == 0 else None)
@@ -207,7 +218,8 @@ def _plot(result, path):
         ax.axhline(1.0, color="k", ls="--", lw=0.8)
         ax.set_ylabel("normalised revenue (revenue per GPU / LP bound R*)")
         ax.set_title(f"n = {grid['gpus']} GPUs, {len(result['instances'])} random instances, "
-                     f"{result['settings']['reps']} seeds")
+                     f"{result['settings']['reps']} seeds\n(boxes: quartiles; whiskers: 5% and "
+                     "95% quantiles over instances)")
         ax.legend(loc="lower left")
     fig.suptitle("Fig. 7: FI-WSP, GI-WSP, GF-WSP, FG-SP and GG-SP (Gate-and-Route), per-GPU "
                  "engine, common random numbers")

@@ -84,6 +84,7 @@ def main(out: str = "results", quick: bool = False, only: Sequence[str] | None =
     path, claims = report.write(out, timings=timings or None)
     common.log(f"report: {path} ({sum(c.verdict == report.HOLDS for c in claims)} hold, "
                f"{sum(c.verdict == report.FAILS for c in claims)} do not hold, "
+               f"{sum(c.verdict == report.INCONCLUSIVE for c in claims)} inconclusive, "
                f"{sum(c.verdict == report.NOT_COMPARABLE for c in claims)} not comparable); "
                f"total {total():.0f} s")
     return {"report": path, "claims": claims, "timings": timings, "skipped": skipped}

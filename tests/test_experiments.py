@@ -12,7 +12,7 @@ from jaxqueue.cli import main as cli_main
 
 #: Tiny sizes: seconds per experiment (compilation dominates).
 TINY = {
-    "fig2": {"gpus": 5, "reps": 2, "horizon": 40.0, "warmup": 10.0},
+    "fig2": {"gpus": [5, 6, 8], "reps": 2, "horizon": 40.0, "warmup": 10.0},
     "fig4-6": {"gpus": [5, 10, 20], "reps": 2, "horizon": 40.0, "warmup": 10.0},
     "fig7": {"instances": 2, "gpus": [8], "reps": 2, "horizon": 30.0, "warmup": 10.0},
     "fig8": {"gpus": 10, "reps": 2, "horizon": 40.0, "warmup": 10.0,
@@ -24,7 +24,7 @@ TINY = {
 META = {"experiment", "figure", "title", "quick", "seed", "settings", "scenario", "policies",
         "jaxqueue_version", "jax_version", "outputs", "key_numbers", "wall_seconds", "complete"}
 KEYS = {
-    "fig2": {"rows", "class_names", "gpus"},
+    "fig2": {"rows", "class_names", "gpus", "points", "faces", "backlog_fits"},
     "fig4-6": {"series", "lp", "class_names"},
     "fig7": {"instances", "paper_instance", "grids", "ranges", "fixed", "engine"},
     "fig8": {"curves", "points", "lp_revenue", "inv_gamma", "unconstrained_point"},
@@ -75,10 +75,10 @@ def test_report_and_resume(results):
     with open(first["report"]) as f:
         text = f.read()
     ids = {c.id for c in first["claims"]}
-    assert {"fig2-backlog", "fig4-revenue", "fig6-sli-router", "fig7-best-n8", "fig8-tpot",
+    assert {"fig2-separate-backlog", "fig2-bundled-backlog", "fig4-revenue", "fig6-sli-router", "fig7-best-n8", "fig8-tpot",
             "fig9-beta", "fig10-ratio", "table1-fit"} <= ids
     for c in first["claims"]:
-        assert c.id in text and c.verdict in (report.HOLDS, report.FAILS, report.NOT_COMPARABLE)
+        assert c.id in text and c.verdict in report.VERDICTS
     assert "![fig7_policies.png](fig7_policies.png)" in text
     # LP-only claims do not depend on the tiny simulation: they are decided as on a full run.
     verdict = {c.id: c.verdict for c in first["claims"]}
@@ -88,7 +88,7 @@ def test_report_and_resume(results):
     again = reproduce.main(out=out, quick=True, seed=1, sizes=TINY, only=["fig2", "table1"])
     assert again["skipped"] == ["fig2", "table1"] and again["timings"] == {}
     # Other sizes are another run: not skipped.
-    assert not reproduce.complete(reproduce.module("fig2"), out, True, 1, {"gpus": 6})
+    assert not reproduce.complete(reproduce.module("fig2"), out, True, 1, {"gpus": [6]})
 
 
 def test_reproduce_bad_input(capsys, monkeypatch):

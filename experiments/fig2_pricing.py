@@ -74,7 +74,8 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
               "class_names": list(model.class_names), "gpus": [p["gpus"] for p in points],
               "points": points, "rows": points[-1]["rows"], "faces": faces}
     result = common.jsonable(result)
-    result["backlog_fits"] = {p: report.fit_limit(*report.backlog_series(result, p))
+    result["backlog_fits"] = {p: report.fit_limit(*report.backlog_series(result, p),
+                                                min_n=report.TREND_MIN_N)
                               for p in POLICIES}
     result["key_numbers"] = _key_numbers(result, model)
     _plot(result, model, os.path.join(out, f"{NAME}.png"))

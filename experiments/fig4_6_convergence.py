@@ -78,10 +78,11 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
         ses = [r["revenue_bundled"]["sd"] / np.sqrt(r["revenue_bundled"]["n"]) for r in rows]
         gpus = [r["gpus"] for r in rows]
         fit = report.fit_power_law(gpus, gaps, ses)
-        limits = {"gap": report.fit_limit(gpus, gaps, ses)}
+        least = report.TREND_MIN_N  # the sizes the report's limit claims are fitted on
+        limits = {"gap": report.fit_limit(gpus, gaps, ses, min_n=least)}
         for key in ("x", "y", "queue", "decode"):
             limits[key] = report.fit_limit(gpus, [r[f"{key}_distance"] for r in rows],
-                                           [r[f"{key}_distance_se"] for r in rows])
+                                           [r[f"{key}_distance_se"] for r in rows], min_n=least)
         series[policy] = {"rows": rows, "gap_fit": fit, "limits": limits}
     result = {**common.meta(NAME, FIGURE, TITLE, quick=quick, seed=seed, settings=s,
                             scenario=SCENARIO, policies_=POLICIES),

@@ -63,6 +63,10 @@ LIMIT_LEVEL = 0.10
 #: (slower rates cannot be told from a positive limit over any practical range of n) to n^-1
 #: (a bias of order 1/n); the diffusion scale n^-1/2 of many-server queues lies inside.
 RATES = tuple(np.round(np.arange(0.25, 1.0001, 0.01), 2))
+#: Smallest n a limit claim's trend is fitted on: a + b n^-c describes large systems, and below
+#: 20 GPUs the plan's integer rounding dominates (paper-qwen8b: M = 2 mixed GPUs at n = 5), so
+#: one curve cannot fit both regimes. Smaller n are shown in the evidence, not fitted.
+TREND_MIN_N = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +148,7 @@ _Z95 = float(_st.norm.ppf(0.975))
 
 
 def fit_limit(n: Sequence[float], d: Sequence[float], se: Sequence[float],
-              rates: Sequence[float] = RATES) -> dict[str, Any]:
+              rates: Sequence[float] = RATES, *, min_n: float = 0) -> dict[str, Any]:
     """The limit as n -> infinity of a deviation ``d(n)`` measured with standard errors ``se``,
     with a 95% interval that covers the unknown rate too.
 
@@ -155,17 +159,17 @@ def fit_limit(n: Sequence[float], d: Sequence[float], se: Sequence[float],
     it: with ``k > 3`` points, when ``min chi2 / (k - 3) = s^2 > 1`` every variance is scaled by
     ``s^2`` (Birge's ratio) and the quantile is Student's t with ``k - 3`` degrees of freedom,
     the normal one otherwise. A standard error of zero is raised to 1e-3 of the largest one (a
-    point measured without noise would take all the weight).
+    point measured without noise would take all the weight). Sizes below ``min_n`` are left out.
 
     Returns:
         ``limit`` (``a`` at the best rate), ``low`` and ``high`` (the interval), ``rate`` (the
         best ``c``) and ``rates`` (the smallest and largest ``c`` not rejected), ``b``,
         ``chi2``, ``dof``, ``scale`` (``s^2``) and ``points``; or ``limit: None`` with a
-        ``note`` when fewer than three n (or a non-finite value) are given.
+        ``note`` when fewer than three n (at least ``min_n``, with finite values) are given.
     """
     n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
     se = np.asarray(se, np.float64)
-    ok = np.isfinite(d) & np.isfinite(se) & (n > 0)
+    ok = np.isfinite(d) & np.isfinite(se) & (n > 0) & (n >= min_n)
     n, d, se = n[ok], d[ok], se[ok]
     k = int(n.size)
     if k < 3 or np.unique(n).size < 3:
@@ -214,7 +218,8 @@ def trend_verdict(fit: dict[str, Any], margin: float, expect: str = "zero") -> s
 
 def trend_rule(quantity: str, margin: str, expect: str = "zero") -> str:
     """The text of a limit rule (:func:`fit_limit`, :func:`trend_verdict`)."""
-    lead = (f"{quantity} fitted over the sizes run as a + b n^-c (weighted least squares, every "
+    lead = (f"{quantity} fitted over the sizes n >= {TREND_MIN_N} as a + b n^-c (weighted "
+            "least squares, every "
             f"rate c in [{RATES[0]:g}, {RATES[-1]:g}] the data do not reject kept), the limit a "
             f"with a 95% interval [lo, hi]; margin m = {margin}")
     if expect == "zero":
@@ -271,7 +276,7 @@ def judge_backlog(gpus_sep, backlog_sep, se_sep, gpus_bun, backlog_bun, se_bun,
              "that persists as n grows."),
             ("fig2-bundled-backlog", "Gate-and-Route", gpus_bun, backlog_bun, se_bun, "zero",
              "Under bundled pricing, Gate-and-Route's decode backlog vanishes as n grows.")):
-        fit = fit_limit(gpus, q, se)
+        fit = fit_limit(gpus, q, se, min_n=TREND_MIN_N)
         out.append(_claim(
             id_, "Fig. 2", statement, trend_verdict(fit, margin, expect),
             trend_rule(f"{policy}'s total decode queue per GPU q_d(n)", where, expect),
@@ -297,7 +302,7 @@ def face_cells(mean, low, high, se, crit: float = _Z95) -> list[list[str]]:
 # ---- Figs. 4-6 --------------------------------------------------------------------------------
 def judge_convergence(gpus, gaps, ses, rstar) -> Claim:
     """Fig. 4: revenue per GPU converges to R* (the gap's limit in n is below 1% of R*)."""
-    fit = fit_limit(gpus, gaps, ses)
+    fit = fit_limit(gpus, gaps, ses, min_n=TREND_MIN_N)
     return _claim(
         "fig4-revenue", "Fig. 4",
         "Per-GPU revenue of Gate-and-Route converges to the LP bound R* as n grows.",
@@ -324,7 +329,7 @@ def _series(gpus, dev, se) -> str:
 
 def judge_queues(gpus, queue_dev, queue_se) -> Claim:
     """Fig. 4: the normalised queues settle in the fluid LP's optimal set."""
-    fit = fit_limit(gpus, queue_dev, queue_se)
+    fit = fit_limit(gpus, queue_dev, queue_se, min_n=TREND_MIN_N)
     return _claim(
         "fig4-queues", "Fig. 4",
         "Normalised queues (Q/n) settle at the fluid targets.", trend_verdict(fit, LIMIT_LEVEL),
@@ -336,7 +341,7 @@ def judge_queues(gpus, queue_dev, queue_se) -> Claim:
 def judge_decode_buffer(gpus, decode_queue, decode_se, planned_queue) -> Claim:
     """Fig. 4: the decode buffer is negligible (its limit in n is at most 10% of the planned
     queue)."""
-    fit = fit_limit(gpus, decode_queue, decode_se)
+    fit = fit_limit(gpus, decode_queue, decode_se, min_n=TREND_MIN_N)
     margin = LIMIT_LEVEL * planned_queue
     return _claim(
         "fig4-decode", "Fig. 4", "The decode buffer is negligible (q_d ~ 0, as planned).",
@@ -351,7 +356,8 @@ def judge_occupancy(figure, router, gpus, x_dev, x_se, y_dev, y_se,
     """Figs. 5-6: x tends to the LP's optimal x (both routers); the per-class decode
     occupancies (y_m, y_s) tend to their optimal ranges only with the SLI router. Distances are
     to the ranges over the optimal face (the LP leaves the split of y between classes free)."""
-    x_fit, y_fit = fit_limit(gpus, x_dev, x_se), fit_limit(gpus, y_dev, y_se)
+    x_fit = fit_limit(gpus, x_dev, x_se, min_n=TREND_MIN_N)
+    y_fit = fit_limit(gpus, y_dev, y_se, min_n=TREND_MIN_N)
     x_verdict = trend_verdict(x_fit, LIMIT_LEVEL)
     y_name = ("the L1 distance of (y_m, y_s) per class to their ranges over the optimal face, "
               "over sum(y_m* + y_s*),")
@@ -823,7 +829,8 @@ def render(results: dict[str, dict], claims: Sequence[Claim], *,
         "set, not against the one optimal vertex the solver returns: the distance of the "
         "simulated value to the range the quantity takes over all optimal plans (zero inside), "
         "with its interval. A claim about a limit as n grows is judged by a trend fitted over "
-        "the sizes run: the deviation modelled as a + b n^-c, the limit a with a 95% interval "
+        f"the sizes run from n = {TREND_MIN_N}: the deviation modelled as a + b n^-c, "
+        "the limit a with a 95% interval "
         "over every rate c in [1/4, 1] the data do not reject; it holds or does not hold only "
         "when that interval lies on one side of the claim's margin, and is inconclusive "
         "otherwise." + (" Quick mode runs small sizes and few n: expect inconclusive limits, "

@@ -86,7 +86,7 @@ def test_fit_power_law_recovers_a_known_rate():
 
 
 def test_convergence_and_bands_every_way():
-    n = [5, 20, 50, 200]
+    n = [20, 50, 200, 1000]
     se = [0.3] * 4
     shrinking = [30 * k**-0.5 for k in n]  # gap -> 0
     assert report.judge_convergence(n, shrinking, se, 297.7).verdict == HOLDS
@@ -99,6 +99,7 @@ def test_convergence_and_bands_every_way():
 
 
 def test_queues_decode_and_occupancy_every_way():
+    # n = 5 is shown but not fitted (report.TREND_MIN_N = 20): its value does not matter.
     n = [5, 20, 50, 200, 500]
     se = [0.005] * 5
     gone = [0.5 * k**-0.5 for k in n]  # -> 0
@@ -115,6 +116,8 @@ def test_queues_decode_and_occupancy_every_way():
     assert (x_ok.verdict, y_off.verdict) == (HOLDS, HOLDS)
     x_bad, y_on = report.judge_occupancy("Fig. 5", "greedy", n, stays, se, gone, se,
                                          expect_y=False)
+    odd = report.judge_queues(n, [9.0, *gone[1:]], se)  # a wild n = 5 is left out of the fit
+    assert odd.verdict == HOLDS and "(n = 5)" in odd.evidence
     assert (x_bad.verdict, y_on.verdict) == (FAILS, FAILS)
     (sli,) = report.judge_occupancy("Fig. 6", "SLI", n, gone, se, gone, se, expect_y=True)
     assert sli.verdict == HOLDS
@@ -243,6 +246,6 @@ def test_dolly_judges_and_missing_experiments():
     text = report.render({}, claims)
     assert "0 hold, 0 do not hold, 0 inconclusive" in text and "not run" in text
     # Each verdict's rule is next to it.
-    c = report.judge_decode_buffer([5, 20, 50], [0.3, 0.3, 0.3], [0.01] * 3, 0.317)
+    c = report.judge_decode_buffer([20, 50, 200], [0.3, 0.3, 0.3], [0.01] * 3, 0.317)
     line = next(x for x in report.render({}, [c]).splitlines() if x.startswith("| fig4-decode"))
     assert "*inconclusive*" not in line and "**does not hold**" in line and c.rule in line

@@ -204,10 +204,13 @@ def trend_verdict(fit: dict[str, Any], margin: float, expect: str = "zero") -> s
     *does not hold* (it tends to a positive value) when ``low > margin``, *inconclusive*
     otherwise (the interval contains the margin: the sizes run cannot decide).
     ``expect="positive"`` (it persists): the same with holds and does not hold exchanged.
+    Three sizes are always *inconclusive*: the curve's three unknowns (a, b, c) then pass
+    through every point, so nothing tests whether the form fits (with one rate ``c`` fixed
+    the fit has a degree of freedom and decides).
     """
     if expect not in ("zero", "positive"):
         raise ValueError(f"expect = {expect!r} is invalid: must be 'zero' or 'positive'")
-    if fit.get("limit") is None:
+    if fit.get("limit") is None or fit["dof"] < 1:
         return INCONCLUSIVE
     if fit["high"] < margin:
         return HOLDS if expect == "zero" else FAILS
@@ -224,9 +227,9 @@ def trend_rule(quantity: str, margin: str, expect: str = "zero") -> str:
             f"with a 95% interval [lo, hi]; margin m = {margin}")
     if expect == "zero":
         return (f"{lead}: holds (tends to zero) if hi < m, does not hold (tends to a positive "
-                "value) if lo > m, inconclusive otherwise")
+                "value) if lo > m, inconclusive otherwise or with fewer than 4 sizes")
     return (f"{lead}: holds (persists) if lo > m, does not hold (tends to zero) if hi < m, "
-            "inconclusive otherwise")
+            "inconclusive otherwise or with fewer than 4 sizes")
 
 
 def fmt_limit(fit: dict[str, Any], digits: int = 3) -> str:

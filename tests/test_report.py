@@ -28,6 +28,11 @@ def test_fit_limit_recovers_a_known_limit_and_rate():
     few = report.fit_limit(N[:2], [1.0, 0.5], [0.1, 0.1])
     assert few["limit"] is None and "fewer than 3" in few["note"]
     assert report.trend_verdict(few, 0.1) == INCONCLUSIVE
+    # Three sizes: a + b n^-c passes through all of them, nothing tests the form.
+    three = report.fit_limit(N[:3], 0.5 + 2.0 * N[:3] ** -0.5, np.full(3, 1e-3))
+    assert three["dof"] == 0 and report.trend_verdict(three, 0.1) == INCONCLUSIVE
+    four = report.fit_limit(N[:4], 0.5 + 2.0 * N[:4] ** -0.5, np.full(4, 1e-3))
+    assert report.trend_verdict(four, 0.1) == FAILS
 
 
 def test_trend_verdicts_three_ways():
@@ -246,6 +251,6 @@ def test_dolly_judges_and_missing_experiments():
     text = report.render({}, claims)
     assert "0 hold, 0 do not hold, 0 inconclusive" in text and "not run" in text
     # Each verdict's rule is next to it.
-    c = report.judge_decode_buffer([20, 50, 200], [0.3, 0.3, 0.3], [0.01] * 3, 0.317)
+    c = report.judge_decode_buffer([20, 50, 200, 500], [0.3] * 4, [0.01] * 4, 0.317)
     line = next(x for x in report.render({}, [c]).splitlines() if x.startswith("| fig4-decode"))
     assert "*inconclusive*" not in line and "**does not hold**" in line and c.rule in line

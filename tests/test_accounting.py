@@ -43,9 +43,11 @@ def check_flow_balance(run, policy, engine):
 @pytest.mark.parametrize("policy, engine", CASES)
 def test_every_job_accounted_for_whatever_the_chunk_length(policy, engine):
     model = scenarios.load("paper-qwen8b")
-    # n = 20 with 64-event chunks: a chunk spans about one model second while a waiting job's
-    # patience averages 10 s, so nearly every buffered job spans several chunks.
-    system, _ = policies.build(policy, model, 20, engine=engine)
+    # n = 6 with 64-event chunks: a chunk spans about 3.5 model seconds while a waiting job's
+    # patience averages 10 s, so most buffered jobs span several chunks. On the per-GPU engine
+    # n = 6 pads to 8 GPU slots (two stay empty), a program that compiles in about half the
+    # time of n = 20's 32 slots.
+    system, _ = policies.build(policy, model, 6, engine=engine)
     kw = dict(reps=32, horizon=250.0, warmup=50.0)
     short = jq.simulate(jax.random.key(1), system, chunk_events=64, **kw)
     long = jq.simulate(jax.random.key(2), system, chunk_events=4096, **kw)

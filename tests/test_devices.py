@@ -58,7 +58,9 @@ def test_disjoint_replication_ranges_concatenate_to_the_whole():
     # What several hosts (or processes) do under jax.distributed: each runs its own id range.
     model = scenarios.load("paper-qwen8b")
     system, _ = policies.build("fg-sp", model, 10)
-    kw = dict(horizon=30.0, warmup=5.0)
+    # Batches of two replications throughout: one compiled program for the three runs (that
+    # batching changes nothing is the test above).
+    kw = dict(horizon=30.0, warmup=5.0, max_batch=2)
     whole = simulate(jax.random.key(9), system, reps=6, **kw)
     first = simulate(jax.random.key(9), system, reps=2, **kw)
     rest = simulate(jax.random.key(9), system, reps=4, first_rep=2, **kw)

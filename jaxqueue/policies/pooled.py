@@ -53,7 +53,7 @@ from .common import (
     split_event,
 )
 
-__all__ = ["Pooled", "PooledState", "greedy_route", "serve_ring_head"]
+__all__ = ["CountSystem", "Pooled", "PooledState", "greedy_route", "serve_ring_head"]
 
 
 class PooledState(eqx.Module):
@@ -76,7 +76,62 @@ class PooledState(eqx.Module):
     decode_ring: buf.Ring
 
 
-class Pooled(AbstractSystem):
+class CountSystem(AbstractSystem):
+    """What every count-based system on the pooled architecture shares: counts per class
+    ``X, Ym, Ys, Qp`` in its state and an optional FCFS prefill ring besides the decode ring,
+    so the same rates, levels, revenue, ring bookkeeping and census (:class:`Pooled`, and the
+    ``gated`` family of :mod:`.tunable`). Subclasses have fields ``model``, ``n`` and
+    ``capacity`` and write their own admission (``init``, ``pending``, ``fire``)."""
+
+    level_names: ClassVar[tuple[str, ...]] = LEVELS
+    tally_names: ClassVar[tuple[str, ...]] = TALLIES
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def rates(self, s) -> Float[Array, " E"]:
+        m = self.model
+        return jnp.concatenate([
+            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
+        ])
+
+    def levels(self, s) -> Float[Array, " L"]:
+        # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
+        zero = jnp.zeros_like(s.X)
+        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(real_dtype())
+
+    def revenue(self, integrals, counts):
+        return revenue(self.model, integrals, counts, self.tally_names)
+
+    def rebase(self, s, elapsed):
+        return rebase_rings(s, elapsed)
+
+    def overflow(self, s) -> Bool[Array, ""]:
+        return any_overflow(s.prefill_ring, s.decode_ring)
+
+    def overflow_message(self) -> str:
+        return overflow_message(self.capacity)
+
+    def close(self, s, window):
+        num = self.num_classes
+        zero_i = jnp.zeros(num, jnp.int32)
+        zero_f = jnp.zeros(num, window[0].dtype)
+        d_gone, d_wait = ring_residual(s.decode_ring, num, window)
+        p_gone, p_wait = ring_residual(s.prefill_ring, num, window)
+        counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone, zero_i,
+                                  zero_i]).astype(jnp.int32)
+        waits = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
+        return Flow(counts=counts, waits=waits)
+
+    def census(self, s, now):
+        num = self.num_classes
+        queued = s.Qp + ring_live(s.prefill_ring, num, now)
+        return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
+                               ).astype(jnp.int32)
+
+
+class Pooled(CountSystem):
     """A pooled Gate-and-Route-type system.
 
     Attributes:
@@ -97,8 +152,6 @@ class Pooled(AbstractSystem):
     gate: str = eqx.field(static=True)
     capacity: int = eqx.field(static=True)
 
-    level_names: ClassVar[tuple[str, ...]] = LEVELS
-    tally_names: ClassVar[tuple[str, ...]] = TALLIES
     num_random: ClassVar[int] = 1
 
     def __check_init__(self):
@@ -107,10 +160,6 @@ class Pooled(AbstractSystem):
         if self.capacity < 1:
             raise ValueError(f"capacity = {self.capacity} is invalid: must be >= 1")
 
-    @property
-    def num_classes(self) -> int:
-        return self.model.num_classes
-
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
         return PooledState(
@@ -118,12 +167,6 @@ class Pooled(AbstractSystem):
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=buf.empty(self.capacity),
         )
-
-    def rates(self, s: PooledState) -> Float[Array, " E"]:
-        m = self.model
-        return jnp.concatenate([
-            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
-        ])
 
     def _free(self, s: PooledState):
         """Indicators (free solo slot, free mixed slot, idle prefill slot)."""
@@ -137,23 +180,6 @@ class Pooled(AbstractSystem):
         if s.prefill_ring is not None:
             todo = todo | ((idle > 0) & (s.prefill_ring.size > 0))
         return todo
-
-    def levels(self, s: PooledState) -> Float[Array, " L"]:
-        # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
-        zero = jnp.zeros_like(s.X)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(real_dtype())
-
-    def revenue(self, integrals, counts):
-        return revenue(self.model, integrals, counts, self.tally_names)
-
-    def rebase(self, s: PooledState, elapsed) -> PooledState:
-        return rebase_rings(s, elapsed)
-
-    def overflow(self, s: PooledState) -> Bool[Array, ""]:
-        return any_overflow(s.prefill_ring, s.decode_ring)
-
-    def overflow_message(self) -> str:
-        return overflow_message(self.capacity)
 
     def fire(self, s: PooledState, event, t, u, window):
         m, d = self.model, self.decide
@@ -202,23 +228,6 @@ class Pooled(AbstractSystem):
                                   placed * counted])
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit])
         return state, Flow(counts=counts, waits=waits)
-
-    def close(self, s: PooledState, window):
-        num = self.num_classes
-        zero_i = jnp.zeros(num, jnp.int32)
-        zero_f = jnp.zeros(num, window[0].dtype)
-        d_gone, d_wait = ring_residual(s.decode_ring, num, window)
-        p_gone, p_wait = ring_residual(s.prefill_ring, num, window)
-        counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone, zero_i,
-                                  zero_i]).astype(jnp.int32)
-        waits = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
-        return Flow(counts=counts, waits=waits)
-
-    def census(self, s: PooledState, now):
-        num = self.num_classes
-        queued = s.Qp + ring_live(s.prefill_ring, num, now)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
-                               ).astype(jnp.int32)
 
     def _gate_keys(self, X: Int[Array, " I"], Qp: Int[Array, " I"]):
         return gate_keys(self.gate, self.decide, self.model, self.n, self.x_star, self.q_star,

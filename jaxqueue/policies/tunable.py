@@ -73,26 +73,18 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
 from .. import fluid
-from ..kernel import AbstractSystem, Flow
+from ..kernel import Flow
 from ..model import Model
 from ..rng import real_dtype
 from .common import (
-    LEVELS,
-    TALLIES,
-    any_overflow,
     checked_capacity,
     checked_gpus,
     gate_admit,
     gate_keys,
-    overflow_message,
-    rebase_rings,
-    revenue,
-    ring_live,
-    ring_residual,
     split_event,
 )
 from .per_gpu import PerGpu, counts_dtype, gpu_slots
-from .pooled import greedy_route
+from .pooled import CountSystem, greedy_route
 from .sli import SLIGateAndRoute, build_sli
 
 __all__ = ["FAMILIES", "CoupledParams", "Gated", "GatedParams", "GatedState", "SLIParams",
@@ -186,7 +178,7 @@ class GatedState(eqx.Module):
     prefill_ring: None = None
 
 
-class Gated(AbstractSystem):
+class Gated(CountSystem):
     """The ``gated`` family on the pooled engine.
 
     Attributes:
@@ -204,13 +196,7 @@ class Gated(AbstractSystem):
     capacity: int = eqx.field(static=True)
     gate_temperature: Float[Array, ""] | None = None
 
-    level_names: ClassVar[tuple[str, ...]] = LEVELS
-    tally_names: ClassVar[tuple[str, ...]] = TALLIES
     num_random: ClassVar[int] = 2
-
-    @property
-    def num_classes(self) -> int:
-        return self.model.num_classes
 
     @property
     def smoothed(self) -> bool:
@@ -259,28 +245,6 @@ class Gated(AbstractSystem):
         _, _, free = self._decode_free(s, s.Ym, s.Ys)
         return jnp.concatenate([jnp.stack([jnp.inf, jnp.sum(s.X) - free]), s.X]
                                ).astype(real_dtype())
-
-    def rates(self, s: GatedState) -> Float[Array, " E"]:
-        m = self.model
-        return jnp.concatenate([
-            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
-        ])
-
-    def levels(self, s: GatedState) -> Float[Array, " L"]:
-        zero = jnp.zeros_like(s.X)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(real_dtype())
-
-    def revenue(self, integrals, counts):
-        return revenue(self.model, integrals, counts, self.tally_names)
-
-    def rebase(self, s: GatedState, elapsed) -> GatedState:
-        return rebase_rings(s, elapsed)
-
-    def overflow(self, s: GatedState) -> Bool[Array, ""]:
-        return any_overflow(s.decode_ring)
-
-    def overflow_message(self) -> str:
-        return overflow_message(self.capacity)
 
     # ---- decisions ---------------------------------------------------------------------------
     def _decode_free(self, s: GatedState, Ym, Ys):
@@ -340,22 +304,6 @@ class Gated(AbstractSystem):
         zero_f = jnp.zeros(num, t.dtype)
         waits = jnp.concatenate([zero_f, zero_f, zero_f, zero_f, d_credit])
         return state, Flow(counts=counts, waits=waits, logp=jnp.asarray(logp, t.dtype))
-
-    def close(self, s: GatedState, window):
-        num = self.num_classes
-        zero_i = jnp.zeros(num, jnp.int32)
-        zero_f = jnp.zeros(num, window[0].dtype)
-        d_gone, d_wait = ring_residual(s.decode_ring, num, window)
-        counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, zero_i, d_gone, zero_i,
-                                  zero_i]).astype(jnp.int32)
-        waits = jnp.concatenate([zero_f, zero_f, zero_f, zero_f, d_wait])
-        return Flow(counts=counts, waits=waits)
-
-    def census(self, s: GatedState, now):
-        num = self.num_classes
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, ring_live(s.decode_ring, num, now)]
-                               ).astype(jnp.int32)
-
 
 def rounded(decide, values: Float[Array, " K"], u: Float[Array, " U"], dither: bool):
     """Integers from reals, drawn once per replication: the number of mixed GPUs, the slack

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .argtypes import number as _number
+from .argtypes import positive_int as _positive_int
+
 __all__ = ["main"]
 
 #: Exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -102,32 +105,6 @@ def _devices(spec: str):
         raise ValueError(f"devices = {count} is invalid: must be 'all' or an integer in "
                          f"[1, {len(available)}] (available: {len(available)})")
     return available[:count]
-
-
-def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} = {text!r}: must be an integer >= 1") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} = {value}: must be an integer >= 1")
-        return value
-    return parse
-
-
-def _number(name: str, low: float = 0.0, strict: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} = {text!r}: must be a number") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(
-                f"{name} = {text}: must be finite and {'>' if strict else '>='} {low:g}")
-        return value
-    return parse
 
 
 def _say(message: str) -> None:

@@ -6,42 +6,23 @@ options, the JSON objects, the text tables and the plots (docs/workloads.md).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import math
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from .argtypes import number, positive_int
+
 __all__ = ["add_fit_commands", "workload_summary", "calibration_summary"]
 
 
 def _positive(name: str, kind=float):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} = {text!r}: must be {'an integer' if kind is int else 'a number'} > 0"
-            ) from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"{name} = {text}: must be " + (
-                "an integer >= 1" if kind is int else "finite and > 0"))
-        return value
-    return parse
+    return positive_int(name) if kind is int else number(name, strict=True)
 
 
 def _nonnegative(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} = {text!r}: must be a number") from None
-        if not (math.isfinite(value) and value >= 0):
-            raise argparse.ArgumentTypeError(f"{name} = {text}: must be finite and >= 0")
-        return value
-    return parse
+    return number(name)
 
 
 def add_fit_commands(command, emit) -> None:

@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, Int
 
 from .. import buffer as buf
 from ..decisions import AbstractDecisions
-from ..kernel import Event, Revenue
+from ..kernel import Event, Flow, Revenue
 from ..model import Model
 
 __all__ = ["GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow", "checked_capacity",
@@ -165,6 +165,20 @@ def ring_residual(ring: buf.Ring | None, num: int, window):
     if ring is None:
         return jnp.zeros(num, jnp.int32), jnp.zeros(num, window[0].dtype)
     return buf.residual(ring, num, window)
+
+
+def close_rings(s, num: int, window) -> Flow:
+    """The flow at a window's end of a state whose only open jobs wait in its rings
+    (``s.prefill_ring``, ``s.decode_ring``, either None): each ring's abandonments inside the
+    window and the waits it accrued there; every other count and wait is zero."""
+    zero_i = jnp.zeros(num, jnp.int32)
+    zero_f = jnp.zeros(num, window[0].dtype)
+    p_gone, p_wait = ring_residual(s.prefill_ring, num, window)
+    d_gone, d_wait = ring_residual(s.decode_ring, num, window)
+    counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone, zero_i,
+                              zero_i]).astype(jnp.int32)
+    waits = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
+    return Flow(counts=counts, waits=waits)
 
 
 def ring_live(ring: buf.Ring | None, num: int, now):

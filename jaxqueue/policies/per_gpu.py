@@ -78,12 +78,12 @@ from .common import (
     LEVELS,
     TALLIES,
     any_overflow,
+    close_rings,
     gate_choice,
     overflow_message,
     rebase_rings,
     revenue,
     ring_live,
-    ring_residual,
     split_event,
 )
 
@@ -425,15 +425,7 @@ class PerGpu(AbstractSystem):
         return state, Flow(counts=counts, waits=waits)
 
     def close(self, s: PerGpuState, window):
-        num = self.num_classes
-        zero_i = jnp.zeros(num, jnp.int32)
-        zero_f = jnp.zeros(num, window[0].dtype)
-        p_gone, p_wait = ring_residual(s.prefill_ring, num, window)
-        d_gone, d_wait = ring_residual(s.decode_ring, num, window)
-        counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone, zero_i,
-                                  zero_i]).astype(jnp.int32)
-        waits = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
-        return Flow(counts=counts, waits=waits)
+        return close_rings(s, self.num_classes, window)
 
     def census(self, s: PerGpuState, now):
         num = self.num_classes

@@ -44,12 +44,12 @@ from .common import (
     LEVELS,
     TALLIES,
     any_overflow,
+    close_rings,
     gate_keys,
     overflow_message,
     rebase_rings,
     revenue,
     ring_live,
-    ring_residual,
     split_event,
 )
 
@@ -114,15 +114,7 @@ class CountSystem(AbstractSystem):
         return overflow_message(self.capacity)
 
     def close(self, s, window):
-        num = self.num_classes
-        zero_i = jnp.zeros(num, jnp.int32)
-        zero_f = jnp.zeros(num, window[0].dtype)
-        d_gone, d_wait = ring_residual(s.decode_ring, num, window)
-        p_gone, p_wait = ring_residual(s.prefill_ring, num, window)
-        counts = jnp.concatenate([zero_i, zero_i, zero_i, zero_i, p_gone, d_gone, zero_i,
-                                  zero_i]).astype(jnp.int32)
-        waits = jnp.concatenate([zero_f, zero_f, zero_f, p_wait, d_wait])
-        return Flow(counts=counts, waits=waits)
+        return close_rings(s, self.num_classes, window)
 
     def census(self, s, now):
         num = self.num_classes

@@ -2,10 +2,12 @@
 
 A checkpoint holds the finished batches of replications (their float64 sums) and, for the batch
 in progress, everything needed to continue it exactly: the states, the absolute clock of each
-replication, the sums so far and the chunk counter. A digest of everything that determines the
-path (system, key, replications, horizon, warm-up, chunking, batching) guards against resuming
-a different run. The file also records the capacity of the FCFS buffers the run uses (larger
-than the system's if a buffer overflowed and was grown) and whether the run finished.
+replication, the sums so far, the chunks each replication drew random numbers in (the index of
+its next chunk) and whether it has zero-time bookkeeping left. A digest of everything that
+determines the path (system, key, replications, horizon, warm-up, chunking, batching) guards
+against resuming a different run, and a format number against a file of another layout. The
+file also records the capacity of the FCFS buffers the run uses (larger than the system's if a
+buffer overflowed and was grown) and whether the run finished.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from . import kernel
 from .kernel import SimulationError
 
 __all__ = ["Batch", "Checkpoint", "CheckpointError", "Progress", "Saved", "fingerprint"]
+
+#: Version of the file's layout. Format 1 (no ``format`` entry) numbered chunks per batch, so
+#: its paths cannot be continued by a driver that numbers each replication's own.
+FORMAT = 2
 
 
 class CheckpointError(SimulationError):
@@ -74,10 +80,20 @@ class Batch:
 
 @dataclasses.dataclass
 class Progress:
-    """The batch in progress: its sums and the kernel states to continue from."""
+    """The batch in progress: its sums and what continues it exactly.
+
+    Attributes:
+        batch: the sums so far.
+        leaves: the kernel states.
+        rep_chunks: chunks each replication drew random numbers in (the index of its next),
+            ``(R,)``.
+        pending: whether each replication has zero-time bookkeeping left, ``(R,)``.
+    """
 
     batch: Batch
     leaves: list[np.ndarray]
+    rep_chunks: np.ndarray
+    pending: np.ndarray
 
 
 @dataclasses.dataclass
@@ -129,6 +145,13 @@ class Checkpoint:
         if not os.path.exists(self.path):
             return None
         with np.load(self.path, allow_pickle=False) as f:
+            version = int(f["format"]) if "format" in f else 1
+            if version != FORMAT:
+                raise CheckpointError(
+                    f"checkpoint {self.path} has format {version}, written by another version "
+                    f"of jaxqueue; this one reads format {FORMAT} (format 1 numbered the chunks "
+                    "of a batch, not those of each replication: its paths cannot be continued)"
+                    ": remove it or choose another path")
             if str(f["fingerprint"]) != self.fingerprint:
                 raise CheckpointError(
                     f"checkpoint {self.path} was written by a different run (system, key, "
@@ -138,7 +161,8 @@ class Checkpoint:
             current = None
             if bool(f["has_current"]):
                 current = Progress(batch=Batch.from_arrays(f, "c_"),
-                                   leaves=[f[f"leaf{k}"] for k in range(int(f["num_leaves"]))])
+                                   leaves=[f[f"leaf{k}"] for k in range(int(f["num_leaves"]))],
+                                   rep_chunks=f["rep_chunks"], pending=f["pending"])
             capacity = int(f["capacity"]) if "capacity" in f and int(f["capacity"]) > 0 else None
             finished = bool(f["finished"]) if "finished" in f else False
         return Saved(done=done, current=current, capacity=capacity, finished=finished)
@@ -147,7 +171,8 @@ class Checkpoint:
              finished: bool = False) -> None:
         """Writes the finished batches, the batch in progress, the buffers' capacity and whether
         the run finished (atomically: a reader never sees half a file)."""
-        data = {"fingerprint": np.asarray(self.fingerprint), "num_batches": len(done),
+        data = {"format": FORMAT, "fingerprint": np.asarray(self.fingerprint),
+                "num_batches": len(done),
                 "has_current": current is not None, "capacity": int(capacity or 0),
                 "finished": bool(finished)}
         for k, batch in enumerate(done):
@@ -156,6 +181,7 @@ class Checkpoint:
             data.update(current.batch.arrays("c_"))
             data.update({f"leaf{k}": a for k, a in enumerate(current.leaves)})
             data["num_leaves"] = len(current.leaves)
+            data.update(rep_chunks=current.rep_chunks, pending=current.pending)
         tmp = self.path + ".tmp.npz"
         np.savez(tmp, **data)
         os.replace(tmp, self.path)

@@ -11,11 +11,16 @@ the same law), the census of that moment starts the statistics, and the run goes
 ``horizon``. So every job is accounted for exactly: per stage and class, what came in equals what
 went out plus the change in the census between the window's start and its end.
 
-Replication ``r`` draws chunk ``c``'s random numbers from ``fold_in(fold_in(key, r), c)``, so
-its path does not depend on how many replications run, on how they are sharded or batched, or on
-where a checkpoint cut the run. The same holds for the capacity of the FCFS buffers: it does not
-change a path unless it overflows, so a batch whose buffer overflowed is rerun from its start
-with a larger buffer (``grow_buffers``) and gives what a large enough buffer gives from the start.
+Each replication numbers its own chunks: replication ``r`` draws the random numbers of the
+``c``-th chunk it uses from ``fold_in(fold_in(key, r), c)``. A chunk it has nothing to do in
+(it waits at the warm-up for others of its batch, or at the end) draws nothing and does not
+count; one whose steps ran out while it still had zero-time bookkeeping to do at its stop time
+is followed by another of the same phase, whatever the others do. So its path does not depend
+on how many replications run, on how they are sharded or batched, or on where a checkpoint cut
+the run (the checkpoint keeps each replication's count). The same holds for the capacity of the
+FCFS buffers: it does not change a path unless it overflows, so a batch whose buffer overflowed
+is rerun from its start with a larger buffer (``grow_buffers``) and gives what a large enough
+buffer gives from the start.
 """
 
 from __future__ import annotations
@@ -496,27 +501,34 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
         states = _shard(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in resume.leaves]),
                         axes, devices)
         sums = resume.batch
+        used, pending = resume.rep_chunks.astype(np.int64), resume.pending.astype(bool)
     else:
         states = _shard(kernel.initial_state_jit(
             system, key, jnp.arange(first, first + reps, dtype=jnp.uint32)), axes, devices)
         sums = Batch.zeros(reps, num_levels, len(system.tally_names) * system.num_classes)
+        used, pending = np.zeros(reps, np.int64), np.zeros(reps, bool)
     interrupted = False
 
     def progress_now() -> Progress:
-        return Progress(batch=sums, leaves=[np.asarray(a) for a in jax.tree.leaves(states)])
+        return Progress(batch=sums, leaves=[np.asarray(a) for a in jax.tree.leaves(states)],
+                        rep_chunks=used, pending=pending)
 
     def chunk_call(w0, w1):
-        return kernel._rollout_jit(key, system, rep_ids, states, w0, w1, jnp.uint32(sums.chunks),
+        # Each replication's own chunk index: the chunks it drew random numbers in so far.
+        chunk = _shard(jnp.asarray(used, jnp.uint32), -1, devices)
+        return kernel._rollout_jit(key, system, rep_ids, states, w0, w1, chunk,
                                    steps=chunk_events, clock_dtype=clock_dtype, close=False)
 
     before = kernel.compile_count()
     last_save = time.perf_counter()
     try:
         with _ctrl_c_at_chunk_ends() as ctrl_c:
-            while not np.all(sums.time >= horizon) and not ctrl_c.pressed:
+            # A replication is through a phase once it reached its end with no bookkeeping left.
+            while (np.any(sums.time < horizon) or np.any(pending)) and not ctrl_c.pressed:
                 # Warm-up first: every replication stops at the warm-up, then all go on to the end.
-                stop = warmup if np.any(sums.time < warmup) else horizon
-                first_window_chunk = bool(np.all(sums.time == warmup))
+                warming = np.all(sums.time <= warmup) and np.any((sums.time < warmup) | pending)
+                stop = warmup if warming else horizon
+                first_window_chunk = not warming and bool(np.all(sums.time == warmup))
                 # The window on this chunk's clock; its start may be negative (an earlier chunk).
                 w0 = _shard(jnp.asarray(warmup - sums.time, clock_dtype), -1, devices)
                 w1 = _shard(jnp.asarray(stop - sums.time, clock_dtype), -1, devices)
@@ -534,9 +546,10 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                     elapsed = run_time
                 if np.any(np.asarray(out.overflow)):
                     raise _Overflow(system.overflow_message())
-                # Commit the chunk only once it is complete (an interrupt above loses nothing).
+                # Commit the chunk only once it is complete (an interrupt above loses nothing),
+                # in one assignment (a second Ctrl-C raises at once: never between its parts).
                 summary = out.summary
-                sums = dataclasses.replace(
+                new_sums = dataclasses.replace(
                     sums,
                     time=np.where(done, stop, sums.time + np.asarray(out.time, np.float64)),
                     integrals=sums.integrals + np.asarray(summary.integrals, np.float64),
@@ -545,7 +558,8 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                                  else sums.stock_start),
                     events=sums.events + int(np.sum(np.asarray(summary.events, np.int64))),
                     wall=sums.wall + elapsed, chunks=sums.chunks + 1)
-                states = out.state
+                new_used, new_pending = used + np.asarray(out.active), np.asarray(out.pending)
+                sums, used, pending, states = new_sums, new_used, new_pending, out.state
                 if report:
                     report(float(np.mean(sums.time)) / horizon)
                 if save and time.perf_counter() - last_save >= every:

@@ -131,6 +131,13 @@ class Rollout(eqx.Module):
             that the clock of a following rollout starts at zero.
         time: clock reached by each replication (the window's end once ``done``), ``(R,)``.
         done: whether each replication reached the window's end, ``(R,)``.
+        active: whether each replication had anything to do at the rollout's start: its clock
+            before the window's end, or zero-time bookkeeping pending, ``(R,)``. One that had
+            not drew no random numbers and left its state unchanged, so a driver numbers a
+            replication's chunks by the rollouts it was active in.
+        pending: whether each replication ended with zero-time bookkeeping left (its steps ran
+            out first), ``(R,)``: one that ended at the window's end with some still has work
+            there.
         overflow: whether a fixed-capacity buffer overflowed (the run is then invalid), ``(R,)``.
         summary: the statistics (:class:`Summary`).
     """
@@ -138,6 +145,8 @@ class Rollout(eqx.Module):
     state: Any
     time: Float[Array, " R"]
     done: Bool[Array, " R"]
+    active: Bool[Array, " R"]
+    pending: Bool[Array, " R"]
     overflow: Bool[Array, " R"]
     summary: Summary
 
@@ -341,7 +350,8 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     axes = rep_axes(system)
     if state is None:
         state = initial_state(system, key, rep_ids)
-    words = jax.vmap(lambda r: rng.rep_key(key, r, chunk), out_axes=-1)(rep_ids)  # (2, R)
+    chunk = jnp.broadcast_to(jnp.asarray(chunk, jnp.uint32), (reps,))
+    words = jax.vmap(lambda r, c: rng.rep_key(key, r, c), out_axes=-1)(rep_ids, chunk)  # (2, R)
     num_levels = len(system.level_names) * system.num_classes
     # A counter rises by at most one per step: int16 halves their memory traffic per step.
     count_dtype = jnp.int16 if steps < 2**15 else jnp.int32
@@ -356,6 +366,8 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
                            out_axes=-1)(state)
     w0 = jnp.broadcast_to(jnp.asarray(w0, clock_dtype), (reps,))
     w1 = jnp.broadcast_to(jnp.asarray(w1, clock_dtype), (reps,))
+    pending = jax.vmap(system.pending, in_axes=(axes,))
+    active = (w1 > 0) | pending(state)  # the clock starts at 0
     # Accumulators with the replication axis first: the step writes a per-replication row of
     # levels and counters, which with the axis last XLA transposed on every step.
     carry_axes = (axes, -1, 0)
@@ -382,7 +394,6 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         head = steps % block
         if head:
             carry = run_block(carry, jnp.uint32(0), head)
-        pending = jax.vmap(system.pending, in_axes=(axes,))
 
         def more(c):
             (state, t, _), start = c
@@ -404,6 +415,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
         (state, t, acc), _ = jax.lax.scan(block, carry, starts)
     done = t >= w1
+    left = pending(state)
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
     state = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(state, t.astype(real))
     integrals, counts = acc.integrals.T, acc.counts.astype(jnp.int32).T
@@ -416,7 +428,8 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     summary = Summary(integrals=integrals.T, counts=counts.T, stock_start=stock_start.T,
                       stock_end=stock_end.T, events=acc.events, logp=acc.logp,
                       revenue=revenue)
-    return Rollout(state=state, time=t, done=done, overflow=overflow, summary=summary)
+    return Rollout(state=state, time=t, done=done, active=active, pending=left,
+                   overflow=overflow, summary=summary)
 
 
 _rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close", "remat",
@@ -447,7 +460,8 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
             :attr:`Rollout.state`); default: every replication empty.
         window: statistics window ``(start, end]`` on this rollout's clock (scalars or ``(R,)``
             arrays); the default ``(0, inf)`` counts everything.
-        chunk: index of this rollout in a longer run (selects fresh random numbers).
+        chunk: index of this rollout in a longer run (selects fresh random numbers): one for
+            every replication, or each replication's own, ``(R,)``.
         clock_dtype: dtype of the clock and the time integrals (default: float32, or float64
             under ``jax.enable_x64``).
         close: settle what jobs still held owe at the end (:meth:`AbstractSystem.close`) and

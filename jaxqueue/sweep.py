@@ -11,18 +11,21 @@ window; float64 sums on the host), run in lockstep over the points, each point f
 the schedule of chunks it would follow alone.
 
 So point ``p`` of ``simulate_many(key, systems, ...)`` equals ``simulate(key, systems[p], ...)``
-run with a single batch: replication ``r`` of every point draws its random numbers from
-``fold_in(fold_in(key, r), chunk)`` (common random numbers across the points), and the event
+run with a single batch (its results, those of any batching): replication ``r`` of every point
+draws its ``c``-th chunk's random numbers from ``fold_in(fold_in(key, r), c)``, counting only
+the chunks it drew random numbers in (common random numbers across the points), and the event
 counts are bit-identical (a test checks this).
 
 A FCFS ring that overflows costs a replication, not the sweep: the group runs to its end, then
 only the replications that overflowed are rerun, with rings four times larger, on the same
 random numbers and the same schedule of chunks as their point (they get what a large enough
-ring gives from the start). One thing ties a replication to the others of its point: the chunk
-at which the point's statistics window starts, when the slowest of them finishes its warm-up
-(chunk ``c`` draws from ``fold_in(..., c)``). An overflow inside the warm-up can move that
+ring gives from the start). A replication's path does not depend on the others of its point
+(the chunks it waits through, at the warm-up, draw nothing), but the point's schedule does: its
+statistics window starts at the chunk after the slowest of them finishes its warm-up, and
+``Run.chunks`` counts the chunks to the end. An overflow inside the warm-up can move that
 chunk; the rerun measures where the replication really finishes its warm-up, and if the
-window's start moves, the point's other replications are rerun too. Each :class:`Run` says
+window's start moves, the point's other replications are rerun too, so that the point's
+schedule (``Run.chunks``) is that of a large enough ring. Each :class:`Run` says
 which replications were rerun (``rerun_reps``), how many rounds touched it (``regrown``) and
 the capacity its results hold for (``buffer_capacity``); each round is reported (``notify``, or a
 :class:`jaxqueue.driver.SimulationWarning`).
@@ -101,13 +104,14 @@ def stack(systems: Sequence[AbstractSystem]) -> AbstractSystem:
 
 
 # ---- the vmapped kernel -----------------------------------------------------------------------
-def _many(key, systems, rep_ids, states, w0, w1, chunk, *, steps, clock_dtype):
-    # rep_ids: (points, R), each point's own replication ids (the same row for a whole grid).
-    def one(system, ids, state, a, b):
+def _many(key, systems, rep_ids, states, w0, w1, chunks, *, steps, clock_dtype):
+    # rep_ids, chunks: (points, R), each point's own replication ids (the same row for a whole
+    # grid) and each replication's own chunk index.
+    def one(system, ids, state, a, b, c):
         # A vmapped early stop would select over every state leaf per block: scan instead.
-        return kernel._rollout(key, system, ids, state, a, b, chunk, steps=steps,
+        return kernel._rollout(key, system, ids, state, a, b, c, steps=steps,
                                clock_dtype=clock_dtype, close=False, stop_early=False)
-    return jax.vmap(one)(systems, rep_ids, states, w0, w1)
+    return jax.vmap(one)(systems, rep_ids, states, w0, w1, chunks)
 
 
 _many_jit = jax.jit(_many, static_argnames=("steps", "clock_dtype"))
@@ -244,11 +248,12 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
     """The host loop of :func:`jaxqueue.driver._run_batch`, with a leading axis over points.
 
     Point ``p`` runs replications ``rep_ids[p]`` and keeps its own phase exactly as when run
-    alone: the warm-up until every one of its replications reached it *and* the chunk index
-    reached ``floors[p]`` (0 for a fresh run; a rerun passes the chunk its point's window
-    started at), then the window. Chunks a point no longer needs are no-ops for it (every
-    replication already sits at its stop time). An overflow does not stop the loop: it is
-    recorded per replication (that replication's results are then invalid).
+    alone: the warm-up until every one of its replications reached it with no bookkeeping left
+    *and* the chunk index reached ``floors[p]`` (0 for a fresh run; a rerun passes the chunk
+    its point's window started at), then the window. A replication with nothing left to do in a
+    chunk (it sits at its stop time) draws nothing and keeps its chunk index. An overflow does
+    not stop the loop: it is recorded per replication (that replication's results are then
+    invalid).
     """
     template = systems[0]
     stacked = stack(systems)
@@ -265,6 +270,8 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
     tallies = np.zeros((num, width, tallies_n), np.int64)
     stock_start = np.zeros((num, width, levels), np.int64)
     events = np.zeros((num, width), np.int64)
+    used = np.zeros((num, width), np.int64)  # each replication's chunks, as in _run_batch
+    pending = np.zeros((num, width), bool)
     warm = np.where(t_now >= warmup, -1, _NEVER)
     end = np.full((num, width), _NEVER)
     over = np.full((num, width), -1)
@@ -273,12 +280,14 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
     chunks = 0
 
     def call(w0, w1):
-        return _many_jit(key, stacked, ids, states, w0, w1, jnp.uint32(chunks),
+        return _many_jit(key, stacked, ids, states, w0, w1,
+                         _shard(jnp.asarray(used, jnp.uint32), -1, devices),
                          steps=chunk_events, clock_dtype=clock_dtype)
 
     before = compile_count()
-    while not np.all(t_now >= horizon):
-        warming = (chunks < floors) | np.any(t_now < warmup, axis=1)
+    while np.any(t_now < horizon) or np.any(pending):
+        warming = (chunks < floors) | (np.all(t_now <= warmup, axis=1)
+                                       & np.any((t_now < warmup) | pending, axis=1))
         stop = np.where(warming, warmup, horizon)  # per point
         first_window = ~warming & np.all(t_now == warmup, axis=1)
         start_chunk = np.where(first_window & (start_chunk < 0), chunks, start_chunk)
@@ -298,8 +307,10 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
         over = np.where((over < 0) & np.asarray(out.overflow), chunks, over)
         s = out.summary
         t_now = np.where(finished, stop[:, None], t_now + np.asarray(out.time, np.float64))
-        warm = np.where((warm == _NEVER) & (t_now >= warmup), chunks, warm)
-        end = np.where((end == _NEVER) & (t_now >= horizon), chunks, end)
+        used += np.asarray(out.active)
+        pending = np.asarray(out.pending)
+        warm = np.where((warm == _NEVER) & (t_now >= warmup) & ~pending, chunks, warm)
+        end = np.where((end == _NEVER) & (t_now >= horizon) & ~pending, chunks, end)
         integrals += np.asarray(s.integrals, np.float64)
         tallies += np.asarray(s.counts, np.int64)
         stock_start = np.where(first_window[:, None, None], np.asarray(s.stock_start, np.int64),

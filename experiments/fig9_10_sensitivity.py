@@ -52,6 +52,17 @@ def _lp(model, **change):
     return plan.revenue, plan.sli["tpot"]
 
 
+def _solution(model, **change) -> dict:
+    """What explains a point of a line: the share of GPUs running a prefill (X = sum x), the
+    fraction of each class's arrivals the plan serves, and the capacity rows with a positive
+    dual (binding)."""
+    m = model.replace(**change)
+    plan = fluid.solve(m, "bundled")
+    return {"mixed_fraction": plan.sum_x,
+            "served": plan.completion_rate(m) / np.asarray(m.lambda_, np.float64),
+            "binding": [k for k, v in plan.duals.items() if v > 1e-9]}
+
+
 def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> dict:
     """Runs Figs. 9-10 and writes their JSON and two PNGs into ``out``."""
     timer = common.Timer()
@@ -63,8 +74,10 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
     for name in PARAMS:
         values = _grid(name)
         rev, tp = zip(*(_lp(model, **{name: v}) for v in values), strict=True)
+        why = [_solution(model, **{name: v}) for v in values]
         lines[name] = {"values": values, "revenue": rev, "tpot": tp,
-                       "paper_value": float(np.asarray(getattr(model, name)))}
+                       "paper_value": float(np.asarray(getattr(model, name))),
+                       **{k: [w[k] for w in why] for k in why[0]}}
     ranges = {}
     for name, (lo, hi) in PAPER_RANGES.items():
         rev = [_lp(model, **{name: v})[0] for v in _grid(name, lo, hi, 21)]
@@ -103,7 +116,9 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
                            "tpot_sim": fluid.tpot(m, float(np.sum(x)))})
     result = {**common.meta(NAME, FIGURE, TITLE, quick=quick, seed=seed, settings=s,
                             scenario=SCENARIO, policies_=(POLICY,)),
-              "lp_revenue": base.revenue, "lines": lines, "paper_range_sensitivity": ranges,
+              "lp_revenue": base.revenue, "lines": lines,
+              "classes": {"names": list(model.class_names), "P": model.P, "D": model.D,
+                          "w": model.w}, "paper_range_sensitivity": ranges,
               "heatmap_B_beta": {"B": heat_B, "beta": heat_beta, "revenue": heat_bb},
               "heatmap_prices": {"c_p": prices, "c_d": prices, "revenue": heat_cc},
               "price_lines": {"k": ks, "ratio": ratios, "revenue": line_rev,

@@ -27,6 +27,7 @@ EXPERIMENTS = {
     "fig8": "fig8_sli",
     "fig9-10": "fig9_10_sensitivity",
     "table1": "table1_dolly",
+    "gap": "gap_map",  # beyond the paper: the finite-n gap over Fig. 9's grid
 }
 
 

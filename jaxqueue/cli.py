@@ -903,7 +903,8 @@ def _parser() -> argparse.ArgumentParser:
                   "each claim")
     rep.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
     rep.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                     choices=("fig2", "fig4-6", "fig7", "fig8", "fig9-10", "table1"),
+                     choices=("fig2", "fig4-6", "fig7", "fig8", "fig9-10", "table1",
+                              "gap"),
                      help="run only these experiments (the report covers every complete one)")
     rep.add_argument("--out", default="results", help="results folder (resumes what is there)")
     rep.add_argument("--seed", type=int, default=0, help="random seed of every experiment")

@@ -610,6 +610,279 @@ def judge_dolly(rstar, revenue, ci, n) -> list[Claim]:
     ]
 
 
+# ---- the gap map (beyond the paper) -----------------------------------------------------------
+#: A policy is "more than GAP_MARGIN below R*" at a grid point when the 95% interval of its
+#: relative gap 1 - revenue / R* lies above GAP_MARGIN, "within" when it lies below; there the
+#: LP's sensitivity curves (Fig. 9) predict what a simulated cluster earns to within the margin.
+GAP_MARGIN = 0.05
+_GAP_WORDS = {"above": "more than", "below": "within", "across": "undecided at"}
+
+
+def gap_flag(mean, ci, margin: float = GAP_MARGIN) -> str:
+    """Where a relative gap with a 95% half-width ``ci`` lies against ``margin``: ``"above"``
+    (``mean - ci > margin``), ``"below"`` (``mean + ci <= margin``) or ``"across"`` (the
+    interval contains the margin; also without an interval, ``ci`` None or NaN)."""
+    if mean is None:
+        return "across"
+    ci = float("nan") if ci is None else float(ci)
+    if not math.isfinite(ci):
+        return "across"
+    if mean - ci > margin:
+        return "above"
+    return "below" if mean + ci <= margin else "across"
+
+
+def flagged_runs(values: Sequence[float], flags: Sequence[bool]) -> list[tuple[float, float]]:
+    """The maximal runs of consecutive grid points (in increasing value) whose flag is set, each
+    as ``(first value, last value)``; a run of one point has equal ends."""
+    order = np.argsort(np.asarray(values, np.float64), kind="stable")
+    runs, start, last = [], None, None
+    for k in order:
+        v = float(values[k])
+        if flags[k]:
+            start = v if start is None else start
+            last = v
+        elif start is not None:
+            runs.append((start, last))
+            start = None
+    if start is not None:
+        runs.append((start, last))
+    return runs
+
+
+def _num(v: float) -> str:
+    """``6.31e-4`` below 0.001, three significant digits otherwise."""
+    v = float(v)
+    return f"{v:.2e}".replace("e-0", "e-") if v != 0 and abs(v) < 1e-3 else f"{v:.3g}"
+
+
+def fmt_runs(name: str, runs: Sequence[tuple[float, float]]) -> str:
+    """``B 2-8, 32`` (each run as its ends, a single point as itself); empty without runs."""
+    if not runs:
+        return ""
+    return f"{name} " + ", ".join(_num(a) if a == b else f"{_num(a)}-{_num(b)}" for a, b in runs)
+
+
+def gap_regions(points: Sequence[dict], n: int, policy: str | None,
+                margin: float = GAP_MARGIN) -> dict[str, str]:
+    """Per flag (``above``, ``below``, ``across``; :func:`gap_flag`), the grid regions where
+    ``policy``'s gap at n GPUs has it, as text (``B 2-8; beta 0.000398-0.001``). ``policy``
+    None: the best simulated policy at each point (the highest mean revenue of all run)."""
+    by_param: dict[str, list] = {}
+    for p in points:
+        run = p["runs"][str(n)]
+        if policy is None:
+            name = max((k for k in run if "revenue" in run[k]),
+                       key=lambda k: run[k]["revenue"]["mean"])
+        else:
+            name = policy
+        g = run[name]["gap"]
+        by_param.setdefault(p["parameter"], []).append((p["value"], gap_flag(g["mean"],
+                                                                            g["ci95"], margin)))
+    out = {}
+    for flag in ("above", "below", "across"):
+        parts = [fmt_runs(param, flagged_runs([v for v, _ in rows], [f == flag for _, f in rows]))
+                 for param, rows in by_param.items()]
+        out[flag] = "; ".join(x for x in parts if x)
+    return out
+
+
+def gap_ratio(n1: float, g1: float, se1: float, n2: float, g2: float,
+              se2: float) -> dict[str, Any]:
+    """How much a gap shrinks from n1 to n2 GPUs: ``ratio = g2 / g1`` with a 95% interval (the
+    delta method on ``log ratio``, the two gaps independent) and the rate ``c`` it implies if
+    ``gap = b n^-c`` (``c = -log ratio / log(n2 / n1)``), with the interval that maps onto.
+
+    Two sizes test no form: ``c`` assumes a limit of zero, and a positive limit would show as a
+    slower rate. Returns ``ratio: None`` with a ``note`` when a gap is not above twice its
+    standard error (its log is undefined or meaningless) or ``n2 <= n1``.
+    """
+    out = {"n": [n1, n2], "ratio": None, "note": "two sizes: no test of the form gap = b n^-c"}
+    if not n2 > n1:
+        return {**out, "note": "needs two sizes n2 > n1"}
+    if not (g1 > 2 * se1 and g2 > 2 * se2):
+        return {**out, "note": f"a gap within two standard errors of zero (n = {n1}: "
+                               f"{g1:.4f} ± {se1:.4f}, n = {n2}: {g2:.4f} ± {se2:.4f})"}
+    log_r = math.log(g2 / g1)
+    half = _Z95 * math.hypot(se1 / g1, se2 / g2)
+    span = math.log(n2 / n1)
+    return {**out, "ratio": math.exp(log_r), "low": math.exp(log_r - half),
+            "high": math.exp(log_r + half), "rate": -log_r / span,
+            "rate_low": -(log_r + half) / span, "rate_high": -(log_r - half) / span}
+
+
+def fmt_ratio(r: dict[str, Any]) -> str:
+    """``0.52 [0.48, 0.56], c = 0.41 [0.36, 0.46]`` or the note."""
+    if r.get("ratio") is None:
+        return r.get("note", "-")
+    return (f"{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}], c = {r['rate']:.2f} "
+            f"[{r['rate_low']:.2f}, {r['rate_high']:.2f}]")
+
+
+def _worst(points, n, policy) -> str:
+    p = max(points, key=lambda q: q["runs"][str(n)][policy]["gap"]["mean"])
+    g = p["runs"][str(n)][policy]["gap"]
+    return (f"largest gap {100 * g['mean']:.1f}% ± {100 * (g['ci95'] or 0):.1f}% at "
+            f"{p['parameter']} = {_num(p['value'])}")
+
+
+def judge_gap_within(n: int, points: Sequence[dict], policy: str = "gate-and-route") -> Claim:
+    """The gap map at n GPUs: Gate-and-Route within ``GAP_MARGIN`` of R* over the whole grid
+    (so the LP's sensitivity curves predict what it earns there)."""
+    flags = [gap_flag(p["runs"][str(n)][policy]["gap"]["mean"],
+                      p["runs"][str(n)][policy]["gap"]["ci95"]) for p in points]
+    ok = (FAILS if "above" in flags else HOLDS if all(f == "below" for f in flags)
+          else INCONCLUSIVE)
+    reg = gap_regions(points, n, policy)
+    return _claim(
+        f"gap-within-n{n}", "gap map",
+        f"At n = {n} Gate-and-Route earns within {GAP_MARGIN:.0%} of R* at every point of "
+        "Fig. 9's grid, so the LP's sensitivity curves predict what a simulated cluster earns "
+        "(a jaxqueue check at finite n; the paper's Theorem 4.1 is a limit).", ok,
+        f"per point, the 95% interval of 1 - revenue / R*: holds if every interval lies below "
+        f"{GAP_MARGIN:.0%}, does not hold if any lies above it, inconclusive otherwise",
+        f"{len(points)} points; more than {GAP_MARGIN:.0%} below R* at: "
+        f"{reg['above'] or 'none'}; within at: {reg['below'] or 'none'}; undecided at: "
+        f"{reg['across'] or 'none'}; {_worst(points, n, policy)}")
+
+
+def judge_gap_limit(points: Sequence[dict], gpus: Sequence[int]) -> Claim:
+    """Theorem 4.1 on the grid: Gate-and-Route's gap tends to zero at every point
+    (:func:`fit_limit` per point; two or three sizes are inconclusive)."""
+    verdicts = [p["rate"]["verdict"] for p in points]
+    ok = (FAILS if FAILS in verdicts else HOLDS if all(v == HOLDS for v in verdicts)
+          else INCONCLUSIVE)
+    ratios = [p["rate"]["ratio"] for p in points if p["rate"]["ratio"].get("ratio") is not None]
+    if ratios:
+        rates = [r["rate"] for r in ratios]
+        spread = (f"gap(n = {gpus[-1]}) / gap(n = {gpus[0]}) over the {len(ratios)} points "
+                  f"with both gaps positive: {min(r['ratio'] for r in ratios):.2f} to "
+                  f"{max(r['ratio'] for r in ratios):.2f} (median "
+                  f"{float(np.median([r['ratio'] for r in ratios])):.2f}), implied rates "
+                  f"n^-c with c from {min(rates):.2f} to {max(rates):.2f}")
+    else:
+        spread = "no point with both gaps above two standard errors"
+    remark = (f"{len(gpus)} sizes: no test of the form a + b n^-c, so no verdict; "
+              if len(gpus) < 4 else "")
+    return _claim(
+        "gap-limit", "gap map",
+        "Gate-and-Route's gap to R* closes as n grows at every point of Fig. 9's grid "
+        "(Theorem 4.1).", ok,
+        trend_rule(f"at each point, the relative gap 1 - revenue / R* over n = "
+                   f"{', '.join(map(str, gpus))}", f"{LIMIT_REVENUE:.0%}")
+        + "; holds if it holds at every point, does not hold if it does not at any",
+        remark + spread + "; verdicts per point: " + ", ".join(
+            f"{verdicts.count(v)} {v}" for v in VERDICTS if v in verdicts))
+
+
+def _gap_section(r: dict) -> list[str]:
+    """The gap map's regions in words: where Gate-and-Route (and the best simulated policy) is
+    more than the margin below R*, what that says of the LP's sensitivity curves, and where the
+    coupled gate beats Gate-and-Route."""
+    points, lines = r["points"], []
+    for n in r["gpus"]:
+        gg = gap_regions(points, n, "gate-and-route")
+        best = gap_regions(points, n, None)
+        text = (f"**n = {n}.** Gate-and-Route is more than {GAP_MARGIN:.0%} below R* (95% "
+                f"interval above {GAP_MARGIN:.0%}) at {gg['above'] or 'no point'}"
+                + (f" ({_worst(points, n, 'gate-and-route')})" if gg["above"] else "")
+                + f"; within {GAP_MARGIN:.0%} at {gg['below'] or 'no point'}"
+                + (f"; undecided at {gg['across']}" if gg["across"] else "") + ". ")
+        text += ("So the LP's sensitivity curves (Fig. 9) predict what a simulated "
+                 f"Gate-and-Route cluster of {n} GPUs earns, to within {GAP_MARGIN:.0%}, at "
+                 f"{gg['below'] or 'no point of the grid'}, and overstate it by more than "
+                 f"{GAP_MARGIN:.0%} at {gg['above'] or 'no point'}. ")
+        text += (f"Even the best policy simulated at a point (the coupled gate included) is "
+                 f"more than {GAP_MARGIN:.0%} below R* at {best['above']}: there no policy run "
+                 "reaches the LP's curve at this size." if best["above"] else
+                 f"At every point some simulated policy (the coupled gate included) is within "
+                 f"{GAP_MARGIN:.0%} of R* or cannot be told from it.")
+        wins, losses = [], []
+        for p in points:
+            d = p["runs"][str(n)].get("coupled_minus_gate_and_route")
+            if d is None or d["ci95"] is None:
+                continue
+            if d["mean"] - d["ci95"] > 0:
+                wins.append(p)
+            elif d["mean"] + d["ci95"] < 0:
+                losses.append(p)
+
+        def where(ps):
+            by: dict[str, list] = {}
+            for p in ps:
+                by.setdefault(p["parameter"], []).append(p["value"])
+            return "; ".join(f"{k} " + ", ".join(_num(v) for v in vs) for k, vs in by.items())
+        text += (f" The offset-1 coupled gate (jaxqueue's `gi-wsp-after`) earns more than "
+                 f"Gate-and-Route (paired 95% interval above 0) at {len(wins)} of "
+                 f"{len(points)} points{' (' + where(wins) + ')' if wins else ''} and less at "
+                 f"{len(losses)}{' (' + where(losses) + ')' if losses else ''}.")
+        lines += [text, ""]
+    slow = [p for p in points if p.get("solo_efficient") is False]
+    if slow:
+        def at(p):
+            gaps = ", ".join(f"{100 * p['runs'][str(n)]['gate-and-route']['gap']['mean']:.1f}% "
+                             f"at n = {n}" for n in r["gpus"])
+            return (f"{p['parameter']} = {_num(p['value'])} (planned decode backlog "
+                    f"{p.get('lp_decode_queue', float('nan')):.2f} per GPU; Gate-and-Route's "
+                    f"gap {gaps})")
+        lines += ["Solo decoding is the slower mode (gamma tau < (B-1)/B: Proposition 3.2's "
+                  "condition fails) at " + "; ".join(at(p) for p in slow) + ". There the LP "
+                  "plans a decode backlog (mixed decode slots exist only on GPUs running a "
+                  "prefill), while Gate-and-Route's greedy router fills solo slots first.", ""]
+    return lines
+
+
+# ---- Fig. 9's TPOT against beta ---------------------------------------------------------------
+def beta_tpot_text(line: dict, classes: dict) -> str:
+    """Why the LP's TPOT along beta rises, peaks and falls, from the LP's solutions along the
+    line (``fig9_10_sensitivity``'s ``lines["beta"]`` with ``mixed_fraction``, ``served`` per
+    class and ``binding`` rows; ``classes`` with ``names``, ``P``, ``D``, ``w``). Empty when the
+    line lacks them or TPOT does not turn."""
+    if not all(k in line for k in ("mixed_fraction", "served", "binding")):
+        return ""
+    beta = np.asarray(line["values"], np.float64)
+    tpot = 1000 * np.asarray(line["tpot"], np.float64)
+    big_x = np.asarray(line["mixed_fraction"], np.float64)
+    served = np.asarray(line["served"], np.float64)  # (values, classes)
+    k = int(np.argmax(tpot))
+    if k in (0, beta.size - 1) or served.shape[1] < 2:
+        return ""
+    names = list(classes["names"])
+    w, P, D = (np.asarray(classes[key], np.float64) for key in ("w", "P", "D"))
+    shed = int(np.argmin(served[k]))        # the class the LP drops on the way up
+    kept = int(np.argmax(served[k]))
+    first = int(np.argmax(served[:, shed] < 0.99)) if np.any(served[:k + 1, shed] < 0.99) else k
+    after = k + 1
+    binds = sorted({b for rows in line["binding"][first:k + 1] for b in rows})
+
+    def pct(v):
+        return f"{100 * v:.0f}%"
+    return (
+        "**Why the LP's TPOT rises and then falls with beta (Fig. 9, panel d).** TPOT is the "
+        "slot-weighted mean of tau = alpha + beta C over the (B-1) X mixed decode slots and "
+        "1/gamma over the B (1-X) solo ones, so it follows X = sum x, the share of GPUs running "
+        "a prefill. A GPU gives the classes two resources in different proportions: prefill "
+        "time (P_i tau / C GPU-seconds per class-i job, growing with beta; a GPU running a "
+        "prefill gives up B solo decode slots for B - 1 slow mixed ones) and decode slots "
+        f"(D_i / gamma slot-seconds on a solo GPU). At beta = {_num(beta[0])} the LP serves "
+        f"{', '.join(f'{nm} {pct(s)}' for nm, s in zip(names, served[0], strict=True))} with "
+        f"X = {big_x[0]:.2f} and TPOT {tpot[0]:.1f} ms. From beta = {_num(beta[first])} the "
+        f"capacity rows bind ({', '.join(binds) or 'none'} with a positive dual) and the LP "
+        f"sheds the {names[shed]} class (w/D = {w[shed] / D[shed]:.2f} per output token against "
+        f"{w[kept] / D[kept]:.2f} for {names[kept]}: it earns least per decode slot), served "
+        f"{pct(served[first, shed])} there and {pct(served[k, shed])} at the peak, while it "
+        f"keeps the {names[kept]} class ({pct(served[k, kept])} served at the peak), whose "
+        f"prefills take ever longer as beta grows, so X climbs to {big_x[k]:.2f} and almost "
+        f"every decode runs at the mixed speed: TPOT peaks at {tpot[k]:.1f} ms at beta = "
+        f"{_num(beta[k])}. By beta = {_num(beta[after])} those prefills cost so much GPU time "
+        f"that the optimum moves to another vertex: it serves the {names[shed]} class "
+        f"{pct(served[after, shed])} (w/P = {w[shed] / P[shed]:.2f} per prompt token against "
+        f"{w[kept] / P[kept]:.2f}: it earns more per second of prefill) and the {names[kept]} "
+        f"class only {pct(served[after, kept])}; X falls to {big_x[after]:.2f}, most decodes "
+        f"run solo at 1/gamma, and TPOT drops to {tpot[after]:.1f} ms ({tpot[-1]:.1f} ms at "
+        f"beta = {_num(beta[-1])}).")
+
+
 # ---- from the experiments' outputs ------------------------------------------------------------
 def load_results(out: str) -> dict[str, dict]:
     """Every complete experiment output (``*.json`` with ``complete: true``) in ``out``."""
@@ -654,6 +927,10 @@ _PLACEHOLDERS = {
                             ("fig10-ratio", "Fig. 10", "Best c_p/c_d the same for every k.")],
     "table1_dolly": [("table1-fit", "Table 1 / EC 14", "Exponential fit of output lengths."),
                      ("table1-gr", "Table 1 / EC 14", "Gate-and-Route attains R* on Dolly.")],
+    "gap_map": [("gap-within", "gap map", "At finite n Gate-and-Route earns within 5% of R* "
+                 "over Fig. 9's grid (a jaxqueue check)."),
+                ("gap-limit", "gap map", "Gate-and-Route's gap closes as n grows at every "
+                 "point of Fig. 9's grid.")],
 }
 
 
@@ -778,6 +1055,9 @@ def claims_of(name: str, r: dict) -> list[Claim]:
     if name == "table1_dolly":
         sim = r["simulated"]["revenue_bundled"]
         return judge_dolly(r["lp"]["revenue"], sim["mean"], sim["ci95"], r["gpus"])
+    if name == "gap_map":
+        return [*(judge_gap_within(n, r["points"]) for n in r["gpus"]),
+                judge_gap_limit(r["points"], r["gpus"])]
     raise KeyError(f"no judge for experiment {name!r}")
 
 
@@ -863,6 +1143,11 @@ def render(results: dict[str, dict], claims: Sequence[Claim], *,
         for png in r.get("outputs", []):
             if png.endswith(".png"):
                 parts += [f"![{png}]({png})", ""]
+        if name == "fig9_10_sensitivity" and "classes" in r:
+            why = beta_tpot_text(r["lines"]["beta"], r["classes"])
+            parts += [why, ""] if why else []
+        if name == "gap_map":
+            parts += _gap_section(r)
         for t in r.get("key_numbers", []):
             parts += [f"**{t['title']}**", "", _table(t["columns"], t["rows"]), ""]
         if name == "fig7_policies":

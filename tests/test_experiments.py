@@ -20,6 +20,9 @@ TINY = {
     "fig9-10": {"gpus": 10, "reps": 2, "horizon": 40.0, "warmup": 10.0,
                 "points": [["beta", 1e-4]]},
     "table1": {"gpus": 5, "reps": 2, "horizon": 40.0, "warmup": 10.0},
+    # GI-WSP runs at n = 5 only (per_gpu_up_to): the skip is exercised too.
+    "gap": {"gpus": [5, 8], "reps": 2, "horizon": 40.0, "warmup": 10.0, "others": ["gi-wsp"],
+            "per_gpu_up_to": 5, "points": {"B": [8], "beta": [1e-4]}},
 }
 META = {"experiment", "figure", "title", "quick", "seed", "settings", "scenario", "policies",
         "jaxqueue_version", "jax_version", "outputs", "key_numbers", "wall_seconds", "complete"}
@@ -31,6 +34,7 @@ KEYS = {
     "fig9-10": {"lines", "paper_range_sensitivity", "heatmap_B_beta", "heatmap_prices",
                 "price_lines", "sim_points"},
     "table1": {"classes", "lp", "simulated", "gpus"},
+    "gap": {"points", "gpus", "policies_run", "engines", "skipped", "lp_revenue", "margin"},
 }
 
 
@@ -69,6 +73,38 @@ def test_fig7_details(results):
     assert sum(v["wins"] for v in grid["table"].values()) == 2
 
 
+def test_gap_map_details(results):
+    out, _ = results
+    with open(os.path.join(out, "gap_map.json")) as f:
+        data = json.load(f)
+    assert data["policies_run"] == {"5": ["gate-and-route", "gi-wsp", "gi-wsp-after"],
+                                    "8": ["gate-and-route", "gi-wsp-after"]}
+    assert data["skipped"] == {"5": [], "8": ["gi-wsp"]} and "were not run" in data["notes"]
+    assert [p["parameter"] for p in data["points"]] == ["B", "beta"]
+    assert [p["value"] for p in data["points"]] == [8, pytest.approx(1e-4)]
+    for p in data["points"]:
+        assert p["best_other"] == {"5": "gi-wsp", "8": None}
+        gap, rev = p["runs"]["5"]["gi-wsp"]["gap"], p["runs"]["5"]["gi-wsp"]["revenue"]
+        assert gap["mean"] == pytest.approx(1 - rev["mean"] / p["lp_revenue"])
+        assert gap["ci95"] == pytest.approx(rev["ci95"] / p["lp_revenue"])
+        assert p["rate"]["fit"]["limit"] is None  # n < report.TREND_MIN_N: no trend
+        assert p["rate"]["verdict"] == report.INCONCLUSIVE
+
+
+def test_gap_map_grid_is_fig9s():
+    from experiments import fig9_10_sensitivity as fig9
+    from experiments import gap_map
+
+    # Values are snapped onto Fig. 9's grid: 1.585e-5 is its geomspace point 10^-4.8.
+    got = gap_map.grid_points({"B": [8], "beta": [1.585e-5], "gamma": [35]})
+    assert got == [("B", 8), ("beta", fig9._grid("beta")[2]), ("gamma", 35.0)]
+    assert isinstance(got[0][1], int)
+    with pytest.raises(ValueError, match="not on Fig. 9's grid"):
+        gap_map.grid_points({"beta": [1.2e-5]})  # 1e-5 and 1.26e-5 are the grid's nearest
+    with pytest.raises(ValueError, match="parameter 'C' is unknown"):
+        gap_map.grid_points({"C": [256]})
+
+
 def test_report_and_resume(results):
     out, first = results
     assert first["skipped"] == [] and set(first["timings"]) == set(reproduce.EXPERIMENTS)
@@ -76,10 +112,15 @@ def test_report_and_resume(results):
         text = f.read()
     ids = {c.id for c in first["claims"]}
     assert {"fig2-separate-backlog", "fig2-bundled-backlog", "fig4-revenue", "fig6-sli-router",
-            "fig7-best-n8", "fig8-tpot", "fig9-beta", "fig10-ratio", "table1-fit"} <= ids
+            "fig7-best-n8", "fig8-tpot", "fig9-beta", "fig10-ratio", "table1-fit",
+            "gap-within-n5", "gap-within-n8", "gap-limit"} <= ids
     for c in first["claims"]:
         assert c.id in text and c.verdict in report.VERDICTS
     assert "![fig7_policies.png](fig7_policies.png)" in text
+    assert "![gap_map.png](gap_map.png)" in text and "**n = 8.** Gate-and-Route is" in text
+    # Fig. 9's TPOT along beta explained from the LP (LP only: the same as on a full run).
+    assert "TPOT peaks at 157.7 ms at beta = 6.31e-4" in text and "drops to 79.7 ms" in text
+    assert verdict_of(first, "gap-limit") == report.INCONCLUSIVE  # sizes below 20: no trend
     # LP-only claims do not depend on the tiny simulation: they are decided as on a full run.
     verdict = {c.id: c.verdict for c in first["claims"]}
     assert verdict["fig8-prefill"] == report.HOLDS and verdict["fig8-decode"] == report.FAILS
@@ -89,6 +130,10 @@ def test_report_and_resume(results):
     assert again["skipped"] == ["fig2", "table1"] and again["timings"] == {}
     # Other sizes are another run: not skipped.
     assert not reproduce.complete(reproduce.module("fig2"), out, True, 1, {"gpus": [6]})
+
+
+def verdict_of(out, claim_id):
+    return next(c.verdict for c in out["claims"] if c.id == claim_id)
 
 
 def test_reproduce_bad_input(capsys, monkeypatch):

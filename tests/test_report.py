@@ -254,3 +254,94 @@ def test_dolly_judges_and_missing_experiments():
     c = report.judge_decode_buffer([20, 50, 200, 500], [0.3] * 4, [0.01] * 4, 0.317)
     line = next(x for x in report.render({}, [c]).splitlines() if x.startswith("| fig4-decode"))
     assert "*inconclusive*" not in line and "**does not hold**" in line and c.rule in line
+
+
+def _gap_point(param, value, gaps, ci=0.01, coupled=None):
+    """A gap-map point with Gate-and-Route's relative gaps ``gaps`` ({n: gap}) and a 95%
+    half-width ``ci``; the coupled gate earns 2% of R* more (or ``coupled``)."""
+    runs = {}
+    for n, g in gaps.items():
+        runs[str(n)] = {
+            "gate-and-route": {"gap": {"mean": g, "ci95": ci},
+                               "revenue": {"mean": 100 * (1 - g), "ci95": 100 * ci}},
+            "gi-wsp-after": {"gap": {"mean": g - 0.02, "ci95": ci},
+                             "revenue": {"mean": 100 * (1 - g + 0.02), "ci95": 100 * ci}},
+            "coupled_minus_gate_and_route": coupled or {"mean": 0.02, "ci95": 0.005}}
+    return {"parameter": param, "value": value, "runs": runs,
+            "rate": {"verdict": INCONCLUSIVE, "ratio": {"ratio": None}}}
+
+
+def test_gap_flags_and_regions_by_hand():
+    # 0.08 ± 0.02 lies above 5%, 0.03 ± 0.01 below, 0.05 ± 0.01 across; no interval: across.
+    assert report.gap_flag(0.08, 0.02) == "above" and report.gap_flag(0.03, 0.01) == "below"
+    assert report.gap_flag(0.05, 0.01) == "across" and report.gap_flag(0.08, None) == "across"
+    assert report.gap_flag(0.05, 0.0) == "below"  # at the margin exactly: within it
+    # Runs over the values in increasing order, whatever order they come in.
+    assert report.flagged_runs([8, 2, 4, 16, 32], [True, True, True, False, True]) == [
+        (2.0, 8.0), (32.0, 32.0)]
+    assert report.flagged_runs([1, 2], [False, False]) == []
+    assert report.fmt_runs("B", [(2.0, 8.0), (32.0, 32.0)]) == "B 2-8, 32"
+    assert report.fmt_runs("beta", [(3.981e-4, 1e-3)]) == "beta 3.98e-4-0.001"
+    # B = 4 and 8 more than 5% below R* at n = 100, B = 16 within, beta = 1e-3 undecided.
+    points = [_gap_point("B", 4, {100: 0.20}), _gap_point("B", 8, {100: 0.30}),
+              _gap_point("B", 16, {100: 0.02}), _gap_point("beta", 1e-3, {100: 0.05})]
+    reg = report.gap_regions(points, 100, "gate-and-route")
+    assert reg == {"above": "B 4-8", "below": "B 16", "across": "beta 0.001"}
+    # The best policy at each point is the coupled gate, 2% better: 0.18, 0.28, 0.00, 0.03.
+    best = report.gap_regions(points, 100, None)
+    assert best == {"above": "B 4-8", "below": "B 16; beta 0.001", "across": ""}
+    claim = report.judge_gap_within(100, points)
+    assert claim.id == "gap-within-n100" and claim.verdict == FAILS
+    assert "B 4-8" in claim.evidence and "largest gap 30.0% ± 1.0% at B = 8" in claim.evidence
+    within = [_gap_point("B", 16, {100: 0.02}), _gap_point("B", 32, {100: 0.01})]
+    assert report.judge_gap_within(100, within).verdict == HOLDS
+    unsure = [*within, _gap_point("beta", 1e-3, {100: 0.05})]
+    assert report.judge_gap_within(100, unsure).verdict == INCONCLUSIVE
+    text = "\n".join(report._gap_section({"gpus": [100], "points": points}))
+    assert "more than 5% below R* (95% interval above 5%) at B 4-8" in text
+    assert "at 4 of 4 points" in text  # the coupled gate's paired difference 0.02 ± 0.005
+
+
+def test_gap_ratio_by_hand():
+    # gap 0.10 ± 0.005 (se) at n = 100, 0.05 ± 0.0025 at n = 500: ratio 1/2, rate
+    # c = log 2 / log 5 = 0.4307; se of log ratio sqrt(0.05^2 + 0.05^2) = 0.0707, so the
+    # ratio's interval is 0.5 exp(-+1.96 * 0.0707) = 0.5 * [0.8706, 1.1487] = [0.4353, 0.5743].
+    r = report.gap_ratio(100, 0.10, 0.005, 500, 0.05, 0.0025)
+    assert r["ratio"] == pytest.approx(0.5)
+    assert r["rate"] == pytest.approx(np.log(2) / np.log(5))
+    assert r["low"] == pytest.approx(0.4353, abs=1e-4)
+    assert r["high"] == pytest.approx(0.5743, abs=1e-4)
+    assert r["rate_low"] < r["rate"] < r["rate_high"]
+    assert r["rate_low"] == pytest.approx(-np.log(r["high"]) / np.log(5))
+    assert "two sizes" in r["note"] and "c = 0.43 [" in report.fmt_ratio(r)
+    # A gap within two standard errors of zero has no meaningful log: no ratio.
+    none = report.gap_ratio(100, 0.10, 0.005, 500, 0.004, 0.0025)
+    assert none["ratio"] is None and "two standard errors" in report.fmt_ratio(none)
+    assert report.gap_ratio(500, 0.1, 0.01, 100, 0.2, 0.01)["ratio"] is None
+
+
+def test_gap_limit_needs_sizes():
+    pts = [_gap_point("B", 8, {100: 0.3, 500: 0.15})]
+    pts[0]["rate"] = {"verdict": INCONCLUSIVE,
+                      "ratio": report.gap_ratio(100, 0.3, 0.005, 500, 0.15, 0.005)}
+    claim = report.judge_gap_limit(pts, [100, 500])
+    assert claim.verdict == INCONCLUSIVE and "2 sizes: no test of the form" in claim.evidence
+    pts[0]["rate"]["verdict"] = FAILS
+    assert report.judge_gap_limit(pts, [20, 50, 100, 500]).verdict == FAILS
+
+
+def test_beta_tpot_text_from_a_hand_made_line():
+    # Two classes; TPOT rises while the LP sheds class a and keeps b, peaks at beta = 3e-4,
+    # then falls when the LP swaps which class it serves.
+    line = {"values": [1e-5, 1e-4, 3e-4, 5e-4], "tpot": [0.020, 0.050, 0.150, 0.080],
+            "mixed_fraction": [0.1, 0.4, 0.9, 0.3],
+            "served": [[1.0, 1.0], [0.5, 1.0], [0.0, 0.8], [1.0, 0.1]],
+            "binding": [[], ["mixed", "solo"], ["mixed", "solo"], ["solo"]]}
+    classes = {"names": ["a", "b"], "P": [300, 3000], "D": [1000, 400], "w": [230, 380]}
+    text = report.beta_tpot_text(line, classes)
+    assert "sheds the a class (w/D = 0.23 per output token against 0.95" in text
+    assert "From beta = 1.00e-4 the capacity rows bind (mixed, solo" in text
+    assert "TPOT peaks at 150.0 ms at beta = 3.00e-4" in text
+    assert "serves the a class 100% (w/P = 0.77" in text and "drops to 80.0 ms" in text
+    assert report.beta_tpot_text({**line, "tpot": [0.02, 0.03, 0.04, 0.05]}, classes) == ""
+    assert report.beta_tpot_text({"values": [1], "tpot": [1]}, classes) == ""

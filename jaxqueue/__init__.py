@@ -13,7 +13,7 @@ The public API, by task:
 - sweeps: :func:`simulate_many` (:mod:`jaxqueue.sweep`: a grid of systems of one structure as
   one vmapped program);
 - the paper's claims judged from computed numbers, and the reproduction report:
-  :mod:`jaxqueue.report`;
+  :mod:`jaxqueue.report` (its rules in :mod:`jaxqueue.verdicts`);
 - decisions, the one seam a relaxation replaces: :mod:`jaxqueue.decisions`;
 - exact oracles: :mod:`jaxqueue.theory`.
 """

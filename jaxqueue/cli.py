@@ -1,6 +1,6 @@
 """The jaxqueue command line: fluid LPs, simulation, validation.
 
-Human-readable tables by default (``jaxqueue.report``); --json prints one JSON object on stdout.
+Human-readable tables by default (``jaxqueue.tables``); --json prints one JSON object on stdout.
 Progress bars, estimates and notices go to stderr (no bars under --json or when stderr is not a
 terminal). A Ctrl-C stops a simulation, prints what was simulated and exits with code 130.
 """

@@ -14,7 +14,14 @@ from helpers import ALL_CASES, two_sample_z
 import jaxqueue as jq
 from jaxqueue import policies, scenarios
 
-CASES = ALL_CASES
+#: One case per way of holding jobs runs by default: FCFS rings on the per-GPU engine (fg-sp),
+#: the counting engine's decode buffer under bundled and separate pricing, and the per-GPU
+#: engine's decode buffer (gi-wsp). The others share those mechanics (one engine's step, one ring
+#: type) and run with ``-m slow``.
+DEFAULT = {("fg-sp", "per-gpu"), ("gate-and-route", "pooled"),
+           ("prioritize-and-route", "pooled"), ("gi-wsp", "per-gpu")}
+CASES = [case if case in DEFAULT else pytest.param(*case, marks=pytest.mark.slow)
+         for case in ALL_CASES]
 
 
 def check_flow_balance(run, policy, engine):

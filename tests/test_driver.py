@@ -155,6 +155,7 @@ def test_a_replication_is_the_same_alone_as_beside_one_with_a_longer_warmup(tmp_
         jq.simulate(key, system, **part)
 
 
+@pytest.mark.slow  # five programs for one edge case; the common case is the test above
 def test_bookkeeping_left_at_the_warmup_is_done_in_the_warmup_alone_or_not():
     # FG-SP discards abandoned jobs from the head of its FCFS prefill ring in zero-time
     # bookkeeping steps. Here a chunk's last step is an event that leaves such work, landing on

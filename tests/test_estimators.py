@@ -136,10 +136,11 @@ def test_score_estimator_matches_the_exact_gradient_of_the_router_splits():
     assert np.max(np.abs(want / e.se)) > 5  # the splits' gradient is resolved
 
 
-def test_estimates_at_new_points_reuse_the_compiled_programs():
+@pytest.mark.parametrize("name", ["score", pytest.param("pathwise", marks=pytest.mark.slow)])
+def test_estimates_at_new_points_reuse_the_compiled_programs(name):
     # Tuning calls the estimator at a new point every step: the likelihood-ratio and relaxed
     # runs must not recompile (the parameters are array leaves; what is static compares by
-    # value).
+    # value). The relaxed (reverse-mode) program takes 15 s to compile: it runs with -m slow.
     from jaxqueue import kernel
 
     free = to_free(jax.tree.map(jnp.asarray, params()))
@@ -147,8 +148,7 @@ def test_estimates_at_new_points_reuse_the_compiled_programs():
         targets=TARGETS * 1.3, offset=np.float64(0.2), share=np.float64(0.6),
         slack=np.float64(2.0), caps=np.full(2, 2.0))))
     small = problem(4, horizon=50.0)
-    for name in ("score", "pathwise"):
-        estimate(small, name, free, jax.random.key(0), only=["targets"])
-        before = (kernel.compile_count(), estimators._pathwise_run._cache_size())
-        estimate(small, name, moved, jax.random.key(1), only=["targets"])
-        assert (kernel.compile_count(), estimators._pathwise_run._cache_size()) == before, name
+    estimate(small, name, free, jax.random.key(0), only=["targets"])
+    before = (kernel.compile_count(), estimators._pathwise_run._cache_size())
+    estimate(small, name, moved, jax.random.key(1), only=["targets"])
+    assert (kernel.compile_count(), estimators._pathwise_run._cache_size()) == before

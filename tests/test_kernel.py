@@ -26,13 +26,13 @@ def test_rollout_jits_and_vmaps_over_arrival_rates():
     @jax.jit
     @jax.vmap
     def revenue(lam):
-        out = jq.rollout(key, with_lambda(system, lam), steps=3000, reps=4)
+        out = jq.rollout(key, with_lambda(system, lam), steps=3072, reps=4)
         return out.summary.revenue.bundled_integral, out.summary.counts
 
     rev, counts = revenue(lams)
     assert rev.shape == (3, 4) and np.all(np.asarray(rev) > 0)
     for k in range(3):  # the same as one call per parameter value
-        one = jq.rollout(key, with_lambda(system, lams[k]), steps=3000, reps=4)
+        one = jq.rollout(key, with_lambda(system, lams[k]), steps=3072, reps=4)
         np.testing.assert_array_equal(np.asarray(counts[k]), np.asarray(one.summary.counts))
         np.testing.assert_allclose(np.asarray(rev[k]),
                                    np.asarray(one.summary.revenue.bundled_integral), rtol=1e-5)
@@ -62,11 +62,11 @@ def test_gradients_of_the_exact_engine_raise(what):
 def test_x64_runs_the_step_in_float64():
     system, _ = policies.build("fg-sp", MODEL, 10)  # a ring: its times follow the dtype too
     with jax.enable_x64(True):
-        out = jq.rollout(jax.random.key(2), system, steps=500, reps=2)
+        out = jq.rollout(jax.random.key(2), system, steps=512, reps=2)
         assert out.summary.integrals.dtype == jnp.float64
         assert out.state.decode_ring.data.dtype == jnp.float64
         assert system.rates(system.init()).dtype == jnp.float64
-    out32 = jq.rollout(jax.random.key(2), system, steps=500, reps=2)
+    out32 = jq.rollout(jax.random.key(2), system, steps=512, reps=2)
     assert out32.summary.integrals.dtype == jnp.float32
     assert out32.state.decode_ring.data.dtype == jnp.float32
 
@@ -90,14 +90,14 @@ def test_counted_and_integrated_revenue_agree():
 
 
 def test_rollout_continues_a_run():
-    # Two rollouts of 400 steps, the second from the first's state with the window moved back
+    # Two rollouts of 384 steps, the second from the first's state with the window moved back
     # to the first's start, are the two chunks of a driver run stopped after two chunks.
     system, _ = policies.build("fg-sp", MODEL, 10)
     key = jax.random.key(4)
-    first = jq.rollout(key, system, steps=400, reps=3, close=False)
-    second = jq.rollout(key, system, steps=400, reps=3, state=first.state, chunk=1,
+    first = jq.rollout(key, system, steps=384, reps=3, close=False)
+    second = jq.rollout(key, system, steps=384, reps=3, state=first.state, chunk=1,
                         window=(-first.time, jnp.inf))
-    run = jq.simulate(key, system, reps=3, chunk_events=400, max_chunks=2, horizon=1e6)
+    run = jq.simulate(key, system, reps=3, chunk_events=384, max_chunks=2, horizon=1e6)
     np.testing.assert_array_equal(
         np.asarray(first.summary.counts) + np.asarray(second.summary.counts), run.tallies)
     np.testing.assert_array_equal(np.asarray(second.summary.stock_end), run.stock_end)
@@ -135,7 +135,7 @@ def test_stopping_early_changes_nothing(policy):
     # once all are done equals, leaf for leaf, the one that scans every step.
     system, _ = policies.build(policy, MODEL, 10)
     key = jax.random.key(7)
-    runs = [jq.rollout(key, system, steps=1500, reps=6, window=(0.0, 3.0), stop_early=s)
+    runs = [jq.rollout(key, system, steps=1536, reps=6, window=(0.0, 3.0), stop_early=s)
             for s in (True, False)]
     assert bool(np.all(np.asarray(runs[0].done)))
     assert int(np.min(np.asarray(runs[0].summary.events))) < 1000  # done well before the end

@@ -194,7 +194,7 @@ def test_gpu_arrays_are_int16_only_where_counts_fit():
     narrow = jq.kernel.initial_state(small, key, ids)
     wide = eqx.tree_at(lambda s: (s.pre, s.dec), narrow,
                        (narrow.pre.astype(jnp.int32), narrow.dec.astype(jnp.int32)))
-    a, b = (jq.rollout(key, small, steps=3000, rep_ids=ids, state=s) for s in (narrow, wide))
+    a, b = (jq.rollout(key, small, steps=3072, rep_ids=ids, state=s) for s in (narrow, wide))
     assert b.state.dec.dtype == jnp.int32 and a.state.dec.dtype == jnp.int16
     assert np.asarray(a.state.dec).max() > 0  # the GPUs were used
     np.testing.assert_array_equal(np.asarray(a.summary.counts), np.asarray(b.summary.counts))

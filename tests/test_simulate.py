@@ -67,10 +67,14 @@ def test_invariants_on_every_event(gate):
     assert not np.any((X.sum(1) < M) & (Qp.sum(1) > 0))
 
 
-def test_jit_matches_eager_and_vmap_matches_loop():
-    system = pooled(small_model(), 2, 1, "fcfs", capacity=256)
-    key = jax.random.key(7)
-    kw = dict(steps=6, window=(0.0, 50.0))
+def _rollout_case():
+    return pooled(small_model(), 2, 1, "fcfs", capacity=256), jax.random.key(7), dict(
+        steps=6, window=(0.0, 50.0))
+
+
+@pytest.mark.slow  # op by op, every primitive compiles its own program: 20 s for six steps
+def test_jit_matches_eager():
+    system, key, kw = _rollout_case()
     batched = jq.rollout(key, system, reps=3, **kw)
     with jax.disable_jit():
         eager = jq.rollout(key, system, reps=3, **kw)
@@ -80,6 +84,11 @@ def test_jit_matches_eager_and_vmap_matches_loop():
             np.testing.assert_array_equal(a, b)  # the same events, counts and decisions
         else:  # XLA may fuse float arithmetic differently from op-by-op execution
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_vmap_matches_loop():
+    system, key, kw = _rollout_case()
+    batched = jq.rollout(key, system, reps=3, **kw)
     for r in range(3):
         one = jq.rollout(key, system, rep_ids=jnp.asarray([r], jnp.uint32), **kw)
         for a, b in zip(jax.tree.leaves(batched.summary), jax.tree.leaves(one.summary),

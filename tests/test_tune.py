@@ -36,8 +36,8 @@ def test_the_lp_point_of_each_family_is_the_papers_policy(family):
              "sli-gated": ("sli-gate-and-route", "pooled")}[family]
     reference, plan = jq.build(paper[0], PAPER, 10, engine=paper[1])
     system, _ = tunable.build_family(family, PAPER, 10, plan=plan)
-    a = jq.rollout(jax.random.key(0), reference, steps=3000, reps=3)
-    b = jq.rollout(jax.random.key(0), system, steps=3000, reps=3)
+    a = jq.rollout(jax.random.key(0), reference, steps=3072, reps=3)
+    b = jq.rollout(jax.random.key(0), system, steps=3072, reps=3)
     np.testing.assert_array_equal(np.asarray(a.summary.counts), np.asarray(b.summary.counts))
 
 
@@ -50,8 +50,8 @@ def test_relaxed_forward_pass_is_the_exact_one():
         relaxed, _ = tunable.build_family("gated", PAPER, 10, plan=plan,
                                           decide=Relaxed(temperature=temperature,
                                                          decision_temperature=temperature))
-        a = jq.rollout(jax.random.key(1), exact, steps=2000, reps=2)
-        b = jq.rollout(jax.random.key(1), relaxed, steps=2000, reps=2)
+        a = jq.rollout(jax.random.key(1), exact, steps=2048, reps=2)
+        b = jq.rollout(jax.random.key(1), relaxed, steps=2048, reps=2)
         np.testing.assert_array_equal(np.asarray(a.summary.counts),
                                       np.asarray(b.summary.counts))
         np.testing.assert_allclose(np.asarray(a.summary.integrals),
@@ -85,20 +85,15 @@ def test_relaxed_gradient_at_low_temperature_is_the_pathwise_derivative():
 
 
 def test_estimators_refuse_what_they_cannot_differentiate():
-    # The smoothed family (a gate temperature) gives score and pathwise estimates for every
-    # parameter; without smoothing the score estimator has no likelihood for the gate's targets,
-    # and the per-GPU engine takes exact decisions only: each is an error naming the parameters,
-    # never a silent zero.
+    # Without smoothing the score estimator has no likelihood for the gate's targets, and the
+    # per-GPU engine takes exact decisions only: each is an error naming the parameters, never a
+    # silent zero. (That the smoothed family's score and pathwise estimates are right is checked
+    # against exact chains in test_estimators; that a parameter not asked for gets zero, in
+    # test_sli_family_split_gets_a_score_gradient_and_the_gate_none.)
     plan = fluid.solve(tiny_model(), "bundled")
     problem = Problem(family="gated", model=tiny_model(), n=2, plan=plan, horizon=60.0,
                       warmup=10.0, reps=4, gate_temperature=1.0)
     free = to_free(jax.tree.map(jnp.asarray, problem.initial()))
-    for estimator in ("pathwise", "score"):
-        g, info = gradient(problem, estimator, free, jax.random.key(0), only=["targets",
-                                                                             "share"])
-        flat = np.concatenate([np.ravel(np.asarray(g.targets)), [float(g.share)]])
-        assert np.all(np.isfinite(flat)) and np.any(flat != 0), estimator
-        assert float(g.offset) == 0.0 and info["value"] > 0  # offset was not asked for
     plain = dataclasses.replace(problem, gate_temperature=None)
     with pytest.raises(ValueError, match=r"cannot differentiate \['targets'\].*not smoothed"):
         gradient(plain, "score", free, jax.random.key(0), only=["targets"])

@@ -1,7 +1,7 @@
-"""The README's multi-host recipe, run for real: two processes of ``scripts/multihost.py``,
-started with the README's command lines (on a free port), join under ``jax.distributed`` (CPU
-collectives over gloo), each simulates half of the replications on its one CPU device, and the
-gathered arrays equal a single-process run of all of them bit for bit.
+"""The multi-host recipe of docs/devices.md, run for real: two processes of
+``scripts/multihost.py``, started with its command lines (on a free port), join under
+``jax.distributed`` (CPU collectives over gloo), each simulates half of the replications on its
+one CPU device, and the gathered arrays equal a single-process run of all of them bit for bit.
 
 A process that fails, or hangs (a collective waiting for a peer that died), fails the test,
 at once or after :data:`TIMEOUT` seconds: both processes are killed.
@@ -30,7 +30,7 @@ _spec.loader.exec_module(multihost)
 #: Seconds both processes get, together, before the test kills them and fails (they take
 #: ~20 s on two busy cores).
 TIMEOUT = 120
-#: The run: the script's defaults (README: "Devices, several hosts").
+#: The run: the script's defaults (docs/devices.md).
 RUN = multihost.parse(["--coordinator", "unused", "--num-processes", "2", "--process-id", "0"])
 
 

@@ -196,7 +196,7 @@ def test_policies_both_ways():
             "gate-and-route": [0.985, 0.986, 0.984]}
     verdicts = [c.verdict for c in report.judge_policies(500, good)]
     assert verdicts == [HOLDS, HOLDS, HOLDS]
-    # The README's paper-instance situation: GI-WSP best, FG-SP level with FI-WSP.
+    # A paper-instance-like situation: GI-WSP best, FG-SP level with FI-WSP.
     bad = {"fi-wsp": [0.978, 0.97, 0.975], "gi-wsp": [0.96, 0.99, 0.96],
            "gf-wsp": [0.977, 0.97, 0.975], "fg-sp": [0.977, 0.971, 0.975],
            "gate-and-route": [0.974, 0.95, 0.99]}

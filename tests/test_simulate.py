@@ -179,7 +179,7 @@ def test_small_system_matches_exact_generator(policy):
 
 @pytest.mark.slow
 def test_gate_and_route_revenue_rises_towards_the_lp_bound():
-    # Theorem 4.1: R^n -> R* as n grows (no rate). Measured (README): gap 3.3% at n = 50 and
+    # Theorem 4.1: R^n -> R* as n grows (no rate). Measured (2026-11): gap 3.3% at n = 50 and
     # 2.5% at n = 500, so the difference is about 2.4 revenue units, many standard errors here.
     from jaxqueue import stats
 

@@ -97,25 +97,32 @@ def _fluid_stage(problem: Problem, coords: _Coordinates, y, steps: int, learning
                                  sli=problem.sli, pricing=problem.pricing, horizon=horizon,
                                  warmup=min(problem.warmup, horizon / 2))
 
-    value_and_grad = jax.jit(jax.value_and_grad(objective))
     opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-    state = opt.init(y)
-    values, best = [], (-np.inf, y)
-    for step in range(steps):
-        value, g = value_and_grad(y)
-        if not (np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g)))):
-            raise FloatingPointError(
-                f"the fluid surrogate's value or gradient is not finite at its step {step + 1} "
-                f"(parameters {coords.params(y)}): tune without the fluid stage "
-                "(fluid_steps = 0)")
-        values.append(float(value))
-        if values[-1] > best[0]:
-            best = (values[-1], y)
-        updates, state = opt.update(-g * coords.on, state, y)
-        y = coords.project(optax.apply_updates(y, updates))
-    value = float(value_and_grad(y)[0])
-    if value > best[0]:
-        best = (value, y)
+
+    @jax.jit
+    def run(y):  # every step in one program: no op-by-op dispatch (or compiles) per step
+        def step(carry, _):
+            y, state = carry
+            value, g = jax.value_and_grad(objective)(y)
+            updates, state = opt.update(-g * coords.on, state, y)
+            finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(g))
+            return (coords.project(optax.apply_updates(y, updates)), state), (value, y, finite)
+
+        (end, _), path = jax.lax.scan(step, (y, opt.init(y)), None, length=steps)
+        return path, end, objective(end)
+
+    (values, ys, finite), end, last = run(y)
+    values, finite = np.asarray(values, np.float64), np.asarray(finite)
+    if not finite.all():
+        step = int(np.argmin(finite))
+        raise FloatingPointError(
+            f"the fluid surrogate's value or gradient is not finite at its step {step + 1} "
+            f"(parameters {coords.params(ys[step])}): tune without the fluid stage "
+            "(fluid_steps = 0)")
+    k = int(np.argmax(values))  # the earliest of equal values
+    values, best = values.tolist(), (float(values[k]), ys[k])
+    if float(last) > best[0]:
+        best = (float(last), end)
     values.append(best[0])
     return best[1], values
 

@@ -147,7 +147,7 @@ def test_estimates_at_new_points_reuse_the_compiled_programs(name):
     moved = to_free(jax.tree.map(jnp.asarray, tunable.GatedParams(
         targets=TARGETS * 1.3, offset=np.float64(0.2), share=np.float64(0.6),
         slack=np.float64(2.0), caps=np.full(2, 2.0))))
-    small = problem(4, horizon=50.0)
+    small = problem(512, horizon=50.0)  # the programs of the test above: none compiled here
     estimate(small, name, free, jax.random.key(0), only=["targets"])
     before = (kernel.compile_count(), estimators._pathwise_run._cache_size())
     estimate(small, name, moved, jax.random.key(1), only=["targets"])

@@ -278,8 +278,10 @@ def render(results: dict[str, dict], claims: Sequence[Claim], *,
         f"{any_r.get('jax_version', '?')}, backend {any_r.get('backend', '?')} with "
         f"{any_r.get('devices', '?')} device(s)); run mode: {', '.join(modes) or 'none'}.",
         "",
-        "Every verdict below is computed by `jaxqueue/report.py` from the numbers in the JSON "
-        "files next to this report, with the rule shown next to it; none is written by hand. "
+        "Every verdict below is computed by jaxqueue (the rules in `jaxqueue/verdicts.py`, the "
+        "judges in `jaxqueue/paper_claims.py` and `jaxqueue/gap_claims.py`) from the numbers in "
+        "the JSON files next to this report, with the rule shown next to it; none is written by "
+        "hand. "
         "*holds*: the numbers meet the rule; *does not hold*: they meet its opposite (a result, "
         "not an error); *inconclusive*: the data cannot decide (an interval straddles the "
         "rule's margin); *not comparable*: the claim cannot be checked with what jaxqueue "

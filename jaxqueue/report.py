@@ -89,7 +89,7 @@ from .verdicts import (
 
 __all__ = [
     # REPORT.md (this module)
-    "beta_tpot_text", "render", "write",
+    "backlog_lines", "beta_tpot_text", "render", "write",
     # verdicts
     "FAILS", "HOLDS", "INCONCLUSIVE", "LIMIT_LEVEL", "LIMIT_REVENUE", "NOT_COMPARABLE", "RATES",
     "TOL_REVENUE", "TOL_TARGET", "TREND_MIN_N", "VERDICTS", "Claim", "face_deviation",
@@ -184,19 +184,48 @@ def _gap_section(r: dict) -> list[str]:
                  f"{len(points)} points{' (' + where(wins) + ')' if wins else ''} and less at "
                  f"{len(losses)}{' (' + where(losses) + ')' if losses else ''}.")
         lines += [text, ""]
-    slow = [p for p in points if p.get("solo_efficient") is False]
-    if slow:
-        def at(p):
-            gaps = ", ".join(f"{100 * p['runs'][str(n)]['gate-and-route']['gap']['mean']:.1f}% "
-                             f"at n = {n}" for n in r["gpus"])
-            return (f"{p['parameter']} = {fmt_num(p['value'])} (planned decode backlog "
-                    f"{p.get('lp_decode_queue', float('nan')):.2f} per GPU; Gate-and-Route's "
-                    f"gap {gaps})")
-        lines += ["Solo decoding is the slower mode (gamma tau < (B-1)/B: Proposition 3.2's "
-                  "condition fails) at " + "; ".join(at(p) for p in slow) + ". There the LP "
-                  "plans a decode backlog (mixed decode slots exist only on GPUs running a "
-                  "prefill), while Gate-and-Route's greedy router fills solo slots first.", ""]
+    lines += backlog_lines(points, r["gpus"])
     return lines
+
+
+def backlog_lines(points: Sequence[dict], gpus: Sequence[int]) -> list[str]:
+    """The gap map's points where the LP plans a decode backlog (``lp_decode_queue`` > 0,
+    possible only where solo decoding is the slower mode: Proposition 3.2), with the share of
+    each class the plan serves and the gaps of Gate-and-Route and, where run, the SLI-aware
+    router; and why the two differ there. Empty without such points."""
+    def gaps(p, policy):
+        out = [f"{100 * p['runs'][str(n)][policy]['gap']['mean']:.1f}% at n = {n}"
+               for n in gpus if policy in p["runs"].get(str(n), {})]
+        return ", ".join(out)
+
+    backlog = [p for p in points if p.get("lp_decode_queue", 0.0) > 1e-9]
+    slow = [p for p in points if p.get("solo_efficient") is False and p not in backlog]
+    if not backlog:
+        return []
+
+    def at(p):
+        served = ", ".join(f"{100 * v:.0f}%" for v in p.get("served", []))
+        sli = gaps(p, "sli-gate-and-route")
+        return (f"{p['parameter']} = {fmt_num(p['value'])} (backlog "
+                f"{p['lp_decode_queue']:.2f} per GPU; the plan serves {served} of the classes' "
+                f"arrivals; Gate-and-Route's gap {gaps(p, 'gate-and-route')}"
+                + (f"; the SLI-aware router's {sli}" if sli else "") + ")")
+    lines = [
+        "The LP plans a decode backlog (solo decoding is the slower mode there: gamma tau < "
+        "(B-1)/B, so Proposition 3.2 does not rule one out) at " + "; ".join(map(at, backlog))
+        + ". Such a plan splits by class: the jobs of the class it does not serve in full wait "
+        "in the decode buffer after their prefill and abandon there, while the others are "
+        "served. Gate-and-Route's greedy router keeps one decode buffer, first-come-first-served "
+        "across classes, so every class abandons there alike; the SLI-aware router (the paper's "
+        "router for a planned backlog: a buffer per side, a freed slot picking a class in "
+        "proportion to its planned completions) follows the split, and the coupled "
+        "architecture has no decode buffer at all. `jaxqueue compare` at such a point shows "
+        "the abandonments by class."]
+    if slow:
+        lines[0] += (" Solo decoding is the slower mode at " + ", ".join(
+            f"{q['parameter']} = {fmt_num(q['value'])}" for q in slow)
+            + " too, but the plan keeps no backlog there.")
+    return lines + [""]
 
 
 # ---- Fig. 9's TPOT against beta ---------------------------------------------------------------

@@ -345,3 +345,23 @@ def test_beta_tpot_text_from_a_hand_made_line():
     assert "serves the a class 100% (w/P = 0.77" in text and "drops to 80.0 ms" in text
     assert report.beta_tpot_text({**line, "tpot": [0.02, 0.03, 0.04, 0.05]}, classes) == ""
     assert report.beta_tpot_text({"values": [1], "tpot": [1]}, classes) == ""
+
+
+def test_planned_decode_backlog_points_are_named_with_the_gaps_of_both_routers():
+    def point(param, value, backlog, efficient, gaps):
+        runs = {n: {k: {"gap": {"mean": g, "ci95": 0.01}} for k, g in by.items()}
+                for n, by in gaps.items()}
+        return {"parameter": param, "value": value, "lp_decode_queue": backlog,
+                "solo_efficient": efficient, "served": [0.045, 1.0], "runs": runs}
+
+    plain = point("B", 8, 0.0, True, {"100": {"gate-and-route": 0.3}})
+    assert report.backlog_lines([plain], [100]) == []
+    slow = point("beta", 1e-5, 0.0, False, {"100": {"gate-and-route": 0.016}})
+    backlog = point("gamma", 10.0, 4.776, False,
+                    {"100": {"gate-and-route": 0.501, "sli-gate-and-route": 0.042}})
+    (text, blank) = report.backlog_lines([plain, slow, backlog], [100])
+    assert blank == ""
+    assert "gamma = 10 (backlog 4.78 per GPU; the plan serves 4%, 100%" in text
+    assert "Gate-and-Route's gap 50.1% at n = 100; the SLI-aware router's 4.2% at n = 100" in text
+    assert "slower mode at beta = 1.00e-5 too, but the plan keeps no backlog" in text
+    assert "B = 8" not in text

@@ -199,16 +199,17 @@ def backlog_lines(points: Sequence[dict], gpus: Sequence[int]) -> list[str]:
         return ", ".join(out)
 
     backlog = [p for p in points if p.get("lp_decode_queue", 0.0) > 1e-9]
-    slow = [p for p in points if p.get("solo_efficient") is False and p not in backlog]
     if not backlog:
         return []
+    slow = [p for p in points if p.get("solo_efficient") is False and p not in backlog]
 
     def at(p):
         served = ", ".join(f"{100 * v:.0f}%" for v in p.get("served", []))
         sli = gaps(p, "sli-gate-and-route")
         return (f"{p['parameter']} = {fmt_num(p['value'])} (backlog "
-                f"{p['lp_decode_queue']:.2f} per GPU; the plan serves {served} of the classes' "
-                f"arrivals; Gate-and-Route's gap {gaps(p, 'gate-and-route')}"
+                f"{p['lp_decode_queue']:.2f} per GPU; "
+                + (f"the plan serves {served} of the classes' arrivals; " if served else "")
+                + f"Gate-and-Route's gap {gaps(p, 'gate-and-route')}"
                 + (f"; the SLI-aware router's {sli}" if sli else "") + ")")
     lines = [
         "The LP plans a decode backlog (solo decoding is the slower mode there: gamma tau < "

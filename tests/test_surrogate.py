@@ -85,6 +85,25 @@ def test_bad_input_is_named(kw, match):
         surrogate.trajectory(PAPER, p, n=20, **kw)
 
 
+def test_a_fluid_stage_gone_non_finite_is_an_error_naming_its_step(monkeypatch):
+    # A surrogate whose value turns NaN once the share falls below 0.9 of its start: the stage's
+    # first step is finite, a later one not, and the error names that step, not a silent NaN.
+    plan = fluid.solve(PAPER, "bundled")
+    problem = Problem(family="gated", model=PAPER, n=20, plan=plan, horizon=60.0, warmup=10.0,
+                      reps=2)
+    start = float(problem.initial().share)
+    real = surrogate.revenue
+
+    def broken(model, params, **kw):
+        value = real(model, params, **kw)
+        return jnp.where(params.share < 0.9 * start, jnp.nan, value)
+
+    monkeypatch.setattr(surrogate, "revenue", broken)
+    with pytest.raises(FloatingPointError, match=r"not finite at its step [2-9]"):
+        tune(problem, steps=1, estimator="spsa", fluid_steps=8, learning_rate=3.0,
+             eval_every=1, eval_reps=2, only=["share"])
+
+
 def test_tuner_fluid_stage_moves_the_share_and_is_evaluated_exactly():
     plan = fluid.solve(PAPER, "bundled")
     problem = Problem(family="gated", model=PAPER, n=20, plan=plan, horizon=60.0, warmup=10.0,

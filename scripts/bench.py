@@ -6,6 +6,8 @@
                                              # one device per core)
     python scripts/bench.py --reps 4096 --devices all
     python scripts/bench.py --quick          # a smaller smoke run
+    python scripts/bench.py --only classes --classes 2 8 32   # pooled cost per event against
+                                             # the number of classes
 
 Prints one line per benchmark: the engine, its size, events simulated (all replications), wall
 seconds (compilation excluded), events per second and compile seconds. Numbers depend on the
@@ -29,7 +31,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--horizon", type=float, default=None, help="model seconds per replication")
     p.add_argument("--chunk-events", type=int, default=1024)
     p.add_argument("--devices", default="1", help="'all' or a count: shard replications")
-    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu"), default=None)
+    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu", "classes"), default=None)
+    p.add_argument("--classes", type=int, nargs="+", default=[2, 8, 32],
+                   help="with --only classes: class counts of the synthetic instances")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
@@ -112,6 +116,29 @@ def bench_pooled(gpus: int, reps: int, horizon: float, chunk: int) -> dict:
                  "kernels": kernels(system, reps, chunk)})
 
 
+def many_classes(k: int):
+    """``paper-qwen8b`` with k classes: its two classes alternately, the j-th pair's prompt and
+    output lengths stretched by 5% j (so no two classes are alike), the same total arrival
+    rate per GPU split evenly."""
+    base = scenarios.load("paper-qwen8b")
+    j = np.arange(k)
+    stretch = 1.0 + 0.05 * (j // 2)
+    return base.replace(lambda_=np.full(k, float(np.sum(base.lambda_)) / k),
+                        theta=np.full(k, 0.1), P=np.where(j % 2 == 0, 300.0, 3000.0) * stretch,
+                        D=np.where(j % 2 == 0, 1000.0, 400.0) * stretch,
+                        class_names=tuple(f"class-{i}" for i in range(k)),
+                        name=f"paper-qwen8b-{k}-classes")
+
+
+def bench_classes(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> dict:
+    system, _ = policies.build("gate-and-route", many_classes(k), gpus)
+    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
+                   chunk_events=chunk, devices=_devices())
+    return _row(f"pooled gate-and-route {k} classes", run,
+                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
+                 "classes": k})
+
+
 def bench_erlang(servers: int, reps: int, horizon: float, chunk: int) -> dict:
     system = ErlangA(servers=np.int32(servers), arrival_rate=np.float32(0.96 * servers),
                      service_rate=np.float32(1.0), patience_rate=np.float32(0.5))
@@ -144,6 +171,11 @@ def main() -> None:
     if a.only in (None, "per-gpu"):
         rows.append(bench_per_gpu(a.gpus, 16 if a.quick else a.per_gpu_reps, horizon,
                                   a.chunk_events))
+    if a.only == "classes":
+        rows += [bench_classes(a.gpus, reps, horizon, a.chunk_events, k) for k in a.classes]
+        base = rows[0]["events_per_second"]
+        for r in rows:
+            r["cost_per_event_vs_first"] = base / r["events_per_second"]
     used = _devices() or jax.devices()[:1]
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "cpus": os.cpu_count(), "devices": [str(d) for d in used],
@@ -155,10 +187,13 @@ def main() -> None:
           f"{len(used)} device(s) {machine['devices']}")
     for r in rows:
         size = ", ".join(f"{k}={r[k]}" for k in ("gpus", "servers", "reps", "horizon",
-                                                  "chunk_events") if k in r)
+                                                  "chunk_events", "classes") if k in r)
         print(f"{r['benchmark']:<36} {size:<50} {r['events']:>13,} events "
               f"{r['wall_seconds']:7.2f} s {r['events_per_second']:>14,.0f} events/s "
               f"(compile {r['compile_seconds']:.2f} s)")
+        if "cost_per_event_vs_first" in r:
+            print(f"{'':<36} cost per event: {r['cost_per_event_vs_first']:.2f}x the "
+                  f"{rows[0]['classes']}-class instance's")
         if "kernels" in r:
             k = r["kernels"]
             print(f"{'':<36} compiled step (the scan's body): {k['fusions']} fusions, "

@@ -124,8 +124,8 @@ def many_classes(k: int):
     j = np.arange(k)
     stretch = 1.0 + 0.05 * (j // 2)
     return base.replace(lambda_=np.full(k, float(np.sum(base.lambda_)) / k),
-                        theta=np.full(k, 0.1), P=np.where(j % 2 == 0, 300.0, 3000.0) * stretch,
-                        D=np.where(j % 2 == 0, 1000.0, 400.0) * stretch,
+                        theta=np.resize(base.theta, k), P=np.resize(base.P, k) * stretch,
+                        D=np.resize(base.D, k) * stretch,
                         class_names=tuple(f"class-{i}" for i in range(k)),
                         name=f"paper-qwen8b-{k}-classes")
 

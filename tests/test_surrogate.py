@@ -87,7 +87,7 @@ def test_bad_input_is_named(kw, match):
 
 def test_a_fluid_stage_gone_non_finite_is_an_error_naming_its_step(monkeypatch):
     # A surrogate whose value turns NaN once the share falls below 0.9 of its start: the stage's
-    # first step is finite, a later one not, and the error names that step, not a silent NaN.
+    # first step is finite, a later one not: an error naming a later step, not a silent NaN.
     plan = fluid.solve(PAPER, "bundled")
     problem = Problem(family="gated", model=PAPER, n=20, plan=plan, horizon=60.0, warmup=10.0,
                       reps=2)

@@ -181,7 +181,8 @@ def measure(run, model: Model, n: int, pricing: str = "bundled",
 def evaluate(problem: Problem, params, key, reps: int | None = None, *,
              detail: bool = False, smoothed: bool = True):
     """The objective (revenue per GPU per second minus SLI penalties) of each replication on the
-    exact simulator; with ``detail``, :func:`measure`'s dict. ``smoothed = False`` evaluates the
+    exact simulator; with ``detail``, :func:`measure`'s dict and ``"events"`` (events simulated,
+    warm-up included). ``smoothed = False`` evaluates the
     deterministic policy at ``params`` (no gate temperature) even for a smoothed problem."""
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     if not smoothed:
@@ -190,7 +191,7 @@ def evaluate(problem: Problem, params, key, reps: int | None = None, *,
     run = simulate(key, system, reps=reps or problem.reps, horizon=problem.horizon,
                    warmup=problem.warmup)
     out = measure(run, problem.model, problem.n, problem.pricing, problem.sli)
-    return out if detail else out["objective"]
+    return {**out, "events": int(run.events)} if detail else out["objective"]
 
 
 def steps_for(problem: Problem, horizon: float | None = None) -> int:

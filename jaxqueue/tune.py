@@ -5,9 +5,11 @@
 *natural coordinates*: each free coordinate divided by its natural step
 (:func:`jaxqueue.objective.natural_steps`: about one to two jobs or GPUs), so that one unit of
 the learning rate means the same move at n = 20 and at n = 500. Every few steps the current point
-is evaluated on the exact simulator with fresh keys; the best evaluation wins. The starting
-point's evaluation is kept apart (:attr:`TuneResult.initial`), so what the steps gained is
-visible next to what the start gave.
+is evaluated on the exact simulator, always on the same key (common random numbers: the
+replications of every evaluation share their ids, so two evaluations differ by what their
+parameters change, not by their luck); the best evaluation wins. The starting point's
+evaluation is kept apart (:attr:`TuneResult.initial`), so what the steps gained is visible next
+to what the start gave.
 
 For the ``gated`` family :func:`tune` can first take ``fluid_steps`` Adam steps on the
 deterministic fluid surrogate (:mod:`jaxqueue.surrogate`, exact gradients by reverse mode, about
@@ -134,16 +136,18 @@ class TuneResult:
 
     Attributes:
         family: the family tuned.
-        initial: the starting parameters and their exact objective (fresh keys), as
+        initial: the starting parameters and their exact objective (the evaluation key), as
             ``{"step": 0, "params", "mean", "ci95"}``.
-        best: the best parameters found and their exact objective (fresh keys; the start's
-            evaluation if no step beat it).
+        best: the best parameters found and their exact objective on the evaluation key (the
+            start's evaluation if no step beat it), with ``gain``: its paired difference to
+            the start on that key, ``{"mean", "ci95"}``.
         history: ``value`` (the estimator's objective at each step, from its own runs),
             ``events`` (events each step's estimate simulated), ``evaluations`` (each exact
             evaluation ``{"step", "mean", "ci95", "params"}``), ``skipped`` (steps whose
             estimate was not finite: no update was made), ``fluid`` (the surrogate's values,
             with ``fluid_steps``).
         events: events simulated by the estimator (without the evaluations).
+        evaluation_events: events simulated by the evaluations.
         replications: replication-runs simulated by the estimator (per configuration).
         wall_seconds: wall time.
     """
@@ -155,6 +159,7 @@ class TuneResult:
     events: int
     replications: int
     wall_seconds: float
+    evaluation_events: int = 0
 
 
 def _summary(params, values) -> dict:
@@ -170,8 +175,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
          initial: Any = None, fluid_steps: int = 0, options: dict | None = None,
          progress: Callable[[int, dict], None] | None = None) -> TuneResult:
     """Adam on ``estimator``'s gradient from ``initial`` (default: the family's LP point, the
-    paper's policy); returns the best exact evaluation (each on fresh keys, ``eval_reps``
-    replications).
+    paper's policy); returns the best exact evaluation (all on one key, ``eval_reps``
+    replications, so the choice among them is paired).
 
     Args:
         problem: what to tune.
@@ -213,9 +218,18 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
     events = replications = 0
     options = dict(options or {})
 
+    eval_key = jax.random.fold_in(key, 1_000_000)  # one key for every evaluation (CRN)
+    spent = {"events": 0, "start": None}
+
     def assess(step, params):
-        k = jax.random.fold_in(key, 1_000_000 + step)
-        out = {"step": step, **_summary(params, evaluate(problem, params, k, eval_reps))}
+        d = evaluate(problem, params, eval_key, eval_reps, detail=True)
+        spent["events"] += d["events"]
+        values = np.asarray(d["objective"])
+        if spent["start"] is None:
+            spent["start"] = values
+        mean, ci = stats.mean_ci(values - spent["start"])
+        out = {"step": step, **_summary(params, values),
+               "gain": {"mean": float(mean), "ci95": float(ci)}}
         history["evaluations"].append(out)
         return out
 
@@ -251,4 +265,5 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
             progress(step, {"value": info["value"], "best": best["mean"]})
     return TuneResult(family=problem.family, initial=initial_eval, best=best, history=history,
                       events=events, replications=replications,
-                      wall_seconds=time.perf_counter() - start)
+                      wall_seconds=time.perf_counter() - start,
+                      evaluation_events=spent["events"])

@@ -60,7 +60,8 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
-                    help="evaluate on the exact simulator with fresh keys every K steps")
+                    help="evaluate on the exact simulator every K steps (one key for all: "
+                         "common random numbers)")
     tu.add_argument("--eval-reps", type=int, default=32,
                     help="replications of each exact evaluation")
     tu.add_argument("--save", default=None, metavar="FILE",
@@ -95,7 +96,7 @@ def _pack_measured(d: dict, sli) -> dict[str, Any]:
     if sli is not None:
         out["revenue"] = _pack(d["revenue"])
         out["sli"] = {k: float(np.nanmean(v)) for k, v in d.items()
-                      if k not in ("objective", "revenue")}
+                      if k not in ("objective", "revenue", "events")}
     return out
 
 
@@ -385,7 +386,7 @@ def _plot(path, out, history) -> None:
     ax.plot(steps, history["value"], color="0.6", lw=1, label="estimator's value (CRN runs)")
     ev = history["evaluations"]
     ax.errorbar([e["step"] for e in ev], [e["mean"] for e in ev], [e["ci95"] for e in ev],
-                fmt="o-", color="C0", capsize=3, label="exact evaluation, fresh keys (95% CI)")
+                fmt="o-", color="C0", capsize=3, label="exact evaluation, one key (95% CI)")
     ax.axhline(out["lp_bound"], color="k", ls="--", lw=1, label=f"LP bound {out['lp_bound']:.2f}")
     if out["baselines"]:
         name, best = max(out["baselines"].items(), key=lambda kv: kv[1]["mean"])

@@ -57,6 +57,7 @@ PROBLEMS = {
     "dolly-200": ("dolly-8class", 200, None),
 }
 EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
+METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 
 
 def problem_of(name: str, reps: int, horizon: float, warmup: float,
@@ -79,7 +80,8 @@ def from_dict(values: dict):
 
 def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: float,
         warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
-        eval_horizon: float = EVAL_HORIZON, temperature: float | None = None) -> None:
+        eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
+        methods: tuple[str, ...] = METHODS) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
@@ -128,9 +130,11 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
+                    "evaluation_events": result.evaluation_events,
+                    "chosen_step": result.best["step"],
                     "events_per_step": float(np.mean(result.history["events"]))})
         budget = store["methods"][estimator][str(seed)]["events"]
-        if str(seed) not in store["methods"].get("spsa", {}):
+        if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
             t = time.perf_counter()
             # SPSA at the same event budget: each of its steps runs 2 configurations, where a
             # step of fd runs 2p + 1 and one of score 1.
@@ -142,12 +146,13 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             result = tune(problem, steps=k, estimator="spsa", seed=seed, initial=start,
                           eval_every=max(1, k // 4), eval_reps=problem.reps)
             record("spsa", seed, from_dict(result.best["params"]), result.events,
-                   time.perf_counter() - t)
-        if str(seed) not in store["methods"].get("es", {}):
+                   time.perf_counter() - t, {"evaluation_events": result.evaluation_events,
+                                             "chosen_step": result.best["step"]})
+        if "es" in methods and str(seed) not in store["methods"].get("es", {}):
             t = time.perf_counter()
             result = evolution_strategy(problem, start, budget=budget, seed=seed)
             record("es", seed, result.params, result.events, time.perf_counter() - t)
-    if "0" not in store["methods"].get("reference", {}):
+    if "reference" in methods and "0" not in store["methods"].get("reference", {}):
         budget = 10 * store["methods"][estimator]["0"]["events"]
         t = time.perf_counter()
         result = pattern_search(problem, start, budget=budget, reps=2 * problem.reps)
@@ -155,7 +160,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     # Recovery: from the gradient method's tuned point (seed 0) moved 30% along a random
     # direction (each parameter's value times 1 + 0.3 d_i, |d| = 1 over the tuned ones), 20
     # steps; what share of the lost objective comes back.
-    if "recovery" not in store:
+    if "recovery" in methods and "recovery" not in store:
         tuned = from_dict(store["methods"][estimator]["0"]["params"])
         names = [f.name for f in dataclasses.fields(tuned)]
         sizes = [np.size(getattr(tuned, k)) for k in names]
@@ -228,6 +233,9 @@ def main() -> None:
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
     p.add_argument("--out", type=Path, default=OUT, help="where results are written")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="which to run, comma-separated, of " + ", ".join(METHODS) +
+                        " (the gradient tuner always runs: the others' budgets are its)")
     p.add_argument("--eval-reps", type=int, default=EVAL_REPS,
                    help="replications of each final evaluation")
     p.add_argument("--eval-horizon", type=float, default=EVAL_HORIZON)
@@ -243,11 +251,15 @@ def main() -> None:
         report(a.markdown, a.out)
         return
     names = list(PROBLEMS) if a.all else (a.problem or [])
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not names:
         p.error("give --problem NAME, --all, --list or --report")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
-            a.eval_reps, a.eval_horizon, a.temperature)
+            a.eval_reps, a.eval_horizon, a.temperature, methods)
 
 
 if __name__ == "__main__":

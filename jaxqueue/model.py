@@ -68,6 +68,8 @@ class Model(eqx.Module):
         c_d: price per output token.
         name: the scenario's name (static).
         class_names: one name per class (static).
+        patience: the law of the patience times (:class:`jaxqueue.patience.Patience`, mean
+            ``1 / theta_i``); ``None`` is the exponential law of the paper.
     """
 
     lambda_: Float[ArrayLike, " I"]
@@ -83,6 +85,7 @@ class Model(eqx.Module):
     c_d: Float[ArrayLike, ""]
     name: str = eqx.field(static=True, default="model")
     class_names: tuple[str, ...] = eqx.field(static=True, default=())
+    patience: Any = None
 
     def __init__(
         self,
@@ -100,11 +103,13 @@ class Model(eqx.Module):
         c_d: float,
         name: str = "model",
         class_names: Sequence[str] | None = None,
+        patience: Any = None,
     ):
         given = dict(lambda_=lambda_, theta=theta, P=P, D=D, alpha=alpha, beta=beta, gamma=gamma,
                      C=C, B=B, c_p=c_p, c_d=c_d)
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(given)):
             self._set_traced(given, name, class_names)
+            self.patience = patience
             return
         arrays = {}
         sizes = {}
@@ -180,6 +185,7 @@ class Model(eqx.Module):
         self.c_d = np.float64(scalars["c_d"])
         self.name = str(name)
         self.class_names = names
+        self.patience = _checked_patience(patience, num)
 
     def _set_traced(self, given: dict[str, Any], name: str, class_names) -> None:
         """Stores values of which some are traced, unvalidated (see the module docstring)."""
@@ -262,7 +268,7 @@ class Model(eqx.Module):
         if not isinstance(data, Mapping):
             raise ModelError(f"{source}: must be a TOML table of name, [gpu], [pricing] and "
                              "[[classes]]")
-        _check_keys(data, {"name", "gpu", "pricing", "classes"}, source, "")
+        _check_keys(data, {"name", "gpu", "pricing", "classes", "patience"}, source, "")
         for section in ("gpu", "pricing", "classes"):
             if section not in data:
                 table = "[[classes]]" if section == "classes" else f"[{section}]"
@@ -324,8 +330,10 @@ class Model(eqx.Module):
         scenario_name = data.get("name", source)
         if not isinstance(scenario_name, str):
             raise fail("name", scenario_name, "a string")
+        patience = _patience_from_table(data.get("patience"), len(rows), source)
         try:
             return cls(
+                patience=patience,
                 name=scenario_name,
                 class_names=names,
                 lambda_=[r["arrival_rate"] for r in rows],
@@ -339,6 +347,16 @@ class Model(eqx.Module):
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML layout of this model (inverse of :meth:`from_dict`)."""
+        extra = {}
+        if self.patience is not None:
+            law = self.patience
+            extra["patience"] = {"law": law.law}
+            if law.law in ("gamma", "lognormal", "hyperexponential"):
+                extra["patience"]["cv"] = [float(c) for c in np.asarray(law.cv)]
+            elif law.law == "empirical":
+                extra["patience"]["samples"] = [
+                    np.asarray(row)[:count].tolist()
+                    for row, count in zip(law.samples, law.counts, strict=True)]
         return {
             "name": self.name,
             "gpu": {
@@ -359,7 +377,7 @@ class Model(eqx.Module):
                 }
                 for i in range(self.num_classes)
             ],
-        }
+        } | extra
 
     def replace(self, **changes: Any) -> Model:
         """A copy with some primitive parameters changed (validated like a new model)."""
@@ -367,7 +385,7 @@ class Model(eqx.Module):
             "lambda_": self.lambda_, "theta": self.theta, "P": self.P, "D": self.D,
             "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "C": self.C,
             "B": self.B, "c_p": self.c_p, "c_d": self.c_d, "name": self.name,
-            "class_names": self.class_names,
+            "class_names": self.class_names, "patience": self.patience,
         }
         unknown = set(changes) - set(fields)
         if unknown:
@@ -377,6 +395,36 @@ class Model(eqx.Module):
             if np.shape(changes["lambda_"])[:1] != (self.num_classes,):
                 fields["class_names"] = None
         return Model(**fields)
+
+
+def _patience_from_table(table: Any, num: int, source: str):
+    """The ``[patience]`` table of a scenario file: ``law``, and ``cv`` (a number or one per
+    class) or ``samples`` (one list per class) as the law needs."""
+    from .patience import Patience
+
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ModelError(f"{source}: patience must be a table [patience]")
+    _check_keys(table, {"law", "cv", "samples"}, source, "patience.", required={"law"})
+    try:
+        return Patience.make(table["law"], num, cv=table.get("cv"), samples=table.get("samples"))
+    except ValueError as err:
+        raise ModelError(f"{source}: {err}") from None
+
+
+def _checked_patience(patience: Any, num: int):
+    """``None`` or a :class:`~jaxqueue.patience.Patience` for ``num`` classes."""
+    from .patience import Patience
+
+    if patience is None:
+        return None
+    if not isinstance(patience, Patience):
+        raise _bad("patience", patience, "None or a jaxqueue.patience.Patience")
+    if np.shape(patience.cv) != (num,):
+        raise ModelError(f"patience has {np.shape(patience.cv)[0]} classes for {num}: make it "
+                         "with Patience.make(law, num_classes, ...)")
+    return patience
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], source: str, prefix: str,

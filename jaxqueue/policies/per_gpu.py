@@ -73,6 +73,7 @@ from .. import buffer as buf
 from .. import tree as gtree
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
+from ..patience import check_supported, deadline
 from ..rng import real_dtype
 from .common import (
     LEVELS,
@@ -169,6 +170,8 @@ class PerGpu(AbstractSystem):
         if self.gpus < 1 or self.capacity < 1:
             raise ValueError(f"gpus = {self.gpus}, capacity = {self.capacity}: must be >= 1")
         self.slot_dtype  # noqa: B018 (raises if the model's counts do not fit `counts`)
+        check_supported(self.model.patience, f"the per-GPU engine with the {self.gate} gate",
+                        counted=self.gate != "fcfs")
 
     @property
     def num_classes(self) -> int:
@@ -325,8 +328,7 @@ class PerGpu(AbstractSystem):
             return pre.at[at(do, g)].set(jnp.asarray(c, pre.dtype), mode="drop")
 
         def patience(c):
-            # Exp(theta_c) from one uniform; theta = 0 means the job never abandons.
-            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta)[c]
+            return deadline(m, t, u[0], c)
 
         def serve_head(ring, ready):
             """Bookkeeping on a ring whose head may be served: discard it if it abandoned."""

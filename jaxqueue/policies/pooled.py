@@ -38,6 +38,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
+from ..patience import check_supported, deadline
 from ..rng import real_dtype
 from .common import (
     GATES,
@@ -151,6 +152,8 @@ class Pooled(CountSystem):
             raise ValueError(f"gate = {self.gate!r} is invalid: must be one of {GATES}")
         if self.capacity < 1:
             raise ValueError(f"capacity = {self.capacity} is invalid: must be >= 1")
+        check_supported(self.model.patience, f"the pooled engine with the {self.gate} gate",
+                        counted=self.gate != "fcfs")
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
@@ -182,8 +185,7 @@ class Pooled(CountSystem):
         real = t.dtype
 
         def patience(cls):
-            # Exp(theta_cls) from one uniform; theta = 0 means the job never abandons.
-            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta)[cls]
+            return deadline(m, t, u[0], cls)
 
         def serve_head(ring, ready, before):
             return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num)

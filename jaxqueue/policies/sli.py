@@ -51,6 +51,7 @@ from .. import fluid
 from ..decisions import AbstractDecisions, Exact, ScoreFunction
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
+from ..patience import check_supported
 from ..rng import real_dtype
 from .common import LEVELS, checked_gpus, gate_admit, gate_keys, revenue
 from .common import TALLIES as _POOLED_TALLIES
@@ -113,6 +114,10 @@ class SLIGateAndRoute(AbstractSystem):
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
+
+    def __check_init__(self):
+        check_supported(self.model.patience, "the SLI-aware Gate-and-Route",
+                        counted=True)
 
     @property
     def num_random(self) -> int:

@@ -75,6 +75,7 @@ from .. import buffer as buf
 from .. import fluid
 from ..kernel import Flow
 from ..model import Model
+from ..patience import check_supported, deadline
 from ..rng import real_dtype
 from .common import (
     checked_capacity,
@@ -198,6 +199,9 @@ class Gated(CountSystem):
 
     num_random: ClassVar[int] = 2
 
+    def __check_init__(self):
+        check_supported(self.model.patience, "the gated family", counted=True)
+
     @property
     def smoothed(self) -> bool:
         """Whether every decision is randomised (a gate temperature is set): the gate draws
@@ -279,7 +283,7 @@ class Gated(CountSystem):
         free_solo, free_mixed, _ = self._decode_free(s, s.Ym, s.Ys)
 
         def patience(cls):
-            return t - jnp.log1p(-u[0]) / jnp.asarray(m.theta)[cls]
+            return deadline(m, t, u[0], cls)
 
         dring, Ym, Ys, placed, d_gone, d_credit = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,

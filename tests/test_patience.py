@@ -1,0 +1,114 @@
+"""General patience laws: the draws have the law's mean and spread, the M/M/N+G queue that the
+FCFS prefill buffer of the pooled engine forms abandons with the exact probability of Baccelli
+and Hebuterne's formula, the exponential law changes no path, and engines with count queues
+refuse the others."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from jaxqueue import policies, scenarios, simulate, theory
+from jaxqueue.model import Model, ModelError
+from jaxqueue.patience import Patience, abandon_probability
+from jaxqueue.policies.pooled import Pooled
+
+
+def test_the_abandonment_formula_is_erlang_a_for_exponential_patience():
+    # The oracle checked against an independent one: the birth-death chain of Erlang-A.
+    for servers, lam, mu, theta in [(2, 4.0, 2.0, 1.0), (5, 6.0, 1.0, 0.5), (1, 0.5, 1.0, 2.0)]:
+        got = abandon_probability(servers, lam, mu, lambda x, theta=theta: np.exp(-theta * x),
+                                  80 / theta)
+        exact = theory.erlang_a(servers, lam, mu, theta)
+        assert got["abandon"] == pytest.approx(exact["abandon_probability"], rel=1e-6)
+        assert got["wait"] == pytest.approx(exact["wait_probability"], rel=1e-6)
+
+
+@pytest.mark.parametrize("law,cv", [("exponential", 1.0), ("deterministic", 0.0),
+                                    ("gamma", 0.5), ("gamma", 0.2), ("gamma", 2.0),
+                                    ("lognormal", 2.0), ("hyperexponential", 3.0)])
+def test_draws_have_the_mean_one_over_theta_and_the_law_spread(law, cv):
+    law_ = Patience.make(law, 2, cv=None if law in ("exponential", "deterministic") else cv)
+    u = jax.random.uniform(jax.random.key(0), (400_000,))
+    x = np.asarray(jax.vmap(lambda v: law_.draw(v, jnp.float32(0.5), 1))(u), np.float64)
+    se = x.std() / np.sqrt(x.size)
+    assert abs(x.mean() - 2.0) <= max(4 * se, 1e-6)
+    assert x.std() / x.mean() == pytest.approx(cv, abs=0.02 * max(cv, 1.0) + 4 * se)
+
+
+def test_gamma_draws_follow_the_gamma_law():
+    # Kolmogorov-Smirnov against SciPy's gamma (shape 4: Erlang-4), on the inverse-CDF draws.
+    law = Patience.make("gamma", 1, cv=0.5)
+    u = jax.random.uniform(jax.random.key(1), (20_000,))
+    x = np.asarray(jax.vmap(lambda v: law.draw(v, jnp.float32(1.0), 0))(u), np.float64)
+    assert sps.kstest(x, sps.gamma(4.0, scale=0.25).cdf).pvalue > 1e-3
+
+
+def _mmng(patience, reps=48, horizon=600.0, warmup=60.0):
+    """An M/M/2+G queue inside the pooled engine: FG-SP's FCFS prefill buffer in front of M = 2
+    prefill slots (one class, 4 arrivals/s, prefills at 2/s, mean patience 1 s), decode slots
+    that never fill (B = 64, solo decoding at 1,000 tokens/s), so the decode side takes every
+    prefill at once."""
+    model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1.0], alpha=0.5, beta=0.0,
+                  gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0, patience=patience)
+    system = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.zeros(1),
+                    q_star=jnp.zeros(1), gate="fcfs", capacity=512)
+    run = simulate(jax.random.key(3), system, reps=reps, horizon=horizon, warmup=warmup)
+    share = run.count("prefill_abandon")[:, 0] / run.count("arrivals")[:, 0]
+    assert run.count("decode_abandon").sum() == 0  # the decode side never held a job
+    return share, run
+
+
+def _survival(law: Patience):
+    cv = float(np.asarray(law.cv)[0])
+    if law.law == "deterministic":
+        return lambda x: (x < 1.0).astype(float)
+    if law.law == "gamma":
+        return sps.gamma(1 / cv**2, scale=cv**2).sf
+    if law.law == "lognormal":
+        s = np.sqrt(np.log1p(cv**2))
+        return sps.lognorm(s, scale=np.exp(-s * s / 2)).sf
+    raise AssertionError(law.law)
+
+
+@pytest.mark.parametrize("law,cv", [("deterministic", None), ("gamma", 0.5),
+                                    ("lognormal", 2.0)])
+def test_mmng_abandonment_matches_the_exact_probability(law, cv):
+    patience = Patience.make(law, 1, cv=cv)
+    share, _ = _mmng(patience)
+    exact = abandon_probability(2, 4.0, 2.0, _survival(patience), 200.0)["abandon"]
+    exponential = theory.erlang_a(2, 4.0, 2.0, 1.0)["abandon_probability"]
+    z = (share.mean() - exact) / (share.std(ddof=1) / np.sqrt(share.size))
+    assert abs(z) <= 3, (law, share.mean(), exact)
+    # The law matters here, so the test can tell a law from the exponential one.
+    assert abs(exact - exponential) > 5 * share.std(ddof=1) / np.sqrt(share.size)
+
+
+def test_the_exponential_law_changes_no_path():
+    model = scenarios.load("paper-qwen8b")
+    law = model.replace(patience=Patience.make("exponential", 2))
+    runs = [simulate(jax.random.key(7), policies.build("fg-sp", m, 8)[0], reps=4, horizon=60.0,
+                     warmup=10.0) for m in (model, law)]
+    np.testing.assert_array_equal(runs[0].tallies, runs[1].tallies)
+    np.testing.assert_array_equal(runs[0].level_integrals, runs[1].level_integrals)
+
+
+def test_count_queues_refuse_other_laws_and_files_round_trip():
+    model = scenarios.load("paper-qwen8b").replace(
+        patience=Patience.make("lognormal", 2, cv=[2.0, 0.5]))
+    for name in ("gate-and-route", "gi-wsp", "sli-gate-and-route"):
+        with pytest.raises(ValueError, match="patience.law = 'lognormal' is not supported"):
+            policies.build(name, model, 8)
+    policies.build("fg-sp", model, 8)
+    policies.build("fi-wsp", model, 8)
+    again = Model.from_dict(model.to_dict())
+    assert again.patience.law == "lognormal"
+    np.testing.assert_allclose(again.patience.cv, [2.0, 0.5])
+    bad = {**model.to_dict(), "patience": {"law": "gamma", "cv": -1.0}}
+    with pytest.raises(ModelError, match=r"patience.cv = \[-1.0, -1.0\] is invalid"):
+        Model.from_dict(bad)
+    with pytest.raises(ModelError, match="unknown key patience.shape"):
+        Model.from_dict({**model.to_dict(), "patience": {"law": "gamma", "shape": 2}})
+    with pytest.raises(ValueError, match=r"patience.samples has 1 lists for 2 classes"):
+        Patience.make("empirical", 2, samples=[[1.0, 2.0]])

@@ -29,8 +29,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .rng import real_dtype
 
-__all__ = ["Ring", "Served", "empty", "live", "overlap", "peek", "pop", "push", "rebase",
-           "residual", "serve"]
+__all__ = ["Ring", "Served", "alive", "empty", "live", "overlap", "peek", "pop", "push",
+           "rebase", "residual", "serve"]
 
 
 class Ring(eqx.Module):
@@ -169,6 +169,11 @@ def live(ring: Ring, num_classes: int, now) -> Int[Array, " I"]:
     alive = _held(ring) & (ring.deadline > now)
     hot = ring.label[None, :] == jnp.arange(num_classes)[:, None]
     return jnp.sum(hot & alive, axis=1).astype(jnp.int32)
+
+
+def alive(ring: Ring, now) -> Int[Array, ""]:
+    """Jobs of any class still waiting at time ``now`` (held, deadline not yet passed)."""
+    return jnp.sum(_held(ring) & (ring.deadline > now)).astype(jnp.int32)
 
 
 def overlap(start, end, w0, w1):

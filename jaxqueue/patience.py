@@ -21,11 +21,12 @@ Each draw is the inverse of the law's CDF at one uniform, so a job's patience co
 whatever the law (the gamma law's inverse is found by Newton's method on the regularized
 incomplete gamma function, to float precision).
 
-Where the law acts: a job's patience is drawn when it enters a first-come-first-served ring (the
-decode buffer, the prefill buffer of the FCFS gates), and its deadline is stored with it, so any
-law is exact there. Waiting places kept as counts (the per-class prefill queues of the deviation
-and priority gates) abandon at rate ``theta_i`` per job, which is exact only for the exponential
-law: systems with such a place refuse any other law (:func:`check_supported`).
+Where the law acts: a job's patience is drawn when it enters a ring of jobs (the decode buffer,
+the prefill buffer of the FCFS gates, and, on the pooled engine with a non-exponential law, the
+per-class prefill queues of the deviation and priority gates: one ring per class), and its
+deadline is stored with it, so any law is exact there. Waiting places that an engine can only
+keep as counts abandon at rate ``theta_i`` per job, which is exact only for the exponential law:
+systems with such a place refuse any other law (:func:`check_supported`).
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def check_supported(patience: Patience | None, where: str, counted: bool) -> Non
             f"patience.law = {patience.law!r} is not supported by {where}: it keeps waiting "
             "jobs as per-class counts, where abandonment at rate theta per job is exact only "
             "for the exponential law; use law = 'exponential', or a policy whose every buffer "
-            "is first-come-first-served (fg-sp, fi-wsp)")
+            "is a ring of jobs (gate-and-route, prioritize-and-route and fg-sp on the pooled "
+            "engine, fi-wsp)")
 
 
 def abandon_probability(servers: int, arrival_rate: float, service_rate: float, survival,

@@ -1,7 +1,9 @@
-"""General patience laws: the draws have the law's mean and spread, the M/M/N+G queue that the
-FCFS prefill buffer of the pooled engine forms abandons with the exact probability of Baccelli
-and Hebuterne's formula, the exponential law changes no path, and engines with count queues
-refuse the others."""
+"""General patience laws: the draws have the law's mean and spread; the M/M/N+G queue that the
+prefill buffer of the pooled engine forms (FG-SP's FCFS ring, or Gate-and-Route's per-class
+rings) abandons with the exact probability of Baccelli and Hebuterne's formula; the per-class
+rings of Gate-and-Route and Prioritize-and-Route, run with an exponential law in disguise
+(hyperexponential, cv = 1), agree with the exact two-class chain of their count-queue model; the
+exponential law changes no path; engines with count queues refuse the other laws."""
 
 import jax
 import jax.numpy as jnp
@@ -45,15 +47,16 @@ def test_gamma_draws_follow_the_gamma_law():
     assert sps.kstest(x, sps.gamma(4.0, scale=0.25).cdf).pvalue > 1e-3
 
 
-def _mmng(patience, reps=48, horizon=600.0, warmup=60.0):
+def _mmng(patience, gate="fcfs", reps=48, horizon=600.0, warmup=60.0):
     """An M/M/2+G queue inside the pooled engine: FG-SP's FCFS prefill buffer in front of M = 2
     prefill slots (one class, 4 arrivals/s, prefills at 2/s, mean patience 1 s), decode slots
     that never fill (B = 64, solo decoding at 1,000 tokens/s), so the decode side takes every
     prefill at once."""
     model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1.0], alpha=0.5, beta=0.0,
                   gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0, patience=patience)
-    system = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.zeros(1),
-                    q_star=jnp.zeros(1), gate="fcfs", capacity=512)
+    system = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.full(1, 0.5),
+                    q_star=jnp.zeros(1), gate=gate, capacity=512)
+    assert system.per_job == (gate != "fcfs")
     run = simulate(jax.random.key(3), system, reps=reps, horizon=horizon, warmup=warmup)
     share = run.count("prefill_abandon")[:, 0] / run.count("arrivals")[:, 0]
     assert run.count("decode_abandon").sum() == 0  # the decode side never held a job
@@ -72,11 +75,12 @@ def _survival(law: Patience):
     raise AssertionError(law.law)
 
 
-@pytest.mark.parametrize("law,cv", [("deterministic", None), ("gamma", 0.5),
-                                    ("lognormal", 2.0)])
-def test_mmng_abandonment_matches_the_exact_probability(law, cv):
+@pytest.mark.parametrize("law,cv,gate", [("deterministic", None, "fcfs"),
+                                         ("gamma", 0.5, "fcfs"), ("lognormal", 2.0, "fcfs"),
+                                         ("deterministic", None, "deviation")])
+def test_mmng_abandonment_matches_the_exact_probability(law, cv, gate):
     patience = Patience.make(law, 1, cv=cv)
-    share, _ = _mmng(patience)
+    share, _ = _mmng(patience, gate)
     exact = abandon_probability(2, 4.0, 2.0, _survival(patience), 200.0)["abandon"]
     exponential = theory.erlang_a(2, 4.0, 2.0, 1.0)["abandon_probability"]
     z = (share.mean() - exact) / (share.std(ddof=1) / np.sqrt(share.size))
@@ -97,11 +101,11 @@ def test_the_exponential_law_changes_no_path():
 def test_count_queues_refuse_other_laws_and_files_round_trip():
     model = scenarios.load("paper-qwen8b").replace(
         patience=Patience.make("lognormal", 2, cv=[2.0, 0.5]))
-    for name in ("gate-and-route", "gi-wsp", "sli-gate-and-route"):
+    for name in ("gi-wsp", "sli-gate-and-route"):
         with pytest.raises(ValueError, match="patience.law = 'lognormal' is not supported"):
             policies.build(name, model, 8)
-    policies.build("fg-sp", model, 8)
-    policies.build("fi-wsp", model, 8)
+    for name in ("gate-and-route", "prioritize-and-route", "fg-sp", "fi-wsp"):
+        policies.build(name, model, 8)
     again = Model.from_dict(model.to_dict())
     assert again.patience.law == "lognormal"
     np.testing.assert_allclose(again.patience.cv, [2.0, 0.5])
@@ -112,3 +116,44 @@ def test_count_queues_refuse_other_laws_and_files_round_trip():
         Model.from_dict({**model.to_dict(), "patience": {"law": "gamma", "shape": 2}})
     with pytest.raises(ValueError, match=r"patience.samples has 1 lists for 2 classes"):
         Patience.make("empirical", 2, samples=[[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("policy,gate", [("gate-and-route", "deviation"),
+                                         ("prioritize-and-route", "priority")])
+def test_per_class_rings_match_the_exact_chain(policy, gate):
+    # The instance of the FCFS prefill-ring test (tests/test_exact_fcfs.py): prefills queue,
+    # patience rates (3, 4) make many jobs abandon behind a live head, decodes are fast. A
+    # hyperexponential law with cv = 1 is the exponential law, so the chain of the count-queue
+    # model is exact for the per-class rings too (each job its own deadline; the gate sees the
+    # live counts).
+    from helpers import compare, exact_per_gpu
+    from test_exact_fcfs import two_classes
+
+    model, n, x_star = two_classes((1.0, 0.8), P=(1.0, 0.5), D=(0.05, 0.1)), 2, [0.3, 0.2]
+    plan = {"x_star": x_star} if gate == "deviation" else {}
+    r = theory.pooled_stationary(model, n, 1, policy, max_queue=7, max_buffer=1, **plan)
+    assert r["truncation_mass"] < 1e-3
+    exact = exact_per_gpu(model, r["x"], r["y_m"], r["y_s"], r["q_p"], r["q_d"])
+    law = model.replace(patience=Patience.make("hyperexponential", 2, cv=1.0))
+    system = Pooled(model=law, n=np.int32(n), M=np.int32(1), x_star=np.asarray(x_star),
+                    q_star=np.zeros(2), gate=gate, capacity=256)
+    assert system.per_job
+    run = simulate(jax.random.key(31), system, reps=256, horizon=1000.0, warmup=50.0)
+    # The decode buffer is all but empty: too few events for a z-score.
+    z = compare(run, model, n, {k: v for k, v in exact.items() if k not in (
+        "q_decode", "decode_abandonment_rate", "decode_wait")})
+    assert max(abs(v) for v in z.values()) < 4.0, z
+
+
+def test_per_class_rings_account_for_every_job_across_chunks():
+    # Lognormal patience (cv 2): jobs abandon behind live heads in every ring; 64-event chunks
+    # cut most waits, so credits and discards cross many chunk boundaries.
+    from test_accounting import check_flow_balance
+
+    model = scenarios.load("paper-qwen8b").replace(
+        patience=Patience.make("lognormal", 2, cv=2.0))
+    system, _ = policies.build("gate-and-route", model, 6)
+    assert system.per_job
+    run = simulate(jax.random.key(1), system, reps=16, horizon=250.0, warmup=50.0,
+                   chunk_events=64)
+    check_flow_balance(run, "gate-and-route", "pooled")

@@ -38,7 +38,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
-from ..patience import check_supported, deadline
+from ..patience import deadline
 from ..rng import real_dtype
 from .common import (
     GATES,
@@ -64,9 +64,12 @@ class PooledState(eqx.Module):
         X: prefills in service (on mixed GPUs).
         Ym: decodes on mixed GPUs.
         Ys: decodes on solo GPUs.
-        Qp: jobs waiting for prefill (per-class queues; unused with the FCFS gate).
+        Qp: jobs waiting for prefill (per-class queues; unused with the FCFS gate and with
+            per-job patience).
         prefill_ring: the FCFS prefill queue (FCFS gate only, else None).
         decode_ring: the decode buffer.
+        class_rings: with a non-exponential patience law and a per-class gate, the per-class
+            prefill queues as rings (FCFS within a class), batched over classes; else None.
     """
 
     X: Int[Array, " I"]
@@ -75,6 +78,7 @@ class PooledState(eqx.Module):
     Qp: Int[Array, " I"]
     prefill_ring: buf.Ring | None
     decode_ring: buf.Ring
+    class_rings: buf.Ring | None = None
 
 
 class CountSystem(AbstractSystem):
@@ -106,20 +110,37 @@ class CountSystem(AbstractSystem):
         return revenue(self.model, integrals, counts, self.tally_names)
 
     def rebase(self, s, elapsed):
-        return rebase_rings(s, elapsed)
+        s = rebase_rings(s, elapsed)
+        if getattr(s, "class_rings", None) is not None:
+            s = eqx.tree_at(lambda s: s.class_rings, s, buf.rebase(s.class_rings, elapsed))
+        return s
 
     def overflow(self, s) -> Bool[Array, ""]:
-        return any_overflow(s.prefill_ring, s.decode_ring)
+        over = any_overflow(s.prefill_ring, s.decode_ring)
+        if getattr(s, "class_rings", None) is not None:
+            over = over | jnp.any(s.class_rings.overflow)
+        return over
 
     def overflow_message(self) -> str:
         return overflow_message(self.capacity)
 
     def close(self, s, window):
-        return close_rings(s, self.num_classes, window)
+        flow = close_rings(s, self.num_classes, window)
+        if getattr(s, "class_rings", None) is None:
+            return flow
+        # Ring c holds class c only: its residual's row c is the class's.
+        gone, wait = jax.vmap(lambda r: buf.residual(r, self.num_classes, window))(
+            s.class_rings)
+        num = self.num_classes
+        counts = flow.counts.at[4 * num:5 * num].add(jnp.diagonal(gone).astype(jnp.int32))
+        waits = flow.waits.at[3 * num:4 * num].add(jnp.diagonal(wait))
+        return Flow(counts=counts, waits=waits)
 
     def census(self, s, now):
         num = self.num_classes
         queued = s.Qp + ring_live(s.prefill_ring, num, now)
+        if getattr(s, "class_rings", None) is not None:
+            queued = queued + jax.vmap(lambda r: buf.alive(r, now))(s.class_rings)
         return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
                                ).astype(jnp.int32)
 
@@ -152,15 +173,28 @@ class Pooled(CountSystem):
             raise ValueError(f"gate = {self.gate!r} is invalid: must be one of {GATES}")
         if self.capacity < 1:
             raise ValueError(f"capacity = {self.capacity} is invalid: must be >= 1")
-        check_supported(self.model.patience, f"the pooled engine with the {self.gate} gate",
-                        counted=self.gate != "fcfs")
+        if self.per_job and self.decide.differentiable:
+            raise ValueError(f"patience.law = {self.model.patience.law!r} keeps each waiting "
+                             "job in a ring, which relaxed decisions cannot differentiate: use "
+                             "exact decisions, or the exponential law")
+
+    @property
+    def per_job(self) -> bool:
+        """Whether the per-class prefill queues are rings of jobs with their own deadlines (a
+        non-exponential patience law with the deviation or priority gate), instead of counts
+        abandoning at rate theta."""
+        law = self.model.patience
+        return law is not None and not law.exponential and self.gate != "fcfs"
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
+        one = buf.empty(self.capacity)
         return PooledState(
             X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=buf.empty(self.capacity),
+            class_rings=jax.tree.map(lambda a: jnp.stack([a] * self.num_classes), one)
+            if self.per_job else None,
         )
 
     def _free(self, s: PooledState):
@@ -174,6 +208,8 @@ class Pooled(CountSystem):
         todo = ((free_solo + free_mixed) > 0) & (s.decode_ring.size > 0)
         if s.prefill_ring is not None:
             todo = todo | ((idle > 0) & (s.prefill_ring.size > 0))
+        if s.class_rings is not None:
+            todo = todo | ((idle > 0) & jnp.any(s.class_rings.size > 0))
         return todo
 
     def fire(self, s: PooledState, event, t, u, window):
@@ -187,14 +223,18 @@ class Pooled(CountSystem):
         def patience(cls):
             return deadline(m, t, u[0], cls)
 
+        law = m.patience
+        prune = law is not None and not law.exponential
+
         def serve_head(ring, ready, before):
-            return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num)
+            return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num,
+                                   prune)
 
         # Decode side (greedy router).
         finished = jnp.sum(prefill_done)
         dring, Ym, Ys, placed, d_gone, d_credit = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
-            free_mixed, bookkeeping, t, patience, window)
+            free_mixed, bookkeeping, t, patience, window, prune)
 
         # Prefill side (the gate). An arrival finding an idle prefill slot starts at once (no
         # live job waits then); a prefill slot freed by a completion admits one waiting job.
@@ -203,7 +243,36 @@ class Pooled(CountSystem):
         queued = arrive * (1 - idle)
         zero_f = jnp.zeros(num, real)
         q_credit = zero_f
-        if s.prefill_ring is None:
+        crings = None
+        if s.class_rings is not None:
+            # Per-class rings (FCFS within a class), each job with its own deadline. In a
+            # bookkeeping step with an idle slot the gate picks a class among those with a
+            # live job (live counts at t), or, when none has one, among those holding any; the
+            # head of the picked ring is admitted if live, else discarded as abandoned (at its
+            # deadline), and the next bookkeeping step looks again.
+            Qp = s.Qp
+            cls_a = jnp.argmax(arrive)
+            hot_a = jnp.arange(num) == cls_a
+            crings = jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(
+                s.class_rings, hot_a & (jnp.sum(queued) > 0), cls_a, t, patience(cls_a))
+            live = jax.vmap(lambda r: buf.alive(r, t))(s.class_rings)
+            held = s.class_rings.size
+            some_live = jnp.any(live > 0)
+            counts = jnp.where(some_live, live, held)
+            pick, _ = d.choose(*self._gate_keys(X, counts))
+            look = bookkeeping & (idle > 0) & jnp.any(held > 0)
+            # Every step also discards each ring's head if its deadline has passed, so jobs
+            # that abandoned do not pile up behind a class the gate seldom serves.
+            dead = (crings.size > 0) & (t <= window[1]) & (
+                d.at_least(t, crings.data[jnp.arange(num), crings.head, 2]) > 0)
+            out = jax.vmap(lambda r, go: buf.serve(r, go, t, window, d.at_least))(
+                crings, ((jnp.arange(num) == pick) & look) | dead)
+            crings = out.ring
+            admit = out.taken.astype(X.dtype)
+            p_gone = out.gone.astype(X.dtype)
+            q_credit = jnp.where(out.looked > 0, out.wait, 0.0).astype(real)
+            pring = None
+        elif s.prefill_ring is None:
             Qp = s.Qp + queued - queue_abandon
             _, admit = d.choose(*self._gate_keys(X, Qp), finished * d.greater(jnp.sum(Qp), 0))
             Qp = Qp - admit
@@ -216,7 +285,8 @@ class Pooled(CountSystem):
             pring, admit, p_gone, q_credit = serve_head(pring, idle, s.prefill_ring)
         X = X + start + admit
 
-        state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring)
+        state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
+                            class_rings=crings)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone, (start + admit) * counted,
                                   placed * counted])
@@ -228,8 +298,13 @@ class Pooled(CountSystem):
                          X, Qp)
 
 
-def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num):
+def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=False):
     """Bookkeeping on a ring whose head may be served: discard it if it abandoned.
+
+    With ``prune`` (a Python bool) a head whose deadline has passed is also discarded in any
+    step, served or not: with a non-exponential patience law many more jobs can wait, and
+    those that abandoned would otherwise pile up until a slot frees (never used with the
+    exponential law, whose paths stay as they were).
 
     ``ring`` may already hold this step's push (never in a bookkeeping step); reading the head
     after the write lets XLA update the ring in place instead of copying it. Returns the ring
@@ -237,6 +312,9 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num):
     the wait credited.
     """
     look = bookkeeping & (ready > 0) & (before.size > 0)
+    if prune:  # (not past the window's end: a step there only closes the rollout)
+        look = look | ((ring.size > 0) & (t <= window[1])
+                       & (d.at_least(t, buf.peek(ring)[2]) > 0))
     out = buf.serve(ring, look, t, window, d.at_least)
     credit = d.one_hot(out.label, num, out.looked).astype(t.dtype) * out.wait
     return (out.ring, d.one_hot(out.label, num, out.taken), d.one_hot(out.label, num, out.gone),
@@ -244,7 +322,7 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num):
 
 
 def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
-                 bookkeeping, t, patience, window):
+                 bookkeeping, t, patience, window, prune=False):
     """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
     oldest live job (in a bookkeeping step). Returns the ring, the decodes in service
@@ -256,7 +334,7 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in))
     ready = free_solo + free_mixed - free_solo * free_mixed
     dring, served, gone, credit = serve_ring_head(d, dring, ready, ring, bookkeeping, t, window,
-                                                  num)
+                                                  num, prune)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
     # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
     # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the

@@ -75,9 +75,12 @@ def _survival(law: Patience):
     raise AssertionError(law.law)
 
 
-@pytest.mark.parametrize("law,cv,gate", [("deterministic", None, "fcfs"),
-                                         ("gamma", 0.5, "fcfs"), ("lognormal", 2.0, "fcfs"),
-                                         ("deterministic", None, "deviation")])
+# Each law compiles its own program: the deterministic law's two cases run by default, the
+# others with -m slow.
+@pytest.mark.parametrize("law,cv,gate", [
+    ("deterministic", None, "fcfs"), ("deterministic", None, "deviation"),
+    pytest.param("gamma", 0.5, "fcfs", marks=pytest.mark.slow),
+    pytest.param("lognormal", 2.0, "fcfs", marks=pytest.mark.slow)])
 def test_mmng_abandonment_matches_the_exact_probability(law, cv, gate):
     patience = Patience.make(law, 1, cv=cv)
     share, _ = _mmng(patience, gate)
@@ -118,8 +121,9 @@ def test_count_queues_refuse_other_laws_and_files_round_trip():
         Patience.make("empirical", 2, samples=[[1.0, 2.0]])
 
 
-@pytest.mark.parametrize("policy,gate", [("gate-and-route", "deviation"),
-                                         ("prioritize-and-route", "priority")])
+@pytest.mark.parametrize("policy,gate", [
+    ("gate-and-route", "deviation"),
+    pytest.param("prioritize-and-route", "priority", marks=pytest.mark.slow)])
 def test_per_class_rings_match_the_exact_chain(policy, gate):
     # The instance of the FCFS prefill-ring test (tests/test_exact_fcfs.py): prefills queue,
     # patience rates (3, 4) make many jobs abandon behind a live head, decodes are fast. A

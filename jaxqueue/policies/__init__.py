@@ -143,7 +143,8 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
             SLI targets ``sli`` if given).
         capacity: slots of the FCFS buffers (default :func:`.common.default_capacity`, sized
-            from n and the plan's queues; :func:`jaxqueue.simulate` grows it if it overflows).
+            from n and the plan's queues, or with a non-exponential patience law from
+            ``sum_i lambda_i / theta_i``; :func:`jaxqueue.simulate` grows it if it overflows).
         sli: SLI targets of the plan (bundled pricing only).
         speed_rule: per-GPU engine only: ``"paper"`` (decodes on a planned mixed GPU always run
             at the mixed rate) or ``"idle-solo"`` (at the solo rate while its prefill slot idles).
@@ -177,7 +178,17 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         system, _ = tunable.build_family("coupled", model, n, plan=plan, params=params,
                                          capacity=capacity, decide=decide)
         return system, plan
-    capacity = checked_capacity(capacity, n, float(np.sum(plan.q_p) + np.sum(plan.q_d)))
+    queue = float(np.sum(plan.q_p) + np.sum(plan.q_d))
+    law = model.patience
+    if law is not None and not law.exponential:
+        # The plan's queues assume exponential patience. Under another law far more jobs can
+        # wait (with a fixed timeout none leaves early): size the rings for every arrival of a
+        # mean patience waiting, sum_i lambda_i / theta_i per GPU, so that most runs need no
+        # rerun with grown rings.
+        theta = np.asarray(model.theta, np.float64)
+        queue = max(queue, float(np.sum(np.where(theta > 0, np.asarray(model.lambda_)
+                                                 / np.where(theta > 0, theta, 1.0), 0.0))))
+    capacity = checked_capacity(capacity, n, queue)
     common = dict(model=model, n=np.int32(n), x_star=np.asarray(plan.x, np.float64),
                   q_star=np.asarray(plan.q_p, np.float64), capacity=int(capacity), decide=decide)
     if engine == "per-gpu":

@@ -388,6 +388,8 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         "other_lp_revenue": fluid.solve(model, other).revenue,
         "unconstrained_lp_revenue": (fluid.solve(model, "bundled").revenue
                                      if sli is not None else None),
+        "patience": None if model.patience is None else {
+            "law": model.patience.law, "cv": np.asarray(model.patience.cv).tolist()},
     }
     if tuned is None:
         out.update(policy=policy.name, plan=_plan_text(policy, sli, plan))

@@ -88,6 +88,10 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
              f"(statistics over the last {o['horizon'] - o['warmup']:g} s)",
              *(w for part in f"  {_layout_line(o)}".split("\n") for w in _wrap(part)),
              *_wrap(f"  plan: {o['plan']}")]
+    if o.get("patience") and o["patience"]["law"] != "exponential":
+        cv = ", ".join(f"{c:g}" for c in o["patience"]["cv"])
+        lines += _wrap(f"  patience: {o['patience']['law']} (coefficient of variation {cv}; "
+                       "mean 1/theta, the only part of the law the LP sees)")
     if o.get("params") is not None:
         lines += _params_lines(o)
     if o["interrupted"]:

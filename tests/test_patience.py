@@ -161,3 +161,27 @@ def test_per_class_rings_account_for_every_job_across_chunks():
     run = simulate(jax.random.key(1), system, reps=16, horizon=250.0, warmup=50.0,
                    chunk_events=64)
     check_flow_balance(run, "gate-and-route", "pooled")
+
+
+def test_simulate_reads_the_law_from_a_scenario_file_and_says_it(tmp_path, capsys):
+    import json
+
+    from jaxqueue.cli import main
+
+    text = (scenarios.load("paper-qwen8b").replace(
+        patience=Patience.make("gamma", 2, cv=0.5)).to_dict())
+    lines = [f'name = "{text["name"]}"', "[gpu]", *(f"{k} = {v}" for k, v in text["gpu"].items()),
+             "[pricing]", *(f"{k} = {v}" for k, v in text["pricing"].items())]
+    for c in text["classes"]:
+        lines += ["[[classes]]", *(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}"
+                                   for k, v in c.items())]
+    lines += ["[patience]", 'law = "gamma"', "cv = [0.5, 0.5]"]
+    path = tmp_path / "timeout.toml"
+    path.write_text("\n".join(lines) + "\n")
+    args = ["simulate", str(path), "--gpus", "6", "--reps", "2", "--horizon", "30", "--warmup",
+            "5"]
+    assert main(args) in (0, None)
+    assert "patience: gamma (coefficient of variation 0.5, 0.5;" in capsys.readouterr().out
+    assert main([*args, "--json"]) in (0, None)
+    assert json.loads(capsys.readouterr().out)["patience"] == {"law": "gamma",
+                                                               "cv": [0.5, 0.5]}

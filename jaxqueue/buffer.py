@@ -1,20 +1,21 @@
-"""A first-come-first-served buffer across classes, with exact exponential abandonment.
+"""A first-come-first-served buffer across classes, with exact abandonment.
 
 Counts per class cannot say which job is at the head of a buffer that several classes share:
 that needs the arrival order. :class:`Ring` keeps the jobs in arrival order in a ring of
 ``capacity`` slots (static): each entry is the job's class, its entry time and its abandonment
 deadline. A push writes the tail, a pop reads the head: O(1) per event whatever the capacity.
 
-Abandonment is exact and *lazy*. A job entering the buffer draws its Exp(theta_i) patience once
-and abandons at ``entry + patience`` if still waiting; by memorylessness this is the CTMC's rate
-``theta_i`` per waiting job. Nothing needs to happen at that moment: nobody else's rate depends
-on the buffer's contents, only on whether a *live* job waits. So a job whose deadline has passed
-stays in the ring, and is discarded (and counted as abandoned, at its deadline) when it reaches
-the head at a moment the owner wants to serve the buffer (:func:`serve`). A simulator runs such
-discards as zero-time bookkeeping steps, so the first live job from the head is always the one
-served: FCFS among live jobs, exactly. Time integrals of the buffer's content are credited job
-by job when a job leaves (served or abandoned), over the part of its wait inside the statistics
-window, whenever that wait began.
+Abandonment is exact and *lazy*. A job entering the buffer draws its patience once (Exp(theta_i)
+in the paper's model, any law of :mod:`jaxqueue.patience` otherwise) and abandons at
+``entry + patience`` if still waiting; for the exponential law, by memorylessness, this is the
+CTMC's rate ``theta_i`` per waiting job. Nothing needs to happen at that moment: nobody else's
+rate depends on the buffer's contents, only on whether a *live* job waits. So a job whose
+deadline has passed stays in the ring, and is discarded (and counted as abandoned, at its
+deadline) when it reaches the head at a moment the owner wants to serve the buffer
+(:func:`serve`). A simulator runs such discards as zero-time bookkeeping steps, so the first
+live job from the head is always the one served: FCFS among live jobs, exactly. Time integrals
+of the buffer's content are credited job by job when a job leaves (served or abandoned), over
+the part of its wait inside the statistics window, whenever that wait began.
 
 Times are kept relative to the current rollout's clock (:func:`rebase`) so a float32 time never
 loses resolution on long runs. A push into a full ring (live plus not-yet-discarded jobs) sets

@@ -9,6 +9,8 @@ Exponential events, ``E = 5I`` of them, class-major within each kind:
 ``arrival | prefill completion | mixed decode completion | solo decode completion |
 prefill-queue abandonment`` (the last only for per-class prefill queues). Buffers served in FCFS
 order across classes are :class:`jaxqueue.buffer.Ring`\\ s, whose abandonments are exact but lazy.
+With a non-exponential patience law (:mod:`jaxqueue.patience`) the per-class prefill queues are
+rings too, one per class, and their abandonments are jobs' deadlines, not rate-theta events.
 
 After each event the policy acts at most once on each side, which keeps the invariants
 "an idle prefill slot implies no live job waits for prefill" and "a free decode slot implies no

@@ -86,11 +86,9 @@ class Patience(eqx.Module):
                 raise ValueError(f"patience.cv is missing: law = {law!r} needs the coefficient "
                                  "of variation of each class (a number, or one per class)")
             values = _per_class("patience.cv", cv, num_classes)
-            low = 1.0 if law == "hyperexponential" else 0.0
-            bad = ~np.isfinite(values) | (values < low) if law == "hyperexponential" else (
-                ~np.isfinite(values) | (values <= 0.0))
-            if np.any(bad):
-                allowed = "finite and >= 1" if law == "hyperexponential" else "finite and > 0"
+            hyper = law == "hyperexponential"
+            if not np.all(np.isfinite(values) & ((values >= 1.0) if hyper else (values > 0.0))):
+                allowed = "finite and >= 1" if hyper else "finite and > 0"
                 raise ValueError(f"patience.cv = {values.tolist()} is invalid for law = "
                                  f"{law!r}: must be {allowed}")
         return cls(law=law, cv=values)

@@ -266,7 +266,7 @@ class Pooled(CountSystem):
             # Every step also discards each ring's head if its deadline has passed, so jobs
             # that abandoned do not pile up behind a class the gate seldom serves.
             dead = (crings.size > 0) & (t <= window[1]) & (
-                d.at_least(t, crings.data[jnp.arange(num), crings.head, 2]) > 0)
+                d.at_least(t, jax.vmap(buf.peek)(crings)[2]) > 0)
             out = jax.vmap(lambda r, go: buf.serve(r, go, t, window, d.at_least))(
                 crings, ((jnp.arange(num) == pick) & look) | dead)
             crings = out.ring

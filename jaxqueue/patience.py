@@ -40,7 +40,8 @@ import numpy as np
 from jax.scipy.special import gammainc, gammaln, ndtri
 from jaxtyping import Array, Float, Int
 
-__all__ = ["LAWS", "Patience", "abandon_probability", "check_supported", "deadline"]
+__all__ = ["LAWS", "Patience", "abandon_probability", "check_supported", "deadline",
+           "per_job"]
 
 LAWS = ("exponential", "deterministic", "gamma", "lognormal", "hyperexponential", "empirical")
 
@@ -169,7 +170,8 @@ def _per_class(field: str, value, num: int) -> np.ndarray:
 def _gamma_quantile(u, shape, newton: int = 12):
     """The ``u``-quantile of Gamma(shape, 1): Wilson-Hilferty's start, then Newton's method on
     the regularized incomplete gamma function in log space (each step clipped to a factor of
-    10), which converges to float precision from that start."""
+    10); in float32 the CDF at the result is within about 2e-5 of ``u`` for shapes 0.25-100
+    and u in [1e-5, 1 - 1e-5]."""
     z = ndtri(jnp.clip(u, 1e-12, 1.0 - 1e-7))
     c = 1.0 / (9.0 * shape)
     x = shape * jnp.maximum(1.0 - c + z * jnp.sqrt(c), 0.05) ** 3
@@ -184,13 +186,19 @@ def _gamma_quantile(u, shape, newton: int = 12):
     return jnp.where(u <= 0.0, 0.0, x)
 
 
+def per_job(law: Patience | None) -> bool:
+    """Whether ``law`` (a model's ``patience``) needs each waiting job's own deadline: any law
+    but the exponential (``None`` is the exponential)."""
+    return law is not None and not law.exponential
+
+
 def deadline(model, t, u, cls):
     """The deadline of a class-``cls`` job entering a buffer at ``t``: ``t`` plus its patience
     drawn from the uniform ``u`` under ``model.patience`` (the exponential law when ``None``,
     by the very expression the engines always used, so its paths do not change)."""
     theta = jnp.asarray(model.theta)
     law = getattr(model, "patience", None)
-    if law is None or law.exponential:
+    if not per_job(law):
         # Exp(theta_cls) from one uniform; theta = 0 means the job never abandons.
         return t - jnp.log1p(-u) / theta[cls]
     return t + law.draw(u, theta[cls].astype(t.dtype), cls)
@@ -199,7 +207,7 @@ def deadline(model, t, u, cls):
 def check_supported(patience: Patience | None, where: str, counted: bool) -> None:
     """Raises when a system keeps a waiting place as counts (``counted``) and the law is not
     exponential: there, abandonment at rate theta per job is exact only for that law."""
-    if patience is not None and not patience.exponential and counted:
+    if per_job(patience) and counted:
         raise ValueError(
             f"patience.law = {patience.law!r} is not supported by {where}: it keeps waiting "
             "jobs as per-class counts, where abandonment at rate theta per job is exact only "

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from .. import fluid
+from .. import fluid, patience
 from ..decisions import AbstractDecisions, Exact
 from ..model import Model
 from .common import checked_capacity, checked_gpus
@@ -179,8 +179,7 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
                                          capacity=capacity, decide=decide)
         return system, plan
     queue = float(np.sum(plan.q_p) + np.sum(plan.q_d))
-    law = model.patience
-    if law is not None and not law.exponential:
+    if patience.per_job(model.patience):
         # The plan's queues assume exponential patience. Under another law far more jobs can
         # wait (with a fixed timeout none leaves early): size the rings for every arrival of a
         # mean patience waiting, sum_i lambda_i / theta_i per GPU, so that most runs need no

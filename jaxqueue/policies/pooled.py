@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
+from .. import patience as laws
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
@@ -185,8 +186,7 @@ class Pooled(CountSystem):
         """Whether the per-class prefill queues are rings of jobs with their own deadlines (a
         non-exponential patience law with the deviation or priority gate), instead of counts
         abandoning at rate theta."""
-        law = self.model.patience
-        return law is not None and not law.exponential and self.gate != "fcfs"
+        return laws.per_job(self.model.patience) and self.gate != "fcfs"
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
@@ -225,8 +225,7 @@ class Pooled(CountSystem):
         def patience(cls):
             return deadline(m, t, u[0], cls)
 
-        law = m.patience
-        prune = law is not None and not law.exponential
+        prune = laws.per_job(m.patience)
 
         def serve_head(ring, ready, before):
             return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num,

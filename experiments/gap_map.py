@@ -48,14 +48,14 @@ OTHERS = ("fi-wsp", "gi-wsp", "gf-wsp", "fg-sp", "sli-gate-and-route")
 #: Grid points per parameter: values of ``fig9_10_sensitivity``'s grid (each value is snapped
 #: to the nearest grid point, and one farther than 2% from every grid point is an error).
 FULL = {"gpus": [100, 500], "reps": 8, "horizon": 2000.0, "warmup": 500.0,
-        "others": list(OTHERS), "per_gpu_up_to": 500,
+        "others": list(OTHERS), "per_gpu_up_to": 500, "per_gpu_always": [],
         "points": {"B": [2, 4, 6, 8, 12, 16, 24, 32, 48],
                    "alpha": [0.01, 0.014, 0.018, 0.022, 0.026, 0.03],
                    "beta": [1e-5, 1.585e-5, 2.512e-5, 3.981e-5, 6.31e-5, 1e-4, 1.585e-4,
                             2.512e-4, 3.981e-4, 6.31e-4, 1e-3],
                    "gamma": [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]}}
 QUICK = {"gpus": [20, 50], "reps": 4, "horizon": 400.0, "warmup": 100.0,
-         "others": ["gi-wsp", "fg-sp"], "per_gpu_up_to": 50,
+         "others": ["gi-wsp", "fg-sp"], "per_gpu_up_to": 50, "per_gpu_always": [],
          "points": {"B": [4, 8, 16, 32], "alpha": [0.01, 0.03],
                     "beta": [1e-5, 1e-4, 6.31e-4, 1e-3], "gamma": [10.0, 60.0]}}
 LABELS = {**common.LABELS, COUPLED: "coupled gate, offset 1 (jaxqueue)"}
@@ -88,12 +88,15 @@ def grid_points(points: dict[str, list[float]]) -> list[tuple[str, float]]:
 
 def run_policies(s: dict, n: int) -> tuple[list[str], list[str]]:
     """The policies run at n GPUs, and the per-GPU ones left out there (above
-    ``per_gpu_up_to``): Gate-and-Route, the other paper policies, the coupled gate. The coupled
-    gate runs at every n (it exists on the per-GPU engine only)."""
+    ``per_gpu_up_to``, unless named in ``per_gpu_always``): Gate-and-Route, the other paper
+    policies, the coupled gate. The coupled gate runs at every n (it exists on the per-GPU
+    engine only)."""
     run, skipped = [POLICY], []
+    always = {policies.resolve(p).name for p in s.get("per_gpu_always", [])}
     for p in s["others"]:
         spec = policies.resolve(p)
-        if spec.engines[0] == "per-gpu" and n > int(s["per_gpu_up_to"]):
+        if (spec.engines[0] == "per-gpu" and n > int(s["per_gpu_up_to"])
+                and spec.name not in always):
             skipped.append(p)
         else:
             run.append(spec.name)

@@ -35,9 +35,10 @@ import math
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammainc, gammaln, ndtri
+from jax.scipy.special import gammaln, ndtri
 from jaxtyping import Array, Float, Int
 
 __all__ = ["LAWS", "Patience", "abandon_probability", "check_supported", "deadline",
@@ -167,22 +168,73 @@ def _per_class(field: str, value, num: int) -> np.ndarray:
     return a
 
 
-def _gamma_quantile(u, shape, newton: int = 12):
+#: Terms of the series and of the continued fraction in :func:`_gammainc`.
+_GAMMAINC_TERMS = 64
+
+
+def _gammainc(a, x, terms: int = _GAMMAINC_TERMS):
+    """The regularized lower incomplete gamma function P(a, x) with a fixed number of terms:
+    the power series P = x^a e^-x / Gamma(a + 1) * sum_k x^k / ((a + 1)...(a + k)) for
+    x < a + 1, else 1 - Q with Q's continued fraction (modified Lentz). ``jax.scipy``'s
+    ``gammainc`` iterates until every element of the batch has converged: a loop whose stopping
+    test reads the whole batch, which with the replications sharded over devices becomes a
+    cross-device reduction per iteration (a gamma-patience run over two CPU devices took 50x
+    as long as over one). With 64 terms, in float32, it is within 2e-5 of SciPy's for shapes
+    0.25-100 at the gamma quantiles of u in [1e-5, 1 - 1e-5], and 1e-3 at shape 400."""
+    x = jnp.maximum(x, jnp.asarray(1e-30, x.dtype))
+    tiny = jnp.asarray(1e-30, x.dtype)
+    log_front = a * jnp.log(x) - x - gammaln(a)
+
+    def series(k, c):
+        term, total = c
+        term = term * x / (a + k.astype(x.dtype))
+        return term, total + term
+
+    one = jnp.ones_like(x)
+    _, total = jax.lax.fori_loop(1, terms + 1, series, (one, one))
+    lower = jnp.exp(log_front) * total / a
+
+    def fraction(i, c):
+        b, front, back, h = c
+        i = i.astype(x.dtype)
+        an = -i * (i - a)
+        b = b + 2.0
+        back = an * back + b
+        back = 1.0 / jnp.where(jnp.abs(back) < tiny, tiny, back)
+        front = b + an / front
+        front = jnp.where(jnp.abs(front) < tiny, tiny, front)
+        return b, front, back, h * back * front
+
+    b = x + 1.0 - a
+    b = jnp.where(jnp.abs(b) < tiny, tiny, b)
+    _, _, _, h = jax.lax.fori_loop(1, terms + 1, fraction, (b, 1.0 / tiny * one, 1.0 / b, 1.0 / b))
+    return jnp.where(x < a + 1.0, lower, 1.0 - jnp.exp(log_front) * h)
+
+
+def _gamma_quantile(u, shape, newton: int = 6):
     """The ``u``-quantile of Gamma(shape, 1): Wilson-Hilferty's start, then Newton's method on
-    the regularized incomplete gamma function in log space (each step clipped to a factor of
-    10); in float32 the CDF at the result is within about 2e-5 of ``u`` for shapes 0.25-100
-    and u in [1e-5, 1 - 1e-5]."""
+    the regularized incomplete gamma function (:func:`_gammainc`) in log space (each step
+    clipped to a factor of 10). Measured in float32 against SciPy's ``gammaincinv`` for u in
+    [1e-5, 1 - 1e-5]: within 2.5e-4 (relative) for shapes 0.04-400 (cv 0.05-5); quantiles
+    below 1e-30 (shapes below 0.1, lowest u) are returned as 1e-30."""
     z = ndtri(jnp.clip(u, 1e-12, 1.0 - 1e-7))
     c = 1.0 / (9.0 * shape)
-    x = shape * jnp.maximum(1.0 - c + z * jnp.sqrt(c), 0.05) ** 3
-    x = jnp.maximum(x, 1e-30)
+    x = shape * jnp.maximum(1.0 - c + z * jnp.sqrt(c), 0.0) ** 3
+    # In the lower tail, where Wilson-Hilferty fails, P(a, x) <= x^a / Gamma(a + 1) gives a
+    # start below the quantile; below shape 1 the tails' own forms instead (P ~ x^a in the
+    # lower tail, Q ~ e^-x in the upper; the split t as in Numerical Recipes' invgammp).
+    x = jnp.maximum(x, jnp.exp((jnp.log(u) + gammaln(shape + 1.0)) / shape))
+    t = 1.0 - shape * (0.253 + 0.12 * shape)
+    small = jnp.where(u < t, (u / t) ** (1.0 / shape),
+                      1.0 - jnp.log1p(-(u - t) / (1.0 - t)))
+    x = jnp.maximum(jnp.where(shape < 1.0, small, x), 1e-30)
     lg = gammaln(shape)
     for _ in range(newton):
-        cdf = gammainc(shape, x)
+        cdf = _gammainc(shape, x)
         log_pdf = (shape - 1.0) * jnp.log(x) - x - lg
         # d log x = (cdf - u) / (x pdf)
         step = (cdf - u) * jnp.exp(-log_pdf - jnp.log(x))
-        x = x * jnp.exp(-jnp.clip(step, -2.3, 2.3))
+        x = jnp.maximum(x * jnp.exp(-jnp.clip(step, -2.3, 2.3)), 1e-30)
     return jnp.where(u <= 0.0, 0.0, x)
 
 

@@ -31,6 +31,18 @@ SCRIPT = textwrap.dedent("""
     assert np.array_equal(one.tallies, many.tallies)
     assert np.array_equal(one.level_integrals, many.level_integrals)
     assert np.array_equal(one.window, many.window)
+    # A gamma patience draw, sharded over the replications, must not talk across devices
+    # (a loop whose stopping test reads the whole batch did: 50x slower over two devices).
+    from jaxqueue.patience import Patience
+    law = Patience.make("gamma", 2, cv=0.5)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("reps",))
+    u = jax.device_put(jax.numpy.linspace(0.01, 0.99, 64),
+                       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("reps")))
+    draw = jax.jit(jax.vmap(lambda v: law.draw(v, jax.numpy.float32(0.5), 1)))
+    hlo = draw.lower(u).compile().as_text()
+    talk = [op for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all")
+            if op in hlo]
+    assert not talk, talk
     print("identical")
 """)
 

@@ -59,6 +59,25 @@ def test_gamma_quantile_matches_scipy_from_shape_0_04_to_400():
         assert np.all(x[~big] <= 1e-29), shape
 
 
+def test_binary_search_counts_the_live_jobs_of_a_ring_with_rising_deadlines():
+    from jaxqueue import buffer as buf
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        cap = int(rng.choice([1, 2, 8, 64]))
+        size = int(rng.integers(0, cap + 1))
+        head = int(rng.integers(0, cap))
+        deadlines = np.sort(rng.choice([0.5, 1.0, 1.5, 2.0, 3.0], size))  # ties too
+        data = np.full((cap, 3), -7.0)  # slots not held hold junk that must not count
+        for k, d in enumerate(deadlines):
+            data[(head + k) % cap] = (0.0, 0.0, d)
+        ring = buf.Ring(data=jnp.asarray(data, jnp.float32), head=jnp.int32(head),
+                        size=jnp.int32(size), overflow=jnp.bool_(False))
+        for now in (0.0, 0.5, 1.2, 2.0, 5.0):
+            assert int(buf.alive_sorted(ring, now)) == int(buf.alive(ring, now)) == int(
+                np.sum(deadlines > now)), (cap, size, head, now)
+
+
 def _mmng(patience, gate="fcfs", reps=48, horizon=600.0, warmup=60.0):
     """An M/M/2+G queue inside the pooled engine: FG-SP's FCFS prefill buffer in front of M = 2
     prefill slots (one class, 4 arrivals/s, prefills at 2/s, mean patience 1 s), decode slots

@@ -139,11 +139,17 @@ class CountSystem(AbstractSystem):
         waits = flow.waits.at[3 * num:4 * num].add(jnp.diagonal(wait))
         return Flow(counts=counts, waits=waits)
 
+    def _alive(self, rings, now):
+        """Live jobs of each per-class ring at ``now``. Under a deterministic law each ring's
+        deadlines rise from head to tail, and a binary search finds them."""
+        count = (buf.alive_sorted if self.model.patience.law == "deterministic" else buf.alive)
+        return jax.vmap(lambda r: count(r, now))(rings)
+
     def census(self, s, now):
         num = self.num_classes
         queued = s.Qp + ring_live(s.prefill_ring, num, now)
         if getattr(s, "class_rings", None) is not None:
-            queued = queued + jax.vmap(lambda r: buf.alive(r, now))(s.class_rings)
+            queued = queued + self._alive(s.class_rings, now)
         return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
                                ).astype(jnp.int32)
 
@@ -254,9 +260,14 @@ class Pooled(CountSystem):
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             hot_a = jnp.arange(num) == cls_a
+            due = patience(cls_a)
             crings = jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(
-                s.class_rings, hot_a & (jnp.sum(queued) > 0), cls_a, t, patience(cls_a))
-            live = jax.vmap(lambda r: buf.alive(r, t))(s.class_rings)
+                s.class_rings, hot_a & (jnp.sum(queued) > 0), cls_a, t, due)
+            # The live counts before the push, read from the rings after it (less the job
+            # pushed, if live): reading the rings before the push kept two versions of them
+            # alive in each step, and XLA copied every ring twice per step to do so.
+            pushed = crings.size - s.class_rings.size
+            live = self._alive(crings, t) - pushed * (due > t).astype(jnp.int32)
             held = s.class_rings.size
             some_live = jnp.any(live > 0)
             counts = jnp.where(some_live, live, held)

@@ -142,7 +142,8 @@ class CountSystem(AbstractSystem):
     def _alive(self, rings, now):
         """Live jobs of each per-class ring at ``now``. Under a deterministic law each ring's
         deadlines rise from head to tail, and a binary search finds them."""
-        count = (buf.alive_sorted if self.model.patience.law == "deterministic" else buf.alive)
+        law = getattr(self.model.patience, "law", "exponential")
+        count = buf.alive_sorted if law == "deterministic" else buf.alive
         return jax.vmap(lambda r: count(r, now))(rings)
 
     def census(self, s, now):

@@ -214,9 +214,10 @@ def _gammainc(a, x, terms: int = _GAMMAINC_TERMS):
 def _gamma_quantile(u, shape, newton: int = 6):
     """The ``u``-quantile of Gamma(shape, 1): Wilson-Hilferty's start (the tails' own forms
     where it fails), then Newton's method on the regularized incomplete gamma function
-    (:func:`_gammainc`) in log space (each step clipped to a factor of 10). Measured in float32 against SciPy's ``gammaincinv`` for u in
-    [1e-5, 1 - 1e-5]: within 2.5e-4 (relative) for shapes 0.04-400 (cv 0.05-5); quantiles
-    below 1e-30 (shapes below 0.1, lowest u) are returned as 1e-30."""
+    (:func:`_gammainc`) in log space (each step clipped to a factor of 10). Measured in
+    float32 against SciPy's ``gammaincinv`` for u in [1e-5, 1 - 1e-5]: within 2.5e-4
+    (relative) for shapes 0.04-400 (cv 0.05-5); quantiles below 1e-30 (shapes below 0.1,
+    lowest u) are returned as 1e-30."""
     z = ndtri(jnp.clip(u, 1e-12, 1.0 - 1e-7))
     c = 1.0 / (9.0 * shape)
     x = shape * jnp.maximum(1.0 - c + z * jnp.sqrt(c), 0.0) ** 3

@@ -276,8 +276,7 @@ class Pooled(CountSystem):
             look = bookkeeping & (idle > 0) & jnp.any(held > 0)
             # Every step also discards each ring's head if its deadline has passed, so jobs
             # that abandoned do not pile up behind a class the gate seldom serves.
-            dead = (crings.size > 0) & (t <= window[1]) & (
-                d.at_least(t, jax.vmap(buf.peek)(crings)[2]) > 0)
+            dead = jax.vmap(lambda r: dead_head(d, r, t, window))(crings)
             out = jax.vmap(lambda r, go: buf.serve(r, go, t, window, d.at_least))(
                 crings, ((jnp.arange(num) == pick) & look) | dead)
             crings = out.ring
@@ -311,6 +310,12 @@ class Pooled(CountSystem):
                          X, Qp)
 
 
+def dead_head(d, ring, t, window):
+    """Whether ``ring``'s head job has abandoned by ``t`` (its deadline passed) and should be
+    discarded now; never past the window's end, where a step only closes the rollout."""
+    return (ring.size > 0) & (t <= window[1]) & (d.at_least(t, buf.peek(ring)[2]) > 0)
+
+
 def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=False):
     """Bookkeeping on a ring whose head may be served: discard it if it abandoned.
 
@@ -325,9 +330,8 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     the wait credited.
     """
     look = bookkeeping & (ready > 0) & (before.size > 0)
-    if prune:  # (not past the window's end: a step there only closes the rollout)
-        look = look | ((ring.size > 0) & (t <= window[1])
-                       & (d.at_least(t, buf.peek(ring)[2]) > 0))
+    if prune:
+        look = look | dead_head(d, ring, t, window)
     out = buf.serve(ring, look, t, window, d.at_least)
     credit = d.one_hot(out.label, num, out.looked).astype(t.dtype) * out.wait
     return (out.ring, d.one_hot(out.label, num, out.taken), d.one_hot(out.label, num, out.gone),

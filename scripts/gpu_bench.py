@@ -43,6 +43,10 @@ def _args() -> argparse.Namespace:
     p.add_argument("--target", type=float, default=8.0, help="wall seconds wanted per run")
     p.add_argument("--deadline", type=float, default=400.0,
                    help="wall seconds for the whole script; later runs are skipped")
+    p.add_argument("--reps", type=int, nargs="+", default=[1_000, 10_000, 100_000],
+                   help="replication counts of the engines' sweep")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="only the engines' sweep (no class runs, no few-replication run)")
     p.add_argument("--json", default=None, help="append one JSON object per row to this file")
     return p.parse_args()
 
@@ -63,12 +67,13 @@ def main() -> None:
     dev = jax.devices()[0]
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; JAX {jax.__version__}; "
           f"device {dev} ({getattr(dev, 'device_kind', '?')})", flush=True)
-    reps_grid = [16, 64] if a.quick else [1_000, 10_000, 100_000]
+    reps_grid = [16, 64] if a.quick else a.reps
     class_reps = 16 if a.quick else 10_000
     gpus = 20 if a.quick else a.gpus
     plan = [(kind, r, 2) for kind in ("pooled", "per-gpu", "erlang") for r in reps_grid]
-    plan += [("pooled", class_reps, k) for k in (2, 8, 32)]
-    plan += [("per-gpu", 5, 2)]
+    if not a.sweep_only:
+        plan += [("pooled", class_reps, k) for k in (2, 8, 32)]
+        plan += [("per-gpu", 5, 2)]
     # Events per replication and model second (from a short probe per instance) turn a wanted
     # event count into a horizon; the probe also compiles.
     per_rep_rate: dict[tuple, float] = {}

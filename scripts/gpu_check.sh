@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One short GPU check: installs nothing, prints events/s of the engines and the wall time of the
-# paper's convergence instance at n = 500 (5 seeds, long horizon). Run from the repository root
-# on a machine whose Python already has jaxqueue's dependencies with a CUDA jaxlib:
+# One short GPU check: installs nothing, prints events/s of the engines against the number of
+# replications (scripts/gpu_bench.py, about 2 min on an H200) and the wall time of the paper's
+# convergence instance at n = 500 (5 seeds, long horizon: a latency-bound run of a few
+# minutes). Run from the repository root on a machine whose Python already has jaxqueue's
+# dependencies with a CUDA jaxlib:
 #     bash scripts/gpu_check.sh
 set -euo pipefail
 export PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
@@ -10,8 +12,7 @@ python - <<'PY'
 import jax
 print("devices:", jax.devices())
 PY
-python scripts/bench.py --reps 4096
-python scripts/bench_scaling.py
+python scripts/gpu_bench.py --json gpu_bench.jsonl
 python - <<'PY'
 import time
 import jax

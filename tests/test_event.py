@@ -1,0 +1,35 @@
+"""The exact event draw: the inverse CDF of the rates, in one level and in two."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxqueue.decisions import _ONE_LEVEL_EVENTS, Exact
+
+
+@pytest.mark.parametrize("num", [5, _ONE_LEVEL_EVENTS, _ONE_LEVEL_EVENTS + 1, 40, 160])
+def test_event_is_the_inverse_cdf_and_never_a_zero_rate(num):
+    rng = np.random.default_rng(num)
+    rates = rng.exponential(size=num) * rng.choice([0.0, 1.0, 1e-3, 50.0], size=num)
+    rates[-1] = 0.0  # a zero rate last: round-off past the total must not land on it
+    rates[rng.integers(num)] = 2.0  # at least one positive rate
+    u = np.concatenate([rng.random(20_000), 1.0 - 2.0 ** -np.arange(1, 25)]).astype(np.float32)
+    index = np.asarray(jax.jit(jax.vmap(Exact().event, in_axes=(None, 0)))(
+        jnp.asarray(rates, jnp.float32), jnp.asarray(u)))
+    assert np.all(rates[index] > 0), "a zero-rate event was chosen"
+    # The same draw in float64; the two disagree only where u * total is within float32
+    # round-off of a boundary of the cumulative sum.
+    cum = np.cumsum(rates)
+    exact = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"),
+                       np.flatnonzero(rates > 0)[-1])
+    boundary = np.min(np.abs(cum[None, :] - (u * cum[-1])[:, None]), axis=1)
+    clear = boundary > 1e-5 * cum[-1]
+    assert np.array_equal(index[clear], exact[clear])
+    assert clear.mean() > 0.99
+
+
+def test_event_without_positive_rate_is_none():
+    rates = jnp.zeros(40, jnp.float32)
+    assert int(Exact().event(rates, jnp.float32(0.3))) == 40
+    assert int(Exact().event(jnp.zeros(5, jnp.float32), jnp.float32(0.3))) == 5

@@ -177,10 +177,11 @@ class AbstractDecisions(eqx.Module):
         integers, up with probability equal to the fractional part."""
 
 
-#: Up to this many events :meth:`Exact.event` sums the rates in one written-out chain (the
-#: paths of instances of up to three classes on the pooled engine are those recorded before the
-#: two-level sum existed).
-_ONE_LEVEL_EVENTS = 16
+#: Up to this many events :meth:`Exact.event` sums the rates in one written-out chain, past it
+#: in two levels. Measured on the pooled engine (`scripts/bench_ab.py --only classes`, 2-core
+#: CPU): two levels made 8 classes (40 events) 0.90x as fast and 32 classes (160) 3.3x as fast.
+#: Up to 12 classes the paths are those of the one-level sum.
+_ONE_LEVEL_EVENTS = 64
 
 
 def _running_sum(x: Float[Array, " K"]) -> Float[Array, " K"]:
@@ -216,8 +217,8 @@ class Exact(AbstractDecisions):
         # land past the last positive rate is sent back to it). The running sum is written out
         # (XLA's CPU cumsum is a reduce-window, slow inside a scan step); past
         # `_ONE_LEVEL_EVENTS` events, in two levels (blocks of about sqrt(E)): XLA fuses a long
-        # written-out chain into each of its uses, so one level costs O(E^2) (32 classes, 160
-        # events: 3.4 ms a step for 1,024 replications against 0.35 ms in two levels).
+        # written-out chain into each of its uses, so one level costs O(E^2) (160 events, 1,024
+        # replications: 3.4 ms a step alone against 0.35 ms in two levels).
         num = rates.shape[0]
         if num <= _ONE_LEVEL_EVENTS:
             cum = _running_sum(rates)

@@ -138,8 +138,14 @@ def host_memory() -> int:
 #: Steps per job: its arrival, its prefill's end and its decode's end (see the module docstring).
 STEPS_PER_JOB = 3
 #: The assumed events per second of one device running k replications of a two-class pooled
-#: system: ``RATE_SCALE * k ** RATE_EXPONENT``, at most ``RATE_CAP``.
-RATE_SCALE, RATE_EXPONENT, RATE_CAP = 1.5e5, 0.55, 4e6
+#: system: ``RATE_SCALE * k ** RATE_EXPONENT``, at most ``RATE_CAP`` (Gate-and-Route at
+#: n = 500 on one core of the 2-core machine, 2026-12-04: 3.7e5 events/s with 2 replications,
+#: 1.0e6 with 8, 5.4e6 with 32, 7.8e6 with 128, about 1e7 with 1,024).
+RATE_SCALE, RATE_EXPONENT, RATE_CAP = 2.2e5, 0.73, 1e7
+#: The same for the per-GPU engine at n <= 512 (FI-WSP at n = 500 on one core of the 2-core
+#: machine, 2026-12-04: 3.3e5 events/s with 2 replications, 5.6e5 with 5, 1.05e6 with 8, 1.4e6
+#: from 16 on), scaled by ``(9 / log2 n)^2`` beyond.
+PER_GPU_RATE_SCALE, PER_GPU_RATE_EXPONENT, PER_GPU_RATE_CAP = 1.9e5, 0.8, 1.4e6
 
 
 def _steps_per_time(system) -> float | None:
@@ -158,11 +164,13 @@ def _steps_per_time(system) -> float | None:
 def _rate_per_device(system, reps_per_device: int) -> float:
     """Events per second assumed for one device running ``reps_per_device`` replications."""
     k = max(int(reps_per_device), 1)
-    base = min(RATE_SCALE * k ** RATE_EXPONENT, RATE_CAP) * 2.0 / max(system.num_classes, 2)
+    classes = 2.0 / max(system.num_classes, 2)
+    base = min(RATE_SCALE * k ** RATE_EXPONENT, RATE_CAP) * classes
     gpus = getattr(system, "gpus", None)
     if gpus is not None:  # per-GPU engine: O(log n) per event over a tree of the GPUs
         depth = max(math.log2(gpus), 9.0)
-        base *= 0.5 * (9.0 / depth) ** 2
+        base = (min(PER_GPU_RATE_SCALE * k ** PER_GPU_RATE_EXPONENT, PER_GPU_RATE_CAP)
+                * classes * (9.0 / depth) ** 2)
     elif getattr(system, "model", None) is None:  # Erlang-A: a handful of scalars per step
         base *= 10.0
     return base

@@ -89,12 +89,32 @@ def _restored_environment():
             pass
 
 
-def _devices(spec: str):
-    """``all`` or a count N: the first N devices of the default backend."""
+#: On CPU devices (one per core) ``--devices all`` shards a per-GPU run's replications only while
+#: each device keeps at least this many: below that the cores' contention costs more than the
+#: parallelism gives (FI-WSP, n = 500, 2 cores: 2 replications 0.87x the events/s on two
+#: devices as on one, 8 replications 0.99x, 16 1.23x; 5 replications, 2,000 s: 31 s on one
+#: device, 62 s on two, where one of the two also runs a padding replication).
+MIN_PER_GPU_REPS_PER_CPU_DEVICE = 8
+
+
+def _devices(spec: str, system=None, reps: int | None = None):
+    """``all`` or a count N: the first N devices of the default backend. With ``all``, a
+    per-GPU ``system`` and ``reps`` on CPU devices, only as many devices as keep
+    :data:`MIN_PER_GPU_REPS_PER_CPU_DEVICE` replications each (at least one)."""
     import jax
 
     available = jax.devices()
     if spec == "all":
+        from .policies.per_gpu import PerGpu
+
+        if (isinstance(system, PerGpu) and reps is not None
+                and all(d.platform == "cpu" for d in available)):
+            count = max(1, min(len(available), reps // MIN_PER_GPU_REPS_PER_CPU_DEVICE))
+            if count < len(available):
+                _say(f"{reps} replications of a per-GPU policy run on {count} of the "
+                     f"{len(available)} CPU devices (faster with fewer than "
+                     f"{MIN_PER_GPU_REPS_PER_CPU_DEVICE} replications per device)")
+            return available[:count]
         return available
     try:
         count = int(spec)
@@ -327,7 +347,7 @@ def _cmd_simulate(args) -> int:
                                       capacity=args.buffer_capacity, engine=args.engine,
                                       speed_rule=args.speed_rule, sli=sli)
         label = f"n = {args.gpus}"
-    devices = _devices(args.devices)
+    devices = _devices(args.devices, system, args.reps)
     est = budget.estimate(system, reps=args.reps, horizon=args.horizon,
                           chunk_events=args.chunk_events, devices=devices)
     budget.check_fits(system, est, args.reps)

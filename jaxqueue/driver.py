@@ -301,7 +301,7 @@ def simulate(
                         system, key, first_rep + start, padded, horizon, warmup,
                         int(chunk_events), clock_dtype, sub_report if report else None,
                         max_chunks, devices, resume=current, save=save if store else None,
-                        every=store.every if store else math.inf)
+                        every=store.every if store else math.inf, counted=size)
                     break
                 except _Overflow:
                     system = _regrow(system, grow_buffers, chunk_events, padded // per, devices)
@@ -485,8 +485,10 @@ def _ctrl_c_at_chunk_ends() -> Iterator[_CtrlC]:
 
 def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dtype, report,
                max_chunks, devices, resume: Progress | None = None, save=None,
-               every: float = math.inf) -> tuple[Batch, bool]:
-    """The host loop over chunks for replications ``first .. first + reps - 1``.
+               every: float = math.inf, counted: int | None = None) -> tuple[Batch, bool]:
+    """The host loop over chunks for replications ``first .. first + reps - 1``, whose first
+    ``counted`` (all by default; the rest pad the batch to a multiple of the devices) count in
+    the events simulated.
 
     Returns the batch's sums, closed (what jobs still held owe is settled), and whether it was
     interrupted. ``save`` is called with a :class:`Progress` every ``every`` seconds and when
@@ -556,7 +558,8 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                     tallies=sums.tallies + np.asarray(summary.counts, np.int64),
                     stock_start=(np.asarray(summary.stock_start, np.int64) if first_window_chunk
                                  else sums.stock_start),
-                    events=sums.events + int(np.sum(np.asarray(summary.events, np.int64))),
+                    events=sums.events + int(np.sum(np.asarray(summary.events,
+                                                               np.int64)[:counted])),
                     wall=sums.wall + elapsed, chunks=sums.chunks + 1)
                 new_used, new_pending = used + np.asarray(out.active), np.asarray(out.pending)
                 sums, used, pending, states = new_sums, new_used, new_pending, out.state

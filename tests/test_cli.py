@@ -487,3 +487,27 @@ def test_lp_penalty_prints_revenue_penalty_and_violations(capsys):
     assert max(len(line) for line in out.splitlines()) <= report.WIDTH
     out, _ = run_text(capsys, "lp", "paper-qwen8b")
     assert "the LP optimum is not unique" in out
+
+
+def test_devices_all_narrows_few_per_gpu_replications_on_cpu(monkeypatch, capsys):
+    import types
+
+    import jax
+
+    from jaxqueue import cli, policies, scenarios
+
+    fake = [types.SimpleNamespace(platform="cpu", id=i) for i in range(4)]
+    monkeypatch.setattr(jax, "devices", lambda *a: fake)
+    model = scenarios.load("paper-qwen8b")
+    per_gpu, _ = policies.build("fi-wsp", model, 20, engine="per-gpu")
+    pooled, _ = policies.build("gate-and-route", model, 20)
+    least = cli.MIN_PER_GPU_REPS_PER_CPU_DEVICE
+    assert cli._devices("all", per_gpu, 5) == fake[:1]
+    assert "1 of the 4 CPU devices" in capsys.readouterr().err
+    assert cli._devices("all", per_gpu, 2 * least) == fake[:2]
+    assert cli._devices("all", per_gpu, 100 * least) == fake
+    assert cli._devices("all", pooled, 5) == fake  # the pooled engine keeps every device
+    assert cli._devices("2", per_gpu, 5) == fake[:2]  # an explicit count is obeyed
+    gpus = [types.SimpleNamespace(platform="gpu", id=i) for i in range(4)]
+    monkeypatch.setattr(jax, "devices", lambda *a: gpus)
+    assert cli._devices("all", per_gpu, 5) == gpus

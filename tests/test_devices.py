@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent("""
     assert np.array_equal(one.tallies, many.tallies)
     assert np.array_equal(one.level_integrals, many.level_integrals)
     assert np.array_equal(one.window, many.window)
+    assert one.events == many.events  # the 4 padding replications are not counted
     # A gamma patience draw, sharded over the replications, must not talk across devices
     # (a loop whose stopping test reads the whole batch did: 50x slower over two devices).
     from jaxqueue.patience import Patience

@@ -119,6 +119,7 @@ class Served(eqx.Module):
         taken: indicator: the head was live and is served now.
         gone: indicator: the head had abandoned, at a deadline inside the statistics window.
         wait: the head's wait inside the window (meaningful when looked at).
+        waited: the head's whole wait, ``t`` minus its entry time (meaningful when taken).
     """
 
     ring: Ring
@@ -127,6 +128,7 @@ class Served(eqx.Module):
     taken: Int[Array, ""]
     gone: Int[Array, ""]
     wait: Float[Array, ""]
+    waited: Float[Array, ""]
 
 
 def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
@@ -142,7 +144,7 @@ def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
     in_window = ((deadline > w0) & (deadline <= w1)).astype(jnp.int32)
     end = jnp.where(gone > 0, deadline, t)
     return Served(ring=pop(ring, look > 0), label=label, looked=look, taken=taken,
-                  gone=gone * in_window, wait=overlap(entry, end, w0, w1))
+                  gone=gone * in_window, wait=overlap(entry, end, w0, w1), waited=t - entry)
 
 
 def _held(ring: Ring):

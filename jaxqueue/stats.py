@@ -27,7 +27,7 @@ from scipy import stats as _st
 from .driver import Run
 from .model import Model
 
-__all__ = ["SLI_KEYS", "achieved_sli", "mean_ci", "summarize_pooled", "tpot"]
+__all__ = ["SLI_KEYS", "achieved_sli", "latency", "mean_ci", "summarize_pooled", "tpot"]
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -186,3 +186,67 @@ def summarize_pooled(run: Run, model: Model, n: int) -> dict[str, Any]:
             for pricing in ("bundled", "separate") for kind in ("counted", "integral")},
         "classes": classes,
     }
+
+
+def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
+    """The laws of the prefill wait and of the time to first token (TTFT) of the requests
+    started in the statistics window, from a run of a system with a ``wait_grid`` (``grid``,
+    the same times): per class and for all classes together (the last column).
+
+    At each grid time the distribution function is a ratio over replications (requests whose
+    latency was at most t, over requests started), with the delta-method standard error of a
+    ratio estimator. A quantile is read off by linear interpolation between grid times where
+    the estimate crosses the level, and its 95% interval where the pointwise 95% bands do (a
+    test-inversion interval, as wide as the grid's spacing at least). A quantile the grid does
+    not reach is +inf.
+
+    Returns:
+        ``{"wait": ..., "ttft": ...}``, each ``{"cdf", "se"}`` of shape ``(K, I + 1)`` and
+        ``quantiles`` ``{q: {"value", "low", "high"}}`` (arrays of length ``I + 1``), and
+        ``started``, the requests per class and in all.
+    """
+    grid = np.asarray(grid, np.float64)
+    if "prefill_wait_le_0" not in run.tally_names:
+        raise ValueError("this run has no latency counters: simulate a pooled system built with "
+                         "a wait_grid (jaxqueue simulate --latency)")
+    live = run.collected
+
+    def by_class(name):
+        a = np.asarray(run.count(name), np.float64)[live]
+        return np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)  # (R, I + 1)
+
+    started = by_class("prefill_start")
+    total = started.sum(axis=0)
+    reps = started.shape[0]
+    out: dict[str, Any] = {"started": total}
+    for what, prefix in (("wait", "prefill_wait_le"), ("ttft", "ttft_le")):
+        hits = np.stack([by_class(f"{prefix}_{k}") for k in range(grid.size)])  # (K, R, I+1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cdf = hits.sum(axis=1) / total
+            resid = hits - cdf[:, None, :] * started[None]
+            se = np.sqrt((resid ** 2).sum(axis=1) * reps / max(reps - 1, 1)) / total
+        qs = {}
+        for q in quantiles:
+            qs[q] = {"value": _crossing(grid, cdf, q),
+                     "low": _crossing(grid, cdf + 1.96 * se, q),
+                     "high": _crossing(grid, cdf - 1.96 * se, q)}
+        out[what] = {"cdf": cdf, "se": se, "quantiles": qs}
+    return out
+
+
+def _crossing(grid: np.ndarray, cdf: np.ndarray, level: float) -> np.ndarray:
+    """Per column of ``cdf`` (K, C), the time where it first reaches ``level``, interpolated
+    linearly from the grid point below; +inf when it never does, ``grid[0]`` when it starts
+    at or above it."""
+    out = np.full(cdf.shape[1], np.inf)
+    for c in range(cdf.shape[1]):
+        f = np.maximum.accumulate(np.nan_to_num(cdf[:, c], nan=0.0))
+        k = int(np.argmax(f >= level)) if np.any(f >= level) else -1
+        if k < 0:
+            continue
+        if k == 0:
+            out[c] = grid[0]
+            continue
+        f0, f1 = f[k - 1], f[k]
+        out[c] = grid[k - 1] + (grid[k] - grid[k - 1]) * (level - f0) / (f1 - f0)
+    return out

@@ -132,6 +132,62 @@ def erlang_a(servers: int, arrival_rate: float, service_rate: float, patience_ra
     }
 
 
+def erlang_a_latency(servers: int, arrival_rate: float, service_rate: float,
+                     patience_rate: float, times) -> dict:
+    """The waiting-time law of the customers an M/M/N+M (Erlang-A) queue serves, first come
+    first served, and the law of their wait plus service (time to first token, when the
+    service is a prefill).
+
+    A customer arriving to ``k`` in system (the stationary law, by PASTA) starts at once when
+    ``k < N``. Otherwise, with ``j = k - N`` customers ahead, it moves up at rate ``N mu + i
+    theta`` while ``i`` are ahead (a service ends, or one of them abandons) and starts once none
+    is: its offered wait is a sum of exponentials of rates ``N mu + j theta, ..., N mu``, and it
+    is served if its own patience, Exp(theta), outlasts that. Both laws are absorption
+    probabilities of one phase-type chain (the queue positions, each also killed at rate theta
+    by the customer's patience, then the service), read off the matrix exponential at each time.
+
+    Args:
+        servers, arrival_rate, service_rate, patience_rate: as :func:`erlang_a`.
+        times: the times t at which to give the laws (>= 0).
+
+    Returns:
+        dict with ``times``, ``served_probability``, ``wait_cdf`` (P(W <= t | served)) and
+        ``ttft_cdf`` (P(W + S <= t | served), S ~ Exp(mu) the customer's own service).
+    """
+    from scipy.linalg import expm
+
+    stat = erlang_a(servers, arrival_rate, service_rate, patience_rate)
+    n, mu, theta = int(servers), float(service_rate), float(patience_rate)
+    times = np.atleast_1d(np.asarray(times, np.float64))
+    if times.ndim != 1 or not np.all(np.isfinite(times)) or np.any(times < 0):
+        raise _bad("times", times, "finite and >= 0")
+    p = stat["distribution"]
+    ahead = p[n:]  # an arrival finds j = 0, 1, ... waiting ahead of it (all servers busy)
+    J = ahead.size
+    # States: queue position i = 0..J-1 (i ahead), then in service (J), served (J+1), gone (J+2).
+    G = np.zeros((J + 3, J + 3))
+    for i in range(J):
+        move = n * mu + i * theta
+        G[i, i - 1 if i > 0 else J] += move
+        G[i, J + 2] += theta
+        G[i, i] = -(move + theta)
+    G[J, J + 1] = mu
+    G[J, J] = -mu
+    start = np.zeros(J + 3)
+    start[:J] = ahead
+    start[J] = p[:n].sum()
+    # Served: with i ahead the next move beats the patience with odds move : theta.
+    move = n * mu + theta * np.arange(J)
+    served = float(start[J] + ahead @ np.cumprod(move / (move + theta)))
+    wait, ttft = [], []
+    for t in times:
+        law = start @ expm(G * t)
+        wait.append((law[J] + law[J + 1]) / served)
+        ttft.append(law[J + 1] / served)
+    return {"times": times, "served_probability": float(served),
+            "wait_cdf": np.asarray(wait), "ttft_cdf": np.asarray(ttft)}
+
+
 # ---- pooled prefill/decode chain ------------------------------------------------------------
 class PooledChain(NamedTuple):
     """A solved pooled CTMC.

@@ -35,6 +35,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
@@ -57,7 +58,8 @@ from .common import (
     split_event,
 )
 
-__all__ = ["CountSystem", "Pooled", "PooledState", "greedy_route", "serve_ring_head"]
+__all__ = ["CountSystem", "Pooled", "PooledState", "greedy_route", "latency_tallies",
+           "serve_ring_head"]
 
 
 class PooledState(eqx.Module):
@@ -129,12 +131,17 @@ class CountSystem(AbstractSystem):
 
     def close(self, s, window):
         flow = close_rings(s, self.num_classes, window)
+        num = self.num_classes
+        # Counters past the paper's (latency) count prefills started: none at the close.
+        extra = (len(self.tally_names) - len(TALLIES)) * num
+        if extra:
+            flow = Flow(counts=jnp.concatenate([flow.counts, jnp.zeros(extra, jnp.int32)]),
+                        waits=flow.waits)
         if getattr(s, "class_rings", None) is None:
             return flow
         # Ring c holds class c only: its residual's row c is the class's.
         gone, wait = jax.vmap(lambda r: buf.residual(r, self.num_classes, window))(
             s.class_rings)
-        num = self.num_classes
         counts = flow.counts.at[4 * num:5 * num].add(jnp.diagonal(gone).astype(jnp.int32))
         waits = flow.waits.at[3 * num:4 * num].add(jnp.diagonal(wait))
         return Flow(counts=counts, waits=waits)
@@ -175,25 +182,43 @@ class Pooled(CountSystem):
     q_star: Float[Array, " I"]
     gate: str = eqx.field(static=True)
     capacity: int = eqx.field(static=True)
-
-    num_random: ClassVar[int] = 1
+    wait_grid: tuple[float, ...] = eqx.field(static=True, default=())
 
     def __check_init__(self):
         if self.gate not in GATES:
             raise ValueError(f"gate = {self.gate!r} is invalid: must be one of {GATES}")
         if self.capacity < 1:
             raise ValueError(f"capacity = {self.capacity} is invalid: must be >= 1")
+        grid = np.asarray(self.wait_grid, np.float64)
+        if grid.size and not (np.all(np.isfinite(grid)) and np.all(grid >= 0)
+                              and np.all(np.diff(grid) > 0)):
+            raise ValueError(f"wait_grid = {self.wait_grid!r} is invalid: must be finite, >= 0 "
+                             "and increasing")
         if self.per_job and self.decide.differentiable:
-            raise ValueError(f"patience.law = {self.model.patience.law!r} keeps each waiting "
-                             "job in a ring, which relaxed decisions cannot differentiate: use "
-                             "exact decisions, or the exponential law")
+            raise ValueError("per-job prefill queues (a non-exponential patience law, or a "
+                             "wait_grid) keep each waiting job in a ring, which relaxed "
+                             "decisions cannot differentiate: use exact decisions")
 
     @property
     def per_job(self) -> bool:
         """Whether the per-class prefill queues are rings of jobs with their own deadlines (a
-        non-exponential patience law with the deviation or priority gate), instead of counts
-        abandoning at rate theta."""
-        return laws.per_job(self.model.patience) and self.gate != "fcfs"
+        non-exponential patience law, or a ``wait_grid``, with the deviation or priority gate),
+        instead of counts abandoning at rate theta."""
+        return (laws.per_job(self.model.patience) or bool(self.wait_grid)) and self.gate != "fcfs"
+
+    @property
+    def num_random(self) -> int:
+        # The patience draw; with a wait grid, also the admitted job's prefill time.
+        return 2 if self.wait_grid else 1
+
+    @property
+    def tally_names(self) -> tuple[str, ...]:
+        """:data:`TALLIES`, then with a ``wait_grid`` of K times, per class, the prefills started
+        (in the window) whose wait for prefill was at most grid time k (``prefill_wait_le_k``),
+        then those whose time to first token was (``ttft_le_k``): see :func:`latency_tallies`."""
+        k = range(len(self.wait_grid))
+        return (TALLIES + tuple(f"prefill_wait_le_{i}" for i in k)
+                + tuple(f"ttft_le_{i}" for i in k))
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
@@ -283,18 +308,20 @@ class Pooled(CountSystem):
             admit = out.taken.astype(X.dtype)
             p_gone = out.gone.astype(X.dtype)
             q_credit = jnp.where(out.looked > 0, out.wait, 0.0).astype(real)
+            waited = jnp.sum(jnp.where(out.taken > 0, out.waited, 0.0))
             pring = None
         elif s.prefill_ring is None:
             Qp = s.Qp + queued - queue_abandon
             _, admit = d.choose(*self._gate_keys(X, Qp), finished * d.greater(jnp.sum(Qp), 0))
             Qp = Qp - admit
             p_gone = queue_abandon * counted
+            waited = None  # counts carry no entry times (a wait grid makes per-class rings)
             pring = None
         else:
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
-            pring, admit, p_gone, q_credit = serve_head(pring, idle, s.prefill_ring)
+            pring, admit, p_gone, q_credit, waited = serve_head(pring, idle, s.prefill_ring)
         X = X + start + admit
 
         state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
@@ -302,12 +329,38 @@ class Pooled(CountSystem):
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone, (start + admit) * counted,
                                   placed * counted])
+        if self.wait_grid:
+            # At most one prefill starts per step: an arrival at an idle slot (no wait) or, in
+            # a bookkeeping step, the head of a ring (its whole wait).
+            wait = jnp.where(jnp.sum(admit) > 0, waited, 0.0).astype(real)
+            counts = jnp.concatenate([counts, latency_tallies(
+                self.wait_grid, (start + admit) * counted, wait, m.mu_p, u[1])])
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit])
         return state, Flow(counts=counts, waits=waits)
 
     def _gate_keys(self, X: Int[Array, " I"], Qp: Int[Array, " I"]):
         return gate_keys(self.gate, self.decide, self.model, self.n, self.x_star, self.q_star,
                          X, Qp)
+
+
+def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float[Array, ""],
+                    mu_p: Float[Array, " I"], u: Float[Array, ""]) -> Int[Array, " 2KI"]:
+    """The latency counters of a step in which the prefills ``started`` (a one-hot or zero count
+    per class) began after waiting ``wait``: per grid time g_k and class, whether the wait was
+    at most g_k, then whether the time to first token was.
+
+    The time to first token is the wait plus the prefill, which in this model takes an
+    exponential time of rate ``mu_p`` whatever else happens, independent of the wait. The
+    counter draws that time afresh from ``u`` (not the one the chain will realise, which the
+    count-based state does not single out): the pair has the law of the job's own, so each
+    counter's expectation, and the distribution it estimates, is exact; only the correlation
+    between one job's two counters and the chain's later path is not kept."""
+    g = jnp.asarray(grid, wait.dtype)[:, None]
+    cls = jnp.argmax(started)
+    ttft = wait - jnp.log1p(-u) / mu_p[cls].astype(wait.dtype)
+    hot = started[None, :]
+    return jnp.concatenate([(hot * (wait <= g)).reshape(-1),
+                            (hot * (ttft <= g)).reshape(-1)]).astype(started.dtype)
 
 
 def dead_head(d, ring, t, window):
@@ -327,7 +380,7 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     ``ring`` may already hold this step's push (never in a bookkeeping step); reading the head
     after the write lets XLA update the ring in place instead of copying it. Returns the ring
     and, as counts per class, the job served, the job gone (abandoned inside the window) and
-    the wait credited.
+    the wait credited, and the whole wait of the job served.
     """
     look = bookkeeping & (ready > 0) & (before.size > 0)
     if prune:
@@ -335,7 +388,7 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     out = buf.serve(ring, look, t, window, d.at_least)
     credit = d.one_hot(out.label, num, out.looked).astype(t.dtype) * out.wait
     return (out.ring, d.one_hot(out.label, num, out.taken), d.one_hot(out.label, num, out.gone),
-            credit)
+            credit, out.waited)
 
 
 def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
@@ -350,8 +403,8 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     cls_in = jnp.argmax(prefill_done)
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in))
     ready = free_solo + free_mixed - free_solo * free_mixed
-    dring, served, gone, credit = serve_ring_head(d, dring, ready, ring, bookkeeping, t, window,
-                                                  num, prune)
+    dring, served, gone, credit, _ = serve_ring_head(d, dring, ready, ring, bookkeeping, t,
+                                                     window, num, prune)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
     # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
     # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the

@@ -195,10 +195,11 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
 
     At each grid time the distribution function is a ratio over replications (requests whose
     latency was at most t, over requests started), with the delta-method standard error of a
-    ratio estimator. A quantile is read off by linear interpolation between grid times where
-    the estimate crosses the level, and its 95% interval where the pointwise 95% bands do (a
-    test-inversion interval, as wide as the grid's spacing at least). A quantile the grid does
-    not reach is +inf.
+    ratio estimator. A quantile's estimate interpolates linearly between the two grid times
+    where the estimate crosses the level. Its 95% interval inverts the pointwise 95% bands at
+    the grid times themselves: from the last grid time where the upper band is still below the
+    level to the first where the lower band reaches it. The interval therefore spans at least
+    one grid step; no interpolation enters it. A quantile the grid does not reach is +inf.
 
     Returns:
         ``{"wait": ..., "ttft": ...}``, each ``{"cdf", "se"}`` of shape ``(K, I + 1)`` and
@@ -228,25 +229,29 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
         qs = {}
         for q in quantiles:
             qs[q] = {"value": _crossing(grid, cdf, q),
-                     "low": _crossing(grid, cdf + 1.96 * se, q),
-                     "high": _crossing(grid, cdf - 1.96 * se, q)}
+                     "low": _crossing(grid, cdf + 1.96 * se, q, side="below"),
+                     "high": _crossing(grid, cdf - 1.96 * se, q, side="above")}
         out[what] = {"cdf": cdf, "se": se, "quantiles": qs}
     return out
 
 
-def _crossing(grid: np.ndarray, cdf: np.ndarray, level: float) -> np.ndarray:
-    """Per column of ``cdf`` (K, C), the time where it first reaches ``level``, interpolated
-    linearly from the grid point below; +inf when it never does, ``grid[0]`` when it starts
-    at or above it."""
+def _crossing(grid: np.ndarray, cdf: np.ndarray, level: float, side: str = "interpolate"
+              ) -> np.ndarray:
+    """Per column of ``cdf`` (K, C), where it first reaches ``level``: interpolated linearly
+    from the grid time below, or that grid time (``side="below"``; 0 when the first grid time
+    already reaches it), or the first grid time that reaches it (``side="above"``); +inf when
+    it never does."""
     out = np.full(cdf.shape[1], np.inf)
     for c in range(cdf.shape[1]):
         f = np.maximum.accumulate(np.nan_to_num(cdf[:, c], nan=0.0))
-        k = int(np.argmax(f >= level)) if np.any(f >= level) else -1
-        if k < 0:
+        if not np.any(f >= level):
             continue
-        if k == 0:
-            out[c] = grid[0]
-            continue
-        f0, f1 = f[k - 1], f[k]
-        out[c] = grid[k - 1] + (grid[k] - grid[k - 1]) * (level - f0) / (f1 - f0)
+        k = int(np.argmax(f >= level))
+        if side == "above" or (k == 0 and side == "interpolate"):
+            out[c] = grid[k]
+        elif side == "below":
+            out[c] = grid[k - 1] if k > 0 else 0.0
+        else:
+            f0, f1 = f[k - 1], f[k]
+            out[c] = grid[k - 1] + (grid[k] - grid[k - 1]) * (level - f0) / (f1 - f0)
     return out

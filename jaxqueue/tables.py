@@ -123,7 +123,7 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
         lines.append("  one replication: no confidence intervals (run --reps 2 or more for them)")
     else:
         lines.append("  ± is the half-width of a 95% confidence interval over replications")
-    lines += _class_table(o) + _sli_table(o)
+    lines += _class_table(o) + _sli_table(o) + _latency_table(o)
     if details:
         lines += _details(o)
     if o.get("diagnosis"):
@@ -132,6 +132,33 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
         lines += [""] + diagnosis_lines(
             o["diagnosis"], bound_name="SLI-aware LP's value" if sli_plan else "LP bound")
     return lines + [_events_line(o)]
+
+
+def _latency_table(o: dict[str, Any]) -> list[str]:
+    """``simulate --latency``: per class, the requests started in the window and the p50, p90
+    and p99 of their prefill wait and time to first token, with 95% intervals."""
+    lat = o.get("latency")
+    if not lat:
+        return []
+
+    def cell(q):
+        if q["value"] is None:
+            return "beyond 1000 s"
+        hi = "inf" if q["high"] is None else f"{q['high']:.3g}"
+        return f"{q['value']:.3g} [{q['low']:.3g},{hi}]"
+
+    w = min(max(12, *(len(k) for k in lat)), 14)
+    lines = ["", f"{'latency (s)':<{w}} {'requests':>9} {'':4} {'p50 [95% CI]':>22} "
+                 f"{'p90 [95% CI]':>22} {'p99 [95% CI]':>22}"]
+    for name, row in lat.items():
+        for what, label in (("wait", "wait"), ("ttft", "TTFT")):
+            first = name[:w] if what == "wait" else ""
+            count = f"{row['started']:>9,}" if what == "wait" else " " * 9
+            lines.append(f"{first:<{w}} {count} {label:<4} "
+                         + " ".join(f"{cell(row[what][p]):>22}" for p in ("p50", "p90", "p99")))
+    lines.append("  wait: for a prefill slot; TTFT: that wait plus the prefill (requests started "
+                 "in the window)")
+    return lines
 
 
 def _params_lines(o: dict[str, Any]) -> list[str]:

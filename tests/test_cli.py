@@ -511,3 +511,24 @@ def test_devices_all_narrows_few_per_gpu_replications_on_cpu(monkeypatch, capsys
     gpus = [types.SimpleNamespace(platform="gpu", id=i) for i in range(4)]
     monkeypatch.setattr(jax, "devices", lambda *a: gpus)
     assert cli._devices("all", per_gpu, 5) == gpus
+
+
+def test_simulate_latency_prints_quantiles_and_refuses_per_gpu(capsys):
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--latency")
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    for needle in ("latency (s)", "p99 [95% CI]", "TTFT", "decode-heavy", "all"):
+        assert needle in out, needle
+    data = run_json(capsys, "simulate", "paper-qwen8b", *SMALL, "--latency")
+    lat = data["latency"]
+    assert set(lat) == {"decode-heavy", "prefill-heavy", "all"}
+    assert lat["all"]["started"] == lat["decode-heavy"]["started"] + lat["prefill-heavy"]["started"]
+    for row in lat.values():
+        for what in ("wait", "ttft"):
+            q = row[what]
+            assert set(q) == {"p50", "p90", "p99"}
+            assert q["p50"]["value"] <= q["p90"]["value"] <= q["p99"]["value"]
+            assert q["p50"]["low"] <= q["p50"]["value"] <= q["p50"]["high"]
+        assert row["wait"]["p90"]["value"] <= row["ttft"]["p90"]["value"]  # TTFT adds prefill
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--policy", "fi-wsp",
+                      "--latency", code=2)
+    assert "--latency is supported by the pooled" in err and "fi-wsp" in err

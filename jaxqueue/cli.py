@@ -385,12 +385,6 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
-#: The times at which ``simulate --latency`` counts requests: 0, then 145 times from 1 ms to
-#: 1,000 s spaced by a factor of about 1.10 (a quantile's interval spans at least one step;
-#: 72 times, a factor 1.21, ran 1.4x faster with intervals about twice as wide).
-LATENCY_GRID = (0.0, *(1e-3 * 10.0 ** (6.0 * i / 144) for i in range(145)))
-
-
 def _with_latency(system, policy):
     """``system`` counting its requests' prefill waits and times to first token
     (:func:`jaxqueue.stats.latency`); pooled Gate-and-Route, FG-SP and Prioritize-and-Route
@@ -398,6 +392,7 @@ def _with_latency(system, policy):
     import dataclasses
 
     from .policies.pooled import Pooled
+    from .stats import LATENCY_GRID
 
     if type(system) is not Pooled:
         name = policy.name if policy is not None else "a tuned family"

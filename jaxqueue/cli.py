@@ -471,20 +471,21 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
 
 
 def _latency_out(lat, model) -> dict[str, Any]:
-    """``stats.latency`` as JSON: per class and for all, the requests started and the p50, p90
-    and p99 of the prefill wait and of the time to first token (seconds) with 95% intervals
-    (null beyond the grid's last time)."""
+    """``stats.latency`` as JSON: per class and for all, the prefills and decodes started and
+    the p50, p90 and p99 of the prefill wait, the time to first token and the decode buffer's
+    wait (seconds) with 95% intervals (null beyond the grid's last time)."""
     import numpy as np
 
     def num(v):
         return float(v) if np.isfinite(v) else None
 
     names = [*model.class_names, "all"]
-    return {name: {"started": int(lat["started"][c]), **{
+    return {name: {"started": int(lat["started"][c]),
+                   "decodes_started": int(lat["decodes_started"][c]), **{
         what: {f"p{round(100 * q)}": {"value": num(v["value"][c]), "low": num(v["low"][c]),
                                       "high": num(v["high"][c])}
                for q, v in lat[what]["quantiles"].items()}
-        for what in ("wait", "ttft")}} for c, name in enumerate(names)}
+        for what in ("wait", "ttft", "decode_wait")}} for c, name in enumerate(names)}
 
 
 def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:

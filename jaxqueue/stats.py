@@ -197,8 +197,9 @@ LATENCY_GRID = (0.0, *(1e-3 * 10.0 ** (6.0 * i / 144) for i in range(145)))
 
 def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
     """The laws of the prefill wait and of the time to first token (TTFT) of the requests
-    started in the statistics window, from a run of a system with a ``wait_grid`` (``grid``,
-    the same times): per class and for all classes together (the last column).
+    started in the statistics window, and of the decode buffer's wait, from a run of a system
+    with a ``wait_grid`` (``grid``, the same times): per class and for all classes together
+    (the last column).
 
     At each grid time the distribution function is a ratio over replications (requests whose
     latency was at most t, over requests started), with the delta-method standard error of a
@@ -209,9 +210,11 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
     one grid step; no interpolation enters it. A quantile the grid does not reach is +inf.
 
     Returns:
-        ``{"wait": ..., "ttft": ...}``, each ``{"cdf", "se"}`` of shape ``(K, I + 1)`` and
+        ``{"wait": ..., "ttft": ..., "decode_wait": ...}`` (the last: the wait in the decode
+        buffer of the decodes started), each ``{"cdf", "se"}`` of shape ``(K, I + 1)`` and
         ``quantiles`` ``{q: {"value", "low", "high"}}`` (arrays of length ``I + 1``), and
-        ``started``, the requests per class and in all.
+        ``started`` and ``decodes_started``, the prefills and decodes started per class and in
+        all.
     """
     grid = np.asarray(grid, np.float64)
     if "prefill_wait_le_0" not in run.tally_names:
@@ -223,11 +226,14 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
         a = np.asarray(run.count(name), np.float64)[live]
         return np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)  # (R, I + 1)
 
-    started = by_class("prefill_start")
-    total = started.sum(axis=0)
-    reps = started.shape[0]
-    out: dict[str, Any] = {"started": total}
-    for what, prefix in (("wait", "prefill_wait_le"), ("ttft", "ttft_le")):
+    out: dict[str, Any] = {}
+    for what, prefix, denominator in (("wait", "prefill_wait_le", "prefill_start"),
+                                      ("ttft", "ttft_le", "prefill_start"),
+                                      ("decode_wait", "decode_wait_le", "decode_start")):
+        started = by_class(denominator)
+        total = started.sum(axis=0)
+        reps = started.shape[0]
+        out["started" if denominator == "prefill_start" else "decodes_started"] = total
         hits = np.stack([by_class(f"{prefix}_{k}") for k in range(grid.size)])  # (K, R, I+1)
         with np.errstate(invalid="ignore", divide="ignore"):
             cdf = hits.sum(axis=1) / total

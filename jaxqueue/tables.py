@@ -151,13 +151,14 @@ def _latency_table(o: dict[str, Any]) -> list[str]:
     lines = ["", f"{'latency (s)':<{w}} {'requests':>9} {'':4} {'p50 [95% CI]':>22} "
                  f"{'p90 [95% CI]':>22} {'p99 [95% CI]':>22}"]
     for name, row in lat.items():
-        for what, label in (("wait", "wait"), ("ttft", "TTFT")):
+        for what, label in (("wait", "wait"), ("ttft", "TTFT"), ("decode_wait", "dec.")):
             first = name[:w] if what == "wait" else ""
             count = f"{row['started']:>9,}" if what == "wait" else " " * 9
             lines.append(f"{first:<{w}} {count} {label:<4} "
                          + " ".join(f"{cell(row[what][p]):>22}" for p in ("p50", "p90", "p99")))
-    lines.append("  wait: for a prefill slot; TTFT: that wait plus the prefill (requests started "
-                 "in the window)")
+    lines += _wrap("  wait: for a prefill slot; TTFT: that wait plus the prefill (requests "
+                   "whose prefill started in the window); dec.: the wait in the decode buffer "
+                   "(decodes started in the window)")
     return lines
 
 

@@ -529,6 +529,7 @@ def test_simulate_latency_prints_quantiles_and_refuses_per_gpu(capsys):
             assert q["p50"]["value"] <= q["p90"]["value"] <= q["p99"]["value"]
             assert q["p50"]["low"] <= q["p50"]["value"] <= q["p50"]["high"]
         assert row["wait"]["p90"]["value"] <= row["ttft"]["p90"]["value"]  # TTFT adds prefill
+        assert row["decode_wait"]["p50"]["value"] is not None and row["decodes_started"] > 0
     _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--policy", "fi-wsp",
                       "--latency", code=2)
     assert "--latency is supported by the pooled" in err and "fi-wsp" in err

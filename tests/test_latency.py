@@ -57,3 +57,21 @@ def test_bad_wait_grid_is_named():
     with pytest.raises(ValueError, match="wait_grid"):
         Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.full(1, 0.5),
                q_star=jnp.zeros(1), gate="fcfs", capacity=64, wait_grid=(1.0, 0.5))
+
+
+def test_decode_wait_law_matches_erlang_a():
+    # The decode side as an M/M/3+M queue: prefills all but instantaneous (rate 5e5/s), mixed
+    # and solo decodes at the same rate 1/s (gamma tau = 1), 2 solo slots + 1 mixed slot, 3
+    # arrivals/s, patience Exp(1) in the decode buffer.
+    model = Model(lambda_=[1.5], theta=[1.0], P=[1.0], D=[1000.0], alpha=0.001, beta=0.0,
+                  gamma=1000.0, C=512.0, B=2, c_p=1.0, c_d=1.0)
+    np.testing.assert_allclose([model.mu_m[0], model.mu_s[0]], [1.0, 1.0])
+    system = Pooled(model=model, n=jnp.int32(2), M=jnp.int32(1), x_star=jnp.full(1, 0.5),
+                    q_star=jnp.zeros(1), gate="fcfs", capacity=512, wait_grid=GRID)
+    run = simulate(jax.random.key(8), system, reps=32, horizon=600.0, warmup=60.0)
+    exact = theory.erlang_a_latency(3, 3.0, 1.0, 1.0, GRID)
+    out = stats.latency(run, GRID)["decode_wait"]
+    truth = exact["wait_cdf"]
+    inside = (truth > 1e-3) & (truth < 1 - 1e-3)
+    z = (out["cdf"][inside, 0] - truth[inside]) / out["se"][inside, 0]
+    assert np.max(np.abs(z)) < 4.0, z

@@ -215,10 +215,11 @@ class Pooled(CountSystem):
     def tally_names(self) -> tuple[str, ...]:
         """:data:`TALLIES`, then with a ``wait_grid`` of K times, per class, the prefills started
         (in the window) whose wait for prefill was at most grid time k (``prefill_wait_le_k``),
-        then those whose time to first token was (``ttft_le_k``): see :func:`latency_tallies`."""
+        then those whose time to first token was (``ttft_le_k``), then the decodes started whose
+        wait in the decode buffer was (``decode_wait_le_k``): see :func:`latency_tallies`."""
         k = range(len(self.wait_grid))
         return (TALLIES + tuple(f"prefill_wait_le_{i}" for i in k)
-                + tuple(f"ttft_le_{i}" for i in k))
+                + tuple(f"ttft_le_{i}" for i in k) + tuple(f"decode_wait_le_{i}" for i in k))
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
@@ -265,7 +266,7 @@ class Pooled(CountSystem):
 
         # Decode side (greedy router).
         finished = jnp.sum(prefill_done)
-        dring, Ym, Ys, placed, d_gone, d_credit = greedy_route(
+        dring, Ym, Ys, placed, d_gone, d_credit, d_waited = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
             free_mixed, bookkeeping, t, patience, window, prune)
 
@@ -333,8 +334,10 @@ class Pooled(CountSystem):
             # At most one prefill starts per step: an arrival at an idle slot (no wait) or, in
             # a bookkeeping step, the head of a ring (its whole wait).
             wait = jnp.where(jnp.sum(admit) > 0, waited, 0.0).astype(real)
-            counts = jnp.concatenate([counts, latency_tallies(
-                self.wait_grid, (start + admit) * counted, wait, m.mu_p, u[1])])
+            counts = jnp.concatenate([
+                counts, latency_tallies(self.wait_grid, (start + admit) * counted, wait, m.mu_p,
+                                        u[1]),
+                at_most(self.wait_grid, placed * counted, d_waited)])
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit])
         return state, Flow(counts=counts, waits=waits)
 
@@ -355,12 +358,16 @@ def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Fl
     count-based state does not single out): the pair has the law of the job's own, so each
     counter's expectation, and the distribution it estimates, is exact; only the correlation
     between one job's two counters and the chain's later path is not kept."""
-    g = jnp.asarray(grid, wait.dtype)[:, None]
     cls = jnp.argmax(started)
     ttft = wait - jnp.log1p(-u) / mu_p[cls].astype(wait.dtype)
-    hot = started[None, :]
-    return jnp.concatenate([(hot * (wait <= g)).reshape(-1),
-                            (hot * (ttft <= g)).reshape(-1)]).astype(started.dtype)
+    return jnp.concatenate([at_most(grid, started, wait), at_most(grid, started, ttft)])
+
+
+def at_most(grid: tuple[float, ...], started: Int[Array, " I"], value: Float[Array, ""]
+            ) -> Int[Array, " KI"]:
+    """Per grid time g_k (major) and class: ``started`` where ``value <= g_k``, else 0."""
+    g = jnp.asarray(grid, value.dtype)[:, None]
+    return (started[None, :] * (value <= g)).reshape(-1).astype(started.dtype)
 
 
 def dead_head(d, ring, t, window):
@@ -396,15 +403,16 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
     oldest live job (in a bookkeeping step). Returns the ring, the decodes in service
-    ``(Ym, Ys)``, the decodes started, and the buffer's abandonments and waits per class."""
+    ``(Ym, Ys)``, the decodes started, the buffer's abandonments and waits per class, and the
+    whole wait of the decode started (0 for one placed at once)."""
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
     cls_in = jnp.argmax(prefill_done)
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in))
     ready = free_solo + free_mixed - free_solo * free_mixed
-    dring, served, gone, credit, _ = serve_ring_head(d, dring, ready, ring, bookkeeping, t,
-                                                     window, num, prune)
+    dring, served, gone, credit, waited = serve_ring_head(d, dring, ready, ring, bookkeeping,
+                                                          t, window, num, prune)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
     # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
     # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the
@@ -415,4 +423,7 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     to_solo = free_solo
     Ys = Ys - solo_done + placed * to_solo
     Ym = Ym - mixed_done + placed * (1 - to_solo)
-    return dring, Ym, Ys, placed, gone, credit
+    # The whole wait of a job the buffer served in this step (0 when none: a decode placed at
+    # once waited nothing, and both never happen in one step).
+    waited = jnp.where(jnp.sum(served) > 0, waited, 0.0).astype(t.dtype)
+    return dring, Ym, Ys, placed, gone, credit, waited

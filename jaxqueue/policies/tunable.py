@@ -285,7 +285,7 @@ class Gated(CountSystem):
         def patience(cls):
             return deadline(m, t, u[0], cls)
 
-        dring, Ym, Ys, placed, d_gone, d_credit = greedy_route(
+        dring, Ym, Ys, placed, d_gone, d_credit, _ = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
             free_mixed, bookkeeping, t, patience, window)
 

@@ -132,7 +132,7 @@ class CountSystem(AbstractSystem):
     def close(self, s, window):
         flow = close_rings(s, self.num_classes, window)
         num = self.num_classes
-        # Counters past the paper's (latency) count prefills started: none at the close.
+        # The latency counters (past the paper's) count starts of service: none at the close.
         extra = (len(self.tally_names) - len(TALLIES)) * num
         if extra:
             flow = Flow(counts=jnp.concatenate([flow.counts, jnp.zeros(extra, jnp.int32)]),

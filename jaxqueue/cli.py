@@ -476,7 +476,7 @@ def _latency_out(lat, model) -> dict[str, Any]:
     wait (seconds) with 95% intervals (null beyond the grid's last time)."""
     import numpy as np
 
-    def num(v):
+    def num(v):  # null: beyond the grid (+inf), or no request of the class started (NaN)
         return float(v) if np.isfinite(v) else None
 
     names = [*model.class_names, "all"]

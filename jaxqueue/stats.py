@@ -253,9 +253,12 @@ def _crossing(grid: np.ndarray, cdf: np.ndarray, level: float, side: str = "inte
     """Per column of ``cdf`` (K, C), where it first reaches ``level``: interpolated linearly
     from the grid time below, or that grid time (``side="below"``; 0 when the first grid time
     already reaches it), or the first grid time that reaches it (``side="above"``); +inf when
-    it never does."""
+    it never does; NaN for a column with no requests."""
     out = np.full(cdf.shape[1], np.inf)
     for c in range(cdf.shape[1]):
+        if np.all(np.isnan(cdf[:, c])):  # no request of this column started: no law
+            out[c] = np.nan
+            continue
         f = np.maximum.accumulate(np.nan_to_num(cdf[:, c], nan=0.0))
         if not np.any(f >= level):
             continue

@@ -154,8 +154,10 @@ def _latency_table(o: dict[str, Any]) -> list[str]:
         for what, label in (("wait", "wait"), ("ttft", "TTFT"), ("decode_wait", "dec.")):
             first = name[:w] if what == "wait" else ""
             count = f"{row['started']:>9,}" if what == "wait" else " " * 9
+            none = row["decodes_started" if what == "decode_wait" else "started"] == 0
             lines.append(f"{first:<{w}} {count} {label:<4} "
-                         + " ".join(f"{cell(row[what][p]):>22}" for p in ("p50", "p90", "p99")))
+                         + " ".join(f"{'-' if none else cell(row[what][p]):>22}"
+                                    for p in ("p50", "p90", "p99")))
     lines += _wrap("  wait: for a prefill slot; TTFT: that wait plus the prefill (requests "
                    "whose prefill started in the window); dec.: the wait in the decode buffer "
                    "(decodes started in the window)")

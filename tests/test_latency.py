@@ -75,3 +75,17 @@ def test_decode_wait_law_matches_erlang_a():
     inside = (truth > 1e-3) & (truth < 1 - 1e-3)
     z = (out["cdf"][inside, 0] - truth[inside]) / out["se"][inside, 0]
     assert np.max(np.abs(z)) < 4.0, z
+
+
+def test_quantile_reading_and_its_interval_ends():
+    from jaxqueue.stats import _crossing
+
+    grid = np.array([0.0, 1.0, 2.0, 4.0])
+    cdf = np.array([[0.2, np.nan, 0.0], [0.6, np.nan, 0.1], [0.9, np.nan, 0.2],
+                    [1.0, np.nan, 0.3]])
+    # Interpolated between the grid times around the crossing; the interval's ends are grid
+    # times; NaN without requests; +inf when the grid never reaches the level.
+    np.testing.assert_allclose(_crossing(grid, cdf, 0.5), [0.75, np.nan, np.inf])
+    np.testing.assert_allclose(_crossing(grid, cdf, 0.5, side="below"), [0.0, np.nan, np.inf])
+    np.testing.assert_allclose(_crossing(grid, cdf, 0.5, side="above"), [1.0, np.nan, np.inf])
+    np.testing.assert_allclose(_crossing(grid, cdf, 0.1), [0.0, np.nan, 1.0])

@@ -464,28 +464,12 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         out["diagnosis"] = diagnose.diagnose(model, plan, summary["classes"], revenue,
                                              gpus=args.gpus, scenario=args.scenario)
         if getattr(system, "wait_grid", ()):
-            out["latency"] = _latency_out(stats.latency(run, system.wait_grid), model)
+            from .compare import latency_summary
+
+            out["latency"] = latency_summary(stats.latency(run, system.wait_grid), model)
     else:
         out.update(revenue_per_gpu=None, sli=None, classes=None, diagnosis=None)
     return out
-
-
-def _latency_out(lat, model) -> dict[str, Any]:
-    """``stats.latency`` as JSON: per class and for all, the prefills and decodes started and
-    the p50, p90 and p99 of the prefill wait, the time to first token and the decode buffer's
-    wait (seconds) with 95% intervals (null beyond the grid's last time)."""
-    import numpy as np
-
-    def num(v):  # null: beyond the grid (+inf), or no request of the class started (NaN)
-        return float(v) if np.isfinite(v) else None
-
-    names = [*model.class_names, "all"]
-    return {name: {"started": int(lat["started"][c]),
-                   "decodes_started": int(lat["decodes_started"][c]), **{
-        what: {f"p{round(100 * q)}": {"value": num(v["value"][c]), "low": num(v["low"][c]),
-                                      "high": num(v["high"][c])}
-               for q, v in lat[what]["quantiles"].items()}
-        for what in ("wait", "ttft", "decode_wait")}} for c, name in enumerate(names)}
 
 
 def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:
@@ -727,7 +711,7 @@ def _cmd_compare(args) -> int:
                           gpu_reps=gpu_reps, horizon=args.horizon, warmup=args.warmup,
                           pricing=args.pricing, devices=devices, chunk_events=args.chunk_events,
                           progress=lambda label: _progress(args, label), notify=_say,
-                          scenario=args.scenario)
+                          scenario=args.scenario, latency=args.latency)
     out.update(seed=args.seed, estimate_seconds=est["seconds"])
     if args.plot and out["policies"]:
         compare.plot(args.plot, out)
@@ -896,6 +880,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="shard replications over 'all' devices or the first N")
     cmp.add_argument("--estimate", action="store_true",
                      help="print the run-time estimate and stop")
+    cmp.add_argument("--latency", action="store_true",
+                     help="also compare the pooled policies' time to first token and waits "
+                          "(p50, p90, p99 over all classes, with 95%% intervals; slower)")
     cmp.add_argument("--plot", default=None, metavar="PNG",
                      help="also write a bar chart of the ranked revenues to this file")
     run_options(cmp, reps=64, horizon=800.0, warmup=200.0)

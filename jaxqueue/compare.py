@@ -40,6 +40,7 @@ import numpy as np
 from . import budget, diagnose, fluid, policies, stats
 from .driver import simulate
 from .model import Model
+from .policies.pooled import Pooled
 
 __all__ = ["Entry", "compare", "entries", "estimate", "paired", "per_gpu_reps", "plot",
            "tuned_system"]
@@ -177,6 +178,23 @@ def estimate(items: Sequence[Entry], *, reps: int, gpu_reps: int, horizon: float
     return {"seconds": float(sum(per.values())), "per_policy": per}
 
 
+def latency_summary(lat: dict[str, Any], model: Model) -> dict[str, Any]:
+    """:func:`jaxqueue.stats.latency` as JSON: per class and for all (``"all"``), the prefills
+    and decodes started and the p50, p90 and p99 of the prefill wait, the time to first token
+    and the decode buffer's wait (seconds) with 95% intervals. Null where the grid's last time
+    is not reached, or where no request of the class started."""
+    def num(v):
+        return float(v) if np.isfinite(v) else None
+
+    names = [*model.class_names, "all"]
+    return {name: {"started": int(lat["started"][c]),
+                   "decodes_started": int(lat["decodes_started"][c]), **{
+        what: {f"p{round(100 * q)}": {"value": num(v["value"][c]), "low": num(v["low"][c]),
+                                      "high": num(v["high"][c])}
+               for q, v in lat[what]["quantiles"].items()}
+        for what in ("wait", "ttft", "decode_wait")}} for c, name in enumerate(names)}
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """``{mean, ci95, pairs}`` of ``a[r] - b[r]`` over the replications both ran (the first
     ``min(len(a), len(b))``: replication r of each shares its random numbers)."""
@@ -190,8 +208,8 @@ def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64
             gpu_reps: int | None = None, horizon: float = 800.0, warmup: float = 200.0,
             pricing: str = "bundled", devices=None, chunk_events: int = 1024,
             progress: Callable[[str], Any] | None = None,
-            notify: Callable[[str], None] | None = None, scenario: str | None = None
-            ) -> dict[str, Any]:
+            notify: Callable[[str], None] | None = None, scenario: str | None = None,
+            latency: bool = False) -> dict[str, Any]:
     """Simulates every entry with the same ``key`` and ranks them.
 
     Args:
@@ -210,6 +228,10 @@ def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64
         notify: receives notices as lines: a buffer grown, and each policy's revenue when it
             is done.
         scenario: the scenario as the user named it, for the diagnoses' suggested commands.
+        latency: also measure the pooled policies' prefill wait, time to first token and
+            decode wait (:func:`jaxqueue.stats.latency`; their per-class queues keep each
+            request's arrival time, which changes their sample paths, not their laws); the
+            per-GPU policies' rows say it was not measured.
 
     Returns:
         A JSON-ready dict: the settings, the LP bounds, one row per policy (ranked: revenue
@@ -229,7 +251,11 @@ def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64
         r = gpu_reps if e.engine == "per-gpu" else reps
         label = f"[{k}/{len(items)}] {e.name}"
         start = time.perf_counter()
-        run = simulate(key, e.system, reps=r, horizon=horizon, warmup=warmup,
+        system = e.system
+        measured = latency and type(system) is Pooled
+        if measured:
+            system = dataclasses.replace(system, wait_grid=stats.LATENCY_GRID)
+        run = simulate(key, system, reps=r, horizon=horizon, warmup=warmup,
                        chunk_events=chunk_events, devices=devices, notify=notify,
                        progress=progress(label) if progress else False)
         if run.interrupted:
@@ -257,6 +283,9 @@ def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64
             "events": run.events, "wall_seconds": time.perf_counter() - start,
             "compile_seconds": run.compile_seconds,
         })
+        if latency:
+            rows[-1]["latency"] = (latency_summary(stats.latency(run, stats.LATENCY_GRID),
+                                                   model) if measured else None)
         if notify is not None:
             rev = summary["revenue_per_gpu"][pricing]
             ci = "" if rev["ci95"] is None else f" ± {rev['ci95']:.2g}"

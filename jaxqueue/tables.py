@@ -402,7 +402,7 @@ def compare_lines(o: dict[str, Any]) -> list[str]:
     if any(r["origin"] != "paper" for r in rows):
         lines.append("  * not one of the paper's policies: jaxqueue's own (jaxqueue policies) "
                      "or a tuned file")
-    lines += _compare_abandonment(rows, w) + _compare_sli(rows, w)
+    lines += _compare_abandonment(rows, w) + _compare_sli(rows, w) + _compare_latency(rows, w)
     diagnosed = [r for r in rows if r.get("diagnosis")]
     suggestions: list[str] = []
     for r in diagnosed:
@@ -479,4 +479,29 @@ def _compare_sli(rows, w) -> list[str]:
         lines.append(f"{r['rank']:>3}  {r['name'][:w]:<{w}}"
                      + "".join(f"{' ' + fmt(r['sli'][k], 4, scale):>{col}}"
                                for k, _, scale in keys))
+    return lines
+
+
+def _compare_latency(rows, w) -> list[str]:
+    """``compare --latency``: each policy's time to first token over all classes."""
+    if not any("latency" in r for r in rows):
+        return []
+
+    def cell(q):
+        if q["value"] is None:
+            return "-"
+        hi = "inf" if q["high"] is None else f"{q['high']:.3g}"
+        return f"{q['value']:.3g} [{q['low']:.3g},{hi}]"
+
+    lines = ["", f"{'TTFT, all classes (s)':<{w + 5}}{'p50 [95% CI]':>22} {'p90 [95% CI]':>22} "
+                 f"{'p99 [95% CI]':>22}"]
+    for r in rows:
+        lat = r.get("latency")
+        if lat is None:
+            lines.append(f"{'':5}{r['name'][:w]:<{w}} not measured (measured: pooled "
+                         "gate-and-route, fg-sp, prioritize-and-route)")
+            continue
+        t = lat["all"]["ttft"]
+        lines.append(f"{'':5}{r['name'][:w]:<{w}}"
+                     + " ".join(f"{cell(t[p]):>22}" for p in ("p50", "p90", "p99")))
     return lines

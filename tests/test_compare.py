@@ -222,3 +222,20 @@ def test_gi_wsp_after_is_listed_apart_from_the_papers(capsys):
     main(["policies", "--json"])
     js = json.loads(capsys.readouterr().out)
     assert js["gi-wsp-after"]["origin"] == "jaxqueue" and js["gi-wsp"]["origin"] == "paper"
+
+
+def test_compare_latency_measures_the_pooled_policies_only(capsys):
+    argv = ["compare", "paper-qwen8b", "--gpus", "5", "--reps", "4", "--horizon", "40",
+            "--warmup", "10", "--devices", "1", "--policies", "gate-and-route,fi-wsp",
+            "--latency"]
+    main([*argv, "--json"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["policies"]}
+    assert rows["fi-wsp"]["latency"] is None
+    lat = rows["gate-and-route"]["latency"]["all"]
+    assert lat["started"] > 0
+    assert lat["ttft"]["p50"]["value"] <= lat["ttft"]["p99"]["value"]
+    main(argv)
+    text = capsys.readouterr().out
+    assert "TTFT, all classes (s)" in text and "not measured" in text
+    block = text[text.index("TTFT, all classes (s)"):].split("\n\n")[0]
+    assert max(len(line) for line in block.splitlines()) <= WIDTH

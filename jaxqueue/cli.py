@@ -680,6 +680,21 @@ def _cmd_reproduce(args) -> None:
         print(f"{c.verdict:>15}  {c.figure:<16} {c.statement}")
 
 
+# ---- capacity ---------------------------------------------------------------------------------
+def _cmd_capacity(args) -> int:
+    from . import capacity, policies, scenarios
+    from .tables import capacity_lines
+
+    model = scenarios.load(args.scenario)
+    slos = dict(capacity.parse_slo(t) for t in args.slo)
+    out = capacity.answer(model, args.traffic, policy=policies.resolve(args.policy).name,
+                          slos=slos, max_abandon=args.max_abandon, reps=args.reps,
+                          horizon=args.horizon, warmup=args.warmup, seed=args.seed,
+                          n_max=args.max_gpus, devices=_devices(args.devices), notify=_say)
+    _emit(out, args.json, capacity_lines)
+    return 0
+
+
 # ---- compare ----------------------------------------------------------------------------------
 def _cmd_compare(args) -> int:
     import jax
@@ -854,6 +869,27 @@ def _parser() -> argparse.ArgumentParser:
                           "names the policy family; --policy is then ignored)")
     run_options(sim)
     sim.set_defaults(func=_cmd_simulate)
+
+    cap = command("capacity", "the fewest GPUs, and mixed (prefill) GPUs among them, that serve "
+                  "a traffic within latency and abandonment targets, with 95% confidence")
+    cap.add_argument("scenario", help="built-in name or path to a TOML file (its arrival rates "
+                     "give the mix of classes)")
+    cap.add_argument("--traffic", type=_number("traffic", strict=True), required=True,
+                     help="requests per second in all, in the scenario's mix")
+    cap.add_argument("--slo", action="append", default=[], metavar="METRIC=SECONDS",
+                     help="a latency target over all classes (repeatable); METRIC one of "
+                          "wait_p50/p90/p99 (prefill wait), ttft_p50/p90/p99, "
+                          "decode_wait_p50/p90/p99")
+    cap.add_argument("--max-abandon", type=_number("max-abandon", strict=True), default=None,
+                     metavar="SHARE", help="the largest share of requests that may abandon")
+    cap.add_argument("--policy", default="gate-and-route",
+                     help="a pooled policy: gate-and-route, fg-sp or prioritize-and-route")
+    cap.add_argument("--max-gpus", type=_positive_int("max-gpus"), default=100_000,
+                     help="give up beyond this many GPUs")
+    cap.add_argument("--devices", default="all",
+                     help="shard replications over 'all' devices or the first N")
+    run_options(cap, reps=32, horizon=1000.0, warmup=200.0)
+    cap.set_defaults(func=_cmd_capacity)
 
     cmp = command("compare", "every applicable policy on common random numbers: ranked "
                   "revenue with intervals, paired differences to the best, gaps to each "

@@ -505,3 +505,53 @@ def _compare_latency(rows, w) -> list[str]:
         lines.append(f"{'':5}{r['name'][:w]:<{w}}"
                      + " ".join(f"{cell(t[p]):>22}" for p in ("p50", "p90", "p99")))
     return lines
+
+
+def capacity_lines(o: dict[str, Any]) -> list[str]:
+    """``jaxqueue capacity``: the answer, what binds, the points each search ran, and the
+    confirmation on a fresh key."""
+    targets = [f"{k} <= {v:g} s" for k, v in o["slos"].items()]
+    if o["max_abandon"] is not None:
+        targets.append(f"abandonment <= {100 * o['max_abandon']:g}%")
+    lines = [*_wrap(f"{o['scenario']} / {o['policy']}: {o['traffic']:g} requests/s; targets "
+                    f"{', '.join(targets)} (over all classes, met with 95% confidence); "
+                    f"{o['reps']} replications x {o['horizon']:g} s (warm-up {o['warmup']:g} s) "
+                    f"per point, seed {o['seed']}"), ""]
+    extra = o["mixed_gpus"] - o["planned_mixed_gpus"]
+    lines += _wrap(f"answer: n* = {o['gpus']} GPUs, {o['mixed_gpus']} of them mixed (prefill) "
+                   + (f"GPUs, {extra} more than the static plan's {o['planned_mixed_gpus']}"
+                      if extra > 0 else "GPUs, the static plan's number"))
+    if o["binding_at_one_gpu_fewer"]:
+        lines.append(f"  with one GPU fewer it fails: {', '.join(o['binding_at_one_gpu_fewer'])}")
+    names = list(o["slos"])
+
+    def cell(m):
+        if m["value"] is None:
+            return "-"
+        hi = "inf" if m["high"] is None else f"{m['high']:.3g}"
+        return f"{m['value']:.3g} (<={hi})"
+
+    head = (f"{'n':>7} {'mixed':>6} {'meets':>5} {'revenue/GPU':>15} {'abandon %':>15} "
+            + " ".join(f"{k:>16}" for k in names))
+    for title, points in (("prefill slots (the prefill-side targets only)", o["slot_points"]),
+                          ("GPUs (every target)", o["gpu_points"])):
+        if not points:
+            continue
+        lines += ["", f"search over {title}:", head]
+        for p in points:
+            rev = p["revenue"]
+            ci = "" if rev["ci95"] is None else f" ± {rev['ci95']:.2g}"
+            ab = p["abandon"]
+            lines.append(f"{p['n']:>7} {p['mixed']:>6} {('yes' if p['ok'] else 'no'):>5} "
+                         f"{rev['mean']:>8.2f}{ci:<7} "
+                         f"{100 * ab['mean']:>6.2f} (<={100 * ab['high']:.2f}) "
+                         + " ".join(f"{cell(p['metrics'][k]):>16}" for k in names))
+    lines.append("  latencies: estimate (upper end of its 95% interval), seconds")
+    conf = o["confirmation"]
+    said = {"answer": "the answer", "one_gpu_fewer": "one GPU fewer",
+            "one_mixed_fewer": "one mixed GPU fewer"}
+    parts = [f"{said[k]}: {'meets' if v['ok'] else 'fails'}" for k, v in conf.items()]
+    verdict = ("confirmed" if o["confirmed"] else
+               "NOT confirmed: the answer is within noise of the targets (more --reps)")
+    lines += _wrap(f"on a fresh key (seed {o['seed'] + 1}): {'; '.join(parts)}: {verdict}")
+    return lines

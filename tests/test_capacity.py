@@ -1,0 +1,68 @@
+"""Capacity planning: the searches, the targets' parsing and refusals, and one small answer."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxqueue import capacity, scenarios
+from jaxqueue.cli import main
+
+PAPER = scenarios.load("paper-qwen8b")
+
+
+def _fake(threshold):
+    calls = []
+
+    def check(x):
+        calls.append(x)
+        return capacity.Point(n=x, mixed=1, planned_mixed=1, ok=x >= threshold, failing=[],
+                              metrics={}, abandon={}, revenue={}, events=0, seconds=0.0)
+
+    return check, calls
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 3, 37, 64, 65, 1000])
+def test_search_finds_the_smallest_passing_size_in_log_steps(threshold):
+    check, calls = _fake(threshold)
+    best, seen = capacity.search(check, low_end=1, high_end=100_000)
+    assert best == threshold and set(seen) == set(calls) and len(calls) == len(set(calls))
+    assert len(calls) <= 2 * np.log2(threshold) + 3
+    with pytest.raises(ValueError, match="not met even at 500"):
+        capacity.search(_fake(1000)[0], low_end=3, high_end=500)
+
+
+def test_targets_are_parsed_and_impossible_ones_refused():
+    assert capacity.parse_slo("ttft_p99=2") == ("ttft_p99", 2.0)
+    assert capacity.parse_slo(" decode_wait_p50 = 0.5 ") == ("decode_wait_p50", 0.5)
+    for bad in ("ttft_p95=2", "ttft_p99", "ttft_p99=-1", "ttft_p99=abc", "latency=2"):
+        with pytest.raises(ValueError, match="slo = .* is invalid"):
+            capacity.parse_slo(bad)
+    # The TTFT floor: the p99 of the prefill time alone, a mixture of exponentials.
+    floor = capacity.ttft_floor(PAPER, "ttft_p99")
+    w = np.asarray(PAPER.lambda_) / np.sum(PAPER.lambda_)
+    assert float(w @ -np.expm1(-np.asarray(PAPER.mu_p) * floor)) == pytest.approx(0.99)
+    assert capacity.ttft_floor(PAPER, "wait_p99") is None
+    kw = dict(policy="gate-and-route", max_abandon=None, reps=2, horizon=50.0, warmup=10.0,
+              seed=0)
+    with pytest.raises(ValueError, match="cannot be met with any capacity"):
+        capacity.answer(PAPER, 10.0, slos={"ttft_p99": 0.9 * floor}, **kw)
+    with pytest.raises(ValueError, match="no target"):
+        capacity.answer(PAPER, 10.0, slos={}, **kw)
+    with pytest.raises(ValueError, match="policy = 'fi-wsp' is invalid for capacity"):
+        capacity.answer(PAPER, 10.0, slos={"wait_p90": 1.0}, **{**kw, "policy": "fi-wsp"})
+
+
+def test_capacity_command_answers_and_confirms(capsys):
+    main(["capacity", "paper-qwen8b", "--traffic", "10", "--slo", "ttft_p99=2",
+          "--max-abandon", "0.05", "--reps", "8", "--horizon", "400", "--warmup", "100",
+          "--devices", "1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    n, m = out["gpus"], out["mixed_gpus"]
+    assert m >= out["planned_mixed_gpus"] and n >= m
+    # The answer met every target in its search; one GPU fewer, if run, did not.
+    at = {p["n"]: p for p in out["gpu_points"]}
+    assert at[n]["ok"] and (n - 1 not in at or not at[n - 1]["ok"])
+    assert at[n]["metrics"]["ttft_p99"]["high"] <= 2.0 and at[n]["abandon"]["high"] <= 0.05
+    assert set(out["confirmation"]) >= {"answer"}
+    assert isinstance(out["confirmed"], bool)

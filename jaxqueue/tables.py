@@ -523,6 +523,11 @@ def capacity_lines(o: dict[str, Any]) -> list[str]:
                       if extra > 0 else "GPUs, the static plan's number"))
     if o["binding_at_one_gpu_fewer"]:
         lines.append(f"  with one GPU fewer it fails: {', '.join(o['binding_at_one_gpu_fewer'])}")
+    at = next(p for p in o["gpu_points"] if p["n"] == o["gpus"])
+    if o["max_abandon"] is None and at["abandon"]["mean"] > 0.01:
+        lines += _wrap(f"  note: {100 * at['abandon']['mean']:.1f}% of the requests abandon at "
+                       "this answer (the latency targets count the requests served only): "
+                       "bound it with --max-abandon")
     names = list(o["slos"])
 
     def cell(m):

@@ -66,3 +66,10 @@ def test_capacity_command_answers_and_confirms(capsys):
     assert at[n]["metrics"]["ttft_p99"]["high"] <= 2.0 and at[n]["abandon"]["high"] <= 0.05
     assert set(out["confirmation"]) >= {"answer"}
     assert isinstance(out["confirmed"], bool)
+
+
+def test_capacity_without_an_abandonment_bound_says_how_many_abandon(capsys):
+    main(["capacity", "paper-qwen8b", "--traffic", "10", "--slo", "ttft_p99=2", "--reps", "8",
+          "--horizon", "400", "--warmup", "100", "--devices", "1"])
+    text = capsys.readouterr().out
+    assert "abandon at this answer" in text and "--max-abandon" in text

@@ -134,18 +134,24 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
     return lines + [_events_line(o)]
 
 
+def _quantile_cell(q: dict[str, Any], missing: str) -> str:
+    """A latency quantile ``{value, low, high}`` as ``value [low,high]``; ``missing`` when the
+    grid never reached it (``high`` None: an open interval)."""
+    if q["value"] is None:
+        return missing
+    hi = "inf" if q["high"] is None else f"{q['high']:.3g}"
+    return f"{q['value']:.3g} [{q['low']:.3g},{hi}]"
+
+
 def _latency_table(o: dict[str, Any]) -> list[str]:
     """``simulate --latency``: per class, the requests started in the window and the p50, p90
-    and p99 of their prefill wait and time to first token, with 95% intervals."""
+    and p99 of their prefill wait, time to first token and decode wait, with 95% intervals."""
     lat = o.get("latency")
     if not lat:
         return []
 
     def cell(q):
-        if q["value"] is None:
-            return "beyond 1000 s"
-        hi = "inf" if q["high"] is None else f"{q['high']:.3g}"
-        return f"{q['value']:.3g} [{q['low']:.3g},{hi}]"
+        return _quantile_cell(q, "beyond 1000 s")
 
     w = min(max(12, *(len(k) for k in lat)), 14)
     lines = ["", f"{'latency (s)':<{w}} {'requests':>9} {'':4} {'p50 [95% CI]':>22} "
@@ -488,10 +494,7 @@ def _compare_latency(rows, w) -> list[str]:
         return []
 
     def cell(q):
-        if q["value"] is None:
-            return "-"
-        hi = "inf" if q["high"] is None else f"{q['high']:.3g}"
-        return f"{q['value']:.3g} [{q['low']:.3g},{hi}]"
+        return _quantile_cell(q, "-")
 
     lines = ["", f"{'TTFT, all classes (s)':<{w + 5}}{'p50 [95% CI]':>22} {'p90 [95% CI]':>22} "
                  f"{'p99 [95% CI]':>22}"]

@@ -413,10 +413,11 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
     from . import diagnose, fluid, policies, stats
 
     planned = getattr(system, "layout", "planned") == "planned"
-    if hasattr(system, "M"):
-        mixed = int(system.M) if planned else None
-    else:  # the tuned gated family: M = n * share, rounded at random per replication
+    if tuned is not None and tuned["family"] == "gated":
+        # M = n * share, rounded at random per replication
         mixed = float(args.gpus * np.asarray(tuned["params"].share))
+    else:
+        mixed = int(system.M) if planned else None
     other = "separate" if plan.pricing == "bundled" else "bundled"
     out: dict[str, Any] = {
         "scenario": model.name, "engine": policies.engine_of(system), "gpus": args.gpus,

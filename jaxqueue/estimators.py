@@ -311,7 +311,7 @@ class _Scored(AbstractSystem):
     @property
     def num_rounded(self) -> int:
         """Thresholds the inner system rounds once per replication (0 if none)."""
-        if not hasattr(self.inner, "rounding_logp"):
+        if not (hasattr(self.inner, "rounding_logp") and self.inner.num_init_random):
             return 0
         return jax.eval_shape(lambda: self.inner.rounding_logp(self.inner.init())).shape[0]
 

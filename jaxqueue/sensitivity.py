@@ -440,7 +440,7 @@ def sensitivities(key, model: Model, n: int, *, policy: str = "gate-and-route",
         r["z"] = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
     at_n = {n - 1: ("gpus", n - 1), n: ("base", None), n + 1: ("gpus", n + 1)}
     total = {m: m * revenue[label] for m, label in at_n.items()}
-    planned = hasattr(systems[0], "M") and getattr(systems[0], "layout", "planned") == "planned"
+    planned = getattr(systems[0], "layout", "planned") == "planned"
     mixed = {m: int(np.asarray(systems[labels.index(label)].M)) if planned else None
              for m, label in at_n.items()}
     gpu_value = {

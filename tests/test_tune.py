@@ -31,14 +31,19 @@ def tiny_model():
 
 @pytest.mark.parametrize("family", ["gated", "coupled", "sli-gated"])
 def test_the_lp_point_of_each_family_is_the_papers_policy(family):
-    # At the LP point the families take the paper policy's decisions on the same random numbers.
+    # At the LP point the families are the paper's policies, run by the same step: sample paths
+    # bit for bit on the same random numbers (counters, time integrals, final clock).
     paper = {"gated": ("gate-and-route", "pooled"), "coupled": ("gi-wsp", "per-gpu"),
              "sli-gated": ("sli-gate-and-route", "pooled")}[family]
     reference, plan = jq.build(paper[0], PAPER, 10, engine=paper[1])
     system, _ = tunable.build_family(family, PAPER, 10, plan=plan)
+    assert type(system) is type(reference)  # one implementation per policy
     a = jq.rollout(jax.random.key(0), reference, steps=3072, reps=3)
     b = jq.rollout(jax.random.key(0), system, steps=3072, reps=3)
     np.testing.assert_array_equal(np.asarray(a.summary.counts), np.asarray(b.summary.counts))
+    np.testing.assert_array_equal(np.asarray(a.summary.integrals),
+                                  np.asarray(b.summary.integrals))
+    np.testing.assert_array_equal(np.asarray(a.time), np.asarray(b.time))
 
 
 def test_relaxed_forward_pass_is_the_exact_one():

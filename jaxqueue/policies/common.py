@@ -231,3 +231,60 @@ def default_capacity(n: int, queue: float | None = None) -> int:
     if queue is not None:
         need = max(need, math.ceil(2 * n * float(queue)) + 64)
     return int(2 ** math.ceil(math.log2(need)))
+
+
+# ---- rounding thresholds once per replication -------------------------------------------
+def rounded(decide, values: Float[Array, " K"], u: Float[Array, " U"], dither: bool):
+    """Integers from reals, drawn once per replication: the number of mixed GPUs, the slack
+    and the caps of the ``gated`` family (a :class:`~jaxqueue.policies.pooled.Pooled` with
+    ``params``) from ``n * (share, slack, caps)``.
+
+    Without ``dither``: randomised rounding, ``floor(v) + 1[u_0 < v - floor(v)]``, so the
+    expectation is ``v`` and the expected objective is piecewise linear in ``v``, with kinks at
+    the integers (where the paper's policies sit). With ``dither``: ``round(v + u_0 - u_1)``,
+    rounding after adding triangular noise on (-1, 1); the outcome is within one of ``round(v)``
+    and the expected objective is continuously differentiable in ``v`` (at an integer ``k`` its
+    slope is the central one, ``(J(k + 1) - J(k - 1)) / 2``). Negative results become 0. ``u``
+    holds one uniform per value (two with the dither: the first ``K``, then the second ``K``).
+    """
+    K = values.shape[0]
+    if dither:
+        k = decide.count(values + 0.5 - u[K:2 * K], u[:K])
+    else:
+        k = decide.count(values, u[:K])
+    return jnp.maximum(k, 0)
+
+
+def _triangular_cdf(x):
+    """CDF of the triangular law on (-1, 1) (the sum of two uniforms minus one)."""
+    x = jnp.clip(x, -1.0, 1.0)
+    return jnp.where(x < 0, 0.5 * (1.0 + x) ** 2, 1.0 - 0.5 * (1.0 - x) ** 2)
+
+
+def rounding_logp(values: Float[Array, " K"], k: Float[Array, " K"], dither: bool,
+                  upper: Float[Array, " K"] | None = None, total: bool = True):
+    """``log P`` of the integers ``k`` drawn by :func:`rounded` from ``values`` (summed over the
+    entries, or per entry with ``total = False``), differentiable in ``values``: what the
+    likelihood-ratio estimator differentiates for parameters a replication rounds once.
+    ``upper`` caps each entry (the number of mixed GPUs is at most n), as the system does;
+    results at 0 or at ``upper`` collect the mass beyond."""
+    values = jnp.asarray(values)
+    k = jnp.asarray(k, values.dtype)
+    upper = jnp.full_like(values, jnp.inf) if upper is None else jnp.asarray(upper, values.dtype)
+    if dither:
+        hi = jnp.where(k >= upper, 1.0, _triangular_cdf(k + 0.5 - values))
+        lo = jnp.where(k <= 0, 0.0, _triangular_cdf(k - 0.5 - values))
+        p = hi - lo
+    else:
+        low = jnp.floor(values)
+        frac = values - low
+        p = jnp.where(k == low + 1, frac, jnp.where(k == low, 1.0 - frac, 0.0))
+    logp = jnp.log(jnp.maximum(p, 1e-30))
+    return jnp.sum(logp) if total else logp
+
+
+def smallest_rounded(values, dither: bool) -> np.ndarray:
+    """The smallest integer :func:`rounded` can draw from each of ``values`` (host arrays)."""
+    values = np.asarray(values, np.float64)
+    low = np.floor(values - 1.5) + 1 if dither else np.floor(values)
+    return np.maximum(low, 0)

@@ -24,6 +24,12 @@ live job waits for decode", since one event frees at most one slot and adds at m
   ``priority`` (Prioritize-and-Route, Sec. 4.2.1): largest ``D_i / P_i``, ties to the lower index;
   ``fcfs`` (FG-SP): the oldest waiting job of any class.
 
+The ``gated`` family of :mod:`jaxqueue.policies.tunable` is this system with knobs
+(:class:`GatedParams`): free gate targets and offset, a random number of mixed GPUs per
+replication, a decode-congestion slack and per-class caps. The knobs can hold a job back while
+a slot is idle, and a later zero-time bookkeeping step admits it; at the LP point they never
+do, and the family's paths are the paper's.
+
 Every decision goes through the system's ``decide`` (:mod:`jaxqueue.decisions`); indicators are
 combined with arithmetic (``a * b``, ``1 - a``) so that a relaxation can replace them.
 """
@@ -50,16 +56,38 @@ from .common import (
     TALLIES,
     any_overflow,
     close_rings,
+    gate_admit,
     gate_keys,
     overflow_message,
     rebase_rings,
     revenue,
     ring_live,
+    rounded,
+    rounding_logp,
     split_event,
 )
 
-__all__ = ["CountSystem", "Pooled", "PooledState", "greedy_route", "latency_tallies",
-           "serve_ring_head"]
+__all__ = ["CountSystem", "GatedParams", "Pooled", "PooledState", "greedy_route",
+           "latency_tallies", "serve_ring_head"]
+
+
+class GatedParams(eqx.Module):
+    """The knobs of the ``gated`` family (:mod:`jaxqueue.policies.tunable`): a
+    :class:`Pooled` system with the deviation gate and these ``params``.
+
+    Attributes:
+        targets: gate targets, prefills per GPU per class (> 0).
+        offset: the gate ranks by ``(X_i + offset) / target_i - n`` (>= 0).
+        share: mixed GPUs per GPU, in ``[0, 1]``; ``n * share`` is rounded once per replication.
+        slack: decode-congestion admission slack, per GPU (>= 0).
+        caps: per-class admission caps, prefills per GPU (>= 0).
+    """
+
+    targets: Float[Array, " I"]
+    offset: Float[Array, ""]
+    share: Float[Array, ""]
+    slack: Float[Array, ""]
+    caps: Float[Array, " I"]
 
 
 class PooledState(eqx.Module):
@@ -75,6 +103,9 @@ class PooledState(eqx.Module):
         decode_ring: the decode buffer.
         class_rings: with a non-exponential patience law and a per-class gate, the per-class
             prefill queues as rings (FCFS within a class), batched over classes; else None.
+        M, slack, caps: with the ``gated`` family's ``params``, this replication's mixed GPUs,
+            decode-congestion slack and per-class caps, in jobs (``n * (share, slack, caps)``
+            rounded once per replication); else None.
     """
 
     X: Int[Array, " I"]
@@ -84,14 +115,17 @@ class PooledState(eqx.Module):
     prefill_ring: buf.Ring | None
     decode_ring: buf.Ring
     class_rings: buf.Ring | None = None
+    M: Int[Array, ""] | None = None
+    slack: Int[Array, ""] | None = None
+    caps: Int[Array, " I"] | None = None
 
 
 class CountSystem(AbstractSystem):
     """What every count-based system on the pooled architecture shares: counts per class
     ``X, Ym, Ys, Qp`` in its state and an optional FCFS prefill ring besides the decode ring,
     so the same rates, levels, revenue, ring bookkeeping and census (:class:`Pooled`, and the
-    ``gated`` family of :mod:`.tunable`). Subclasses have fields ``model``, ``n`` and
-    ``capacity`` and write their own admission (``init``, ``pending``, ``fire``)."""
+    SLI-aware policy of :mod:`.sli`). Subclasses have fields ``model``, ``n`` and ``capacity``
+    and write their own admission (``init``, ``pending``, ``fire``)."""
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
@@ -165,14 +199,33 @@ class CountSystem(AbstractSystem):
 class Pooled(CountSystem):
     """A pooled Gate-and-Route-type system.
 
+    The paper's policies are this system with ``params = None``: ``M`` mixed GPUs, the gate's
+    targets ``x_star``, every idle prefill slot filled. With ``params``
+    (:class:`GatedParams`, deviation gate only) it is the ``gated`` family of
+    :mod:`jaxqueue.policies.tunable`, whose knobs generalise the paper's gate: free targets and
+    offset, ``M = n * share`` rounded once per replication, a decode-congestion slack and
+    per-class caps (a prefill starts only while the prefills in service are fewer than the free
+    decode slots plus ``n * slack``, and class i only while ``X_i < n * caps_i``). Both run the
+    same step: at the LP point (``targets = x*``, ``offset = 0``, ``share = M / n``, slack and
+    caps that never bind) the family's sample paths are the paper's policy's, bit for bit.
+
     Attributes:
         model: the scenario (rates are derived from it inside the step).
         n: number of GPUs.
-        M: number of mixed GPUs (``ceil(n sum x*)`` under static planning).
-        x_star: the plan's per-GPU prefill occupancy (gate targets).
+        M: number of mixed GPUs (``ceil(n sum x*)`` under static planning; with ``params``,
+            the plan's, for reference only: each replication draws its own).
+        x_star: the plan's per-GPU prefill occupancy (the gate's targets without ``params``).
         q_star: the plan's per-GPU prefill queue (gate tie-break targets).
         gate: ``"deviation"``, ``"priority"`` or ``"fcfs"`` (static).
         capacity: slots of each FCFS ring (static).
+        wait_grid: times at which to count the latencies' distributions (static; see
+            :attr:`tally_names`).
+        params: None (the paper's policies), or the ``gated`` family's knobs.
+        gate_temperature: with ``params`` only: None (the deterministic gate), or the
+            temperature of the smoothed family: the gate draws the class it admits with
+            probabilities ``softmax(-xi / T)`` among the eligible classes, and the share, slack
+            and caps are rounded with a triangular dither (:func:`~.common.rounded`), so that
+            the expected objective is continuously differentiable in every knob.
     """
 
     model: Model
@@ -183,6 +236,8 @@ class Pooled(CountSystem):
     gate: str = eqx.field(static=True)
     capacity: int = eqx.field(static=True)
     wait_grid: tuple[float, ...] = eqx.field(static=True, default=())
+    params: GatedParams | None = None
+    gate_temperature: Float[Array, ""] | None = None
 
     def __check_init__(self):
         if self.gate not in GATES:
@@ -198,6 +253,16 @@ class Pooled(CountSystem):
             raise ValueError("per-job prefill queues (a non-exponential patience law, or a "
                              "wait_grid) keep each waiting job in a ring, which relaxed "
                              "decisions cannot differentiate: use exact decisions")
+        if self.params is not None:
+            if self.gate != "deviation":
+                raise ValueError(f"params (the gated family's knobs) need gate = 'deviation', "
+                                 f"not {self.gate!r}")
+            laws.check_supported(self.model.patience, "the gated family", counted=True)
+            if self.wait_grid:
+                raise ValueError("the gated family counts its prefill queues and keeps no "
+                                 "entry times: a wait_grid is for the paper's pooled policies")
+        elif self.gate_temperature is not None:
+            raise ValueError("gate_temperature is for the gated family (params) only")
 
     @property
     def per_job(self) -> bool:
@@ -207,9 +272,24 @@ class Pooled(CountSystem):
         return (laws.per_job(self.model.patience) or bool(self.wait_grid)) and self.gate != "fcfs"
 
     @property
+    def smoothed(self) -> bool:
+        """Whether the gated family's decisions are all randomised (a gate temperature is set):
+        the gate draws its class and the thresholds are rounded with the triangular dither."""
+        return self.gate_temperature is not None
+
+    @property
     def num_random(self) -> int:
-        # The patience draw; with a wait grid, also the admitted job's prefill time.
-        return 2 if self.wait_grid else 1
+        # The patience draw; then the smoothed gate's draw, or with a wait grid the admitted
+        # job's prefill time (never both).
+        return 2 if (self.wait_grid or self.smoothed) else 1
+
+    @property
+    def num_init_random(self) -> int:
+        # The gated family rounds share, slack and one cap per class: one uniform each, two
+        # with the dither.
+        if self.params is None:
+            return 0
+        return (2 + self.num_classes) * (2 if self.smoothed else 1)
 
     @property
     def tally_names(self) -> tuple[str, ...]:
@@ -223,28 +303,91 @@ class Pooled(CountSystem):
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
+        scalar = jnp.zeros((), self.decide.count_dtype)
         one = buf.empty(self.capacity)
+        knobs = self.params is not None
         return PooledState(
             X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=buf.empty(self.capacity),
             class_rings=jax.tree.map(lambda a: jnp.stack([a] * self.num_classes), one)
             if self.per_job else None,
+            M=scalar if knobs else None, slack=scalar if knobs else None,
+            caps=zeros if knobs else None,
         )
 
-    def _free(self, s: PooledState):
-        """Indicators (free solo slot, free mixed slot, idle prefill slot)."""
+    # ---- the gated family's thresholds, rounded once per replication --------------------------
+    def thresholds(self) -> Float[Array, " K"]:
+        """The real numbers each replication of the gated family rounds:
+        ``n * (share, slack, caps_1..caps_I)``."""
+        p, n = self.params, self.n
+        return jnp.concatenate([jnp.stack([n * p.share, n * p.slack]), n * p.caps])
+
+    def randomize(self, s: PooledState, u) -> PooledState:
+        k = rounded(self.decide, self.thresholds(), u, self.smoothed)
+        dtype = s.M.dtype
+        M = jnp.minimum(k[0], self.n).astype(dtype)
+        return eqx.tree_at(lambda s: (s.M, s.slack, s.caps), s,
+                           (M, k[1].astype(dtype), k[2:].astype(dtype)))
+
+    def rounding_logp(self, s: PooledState) -> Float[Array, " K"]:
+        """``log P`` of each of this replication's rounded thresholds (share, slack, caps;
+        :func:`~.common.rounding_logp`), a function of the parameters: what the
+        likelihood-ratio estimator differentiates for them."""
+        k = jnp.concatenate([jnp.stack([s.M, s.slack]), s.caps]).astype(real_dtype())
+        values = self.thresholds()
+        upper = jnp.full(values.shape, jnp.inf, values.dtype).at[0].set(self.n)
+        return rounding_logp(values, k, self.smoothed, upper, total=False)
+
+    def threshold_reach(self, s: PooledState) -> Float[Array, " K"]:
+        """What each rounded threshold is compared with in ``s``: the slack with ``sum X -
+        free decode slots``, cap i with ``X_i`` (a threshold ``K`` admits while the quantity is
+        below it); the number of mixed GPUs always matters (+inf). If the running maximum of a
+        quantity stays below every value its threshold can take, the threshold decided nothing
+        in that replication (the likelihood-ratio estimator then drops its term)."""
+        _, _, _, free = self._free(s, s.X, s.Ym, s.Ys)
+        return jnp.concatenate([jnp.stack([jnp.inf, jnp.sum(s.X) - free]), s.X]
+                               ).astype(real_dtype())
+
+    # ---- decisions ----------------------------------------------------------------------------
+    def _free(self, s: PooledState, X, Ym, Ys):
+        """Indicators (free solo slot, free mixed slot, idle prefill slot) and the number of
+        free decode slots."""
         B, d = self.model.B, self.decide
-        return (d.greater(B * (self.n - self.M), jnp.sum(s.Ys)),
-                d.greater((B - 1) * self.M, jnp.sum(s.Ym)), d.greater(self.M, jnp.sum(s.X)))
+        M = self.M if s.M is None else s.M
+        solo, mixed = B * (self.n - M), (B - 1) * M
+        free = solo - jnp.sum(Ys) + mixed - jnp.sum(Ym)
+        return (d.greater(solo, jnp.sum(Ys)), d.greater(mixed, jnp.sum(Ym)),
+                d.greater(M, jnp.sum(X)), free)
+
+    def _admission(self, s: PooledState, X, Ym, Ys, Qp):
+        """(indicator that a prefill starts now, eligible classes) for counted per-class
+        queues: an idle prefill slot and a waiting class; with the gated family's knobs, also
+        the class under its cap and fewer prefills in service than free decode slots plus the
+        slack."""
+        d = self.decide
+        _, _, idle, free = self._free(s, X, Ym, Ys)
+        eligible = d.greater(Qp, 0)
+        if s.caps is not None:
+            eligible = eligible * d.greater(s.caps, X)
+        go = idle * d.greater(jnp.sum(eligible), 0)
+        if s.slack is not None:
+            go = go * d.greater(free + s.slack, jnp.sum(X))
+        return go, eligible
 
     def pending(self, s: PooledState) -> Bool[Array, ""]:
-        free_solo, free_mixed, idle = self._free(s)
+        free_solo, free_mixed, idle, _ = self._free(s, s.X, s.Ym, s.Ys)
         todo = ((free_solo + free_mixed) > 0) & (s.decode_ring.size > 0)
         if s.prefill_ring is not None:
             todo = todo | ((idle > 0) & (s.prefill_ring.size > 0))
         if s.class_rings is not None:
             todo = todo | ((idle > 0) & jnp.any(s.class_rings.size > 0))
+        if s.slack is not None:
+            # The knobs can hold a waiting job back while a slot is idle; a decode completion
+            # may then let it in, in a zero-time bookkeeping step. (Without them an idle slot
+            # implies no waiting job, and none is ever pending.)
+            go, _ = self._admission(s, s.X, s.Ym, s.Ys, s.Qp)
+            todo = todo | (go > 0.5)
         return todo
 
     def fire(self, s: PooledState, event, t, u, window):
@@ -252,7 +395,7 @@ class Pooled(CountSystem):
         num = self.num_classes
         rows, counted, bookkeeping = split_event(event, num, t, window)
         arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
-        free_solo, free_mixed, idle = self._free(s)
+        free_solo, free_mixed, idle, _ = self._free(s, s.X, s.Ym, s.Ys)
         real = t.dtype
 
         def patience(cls):
@@ -265,25 +408,25 @@ class Pooled(CountSystem):
                                    prune)
 
         # Decode side (greedy router).
-        finished = jnp.sum(prefill_done)
         dring, Ym, Ys, placed, d_gone, d_credit, d_waited = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
             free_mixed, bookkeeping, t, patience, window, prune)
 
-        # Prefill side (the gate). An arrival finding an idle prefill slot starts at once (no
-        # live job waits then); a prefill slot freed by a completion admits one waiting job.
+        # Prefill side (the gate), at most one start per step.
         X = s.X - prefill_done
-        start = arrive * idle
-        queued = arrive * (1 - idle)
         zero_f = jnp.zeros(num, real)
         q_credit = zero_f
-        crings = None
+        crings = pring = None
+        logp = jnp.zeros((), real)
         if s.class_rings is not None:
-            # Per-class rings (FCFS within a class), each job with its own deadline. In a
-            # bookkeeping step with an idle slot the gate picks a class among those with a
-            # live job (live counts at t), or, when none has one, among those holding any; the
-            # head of the picked ring is admitted if live, else discarded as abandoned (at its
-            # deadline), and the next bookkeeping step looks again.
+            # Per-class rings (FCFS within a class), each job with its own deadline. An arrival
+            # finding an idle slot starts at once (no live job waits then). In a bookkeeping
+            # step with an idle slot the gate picks a class among those with a live job (live
+            # counts at t), or, when none has one, among those holding any; the head of the
+            # picked ring is admitted if live, else discarded as abandoned (at its deadline),
+            # and the next bookkeeping step looks again.
+            start = arrive * idle
+            queued = arrive * (1 - idle)
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             hot_a = jnp.arange(num) == cls_a
@@ -306,44 +449,56 @@ class Pooled(CountSystem):
             out = jax.vmap(lambda r, go: buf.serve(r, go, t, window, d.at_least))(
                 crings, ((jnp.arange(num) == pick) & look) | dead)
             crings = out.ring
-            admit = out.taken.astype(X.dtype)
+            taken = out.taken.astype(X.dtype)
+            admit = start + taken
             p_gone = out.gone.astype(X.dtype)
             q_credit = jnp.where(out.looked > 0, out.wait, 0.0).astype(real)
             waited = jnp.sum(jnp.where(out.taken > 0, out.waited, 0.0))
-            pring = None
         elif s.prefill_ring is None:
-            Qp = s.Qp + queued - queue_abandon
-            _, admit = d.choose(*self._gate_keys(X, Qp), finished * d.greater(jnp.sum(Qp), 0))
+            # Counted per-class queues: every arrival joins its class's queue, then the gate
+            # admits one eligible job if it may (an arrival finding an idle slot is then the
+            # only one waiting, and starts at once).
+            Qp = s.Qp + arrive - queue_abandon
+            go, eligible = self._admission(s, X, Ym, Ys, Qp)
+            keys, _ = self._gate_keys(X, Qp)
+            admit, logp = gate_admit(d, keys, eligible, go, self.gate_temperature,
+                                     u[1] if self.smoothed else None)
             Qp = Qp - admit
             p_gone = queue_abandon * counted
             waited = None  # counts carry no entry times (a wait grid makes per-class rings)
-            pring = None
         else:
+            # The FCFS ring: an arrival finding an idle slot starts at once; a freed slot
+            # serves the ring's oldest live job in a bookkeeping step.
+            start = arrive * idle
+            queued = arrive * (1 - idle)
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
-            pring, admit, p_gone, q_credit, waited = serve_head(pring, idle, s.prefill_ring)
-        X = X + start + admit
+            pring, taken, p_gone, q_credit, waited = serve_head(pring, idle, s.prefill_ring)
+            admit = start + taken
+        X = X + admit
 
         state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
-                            class_rings=crings)
+                            class_rings=crings, M=s.M, slack=s.slack, caps=s.caps)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
-                                  solo_done * counted, p_gone, d_gone, (start + admit) * counted,
+                                  solo_done * counted, p_gone, d_gone, admit * counted,
                                   placed * counted])
         if self.wait_grid:
             # At most one prefill starts per step: an arrival at an idle slot (no wait) or, in
             # a bookkeeping step, the head of a ring (its whole wait).
-            wait = jnp.where(jnp.sum(admit) > 0, waited, 0.0).astype(real)
+            wait = jnp.where(jnp.sum(taken) > 0, waited, 0.0).astype(real)
             counts = jnp.concatenate([
-                counts, latency_tallies(self.wait_grid, (start + admit) * counted, wait, m.mu_p,
-                                        u[1]),
+                counts, latency_tallies(self.wait_grid, admit * counted, wait, m.mu_p, u[1]),
                 at_most(self.wait_grid, placed * counted, d_waited)])
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit])
-        return state, Flow(counts=counts, waits=waits)
+        return state, Flow(counts=counts, waits=waits, logp=logp)
 
     def _gate_keys(self, X: Int[Array, " I"], Qp: Int[Array, " I"]):
-        return gate_keys(self.gate, self.decide, self.model, self.n, self.x_star, self.q_star,
-                         X, Qp)
+        if self.params is None:
+            return gate_keys(self.gate, self.decide, self.model, self.n, self.x_star,
+                             self.q_star, X, Qp)
+        return gate_keys(self.gate, self.decide, self.model, self.n, self.params.targets,
+                         self.q_star, X, Qp, self.params.offset)
 
 
 def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float[Array, ""],

@@ -15,11 +15,11 @@ import jaxqueue as jq
 from jaxqueue import policies, scenarios
 
 #: One case per way of holding jobs runs by default: FCFS rings on the per-GPU engine (fg-sp),
-#: the counting engine's decode buffer under bundled and separate pricing, and the per-GPU
-#: engine's decode buffer (gi-wsp). The others share those mechanics (one engine's step, one ring
-#: type) and run with ``-m slow``.
-DEFAULT = {("fg-sp", "per-gpu"), ("gate-and-route", "pooled"),
-           ("prioritize-and-route", "pooled"), ("gi-wsp", "per-gpu")}
+#: the counting engine's counted prefill queues and decode buffer (gate-and-route), and the
+#: per-GPU engine's decode buffer (gi-wsp). The others share those mechanics (one engine's step,
+#: one ring type: Prioritize-and-Route differs from Gate-and-Route by its gate's keys only) and
+#: run with ``-m slow``.
+DEFAULT = {("fg-sp", "per-gpu"), ("gate-and-route", "pooled"), ("gi-wsp", "per-gpu")}
 CASES = [case if case in DEFAULT else pytest.param(*case, marks=pytest.mark.slow)
          for case in ALL_CASES]
 

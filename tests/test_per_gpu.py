@@ -128,6 +128,7 @@ def test_fi_wsp_one_gpu_matches_exact_generator():
     assert max(abs(v) for v in z.values()) < 4.0, z
 
 
+@pytest.mark.slow  # statistical (two engines, 32 x 1,000 s each); the exact chains run by default
 def test_gate_and_route_agrees_with_pooled_engine():
     # With the paper's speed rule the per-GPU GG-SP is the pooled chain with GPU labels added.
     model = scenarios.load("paper-qwen8b")

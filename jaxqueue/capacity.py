@@ -37,29 +37,49 @@ import numpy as np
 from .model import Model
 from .stats import LATENCY_GRID
 
-__all__ = ["METRICS", "Point", "answer", "evaluate", "parse_slo", "search", "traffic_model",
-           "ttft_floor"]
+__all__ = ["METRICS", "POLICIES", "Point", "answer", "evaluate", "parse_slo", "plot", "search",
+           "traffic_model", "ttft_floor"]
 
 #: Latency targets over all classes: the prefill side's ``wait_*`` and ``ttft_*``, the decode
 #: buffer's ``decode_wait_*``.
 METRICS = tuple(f"{what}_p{q}" for what in ("wait", "ttft", "decode_wait") for q in (50, 90, 99))
 PREFILL_SIDE = ("wait", "ttft")
+#: The policies with latency counters (pooled, per-class or FCFS prefill rings).
+POLICIES = ("gate-and-route", "fg-sp", "prioritize-and-route")
 
 
-def parse_slo(text: str) -> tuple[str, float]:
-    """``"ttft_p99=2"`` -> ``("ttft_p99", 2.0)``; a clear error naming the allowed metrics."""
-    m = re.fullmatch(r"\s*([a-z0-9_]+)\s*=\s*([^\s]+)\s*", text)
+def parse_slo(text: str, class_names: tuple[str, ...] = ()) -> tuple[str, float]:
+    """``"ttft_p99=2"`` -> ``("ttft_p99", 2.0)``, a target over all classes;
+    ``"ttft_p99@decode-heavy=2"`` -> ``("ttft_p99@decode-heavy", 2.0)``, a target for one class
+    (by its name in ``class_names``). A clear error names the allowed metrics and classes."""
+    m = re.fullmatch(r"\s*([a-z0-9_]+)(?:@([^=]+?))?\s*=\s*([^\s]+)\s*", text)
     if not m or m.group(1) not in METRICS:
-        raise ValueError(f"slo = {text!r} is invalid: must be METRIC=SECONDS with METRIC one "
-                         f"of {', '.join(METRICS)}")
+        raise ValueError(f"slo = {text!r} is invalid: must be METRIC=SECONDS or "
+                         f"METRIC@CLASS=SECONDS with METRIC one of {', '.join(METRICS)}")
+    cls = m.group(2)
+    if cls is not None and cls not in class_names:
+        raise ValueError(f"slo = {text!r} is invalid: class {cls!r} is not one of the "
+                         f"scenario's classes ({', '.join(class_names)})")
     try:
-        value = float(m.group(2))
+        value = float(m.group(3))
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"slo = {text!r} is invalid: the target must be a number of seconds "
                          "> 0")
-    return m.group(1), value
+    return (m.group(1) if cls is None else f"{m.group(1)}@{cls}"), value
+
+
+def _target(name: str) -> tuple[str, int, str | None]:
+    """``"ttft_p99@decode-heavy"`` -> ``("ttft", 99, "decode-heavy")``."""
+    metric, _, cls = name.partition("@")
+    what, q = metric.rsplit("_p", 1)
+    return what, int(q), cls or None
+
+
+def _column(model: Model, cls: str | None) -> int:
+    """The column of :func:`jaxqueue.stats.latency`'s arrays for a class (-1: all classes)."""
+    return -1 if cls is None else model.class_names.index(cls)
 
 
 def traffic_model(model: Model, traffic: float, n: int) -> Model:
@@ -70,21 +90,25 @@ def traffic_model(model: Model, traffic: float, n: int) -> Model:
 
 def ttft_floor(model: Model, metric: str) -> float | None:
     """For a ``ttft_pQ`` metric, the Q-th percentile of the prefill time alone (exponential of
-    rate ``mu_p,i`` for a class-i request, classes in their arrival shares): the limit of the
-    time to first token as the waits vanish, below which no capacity meets the target. None for
-    the other metrics (whose limit is 0)."""
-    what, q = metric.rsplit("_p", 1)
+    rate ``mu_p,i`` for a class-i request; over all classes, classes in their arrival shares;
+    ``ttft_pQ@CLASS``: that class's): the limit of the time to first token as the waits vanish,
+    below which no capacity meets the target. None for the other metrics (whose limit is 0)."""
+    what, q, cls = _target(metric)
     if what != "ttft":
         return None
     lam = np.asarray(model.lambda_, np.float64)
     w, mu = lam / lam.sum(), np.asarray(model.mu_p, np.float64)
-    level = int(q) / 100
+    if cls is not None:
+        w = (np.arange(w.size) == _column(model, cls)).astype(np.float64)
+    level = q / 100
 
     def cdf(t):
         return float(w @ -np.expm1(-mu * t))
 
     low, high = 0.0, 1.0
     while cdf(high) < level:
+        if high > 1e12:  # no mass (cannot happen with rates > 0): never loop forever
+            raise ValueError(f"the prefill time's p{q} is not finite for {metric}")
         high *= 2
     for _ in range(100):
         mid = (low + high) / 2
@@ -136,9 +160,10 @@ def evaluate(key, model: Model, traffic: float, n: int, mixed: int | None, *, po
     lat = stats.latency(run, LATENCY_GRID)
     metrics, failing = {}, []
     for name in sorted(slos):
-        what, q = name.rsplit("_p", 1)
-        quant = lat[what]["quantiles"][int(q) / 100]
-        row = {k: (float(v[-1]) if np.isfinite(v[-1]) else None) for k, v in quant.items()}
+        what, q, cls = _target(name)
+        quant = lat[what]["quantiles"][q / 100]
+        col = _column(model, cls)
+        row = {k: (float(v[col]) if np.isfinite(v[col]) else None) for k, v in quant.items()}
         metrics[name] = row
         if only_prefill and what not in PREFILL_SIDE:
             continue
@@ -192,10 +217,12 @@ def search(check: Callable[[int], Point], *, low_end: int, high_end: int
 
 def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
            max_abandon: float | None, reps: int, horizon: float, warmup: float, seed: int,
-           n_max: int = 100_000, devices=None,
+           n_max: int = 100_000, devices=None, compare: bool = False,
            notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The two searches (on key ``seed``), then the answer simulated again on a fresh key
-    (``seed + 1``) with one mixed GPU fewer and one GPU fewer, each of which should fail."""
+    (``seed + 1``) with one mixed GPU fewer and one GPU fewer, each of which should fail. With
+    ``compare``, the other pooled policies run on the answer's GPUs (n* of them, m* mixed) on the
+    fresh key too, each checked against the same targets."""
     import jax
 
     if not slos and max_abandon is None:
@@ -209,8 +236,9 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
         if floor is not None and target <= floor:
             raise ValueError(f"slo {name} = {target:g} s cannot be met with any capacity: as "
                              f"the waits vanish the time to first token tends to the prefill "
-                             f"alone, whose p{name.rsplit('_p', 1)[1]} is {floor:.4g} s in "
-                             f"this mix (scenario {model.name})")
+                             f"alone, whose p{_target(name)[1]} is {floor:.4g} s "
+                             + (f"for class {_target(name)[2]}" if _target(name)[2] else
+                                "in this mix") + f" (scenario {model.name})")
     kw = dict(policy=policy, slos=slos, max_abandon=max_abandon, reps=reps, horizon=horizon,
               warmup=warmup, devices=devices)
     key = jax.random.key(seed)
@@ -226,7 +254,7 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
     from . import policies
 
     planned = int(policies.build(policy, traffic_model(model, traffic, n_max), n_max)[0].M)
-    prefill_slos = any(k.rsplit("_p", 1)[0] in PREFILL_SIDE for k in slos)
+    prefill_slos = any(_target(k)[0] in PREFILL_SIDE for k in slos)
     if prefill_slos:
         mixed, slot_points = search(
             lambda m: say(evaluate(key, model, traffic, max(m, 1) * 4 + 8, m, only_prefill=True,
@@ -242,6 +270,12 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
         confirm["one_gpu_fewer"] = evaluate(fresh, model, traffic, best - 1, mixed, **kw)
     if prefill_slos and mixed > max(planned, 1):
         confirm["one_mixed_fewer"] = evaluate(fresh, model, traffic, best, mixed - 1, **kw)
+    others = {}
+    if compare:
+        for other in POLICIES:
+            if other != policy:
+                others[other] = say(evaluate(fresh, model, traffic, best, mixed,
+                                             **{**kw, "policy": other}))
     below = gpu_points.get(best - 1)
     return {
         "scenario": model.name, "policy": policy, "traffic": traffic, "slos": slos,
@@ -253,4 +287,54 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
         "confirmation": {k: dataclasses.asdict(v) for k, v in confirm.items()},
         "confirmed": confirm["answer"].ok and all(
             not v.ok for k, v in confirm.items() if k != "answer"),
+        "others": {k: dataclasses.asdict(v) for k, v in others.items()},
     }
+
+
+def plot(path, o: dict[str, Any]) -> None:
+    """The cost curve of the search over GPUs (m* mixed): revenue per GPU, each latency target's
+    quantile and the abandoned share against n, with their 95% intervals and the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = o["gpu_points"]
+    n = np.array([p["n"] for p in points])
+    panels = ["revenue", *o["slos"], "abandon"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], panels, strict=True):
+        if name == "revenue":
+            mean = np.array([p["revenue"]["mean"] for p in points])
+            err = np.array([p["revenue"]["ci95"] or 0.0 for p in points])
+            ax.errorbar(n, mean, yerr=err, fmt="o-", ms=3, capsize=2)
+            ax.set_ylabel("bundled revenue per GPU per second")
+        elif name == "abandon":
+            mean = np.array([100 * p["abandon"]["mean"] for p in points])
+            high = np.array([100 * p["abandon"]["high"] for p in points])
+            ax.errorbar(n, mean, yerr=[np.zeros_like(mean), high - mean], fmt="o-", ms=3,
+                        capsize=2)
+            if o["max_abandon"] is not None:
+                ax.axhline(100 * o["max_abandon"], color="k", ls="--", lw=1, label="target")
+                ax.legend(fontsize=7)
+            ax.set_ylabel("abandoned, % of arrivals (upper 95%)")
+        else:
+            rows = [p["metrics"][name] for p in points]
+            value = np.array([np.nan if r["value"] is None else r["value"] for r in rows])
+            low = np.array([np.nan if r["low"] is None else r["low"] for r in rows])
+            high = np.array([np.inf if r["high"] is None else r["high"] for r in rows])
+            top = np.where(np.isfinite(high), high, np.nanmax(np.r_[value, o["slos"][name]]) * 2)
+            ax.errorbar(n, value, yerr=[np.nan_to_num(value - low), top - value], fmt="o-",
+                        ms=3, capsize=2)
+            ax.axhline(o["slos"][name], color="k", ls="--", lw=1, label="target")
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel(f"{name} (s)")
+            ax.legend(fontsize=7)
+        ax.axvline(o["gpus"], color="C3", lw=1, alpha=0.6)
+        ax.set_xlabel(f"GPUs n ({o['mixed_gpus']} mixed)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{o['scenario']} / {o['policy']}, {o['traffic']:g} requests/s: answer "
+                 f"n* = {o['gpus']} (red)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -687,11 +687,15 @@ def _cmd_capacity(args) -> int:
     from .tables import capacity_lines
 
     model = scenarios.load(args.scenario)
-    slos = dict(capacity.parse_slo(t) for t in args.slo)
+    slos = dict(capacity.parse_slo(t, model.class_names) for t in args.slo or ())
     out = capacity.answer(model, args.traffic, policy=policies.resolve(args.policy).name,
                           slos=slos, max_abandon=args.max_abandon, reps=args.reps,
                           horizon=args.horizon, warmup=args.warmup, seed=args.seed,
-                          n_max=args.max_gpus, devices=_devices(args.devices), notify=_say)
+                          n_max=args.max_gpus, devices=_devices(args.devices),
+                          compare=args.compare, notify=_say)
+    if args.plot:
+        capacity.plot(args.plot, out)
+        out["plot"] = args.plot
     _emit(out, args.json, capacity_lines)
     return 0
 
@@ -877,10 +881,10 @@ def _parser() -> argparse.ArgumentParser:
                      "give the mix of classes)")
     cap.add_argument("--traffic", type=_number("traffic", strict=True), required=True,
                      help="requests per second in all, in the scenario's mix")
-    cap.add_argument("--slo", action="append", default=[], metavar="METRIC=SECONDS",
-                     help="a latency target over all classes (repeatable); METRIC one of "
-                          "wait_p50/p90/p99 (prefill wait), ttft_p50/p90/p99, "
-                          "decode_wait_p50/p90/p99")
+    cap.add_argument("--slo", action="append", metavar="METRIC[@CLASS]=SECONDS",
+                     help="a latency target (repeatable), over all classes or, with @CLASS, "
+                          "for the class of that name; METRIC one of wait_p50/p90/p99 (prefill "
+                          "wait), ttft_p50/p90/p99, decode_wait_p50/p90/p99")
     cap.add_argument("--max-abandon", type=_number("max-abandon", strict=True), default=None,
                      metavar="SHARE", help="the largest share of requests that may abandon")
     cap.add_argument("--policy", default="gate-and-route",
@@ -889,6 +893,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="give up beyond this many GPUs")
     cap.add_argument("--devices", default="all",
                      help="shard replications over 'all' devices or the first N")
+    cap.add_argument("--compare", action="store_true",
+                     help="also run the other pooled policies on the answer's GPUs (on the "
+                          "confirmation's fresh key) and say which meet the targets")
+    cap.add_argument("--plot", metavar="FILE",
+                     help="draw the cost curve (revenue, each target and abandonment against n) "
+                          "into FILE")
     run_options(cap, reps=32, horizon=1000.0, warmup=200.0)
     cap.set_defaults(func=_cmd_capacity)
 

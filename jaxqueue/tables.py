@@ -517,7 +517,8 @@ def capacity_lines(o: dict[str, Any]) -> list[str]:
     if o["max_abandon"] is not None:
         targets.append(f"abandonment <= {100 * o['max_abandon']:g}%")
     lines = [*_wrap(f"{o['scenario']} / {o['policy']}: {o['traffic']:g} requests/s; targets "
-                    f"{', '.join(targets)} (over all classes, met with 95% confidence); "
+                    f"{', '.join(targets)} (over all classes unless @CLASS, met with 95% "
+                    "confidence); "
                     f"{o['reps']} replications x {o['horizon']:g} s (warm-up {o['warmup']:g} s) "
                     f"per point, seed {o['seed']}"), ""]
     extra = o["mixed_gpus"] - o["planned_mixed_gpus"]
@@ -539,8 +540,9 @@ def capacity_lines(o: dict[str, Any]) -> list[str]:
         hi = "inf" if m["high"] is None else f"{m['high']:.3g}"
         return f"{m['value']:.3g} (<={hi})"
 
+    width = {k: max(16, len(k)) for k in names}
     head = (f"{'n':>7} {'mixed':>6} {'meets':>5} {'revenue/GPU':>15} {'abandon %':>15} "
-            + " ".join(f"{k:>16}" for k in names))
+            + " ".join(f"{k:>{width[k]}}" for k in names))
     for title, points in (("prefill slots (the prefill-side targets only)", o["slot_points"]),
                           ("GPUs (every target)", o["gpu_points"])):
         if not points:
@@ -553,7 +555,7 @@ def capacity_lines(o: dict[str, Any]) -> list[str]:
             lines.append(f"{p['n']:>7} {p['mixed']:>6} {('yes' if p['ok'] else 'no'):>5} "
                          f"{rev['mean']:>8.2f}{ci:<7} "
                          f"{100 * ab['mean']:>6.2f} (<={100 * ab['high']:.2f}) "
-                         + " ".join(f"{cell(p['metrics'][k]):>16}" for k in names))
+                         + " ".join(f"{cell(p['metrics'][k]):>{width[k]}}" for k in names))
     lines.append("  latencies: estimate (upper end of its 95% interval), seconds")
     conf = o["confirmation"]
     said = {"answer": "the answer", "one_gpu_fewer": "one GPU fewer",
@@ -562,4 +564,15 @@ def capacity_lines(o: dict[str, Any]) -> list[str]:
     verdict = ("confirmed" if o["confirmed"] else
                "NOT confirmed: the answer is within noise of the targets (more --reps)")
     lines += _wrap(f"on a fresh key (seed {o['seed'] + 1}): {'; '.join(parts)}: {verdict}")
+    others = o.get("others") or {}
+    if others:
+        lines += ["", f"the other pooled policies on the answer's GPUs ({o['gpus']}, "
+                      f"{o['mixed_gpus']} mixed), same fresh key:"]
+        for name, p in others.items():
+            rev = p["revenue"]
+            ci = "" if rev["ci95"] is None else f" ± {rev['ci95']:.2g}"
+            said = "meets every target" if p["ok"] else "fails " + ", ".join(p["failing"])
+            lines.append(f"  {name:<22} {said}; revenue/GPU {rev['mean']:.2f}{ci}")
+    if o.get("plot"):
+        lines.append(f"cost curve: {o['plot']}")
     return lines

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -53,11 +54,42 @@ def test_targets_are_parsed_and_impossible_ones_refused():
         capacity.answer(PAPER, 10.0, slos={"wait_p90": 1.0}, **{**kw, "policy": "fi-wsp"})
 
 
-def test_capacity_command_answers_and_confirms(capsys):
+def test_targets_for_one_class_are_parsed_and_read_from_that_class():
+    names = PAPER.class_names
+    assert capacity.parse_slo("ttft_p99@prefill-heavy=3", names) == ("ttft_p99@prefill-heavy",
+                                                                     3.0)
+    with pytest.raises(ValueError, match="class 'chat' is not one of the scenario's classes"):
+        capacity.parse_slo("ttft_p99@chat=3", names)
+    # A class's TTFT floor is its own prefill time's percentile: Exp(mu_p,i).
+    for i, name in enumerate(names):
+        floor = capacity.ttft_floor(PAPER, f"ttft_p90@{name}")
+        assert floor == pytest.approx(np.log(10) / PAPER.mu_p[i], rel=1e-9)
+    # With prefill slots to spare no request waits, so each class's TTFT is its own prefill
+    # time: its median is ln 2 / mu_p,i (the two classes' differ tenfold, so reading the other
+    # class's column, or all classes', fails).
+    slos = {f"ttft_p50@{name}": 100.0 for name in names}
+    point = capacity.evaluate(jax.random.key(0), PAPER, 4.0, 40, 20, policy="gate-and-route",
+                              slos=slos, max_abandon=None, reps=8, horizon=300.0, warmup=50.0,
+                              devices=jax.devices()[:1])
+    for i, name in enumerate(names):
+        m = point.metrics[f"ttft_p50@{name}"]
+        exact = np.log(2) / PAPER.mu_p[i]
+        assert m["low"] <= exact <= m["high"], (name, m, exact)
+        assert m["high"] < 1.3 * exact and m["low"] > exact / 1.3
+
+
+def test_capacity_command_answers_and_confirms(capsys, tmp_path):
     main(["capacity", "paper-qwen8b", "--traffic", "10", "--slo", "ttft_p99=2",
           "--max-abandon", "0.05", "--reps", "8", "--horizon", "400", "--warmup", "100",
-          "--devices", "1", "--json"])
+          "--devices", "1", "--compare", "--plot", str(tmp_path / "cost.png"), "--json"])
     out = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "cost.png").stat().st_size > 10_000
+    # The other pooled policies ran on the answer's GPUs against the same targets.
+    assert set(out["others"]) == {"fg-sp", "prioritize-and-route"}
+    for p in out["others"].values():
+        assert (p["n"], p["mixed"]) == (out["gpus"], out["mixed_gpus"])
+        assert p["ok"] == (p["metrics"]["ttft_p99"]["high"] <= 2.0
+                           and p["abandon"]["high"] <= 0.05)
     n, m = out["gpus"], out["mixed_gpus"]
     assert m >= out["planned_mixed_gpus"] and n >= m
     # The answer met every target in its search; one GPU fewer, if run, did not.

@@ -753,6 +753,7 @@ class _Help(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         shown = (action.default is not None and action.default is not False
+                 and action.default != [] and action.default != ()
                  and action.default is not argparse.SUPPRESS and not action.required
                  and "default" not in text and "%(default)" not in text
                  and (action.option_strings or action.nargs in (argparse.OPTIONAL,

@@ -67,7 +67,7 @@ from .common import (
     split_event,
 )
 
-__all__ = ["CountSystem", "GatedParams", "Pooled", "PooledState", "greedy_route",
+__all__ = ["GatedParams", "Pooled", "PooledState", "greedy_route",
            "latency_tallies", "serve_ring_head"]
 
 
@@ -120,83 +120,7 @@ class PooledState(eqx.Module):
     caps: Int[Array, " I"] | None = None
 
 
-class CountSystem(AbstractSystem):
-    """What every count-based system on the pooled architecture shares: counts per class
-    ``X, Ym, Ys, Qp`` in its state and an optional FCFS prefill ring besides the decode ring,
-    so the same rates, levels, revenue, ring bookkeeping and census (:class:`Pooled`, and the
-    SLI-aware policy of :mod:`.sli`). Subclasses have fields ``model``, ``n`` and ``capacity``
-    and write their own admission (``init``, ``pending``, ``fire``)."""
-
-    level_names: ClassVar[tuple[str, ...]] = LEVELS
-    tally_names: ClassVar[tuple[str, ...]] = TALLIES
-
-    @property
-    def num_classes(self) -> int:
-        return self.model.num_classes
-
-    def rates(self, s) -> Float[Array, " E"]:
-        m = self.model
-        return jnp.concatenate([
-            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
-        ])
-
-    def levels(self, s) -> Float[Array, " L"]:
-        # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
-        zero = jnp.zeros_like(s.X)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(real_dtype())
-
-    def revenue(self, integrals, counts):
-        return revenue(self.model, integrals, counts, self.tally_names)
-
-    def rebase(self, s, elapsed):
-        s = rebase_rings(s, elapsed)
-        if getattr(s, "class_rings", None) is not None:
-            s = eqx.tree_at(lambda s: s.class_rings, s, buf.rebase(s.class_rings, elapsed))
-        return s
-
-    def overflow(self, s) -> Bool[Array, ""]:
-        over = any_overflow(s.prefill_ring, s.decode_ring)
-        if getattr(s, "class_rings", None) is not None:
-            over = over | jnp.any(s.class_rings.overflow)
-        return over
-
-    def overflow_message(self) -> str:
-        return overflow_message(self.capacity)
-
-    def close(self, s, window):
-        flow = close_rings(s, self.num_classes, window)
-        num = self.num_classes
-        # The latency counters (past the paper's) count starts of service: none at the close.
-        extra = (len(self.tally_names) - len(TALLIES)) * num
-        if extra:
-            flow = Flow(counts=jnp.concatenate([flow.counts, jnp.zeros(extra, jnp.int32)]),
-                        waits=flow.waits)
-        if getattr(s, "class_rings", None) is None:
-            return flow
-        # Ring c holds class c only: its residual's row c is the class's.
-        gone, wait = jax.vmap(lambda r: buf.residual(r, self.num_classes, window))(
-            s.class_rings)
-        counts = flow.counts.at[4 * num:5 * num].add(jnp.diagonal(gone).astype(jnp.int32))
-        waits = flow.waits.at[3 * num:4 * num].add(jnp.diagonal(wait))
-        return Flow(counts=counts, waits=waits)
-
-    def _alive(self, rings, now):
-        """Live jobs of each per-class ring at ``now``. Under a deterministic law each ring's
-        deadlines rise from head to tail, and a binary search finds them."""
-        law = getattr(self.model.patience, "law", "exponential")
-        count = buf.alive_sorted if law == "deterministic" else buf.alive
-        return jax.vmap(lambda r: count(r, now))(rings)
-
-    def census(self, s, now):
-        num = self.num_classes
-        queued = s.Qp + ring_live(s.prefill_ring, num, now)
-        if getattr(s, "class_rings", None) is not None:
-            queued = queued + self._alive(s.class_rings, now)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
-                               ).astype(jnp.int32)
-
-
-class Pooled(CountSystem):
+class Pooled(AbstractSystem):
     """A pooled Gate-and-Route-type system.
 
     The paper's policies are this system with ``params = None``: ``M`` mixed GPUs, the gate's
@@ -239,6 +163,8 @@ class Pooled(CountSystem):
     params: GatedParams | None = None
     gate_temperature: Float[Array, ""] | None = None
 
+    level_names: ClassVar[tuple[str, ...]] = LEVELS
+
     def __check_init__(self):
         if self.gate not in GATES:
             raise ValueError(f"gate = {self.gate!r} is invalid: must be one of {GATES}")
@@ -263,6 +189,72 @@ class Pooled(CountSystem):
                                  "entry times: a wait_grid is for the paper's pooled policies")
         elif self.gate_temperature is not None:
             raise ValueError("gate_temperature is for the gated family (params) only")
+
+    # ---- rates, levels, revenue, ring bookkeeping, census --------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def rates(self, s) -> Float[Array, " E"]:
+        m = self.model
+        return jnp.concatenate([
+            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
+        ])
+
+    def levels(self, s) -> Float[Array, " L"]:
+        # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
+        zero = jnp.zeros_like(s.X)
+        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(real_dtype())
+
+    def revenue(self, integrals, counts):
+        return revenue(self.model, integrals, counts, self.tally_names)
+
+    def rebase(self, s, elapsed):
+        s = rebase_rings(s, elapsed)
+        if s.class_rings is not None:
+            s = eqx.tree_at(lambda s: s.class_rings, s, buf.rebase(s.class_rings, elapsed))
+        return s
+
+    def overflow(self, s) -> Bool[Array, ""]:
+        over = any_overflow(s.prefill_ring, s.decode_ring)
+        if s.class_rings is not None:
+            over = over | jnp.any(s.class_rings.overflow)
+        return over
+
+    def overflow_message(self) -> str:
+        return overflow_message(self.capacity)
+
+    def close(self, s, window):
+        flow = close_rings(s, self.num_classes, window)
+        num = self.num_classes
+        # The latency counters (past the paper's) count starts of service: none at the close.
+        extra = (len(self.tally_names) - len(TALLIES)) * num
+        if extra:
+            flow = Flow(counts=jnp.concatenate([flow.counts, jnp.zeros(extra, jnp.int32)]),
+                        waits=flow.waits)
+        if s.class_rings is None:
+            return flow
+        # Ring c holds class c only: its residual's row c is the class's.
+        gone, wait = jax.vmap(lambda r: buf.residual(r, self.num_classes, window))(
+            s.class_rings)
+        counts = flow.counts.at[4 * num:5 * num].add(jnp.diagonal(gone).astype(jnp.int32))
+        waits = flow.waits.at[3 * num:4 * num].add(jnp.diagonal(wait))
+        return Flow(counts=counts, waits=waits)
+
+    def _alive(self, rings, now):
+        """Live jobs of each per-class ring at ``now``. Under a deterministic law each ring's
+        deadlines rise from head to tail, and a binary search finds them."""
+        law = getattr(self.model.patience, "law", "exponential")
+        count = buf.alive_sorted if law == "deterministic" else buf.alive
+        return jax.vmap(lambda r: count(r, now))(rings)
+
+    def census(self, s, now):
+        num = self.num_classes
+        queued = s.Qp + ring_live(s.prefill_ring, num, now)
+        if s.class_rings is not None:
+            queued = queued + self._alive(s.class_rings, now)
+        return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
+                               ).astype(jnp.int32)
 
     @property
     def per_job(self) -> bool:

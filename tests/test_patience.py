@@ -216,3 +216,36 @@ def test_simulate_reads_the_law_from_a_scenario_file_and_says_it(tmp_path, capsy
     assert main([*args, "--json"]) in (0, None)
     assert json.loads(capsys.readouterr().out)["patience"] == {"law": "gamma",
                                                                "cv": [0.5, 0.5]}
+
+
+def test_the_gated_family_keeps_its_knobs_on_per_class_rings():
+    # The gated family's caps and slack, binding, with every waiting job in a per-class ring.
+    # A hyperexponential law with cv = 1 is the exponential law, so the rings must give the
+    # counted queues' law (two independent runs, z-scores), and no class may ever run more
+    # prefills than its cap.
+    from helpers import two_sample_z
+
+    from jaxqueue import stats
+    from jaxqueue.policies import tunable
+
+    model = scenarios.load("paper-qwen8b")
+    n = 10
+    params = tunable.GatedParams(targets=np.array([0.05, 0.25]), offset=np.float64(1.0),
+                                 share=np.float64(0.4), slack=np.float64(0.1),
+                                 caps=np.array([0.1, 0.2]))  # M = 4, slack 1 job, caps 1 and 2
+    runs = {}
+    for name, law in (("counted", None), ("rings", Patience.make("hyperexponential", 2, cv=1.0))):
+        system, _ = tunable.build_family("gated", model.replace(patience=law), n, params=params)
+        assert system.per_job == (law is not None)
+        runs[name] = simulate(jax.random.key(5 if law else 6), system, reps=64, horizon=600.0,
+                              warmup=100.0)
+        # The caps hold: at most 1 and 2 prefills of each class at the end of every run and on
+        # time average (the time average of a count kept <= cap is <= cap).
+        end = runs[name].stock("x", "end")
+        assert np.all(end <= np.array([1, 2])), end
+    a, b = (stats.per_gpu(runs[k], model, n) for k in ("counted", "rings"))
+    for key in ("revenue_bundled", "x", "q_prefill", "prefill_abandonment_rate"):
+        z = two_sample_z(a[key], b[key])
+        assert np.all(np.abs(z) < 4.0), (key, np.mean(a[key], 0), np.mean(b[key], 0), z)
+    # The knobs bind: the slack and caps hold prefills back (fewer than the 4 slots on average).
+    assert np.mean(np.sum(b["x"], axis=-1)) * n < 3.5

@@ -183,7 +183,6 @@ class Pooled(AbstractSystem):
             if self.gate != "deviation":
                 raise ValueError(f"params (the gated family's knobs) need gate = 'deviation', "
                                  f"not {self.gate!r}")
-            laws.check_supported(self.model.patience, "the gated family", counted=True)
             if self.wait_grid:
                 raise ValueError("the gated family counts its prefill queues and keeps no "
                                  "entry times: a wait_grid is for the paper's pooled policies")
@@ -352,19 +351,25 @@ class Pooled(AbstractSystem):
         return (d.greater(solo, jnp.sum(Ys)), d.greater(mixed, jnp.sum(Ym)),
                 d.greater(M, jnp.sum(X)), free)
 
-    def _admission(self, s: PooledState, X, Ym, Ys, Qp):
-        """(indicator that a prefill starts now, eligible classes) for counted per-class
-        queues: an idle prefill slot and a waiting class; with the gated family's knobs, also
-        the class under its cap and fewer prefills in service than free decode slots plus the
-        slack."""
+    def _admission(self, s: PooledState, X, Ym, Ys, Qp, dring: buf.Ring):
+        """(indicator that a prefill may start now, eligible classes) for per-class queues
+        holding ``Qp`` jobs (counts, or the jobs a ring holds): an idle prefill slot and a
+        waiting class; with the gated family's knobs, also the class under its cap and fewer
+        prefills in service than free decode slots plus the slack.
+
+        The free decode slots are counted after the decode buffer has taken its own: a free
+        slot with a job in the buffer (``dring``) goes to that job in the next zero-time step,
+        so it is not counted (if the buffer's head turns out to have abandoned, that step
+        discards it and the gate looks again)."""
         d = self.decide
-        _, _, idle, free = self._free(s, X, Ym, Ys)
+        free_solo, free_mixed, idle, free = self._free(s, X, Ym, Ys)
         eligible = d.greater(Qp, 0)
         if s.caps is not None:
             eligible = eligible * d.greater(s.caps, X)
         go = idle * d.greater(jnp.sum(eligible), 0)
         if s.slack is not None:
-            go = go * d.greater(free + s.slack, jnp.sum(X))
+            taken = (free_solo + free_mixed - free_solo * free_mixed) * (dring.size > 0)
+            go = go * d.greater(free - taken + s.slack, jnp.sum(X))
         return go, eligible
 
     def pending(self, s: PooledState) -> Bool[Array, ""]:
@@ -373,12 +378,15 @@ class Pooled(AbstractSystem):
         if s.prefill_ring is not None:
             todo = todo | ((idle > 0) & (s.prefill_ring.size > 0))
         if s.class_rings is not None:
-            todo = todo | ((idle > 0) & jnp.any(s.class_rings.size > 0))
-        if s.slack is not None:
+            # An idle slot and a ring holding a job the gate may admit (or discard, if it
+            # abandoned); with the knobs, one under its class's cap and within the slack.
+            go, _ = self._admission(s, s.X, s.Ym, s.Ys, s.class_rings.size, s.decode_ring)
+            todo = todo | (go > 0.5)
+        elif s.slack is not None:
             # The knobs can hold a waiting job back while a slot is idle; a decode completion
             # may then let it in, in a zero-time bookkeeping step. (Without them an idle slot
             # implies no waiting job, and none is ever pending.)
-            go, _ = self._admission(s, s.X, s.Ym, s.Ys, s.Qp)
+            go, _ = self._admission(s, s.X, s.Ym, s.Ys, s.Qp, s.decode_ring)
             todo = todo | (go > 0.5)
         return todo
 
@@ -412,13 +420,15 @@ class Pooled(AbstractSystem):
         logp = jnp.zeros((), real)
         if s.class_rings is not None:
             # Per-class rings (FCFS within a class), each job with its own deadline. An arrival
-            # finding an idle slot starts at once (no live job waits then). In a bookkeeping
-            # step with an idle slot the gate picks a class among those with a live job (live
-            # counts at t), or, when none has one, among those holding any; the head of the
-            # picked ring is admitted if live, else discarded as abandoned (at its deadline),
-            # and the next bookkeeping step looks again.
-            start = arrive * idle
-            queued = arrive * (1 - idle)
+            # finding an idle slot starts at once (no live job waits then; with the knobs,
+            # which can hold jobs back, every arrival joins its ring). In a bookkeeping step
+            # with an idle slot the gate picks a class among those with a live job (live
+            # counts at t), or, when none has one, among those holding any (with the knobs:
+            # classes under their cap, within the slack); the head of the picked ring is
+            # admitted if live, else discarded as abandoned (at its deadline), and the next
+            # bookkeeping step looks again.
+            start = arrive * idle if self.params is None else jnp.zeros_like(arrive)
+            queued = arrive - start
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             hot_a = jnp.arange(num) == cls_a
@@ -433,13 +443,22 @@ class Pooled(AbstractSystem):
             held = s.class_rings.size
             some_live = jnp.any(live > 0)
             counts = jnp.where(some_live, live, held)
-            pick, _ = d.choose(*self._gate_keys(X, counts))
-            look = bookkeeping & (idle > 0) & jnp.any(held > 0)
+            if self.params is None:
+                pick, _ = d.choose(*self._gate_keys(X, counts))
+                chosen = (jnp.arange(num) == pick) & bookkeeping & (idle > 0) & jnp.any(held > 0)
+            else:
+                go, eligible = self._admission(s, X, Ym, Ys, held, dring)
+                live_ok = jnp.any((live > 0) & (eligible > 0))
+                eligible = eligible * jnp.where(live_ok, d.greater(live, 0), 1)
+                keys, _ = self._gate_keys(X, counts)
+                hot, logp = gate_admit(d, keys, eligible, go * bookkeeping,
+                                       self.gate_temperature, u[1] if self.smoothed else None)
+                chosen = hot > 0
             # Every step also discards each ring's head if its deadline has passed, so jobs
             # that abandoned do not pile up behind a class the gate seldom serves.
             dead = jax.vmap(lambda r: dead_head(d, r, t, window))(crings)
             out = jax.vmap(lambda r, go: buf.serve(r, go, t, window, d.at_least))(
-                crings, ((jnp.arange(num) == pick) & look) | dead)
+                crings, chosen | dead)
             crings = out.ring
             taken = out.taken.astype(X.dtype)
             admit = start + taken
@@ -451,7 +470,7 @@ class Pooled(AbstractSystem):
             # admits one eligible job if it may (an arrival finding an idle slot is then the
             # only one waiting, and starts at once).
             Qp = s.Qp + arrive - queue_abandon
-            go, eligible = self._admission(s, X, Ym, Ys, Qp)
+            go, eligible = self._admission(s, X, Ym, Ys, Qp, dring)
             keys, _ = self._gate_keys(X, Qp)
             admit, logp = gate_admit(d, keys, eligible, go, self.gate_temperature,
                                      u[1] if self.smoothed else None)

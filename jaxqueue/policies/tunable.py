@@ -18,7 +18,8 @@ LP plan, where the family reproduces the paper's policy.
   nearest integers once per replication (up with probability equal to the fractional part), so
   revenue is continuous in the share.
 - ``slack`` (decode-congestion admission, per GPU): a prefill is admitted only while the prefills
-  in service are fewer than the free decode slots plus ``slack * n``. The paper's gate is work
+  in service are fewer than the free decode slots plus ``slack * n`` (a slot the decode buffer's
+  head is about to take does not count as free). The paper's gate is work
   conserving and fills every idle prefill slot; when decode slots are saturated the prefilled
   jobs then wait and abandon in the decode buffer, losing their whole price. A small slack
   idles prefill slots instead, so the wait happens in the prefill queue, before any work is

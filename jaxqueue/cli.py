@@ -30,9 +30,10 @@ ANNOUNCE_AFTER = 10.0
 #: JAX, solving the LPs, compiling (measured on 2 busy cores: 10-17 s for a pooled run at n = 50
 #: and 200 without the compilation cache; less with it).
 STARTUP = 10.0
-#: Seconds to compile one policy's program in ``jaxqueue compare``'s estimate (measured on 2
-#: busy cores: 6-15 s pooled, 11-21 s per-GPU).
-COMPILE_EACH = 12.0
+#: Seconds to compile one policy's program in ``jaxqueue compare``'s estimate (measured on the
+#: quiet 2-core machine with an empty compilation cache, 2026-12-04: 2-3 s a policy at n = 20,
+#: 4-7 s at n = 100, simulation included; about twice that on busy cores).
+COMPILE_EACH = 3.0
 #: The jax options the command changes, restored when it returns.
 _JAX_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                 "jax_persistent_cache_min_entry_size_bytes")
@@ -722,7 +723,7 @@ def _cmd_compare(args) -> int:
     _say(f"estimated run time {human_seconds(est['seconds'] + compiling)} for {len(items)} "
          f"policies: {human_seconds(est['seconds'])} of simulation ({pooled} pooled x {args.reps} "
          f"replications, {per_gpu} per-GPU x {gpu_reps}; horizon {args.horizon:g} s, n = "
-         f"{args.gpus}) and about {human_seconds(compiling)} starting and compiling (5-20 s a "
+         f"{args.gpus}) and about {human_seconds(compiling)} starting and compiling (2-8 s a "
          "policy on a CPU, less with the compilation cache). Ctrl-C stops it and reports the "
          "policies done")
     if args.estimate:

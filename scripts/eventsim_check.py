@@ -1,0 +1,179 @@
+"""The event-list simulator (scripts/eventsim.py) against jaxqueue's Gate-and-Route.
+
+    python scripts/eventsim_check.py [--scenario paper-qwen8b] [--gpus 20 5] [--reps 32]
+                                     [--jax-reps 64] [--horizon 2000] [--warmup 300]
+
+For each n and patience law (exponential, deterministic, lognormal of cv 2; exponential
+service), prints each simulator's revenue per GPU (bundled pricing, the time-integral
+estimator, mean +- 95% t-interval over replications), their difference and its z-score
+(difference over the root sum of the squared standard errors); then the same for the counted
+estimator and the abandonment share, and each class's mean occupancies (x, q_p, y_m, y_s,
+q_d per GPU). Both simulators are right only if |z| < 3 (about 1 in 370
+comparisons exceeds it by chance).
+
+Then the event-list simulator alone under service laws jaxqueue does not have yet
+(deterministic and Erlang-20 prefill and decode times, exponential patience).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import eventsim  # noqa: E402
+
+PATIENCE = {"exponential": None, "deterministic": None, "lognormal:2": 2.0}
+# The event-list simulator's occupancy levels (per GPU, per class) and jaxqueue's names.
+LEVELS = {"x": "x", "q_p": "q_prefill", "y_m": "y_mixed", "y_s": "y_solo", "q_d": "q_decode"}
+
+
+def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float, seed: int):
+    """Per-replication revenue (integral, counted) and abandonment share of jaxqueue's
+    Gate-and-Route, and the wall time."""
+    import jax
+
+    import jaxqueue as jq
+    from jaxqueue.patience import Patience
+
+    name, _, cv = law.partition(":")
+    if name != "exponential":
+        model = model.replace(patience=Patience.make(name, model.num_classes,
+                                                     cv=float(cv) if cv else None))
+    system, _ = jq.build("gate-and-route", model, n)
+    t = time.perf_counter()
+    run = jq.simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
+                      notify=lambda _: None)
+    wall = time.perf_counter() - t
+    q = jq.stats.per_gpu(run, model, n)
+    arrivals = run.count("arrivals").sum(axis=1)
+    abandoned = (run.count("prefill_abandon") + run.count("decode_abandon")).sum(axis=1)
+    levels = {ours: q[theirs] for ours, theirs in LEVELS.items()}
+    return {"integral": q["revenue_bundled_integral"], "counted": q["revenue_bundled_counted"],
+            "abandon": abandoned / arrivals, "wall": wall, "levels": levels}
+
+
+def event_run(cl, *, law: str, reps: int, horizon: float, warmup: float, seed: int,
+              prefill="exponential", decode="exponential"):
+    res = eventsim.replicate(cl, reps=reps, horizon=horizon, warmup=warmup, seed=seed,
+                             patience=eventsim.parse_law(law),
+                             prefill=eventsim.parse_law(prefill),
+                             decode=eventsim.parse_law(decode), ttft=False)
+    arrivals = res.per_rep("arrivals").sum(axis=1)
+    abandoned = (res.per_rep("abandon_prefill") + res.per_rep("abandon_decode")).sum(axis=1)
+    return {"integral": res.per_rep("revenue_integral"),
+            "counted": res.per_rep("revenue_counted"), "abandon": abandoned / arrivals,
+            "wall": res.wall, "events": res.events,
+            "levels": {k: res.per_rep(k) for k in LEVELS}}
+
+
+def mean_se(v):
+    v = np.asarray(v, np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+
+
+def fmt(v, digits=2):
+    m, h = eventsim.mean_ci(np.asarray(v, np.float64))
+    return f"{float(m):.{digits}f} ± {float(h):.{digits}f}"
+
+
+def compare(a, b):
+    ma, sa = mean_se(a)
+    mb, sb = mean_se(b)
+    d = ma - mb
+    return d, d / math.hypot(sa, sb)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", default="paper-qwen8b")
+    p.add_argument("--gpus", type=int, nargs="+", default=[20, 5])
+    p.add_argument("--reps", type=int, default=32, help="event-list replications")
+    p.add_argument("--jax-reps", type=int, default=64, help="jaxqueue replications")
+    p.add_argument("--horizon", type=float, default=2000.0)
+    p.add_argument("--warmup", type=float, default=300.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--laws", default=",".join(PATIENCE), help="patience laws, comma-separated")
+    p.add_argument("--service-laws", default="deterministic,erlang:20",
+                   help="event-list only: prefill and decode laws to show ('' for none)")
+    a = p.parse_args()
+
+    from jaxqueue import scenarios
+
+    model = scenarios.load(a.scenario)
+    laws = [s.strip() for s in a.laws.split(",") if s.strip()]
+    print(f"Gate-and-Route on {a.scenario}: event-list simulator ({a.reps} reps) vs jaxqueue "
+          f"({a.jax_reps} reps), {a.horizon:g} s, warm-up {a.warmup:g} s, exponential service\n")
+    print("| n | M | patience | estimator | event-list | jaxqueue | difference | z |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|")
+    walls, details = [], []
+    for n in a.gpus:
+        cl = eventsim.cluster_from_model(model, n)
+        for law in laws:
+            ev = event_run(cl, law=law, reps=a.reps, horizon=a.horizon, warmup=a.warmup,
+                           seed=a.seed)
+            jx = jax_run(model, n, law=law, reps=a.jax_reps, horizon=a.horizon,
+                         warmup=a.warmup, seed=a.seed)
+            walls.append((n, law, ev["wall"], ev["events"], jx["wall"]))
+            details.append((n, law, ev, jx))
+            for key, label, digits in (("integral", "revenue (integral)", 2),
+                                       ("counted", "revenue (counted)", 2),
+                                       ("abandon", "abandon share", 4)):
+                d, z = compare(ev[key], jx[key])
+                flag = "" if abs(z) < 3 else " **"
+                print(f"| {n} | {cl.M} | {law} | {label} | {fmt(ev[key], digits)} | "
+                      f"{fmt(jx[key], digits)} | {d:+.{digits}f} | {z:+.2f}{flag} |",
+                      flush=True)
+    print("\nPer-class mean occupancies per GPU, event-list vs jaxqueue (z of the difference):\n")
+    names = model.class_names
+    print("| n | patience | class | " + " | ".join(LEVELS) + " |")
+    print("|---:|---|---|" + "---:|" * len(LEVELS))
+    for n, law, ev, jx in details:
+        for i, name in enumerate(names):
+            cells = []
+            for k in LEVELS:
+                mine, theirs = ev["levels"][k][:, i], jx["levels"][k][:, i]
+                if np.ptp(mine) == 0 and np.ptp(theirs) == 0:
+                    cells.append(f"{mine.mean():.3f} / {theirs.mean():.3f}")
+                    continue
+                _, z = compare(mine, theirs)
+                flag = "" if abs(z) < 3 else " **"
+                cells.append(f"{mine.mean():.3f} / {theirs.mean():.3f} (z {z:+.1f}){flag}")
+            print(f"| {n} | {law} | {name} | " + " | ".join(cells) + " |")
+    print("\n| n | patience | event-list wall | events | events/s | jaxqueue wall |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for n, law, w, e, jw in walls:
+        print(f"| {n} | {law} | {w:.1f} s | {e:,} | {e / w:.3g} | {jw:.1f} s |")
+
+    service = [s.strip() for s in a.service_laws.split(",") if s.strip()]
+    if not service:
+        return
+    print(f"\nEvent-list simulator alone ({a.reps} reps), exponential patience; prefill and "
+          "decode times of the given law (model means):\n")
+    print("| n | M | service law | revenue (integral) | revenue (counted) | abandon share | "
+          "minus exponential service |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for n in a.gpus:
+        cl = eventsim.cluster_from_model(model, n)
+        base = None
+        for law in ["exponential", *service]:
+            ev = event_run(cl, law="exponential", reps=a.reps, horizon=a.horizon,
+                           warmup=a.warmup, seed=a.seed, prefill=law, decode=law)
+            if base is None:
+                base, diff = ev, "-"
+            else:
+                d, z = compare(ev["integral"], base["integral"])
+                diff = f"{d:+.2f} (z {z:+.1f})"
+            print(f"| {n} | {cl.M} | {law} | {fmt(ev['integral'])} | {fmt(ev['counted'])} | "
+                  f"{fmt(ev['abandon'], 4)} | {diff} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,15 +1,18 @@
 """The event-list simulator (scripts/eventsim.py) against jaxqueue's Gate-and-Route.
 
-    python scripts/eventsim_check.py [--scenario paper-qwen8b] [--gpus 20 5] [--reps 32]
+    python scripts/eventsim_check.py [--scenario paper-qwen8b] [--gpus 20 5] [--reps 64]
                                      [--jax-reps 64] [--horizon 2000] [--warmup 300]
 
 For each n and patience law (exponential, deterministic, lognormal of cv 2; exponential
 service), prints each simulator's revenue per GPU (bundled pricing, the time-integral
 estimator, mean +- 95% t-interval over replications), their difference and its z-score
 (difference over the root sum of the squared standard errors); then the same for the counted
-estimator and the abandonment share, and each class's mean occupancies (x, q_p, y_m, y_s,
-q_d per GPU). Both simulators are right only if |z| < 3 (about 1 in 370
-comparisons exceeds it by chance).
+estimator and the abandonment share; each class's mean occupancies (x, q_p, y_m, y_s, q_d per
+GPU); and (``--ttft-gpus``) the distribution function of the time to first token at a few
+times. If both simulators are right, each |z| is below 3 but for about 1 comparison in 370
+(marked ``**``); with a hundred comparisons, a few between 2 and 3 are expected, and the
+comparisons of one row are correlated (they share the replications, and the same seed is used
+for every law).
 
 Then the event-list simulator alone under service laws jaxqueue does not have yet
 (deterministic and Erlang-20 prefill and decode times, exponential patience).
@@ -35,9 +38,13 @@ PATIENCE = {"exponential": None, "deterministic": None, "lognormal:2": 2.0}
 LEVELS = {"x": "x", "q_p": "q_prefill", "y_m": "y_mixed", "y_s": "y_solo", "q_d": "q_decode"}
 
 
-def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float, seed: int):
+def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float, seed: int,
+            ttft_grid=None):
     """Per-replication revenue (integral, counted) and abandonment share of jaxqueue's
-    Gate-and-Route, and the wall time."""
+    Gate-and-Route, and the wall time; with ``ttft_grid``, its TTFT distribution function at
+    those times (``{"cdf", "se"}``, shape ``(K, I + 1)``, from ``jaxqueue.stats.latency``)."""
+    import dataclasses
+
     import jax
 
     import jaxqueue as jq
@@ -48,6 +55,8 @@ def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float
         model = model.replace(patience=Patience.make(name, model.num_classes,
                                                      cv=float(cv) if cv else None))
     system, _ = jq.build("gate-and-route", model, n)
+    if ttft_grid is not None:
+        system = dataclasses.replace(system, wait_grid=tuple(ttft_grid))
     t = time.perf_counter()
     run = jq.simulate(jax.random.key(seed), system, reps=reps, horizon=horizon, warmup=warmup,
                       notify=lambda _: None)
@@ -56,7 +65,11 @@ def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float
     arrivals = run.count("arrivals").sum(axis=1)
     abandoned = (run.count("prefill_abandon") + run.count("decode_abandon")).sum(axis=1)
     levels = {ours: q[theirs] for ours, theirs in LEVELS.items()}
-    return {"integral": q["revenue_bundled_integral"], "counted": q["revenue_bundled_counted"],
+    ttft = None
+    if ttft_grid is not None:
+        lat = jq.stats.latency(run, tuple(ttft_grid))["ttft"]
+        ttft = {"cdf": np.asarray(lat["cdf"]), "se": np.asarray(lat["se"])}
+    return {"ttft": ttft,"integral": q["revenue_bundled_integral"], "counted": q["revenue_bundled_counted"],
             "abandon": abandoned / arrivals, "wall": wall, "levels": levels}
 
 
@@ -72,6 +85,25 @@ def event_run(cl, *, law: str, reps: int, horizon: float, warmup: float, seed: i
             "counted": res.per_rep("revenue_counted"), "abandon": abandoned / arrivals,
             "wall": res.wall, "events": res.events,
             "levels": {k: res.per_rep(k) for k in LEVELS}}
+
+
+def ttft_cdf(res, grid):
+    """The event-list simulator's TTFT distribution function at the grid times, per class and
+    for all classes (last column), as a ratio over replications (requests with TTFT <= t over
+    requests recorded) with its delta-method standard error: ``(cdf, se)``, ``(K, I + 1)``."""
+    num_classes = res.cluster.num_classes
+    cdf = np.zeros((len(grid), num_classes + 1))
+    se = np.zeros_like(cdf)
+    for j in range(num_classes + 1):
+        per_rep = [r.ttft[j] if j < num_classes else np.concatenate(r.ttft) for r in res.reps]
+        b = np.asarray([v.size for v in per_rep], np.float64)
+        for k, t in enumerate(grid):
+            a = np.asarray([np.count_nonzero(v <= t) for v in per_rep], np.float64)
+            ratio = a.sum() / b.sum()
+            cdf[k, j] = ratio
+            r = b.size
+            se[k, j] = math.sqrt(np.sum((a - ratio * b) ** 2) / (r * (r - 1))) / b.mean()
+    return cdf, se
 
 
 def mean_se(v):
@@ -95,12 +127,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", default="paper-qwen8b")
     p.add_argument("--gpus", type=int, nargs="+", default=[20, 5])
-    p.add_argument("--reps", type=int, default=32, help="event-list replications")
+    p.add_argument("--reps", type=int, default=64, help="event-list replications")
     p.add_argument("--jax-reps", type=int, default=64, help="jaxqueue replications")
     p.add_argument("--horizon", type=float, default=2000.0)
     p.add_argument("--warmup", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--laws", default=",".join(PATIENCE), help="patience laws, comma-separated")
+    p.add_argument("--ttft-gpus", type=int, nargs="*", default=[20],
+                   help="n at which to compare the TTFT laws (none: skip)")
+    p.add_argument("--ttft-laws", default="exponential,deterministic",
+                   help="patience laws of the TTFT comparison")
     p.add_argument("--service-laws", default="deterministic,erlang:20",
                    help="event-list only: prefill and decode laws to show ('' for none)")
     a = p.parse_args()
@@ -151,6 +187,32 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---:|")
     for n, law, w, e, jw in walls:
         print(f"| {n} | {law} | {w:.1f} s | {e:,} | {e / w:.3g} | {jw:.1f} s |")
+
+    grid = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
+    ttft_laws = [s.strip() for s in a.ttft_laws.split(",") if s.strip()]
+    if a.ttft_gpus and ttft_laws:
+        print(f"\nTTFT (arrival to end of prefill) distribution function P(TTFT <= t), "
+              f"event-list / jaxqueue (z), same replications as above; jaxqueue with "
+              f"wait_grid = {grid}:\n")
+        print("| n | patience | class | " + " | ".join(f"t = {t:g} s" for t in grid) + " |")
+        print("|---:|---|---|" + "---:|" * len(grid))
+    for n in a.ttft_gpus if ttft_laws else ():
+        cl = eventsim.cluster_from_model(model, n)
+        for law in ttft_laws:
+            res = eventsim.replicate(cl, reps=a.reps, horizon=a.horizon, warmup=a.warmup,
+                                     seed=a.seed, patience=eventsim.parse_law(law))
+            mine, mine_se = ttft_cdf(res, grid)
+            jx = jax_run(model, n, law=law, reps=a.jax_reps, horizon=a.horizon,
+                         warmup=a.warmup, seed=a.seed, ttft_grid=grid)["ttft"]
+            for j, name in enumerate((*model.class_names, "all")):
+                cells = []
+                for k in range(len(grid)):
+                    d = mine[k, j] - jx["cdf"][k, j]
+                    spread = math.hypot(mine_se[k, j], jx["se"][k, j])
+                    z = d / spread if spread > 0 else (0.0 if d == 0 else math.inf)
+                    flag = "" if abs(z) < 3 else " **"
+                    cells.append(f"{mine[k, j]:.4f} / {jx['cdf'][k, j]:.4f} ({z:+.1f}){flag}")
+                print(f"| {n} | {law} | {name} | " + " | ".join(cells) + " |", flush=True)
 
     service = [s.strip() for s in a.service_laws.split(",") if s.strip()]
     if not service:

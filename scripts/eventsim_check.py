@@ -69,8 +69,8 @@ def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float
     if ttft_grid is not None:
         lat = jq.stats.latency(run, tuple(ttft_grid))["ttft"]
         ttft = {"cdf": np.asarray(lat["cdf"]), "se": np.asarray(lat["se"])}
-    return {"ttft": ttft,"integral": q["revenue_bundled_integral"], "counted": q["revenue_bundled_counted"],
-            "abandon": abandoned / arrivals, "wall": wall, "levels": levels}
+    return {"integral": q["revenue_bundled_integral"], "counted": q["revenue_bundled_counted"],
+            "abandon": abandoned / arrivals, "wall": wall, "levels": levels, "ttft": ttft}
 
 
 def event_run(cl, *, law: str, reps: int, horizon: float, warmup: float, seed: int,

@@ -47,9 +47,7 @@ def mmng_abandon(N: int, lam: float, mu: float, G, H) -> float:
     jumps up by an Exp(N mu) time at an arrival that would wait, which joins with probability
     1 - G(V)). An arrival sees V's stationary law (PASTA) and abandons iff its patience < V.
     """
-    def tail(g):
-        # the integrand lives where x is at most a few times N mu's time scale; split at
-        # the deadline-like points to help quad with discontinuities.
+    def tail(g):  # int_0^inf g (quad copes with the jump of a deterministic law's G)
         val, _ = integrate.quad(g, 0, np.inf, limit=400)
         return val
 

@@ -81,6 +81,9 @@ def tails(logs: list[Path]) -> str:
     return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
 
 
+# Two processes each start JAX and compile the run: about 20 s of the default suite's time for
+# code that changes seldom; `-m slow` runs it.
+@pytest.mark.slow
 def test_two_processes_gather_a_single_process_run_bit_for_bit(tmp_path):
     port, out = free_port(), tmp_path / "merged.npz"
     logs = [tmp_path / f"process{p}.log" for p in range(2)]

@@ -85,6 +85,7 @@ def test_bad_input_is_named(kw, match):
         surrogate.trajectory(PAPER, p, n=20, **kw)
 
 
+@pytest.mark.slow  # compiles a tuner of its own (14 s); the error path changes seldom
 def test_a_fluid_stage_gone_non_finite_is_an_error_naming_its_step(monkeypatch):
     # A surrogate whose value turns NaN once the share falls below 0.9 of its start: the stage's
     # first step is finite, a later one not: an error naming a later step, not a silent NaN.

@@ -5,12 +5,14 @@ exponential law on the same key (the replications share their random-number stre
     python scripts/patience_table.py [--scenario paper-qwen8b] [--gpus 20 100] [--reps 64]
 
 Prints a markdown table: revenue per GPU (95% interval), its difference to the exponential law
-(paired), the share of jobs that abandon, and the run's wall time and events per second.
+(paired), the share of jobs that abandon, and the run's wall time and events per second; with
+``--json PATH`` also writes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,8 @@ def main() -> None:
     p.add_argument("--horizon", type=float, default=2000.0)
     p.add_argument("--warmup", type=float, default=300.0)
     p.add_argument("--laws", default=",".join(LAWS), help="comma-separated, of " + ", ".join(LAWS))
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write the rows to PATH as JSON (default: no file)")
     a = p.parse_args()
     base = scenarios.load(a.scenario)
     laws = [s.strip() for s in a.laws.split(",") if s.strip()]
@@ -46,6 +50,7 @@ def main() -> None:
     print("| n | patience law | revenue per GPU | minus exponential (paired) | abandon | wall | "
           "events/s |")
     print("|---:|---|---:|---:|---:|---:|---:|")
+    rows = []
     for n in a.gpus:
         reference = None
         for law in ["exponential", *[x for x in laws if x != "exponential"]]:
@@ -63,13 +68,22 @@ def main() -> None:
                                        / np.sum(model.lambda_)))
             mean, ci = stats.mean_ci(revenue)
             if reference is None:
-                reference, diff = revenue, "-"
+                reference, diff, paired = revenue, "-", None
             else:
                 dm, dci = stats.mean_ci(revenue - reference)
                 diff = f"{float(dm):+.2f} ± {float(dci):.2f}"
+                paired = {"mean": float(dm), "ci95": float(dci)}
             name = law if cv is None else f"{law} (cv {cv:g})"
             print(f"| {n} | {name} | {float(mean):.2f} ± {float(ci):.2f} | {diff} | "
                   f"{abandon:.1%} | {wall:.0f} s | {run.events / wall:.3g} |", flush=True)
+            rows.append({"gpus": n, "law": law, "cv": cv, "label": name,
+                         "revenue": {"mean": float(mean), "ci95": float(ci)},
+                         "minus_exponential": paired, "abandon": abandon,
+                         "wall_seconds": wall, "events": int(run.events)})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"scenario": a.scenario, "policy": a.policy, "reps": a.reps,
+                       "horizon": a.horizon, "warmup": a.warmup, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

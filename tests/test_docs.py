@@ -96,3 +96,39 @@ def test_experiment_help_is_whole_and_every_option_explained(name, monkeypatch, 
     names = [line.split()[0] for line in options.splitlines() if line.strip().startswith("--")]
     assert len(names) >= 3
     assert " ".join(options.split()).count("(default:") == len(names)  # each option explained
+
+
+def _docs_tables():
+    path = ROOT / "scripts" / "docs_tables.py"
+    spec = importlib.util.spec_from_file_location("docs_tables", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["docs_tables"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_generated_table_is_what_its_data_renders_to():
+    tables = _docs_tables()
+    assert tables.stale() == []
+    for name, table in tables.TABLES.items():
+        data = tables.load(name)
+        # The data is the named commands' own output, not a transcription.
+        assert data["commands"] == table.commands
+        assert data["outputs"].keys() == table.commands.keys()
+
+
+def test_a_hand_edited_number_in_a_generated_table_is_caught(tmp_path):
+    tables = _docs_tables()
+    name, table = next(iter(tables.TABLES.items()))
+    page = tmp_path / table.page
+    page.parent.mkdir(parents=True)
+    text = (ROOT / table.page).read_text()
+    block = tables._pattern(name).search(text).group(2)
+    digit = re.search(r"\d", block)
+    bumped = str((int(digit.group()) + 1) % 10)
+    edited = block[:digit.start()] + bumped + block[digit.end():]
+    page.write_text(text.replace(block, edited))
+    for other in tables.TABLES.values():  # the other pages, unchanged
+        if other.page != table.page:
+            (tmp_path / other.page).write_text((ROOT / other.page).read_text())
+    assert [s.split(" ")[0] for s in tables.stale(tmp_path)] == [name]

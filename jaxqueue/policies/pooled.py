@@ -12,6 +12,18 @@ order across classes are :class:`jaxqueue.buffer.Ring`\\ s, whose abandonments a
 With a non-exponential patience law (:mod:`jaxqueue.patience`) the per-class prefill queues are
 rings too, one per class, and their abandonments are jobs' deadlines, not rate-theta events.
 
+With phase-type service laws (:mod:`jaxqueue.service`) the state also counts the class-i jobs in
+each phase k of prefill, mixed decode and solo decode (``Xk``, ``Ymk``, ``Ysk``, whose row sums
+are the totals ``X``, ``Ym``, ``Ys`` that the policies read). Every service starts in phase 1.
+A "completion" row of the layout above is then the end of service from the last phase K (rate
+``mu_i r_iK Z_iK``, exactly ``mu_i Z_i`` when K = 1), and for each side with K > 1 phases the
+layout goes on with the rows of phases 1..K-1, class-major then phase, in the order ``prefill
+advance | prefill early end | mixed advance | mixed early end | solo advance | solo early end``:
+an advance (phase k to k+1, rate ``mu_i r_ik p_ik Z_ik``) changes only the phase counts; an early
+end (rate ``mu_i r_ik (1 - p_ik) Z_ik``) acts on the policy exactly as a completion of that class.
+With the exponential law (no ``service`` on the model) nothing of this exists: the same rows,
+state and random numbers as before.
+
 After each event the policy acts at most once on each side, which keeps the invariants
 "an idle prefill slot implies no live job waits for prefill" and "a free decode slot implies no
 live job waits for decode", since one event frees at most one slot and adds at most one job:
@@ -36,8 +48,6 @@ combined with arithmetic (``a * b``, ``1 - a``) so that a relaxation can replace
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -50,7 +60,9 @@ from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
 from ..rng import real_dtype
+from ..service import Coxian
 from .common import (
+    EXIT_LEVELS,
     GATES,
     LEVELS,
     TALLIES,
@@ -68,7 +80,7 @@ from .common import (
 )
 
 __all__ = ["GatedParams", "Pooled", "PooledState", "greedy_route",
-           "latency_tallies", "serve_ring_head"]
+           "latency_tallies", "serve_ring_head", "shift_phases"]
 
 
 class GatedParams(eqx.Module):
@@ -106,6 +118,9 @@ class PooledState(eqx.Module):
         M, slack, caps: with the ``gated`` family's ``params``, this replication's mixed GPUs,
             decode-congestion slack and per-class caps, in jobs (``n * (share, slack, caps)``
             rounded once per replication); else None.
+        Xk, Ymk, Ysk: with a phase-type prefill (``Xk``) or decode (``Ymk``, ``Ysk``) law, the
+            jobs of each class in each phase, ``(I, K)`` (row sums ``X``, ``Ym``, ``Ys``); else
+            None.
     """
 
     X: Int[Array, " I"]
@@ -118,6 +133,9 @@ class PooledState(eqx.Module):
     M: Int[Array, ""] | None = None
     slack: Int[Array, ""] | None = None
     caps: Int[Array, " I"] | None = None
+    Xk: Int[Array, "I K"] | None = None
+    Ymk: Int[Array, "I K"] | None = None
+    Ysk: Int[Array, "I K"] | None = None
 
 
 class Pooled(AbstractSystem):
@@ -163,8 +181,6 @@ class Pooled(AbstractSystem):
     params: GatedParams | None = None
     gate_temperature: Float[Array, ""] | None = None
 
-    level_names: ClassVar[tuple[str, ...]] = LEVELS
-
     def __check_init__(self):
         if self.gate not in GATES:
             raise ValueError(f"gate = {self.gate!r} is invalid: must be one of {GATES}")
@@ -188,25 +204,85 @@ class Pooled(AbstractSystem):
                                  "entry times: a wait_grid is for the paper's pooled policies")
         elif self.gate_temperature is not None:
             raise ValueError("gate_temperature is for the gated family (params) only")
+        if self.phased:
+            where = None
+            if self.decide.differentiable:
+                where = "relaxed (differentiable) decisions"
+            elif self.wait_grid and self.prefill_law is not None:
+                where = ("latency counters (a wait_grid), which draw each time to first token's "
+                         "prefill time as an exponential one")
+            if where is not None:
+                raise ValueError(f"{self.model.service.named(every=True)} not supported with "
+                                 f"{where}: phase-type service runs on the pooled engine with "
+                                 "exact decisions (and latency counters only with an "
+                                 "exponential prefill)")
 
     # ---- rates, levels, revenue, ring bookkeeping, census --------------------------------------
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
 
+    @property
+    def prefill_law(self) -> Coxian | None:
+        """The prefill time's Coxian shape (:mod:`jaxqueue.service`), None when exponential
+        (no phases kept)."""
+        return getattr(self.model.service, "prefill", None)
+
+    @property
+    def decode_law(self) -> Coxian | None:
+        """The decode time's Coxian shape, None when exponential (no phases kept)."""
+        return getattr(self.model.service, "decode", None)
+
+    @property
+    def phased(self) -> bool:
+        """Whether the state counts the jobs in each phase of some service (a phase-type law on
+        the model, even one of a single phase)."""
+        return self.prefill_law is not None or self.decode_law is not None
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        """:data:`LEVELS`, then with phase-type service laws :data:`EXIT_LEVELS`."""
+        return LEVELS + EXIT_LEVELS if self.phased else LEVELS
+
+    def _sides(self, s):
+        """(mean rates, total counts, phase counts, law) of prefill, mixed and solo decode."""
+        m = self.model
+        return ((m.mu_p, s.X, s.Xk, self.prefill_law), (m.mu_m, s.Ym, s.Ymk, self.decode_law),
+                (m.mu_s, s.Ys, s.Ysk, self.decode_law))
+
     def rates(self, s) -> Float[Array, " E"]:
         m = self.model
-        return jnp.concatenate([
-            m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
-        ])
+        if not self.phased:
+            return jnp.concatenate([
+                m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
+            ])
+        done, phases = [], []
+        for mu, Z, Zk, law in self._sides(s):
+            if law is None:
+                done.append(mu * Z)
+                continue
+            # The rate of leaving each phase; the last phase's is the completion row.
+            out = jnp.asarray(mu)[:, None] * jnp.asarray(law.rates) * Zk
+            done.append(out[:, -1])
+            early = out[:, :-1]
+            cont = jnp.asarray(law.cont)[:, :-1]
+            phases += [(early * cont).reshape(-1), (early * (1 - cont)).reshape(-1)]
+        return jnp.concatenate([m.lambda_ * self.n, *done, m.theta * s.Qp, *phases])
 
     def levels(self, s) -> Float[Array, " L"]:
         # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
         zero = jnp.zeros_like(s.X)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, zero]).astype(real_dtype())
+        base = [s.X, s.Ym, s.Ys, s.Qp, zero]
+        if not self.phased:
+            return jnp.concatenate(base).astype(real_dtype())
+        real = real_dtype()
+        exits = [Z.astype(real) if law is None else jnp.sum(
+            (jnp.asarray(law.rates) * (1 - jnp.asarray(law.cont))).astype(real) * Zk, axis=1)
+            for _, Z, Zk, law in self._sides(s)]
+        return jnp.concatenate([a.astype(real) for a in base] + exits)
 
     def revenue(self, integrals, counts):
-        return revenue(self.model, integrals, counts, self.tally_names)
+        return revenue(self.model, integrals, counts, self.tally_names, self.level_names)
 
     def rebase(self, s, elapsed):
         s = rebase_rings(s, elapsed)
@@ -226,6 +302,9 @@ class Pooled(AbstractSystem):
     def close(self, s, window):
         flow = close_rings(s, self.num_classes, window)
         num = self.num_classes
+        if self.phased:  # the exit levels owe nothing at the close
+            flow = Flow(counts=flow.counts, waits=jnp.concatenate(
+                [flow.waits, jnp.zeros(len(EXIT_LEVELS) * num, flow.waits.dtype)]))
         # The latency counters (past the paper's) count starts of service: none at the close.
         extra = (len(self.tally_names) - len(TALLIES)) * num
         if extra:
@@ -252,8 +331,10 @@ class Pooled(AbstractSystem):
         queued = s.Qp + ring_live(s.prefill_ring, num, now)
         if s.class_rings is not None:
             queued = queued + self._alive(s.class_rings, now)
-        return jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
-                               ).astype(jnp.int32)
+        stock = [s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
+        if self.phased:  # the exit levels weigh jobs by rates: they hold no stock of jobs
+            stock += [jnp.zeros(len(EXIT_LEVELS) * num, jnp.int32)]
+        return jnp.concatenate([a.astype(jnp.int32) for a in stock])
 
     @property
     def per_job(self) -> bool:
@@ -297,6 +378,10 @@ class Pooled(AbstractSystem):
         scalar = jnp.zeros((), self.decide.count_dtype)
         one = buf.empty(self.capacity)
         knobs = self.params is not None
+
+        def phases(law):
+            return None if law is None else jnp.zeros((self.num_classes, law.phases),
+                                                      self.decide.count_dtype)
         return PooledState(
             X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
@@ -304,7 +389,8 @@ class Pooled(AbstractSystem):
             class_rings=jax.tree.map(lambda a: jnp.stack([a] * self.num_classes), one)
             if self.per_job else None,
             M=scalar if knobs else None, slack=scalar if knobs else None,
-            caps=zeros if knobs else None,
+            caps=zeros if knobs else None, Xk=phases(self.prefill_law),
+            Ymk=phases(self.decode_law), Ysk=phases(self.decode_law),
         )
 
     # ---- the gated family's thresholds, rounded once per replication --------------------------
@@ -395,6 +481,12 @@ class Pooled(AbstractSystem):
         num = self.num_classes
         rows, counted, bookkeeping = split_event(event, num, t, window)
         arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
+        if self.phased:
+            # Ends of service from every phase act on the policy as completions of the class.
+            moves = self._phase_events(event.hot, rows)
+            prefill_done, mixed_done, solo_done = (
+                done if mv is None else jnp.sum(mv[1], axis=1)
+                for done, mv in zip((prefill_done, mixed_done, solo_done), moves, strict=True))
         free_solo, free_mixed, idle, _ = self._free(s, s.X, s.Ym, s.Ys)
         real = t.dtype
 
@@ -489,8 +581,16 @@ class Pooled(AbstractSystem):
             admit = start + taken
         X = X + admit
 
+        phases = {}
+        if self.phased:
+            # Services start in phase 1: the prefills admitted, and the decodes the router
+            # placed on each side (what it added to the side's total besides the ends).
+            starts = (admit, Ym - (s.Ym - mixed_done), Ys - (s.Ys - solo_done))
+            for name, Zk, mv, start in zip(("Xk", "Ymk", "Ysk"), (s.Xk, s.Ymk, s.Ysk), moves,
+                                           starts, strict=True):
+                phases[name] = None if mv is None else shift_phases(Zk, *mv, start)
         state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
-                            class_rings=crings, M=s.M, slack=s.slack, caps=s.caps)
+                            class_rings=crings, M=s.M, slack=s.slack, caps=s.caps, **phases)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone, admit * counted,
                                   placed * counted])
@@ -501,8 +601,29 @@ class Pooled(AbstractSystem):
             counts = jnp.concatenate([
                 counts, latency_tallies(self.wait_grid, admit * counted, wait, m.mu_p, u[1]),
                 at_most(self.wait_grid, placed * counted, d_waited)])
-        waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit])
+        waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit]
+                                + [zero_f] * (len(EXIT_LEVELS) if self.phased else 0))
         return state, Flow(counts=counts, waits=waits, logp=logp)
+
+    def _phase_events(self, hot, rows):
+        """The phase moves of a step, per side (prefill, mixed decode, solo decode): None for
+        a side without phases, else ``(advances, ends)``: the advances from phase k to k+1,
+        ``(I, K-1)``, and the ends of service from phase k, ``(I, K)`` (the early-end rows,
+        then the completion row for the last phase); see the module docstring's layout."""
+        num = self.num_classes
+        at = 5 * num
+        out = []
+        for law, done in ((self.prefill_law, rows[1]), (self.decode_law, rows[2]),
+                          (self.decode_law, rows[3])):
+            if law is None:
+                out.append(None)
+                continue
+            width = num * (law.phases - 1)
+            advance = hot[at:at + width].reshape(num, law.phases - 1)
+            early = hot[at + width:at + 2 * width].reshape(num, law.phases - 1)
+            at += 2 * width
+            out.append((advance, jnp.concatenate([early, done[:, None]], axis=1)))
+        return out
 
     def _gate_keys(self, X: Int[Array, " I"], Qp: Int[Array, " I"]):
         if self.params is None:
@@ -510,6 +631,16 @@ class Pooled(AbstractSystem):
                              self.q_star, X, Qp)
         return gate_keys(self.gate, self.decide, self.model, self.n, self.params.targets,
                          self.q_star, X, Qp, self.params.offset)
+
+
+def shift_phases(Zk: Int[Array, "I K"], advance: Int[Array, "I K1"], ends: Int[Array, "I K"],
+                 starts: Int[Array, " I"]) -> Int[Array, "I K"]:
+    """Phase counts after a step: ``ends`` leave their phase, ``advance`` moves jobs from
+    phase k to k+1, and ``starts`` enter phase 1."""
+    edge = jnp.zeros_like(Zk[:, :1])
+    into = jnp.concatenate([starts[:, None].astype(Zk.dtype), advance], axis=1)
+    leave = ends + jnp.concatenate([advance, edge], axis=1)
+    return Zk + into - leave
 
 
 def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float[Array, ""],

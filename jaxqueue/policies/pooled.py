@@ -206,8 +206,10 @@ class Pooled(AbstractSystem):
             raise ValueError("gate_temperature is for the gated family (params) only")
         if self.phased:
             where = None
-            if self.decide.differentiable:
-                where = "relaxed (differentiable) decisions"
+            # Relaxed decisions make counts fractional; the score-function estimator's decisions
+            # are exact (its paths are the exact chain's), and take phases like the exact ones.
+            if not jnp.issubdtype(self.decide.count_dtype, jnp.integer):
+                where = "relaxed (pathwise-differentiable) decisions"
             elif self.wait_grid and self.prefill_law is not None:
                 where = ("latency counters (a wait_grid), which draw each time to first token's "
                          "prefill time as an exponential one")
@@ -331,10 +333,11 @@ class Pooled(AbstractSystem):
         queued = s.Qp + ring_live(s.prefill_ring, num, now)
         if s.class_rings is not None:
             queued = queued + self._alive(s.class_rings, now)
-        stock = [s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
+        stock = jnp.concatenate([s.X, s.Ym, s.Ys, queued, ring_live(s.decode_ring, num, now)]
+                                ).astype(jnp.int32)
         if self.phased:  # the exit levels weigh jobs by rates: they hold no stock of jobs
-            stock += [jnp.zeros(len(EXIT_LEVELS) * num, jnp.int32)]
-        return jnp.concatenate([a.astype(jnp.int32) for a in stock])
+            stock = jnp.concatenate([stock, jnp.zeros(len(EXIT_LEVELS) * num, jnp.int32)])
+        return stock
 
     @property
     def per_job(self) -> bool:

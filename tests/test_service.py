@@ -286,7 +286,7 @@ def test_the_pooled_engine_matches_the_exact_phase_chain(law):
     exact, truncation, states = phase_chain(model, 2, 1, [0.5], 10, 10)
     assert len(states) > 1000 and truncation < 1e-6, (len(states), truncation)
     system = pooled(model)
-    assert system.rates(system.init()).shape == (5 + 6,)  # 5I, and 2 rows per phased side
+    assert system.rates(system.init()).shape == (5,)  # 5I events whatever the phases
     run = simulate(jax.random.key(11), system, reps=256, horizon=1000.0, warmup=50.0)
     check_against_chain(run, model, system, exact, 2)
     # The law matters: the exponential law's revenue is many standard errors away.
@@ -530,7 +530,7 @@ def test_erlang_20_service_on_the_paper_instance():
 
     model = qwen(prefill={"law": "erlang", "phases": 20}, decode={"law": "erlang", "phases": 20})
     system, plan = policies.build("gate-and-route", model, 20)
-    assert system.rates(system.init()).shape == (10 + 6 * 2 * 19,)
+    assert system.rates(system.init()).shape == (10,)
     run = simulate(jax.random.key(3), system, reps=64, horizon=1000.0, warmup=200.0)
     q = stats.per_gpu(run, model, 20)
     revenue = q["revenue_bundled"]

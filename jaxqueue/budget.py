@@ -150,6 +150,13 @@ RATE_SCALE, RATE_EXPONENT, RATE_CAP = 2.2e5, 0.73, 1e7
 PER_GPU_RATE_SCALE, PER_GPU_RATE_EXPONENT, PER_GPU_RATE_CAP = 1.9e5, 0.8, 1.4e6
 
 
+#: The events per second of a pooled step that follows service phases (jaxqueue.service),
+#: relative to the exponential step's: 0.25 with Erlang-4 prefill and decode times on
+#: ``paper-qwen8b`` at n = 100 and 1,024 replications (``scripts/bench.py --only phases``),
+#: 0.28-0.34 with one phase, 0.19-0.20 at four on a busier machine.
+PHASED_RATE = 0.25
+
+
 def _steps_per_time(system) -> float | None:
     """The steps per model second of one replication (see the module docstring), or None for a
     system that does not expose its arrival rates."""
@@ -179,6 +186,8 @@ def _rate_per_device(system, reps_per_device: int) -> float:
                 * classes * (9.0 / depth) ** 2)
     elif getattr(system, "model", None) is None:  # Erlang-A: a handful of scalars per step
         base *= 10.0
+    if getattr(system, "phased", False):
+        base *= PHASED_RATE
     return base
 
 

@@ -101,20 +101,20 @@ class Coxian(eqx.Module):
         """Whether this is the exponential law (one phase)."""
         return self.phases == 1
 
+    def _reach(self) -> np.ndarray:
+        """The probability that a class-i service enters phase k (host values), ``(I, K)``."""
+        cont = np.asarray(self.cont, np.float64)
+        return np.cumprod(np.concatenate([np.ones((cont.shape[0], 1)), cont[:, :-1]], axis=1),
+                          axis=1)
+
     def class_phases(self) -> np.ndarray:
         """The phases each class can enter (host values), ``(I,)``."""
-        reach = np.cumprod(np.concatenate(
-            [np.ones((np.shape(self.cont)[0], 1)), np.asarray(self.cont, np.float64)[:, :-1]],
-            axis=1), axis=1)
-        return np.sum(reach > 0, axis=1).astype(int)
+        return np.sum(self._reach() > 0, axis=1).astype(int)
 
     def mean_phases(self) -> np.ndarray:
         """The expected number of phases a class-i service passes through (host values):
         the events one service costs the engine, ``(I,)``."""
-        cont = np.asarray(self.cont, np.float64)
-        reach = np.cumprod(np.concatenate([np.ones((cont.shape[0], 1)), cont[:, :-1]], axis=1),
-                           axis=1)
-        return reach.sum(axis=1)
+        return self._reach().sum(axis=1)
 
     def describe(self) -> dict[str, Any]:
         """``{law, phases, cv}`` (per class) for reports."""

@@ -12,7 +12,9 @@ buffer is discarded in one zero-time step instead of an abandonment event. So a 
 takes about ``3 * n * sum_i lambda_i * horizon`` steps, an upper bound up to the arrivals' noise
 (measured: 2.94 per arrival for Gate-and-Route on ``paper-qwen8b`` at n = 50 and 200; 2.5 at
 ``B = 8``, where many jobs abandon before their prefill); systems that admit in bookkeeping
-steps (the tunable ``gated`` family) take up to one more per job.
+steps (the tunable ``gated`` family) take up to one more per job. With phase-type service laws
+(:mod:`jaxqueue.service`) a prefill or decode ends after a step per phase it passes through, so
+a job takes one plus the mean phases of its prefill and of its decode.
 
 The rate assumed grows with the replications per device ``k`` as ``1.5e5 * k ** 0.55`` events
 per second, up to 4 M, for two classes (scaled by ``2 / classes`` beyond). Measured with
@@ -148,12 +150,23 @@ RATE_SCALE, RATE_EXPONENT, RATE_CAP = 2.2e5, 0.73, 1e7
 PER_GPU_RATE_SCALE, PER_GPU_RATE_EXPONENT, PER_GPU_RATE_CAP = 1.9e5, 0.8, 1.4e6
 
 
+#: The events per second of a pooled step that follows service phases (jaxqueue.service),
+#: relative to the exponential step's: 0.25 with Erlang-4 prefill and decode times on
+#: ``paper-qwen8b`` at n = 100 and 1,024 replications (``scripts/bench.py --only phases``),
+#: 0.28-0.34 with one phase, 0.19-0.20 at four on a busier machine.
+PHASED_RATE = 0.25
+
+
 def _steps_per_time(system) -> float | None:
     """The steps per model second of one replication (see the module docstring), or None for a
     system that does not expose its arrival rates."""
     model = getattr(system, "model", None)
     if model is not None:
-        arrivals = float(np.asarray(system.n)) * float(np.sum(np.asarray(model.lambda_)))
+        lam = np.asarray(model.lambda_, np.float64)
+        arrivals = float(np.asarray(system.n)) * float(np.sum(lam))
+        service = getattr(model, "service", None)
+        if service is not None:  # a step per phase of each service (jaxqueue.service)
+            return service.steps_per_job(lam) * arrivals
         return STEPS_PER_JOB * arrivals
     rate = getattr(system, "arrival_rate", None)
     if rate is not None:  # M/M/N+M: an arrival and a departure (service or abandonment) per job
@@ -173,6 +186,8 @@ def _rate_per_device(system, reps_per_device: int) -> float:
                 * classes * (9.0 / depth) ** 2)
     elif getattr(system, "model", None) is None:  # Erlang-A: a handful of scalars per step
         base *= 10.0
+    if getattr(system, "phased", False):
+        base *= PHASED_RATE
     return base
 
 

@@ -431,6 +431,7 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
                                      if sli is not None else None),
         "patience": None if model.patience is None else {
             "law": model.patience.law, "cv": np.asarray(model.patience.cv).tolist()},
+        "service": None if model.service is None else model.service.describe(),
     }
     if tuned is None:
         out.update(policy=policy.name, plan=_plan_text(policy, sli, plan))

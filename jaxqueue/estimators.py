@@ -514,8 +514,11 @@ def _likelihood_ratio(key, inner, theta, embed, center, *, discount, warmup, hor
 
 
 def _plan_center(plan, names, n, num):
-    """The plan's levels times n (what each level is centred on before it is integrated)."""
-    per_gpu = {"x": plan.x, "y_m": plan.y_m, "y_s": plan.y_s, "q_p": plan.q_p}
+    """The plan's levels times n (what each level is centred on before it is integrated). An
+    exit level (phase-type service) is centred on its occupancy's plan: the plan's completion
+    rate over mu."""
+    per_gpu = {"x": plan.x, "y_m": plan.y_m, "y_s": plan.y_s, "q_p": plan.q_p,
+               "x_exit": plan.x, "y_m_exit": plan.y_m, "y_s_exit": plan.y_s}
     return np.concatenate([n * np.asarray(per_gpu.get(k, np.zeros(num)), np.float64)
                            for k in names])
 

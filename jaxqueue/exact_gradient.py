@@ -34,6 +34,7 @@ from scipy.sparse.linalg import splu
 from scipy.special import logsumexp
 
 from .model import Model
+from .service import check_supported
 from .theory import stationary
 
 __all__ = ["gated_chain", "gated_gradient", "gated_revenue", "revenue_gradient",
@@ -272,6 +273,8 @@ def _cascade(M, num, blocked):
 def _common(model: Model, n, M, targets, temperature, max_queue, max_buffer, pricing,
             max_states):
     """Checked (n, M, max_queue, max_buffer, pricing, max_states) and the chain's parameters."""
+    check_supported(getattr(model, "service", None), "the exact chains of "
+                    "jaxqueue.exact_gradient")
     num, n = model.num_classes, _integer("n", n, 1)
     point = {"log_targets": np.log(_reals("targets", targets, (num,), 0.0, strict=True)),
              "log_temperature": np.log(_reals("temperature", temperature, (), 0.0, strict=True)),

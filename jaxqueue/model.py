@@ -70,6 +70,8 @@ class Model(eqx.Module):
         class_names: one name per class (static).
         patience: the law of the patience times (:class:`jaxqueue.patience.Patience`, mean
             ``1 / theta_i``); ``None`` is the exponential law of the paper.
+        service: the laws of the prefill and decode times (:class:`jaxqueue.service.Service`,
+            phase-type shapes of the same means); ``None`` is the exponential law of the paper.
     """
 
     lambda_: Float[ArrayLike, " I"]
@@ -86,6 +88,7 @@ class Model(eqx.Module):
     name: str = eqx.field(static=True, default="model")
     class_names: tuple[str, ...] = eqx.field(static=True, default=())
     patience: Any = None
+    service: Any = None
 
     def __init__(
         self,
@@ -104,12 +107,14 @@ class Model(eqx.Module):
         name: str = "model",
         class_names: Sequence[str] | None = None,
         patience: Any = None,
+        service: Any = None,
     ):
         given = dict(lambda_=lambda_, theta=theta, P=P, D=D, alpha=alpha, beta=beta, gamma=gamma,
                      C=C, B=B, c_p=c_p, c_d=c_d)
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(given)):
             self._set_traced(given, name, class_names)
             self.patience = patience
+            self.service = service
             return
         arrays = {}
         sizes = {}
@@ -186,6 +191,7 @@ class Model(eqx.Module):
         self.name = str(name)
         self.class_names = names
         self.patience = _checked_patience(patience, num)
+        self.service = _checked_service(service, num)
 
     def _set_traced(self, given: dict[str, Any], name: str, class_names) -> None:
         """Stores values of which some are traced, unvalidated (see the module docstring)."""
@@ -268,7 +274,8 @@ class Model(eqx.Module):
         if not isinstance(data, Mapping):
             raise ModelError(f"{source}: must be a TOML table of name, [gpu], [pricing] and "
                              "[[classes]]")
-        _check_keys(data, {"name", "gpu", "pricing", "classes", "patience"}, source, "")
+        _check_keys(data, {"name", "gpu", "pricing", "classes", "patience", "service"}, source,
+                    "")
         for section in ("gpu", "pricing", "classes"):
             if section not in data:
                 table = "[[classes]]" if section == "classes" else f"[{section}]"
@@ -331,9 +338,11 @@ class Model(eqx.Module):
         if not isinstance(scenario_name, str):
             raise fail("name", scenario_name, "a string")
         patience = _patience_from_table(data.get("patience"), len(rows), source)
+        service = _service_from_table(data.get("service"), len(rows), source)
         try:
             return cls(
                 patience=patience,
+                service=service,
                 name=scenario_name,
                 class_names=names,
                 lambda_=[r["arrival_rate"] for r in rows],
@@ -357,6 +366,8 @@ class Model(eqx.Module):
                 extra["patience"]["samples"] = [
                     np.asarray(row)[:count].tolist()
                     for row, count in zip(law.samples, law.counts, strict=True)]
+        if self.service is not None and self.service.to_table():
+            extra["service"] = self.service.to_table()
         return {
             "name": self.name,
             "gpu": {
@@ -386,6 +397,7 @@ class Model(eqx.Module):
             "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "C": self.C,
             "B": self.B, "c_p": self.c_p, "c_d": self.c_d, "name": self.name,
             "class_names": self.class_names, "patience": self.patience,
+            "service": self.service,
         }
         unknown = set(changes) - set(fields)
         if unknown:
@@ -411,6 +423,43 @@ def _patience_from_table(table: Any, num: int, source: str):
         return Patience.make(table["law"], num, cv=table.get("cv"), samples=table.get("samples"))
     except ValueError as err:
         raise ModelError(f"{source}: {err}") from None
+
+
+def _service_from_table(table: Any, num: int, source: str):
+    """The ``[service]`` table of a scenario file: ``prefill`` and ``decode``, each an inline
+    table of :func:`jaxqueue.service.make` (``{law = "erlang", phases = 4}``); a side left out
+    is exponential."""
+    from .service import Service
+
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ModelError(f"{source}: service must be a table [service]")
+    _check_keys(table, {"prefill", "decode"}, source, "service.")
+    for side in ("prefill", "decode"):
+        if side in table and not isinstance(table[side], Mapping):
+            raise ModelError(f"{source}: service.{side} = {table[side]!r} is invalid: must be "
+                             "a table such as {law = \"erlang\", phases = 4}")
+    try:
+        return Service.make(num, prefill=table.get("prefill"), decode=table.get("decode"))
+    except ValueError as err:
+        raise ModelError(f"{source}: {err}") from None
+
+
+def _checked_service(service: Any, num: int):
+    """``None`` or a :class:`~jaxqueue.service.Service` for ``num`` classes."""
+    from .service import Service
+
+    if service is None:
+        return None
+    if not isinstance(service, Service):
+        raise _bad("service", service, "None or a jaxqueue.service.Service")
+    for side in ("prefill", "decode"):
+        law = getattr(service, side)
+        if law is not None and np.shape(law.rates)[0] != num:
+            raise ModelError(f"service.{side} has {np.shape(law.rates)[0]} classes for {num}: "
+                             "make it with Service.make(num_classes, ...)")
+    return service
 
 
 def _checked_patience(patience: Any, num: int):

@@ -133,12 +133,19 @@ def per_gpu(run: Run, model: Model, n: int) -> dict[str, np.ndarray]:
     # slightly better. The headline estimators use the better part of each.
     w, prompt, output = (np.asarray(a, np.float64) for a in (
         model.w, float(model.c_p) * np.asarray(model.P), float(model.c_d) * np.asarray(model.D)))
+    # With phase-type service laws the rate at which services end is mu times the exit levels
+    # (jaxqueue.policies.common.EXIT_LEVELS), not mu times the occupancy.
     mu_p, mu_m, mu_s = (np.asarray(a, np.float64) for a in (model.mu_p, model.mu_m, model.mu_s))
-    decode_rate = out["y_mixed"] * mu_m + out["y_solo"] * mu_s
+
+    def ending(name, occupancy):
+        return run.level(f"{name}_exit") / n if f"{name}_exit" in run.level_names else occupancy
+
+    decode_rate = ending("y_m", out["y_mixed"]) * mu_m + ending("y_s", out["y_solo"]) * mu_s
     out["revenue_bundled_counted"] = completion @ w
     out["revenue_bundled_integral"] = decode_rate @ w
     out["revenue_separate_counted"] = prefill @ prompt + completion @ output
-    out["revenue_separate_integral"] = (out["x"] * mu_p) @ prompt + decode_rate @ output
+    out["revenue_separate_integral"] = ((ending("x", out["x"]) * mu_p) @ prompt
+                                        + decode_rate @ output)
     out["revenue_bundled"] = out["revenue_bundled_integral"]
     out["revenue_separate"] = prefill @ prompt + decode_rate @ output
     # Little's law: mean wait = mean queue / rate into the queue.

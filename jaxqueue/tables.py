@@ -78,6 +78,20 @@ def _interrupted_line(o: dict[str, Any]) -> str:
             "collected statistics)")
 
 
+def _service_lines(service: dict[str, Any]) -> list[str]:
+    """The service laws a run used (``jaxqueue.service.Service.describe``), one line."""
+    def side(name):
+        law = service[name]
+        if law["law"] == "exponential":
+            return f"{name} exponential"
+        cv = ", ".join(f"{c:.3g}" for c in law["cv"])
+        phases = ", ".join(str(k) for k in law["phases"])
+        what = {"fit": "fitted to cv", "samples": "fitted to samples"}.get(law["law"], law["law"])
+        return f"{name} {what} (cv {cv}; phases {phases})"
+    return _wrap(f"  service: {side('prefill')}; {side('decode')} (phase-type, means from the "
+                 "model: the only part of the laws the LP sees)")
+
+
 def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
     """The ``jaxqueue simulate`` summary (and with ``details`` the per-class tables)."""
     reps = f"{o['reps']} replication{'s' if o['reps'] != 1 else ''}"
@@ -92,6 +106,8 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
         cv = ", ".join(f"{c:g}" for c in o["patience"]["cv"])
         lines += _wrap(f"  patience: {o['patience']['law']} (coefficient of variation {cv}; "
                        "mean 1/theta, the only part of the law the LP sees)")
+    if o.get("service"):
+        lines += _service_lines(o["service"])
     if o.get("params") is not None:
         lines += _params_lines(o)
     if o["interrupted"]:

@@ -248,6 +248,9 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
             reducible chain.
         RuntimeError: the stationary solve missed its residual bound.
     """
+    from .service import check_supported
+
+    check_supported(getattr(model, "service", None), "the exact pooled chain of jaxqueue.theory")
     n = _integer("n", n, 1)
     M = _integer("M", M, 0)
     if M > n:

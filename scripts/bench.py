@@ -8,6 +8,9 @@
     python scripts/bench.py --quick          # a smaller smoke run
     python scripts/bench.py --only classes --classes 2 8 32   # pooled cost per event against
                                              # the number of classes
+    python scripts/bench.py --only phases --gpus 100 --horizon 500 --phases 4
+                                             # pooled Gate-and-Route with Erlang-4 prefill and
+                                             # decode times against exponential ones
 
 Prints one line per benchmark: the engine, its size, events simulated (all replications), wall
 seconds (compilation excluded), events per second and compile seconds. Numbers depend on the
@@ -31,9 +34,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--horizon", type=float, default=None, help="model seconds per replication")
     p.add_argument("--chunk-events", type=int, default=1024)
     p.add_argument("--devices", default="1", help="'all' or a count: shard replications")
-    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu", "classes"), default=None)
+    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu", "classes", "phases"),
+                   default=None)
     p.add_argument("--classes", type=int, nargs="+", default=[2, 8, 32],
                    help="with --only classes: class counts of the synthetic instances")
+    p.add_argument("--phases", type=int, default=4,
+                   help="with --only phases: Erlang phases of the prefill and decode times")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
@@ -106,14 +112,33 @@ def _row(name: str, run, extra: dict) -> dict:
             "compile_seconds": run.compile_seconds}
 
 
-def bench_pooled(gpus: int, reps: int, horizon: float, chunk: int) -> dict:
-    model = scenarios.load("paper-qwen8b")
+def bench_pooled(gpus: int, reps: int, horizon: float, chunk: int, model=None,
+                 name: str = "pooled gate-and-route paper-qwen8b") -> dict:
+    model = scenarios.load("paper-qwen8b") if model is None else model
     system, _ = policies.build("gate-and-route", model, gpus)
     run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
                    chunk_events=chunk, devices=_devices())
-    return _row("pooled gate-and-route paper-qwen8b", run,
+    return _row(name, run,
                 {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
                  "kernels": kernels(system, reps, chunk)})
+
+
+def bench_phases(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> list[dict]:
+    """Pooled Gate-and-Route on ``paper-qwen8b``, exponential service times, then Erlang-k
+    prefill and decode times (jaxqueue.service): the same run shape, k times the service
+    events per job and 6 I (k - 1) more event rates per step."""
+    from jaxqueue.service import Service
+
+    model = scenarios.load("paper-qwen8b")
+    erlang = {"law": "erlang", "phases": k}
+    phased = model.replace(service=Service.make(model.num_classes, prefill=erlang,
+                                                decode=erlang))
+    rows = [bench_pooled(gpus, reps, horizon, chunk),
+            bench_pooled(gpus, reps, horizon, chunk, phased,
+                         f"pooled gate-and-route, Erlang-{k} service")]
+    rows[1]["events_per_second_vs_exponential"] = (rows[1]["events_per_second"]
+                                                   / rows[0]["events_per_second"])
+    return rows
 
 
 def many_classes(k: int):
@@ -171,6 +196,8 @@ def main() -> None:
     if a.only in (None, "per-gpu"):
         rows.append(bench_per_gpu(a.gpus, 16 if a.quick else a.per_gpu_reps, horizon,
                                   a.chunk_events))
+    if a.only == "phases":
+        rows += bench_phases(a.gpus, reps, horizon, a.chunk_events, a.phases)
     if a.only == "classes":
         rows += [bench_classes(a.gpus, reps, horizon, a.chunk_events, k) for k in a.classes]
         base = rows[0]["events_per_second"]
@@ -191,6 +218,9 @@ def main() -> None:
         print(f"{r['benchmark']:<36} {size:<50} {r['events']:>13,} events "
               f"{r['wall_seconds']:7.2f} s {r['events_per_second']:>14,.0f} events/s "
               f"(compile {r['compile_seconds']:.2f} s)")
+        if "events_per_second_vs_exponential" in r:
+            print(f"{'':<36} events per second: {r['events_per_second_vs_exponential']:.2f}x "
+                  "the exponential law's")
         if "cost_per_event_vs_first" in r:
             print(f"{'':<36} cost per event: {r['cost_per_event_vs_first']:.2f}x the "
                   f"{rows[0]['classes']}-class instance's")

@@ -20,15 +20,22 @@ from ..decisions import AbstractDecisions
 from ..kernel import Event, Flow, Revenue
 from ..model import Model
 
-__all__ = ["GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow", "checked_capacity",
-           "checked_gpus", "default_capacity", "gate_admit", "gate_choice", "gate_keys",
-           "overflow_message", "rebase_rings", "revenue", "ring_live", "ring_residual",
-           "split_event"]
+__all__ = ["EXIT_LEVELS", "GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow",
+           "checked_capacity", "checked_gpus", "default_capacity", "gate_admit", "gate_choice",
+           "gate_keys", "overflow_message", "rebase_rings", "revenue", "ring_live",
+           "ring_residual", "split_event"]
 
 #: Time-integrated levels, each per class (the names of the per-GPU fluid quantities): prefills
 #: in service, decodes in service at the mixed and at the solo speed, jobs waiting for prefill
 #: and jobs waiting for decode.
 LEVELS = ("x", "y_m", "y_s", "q_p", "q_d")
+#: With phase-type service laws (:mod:`jaxqueue.service`), the pooled engine also integrates,
+#: per class, its jobs in prefill, mixed decode and solo decode weighted by each phase's rate of
+#: ending service relative to the class's mean rate, ``sum_k r_ik (1 - p_ik) Z_ik``: the mean
+#: rate times it is the rate at which services end. Under the exponential law it is the
+#: occupancy itself, and only then is the occupancy's integral enough for the revenue: with
+#: phases, jobs early in a long service complete at rate 0, and ``mu * y`` would count them.
+EXIT_LEVELS = ("x_exit", "y_m_exit", "y_s_exit")
 #: Event counters, each per class: arrivals, prefill completions, decode completions at the
 #: mixed and the solo speed, abandonments from the prefill and the decode buffers, and the
 #: starts of prefill and of decode service (for the flow balance of every stage).
@@ -102,22 +109,32 @@ def split_event(event: Event, num: int, t, window):
     """The 5I-event layout shared by the pooled and per-GPU engines, decoded.
 
     Returns the one-hot rows ``(arrive, prefill_done, mixed_done, solo_done, queue_abandon)``
-    (each ``(I,)``), whether ``t`` lies in the statistics window (int 0/1), and whether the
-    step is a bookkeeping step (event index ``5I``).
+    (each ``(I,)``, the first 5I events), whether ``t`` lies in the statistics window (int
+    0/1), and whether the step is a bookkeeping step (event index ``E``, one past the last
+    event: 5I, or more where a system appends events, such as the phases of a phase-type
+    service law).
     """
     w0, w1 = window
-    hot = event.hot.reshape(5, num)
+    hot = event.hot[:5 * num].reshape(5, num)
     counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
-    return tuple(hot), counted, event.index == 5 * num
+    return tuple(hot), counted, event.index == event.hot.shape[0]
 
 
 def revenue(model: Model, integrals: Float[Array, " L"], counts: Int[Array, " T"],
-            tally_names: tuple[str, ...]) -> Revenue:
-    """Revenue in the window of a system recording :data:`LEVELS` and :data:`TALLIES`."""
+            tally_names: tuple[str, ...], level_names: tuple[str, ...] = LEVELS) -> Revenue:
+    """Revenue in the window of a system recording :data:`LEVELS` and :data:`TALLIES`.
+
+    The integral estimators integrate the rate at which services end: ``mu`` times the
+    occupancy for the exponential law, and with phase-type service laws ``mu`` times the
+    :data:`EXIT_LEVELS` (where ``level_names`` has them), whose expectation is the completion
+    rate whatever the law. They keep the integral's low variance and its direct dependence on
+    the service rates (which the likelihood-ratio estimators differentiate); counting
+    completions would lose both."""
     num = model.num_classes
 
-    def level(name):
-        k = LEVELS.index(name)
+    def ending(name):  # the occupancy weighted by its rates of ending service, over mu
+        exit_name = f"{name}_exit"
+        k = level_names.index(exit_name if exit_name in level_names else name)
         return integrals[k * num:(k + 1) * num]
 
     def count(name):
@@ -125,13 +142,13 @@ def revenue(model: Model, integrals: Float[Array, " L"], counts: Int[Array, " T"
         return counts[k * num:(k + 1) * num].astype(integrals.dtype)
 
     done = count("mixed_done") + count("solo_done")
-    in_service = model.mu_m * level("y_m") + model.mu_s * level("y_s")  # completions per time
+    in_service = model.mu_m * ending("y_m") + model.mu_s * ending("y_s")  # completions per time
     prompt, output = model.c_p * model.P, model.c_d * model.D
     return Revenue(
         bundled_counted=jnp.sum(model.w * done),
         bundled_integral=jnp.sum(model.w * in_service),
         separate_counted=jnp.sum(prompt * count("prefill_done") + output * done),
-        separate_integral=jnp.sum(prompt * model.mu_p * level("x") + output * in_service),
+        separate_integral=jnp.sum(prompt * model.mu_p * ending("x") + output * in_service),
     )
 
 

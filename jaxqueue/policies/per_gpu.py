@@ -75,6 +75,7 @@ from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import check_supported, deadline
 from ..rng import real_dtype
+from ..service import check_supported as check_service
 from .common import (
     LEVELS,
     TALLIES,
@@ -172,6 +173,7 @@ class PerGpu(AbstractSystem):
         self.slot_dtype  # noqa: B018 (raises if the model's counts do not fit `counts`)
         check_supported(self.model.patience, f"the per-GPU engine with the {self.gate} gate",
                         counted=self.gate != "fcfs")
+        check_service(self.model.service, "the per-GPU engine")
 
     @property
     def num_classes(self) -> int:

@@ -53,6 +53,7 @@ from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import check_supported
 from ..rng import real_dtype
+from ..service import check_supported as check_service
 from .common import LEVELS, checked_gpus, gate_admit, gate_keys, revenue
 from .common import TALLIES as _POOLED_TALLIES
 
@@ -118,6 +119,7 @@ class SLIGateAndRoute(AbstractSystem):
     def __check_init__(self):
         check_supported(self.model.patience, "the SLI-aware Gate-and-Route",
                         counted=True)
+        check_service(self.model.service, "the SLI-aware Gate-and-Route")
 
     @property
     def num_random(self) -> int:

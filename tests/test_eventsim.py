@@ -365,3 +365,45 @@ def test_chain_helper_is_a_probability_law():
     p = stationary(states, lambda s: [(1.0, ((s[0] + 1) % 3, s[1])), (2.0, (s[0], 1 - s[1]))])
     assert sum(p.values()) == pytest.approx(1.0)
     assert all(v == pytest.approx(1 / 6) for v in p.values())
+
+
+@pytest.mark.slow
+def test_phase_type_service_agrees_with_jaxqueue():
+    # jaxqueue's Coxian laws (Erlang-4 prefill, hyperexponential decode of cv 2, balanced means)
+    # against the event-list simulator's own draws of the same laws: counted revenue and each
+    # class's prefill queue and decode buffer. The warm-up is long: the slow phase of that decode
+    # lasts 4.4 means. The prefill queues tell the laws apart: with exponential times the
+    # prefill-heavy class's is about 40% longer, tens of standard errors away.
+    import jax
+
+    import jaxqueue as jq
+    from jaxqueue.service import Service
+
+    n, reps, horizon, warmup = 20, 64, 1500.0, 500.0
+    model = jq.scenarios.load("paper-qwen8b")
+    cl = es.cluster_from_model(model, n)
+    res = es.replicate(cl, reps=reps, horizon=horizon, warmup=warmup, seed=11,
+                       prefill=es.parse_law("erlang:4"), decode=es.parse_law("hyperexponential:2"),
+                       ttft=False)
+    phased = model.replace(service=Service.make(
+        model.num_classes, prefill={"law": "erlang", "phases": 4},
+        decode={"law": "fit", "cv": 2.0}))
+
+    def engine(m):
+        system, _ = jq.build("gate-and-route", m, n)
+        run = jq.simulate(jax.random.key(11), system, reps=reps, horizon=horizon, warmup=warmup,
+                          notify=lambda _: None)
+        return jq.stats.per_gpu(run, m, n)
+
+    def z(ours, theirs):
+        ours, theirs = np.asarray(ours, float), np.asarray(theirs, float)
+        se = np.hypot(ours.std(0, ddof=1), theirs.std(0, ddof=1)) / math.sqrt(reps)
+        return (ours.mean(0) - theirs.mean(0)) / se
+
+    theirs = engine(phased)
+    pairs = {"revenue_counted": "revenue_bundled", "q_p": "q_prefill", "q_d": "q_decode"}
+    for ours, name in pairs.items():
+        assert np.all(np.abs(z(res.per_rep(ours), theirs[name])) < 3), (ours, z(
+            res.per_rep(ours), theirs[name]))
+    plain = engine(model)
+    assert np.max(np.abs(z(res.per_rep("q_p"), plain["q_prefill"]))) > 10

@@ -87,7 +87,7 @@ class Patience(eqx.Module):
             if cv is None:
                 raise ValueError(f"patience.cv is missing: law = {law!r} needs the coefficient "
                                  "of variation of each class (a number, or one per class)")
-            values = _per_class("patience.cv", cv, num_classes)
+            values = per_class("patience.cv", cv, num_classes)
             hyper = law == "hyperexponential"
             if not np.all(np.isfinite(values) & ((values >= 1.0) if hyper else (values > 0.0))):
                 allowed = "finite and >= 1" if hyper else "finite and > 0"
@@ -154,7 +154,13 @@ class Patience(eqx.Module):
         return jnp.where(theta > 0, unit * mean, jnp.inf).astype(real)
 
 
-def _per_class(field: str, value, num: int) -> np.ndarray:
+def per_class(field: str, value, num: int) -> np.ndarray:
+    """``value`` (one number, or one per class) as ``num`` floats; anything else (a string, a
+    boolean, the wrong length) is an error naming ``field``."""
+    if isinstance(value, (str, bytes, bool)) or (
+            isinstance(value, Sequence) and any(isinstance(v, (str, bytes, bool))
+                                                for v in value)):
+        raise ValueError(f"{field} = {value!r} is invalid: must be a number or one per class")
     try:
         a = np.asarray(value, np.float64)
     except (TypeError, ValueError):

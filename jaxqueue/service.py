@@ -67,6 +67,8 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Array, Float
 
+from .patience import per_class
+
 __all__ = ["LAWS", "MAX_PHASES", "Coxian", "Service", "check_supported", "coxian", "erlang",
            "exponential", "fit", "fit_samples", "h2_to_coxian", "moments", "two_moment"]
 
@@ -245,24 +247,6 @@ def _law(law: str, rows, cv, field: str) -> Coxian:
     return Coxian(law=law, rates=rates, cont=cont, cv=np.asarray(cv, np.float64))
 
 
-def _per_class(field: str, value, num: int) -> np.ndarray:
-    if isinstance(value, (str, bytes, bool)) or (
-            isinstance(value, Sequence) and any(isinstance(v, (str, bytes, bool))
-                                                for v in value)):
-        raise ValueError(f"{field} = {value!r} is invalid: must be a number or one per class")
-    try:
-        a = np.asarray(value, np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field} = {value!r} is invalid: must be a number or one per "
-                         "class") from None
-    if a.ndim == 0:
-        return np.full(num, float(a))
-    if a.shape != (num,):
-        raise ValueError(f"{field} = {a.tolist()} is invalid: must be a number or one per "
-                         f"class ({num})")
-    return a
-
-
 def exponential(num_classes: int) -> Coxian:
     """The exponential law as a one-phase Coxian (the engine then keeps phase counts, whose
     every path is the paper's model's: a check of the phase machinery)."""
@@ -273,7 +257,7 @@ def exponential(num_classes: int) -> Coxian:
 def erlang(phases, num_classes: int, *, field: str = "service") -> Coxian:
     """Erlang laws of unit mean: ``phases`` (one integer, or one per class) phases of rate
     ``phases`` each."""
-    k = _per_class(f"{field}.phases", phases, num_classes)
+    k = per_class(f"{field}.phases", phases, num_classes)
     if not np.all(np.isfinite(k) & (k == np.round(k)) & (k >= 1) & (k <= MAX_PHASES)):
         raise ValueError(f"{field}.phases = {np.asarray(phases).tolist()!r} is invalid: must be "
                          f"integers in [1, {MAX_PHASES}]")
@@ -312,7 +296,7 @@ def h2_to_coxian(a: float, mu1: float, mu2: float) -> tuple[np.ndarray, np.ndarr
 def fit(cv, num_classes: int, *, field: str = "service") -> Coxian:
     """Tijms' two-moment fit (:func:`two_moment`) to a coefficient of variation per class
     (one number, or one per class), each in ``[1 / sqrt(MAX_PHASES), inf)``."""
-    c = _per_class(f"{field}.cv", cv, num_classes)
+    c = per_class(f"{field}.cv", cv, num_classes)
     low = 1.0 / math.sqrt(MAX_PHASES)
     if not np.all(np.isfinite(c) & (c >= low - 1e-12)):
         raise ValueError(f"{field}.cv = {c.tolist()} is invalid: must be finite and >= {low:g} "

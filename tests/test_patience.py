@@ -249,3 +249,9 @@ def test_the_gated_family_keeps_its_knobs_on_per_class_rings():
         assert np.all(np.abs(z) < 4.0), (key, np.mean(a[key], 0), np.mean(b[key], 0), z)
     # The knobs bind: the slack and caps hold prefills back (fewer than the 4 slots on average).
     assert np.mean(np.sum(b["x"], axis=-1)) * n < 3.5
+
+
+def test_a_string_or_boolean_where_a_cv_belongs_is_an_error_naming_the_field():
+    for bad in ("0.5", True, [0.5, "1"]):
+        with pytest.raises(ValueError, match=r"patience\.cv = .* must be a number or one per"):
+            Patience.make("gamma", 2, cv=bad)

@@ -80,6 +80,10 @@ def add_fit_commands(command, emit) -> None:
                     help="price c_p per prompt token (the paper's 0.1)")
     wl.add_argument("--price-decode", type=_nonnegative("price-decode"), default=0.2,
                     help="price c_d per output token (the paper's 0.2)")
+    wl.add_argument("--service", choices=("exponential", "fit"), default="exponential",
+                    help="prefill and decode time laws of the scenario: the paper's exponential "
+                         "ones, or each class's prompt and output length spread (a time is "
+                         "proportional to its length), as a phase-type law fitted to its CV")
     wl.add_argument("--name", default=None, help="scenario name (default: the file's stem and K)")
     wl.set_defaults(func=functools.partial(_cmd_workload, emit=emit))
 
@@ -215,10 +219,11 @@ def _cmd_workload(args, emit) -> int:
     name = args.name or f"{Path(args.file).stem}-{args.classes}class"
     model = workload.to_model(w, gpus=args.gpus, chunk=args.chunk, batch=args.batch,
                               theta=args.patience_rate, c_p=args.price_prefill,
-                              c_d=args.price_decode, name=name, **gpu)
+                              c_d=args.price_decode, name=name, service=args.service, **gpu)
     if args.out:
         command = (f"jaxqueue workload {shlex.quote(args.file)} --classes {args.classes} "
-                   f"--gpus {args.gpus:g}" + (f" --rate {args.rate:g}" if args.rate else ""))
+                   f"--gpus {args.gpus:g}" + (f" --rate {args.rate:g}" if args.rate else "")
+                   + (f" --service {args.service}" if args.service != "exponential" else ""))
         Path(args.out).write_text(workload.scenario_toml(model, w, gpus=args.gpus,
                                                          command=command))
         scenarios.load(args.out)  # the file reads back as a scenario

@@ -356,18 +356,43 @@ def build(trace: Trace, k: int, *, rate: float | None = None, windows=WINDOWS) -
 # ---- scenario ---------------------------------------------------------------------------------
 def to_model(workload: Workload, *, gpus: float, alpha: float, beta: float, gamma: float,
              chunk: int, batch: int, theta: float, c_p: float, c_d: float,
-             name: str = "workload") -> Model:
+             name: str = "workload", service: str = "exponential") -> Model:
     """The paper's model of ``workload``: class i's mean lengths are P_i and D_i, its per-GPU
     arrival rate is its trace rate divided by ``gpus`` (``jaxqueue simulate --gpus n`` then
     offers n times that), and every class gets patience rate ``theta`` (a trace records no
-    abandonments)."""
+    abandonments).
+
+    ``service = "fit"`` also gives the prefill and decode times the spread of the lengths: a
+    prefill lasts P / (C tau) and a decode D tau (Eq. 4 for one request), so each time's
+    coefficient of variation is its length's, and :func:`jaxqueue.service.fit` matches it with a
+    phase-type law (Tijms' two-moment fit). The default keeps the paper's exponential times."""
+    from .service import Service
+
     if not (math.isfinite(gpus) and gpus > 0):
         raise WorkloadError(f"gpus = {gpus!r} is invalid: must be a number > 0")
+    if service not in ("exponential", "fit"):
+        raise WorkloadError(f"service = {service!r} is invalid: must be 'exponential' or 'fit'")
     cs = workload.classes
+    laws = None
+    if service == "fit":
+        laws = Service.make(len(cs), prefill={"law": "fit", "cv": [c.prompt.cv for c in cs]},
+                            decode={"law": "fit", "cv": [c.output.cv for c in cs]})
     return Model(name=name, class_names=[c.name for c in cs],
                  lambda_=[c.rate / gpus for c in cs], theta=[theta] * len(cs),
                  P=[c.prompt.mean for c in cs], D=[c.output.mean for c in cs],
-                 alpha=alpha, beta=beta, gamma=gamma, C=chunk, B=batch, c_p=c_p, c_d=c_d)
+                 alpha=alpha, beta=beta, gamma=gamma, C=chunk, B=batch, c_p=c_p, c_d=c_d,
+                 service=laws)
+
+
+def _inline(value) -> str:
+    """``value`` (a dict of strings, numbers and lists of them) as a TOML inline value."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(float(value)) if isinstance(value, float) else repr(value)
 
 
 def scenario_toml(model: Model, workload: Workload, *, gpus: float, command: str = "") -> str:
@@ -395,6 +420,12 @@ def scenario_toml(model: Model, workload: Workload, *, gpus: float, command: str
                   "[[classes]]", f"name = {q(row['name'])}"]
         lines += [f"{k} = {row[k]!r}" for k in ("arrival_rate", "patience_rate", "prompt_tokens",
                                                 "output_tokens")]
+    table = model.to_dict().get("service")
+    if table:
+        lines += ["", "# Service laws: each class's prefill and decode times have its prompt and "
+                  "output lengths' CV (a time is proportional to its length), fitted as "
+                  "phase-type laws (--service fit).", "[service]"]
+        lines += [f"{side} = {_inline(law)}" for side, law in table.items()]
     wrapped = []
     for line in lines:
         wrapped += textwrap.wrap(line, 100, subsequent_indent="#   ", break_on_hyphens=False,

@@ -13,6 +13,7 @@ from scipy import stats
 
 from jaxqueue import fluid, scenarios, workload
 from jaxqueue.cli import main
+from jaxqueue.service import moments
 from jaxqueue.workload import WorkloadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +226,28 @@ def test_azure_and_arxiv_traces():
     assert arxiv.arrivals is None and arxiv.columns["prompt"] == "num_prefill_tokens"
     with pytest.raises(WorkloadError, match="--rate"):
         workload.build(arxiv, 2)
+
+
+def test_service_fit_gives_each_time_its_lengths_spread(tmp_path, synthetic, capsys):
+    path = synthetic[0]
+    plain, fitted = tmp_path / "plain.toml", tmp_path / "fit.toml"
+    main(["workload", str(path), "--classes", "2", "--out", str(plain), "--json"])
+    main(["workload", str(path), "--classes", "2", "--out", str(fitted), "--service", "fit",
+          "--json"])
+    capsys.readouterr()
+    assert "[service]" not in plain.read_text() and scenarios.load(plain).service is None
+    model = scenarios.load(fitted)
+    w = workload.build(workload.read_trace(path), 2)
+    for side, attr in (("prefill", "prompt"), ("decode", "output")):
+        law = getattr(model.service, side)
+        want = [getattr(c, attr).cv for c in w.classes]
+        assert law.law == "fit" and law.cv == pytest.approx(want, rel=1e-12)
+        # The law's own moments (its phases), not only the number it was asked for.
+        for i, cv in enumerate(want):
+            k = law.class_phases()[i]
+            m1, m2 = moments(np.asarray(law.rates)[i, :k], np.asarray(law.cont)[i, :k], 2)
+            assert m1 == pytest.approx(1.0, rel=1e-9)
+            assert np.sqrt(m2 - m1**2) == pytest.approx(cv, rel=1e-6)
+    with pytest.raises(SystemExit) as err:
+        main(["workload", str(path), "--classes", "2", "--service", "gamma"])
+    assert err.value.code == 2 and "--service" in capsys.readouterr().err

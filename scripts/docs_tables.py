@@ -181,7 +181,7 @@ def _patience(data: dict) -> str:
             rows = [f"{out['policy']}, {out['reps']} replications x {out['horizon']:g} s "
                     f"(warm-up {out['warmup']:g} s); every law has the exponential law's mean "
                     "and is paired with it on the same key.", "",
-                    "| n | patience law | revenue per GPU | minus exponential (paired) | "
+                    "| n | law | revenue per GPU | minus exponential (paired) | "
                     "abandon | wall | events/s |", "|---:|---|---:|---:|---:|---:|---:|"]
         for r in out["rows"]:
             diff = "-" if r["minus_exponential"] is None else \
@@ -325,6 +325,11 @@ TABLES: dict[str, Table] = {
          "table": "python scripts/patience_table.py --scenario {tmp}/conv2.toml --gpus 20 100 "
                   "--reps 32 --laws exponential,deterministic,lognormal --json {json}"},
         _patience, "the same on a scenario built from the Azure conversation trace"),
+    "service_paper": Table(
+        "docs/scenarios.md",
+        {"table": "python scripts/patience_table.py --gpus 20 100 --laws exponential "
+                  "--service-laws erlang-4,cv-2 --warmup 500 --json {json}"},
+        _patience, "Gate-and-Route's revenue under other prefill and decode time laws"),
     "surrogate": Table(
         "docs/tuning.md",
         {"surrogate": "python scripts/surrogate_table.py --json {json}"},

@@ -24,8 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxqueue import policies, scenarios, simulate, stats  # noqa: E402
 from jaxqueue.patience import Patience  # noqa: E402
+from jaxqueue.service import Service  # noqa: E402
 
 LAWS = {"exponential": None, "deterministic": None, "gamma": 0.5, "lognormal": 2.0}
+#: Service laws (``--service-laws``), for prefill and decode times alike, exponential patience.
+SERVICE = {"erlang-4": {"law": "erlang", "phases": 4}, "erlang-20": {"law": "erlang", "phases": 20},
+           "cv-2": {"law": "fit", "cv": 2.0}}
 
 
 def main() -> None:
@@ -37,6 +41,9 @@ def main() -> None:
     p.add_argument("--horizon", type=float, default=2000.0)
     p.add_argument("--warmup", type=float, default=300.0)
     p.add_argument("--laws", default=",".join(LAWS), help="comma-separated, of " + ", ".join(LAWS))
+    p.add_argument("--service-laws", default="", help="comma-separated, of " + ", ".join(SERVICE)
+                   + ": rows with these prefill and decode time laws (same means, exponential "
+                   "patience), paired with the exponential row too")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="also write the rows to PATH as JSON (default: no file)")
     a = p.parse_args()
@@ -45,6 +52,10 @@ def main() -> None:
     unknown = sorted(set(laws) - set(LAWS))
     if unknown:
         p.error(f"--laws: unknown {', '.join(unknown)}; choose from {', '.join(LAWS)}")
+    service = [s.strip() for s in a.service_laws.split(",") if s.strip()]
+    unknown = sorted(set(service) - set(SERVICE))
+    if unknown:
+        p.error(f"--service-laws: unknown {', '.join(unknown)}; choose from {', '.join(SERVICE)}")
     print(f"{a.policy} on {a.scenario}, {a.reps} replications x {a.horizon:g} s (warm-up "
           f"{a.warmup:g} s); every law has the exponential law's mean patience\n")
     print("| n | patience law | revenue per GPU | minus exponential (paired) | abandon | wall | "
@@ -53,10 +64,15 @@ def main() -> None:
     rows = []
     for n in a.gpus:
         reference = None
-        for law in ["exponential", *[x for x in laws if x != "exponential"]]:
-            cv = LAWS[law]
-            model = base if law == "exponential" else base.replace(
-                patience=Patience.make(law, base.num_classes, cv=cv))
+        cases = [("patience", x) for x in ["exponential", *[x for x in laws if x != "exponential"]]]
+        for kind, law in cases + [("service", x) for x in service]:
+            cv = LAWS[law] if kind == "patience" else None
+            if kind == "service":
+                model = base.replace(service=Service.make(
+                    base.num_classes, prefill=SERVICE[law], decode=SERVICE[law]))
+            else:
+                model = base if law == "exponential" else base.replace(
+                    patience=Patience.make(law, base.num_classes, cv=cv))
             system, _ = policies.build(a.policy, model, n)
             t = time.perf_counter()
             run = simulate(jax.random.key(1), system, reps=a.reps, horizon=a.horizon,
@@ -73,10 +89,11 @@ def main() -> None:
                 dm, dci = stats.mean_ci(revenue - reference)
                 diff = f"{float(dm):+.2f} ± {float(dci):.2f}"
                 paired = {"mean": float(dm), "ci95": float(dci)}
-            name = law if cv is None else f"{law} (cv {cv:g})"
+            name = (law if cv is None else f"{law} (cv {cv:g})") if kind == "patience" else \
+                f"exponential; service {law}"
             print(f"| {n} | {name} | {float(mean):.2f} ± {float(ci):.2f} | {diff} | "
                   f"{abandon:.1%} | {wall:.0f} s | {run.events / wall:.3g} |", flush=True)
-            rows.append({"gpus": n, "law": law, "cv": cv, "label": name,
+            rows.append({"gpus": n, "kind": kind, "law": law, "cv": cv, "label": name,
                          "revenue": {"mean": float(mean), "ci95": float(ci)},
                          "minus_exponential": paired, "abandon": abandon,
                          "wall_seconds": wall, "events": int(run.events)})

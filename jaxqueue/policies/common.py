@@ -109,15 +109,15 @@ def split_event(event: Event, num: int, t, window):
     """The 5I-event layout shared by the pooled and per-GPU engines, decoded.
 
     Returns the one-hot rows ``(arrive, prefill_done, mixed_done, solo_done, queue_abandon)``
-    (each ``(I,)``, the first 5I events), whether ``t`` lies in the statistics window (int
-    0/1), and whether the step is a bookkeeping step (event index ``E``, one past the last
-    event: 5I, or more where a system appends events, such as the phases of a phase-type
-    service law).
+    (each ``(I,)``), whether ``t`` lies in the statistics window (int 0/1), and whether the
+    step is a bookkeeping step (event index ``5I``). Phase-type service laws keep this layout:
+    a completion row carries the class's rate of leaving any phase, and the system draws the
+    phase itself.
     """
     w0, w1 = window
-    hot = event.hot[:5 * num].reshape(5, num)
+    hot = event.hot.reshape(5, num)
     counted = ((t > w0) & (t <= w1)).astype(jnp.int32)
-    return tuple(hot), counted, event.index == event.hot.shape[0]
+    return tuple(hot), counted, event.index == 5 * num
 
 
 def revenue(model: Model, integrals: Float[Array, " L"], counts: Int[Array, " T"],

@@ -625,6 +625,26 @@ def _cmd_policies(args) -> None:
 def _cmd_scenarios(args) -> None:
     from . import scenarios
 
+    if args.show is None and (args.set or args.out):
+        raise ValueError(f"{'--set' if args.set else '--out'} needs --show SCENARIO (the "
+                         "scenario to change or write)")
+    if args.show is not None:
+        model = scenarios.changed(scenarios.load(args.show), args.set)
+        if args.set and not any(s.partition("=")[0].strip() == "name" for s in args.set):
+            # a changed scenario does not keep its source's name, which every output prints
+            model = model.replace(name=f"{model.name} ({', '.join(args.set)})")
+        if args.json:
+            _emit(model.to_dict(), True, lambda o: [])
+            return
+        text = scenarios.to_toml(model, header=f"Scenario {args.show}" + "".join(
+            f", {s}" for s in args.set) + "\nwritten by: jaxqueue scenarios --show "
+            + " ".join([args.show, *(f"--set {s}" for s in args.set)]))
+        if args.out is None:
+            print(text, end="")
+        else:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.out}", file=sys.stderr)
+        return
     out = {name: scenarios.load(name).to_dict() for name in scenarios.names()}
 
     def lines(o):
@@ -997,7 +1017,16 @@ def _parser() -> argparse.ArgumentParser:
     pol.add_argument("--json", action="store_true", help="print one JSON object")
     pol.set_defaults(func=_cmd_policies)
 
-    sc = command("scenarios", "list the built-in scenarios")
+    sc = command("scenarios", "list the built-in scenarios, or write one as a scenario file, "
+                 "changed with --set")
+    sc.add_argument("--show", metavar="SCENARIO", default=None,
+                    help="print this scenario (a built-in name or a file) as a scenario file")
+    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --show: change a number (a [gpu] or [pricing] key, a per-class "
+                    "key with one value or one per class separated by commas, or name); "
+                    "repeatable, e.g. --set gamma=10 --set arrival_rate=0.6,0.4")
+    sc.add_argument("--out", metavar="FILE", default=None,
+                    help="with --show: write the file here instead of printing it")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.set_defaults(func=_cmd_scenarios)
 

@@ -11,12 +11,13 @@ Sources (Lin, Han, Ding & Zhang, arXiv 2602.02987 v1):
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
 from .model import Model, ModelError
 
-__all__ = ["CALIBRATIONS", "SCENARIOS", "DOLLY_15K", "load", "names"]
+__all__ = ["CALIBRATIONS", "SCENARIOS", "DOLLY_15K", "changed", "load", "names", "to_toml"]
 
 #: Iteration-time calibrations of Sec. 6.1: (alpha seconds, beta seconds/token, gamma tokens/s).
 #: gamma is ``1/tau_solo`` with the measured solo iteration time (0.022 s and 0.019 s), which the
@@ -101,3 +102,74 @@ def load(spec: str | Path) -> Model:
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ModelError(f"scenario file {key}: cannot be read as TOML: {err}") from None
     return Model.from_dict(data, source=str(path))
+
+
+#: What ``changed`` may set: each key's place in the scenario file.
+SETTABLE = {"alpha": "gpu", "beta": "gpu", "gamma": "gpu", "chunk": "gpu", "batch": "gpu",
+            "prefill": "pricing", "decode": "pricing", "arrival_rate": "classes",
+            "patience_rate": "classes", "prompt_tokens": "classes", "output_tokens": "classes",
+            "name": ""}
+
+
+def _number(text: str, key: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ModelError(f"--set {key}={text!r} is invalid: must be a number") from None
+    return int(value) if key in ("chunk", "batch") and value.is_integer() else value
+
+
+def changed(model: Model, settings: list[str]) -> Model:
+    """``model`` with some of its file's numbers replaced, each setting ``KEY=VALUE``: a key of
+    ``[gpu]`` (``alpha``, ``beta``, ``gamma``, ``chunk``, ``batch``) or ``[pricing]``
+    (``prefill``, ``decode``), a per-class key (``arrival_rate``, ``patience_rate``,
+    ``prompt_tokens``, ``output_tokens``: one value for every class, or one per class separated
+    by commas) or ``name``. The result is checked as a scenario file is, and an error names the
+    setting.
+    """
+    data = model.to_dict()
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        key = key.strip()
+        if not sep or key not in SETTABLE:
+            raise ModelError(f"--set {setting!r} is invalid: must be KEY=VALUE with KEY one of "
+                             f"{', '.join(SETTABLE)}")
+        place = SETTABLE[key]
+        if key == "name":
+            data["name"] = text
+        elif place == "classes":
+            values = [_number(v, key) for v in text.split(",")]
+            if len(values) not in (1, len(data["classes"])):
+                raise ModelError(f"--set {setting!r} is invalid: give one value, or one per "
+                                 f"class ({len(data['classes'])})")
+            for row, v in zip(data["classes"], values * len(data["classes"]) if len(values) == 1
+                              else values, strict=False):
+                row[key] = v
+        else:
+            data[place][key] = _number(text, key)
+    return Model.from_dict(data, source="--set")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    return repr(float(value)) if isinstance(value, float) else repr(value)
+
+
+def to_toml(model: Model, header: str = "") -> str:
+    """``model`` as a scenario file (the layout :func:`load` reads), ``header`` as comments."""
+    d = model.to_dict()
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"name = {_toml_value(d['name'])}", "", "[gpu]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in d["gpu"].items()]
+    lines += ["", "[pricing]"] + [f"{k} = {_toml_value(v)}" for k, v in d["pricing"].items()]
+    for row in d["classes"]:
+        lines += ["", "[[classes]]"] + [f"{k} = {_toml_value(v)}" for k, v in row.items()]
+    for table in ("patience", "service"):
+        if table in d:
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
+    return "\n".join(lines) + "\n"

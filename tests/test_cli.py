@@ -534,3 +534,15 @@ def test_simulate_latency_prints_quantiles_and_refuses_per_gpu(capsys):
     _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--policy", "fi-wsp",
                       "--latency", code=2)
     assert "--latency is supported by the pooled" in err and "fi-wsp" in err
+
+
+def test_scenarios_show_writes_a_changed_scenario_that_runs(tmp_path, capsys):
+    path = tmp_path / "g10.toml"
+    main(["scenarios", "--show", "paper-qwen8b", "--set", "gamma=10", "--out", str(path)])
+    lp = run_json(capsys, "lp", str(path))
+    assert lp["scenario"] == "paper-qwen8b (gamma=10)"
+    assert lp["solo_efficient"] is False  # gamma tau < (B - 1) / B at gamma = 10
+    with pytest.raises(SystemExit) as stop:
+        main(["scenarios", "--set", "gamma=10"])
+    assert stop.value.code == 2
+    assert "--set needs --show" in capsys.readouterr().err

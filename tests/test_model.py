@@ -150,3 +150,46 @@ def test_python_construction_names_its_own_fields_and_refuses_strings():
         Model(**{**GOOD, "P": ("300", 3000)})
     with pytest.raises(ModelError, match=r"^alpha = .*not strings"):
         Model(**{**GOOD, "alpha": "0.0174"})
+
+
+@pytest.mark.parametrize("name", scenarios.names())
+def test_every_scenario_written_as_a_file_reads_back_the_same(name, tmp_path):
+    from jaxqueue.patience import Patience
+    from jaxqueue.service import Service
+
+    model = scenarios.load(name)
+    path = tmp_path / "s.toml"
+    path.write_text(scenarios.to_toml(model, header="a header\nof two lines"))
+    assert scenarios.load(path).to_dict() == model.to_dict()
+    # the optional tables too
+    k = model.num_classes
+    model = model.replace(patience=Patience.make("lognormal", k, cv=[0.5 + i for i in range(k)]),
+                          service=Service.make(k, prefill={"law": "erlang", "phases": 3}))
+    path.write_text(scenarios.to_toml(model))
+    assert scenarios.load(path).to_dict() == model.to_dict()
+
+
+def test_set_changes_exactly_the_named_numbers():
+    base = scenarios.load("paper-qwen8b")
+    new = scenarios.changed(base, ["gamma=10", "batch=8", "arrival_rate=0.6,0.4",
+                                   "patience_rate=0.2", "prefill=0.3", "name=g10"])
+    want = base.to_dict()
+    want["gpu"].update(gamma=10.0, batch=8)
+    want["pricing"]["prefill"] = 0.3
+    for row, rate in zip(want["classes"], (0.6, 0.4), strict=True):
+        row.update(arrival_rate=rate, patience_rate=0.2)
+    want["name"] = "g10"
+    assert new.to_dict() == want
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("gamma=0", "gpu.gamma = 0.0 is invalid: must be a finite number > 0"),
+    ("batch=2.5", "gpu.batch = 2.5 is invalid: must be an integer >= 1"),
+    ("gamma=fast", "--set gamma='fast' is invalid: must be a number"),
+    ("arrival_rate=1,2,3", "give one value, or one per class \\(2\\)"),
+    ("speed=2", "KEY one of alpha, beta"),
+    ("gamma", "must be KEY=VALUE"),
+])
+def test_set_refuses_bad_settings_by_name(setting, message):
+    with pytest.raises(ModelError, match=message):
+        scenarios.changed(scenarios.load("paper-qwen8b"), [setting])

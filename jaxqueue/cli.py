@@ -469,7 +469,8 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         if getattr(system, "wait_grid", ()):
             from .compare import latency_summary
 
-            out["latency"] = latency_summary(stats.latency(run, system.wait_grid), model)
+            out["latency"] = latency_summary(stats.latency(
+                run, system.wait_grid, per_token=stats.per_token_times(model)), model)
     else:
         out.update(revenue_per_gpu=None, sli=None, classes=None, diagnosis=None)
     return out

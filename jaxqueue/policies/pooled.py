@@ -246,7 +246,8 @@ class Pooled(AbstractSystem):
                 where = "relaxed (pathwise-differentiable) decisions"
             elif self.wait_grid and self.prefill_law is not None:
                 where = ("latency counters (a wait_grid), which draw each time to first token's "
-                         "prefill time as an exponential one")
+                         "prefill time as an exponential one, and pick the prefill that ends "
+                         "uniformly among its class's")
             if where is not None:
                 raise ValueError(f"{self.model.service.named(every=True)} not supported with "
                                  f"{where}: phase-type service runs on the pooled engine with "

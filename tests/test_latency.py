@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxqueue import simulate, stats, theory
-from jaxqueue.driver import BufferOverflowError
+from jaxqueue.driver import BufferOverflowError, SimulationWarning
 from jaxqueue.kernel import Event
 from jaxqueue.model import Model
 from jaxqueue.policies.pooled import Pooled
@@ -218,7 +218,8 @@ def test_prefill_table_overflow_is_never_silent():
     with pytest.raises(BufferOverflowError, match="prefills in service"):
         simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0,
                  grow_buffers=False)
-    grown = simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0)
+    with pytest.warns(SimulationWarning, match="rerunning them with buffers"):
+        grown = simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0)
     ample = simulate(jax.random.key(4), system(64), reps=2, horizon=100.0, warmup=10.0)
     assert grown.regrown >= 1
     np.testing.assert_array_equal(grown.tallies, ample.tallies)

@@ -20,6 +20,10 @@ the part of its wait inside the statistics window, whenever that wait began.
 Times are kept relative to the current rollout's clock (:func:`rebase`) so a float32 time never
 loses resolution on long runs. A push into a full ring (live plus not-yet-discarded jobs) sets
 ``overflow``; the owner turns that into an error. Nothing is dropped silently.
+
+A ring made with ``origin=True`` keeps a fourth time per job, its *origin*: the time the request
+entered the system, which a buffer downstream of the first one (the decode buffer) cannot read off
+its entry time. The end-to-end latency counters carry it through the buffer.
 """
 
 from __future__ import annotations
@@ -38,14 +42,15 @@ class Ring(eqx.Module):
     """Jobs of several classes in arrival order.
 
     Attributes:
-        data: one row per slot, ``(class, entry time, deadline)``, times on the rollout's
-            clock. One row is one cache line: a push or a pop touches memory once.
+        data: one row per slot, ``(class, entry time, deadline)``, then with an origin column
+            the job's origin time; times on the rollout's clock. One row is one cache line: a
+            push or a pop touches memory once.
         head: slot of the oldest job.
         size: number of jobs held (live or awaiting discard).
         overflow: set once a push found the ring full.
     """
 
-    data: Float[Array, "K 3"]
+    data: Float[Array, "K C"]
     head: Int[Array, ""]
     size: Int[Array, ""]
     overflow: Bool[Array, ""]
@@ -66,21 +71,31 @@ class Ring(eqx.Module):
     def deadline(self) -> Float[Array, " K"]:
         return self.data[:, 2]
 
+    @property
+    def has_origin(self) -> bool:
+        """Whether each job also keeps its origin time (a fourth column)."""
+        return self.data.shape[-1] == 4
 
-def empty(capacity: int) -> Ring:
-    """An empty ring with ``capacity`` slots (times in the step's floating dtype)."""
-    return Ring(data=jnp.zeros((capacity, 3), real_dtype()), head=jnp.int32(0),
-                size=jnp.int32(0), overflow=jnp.bool_(False))
+
+def empty(capacity: int, origin: bool = False) -> Ring:
+    """An empty ring with ``capacity`` slots (times in the step's floating dtype), with an
+    origin time per job when ``origin``."""
+    return Ring(data=jnp.zeros((capacity, 4 if origin else 3), real_dtype()),
+                head=jnp.int32(0), size=jnp.int32(0), overflow=jnp.bool_(False))
 
 
 def push(ring: Ring, do: Bool[Array, ""], label: Int[Array, ""], entry: Float[Array, ""],
-         deadline: Float[Array, ""]) -> Ring:
-    """Appends a job when ``do`` is true."""
+         deadline: Float[Array, ""], origin: Float[Array, ""] | None = None) -> Ring:
+    """Appends a job when ``do`` is true; ``origin`` is its origin time (a ring with an origin
+    column only; the entry time when not given)."""
     fits = ring.size < ring.capacity
     write = do & fits
     # An out-of-range index with mode="drop" writes nothing: no select over the whole ring.
     slot = jnp.where(write, (ring.head + ring.size) % ring.capacity, ring.capacity)
-    row = jnp.stack([label.astype(ring.data.dtype), entry, deadline])  # class ids are exact
+    cols = [label.astype(ring.data.dtype), entry, deadline]  # class ids are exact
+    if ring.has_origin:
+        cols.append(entry if origin is None else jnp.asarray(origin, entry.dtype))
+    row = jnp.stack(cols)
     return Ring(
         data=ring.data.at[slot].set(row, mode="drop"),
         head=ring.head,
@@ -105,7 +120,8 @@ def pop(ring: Ring, do: Bool[Array, ""]) -> Ring:
 def rebase(ring: Ring, elapsed: Float[Array, ""]) -> Ring:
     """Shifts stored times to a clock that starts ``elapsed`` later (the next rollout's)."""
     zero = jnp.zeros((), ring.data.dtype)
-    shift = jnp.stack([zero, elapsed.astype(ring.data.dtype), elapsed.astype(ring.data.dtype)])
+    times = [elapsed.astype(ring.data.dtype)] * (ring.data.shape[-1] - 1)
+    shift = jnp.stack([zero, *times])
     return eqx.tree_at(lambda r: r.data, ring, ring.data - shift)
 
 
@@ -120,6 +136,7 @@ class Served(eqx.Module):
         gone: indicator: the head had abandoned, at a deadline inside the statistics window.
         wait: the head's wait inside the window (meaningful when looked at).
         waited: the head's whole wait, ``t`` minus its entry time (meaningful when taken).
+        origin: the head's origin time (its entry time in a ring without origins).
     """
 
     ring: Ring
@@ -129,6 +146,7 @@ class Served(eqx.Module):
     gone: Int[Array, ""]
     wait: Float[Array, ""]
     waited: Float[Array, ""]
+    origin: Float[Array, ""]
 
 
 def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
@@ -143,8 +161,10 @@ def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
     taken = look * (1 - gone)
     in_window = ((deadline > w0) & (deadline <= w1)).astype(jnp.int32)
     end = jnp.where(gone > 0, deadline, t)
+    origin = ring.data[ring.head, 3] if ring.has_origin else entry
     return Served(ring=pop(ring, look > 0), label=label, looked=look, taken=taken,
-                  gone=gone * in_window, wait=overlap(entry, end, w0, w1), waited=t - entry)
+                  gone=gone * in_window, wait=overlap(entry, end, w0, w1), waited=t - entry,
+                  origin=origin)
 
 
 def _held(ring: Ring):

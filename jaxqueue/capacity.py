@@ -12,8 +12,9 @@ whose servers are the M prefill slots, whatever n: its waits, and the time to fi
 depend on M alone. The decode side (decode slots, the decode buffer's waits and abandonments)
 depends on n given M. So the search finds the fewest prefill slots m* that meet the prefill-side
 targets (``wait_*``, ``ttft_*``), never fewer than the plan's M, then the fewest GPUs n* >= m*
-that meet every target with M = m*. The policy at the answer is the chosen policy with m* mixed
-GPUs (the plan's M when m* equals it).
+that meet every target with M = m* (the decode side's ``decode_wait_*``, and the end-to-end
+latency ``e2e_*`` and time per output token ``tpot_*``, which need both sides). The policy at
+the answer is the chosen policy with m* mixed GPUs (the plan's M when m* equals it).
 
 Every point is simulated on the same key (common random numbers) with latency counters
 (:func:`jaxqueue.stats.latency`). A target counts as met only when its whole 95% interval is
@@ -37,13 +38,17 @@ import numpy as np
 from .model import Model
 from .stats import LATENCY_GRID
 
-__all__ = ["METRICS", "POLICIES", "Point", "answer", "evaluate", "parse_slo", "plot", "search",
-           "traffic_model", "ttft_floor"]
+__all__ = ["METRICS", "POLICIES", "Point", "answer", "evaluate", "latency_floor", "parse_slo",
+           "plot", "search", "traffic_model", "ttft_floor"]
 
 #: Latency targets over all classes: the prefill side's ``wait_*`` and ``ttft_*``, the decode
-#: buffer's ``decode_wait_*``.
-METRICS = tuple(f"{what}_p{q}" for what in ("wait", "ttft", "decode_wait") for q in (50, 90, 99))
+#: buffer's ``decode_wait_*``, the end-to-end latency's ``e2e_*`` and the time per output
+#: token's ``tpot_*``.
+METRICS = tuple(f"{what}_p{q}" for what in ("wait", "ttft", "decode_wait", "e2e", "tpot")
+                for q in (50, 90, 99))
 PREFILL_SIDE = ("wait", "ttft")
+#: The targets read from the end-to-end counters (``Pooled.end_to_end``), run only for them.
+END_TO_END = ("e2e", "tpot")
 #: The policies with latency counters (pooled, per-class or FCFS prefill rings).
 POLICIES = ("gate-and-route", "fg-sp", "prioritize-and-route")
 
@@ -89,26 +94,50 @@ def traffic_model(model: Model, traffic: float, n: int) -> Model:
 
 
 def ttft_floor(model: Model, metric: str) -> float | None:
-    """For a ``ttft_pQ`` metric, the Q-th percentile of the prefill time alone (exponential of
-    rate ``mu_p,i`` for a class-i request; over all classes, classes in their arrival shares;
-    ``ttft_pQ@CLASS``: that class's): the limit of the time to first token as the waits vanish,
-    below which no capacity meets the target. None for the other metrics (whose limit is 0)."""
+    """For a ``ttft_pQ`` metric, :func:`latency_floor`; None for the other metrics."""
+    return latency_floor(model, metric) if _target(metric)[0] == "ttft" else None
+
+
+def latency_floor(model: Model, metric: str) -> float | None:
+    """The limit of a metric's percentile as the waits vanish, below which no capacity meets a
+    target on it (over all classes, classes in their arrival shares; ``@CLASS``: that
+    class's):
+
+    - ``ttft_pQ``: the Q-th percentile of the prefill time alone (exponential of rate
+      ``mu_p,i`` for a class-i request);
+    - ``e2e_pQ``: that of the prefill plus a decode on the faster side (rate ``max(mu_s,i,
+      mu_m,i)``), the two independent;
+    - ``tpot_pQ``: the smaller per-token time, ``min(tau, 1 / gamma)`` (a target below it is
+      unmet; equal to it, met once enough decodes run on the faster side).
+
+    None for the other metrics (whose limit is 0)."""
     what, q, cls = _target(metric)
-    if what != "ttft":
+    if what == "tpot":
+        return min(float(model.tau), 1.0 / float(model.gamma))
+    if what not in ("ttft", "e2e"):
         return None
     lam = np.asarray(model.lambda_, np.float64)
     w, mu = lam / lam.sum(), np.asarray(model.mu_p, np.float64)
+    nu = np.maximum(np.asarray(model.mu_s, np.float64), np.asarray(model.mu_m, np.float64))
     if cls is not None:
         w = (np.arange(w.size) == _column(model, cls)).astype(np.float64)
     level = q / 100
 
     def cdf(t):
-        return float(w @ -np.expm1(-mu * t))
+        if what == "ttft":
+            return float(w @ -np.expm1(-mu * t))
+        # Exp(mu) + Exp(nu): 1 - (nu e^{-mu t} - mu e^{-nu t}) / (nu - mu), or the Erlang-2
+        # law when the rates are equal.
+        same = np.isclose(mu, nu)
+        gap = np.where(same, 1.0, nu - mu)
+        apart = 1.0 - (nu * np.exp(-mu * t) - mu * np.exp(-nu * t)) / gap
+        erlang = 1.0 - np.exp(-mu * t) * (1.0 + mu * t)
+        return float(w @ np.where(same, erlang, apart))
 
     low, high = 0.0, 1.0
     while cdf(high) < level:
         if high > 1e12:  # no mass (cannot happen with rates > 0): never loop forever
-            raise ValueError(f"the prefill time's p{q} is not finite for {metric}")
+            raise ValueError(f"the floor's p{q} is not finite for {metric}")
         high *= 2
     for _ in range(100):
         mid = (low + high) / 2
@@ -155,9 +184,10 @@ def evaluate(key, model: Model, traffic: float, n: int, mixed: int | None, *, po
     planned = int(system.M)
     mixed = planned if mixed is None else int(mixed)
     system = eqx.tree_at(lambda s: s.M, system, jnp.asarray(mixed, system.M.dtype))
-    system = dataclasses.replace(system, wait_grid=LATENCY_GRID)
+    end_to_end = any(_target(k)[0] in END_TO_END for k in slos)
+    system = dataclasses.replace(system, wait_grid=LATENCY_GRID, end_to_end=end_to_end)
     run = simulate(key, system, reps=reps, horizon=horizon, warmup=warmup, devices=devices)
-    lat = stats.latency(run, LATENCY_GRID)
+    lat = stats.latency(run, LATENCY_GRID, per_token=stats.per_token_times(m))
     metrics, failing = {}, []
     for name in sorted(slos):
         what, q, cls = _target(name)
@@ -232,13 +262,20 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
     if max_abandon is not None and not 0 < max_abandon < 1:
         raise ValueError(f"max_abandon = {max_abandon!r} is invalid: must be in (0, 1)")
     for name, target in slos.items():
-        floor = ttft_floor(model, name)
-        if floor is not None and target <= floor:
-            raise ValueError(f"slo {name} = {target:g} s cannot be met with any capacity: as "
-                             f"the waits vanish the time to first token tends to the prefill "
-                             f"alone, whose p{_target(name)[1]} is {floor:.4g} s "
-                             + (f"for class {_target(name)[2]}" if _target(name)[2] else
-                                "in this mix") + f" (scenario {model.name})")
+        what, q, cls = _target(name)
+        floor = latency_floor(model, name)
+        if floor is None or (target > floor if what != "tpot" else target >= floor):
+            continue
+        where = (f"for class {cls}" if cls else "in this mix") + f" (scenario {model.name})"
+        if what == "tpot":
+            raise ValueError(f"slo {name} = {target:g} s cannot be met with any capacity: no "
+                             f"decode emits a token faster than every {floor:.4g} s (the "
+                             f"faster GPUs' time per output token, scenario {model.name})")
+        limit = ("the time to first token tends to the prefill alone" if what == "ttft" else
+                 "the end-to-end latency tends to the prefill plus a decode on the faster "
+                 "GPUs")
+        raise ValueError(f"slo {name} = {target:g} s cannot be met with any capacity: as the "
+                         f"waits vanish {limit}, whose p{q} is {floor:.4g} s {where}")
     kw = dict(policy=policy, slos=slos, max_abandon=max_abandon, reps=reps, horizon=horizon,
               warmup=warmup, devices=devices)
     key = jax.random.key(seed)

@@ -469,7 +469,8 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         if getattr(system, "wait_grid", ()):
             from .compare import latency_summary
 
-            out["latency"] = latency_summary(stats.latency(run, system.wait_grid), model)
+            out["latency"] = latency_summary(stats.latency(
+                run, system.wait_grid, per_token=stats.per_token_times(model)), model)
     else:
         out.update(revenue_per_gpu=None, sli=None, classes=None, diagnosis=None)
     return out
@@ -907,7 +908,9 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--slo", action="append", metavar="METRIC[@CLASS]=SECONDS",
                      help="a latency target (repeatable), over all classes or, with @CLASS, "
                           "for the class of that name; METRIC one of wait_p50/p90/p99 (prefill "
-                          "wait), ttft_p50/p90/p99, decode_wait_p50/p90/p99")
+                          "wait), ttft_p50/p90/p99, decode_wait_p50/p90/p99, e2e_p50/p90/p99 "
+                          "(arrival to end of decode), tpot_p50/p90/p99 (time per output "
+                          "token)")
     cap.add_argument("--max-abandon", type=_number("max-abandon", strict=True), default=None,
                      metavar="SHARE", help="the largest share of requests that may abandon")
     cap.add_argument("--policy", default="gate-and-route",

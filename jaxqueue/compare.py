@@ -181,18 +181,38 @@ def estimate(items: Sequence[Entry], *, reps: int, gpu_reps: int, horizon: float
 def latency_summary(lat: dict[str, Any], model: Model) -> dict[str, Any]:
     """:func:`jaxqueue.stats.latency` as JSON: per class and for all (``"all"``), the prefills
     and decodes started and the p50, p90 and p99 of the prefill wait, the time to first token
-    and the decode buffer's wait (seconds) with 95% intervals. Null where the grid's last time
-    is not reached, or where no request of the class started."""
+    and the decode buffer's wait (seconds) with 95% intervals; with end-to-end counters, of the
+    end-to-end latency (``e2e``) and of the time per output token (``tpot``, whose ``atoms``
+    also give the share of requests at each per-token time and at most it, with the
+    half-widths of their 95% intervals). Null where the grid's last time is not reached, or
+    where no request of the class started."""
     def num(v):
         return float(v) if np.isfinite(v) else None
 
+    def quantiles(what, c):
+        return {f"p{round(100 * q)}": {"value": num(v["value"][c]), "low": num(v["low"][c]),
+                                       "high": num(v["high"][c])}
+                for q, v in lat[what]["quantiles"].items()}
+
+    def atoms(c):
+        t = lat["tpot"]
+        cdf, se = t["cdf"][:, c], t["se"][:, c]
+        share = np.diff(np.concatenate([[0.0], cdf]))
+        return [{"seconds": float(s), "share": num(p), "at_most": num(f),
+                 "ci95": num(1.96 * e)}
+                for s, p, f, e in zip(t["times"], share, cdf, se, strict=True)]
+
     names = [*model.class_names, "all"]
-    return {name: {"started": int(lat["started"][c]),
-                   "decodes_started": int(lat["decodes_started"][c]), **{
-        what: {f"p{round(100 * q)}": {"value": num(v["value"][c]), "low": num(v["low"][c]),
-                                      "high": num(v["high"][c])}
-               for q, v in lat[what]["quantiles"].items()}
-        for what in ("wait", "ttft", "decode_wait")}} for c, name in enumerate(names)}
+    kinds = [w for w in ("wait", "ttft", "decode_wait", "e2e") if w in lat]
+    out = {}
+    for c, name in enumerate(names):
+        row = {"started": int(lat["started"][c]),
+               "decodes_started": int(lat["decodes_started"][c]),
+               **{what: quantiles(what, c) for what in kinds}}
+        if "tpot" in lat:
+            row["tpot"] = {**quantiles("tpot", c), "atoms": atoms(c)}
+        out[name] = row
+    return out
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -254,7 +274,8 @@ def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64
         system = e.system
         measured = latency and type(system) is Pooled
         if measured:
-            system = dataclasses.replace(system, wait_grid=stats.LATENCY_GRID)
+            # Only the time to first token is shown: no end-to-end counters (a cheaper step).
+            system = dataclasses.replace(system, wait_grid=stats.LATENCY_GRID, end_to_end=False)
         run = simulate(key, system, reps=r, horizon=horizon, warmup=warmup,
                        chunk_events=chunk_events, devices=devices, notify=notify,
                        progress=progress(label) if progress else False)

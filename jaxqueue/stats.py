@@ -27,8 +27,8 @@ from scipy import stats as _st
 from .driver import Run
 from .model import Model
 
-__all__ = ["LATENCY_GRID", "SLI_KEYS", "achieved_sli", "latency", "mean_ci", "summarize_pooled",
-           "tpot"]
+__all__ = ["LATENCY_GRID", "SLI_KEYS", "achieved_sli", "latency", "mean_ci", "per_token_times",
+           "summarize_pooled", "tpot"]
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -202,11 +202,14 @@ def summarize_pooled(run: Run, model: Model, n: int) -> dict[str, Any]:
 LATENCY_GRID = (0.0, *(1e-3 * 10.0 ** (6.0 * i / 144) for i in range(145)))
 
 
-def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
+def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99), per_token=None) -> dict[str, Any]:
     """The laws of the prefill wait and of the time to first token (TTFT) of the requests
     started in the statistics window, and of the decode buffer's wait, from a run of a system
     with a ``wait_grid`` (``grid``, the same times): per class and for all classes together
-    (the last column).
+    (the last column). With end-to-end counters (a pooled system with ``end_to_end``), also
+    the law of the end-to-end latency of the decodes started in the window, and with
+    ``per_token`` (the seconds per output token on a mixed and on a solo GPU, ``(tau, 1 /
+    gamma)``: :func:`per_token_times`) that of their time per output token.
 
     At each grid time the distribution function is a ratio over replications (requests whose
     latency was at most t, over requests started), with the delta-method standard error of a
@@ -216,12 +219,22 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
     level to the first where the lower band reaches it. The interval therefore spans at least
     one grid step; no interpolation enters it. A quantile the grid does not reach is +inf.
 
+    A request's time per output token is its GPU's per-token time, ``tau`` on a mixed GPU and
+    ``1 / gamma`` on a solo one (a decode emits one token per iteration there): its law has
+    those two atoms only, weighted by the shares of decodes started on each side. Its
+    distribution function is read at those two times (same ratio estimator), and a quantile is
+    the generalized inverse, the first atom where the function reaches the level, with no
+    interpolation (there is no mass between the atoms); its interval's ends are the atoms where
+    the upper and the lower pointwise 95% bands first reach it.
+
     Returns:
         ``{"wait": ..., "ttft": ..., "decode_wait": ...}`` (the last: the wait in the decode
         buffer of the decodes started), each ``{"cdf", "se"}`` of shape ``(K, I + 1)`` and
         ``quantiles`` ``{q: {"value", "low", "high"}}`` (arrays of length ``I + 1``), and
         ``started`` and ``decodes_started``, the prefills and decodes started per class and in
-        all.
+        all. With end-to-end counters, ``"e2e"`` alike, and with ``per_token``, ``"tpot"``
+        alike with ``times``, the two per-token times in increasing order, in place of the
+        grid (``cdf`` and ``se`` of shape ``(2, I + 1)``).
     """
     grid = np.asarray(grid, np.float64)
     if "prefill_wait_le_0" not in run.tally_names:
@@ -233,26 +246,55 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
         a = np.asarray(run.count(name), np.float64)[live]
         return np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)  # (R, I + 1)
 
-    out: dict[str, Any] = {}
-    for what, prefix, denominator in (("wait", "prefill_wait_le", "prefill_start"),
-                                      ("ttft", "ttft_le", "prefill_start"),
-                                      ("decode_wait", "decode_wait_le", "decode_start")):
-        started = by_class(denominator)
+    def law(hits, started):
+        """Distribution function and standard error at each time, from the hits ``(K, R, I+1)``
+        of the requests ``started`` ``(R, I+1)``."""
         total = started.sum(axis=0)
         reps = started.shape[0]
-        out["started" if denominator == "prefill_start" else "decodes_started"] = total
-        hits = np.stack([by_class(f"{prefix}_{k}") for k in range(grid.size)])  # (K, R, I+1)
         with np.errstate(invalid="ignore", divide="ignore"):
             cdf = hits.sum(axis=1) / total
             resid = hits - cdf[:, None, :] * started[None]
             se = np.sqrt((resid ** 2).sum(axis=1) * reps / max(reps - 1, 1)) / total
+        return cdf, se
+
+    kinds = [("wait", "prefill_wait_le", "prefill_start"), ("ttft", "ttft_le", "prefill_start"),
+             ("decode_wait", "decode_wait_le", "decode_start")]
+    if "e2e_le_0" in run.tally_names:
+        kinds.append(("e2e", "e2e_le", "decode_start"))
+    out: dict[str, Any] = {}
+    for what, prefix, denominator in kinds:
+        started = by_class(denominator)
+        out["started" if denominator == "prefill_start" else "decodes_started"] = started.sum(0)
+        hits = np.stack([by_class(f"{prefix}_{k}") for k in range(grid.size)])  # (K, R, I+1)
+        cdf, se = law(hits, started)
         qs = {}
         for q in quantiles:
             qs[q] = {"value": _crossing(grid, cdf, q),
                      "low": _crossing(grid, cdf + 1.96 * se, q, side="below"),
                      "high": _crossing(grid, cdf - 1.96 * se, q, side="above")}
         out[what] = {"cdf": cdf, "se": se, "quantiles": qs}
+    if per_token is not None and "decode_start_solo" in run.tally_names:
+        started = by_class("decode_start")
+        solo = by_class("decode_start_solo")
+        mixed_time, solo_time = (float(v) for v in per_token)
+        times = np.array(sorted({mixed_time, solo_time}))
+        # Requests whose per-token time is at most each atom: the side(s) at or below it.
+        hits = np.stack([solo * (solo_time <= a) + (started - solo) * (mixed_time <= a)
+                         for a in times])
+        cdf, se = law(hits, started)
+        qs = {}
+        for q in quantiles:
+            qs[q] = {"value": _crossing(times, cdf, q, side="above"),
+                     "low": _crossing(times, cdf + 1.96 * se, q, side="above"),
+                     "high": _crossing(times, cdf - 1.96 * se, q, side="above")}
+        out["tpot"] = {"times": times, "cdf": cdf, "se": se, "quantiles": qs}
     return out
+
+
+def per_token_times(model) -> tuple[float, float]:
+    """The seconds per output token of a decode on a mixed GPU (``tau``, one token per mixed
+    iteration) and on a solo GPU (``1 / gamma``), as :func:`latency`'s ``per_token``."""
+    return float(model.tau), 1.0 / float(model.gamma)
 
 
 def _crossing(grid: np.ndarray, cdf: np.ndarray, level: float, side: str = "interpolate"

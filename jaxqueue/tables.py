@@ -172,17 +172,31 @@ def _latency_table(o: dict[str, Any]) -> list[str]:
     w = min(max(12, *(len(k) for k in lat)), 14)
     lines = ["", f"{'latency (s)':<{w}} {'requests':>9} {'':4} {'p50 [95% CI]':>22} "
                  f"{'p90 [95% CI]':>22} {'p99 [95% CI]':>22}"]
+    kinds = [(k, label) for k, label in (("wait", "wait"), ("ttft", "TTFT"),
+                                         ("decode_wait", "dec."), ("e2e", "E2E"),
+                                         ("tpot", "TPOT")) if k in next(iter(lat.values()))]
     for name, row in lat.items():
-        for what, label in (("wait", "wait"), ("ttft", "TTFT"), ("decode_wait", "dec.")):
+        for what, label in kinds:
             first = name[:w] if what == "wait" else ""
             count = f"{row['started']:>9,}" if what == "wait" else " " * 9
-            none = row["decodes_started" if what == "decode_wait" else "started"] == 0
+            on_decodes = what not in ("wait", "ttft")
+            none = row["decodes_started" if on_decodes else "started"] == 0
             lines.append(f"{first:<{w}} {count} {label:<4} "
                          + " ".join(f"{'-' if none else cell(row[what][p]):>22}"
                                     for p in ("p50", "p90", "p99")))
-    lines += _wrap("  wait: for a prefill slot; TTFT: that wait plus the prefill (requests "
-                   "whose prefill started in the window); dec.: the wait in the decode buffer "
-                   "(decodes started in the window)")
+    note = ("  wait: for a prefill slot; TTFT: that wait plus the prefill (requests whose "
+            "prefill started in the window); dec.: the wait in the decode buffer (decodes "
+            "started in the window)")
+    if any(k == "e2e" for k, _ in kinds):
+        note += ("; E2E: from arrival to the end of the decode (decodes started in the window; "
+                 "abandoned requests have none)")
+    if any(k == "tpot" for k, _ in kinds):
+        atoms = lat["all"]["tpot"]["atoms"] if "all" in lat else []
+        shares = ", ".join(f"{a['share']:.3g} at {1e3 * a['seconds']:.3g} ms"
+                           for a in atoms if a["share"] is not None)
+        note += ("; TPOT: the per-token time of the GPU a request decodes on (mixed or solo), "
+                 "so only two values occur" + (f" (all classes: {shares})" if shares else ""))
+    lines += _wrap(note)
     return lines
 
 

@@ -57,7 +57,12 @@ do; docs/model.md section 8 fixes the first three):
    event counts if it happens at a time in the window, an occupancy is the time integral over
    the window divided by its length.
 7. TTFT is the time from a request's arrival to the end of its prefill, recorded for the
-   requests whose prefill ends in the window (abandoned requests have none).
+   requests whose prefill ends in the window (abandoned requests have none). The end-to-end
+   latency (E2E) is the time from a request's arrival to the end of its decode, recorded for
+   the requests whose decode starts in the window (a decode still running at the horizon is
+   recorded with the completion time already scheduled for it; abandoned requests have none).
+   Each decode started in the window is also counted by the kind of slot it starts on
+   (mixed or solo), which fixes its time per output token.
 8. Simultaneous events (possible only with deterministic laws and coinciding times) are taken
    in the order they were scheduled.
 
@@ -258,6 +263,9 @@ class Replication:
     revenue_counted: float
     revenue_integral: float
     ttft: list[np.ndarray]       # per class, the TTFT samples (seconds)
+    e2e: list[np.ndarray]        # per class, the E2E samples (seconds)
+    decode_started: np.ndarray   # decodes started in the window
+    decode_started_mixed: np.ndarray  # of which on a mixed slot
     events: int                  # events processed, warm-up included (stale timers excluded)
     wall: float
 
@@ -270,8 +278,9 @@ class Replication:
 
 def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Generator,
             patience: Law = Law(), prefill: Law = Law(), decode: Law = Law(),
-            ttft: bool = True) -> Replication:
-    """Simulates one replication of ``cl`` from an empty system over ``[0, horizon]``."""
+            ttft: bool = True, e2e: bool = True) -> Replication:
+    """Simulates one replication of ``cl`` from an empty system over ``[0, horizon]``;
+    ``ttft`` and ``e2e`` record those latency samples."""
     if not 0 <= warmup < horizon:
         raise ValueError(f"need 0 <= warmup < horizon, got warmup={warmup}, horizon={horizon}")
     t_wall = time.perf_counter()
@@ -322,6 +331,9 @@ def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Genera
     ab_p = [0] * n_cls
     ab_d = [0] * n_cls
     samples: list[list[float]] = [[] for _ in classes]
+    ends: list[list[float]] = [[] for _ in classes]
+    dec_start = [0] * n_cls
+    dec_start_m = [0] * n_cls
     events = 0
     W = warmup
     inf = math.inf
@@ -393,11 +405,16 @@ def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Genera
                 job[2] = _SOLO
                 seq += 1
                 push(heap, (t + work[c]() * inv_mu_s[c], seq, _DEC_SOLO, job))
+                if t >= W:
+                    dec_start[c] += 1
             elif mix_free:
                 mix_free -= 1
                 job[2] = _MIXED
                 seq += 1
                 push(heap, (t + work[c]() * inv_mu_m[c], seq, _DEC_MIXED, job))
+                if t >= W:
+                    dec_start[c] += 1
+                    dec_start_m[c] += 1
             else:
                 job[2] = _WAIT_D
                 dq.append(job)
@@ -439,6 +456,8 @@ def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Genera
             done[c] += 1
             if kind == _DEC_MIXED:
                 done_m[c] += 1
+        if e2e and job[3] >= W:  # its decode started in the window
+            ends[c].append(t - job[1])
         if Qd_tot:
             nxt = dq.popleft()
             while nxt[2] != _WAIT_D:
@@ -451,6 +470,9 @@ def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Genera
                 acc[_WAIT_D][k] += t - lo
             nxt[3] = t
             seq += 1
+            if t >= W:
+                dec_start[k] += 1
+                dec_start_m[k] += kind == _DEC_MIXED
             if kind == _DEC_SOLO:
                 nxt[2] = _SOLO
                 push(heap, (t + work[k]() * inv_mu_s[k], seq, _DEC_SOLO, nxt))
@@ -466,6 +488,10 @@ def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Genera
     # (valid) completion event each in the heap; those waiting are the live entries of the
     # buffers.
     present = [e[3] for e in heap if e[2] in (_PF_DONE, _DEC_SOLO, _DEC_MIXED)]
+    if e2e:  # decodes started in the window and still running: their scheduled ends
+        for e in heap:
+            if e[2] in (_DEC_SOLO, _DEC_MIXED) and e[3][3] >= W:
+                ends[e[3][0]].append(e[0] - e[3][1])
     present += [j for q in pq for j in q if j[2] == _WAIT_P]
     present += [j for j in dq if j[2] == _WAIT_D]
     for job in present:
@@ -486,7 +512,10 @@ def run_one(cl: Cluster, *, horizon: float, warmup: float, rng: np.random.Genera
         completed_mixed=np.asarray(done_m, np.int64), abandon_prefill=np.asarray(ab_p, np.int64),
         abandon_decode=np.asarray(ab_d, np.int64), levels=levels,
         revenue_counted=float(w @ done_a) / (T * n), revenue_integral=rev_int,
-        ttft=[np.asarray(v, np.float64) for v in samples], events=events,
+        ttft=[np.asarray(v, np.float64) for v in samples],
+        e2e=[np.asarray(v, np.float64) for v in ends],
+        decode_started=np.asarray(dec_start, np.int64),
+        decode_started_mixed=np.asarray(dec_start_m, np.int64), events=events,
         wall=time.perf_counter() - t_wall)
 
 
@@ -529,10 +558,11 @@ class Result:
     def wall(self) -> float:
         return sum(r.wall for r in self.reps)
 
-    def ttft_quantiles(self, qs=(0.5, 0.9, 0.99)) -> dict[str, list[float]]:
-        """Quantiles of the pooled TTFT samples, per class and all together (``"all"``)."""
+    def ttft_quantiles(self, qs=(0.5, 0.9, 0.99), what: str = "ttft") -> dict[str, list[float]]:
+        """Quantiles of the pooled TTFT samples (``what="e2e"``: E2E samples), per class and
+        all together (``"all"``)."""
         out = {}
-        per_class = [np.concatenate([r.ttft[i] for r in self.reps])
+        per_class = [np.concatenate([getattr(r, what)[i] for r in self.reps])
                      for i in range(self.cluster.num_classes)]
         names = self.cluster.names or tuple(f"class-{i + 1}" for i in range(len(per_class)))
         for name, v in [*zip(names, per_class, strict=True), ("all", np.concatenate(per_class))]:
@@ -559,6 +589,7 @@ class Result:
             "abandon_rate_per_gpu": ab_rate,
             "levels_per_gpu": {k: pack(k) for k in _LEVELS},
             "ttft_quantiles": {"q": [0.5, 0.9, 0.99], **self.ttft_quantiles()},
+            "e2e_quantiles": {"q": [0.5, 0.9, 0.99], **self.ttft_quantiles(what="e2e")},
             "events": self.events, "wall_seconds": self.wall,
             "events_per_second": self.events / self.wall if self.wall > 0 else math.nan,
         }
@@ -571,11 +602,11 @@ def pack_rate(res: Result, name: str, n: int, T: float):
 
 def replicate(cl: Cluster, *, reps: int, horizon: float, warmup: float, seed: int = 0,
               patience: Law = Law(), prefill: Law = Law(), decode: Law = Law(),
-              ttft: bool = True) -> Result:
+              ttft: bool = True, e2e: bool = True) -> Result:
     """``reps`` independent replications (streams ``SeedSequence(seed).spawn(reps)``)."""
     children = np.random.SeedSequence(seed).spawn(reps)
     out = [run_one(cl, horizon=horizon, warmup=warmup, rng=np.random.default_rng(s),
-                   patience=patience, prefill=prefill, decode=decode, ttft=ttft)
+                   patience=patience, prefill=prefill, decode=decode, ttft=ttft, e2e=e2e)
            for s in children]
     return Result(cl, out, horizon, warmup,
                   {"patience": str(patience), "prefill": str(prefill), "decode": str(decode)})
@@ -619,6 +650,9 @@ def main(argv=None) -> None:
     q = s["ttft_quantiles"]
     print("TTFT quantiles (0.5, 0.9, 0.99): " + "; ".join(
         f"{k} " + ", ".join(f"{v:.3f}" for v in q[k]) for k in (*names, "all")))
+    q = s["e2e_quantiles"]
+    print("E2E quantiles (0.5, 0.9, 0.99): " + "; ".join(
+        f"{k} " + ", ".join(f"{v:.3g}" for v in q[k]) for k in (*names, "all")))
     print(f"{s['events']:,} events in {s['wall_seconds']:.1f} s: "
           f"{s['events_per_second']:.3g} events/s")
 

@@ -67,7 +67,11 @@ def test_targets_for_one_class_are_parsed_and_read_from_that_class():
     # With prefill slots to spare no request waits, so each class's TTFT is its own prefill
     # time: its median is ln 2 / mu_p,i (the two classes' differ tenfold, so reading the other
     # class's column, or all classes', fails).
-    slos = {f"ttft_p50@{name}": 100.0 for name in names}
+    # With decode slots to spare too (320 solo slots for about 90 decodes), every decode runs
+    # on a solo GPU at once: each class's end-to-end latency is its prefill plus a solo
+    # decode, whose median is the e2e floor's, and every time per output token is 1 / gamma.
+    slos = {f"{what}_p50@{name}": 100.0 for name in names for what in ("ttft", "e2e")}
+    slos["tpot_p99"] = 1.0
     point = capacity.evaluate(jax.random.key(0), PAPER, 4.0, 40, 20, policy="gate-and-route",
                               slos=slos, max_abandon=None, reps=8, horizon=300.0, warmup=50.0,
                               devices=jax.devices()[:1])
@@ -76,6 +80,43 @@ def test_targets_for_one_class_are_parsed_and_read_from_that_class():
         exact = np.log(2) / PAPER.mu_p[i]
         assert m["low"] <= exact <= m["high"], (name, m, exact)
         assert m["high"] < 1.3 * exact and m["low"] > exact / 1.3
+        m = point.metrics[f"e2e_p50@{name}"]
+        exact = capacity.latency_floor(PAPER, f"e2e_p50@{name}")
+        assert m["low"] <= exact <= m["high"], (name, m, exact)
+        assert m["high"] < 1.2 * exact and m["low"] > exact / 1.2
+    solo = 1.0 / PAPER.gamma
+    assert point.metrics["tpot_p99"] == pytest.approx({"value": solo, "low": solo, "high": solo})
+
+
+def test_end_to_end_and_tpot_targets_are_parsed_and_their_floors_are_exact():
+    assert capacity.parse_slo("e2e_p90=60") == ("e2e_p90", 60.0)
+    assert capacity.parse_slo("tpot_p99@decode-heavy=0.03", PAPER.class_names) == (
+        "tpot_p99@decode-heavy", 0.03)
+    for bad in ("e2e_p95=2", "tpot=0.1", "e2e_p99=0"):
+        with pytest.raises(ValueError, match="slo = .* is invalid"):
+            capacity.parse_slo(bad)
+    # The e2e floor: prefill plus a solo decode (the faster on the paper's hardware), checked
+    # against a numerical convolution of the two exponential densities.
+    from scipy import integrate
+
+    mu_p, mu_s = np.asarray(PAPER.mu_p), np.asarray(PAPER.mu_s)
+    assert np.all(mu_s > np.asarray(PAPER.mu_m))
+    w = np.asarray(PAPER.lambda_) / np.sum(PAPER.lambda_)
+    floor = capacity.latency_floor(PAPER, "e2e_p90")
+
+    def cdf(i, t):
+        return integrate.quad(lambda s: mu_p[i] * np.exp(-mu_p[i] * s)
+                              * -np.expm1(-mu_s[i] * (t - s)), 0, t)[0]
+
+    assert sum(w[i] * cdf(i, floor) for i in range(2)) == pytest.approx(0.9, abs=1e-6)
+    assert capacity.latency_floor(PAPER, "tpot_p50") == pytest.approx(1 / PAPER.gamma)
+    assert capacity.latency_floor(PAPER, "decode_wait_p50") is None
+    kw = dict(policy="gate-and-route", max_abandon=None, reps=2, horizon=50.0, warmup=10.0,
+              seed=0)
+    with pytest.raises(ValueError, match="e2e_p90 .* cannot be met .* prefill plus a decode"):
+        capacity.answer(PAPER, 10.0, slos={"e2e_p90": 0.99 * floor}, **kw)
+    with pytest.raises(ValueError, match="no decode emits a token faster"):
+        capacity.answer(PAPER, 10.0, slos={"tpot_p50": 0.9 / PAPER.gamma}, **kw)
 
 
 def test_capacity_command_answers_and_confirms(capsys, tmp_path):

@@ -517,7 +517,7 @@ def test_devices_all_narrows_few_per_gpu_replications_on_cpu(monkeypatch, capsys
 def test_simulate_latency_prints_quantiles_and_refuses_per_gpu(capsys):
     out, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--latency")
     assert max(len(line) for line in out.splitlines()) <= report.WIDTH
-    for needle in ("latency (s)", "p99 [95% CI]", "TTFT", "decode-heavy", "all"):
+    for needle in ("latency (s)", "p99 [95% CI]", "TTFT", "E2E", "TPOT", "decode-heavy", "all"):
         assert needle in out, needle
     data = run_json(capsys, "simulate", "paper-qwen8b", *SMALL, "--latency")
     lat = data["latency"]
@@ -531,6 +531,15 @@ def test_simulate_latency_prints_quantiles_and_refuses_per_gpu(capsys):
             assert q["p50"]["low"] <= q["p50"]["value"] <= q["p50"]["high"]
         assert row["wait"]["p90"]["value"] <= row["ttft"]["p90"]["value"]  # TTFT adds prefill
         assert row["decode_wait"]["p50"]["value"] is not None and row["decodes_started"] > 0
+        # The end-to-end latency adds a decode to the decode's wait; the time per output token
+        # is one of the two per-token times, their shares summing to one.
+        assert row["e2e"]["p50"]["value"] > row["decode_wait"]["p50"]["value"]
+        assert row["e2e"]["p50"]["low"] <= row["e2e"]["p50"]["value"] <= row["e2e"]["p50"]["high"]
+        atoms = row["tpot"]["atoms"]
+        assert [a["seconds"] for a in atoms] == pytest.approx([0.022, 0.0174 + 6.2e-5 * 256])
+        assert sum(a["share"] for a in atoms) == pytest.approx(1.0)
+        assert atoms[-1]["at_most"] == pytest.approx(1.0)
+        assert row["tpot"]["p99"]["value"] in [a["seconds"] for a in atoms]
     _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--policy", "fi-wsp",
                       "--latency", code=2)
     assert "--latency is supported by the pooled" in err and "fi-wsp" in err

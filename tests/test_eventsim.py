@@ -12,11 +12,13 @@ The default tests check the simulator against exact results it was not derived f
   here as linear systems.
 
 Each comparison allows 3 standard errors (replications with fixed seeds, so the outcome does not
-change from run to run). The slow test compares the simulator with jaxqueue's Gate-and-Route.
+change from run to run). The slow tests compare the simulator with jaxqueue's Gate-and-Route:
+revenues and queues, and end-to-end latencies and decode sides.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import math
@@ -358,6 +360,62 @@ def test_agrees_with_jaxqueue(law):
     diff = ours.mean() - theirs.mean()
     se = math.hypot(ours.std(ddof=1), theirs.std(ddof=1)) / math.sqrt(reps)
     assert abs(diff) < 3 * se, (ours.mean(), theirs.mean(), se)
+
+
+def _ratio(hits: np.ndarray, started: np.ndarray) -> tuple[float, float]:
+    """A ratio over replications, sum(hits) / sum(started), and its delta-method standard
+    error (as jaxqueue.stats.latency computes its own)."""
+    ratio = hits.sum() / started.sum()
+    r = started.size
+    return ratio, math.sqrt(np.sum((hits - ratio * started) ** 2) / (r * (r - 1))) / started.mean()
+
+
+@pytest.mark.slow
+def test_end_to_end_latency_and_decode_side_agree_with_jaxqueue():
+    # paper-qwen8b at n = 5 (2 mixed GPUs): the decode buffer is loaded, so a request's
+    # end-to-end latency adds both waits, a prefill and a decode on the side it got. The
+    # event-list simulator follows each request from arrival to the end of its decode; jaxqueue
+    # carries the arrival time through its count-based state. Their distribution functions of
+    # the end-to-end latency (decodes started in the window) and the shares of decodes started
+    # on mixed GPUs (which fix the time per output token), per class and over all.
+    import jax
+
+    import jaxqueue as jq
+
+    n, reps, horizon, warmup = 5, 32, 1000.0, 200.0
+    grid = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+    model = jq.scenarios.load("paper-qwen8b")
+    cl = es.cluster_from_model(model, n)
+    res = es.replicate(cl, reps=reps, horizon=horizon, warmup=warmup, seed=5, ttft=False)
+    system, _ = jq.build("gate-and-route", model, n)
+    system = dataclasses.replace(system, wait_grid=grid)
+    run = jq.simulate(jax.random.key(5), system, reps=reps, horizon=horizon, warmup=warmup,
+                      notify=lambda _: None)
+    lat = jq.stats.latency(run, grid, per_token=jq.stats.per_token_times(model))
+    num = model.num_classes
+    zs = []
+    for j in range(num + 1):
+        samples = [r.e2e[j] if j < num else np.concatenate(r.e2e) for r in res.reps]
+        started = np.asarray([v.size for v in samples], np.float64)
+        for k, t in enumerate(grid):
+            hits = np.asarray([np.count_nonzero(v <= t) for v in samples], np.float64)
+            ours, se = _ratio(hits, started)
+            spread = math.hypot(se, lat["e2e"]["se"][k, j])
+            if spread > 0:  # else both are 1: every request within t
+                zs.append((ours - lat["e2e"]["cdf"][k, j]) / spread)
+        mixed = res.per_rep("decode_started_mixed")
+        began = res.per_rep("decode_started")
+        if j < num:
+            mixed, began = mixed[:, j], began[:, j]
+        else:
+            mixed, began = mixed.sum(axis=1), began.sum(axis=1)
+        ours, se = _ratio(mixed, began)
+        # The solo GPUs' per-token time (1/gamma) is the smaller: the mixed share is 1 - F.
+        theirs = 1.0 - lat["tpot"]["cdf"][0, j]
+        zs.append((ours - theirs) / math.hypot(se, lat["tpot"]["se"][0, j]))
+        # Both count the same decodes per request started: about as many in each.
+        assert abs(began.sum() / lat["decodes_started"][j] - 1) < 0.05
+    assert len(zs) > 2 * (num + 1) and np.max(np.abs(zs)) < 3.5, np.round(zs, 2)
 
 
 def test_chain_helper_is_a_probability_law():

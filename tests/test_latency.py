@@ -1,22 +1,51 @@
-"""Per-request latency: the prefill wait and the time to first token of the requests a pooled
-system serves, against the exact laws of the M/M/N+M queue."""
+"""Per-request latency: the prefill wait, the time to first token, the decode buffer's wait, the
+end-to-end latency and the time per output token of the requests a pooled system serves,
+against the exact laws of the M/M/N+M queue (and of ordered hunting, Erlang B, for the side a
+decode runs on)."""
 
+import math
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxqueue import simulate, stats, theory
+from jaxqueue.driver import BufferOverflowError, SimulationWarning
+from jaxqueue.kernel import Event
 from jaxqueue.model import Model
 from jaxqueue.policies.pooled import Pooled
+from jaxqueue.service import Service
 
 GRID = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
+def _z(cdf, se, truth):
+    """The z-scores where the exact distribution function has a spread."""
+    inside = (truth > 1e-3) & (truth < 1 - 1e-3)
+    return (cdf[inside] - truth[inside]) / se[inside]
+
+
+def _plus_exponential(times, cdf_of, rate, step=1e-2):
+    """P(L + S <= t) at ``times`` for S ~ Exp(rate) independent of L, whose distribution
+    function ``cdf_of`` is given on a fine grid: G(t) = int_0^t F(u) rate e^{-rate (t - u)} du,
+    by the trapezoid rule (error O(step^2), far below the tests' standard errors)."""
+    fine = np.arange(0.0, max(times) + step / 2, step)
+    F = cdf_of(fine)
+    G = np.zeros_like(fine)
+    d = math.exp(-rate * step)
+    for k in range(1, fine.size):  # G' = rate (F - G), exact over each step where F is linear
+        a, slope = F[k - 1], (F[k] - F[k - 1]) / step
+        G[k] = G[k - 1] * d + a * (1 - d) + slope * (step - (1 - d) / rate)
+    return np.interp(times, fine, G)
+
+
 def _mmnm(gate: str, reps=32, horizon=600.0):
     """An M/M/2+M queue inside the pooled engine (as in test_patience): one class, 4 arrivals/s,
-    M = 2 prefill slots of rate 2/s, patience Exp(1), decode slots that never fill."""
-    model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1.0], alpha=0.5, beta=0.0,
+    M = 2 prefill slots of rate 2/s, patience Exp(1), then a decode of rate 1/s on a solo slot
+    (128 of them: they never fill, and no decode waits)."""
+    model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1000.0], alpha=0.5, beta=0.0,
                   gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0)
     system = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.full(1, 0.5),
                     q_star=jnp.zeros(1), gate=gate, capacity=512, wait_grid=GRID)
@@ -35,16 +64,20 @@ def test_served_probability_is_one_minus_the_abandonment():
 
 
 @pytest.mark.parametrize("gate", ["fcfs", "deviation"])
-def test_wait_and_ttft_laws_match_erlang_a(gate):
+def test_wait_ttft_and_e2e_laws_match_erlang_a(gate):
     run = _mmnm(gate)
     exact = theory.erlang_a_latency(2, 4.0, 2.0, 1.0, GRID)
     out = stats.latency(run, GRID)
-    for what in ("wait", "ttft"):
-        cdf, se = out[what]["cdf"][:, 0], out[what]["se"][:, 0]
-        truth = exact[f"{what}_cdf"]
-        inside = (truth > 1e-3) & (truth < 1 - 1e-3)  # where the estimate has a spread
-        z = (cdf[inside] - truth[inside]) / se[inside]
+    # No decode waits: the end-to-end latency is the TTFT plus an Exp(1) decode.
+    exact["e2e_cdf"] = _plus_exponential(
+        GRID, lambda t: theory.erlang_a_latency(2, 4.0, 2.0, 1.0, t)["ttft_cdf"], 1.0)
+    for what in ("wait", "ttft", "e2e"):
+        z = _z(out[what]["cdf"][:, 0], out[what]["se"][:, 0], exact[f"{what}_cdf"])
         assert np.max(np.abs(z)) < 4.0, (what, z)
+    # Every request that started a prefill was served, and decodes at once on a solo slot.
+    decodes = run.count("decode_start")[run.collected].sum()
+    assert decodes == run.count("decode_start_solo")[run.collected].sum()
+    assert abs(decodes / out["started"][0] - 1) < 1e-3
     # Quantiles come with an interval that holds the exact one.
     q = out["ttft"]["quantiles"][0.5]
     exact_median = np.interp(0.5, exact["ttft_cdf"], GRID)
@@ -70,11 +103,126 @@ def test_decode_wait_law_matches_erlang_a():
                     q_star=jnp.zeros(1), gate="fcfs", capacity=512, wait_grid=GRID)
     run = simulate(jax.random.key(8), system, reps=32, horizon=600.0, warmup=60.0)
     exact = theory.erlang_a_latency(3, 3.0, 1.0, 1.0, GRID)
-    out = stats.latency(run, GRID)["decode_wait"]
-    truth = exact["wait_cdf"]
-    inside = (truth > 1e-3) & (truth < 1 - 1e-3)
-    z = (out["cdf"][inside, 0] - truth[inside]) / out["se"][inside, 0]
+    out = stats.latency(run, GRID)
+    z = _z(out["decode_wait"]["cdf"][:, 0], out["decode_wait"]["se"][:, 0], exact["wait_cdf"])
     assert np.max(np.abs(z)) < 4.0, z
+    # The end-to-end latency is the decode buffer's wait plus the decode (the prefill's 2
+    # microseconds aside): the queue's wait plus its service, Erlang-A's "TTFT" law. The
+    # arrival time travels through the prefill table and the decode buffer.
+    z = _z(out["e2e"]["cdf"][:, 0], out["e2e"]["se"][:, 0], exact["ttft_cdf"])
+    assert np.max(np.abs(z)) < 4.0, z
+
+
+def _erlang_b(servers: int, load: float) -> float:
+    """The blocking probability of the M/M/N/N queue (Erlang B), by its recursion."""
+    b = 1.0
+    for k in range(1, servers + 1):
+        b = load * b / (k + load * b)
+    return b
+
+
+def _coxian_cdf(law, mean: float, times) -> np.ndarray:
+    """The distribution function of a one-class Coxian shape ``law`` scaled to ``mean``, from
+    its phase-type generator (start in phase 1; phase k ends at rate r_k / mean, then continues
+    to k + 1 with probability p_k)."""
+    from scipy.linalg import expm
+
+    r = np.asarray(law.rates, np.float64)[0] / mean
+    p = np.asarray(law.cont, np.float64)[0]
+    T = np.diag(-r) + np.diag((r * p)[:-1], 1)
+    return np.array([1.0 - expm(T * t)[0].sum() for t in times])
+
+
+@pytest.mark.parametrize("decode", [None, {"law": "erlang", "phases": 3},
+                                    {"law": "fit", "cv": 2.0}])
+def test_decode_side_and_tpot_follow_ordered_hunting(decode):
+    # Prefills all but instantaneous, 2 decodes/s, 4 solo slots of mean time 1 s tried first
+    # (they form an Erlang loss system: ordered hunting), 6 mixed slots of mean time 2 s that
+    # take the overflow and never fill. A decode runs on a mixed GPU with the probability
+    # Erlang B(4, 2) (PASTA; insensitive to the decode law), at 2 ms per token, else at 1 ms;
+    # its end-to-end latency is a decode time of mean 1 s or 2 s, whose law the counter draws
+    # afresh (a phase-type one from uniforms it derives).
+    model = Model(lambda_=[2.0 / 3.0], theta=[1.0], P=[1.0], D=[1000.0], alpha=0.002,
+                  beta=0.0, gamma=1000.0, C=512.0, B=4, c_p=1.0, c_d=1.0)
+    if decode is not None:
+        model = model.replace(service=Service.make(1, decode=decode))
+    np.testing.assert_allclose([model.mu_m[0], model.mu_s[0]], [0.5, 1.0])
+    system = Pooled(model=model, n=jnp.int32(3), M=jnp.int32(2), x_star=jnp.full(1, 0.5),
+                    q_star=jnp.zeros(1), gate="deviation", capacity=64, wait_grid=GRID)
+    run = simulate(jax.random.key(9), system, reps=32, horizon=600.0, warmup=60.0)
+    out = stats.latency(run, GRID, per_token=stats.per_token_times(model))
+    mixed = _erlang_b(4, 2.0)
+    t = out["tpot"]
+    np.testing.assert_allclose(t["times"], [1e-3, 2e-3])
+    z = (1 - t["cdf"][0, 0] - mixed) / t["se"][0, 0]
+    assert abs(z) < 4.0, z
+    # The quantiles are atoms: p50 at 1 ms, p99 at 2 ms (both far from the level), intervals
+    # included.
+    for q, atom in ((0.5, 1e-3), (0.99, 2e-3)):
+        got = t["quantiles"][q]
+        np.testing.assert_allclose([got["value"][0], got["low"][0], got["high"][0]], [atom] * 3)
+    grid = np.asarray(GRID)
+    if decode is None:
+        truth = 1 - (1 - mixed) * np.exp(-grid) - mixed * np.exp(-0.5 * grid)
+    else:
+        law = model.service.decode
+        truth = (1 - mixed) * _coxian_cdf(law, 1.0, grid) + mixed * _coxian_cdf(law, 2.0, grid)
+    z = _z(out["e2e"]["cdf"][:, 0], out["e2e"]["se"][:, 0], truth)
+    assert np.max(np.abs(z)) < 4.0, z
+
+
+def test_end_to_end_counters_change_no_path():
+    # The prefill table and the origin column change nothing the chain does: every other
+    # counter and integral is the same, bit for bit, with and without them.
+    model = Model(lambda_=[0.6, 0.5], theta=[0.5, 1.0], P=[300.0, 900.0], D=[40.0, 20.0],
+                  alpha=0.02, beta=1e-4, gamma=40.0, C=256.0, B=3, c_p=1.0, c_d=1.0)
+    for gate in ("fcfs", "priority"):
+        base = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.full(2, 0.25),
+                      q_star=jnp.zeros(2), gate=gate, capacity=64, wait_grid=GRID,
+                      end_to_end=False)
+        runs = [simulate(jax.random.key(3), s, reps=4, horizon=200.0, warmup=20.0)
+                for s in (base, base.__class__(**{**vars(base), "end_to_end": True}))]
+        old, new = runs
+        assert "e2e_le_0" not in old.tally_names and "e2e_le_0" in new.tally_names
+        assert new.tally_names[:len(old.tally_names)] == old.tally_names
+        np.testing.assert_array_equal(new.tallies[:, :old.tallies.shape[1]], old.tallies)
+        np.testing.assert_array_equal(new.level_integrals, old.level_integrals)
+        # Every decode started is counted once by the end-to-end counters' last grid time
+        # or beyond it, and on one side.
+        assert np.all(new.count(f"e2e_le_{len(GRID) - 1}") <= new.count("decode_start"))
+        assert np.all(new.count("decode_start_solo") <= new.count("decode_start"))
+
+
+def test_prefill_table_overflow_is_never_silent():
+    # 3 prefill slots, a capacity of 2: the table of one class's prefills in service can
+    # overflow while the rings do not. A fixed capacity is an error; a grown one gives the
+    # result of a capacity large enough.
+    model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1000.0], alpha=0.5, beta=0.0,
+                  gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0)
+
+    def system(capacity):
+        return Pooled(model=model, n=jnp.int32(4), M=jnp.int32(3), x_star=jnp.full(1, 0.75),
+                      q_star=jnp.zeros(1), gate="deviation", capacity=capacity,
+                      wait_grid=GRID)
+
+    # One step of a class whose table is full (2 prefills, capacity 2) admitting a third: the
+    # write is dropped and the state says so, while no ring overflowed.
+    small = system(2)
+    state = eqx.tree_at(lambda s: s.X, small.init(), jnp.array([2], jnp.int32))
+    arrival = Event(index=jnp.int32(0), hot=jnp.zeros(5, jnp.int32).at[0].set(1))
+    after, _ = small.fire(state, arrival, jnp.float32(1.0), jnp.full(2, 0.5, jnp.float32),
+                          (jnp.float32(0.0), jnp.float32(10.0)))
+    assert int(after.X[0]) == 3 and bool(after.origins_full)
+    assert not bool(after.decode_ring.overflow | jnp.any(after.class_rings.overflow))
+    assert bool(small.overflow(after))
+    with pytest.raises(BufferOverflowError, match="prefills in service"):
+        simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0,
+                 grow_buffers=False)
+    with pytest.warns(SimulationWarning, match="rerunning them with buffers"):
+        grown = simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0)
+    ample = simulate(jax.random.key(4), system(64), reps=2, horizon=100.0, warmup=10.0)
+    assert grown.regrown >= 1
+    np.testing.assert_array_equal(grown.tallies, ample.tallies)
 
 
 def test_quantile_reading_and_its_interval_ends():

@@ -64,6 +64,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
 from .. import patience as laws
+from .. import rng
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
@@ -87,8 +88,9 @@ from .common import (
     split_event,
 )
 
-__all__ = ["GatedParams", "Pooled", "PooledState", "greedy_route",
-           "latency_tallies", "serve_ring_head", "shift_phases"]
+__all__ = ["GatedParams", "Pooled", "PooledState", "e2e_tallies", "fresh_service",
+           "greedy_route", "latency_tallies", "pick_prefill_origin", "serve_ring_head",
+           "shift_phases"]
 
 
 class GatedParams(eqx.Module):
@@ -129,6 +131,11 @@ class PooledState(eqx.Module):
         phases: with a phase-type service law, the jobs of each class in each phase of
             prefill, mixed decode and solo decode, ``(3, I, K)`` (sums over phases ``X``,
             ``Ym``, ``Ys``; see :attr:`Xk`); else None.
+        origins: with end-to-end latency counters, the arrival times of the prefills in
+            service, class i's ``X_i`` of them in the first slots of row i, ``(I, capacity)``
+            (the decode buffer then keeps each job's arrival time as its origin); else None.
+        origins_full: with ``origins``, set once some ``X_i`` exceeded the capacity (a write
+            was dropped: the run is rerun with a larger capacity, as for a full ring).
     """
 
     X: Int[Array, " I"]
@@ -142,6 +149,8 @@ class PooledState(eqx.Module):
     slack: Int[Array, ""] | None = None
     caps: Int[Array, " I"] | None = None
     phases: Int[Array, "3 I K"] | None = None
+    origins: Float[Array, "I S"] | None = None
+    origins_full: Bool[Array, ""] | None = None
 
     @property
     def Xk(self) -> Int[Array, "I K"] | None:
@@ -183,6 +192,9 @@ class Pooled(AbstractSystem):
         capacity: slots of each FCFS ring (static).
         wait_grid: times at which to count the latencies' distributions (static; see
             :attr:`tally_names`).
+        end_to_end: with a ``wait_grid``, also count each decode's end-to-end latency and the
+            side it runs on (static; see :attr:`tracks_origin`). False keeps the prefill and
+            decode-buffer counters only, a cheaper step with the same paths.
         params: None (the paper's policies), or the ``gated`` family's knobs.
         gate_temperature: with ``params`` only: None (the deterministic gate), or the
             temperature of the smoothed family: the gate draws the class it admits with
@@ -199,6 +211,7 @@ class Pooled(AbstractSystem):
     gate: str = eqx.field(static=True)
     capacity: int = eqx.field(static=True)
     wait_grid: tuple[float, ...] = eqx.field(static=True, default=())
+    end_to_end: bool = eqx.field(static=True, default=True)
     params: GatedParams | None = None
     gate_temperature: Float[Array, ""] | None = None
 
@@ -233,7 +246,8 @@ class Pooled(AbstractSystem):
                 where = "relaxed (pathwise-differentiable) decisions"
             elif self.wait_grid and self.prefill_law is not None:
                 where = ("latency counters (a wait_grid), which draw each time to first token's "
-                         "prefill time as an exponential one")
+                         "prefill time as an exponential one, and pick the prefill that ends "
+                         "uniformly among its class's")
             if where is not None:
                 raise ValueError(f"{self.model.service.named(every=True)} not supported with "
                                  f"{where}: phase-type service runs on the pooled engine with "
@@ -323,16 +337,24 @@ class Pooled(AbstractSystem):
         s = rebase_rings(s, elapsed)
         if s.class_rings is not None:
             s = eqx.tree_at(lambda s: s.class_rings, s, buf.rebase(s.class_rings, elapsed))
+        if s.origins is not None:
+            s = eqx.tree_at(lambda s: s.origins, s, s.origins - elapsed.astype(s.origins.dtype))
         return s
 
     def overflow(self, s) -> Bool[Array, ""]:
         over = any_overflow(s.prefill_ring, s.decode_ring)
         if s.class_rings is not None:
             over = over | jnp.any(s.class_rings.overflow)
+        if s.origins_full is not None:
+            over = over | s.origins_full
         return over
 
     def overflow_message(self) -> str:
-        return overflow_message(self.capacity)
+        message = overflow_message(self.capacity)
+        if self.tracks_origin:
+            message += (" (or the prefills in service of one class outnumbered it, in the "
+                         "table of their arrival times)")
+        return message
 
     def close(self, s, window):
         flow = close_rings(s, self.num_classes, window)
@@ -405,14 +427,26 @@ class Pooled(AbstractSystem):
         return (2 + self.num_classes) * (2 if self.smoothed else 1)
 
     @property
+    def tracks_origin(self) -> bool:
+        """Whether the state keeps each request's arrival time up to its decode (``origins``,
+        and an origin column in the decode buffer): a ``wait_grid`` with ``end_to_end``."""
+        return bool(self.wait_grid) and self.end_to_end
+
+    @property
     def tally_names(self) -> tuple[str, ...]:
         """:data:`TALLIES`, then with a ``wait_grid`` of K times, per class, the prefills started
         (in the window) whose wait for prefill was at most grid time k (``prefill_wait_le_k``),
         then those whose time to first token was (``ttft_le_k``), then the decodes started whose
-        wait in the decode buffer was (``decode_wait_le_k``): see :func:`latency_tallies`."""
+        wait in the decode buffer was (``decode_wait_le_k``): see :func:`latency_tallies`. With
+        :attr:`tracks_origin`, then the decodes started whose end-to-end latency was at most
+        grid time k (``e2e_le_k``), then the decodes started on a solo GPU
+        (``decode_start_solo``): see :func:`e2e_tallies`."""
         k = range(len(self.wait_grid))
-        return (TALLIES + tuple(f"prefill_wait_le_{i}" for i in k)
-                + tuple(f"ttft_le_{i}" for i in k) + tuple(f"decode_wait_le_{i}" for i in k))
+        names = (TALLIES + tuple(f"prefill_wait_le_{i}" for i in k)
+                 + tuple(f"ttft_le_{i}" for i in k) + tuple(f"decode_wait_le_{i}" for i in k))
+        if self.tracks_origin:
+            names += tuple(f"e2e_le_{i}" for i in k) + ("decode_start_solo",)
+        return names
 
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
@@ -423,11 +457,14 @@ class Pooled(AbstractSystem):
         return PooledState(
             X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
-            decode_ring=buf.empty(self.capacity),
+            decode_ring=buf.empty(self.capacity, origin=self.tracks_origin),
             class_rings=jax.tree.map(lambda a: jnp.stack([a] * self.num_classes), one)
             if self.per_job else None,
             M=scalar if knobs else None, slack=scalar if knobs else None,
             caps=zeros if knobs else None, phases=phases if self.phased else None,
+            origins=jnp.zeros((self.num_classes, self.capacity), real_dtype())
+            if self.tracks_origin else None,
+            origins_full=jnp.bool_(False) if self.tracks_origin else None,
         )
 
     # ---- the gated family's thresholds, rounded once per replication --------------------------
@@ -535,10 +572,14 @@ class Pooled(AbstractSystem):
             return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num,
                                    prune)
 
+        origins = done_origin = None
+        if self.tracks_origin:
+            origins, done_origin = pick_prefill_origin(s.origins, s.X, prefill_done, u[1])
+
         # Decode side (greedy router).
-        dring, Ym, Ys, placed, d_gone, d_credit, d_waited = greedy_route(
+        dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
-            free_mixed, bookkeeping, t, patience, window, prune)
+            free_mixed, bookkeeping, t, patience, window, prune, done_origin)
 
         # Prefill side (the gate), at most one start per step.
         X = s.X - prefill_done
@@ -613,8 +654,18 @@ class Pooled(AbstractSystem):
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
-            pring, taken, p_gone, q_credit, waited = serve_head(pring, idle, s.prefill_ring)
+            pring, taken, p_gone, q_credit, waited, _ = serve_head(pring, idle, s.prefill_ring)
             admit = start + taken
+        origins_full = None
+        if origins is not None:
+            # The job admitted (at most one) goes to the first free slot of its class's row:
+            # it arrived its whole wait ago (0 for an arrival that starts at once).
+            admitted = jnp.sum(admit) > 0
+            came = t - jnp.where(admitted & (jnp.sum(taken) > 0), waited, 0.0).astype(real)
+            cls_s = jnp.argmax(admit)
+            row = jnp.where(admitted, cls_s, num)  # out of range: no write
+            origins = origins.at[row, X[cls_s].astype(jnp.int32)].set(came, mode="drop")
+            origins_full = s.origins_full | jnp.any(X + admit > self.capacity)
         X = X + admit
 
         phases = None
@@ -625,7 +676,7 @@ class Pooled(AbstractSystem):
             phases = shift_phases(s.phases, advances, ends, starts)
         state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
                             class_rings=crings, M=s.M, slack=s.slack, caps=s.caps,
-                            phases=phases)
+                            phases=phases, origins=origins, origins_full=origins_full)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone, admit * counted,
                                   placed * counted])
@@ -636,6 +687,10 @@ class Pooled(AbstractSystem):
             counts = jnp.concatenate([
                 counts, latency_tallies(self.wait_grid, admit * counted, wait, m.mu_p, u[1]),
                 at_most(self.wait_grid, placed * counted, d_waited)])
+            if self.tracks_origin:
+                counts = jnp.concatenate([counts, e2e_tallies(
+                    self.wait_grid, placed * counted, free_solo, t - d_origin, m.mu_m, m.mu_s,
+                    self.decode_law, u[0])])
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit]
                                 + [zero_f] * (len(EXIT_LEVELS) if self.phased else 0))
         return state, Flow(counts=counts, waits=waits, logp=logp)
@@ -690,6 +745,74 @@ def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Fl
     return jnp.concatenate([at_most(grid, started, wait), at_most(grid, started, ttft)])
 
 
+def pick_prefill_origin(origins: Float[Array, "I S"], X: Int[Array, " I"],
+                        prefill_done: Int[Array, " I"], u: Float[Array, ""]):
+    """The arrival time of the job whose prefill ends in this step (``prefill_done``, one-hot or
+    zero), and the table without it.
+
+    The count-based state does not say which class-i prefill ended; with exponential prefill
+    times every one of the ``X_i`` in service is equally likely to (memorylessness), so the
+    uniform ``u`` picks one of the class's slots, and the row's last entry fills the slot
+    (rows stay packed: class i's jobs are its first ``X_i`` slots). Which job ended changes
+    nothing else in the chain, so the paths are those of the chain without the table, and the
+    arrival time picked has the law of the ending job's own, jointly with the path."""
+    num = X.shape[0]
+    cls = jnp.argmax(prefill_done)
+    have = X[cls].astype(jnp.int32)
+    last = jnp.maximum(have - 1, 0)
+    j = jnp.clip((u * have.astype(u.dtype)).astype(jnp.int32), 0, last)
+    origin = origins[cls, j]
+    row = jnp.where(jnp.sum(prefill_done) > 0, cls, num)  # out of range: no write
+    return origins.at[row, j].set(origins[cls, last], mode="drop"), origin
+
+
+def e2e_tallies(grid: tuple[float, ...], started: Int[Array, " I"], solo, since: Float[Array, ""],
+                mu_m: Float[Array, " I"], mu_s: Float[Array, " I"], law: Coxian | None,
+                u: Float[Array, ""]) -> Int[Array, " KI+I"]:
+    """The end-to-end counters of a step in which the decodes ``started`` (one-hot or zero per
+    class) began, on a solo GPU when ``solo`` (an indicator), ``since`` seconds after the
+    request arrived: per grid time g_k and class, whether its end-to-end latency was at most
+    g_k, then per class whether it runs on a solo GPU (whose per-token time, ``1 / gamma``, is
+    the request's time per output token; ``tau`` on a mixed GPU).
+
+    The end-to-end latency is ``since`` plus the decode, whose time on a slot of rate ``mu``
+    (``mu_s`` or ``mu_m`` of the class) has its law whatever happened before the start: the
+    counter draws it afresh from ``u`` (see :func:`latency_tallies`; :func:`fresh_service` for a
+    phase-type decode law), so the latency it counts has the request's own law."""
+    cls = jnp.argmax(started)
+    rate = jnp.where(solo > 0, mu_s[cls], mu_m[cls]).astype(since.dtype)
+    e2e = since + fresh_service(law, cls, rate, u)
+    on_solo = (started * (solo > 0)).astype(started.dtype)
+    return jnp.concatenate([at_most(grid, started, e2e), on_solo])
+
+
+#: The Threefry key word that derives a phase-type draw's uniforms from one uniform.
+_DERIVE = 0x3C6EF372
+
+
+def fresh_service(law: Coxian | None, cls: Int[Array, ""], rate: Float[Array, ""],
+                  u: Float[Array, ""]) -> Float[Array, ""]:
+    """A class-``cls`` service time of mean ``1 / rate`` drawn from the uniform ``u``:
+    exponential without a law, else from the Coxian shape ``law`` (one exponential per phase
+    reached, each continuing with its probability). A Coxian draw needs ``2 K`` uniforms: they
+    are hashed (Threefry-2x32) from the 24 bits of ``u`` under counters ``0 .. K - 1``, a
+    derivation no other draw of the step uses."""
+    if law is None:
+        return -jnp.log1p(-u) / rate
+    K = law.phases
+    bits = (u * 2.0**24).astype(jnp.uint32)
+    words = []
+    for j in range(K):
+        words += rng.threefry2x32(bits, jnp.uint32(_DERIVE), jnp.uint32(j), jnp.uint32(0))
+    v = rng.uniform(jnp.stack(words))  # (2K,): even words time a phase, odd ones continue it
+    r = jnp.asarray(law.rates)[cls].astype(u.dtype)
+    cont = jnp.asarray(law.cont)[cls].astype(u.dtype)
+    times = -jnp.log1p(-v[0::2]) / (rate * r)
+    reached = jnp.cumprod(jnp.concatenate([jnp.ones(1, u.dtype),
+                                           (v[1::2][:-1] < cont[:-1]).astype(u.dtype)]))
+    return jnp.sum(times * reached)
+
+
 def at_most(grid: tuple[float, ...], started: Int[Array, " I"], value: Float[Array, ""]
             ) -> Int[Array, " KI"]:
     """Per grid time g_k (major) and class: ``started`` where ``value <= g_k``, else 0."""
@@ -714,7 +837,7 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     ``ring`` may already hold this step's push (never in a bookkeeping step); reading the head
     after the write lets XLA update the ring in place instead of copying it. Returns the ring
     and, as counts per class, the job served, the job gone (abandoned inside the window) and
-    the wait credited, and the whole wait of the job served.
+    the wait credited, and the whole wait and the origin time of the job served.
     """
     look = bookkeeping & (ready > 0) & (before.size > 0)
     if prune:
@@ -722,24 +845,27 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     out = buf.serve(ring, look, t, window, d.at_least)
     credit = d.one_hot(out.label, num, out.looked).astype(t.dtype) * out.wait
     return (out.ring, d.one_hot(out.label, num, out.taken), d.one_hot(out.label, num, out.gone),
-            credit, out.waited)
+            credit, out.waited, out.origin)
 
 
 def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
-                 bookkeeping, t, patience, window, prune=False):
+                 bookkeeping, t, patience, window, prune=False, origin=None):
     """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
     oldest live job (in a bookkeeping step). Returns the ring, the decodes in service
-    ``(Ym, Ys)``, the decodes started, the buffer's abandonments and waits per class, and the
-    whole wait of the decode started (0 for one placed at once)."""
+    ``(Ym, Ys)``, the decodes started, the buffer's abandonments and waits per class, the
+    whole wait of the decode started (0 for one placed at once), and its origin time: for a
+    ring with origins, ``origin`` (the finished prefill's arrival time) is stored with a job
+    that joins the buffer, and returned for one placed at once (None without origins)."""
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
     cls_in = jnp.argmax(prefill_done)
-    dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in))
+    dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in), origin)
     ready = free_solo + free_mixed - free_solo * free_mixed
-    dring, served, gone, credit, waited = serve_ring_head(d, dring, ready, ring, bookkeeping,
-                                                          t, window, num, prune)
+    dring, served, gone, credit, waited, head = serve_ring_head(d, dring, ready, ring,
+                                                                bookkeeping, t, window, num,
+                                                                prune)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
     # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
     # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the
@@ -753,4 +879,6 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     # The whole wait of a job the buffer served in this step (0 when none: a decode placed at
     # once waited nothing, and both never happen in one step).
     waited = jnp.where(jnp.sum(served) > 0, waited, 0.0).astype(t.dtype)
-    return dring, Ym, Ys, placed, gone, credit, waited
+    if origin is not None:
+        origin = jnp.where(jnp.sum(served) > 0, head, origin).astype(t.dtype)
+    return dring, Ym, Ys, placed, gone, credit, waited, origin

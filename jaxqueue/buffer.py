@@ -30,8 +30,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .rng import real_dtype
 
-__all__ = ["Ring", "Served", "alive", "alive_sorted", "empty", "live", "overlap", "peek", "pop",
-           "push", "rebase", "residual", "serve"]
+__all__ = ["Head", "Ring", "Served", "alive", "alive_sorted", "empty", "head_scan", "live",
+           "overlap", "peek", "pop", "push", "rebase", "residual", "serve", "serve_live"]
 
 
 class Ring(eqx.Module):
@@ -145,6 +145,72 @@ def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
     end = jnp.where(gone > 0, deadline, t)
     return Served(ring=pop(ring, look > 0), label=label, looked=look, taken=taken,
                   gone=gone * in_window, wait=overlap(entry, end, w0, w1), waited=t - entry)
+
+
+class Head(eqx.Module):
+    """What lies at the head of a ring at a time ``now`` (:func:`head_scan`).
+
+    Attributes:
+        dead: jobs at the head whose deadline has passed, up to the first live job (all the
+            jobs held when none is live).
+        live: jobs held whose deadline has not passed.
+        gone: of the ``dead`` jobs, those whose deadline lies inside the statistics window.
+        wait: the ``dead`` jobs' waits inside the window (each from its entry to its deadline).
+    """
+
+    dead: Int[Array, ""]
+    live: Int[Array, ""]
+    gone: Int[Array, ""]
+    wait: Float[Array, ""]
+
+
+def head_scan(ring: Ring, now, window) -> Head:
+    """One pass over the ring at time ``now``: its live jobs, and the abandoned jobs in front of
+    the first live one with what they owe (:class:`Head`). With :func:`serve_live` an owner
+    whose decisions read live counts takes the oldest live job of the ring at once, instead of
+    discarding dead heads one bookkeeping step at a time (see :func:`serve_live`)."""
+    w0, w1 = window
+    ahead = jnp.arange(ring.capacity) - ring.head
+    place = jnp.where(ahead < 0, ahead + ring.capacity, ahead)  # a slot's place after the head
+    held = place < ring.size
+    alive_ = held & (ring.deadline > now)
+    first = jnp.min(jnp.where(alive_, place, ring.size))  # the size when none is live
+    dead = held & (place < first)
+    in_window = dead & (ring.deadline > w0) & (ring.deadline <= w1)
+    wait = jnp.where(dead, overlap(ring.entry, ring.deadline, w0, w1), 0.0)
+    return Head(dead=first.astype(jnp.int32), live=jnp.sum(alive_).astype(jnp.int32),
+                gone=jnp.sum(in_window).astype(jnp.int32), wait=jnp.sum(wait))
+
+
+def serve_live(ring: Ring, head: Head, discard, take, t: Float[Array, ""], window) -> Served:
+    """Pops the abandoned jobs in front of the first live one when ``discard``, then that job
+    when ``take`` too (indicators; ``head`` is :func:`head_scan` of ``ring`` at ``t``, and a
+    take needs ``discard`` and a live job).
+
+    This serves the oldest job still waiting at ``t``, the one a first-come-first-served queue
+    of live jobs serves, in the same step as the event that frees the server: the decision
+    sees the live counts at ``t`` and the jobs discarded are those whose deadline passed by
+    then, each counted as abandoned at its deadline (in the window) with its wait up to it. It
+    costs the pass of :func:`head_scan`, where the lazy discards of :func:`serve` cost a
+    zero-time step each; it keeps a policy that acts in the step of its event (a prefill slot
+    freed by a completion admits the next job before the finished prefill is routed, say) the
+    same policy with counts or with rings. Returns what it did as :class:`Served` (``gone`` and
+    ``wait`` summed over the jobs popped, ``waited`` the taken job's whole wait)."""
+    w0, w1 = window
+    discard = jnp.asarray(discard).astype(jnp.int32)
+    take = jnp.asarray(take).astype(jnp.int32) * discard * (head.live > 0)
+    dead = head.dead * discard
+    slot = ring.head + dead
+    slot = jnp.where(slot >= ring.capacity, slot - ring.capacity, slot)
+    row = ring.data[jnp.minimum(slot, ring.capacity - 1)]
+    label, entry = row[0].astype(jnp.int32), row[1]
+    popped = dead + take
+    start = ring.head + popped
+    out = Ring(data=ring.data, head=jnp.where(start >= ring.capacity, start - ring.capacity, start),
+               size=ring.size - popped, overflow=ring.overflow)
+    wait = head.wait * discard + take * overlap(entry, t, w0, w1)
+    return Served(ring=out, label=label, looked=(popped > 0).astype(jnp.int32), taken=take,
+                  gone=head.gone * discard, wait=wait, waited=t - entry)
 
 
 def _held(ring: Ring):

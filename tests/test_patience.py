@@ -192,18 +192,23 @@ def test_per_class_rings_match_the_exact_chain(policy, gate):
     assert max(abs(v) for v in z.values()) < 4.0, z
 
 
-def test_per_class_rings_account_for_every_job_across_chunks():
+@pytest.mark.parametrize("policy,engine", [
+    ("gate-and-route", "pooled"),
+    pytest.param("sli-gate-and-route", "pooled", marks=pytest.mark.slow),
+    pytest.param("gf-wsp", "per-gpu", marks=pytest.mark.slow),
+    pytest.param("gi-wsp", "per-gpu", marks=pytest.mark.slow)])
+def test_per_class_rings_account_for_every_job_across_chunks(policy, engine):
     # Lognormal patience (cv 2): jobs abandon behind live heads in every ring; 64-event chunks
     # cut most waits, so credits and discards cross many chunk boundaries.
     from test_accounting import check_flow_balance
 
     model = scenarios.load("paper-qwen8b").replace(
         patience=Patience.make("lognormal", 2, cv=2.0))
-    system, _ = policies.build("gate-and-route", model, 6)
+    system, _ = policies.build(policy, model, 6, engine=engine)
     assert system.per_job
     run = simulate(jax.random.key(1), system, reps=16, horizon=250.0, warmup=50.0,
                    chunk_events=64)
-    check_flow_balance(run, "gate-and-route", "pooled")
+    check_flow_balance(run, policy, engine)
 
 
 def test_simulate_reads_the_law_from_a_scenario_file_and_says_it(tmp_path, capsys):
@@ -354,3 +359,72 @@ def test_per_gpu_gate_rings_match_the_exact_mmng_abandonment(policy, law, cv):
     run = simulate(jax.random.key(4), system, reps=48, horizon=600.0, warmup=60.0)
     assert run.count("decode_abandon").sum() == 0  # decodes never waited
     _check_mmng(_share(run, "prefill"), patience, 2, 4.0, 2.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["coupled", "sli-gated"])
+def test_tunable_families_on_rings_agree_with_their_counts(family):
+    # The branches the exact chains above do not reach: the coupled family's cap on concurrent
+    # prefills, binding (the freed capacity goes to the best able GPU, not the completing one),
+    # and the smoothed sli-gated family (a gate drawing its class, with the router's draw and
+    # the patience's on separate uniforms). A hyperexponential law with cv = 1 is the
+    # exponential law, so rings and counts must agree in law (two independent runs).
+    from helpers import two_sample_z
+
+    from jaxqueue import stats
+    from jaxqueue.policies import tunable
+
+    model, n = scenarios.load("paper-qwen8b"), 8
+    plan = policies.build("gate-and-route", model, n)[1]
+    params = tunable.initial_params(family, model, n, plan)
+    kw = {"gate_temperature": 0.5} if family == "sli-gated" else {}
+    if family == "coupled":
+        params = tunable.CoupledParams(targets=params.targets, offset=np.float64(1.0),
+                                       cap=np.float64(0.25))  # at most 2 prefills at once
+    runs = {}
+    for name, law in (("counts", None), ("rings", Patience.make("hyperexponential", 2, cv=1.0))):
+        system, _ = tunable.build_family(family, model.replace(patience=law), n, params=params,
+                                         **kw)
+        assert getattr(system, "per_job", False) == (law is not None)
+        runs[name] = stats.per_gpu(simulate(jax.random.key(8 if law else 9), system, reps=64,
+                                            horizon=600.0, warmup=100.0), model, n)
+    a, b = runs["counts"], runs["rings"]
+    keys = ("revenue_bundled", "x", "y_mixed", "y_solo", "q_prefill", "q_decode",
+            "prefill_abandonment_rate", "decode_abandonment_rate")
+    for key in keys:
+        z = two_sample_z(a[key], b[key])
+        assert np.all(np.abs(z) < 4.0), (key, np.mean(a[key], 0), np.mean(b[key], 0), z)
+    # Not vacuous: jobs abandon from the rings (and with the cap, it binds: fewer than the two
+    # prefills it allows run on average, while jobs wait).
+    assert np.all(np.mean(b["prefill_abandonment_rate"], 0) > 0)
+    if family == "coupled":
+        assert np.mean(np.sum(b["x"], -1)) * n < 2.0
+    else:
+        assert np.all(np.mean(b["decode_abandonment_rate"], 0) > 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy,engine", [("sli-gate-and-route", "pooled"),
+                                           ("gi-wsp", "per-gpu")])
+def test_per_class_rings_that_overflow_grow_and_give_the_large_ring_result(policy, engine):
+    # Rings of 4 jobs overflow (paper-qwen8b on 6 GPUs under a fixed timeout: up to 60 jobs may
+    # wait per class). The driver grows them and reruns the batch with the same random numbers:
+    # the counts are those of a run with the large rings from the start, and the waits too up
+    # to the rounding of sums over rings of another length.
+    from jaxqueue import driver
+
+    model = scenarios.load("paper-qwen8b").replace(
+        patience=Patience.make("deterministic", 2))
+    kw = dict(reps=4, horizon=100.0, warmup=10.0, chunk_events=256)
+    small, _ = policies.build(policy, model, 6, engine=engine, capacity=4)
+    assert small.per_job and small.capacity == 4
+    with pytest.warns(driver.SimulationWarning, match="overflowed"):
+        grown = simulate(jax.random.key(2), small, **kw)
+    assert grown.regrown >= 1 and grown.buffer_capacity > 4
+    large, _ = policies.build(policy, model, 6, engine=engine, capacity=grown.buffer_capacity)
+    direct = simulate(jax.random.key(2), large, **kw)
+    assert direct.regrown == 0
+    np.testing.assert_array_equal(grown.tallies, direct.tallies)
+    np.testing.assert_allclose(grown.level_integrals, direct.level_integrals, rtol=1e-5)
+    with pytest.raises(driver.BufferOverflowError, match="use 16 or more"):
+        simulate(jax.random.key(2), small, grow_buffers=False, **kw)

@@ -169,7 +169,9 @@ class SLIGateAndRoute(AbstractSystem):
                 raise ValueError(f"capacity = {self.capacity!r} is invalid: patience.law = "
                                  f"{self.model.patience.law!r} keeps the waiting jobs in rings, "
                                  "which need a capacity >= 1 (build_sli sizes one)")
-            if self.decide.differentiable:
+            # Relaxed decisions make counts fractional; a ring holds whole jobs. The
+            # score-function estimator's decisions are exact (its paths are the exact chain's).
+            if not jnp.issubdtype(self.decide.count_dtype, jnp.integer):
                 raise ValueError(f"patience.law = {self.model.patience.law!r} keeps each "
                                  "waiting job in a ring, which relaxed decisions cannot "
                                  "differentiate: use exact decisions (or the score-function "

@@ -179,7 +179,10 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         system, _ = tunable.build_family("coupled", model, n, plan=plan, params=params,
                                          capacity=capacity, decide=decide)
         return system, plan
-    queue = per_job_queue(model, float(np.sum(plan.q_p) + np.sum(plan.q_d)))
+    # The coupled per-GPU policies with the gate hold waiting jobs only in per-class rings:
+    # sized for one class (see per_job_queue).
+    one_class = engine == "per-gpu" and policy.coupled and policy.gate != "fcfs"
+    queue = per_job_queue(model, float(np.sum(plan.q_p) + np.sum(plan.q_d)), per_class=one_class)
     capacity = checked_capacity(capacity, n, queue)
     common = dict(model=model, n=np.int32(n), x_star=np.asarray(plan.x, np.float64),
                   q_star=np.asarray(plan.q_p, np.float64), capacity=int(capacity), decide=decide)

@@ -224,10 +224,14 @@ def push_class(rings: buf.Ring, do, cls, t, due) -> buf.Ring:
     return jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(rings, hot, cls, t, due)
 
 
-def class_heads(rings: buf.Ring, now, window) -> buf.Head:
+def class_heads(rings: buf.Ring, now, window, model: Model) -> buf.Head:
     """:func:`jaxqueue.buffer.head_scan` of every ring (fields ``(I,)``): ``.live`` is the
-    class's count of jobs still waiting at ``now``, what a counted queue would hold."""
-    return jax.vmap(lambda r: buf.head_scan(r, now, window))(rings)
+    class's count of jobs still waiting at ``now``, what a counted queue would hold. Under
+    ``model``'s fixed patience (deterministic law) a ring's deadlines rise from head to tail
+    (each is its entry time plus the class's one patience), and a binary search replaces the
+    pass over the ring."""
+    rising = getattr(model.patience, "law", None) == "deterministic"
+    return jax.vmap(lambda r: buf.head_scan(r, now, window, rising))(rings)
 
 
 def class_serve(rings: buf.Ring, heads: buf.Head, take, t, window) -> buf.Served:
@@ -242,7 +246,8 @@ def class_serve(rings: buf.Ring, heads: buf.Head, take, t, window) -> buf.Served
 
 
 def class_live(rings: buf.Ring, now) -> Int[Array, " I"]:
-    """Jobs still waiting at ``now`` in each per-class ring (a pass over each)."""
+    """Jobs still waiting at ``now`` in each per-class ring (a pass over each; called once per
+    rollout)."""
     return jax.vmap(lambda r: buf.alive(r, now))(rings)
 
 
@@ -255,12 +260,16 @@ def class_residual(rings: buf.Ring | None, num: int, window):
     return jnp.diagonal(gone).astype(jnp.int32), jnp.diagonal(wait)  # ring c: class c's row
 
 
-def per_job_queue(model: Model, queue: float) -> float:
+def per_job_queue(model: Model, queue: float, per_class: bool = False) -> float:
     """The waiting jobs per GPU a ring capacity is sized for (:func:`default_capacity`): the
     plan's ``queue``, or under a non-exponential patience law at least ``sum_i lambda_i /
     theta_i``, every arrival of a mean patience waiting. The plan's queues assume exponential
     patience; under another law far more jobs can wait (with a fixed timeout none leaves early),
-    and a ring sized this way seldom needs a rerun with grown rings."""
+    and a ring sized this way seldom needs a rerun with grown rings. With ``per_class`` (rings
+    that each hold one class: the SLI-aware router's, the per-GPU gate's) the largest class's
+    ``lambda_i / theta_i`` instead of the sum: every step passes over each such ring, so its
+    length is the step's cost (half the sum on ``paper-qwen8b``, twice as fast), and an
+    overflow is grown and rerun."""
     from .. import patience
 
     if not patience.per_job(model.patience):
@@ -268,7 +277,7 @@ def per_job_queue(model: Model, queue: float) -> float:
     theta = np.asarray(model.theta, np.float64)
     mean_waiting = np.where(theta > 0, np.asarray(model.lambda_) / np.where(theta > 0, theta, 1.0),
                             0.0)
-    return max(float(queue), float(np.sum(mean_waiting)))
+    return max(float(queue), float(np.max(mean_waiting) if per_class else np.sum(mean_waiting)))
 
 
 # ---- checks -------------------------------------------------------------------------------------

@@ -227,7 +227,9 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
     decide = Exact() if decide is None else decide
     # Rings (the FCFS buffers; under a non-exponential patience law the per-class queues too)
     # sized for n, and with such a law for every arrival of a mean patience waiting.
-    capacity = checked_capacity(capacity, n, per_job_queue(model, 0.0) or None)
+    per_class = family != "coupled-fcfs" and family != "gated"  # rings of one class each
+    capacity = checked_capacity(capacity, n,
+                                per_job_queue(model, 0.0, per_class=per_class) or None)
     if gate_temperature is not None:
         if family not in ("gated", "sli-gated"):
             raise ValueError(f"gate_temperature is for the gated and sli-gated families only, "

@@ -145,6 +145,12 @@ def test_every_policy_takes_every_law_and_files_round_trip():
             assert getattr(system, "per_job", policy.gate == "fcfs") == (policy.gate != "fcfs")
     for family in tunable.FAMILIES:
         tunable.build_family(family, model, 8)
+    # The exponential law keeps the counts (and their paths: tests/test_paths.py).
+    exponential = model.replace(patience=Patience.make("exponential", 2))
+    sli, _ = policies.build("sli-gate-and-route", exponential, 8)
+    gi, _ = policies.build("gi-wsp", exponential, 8)
+    assert not sli.per_job and sli.capacity is None and sli.init().prefill_rings is None
+    assert not gi.per_job and gi.init().class_rings is None
     # A system that keeps counts is still refused, by a message naming the ones that do not.
     with pytest.raises(ValueError, match="patience.law = 'lognormal' is not supported by X") as e:
         check_supported(model.patience, "X", counted=True)

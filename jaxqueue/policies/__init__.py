@@ -142,9 +142,12 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         engine: ``"pooled"`` or ``"per-gpu"`` (default: the policy's first engine).
         plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
             SLI targets ``sli`` if given).
-        capacity: slots of the FCFS buffers (default :func:`.common.default_capacity`, sized
-            from n and the plan's queues, or with a non-exponential patience law from
-            ``sum_i lambda_i / theta_i``; :func:`jaxqueue.simulate` grows it if it overflows).
+        capacity: slots of each ring (the FCFS buffers; with a non-exponential patience law
+            also the per-class queues; default :func:`.common.default_capacity`, sized from n
+            and the plan's queues, or with such a law from ``sum_i lambda_i / theta_i``, the
+            largest ``lambda_i / theta_i`` where every ring holds one class:
+            :func:`.common.per_job_queue`; :func:`jaxqueue.simulate` grows it if it
+            overflows).
         sli: SLI targets of the plan (bundled pricing only).
         speed_rule: per-GPU engine only: ``"paper"`` (decodes on a planned mixed GPU always run
             at the mixed rate) or ``"idle-solo"`` (at the solo rate while its prefill slot idles).

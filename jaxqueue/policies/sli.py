@@ -255,6 +255,8 @@ class SLIGateAndRoute(AbstractSystem):
         return jnp.any(jnp.stack([jnp.any(r.overflow) for r in s.rings]))
 
     def overflow_message(self) -> str:
+        if self.capacity is None:  # counts: nothing can overflow
+            return super().overflow_message()
         return overflow_message(self.capacity)
 
     def close(self, s: SLIState, window):

@@ -277,8 +277,10 @@ SUPPORTED = ("every policy of jaxqueue.policies (gate-and-route, prioritize-and-
 def check_supported(patience: Patience | None, where: str, counted: bool) -> None:
     """Raises when a system keeps a waiting place as counts (``counted``) and the law is not
     exponential: there, abandonment at rate theta per job is exact only for that law. Every
-    system of :mod:`jaxqueue.policies` keeps rings instead under such a law; this guards other
-    count-based systems (the error names those that take any law)."""
+    system of :mod:`jaxqueue.policies` keeps rings instead under such a law; this guards the
+    count-based ones left (the exact chains of :mod:`jaxqueue.theory` and
+    :mod:`jaxqueue.exact_gradient`, a user's own system), and the error names the policies that
+    take any law."""
     if per_job(patience) and counted:
         raise ValueError(
             f"patience.law = {patience.law!r} is not supported by {where}: it keeps waiting "

@@ -158,6 +158,13 @@ def test_every_policy_takes_every_law_and_files_round_trip():
         assert name in str(e.value)
     check_supported(model.patience, "X", counted=False)
     check_supported(None, "X", counted=True)
+    # The exact chains count waiting jobs: they refuse the law rather than answer for another.
+    from jaxqueue.exact_gradient import sli_gradient
+
+    with pytest.raises(ValueError, match="not supported by the exact pooled chain"):
+        theory.pooled_chain(model, 2, 1, "fg-sp", max_queue=1, max_buffer=1)
+    with pytest.raises(ValueError, match="not supported by the exact chains"):
+        sli_gradient(model, 2, 1, [0.5, 0.5], [1.0, 1.0], 1.0, [1.0, 1.0], [1.0, 1.0])
     again = Model.from_dict(model.to_dict())
     assert again.patience.law == "lognormal"
     np.testing.assert_allclose(again.patience.cv, [2.0, 0.5])

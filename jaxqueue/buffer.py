@@ -29,13 +29,14 @@ its entry time. The end-to-end latency counters carry it through the buffer.
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .rng import real_dtype
 
-__all__ = ["Ring", "Served", "alive", "alive_sorted", "empty", "live", "overlap", "peek", "pop",
-           "push", "rebase", "residual", "serve"]
+__all__ = ["HEAD_BLOCK", "Head", "Ring", "Served", "alive", "alive_sorted", "empty", "head_scan",
+           "live", "overlap", "peek", "pop", "push", "rebase", "residual", "serve", "serve_live"]
 
 
 class Ring(eqx.Module):
@@ -167,6 +168,106 @@ def serve(ring: Ring, look, t: Float[Array, ""], window, expired) -> Served:
                   origin=origin)
 
 
+class Head(eqx.Module):
+    """What lies at the head of a ring at a time ``now`` (:func:`head_scan`).
+
+    Attributes:
+        dead: jobs at the head whose deadline has passed, up to the first live job (all the
+            jobs held when none is live).
+        live: jobs held whose deadline has not passed.
+        gone: of the ``dead`` jobs, those whose deadline lies inside the statistics window.
+        wait: the ``dead`` jobs' waits inside the window (each from its entry to its deadline).
+    """
+
+    dead: Int[Array, ""]
+    live: Int[Array, ""]
+    gone: Int[Array, ""]
+    wait: Float[Array, ""]
+
+
+#: Slots of a ring :func:`head_scan` reads at a time in front of its first live job.
+HEAD_BLOCK = 16
+
+
+def head_scan(ring: Ring, now, window, rising: bool = False) -> Head:
+    """The ring at time ``now``: its live jobs, and the abandoned jobs in front of the first
+    live one with what they owe (:class:`Head`). With :func:`serve_live` an owner whose
+    decisions read live counts takes the oldest live job of the ring at once, instead of
+    discarding dead heads one bookkeeping step at a time (see :func:`serve_live`).
+
+    One pass over the ring finds the first live job and counts the live ones; what the jobs in
+    front of it owe is then summed over blocks of :data:`HEAD_BLOCK` slots from the head, as
+    many as they fill (none in most steps: every step discards them, so only those whose
+    deadline passed since the last step are there). Masked sums over the whole ring made the
+    scan 2.2x as slow (measured: 9.6 against 4.4 us per ring of 4,096 slots on the 2-core CPU).
+    With ``rising`` (a static bool: the held jobs' deadlines do not decrease from head to tail,
+    as in a ring of one class under a fixed patience) a binary search finds the first live job
+    and no pass is made (see :func:`alive_sorted`).
+    """
+    w0, _ = window
+    cap = ring.capacity
+    if rising:
+        first = _dead_sorted(ring, now).astype(jnp.int32)
+        live = (ring.size - first).astype(jnp.int32)
+    else:
+        ahead = jnp.arange(cap) - ring.head
+        place = jnp.where(ahead < 0, ahead + cap, ahead)  # a slot's place after the head
+        alive_ = (place < ring.size) & (ring.deadline > now)
+        first = jnp.min(jnp.where(alive_, place, ring.size)).astype(jnp.int32)  # size: none
+        live = jnp.sum(alive_).astype(jnp.int32)
+    offsets = jnp.arange(HEAD_BLOCK, dtype=jnp.int32)
+
+    def block(carry):
+        k, gone, wait = carry
+        at = k + offsets
+        slot = ring.head + at
+        slot = jnp.where(slot >= cap, slot - cap, slot)
+        rows = ring.data[jnp.minimum(slot, cap - 1)]  # a place past the capacity is masked
+        entry, deadline = rows[:, 1], rows[:, 2]
+        dead = at < first  # in front of the first live job: held, and abandoned by now
+        # Their deadlines are at most now, inside the window whenever they are discarded (the
+        # owner discards only up to the window's end).
+        gone = gone + jnp.sum(dead & (deadline > w0)).astype(jnp.int32)
+        wait = wait + jnp.sum(jnp.where(dead, overlap(entry, deadline, w0, deadline), 0.0))
+        return k + HEAD_BLOCK, gone, wait
+
+    zero = jnp.zeros((), ring.data.dtype)
+    _, gone, wait = jax.lax.while_loop(lambda c: c[0] < first, block,
+                                       (jnp.int32(0), jnp.int32(0), zero))
+    return Head(dead=first, live=live, gone=gone, wait=wait)
+
+
+def serve_live(ring: Ring, head: Head, discard, take, t: Float[Array, ""], window) -> Served:
+    """Pops the abandoned jobs in front of the first live one when ``discard``, then that job
+    when ``take`` too (indicators; ``head`` is :func:`head_scan` of ``ring`` at ``t``, and a
+    take needs ``discard`` and a live job).
+
+    This serves the oldest job still waiting at ``t``, the one a first-come-first-served queue
+    of live jobs serves, in the same step as the event that frees the server: the decision
+    sees the live counts at ``t`` and the jobs discarded are those whose deadline passed by
+    then, each counted as abandoned at its deadline (in the window) with its wait up to it. It
+    costs the pass of :func:`head_scan`, where the lazy discards of :func:`serve` cost a
+    zero-time step each; it keeps a policy that acts in the step of its event (a prefill slot
+    freed by a completion admits the next job before the finished prefill is routed, say) the
+    same policy with counts or with rings. Returns what it did as :class:`Served` (``gone`` and
+    ``wait`` summed over the jobs popped, ``waited`` the taken job's whole wait)."""
+    w0, w1 = window
+    discard = jnp.asarray(discard).astype(jnp.int32)
+    take = jnp.asarray(take).astype(jnp.int32) * discard * (head.live > 0)
+    dead = head.dead * discard
+    slot = ring.head + dead
+    slot = jnp.where(slot >= ring.capacity, slot - ring.capacity, slot)
+    row = ring.data[jnp.minimum(slot, ring.capacity - 1)]
+    label, entry = row[0].astype(jnp.int32), row[1]
+    popped = dead + take
+    start = ring.head + popped
+    out = Ring(data=ring.data, head=jnp.where(start >= ring.capacity, start - ring.capacity, start),
+               size=ring.size - popped, overflow=ring.overflow)
+    wait = head.wait * discard + take * overlap(entry, t, w0, w1)
+    return Served(ring=out, label=label, looked=(popped > 0).astype(jnp.int32), taken=take,
+                  gone=head.gone * discard, wait=wait, waited=t - entry)
+
+
 def _held(ring: Ring):
     # Slot k's place after the head, without an integer remainder per slot (slow on a CPU).
     ahead = jnp.arange(ring.capacity) - ring.head
@@ -204,6 +305,12 @@ def alive_sorted(ring: Ring, now) -> Int[Array, ""]:
     (one class under a fixed patience: each deadline is its entry time plus the same constant),
     by a binary search for the first live job: O(log capacity) reads instead of a pass over
     every slot."""
+    return (ring.size - _dead_sorted(ring, now)).astype(jnp.int32)
+
+
+def _dead_sorted(ring: Ring, now) -> Int[Array, ""]:
+    """The jobs in front of the first live one of a ring with rising deadlines (see
+    :func:`alive_sorted`), by binary search."""
     cap = ring.capacity
     lo = jnp.zeros((), jnp.int32)
     hi = ring.size.astype(jnp.int32)
@@ -215,7 +322,7 @@ def alive_sorted(ring: Ring, now) -> Int[Array, ""]:
         more = lo < hi
         lo = jnp.where(more & dead, mid + 1, lo)
         hi = jnp.where(more & ~dead, mid, hi)
-    return (ring.size - lo).astype(jnp.int32)
+    return lo
 
 
 def overlap(start, end, w0, w1):

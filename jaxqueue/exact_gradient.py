@@ -34,6 +34,7 @@ from scipy.sparse.linalg import splu
 from scipy.special import logsumexp
 
 from .model import Model
+from .patience import check_supported as check_patience
 from .service import check_supported
 from .theory import stationary
 
@@ -275,6 +276,9 @@ def _common(model: Model, n, M, targets, temperature, max_queue, max_buffer, pri
     """Checked (n, M, max_queue, max_buffer, pricing, max_states) and the chain's parameters."""
     check_supported(getattr(model, "service", None), "the exact chains of "
                     "jaxqueue.exact_gradient")
+    # The chains count waiting jobs, abandoning at rate theta each: the exponential law only.
+    check_patience(getattr(model, "patience", None), "the exact chains of "
+                   "jaxqueue.exact_gradient", counted=True)
     num, n = model.num_classes, _integer("n", n, 1)
     point = {"log_targets": np.log(_reals("targets", targets, (num,), 0.0, strict=True)),
              "log_temperature": np.log(_reals("temperature", temperature, (), 0.0, strict=True)),

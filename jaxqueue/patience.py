@@ -22,11 +22,14 @@ whatever the law (the gamma law's inverse is found by Newton's method on the reg
 incomplete gamma function, to float precision).
 
 Where the law acts: a job's patience is drawn when it enters a ring of jobs (the decode buffer,
-the prefill buffer of the FCFS gates, and, on the pooled engine with a non-exponential law, the
-per-class prefill queues of the deviation and priority gates: one ring per class), and its
-deadline is stored with it, so any law is exact there. Waiting places that an engine can only
-keep as counts abandon at rate ``theta_i`` per job, which is exact only for the exponential law:
-systems with such a place refuse any other law (:func:`check_supported`).
+the prefill buffer of the FCFS gates, and, with a non-exponential law, every waiting place an
+engine otherwise counts: the pooled engine's per-class prefill queues of the deviation and
+priority gates, the SLI-aware router's per-class prefill queues and per-side decode buffers, and
+the per-GPU engine's per-class queues of its gate; one ring per class), and its deadline is
+stored with it, so any law is exact there. Waiting places kept as counts abandon at rate
+``theta_i`` per job, which is exact only for the exponential law: a system with such a place
+refuses any other law (:func:`check_supported`); every system of :mod:`jaxqueue.policies` turns
+its counts into rings instead.
 """
 
 from __future__ import annotations
@@ -263,16 +266,27 @@ def deadline(model, t, u, cls):
     return t + law.draw(u, theta[cls].astype(t.dtype), cls)
 
 
+#: The systems that take every law (each keeps its waiting jobs in rings under a
+#: non-exponential law), as :func:`check_supported` names them.
+SUPPORTED = ("every policy of jaxqueue.policies (gate-and-route, prioritize-and-route, fg-sp and "
+             "sli-gate-and-route on the pooled engine; fi-wsp, gi-wsp, gf-wsp, gi-wsp-after, "
+             "gate-and-route and fg-sp on the per-GPU engine) and every tunable family (gated, "
+             "sli-gated, coupled, coupled-fcfs)")
+
+
 def check_supported(patience: Patience | None, where: str, counted: bool) -> None:
     """Raises when a system keeps a waiting place as counts (``counted``) and the law is not
-    exponential: there, abandonment at rate theta per job is exact only for that law."""
+    exponential: there, abandonment at rate theta per job is exact only for that law. Every
+    system of :mod:`jaxqueue.policies` keeps rings instead under such a law; this guards the
+    count-based ones left (the exact chains of :mod:`jaxqueue.theory` and
+    :mod:`jaxqueue.exact_gradient`, a user's own system), and the error names the policies that
+    take any law."""
     if per_job(patience) and counted:
         raise ValueError(
             f"patience.law = {patience.law!r} is not supported by {where}: it keeps waiting "
             "jobs as per-class counts, where abandonment at rate theta per job is exact only "
-            "for the exponential law; use law = 'exponential', or a policy whose every buffer "
-            "is a ring of jobs (gate-and-route, prioritize-and-route and fg-sp on the pooled "
-            "engine, fi-wsp)")
+            f"for the exponential law; use law = 'exponential', or {SUPPORTED}, which keep "
+            "the waiting jobs in rings with their own deadlines")
 
 
 def abandon_probability(servers: int, arrival_rate: float, service_rate: float, survival,

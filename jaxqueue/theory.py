@@ -248,9 +248,13 @@ def pooled_chain(model: Model, n: int, M: int, policy: str, *, x_star=None, q_p_
             reducible chain.
         RuntimeError: the stationary solve missed its residual bound.
     """
+    from .patience import check_supported as check_patience
     from .service import check_supported
 
     check_supported(getattr(model, "service", None), "the exact pooled chain of jaxqueue.theory")
+    # The chain counts waiting jobs, abandoning at rate theta each: the exponential law only.
+    check_patience(getattr(model, "patience", None), "the exact pooled chain of jaxqueue.theory",
+                   counted=True)
     n = _integer("n", n, 1)
     M = _integer("M", M, 0)
     if M > n:

@@ -23,6 +23,7 @@ from helpers import (
 import jaxqueue as jq
 from jaxqueue import fluid, policies, stats
 from jaxqueue.model import Model
+from jaxqueue.patience import Patience
 
 
 # ---- SLI-aware Gate-and-Route ------------------------------------------------------------------
@@ -136,17 +137,30 @@ def split_plan(model, p_s):
                                y_s=p_s * flow / model.mu_s)
 
 
-@pytest.mark.parametrize("case", [
+def rings(model):
+    """``model`` with a hyperexponential patience law of cv 1: the exponential law, drawn
+    another way. Under it the systems keep their counted queues as per-class rings (each job
+    its own deadline, the decisions on the live counts), and must still agree with the exact
+    chain of the counts."""
+    return model.replace(patience=Patience.make("hyperexponential", model.num_classes,
+                                                cv=1.0))
+
+
+@pytest.mark.parametrize("case,law", [
     # (2, 4, 2) waiting jobs: ~8.5e3 states, truncation ~1.2e-5; both classes wait in the mixed
     # buffer only ~1e-3 of the time, so this resolves the router's p_s (a 0.05 error in one
     # p_s is ~20 SE) but not the proportional take of a freed slot.
-    "light",
+    ("light", "counts"),
     # Mixed side overloaded, impatient users: both classes wait in the mixed buffer a few % of
     # the time, and scaling one class's take weight by 5 (or 1/5) moves y_m by ~5 SE. ~1.6e4
     # states (a 5-10 s solve by LU, under a second by theory.stationary's Jacobi iteration).
-    pytest.param("busy-mixed", marks=pytest.mark.slow),
+    pytest.param("busy-mixed", "counts", marks=pytest.mark.slow),
+    # The same chains, the waiting jobs in per-class rings (prefill queues and each side's
+    # decode buffers).
+    pytest.param("light", "rings", marks=pytest.mark.slow),
+    pytest.param("busy-mixed", "rings", marks=pytest.mark.slow),
 ])
-def test_sli_gate_and_route_matches_exact_generator(case):
+def test_sli_gate_and_route_matches_exact_generator(case, law):
     n = 2
     if case == "light":
         model, p_s, limits = sli_model(), np.array([0.6, 0.3]), (2, 4, 2)
@@ -155,7 +169,9 @@ def test_sli_gate_and_route_matches_exact_generator(case):
                       alpha=1.0, beta=0.0, gamma=5.0, C=1.0, B=2, c_p=0.0, c_d=1.0)
         p_s, limits = np.array([0.3, 0.2]), (2, 6, 2)
     plan = split_plan(model, p_s)
-    system, _ = policies.build("sli-gate-and-route", model, n, plan=plan)
+    system, _ = policies.build("sli-gate-and-route", model if law == "counts" else rings(model),
+                               n, plan=plan)
+    assert system.per_job == (law == "rings")
     M = int(system.M)
     assert M == 1
     np.testing.assert_allclose(np.asarray(system.p_solo), p_s, rtol=1e-6)
@@ -259,7 +275,8 @@ def gate_decisions(model, states, pi, gate):
     return both, total
 
 
-def test_gi_wsp_two_classes_matches_exact_generator():
+@pytest.mark.parametrize("law", ["counts", pytest.param("rings", marks=pytest.mark.slow)])
+def test_gi_wsp_two_classes_matches_exact_generator(law):
     model, n = gated_model(), 2
     np.testing.assert_allclose(np.c_[model.mu_p, model.mu_m, model.mu_s],
                                [[2.0, 0.5, 0.75], [1.0, 1.0, 1.5]])
@@ -268,8 +285,9 @@ def test_gi_wsp_two_classes_matches_exact_generator():
     # running, class 1 needs two more waiting jobs than class 2 (exact in float32, never tied).
     x_star, q_star = np.array([0.3, 0.2]), np.array([0.75, 0.0])
     plan = dataclasses.replace(fluid.solve(model, "bundled"), x=x_star, q_p=q_star)
-    system, _ = per_gpu("gi-wsp", model, n, plan=plan)
+    system, _ = per_gpu("gi-wsp", model if law == "counts" else rings(model), n, plan=plan)
     assert system.coupled and system.gate == "deviation" and system.layout == "shared"
+    assert system.per_job == (law == "rings")
     gate = deviation_gate(n, x_star, q_star)
     # ~1e4 states. Arrivals are lost only when 14 jobs wait (probability 4e-6), which moves
     # the exact values by far less than a tenth of a standard error.
@@ -353,7 +371,10 @@ def gf_wsp_chain(n, lam, mu_p, mu_m, mu_s, theta, B, max_p, max_d):
     return exact, len(states), float(truncation)
 
 
-def test_gf_wsp_two_gpus_matches_exact_generator():
+@pytest.mark.parametrize("law", ["counts", pytest.param("rings", marks=pytest.mark.slow)])
+def test_gf_wsp_two_gpus_matches_exact_generator(law):
+    # With rings too the gate admits in the step of the completion, before the finished
+    # prefill's decode is routed (prefill-first), as the chain has it.
     model, n = one_class_model(), 2
     exact, size, truncation = gf_wsp_chain(n, 1.0, 2.0, 0.5, 0.75, 0.5, B=2, max_p=25,
                                            max_d=25)
@@ -364,8 +385,9 @@ def test_gf_wsp_two_gpus_matches_exact_generator():
     exact = exact_per_gpu(model, *(exact[k] for k in ("x", "y_mixed", "y_solo", "q_prefill",
                                                       "q_decode")))
     assert exact["decode_wait"][0] > 0.1 and exact["decode_abandonment_rate"][0] > 0.05
-    system, _ = per_gpu("gf-wsp", model, n)
+    system, _ = per_gpu("gf-wsp", model if law == "counts" else rings(model), n)
     assert not system.coupled and system.layout == "shared" and system.gate == "deviation"
+    assert system.per_job == (law == "rings")
     run = jq.simulate(jax.random.key(13), system, reps=128, horizon=2000.0, warmup=100.0)
     z = compare(run, model, n, exact)
     assert max(abs(v) for v in z.values()) < 4.0, z

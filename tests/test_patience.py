@@ -132,14 +132,39 @@ def test_the_exponential_law_changes_no_path():
     np.testing.assert_array_equal(runs[0].level_integrals, runs[1].level_integrals)
 
 
-def test_count_queues_refuse_other_laws_and_files_round_trip():
+def test_every_policy_takes_every_law_and_files_round_trip():
+    from jaxqueue.patience import check_supported
+    from jaxqueue.policies import tunable
+
     model = scenarios.load("paper-qwen8b").replace(
         patience=Patience.make("lognormal", 2, cv=[2.0, 0.5]))
-    for name in ("gi-wsp", "sli-gate-and-route"):
-        with pytest.raises(ValueError, match="patience.law = 'lognormal' is not supported"):
-            policies.build(name, model, 8)
-    for name in ("gate-and-route", "prioritize-and-route", "fg-sp", "fi-wsp"):
-        policies.build(name, model, 8)
+    for policy in policies.POLICIES.values():
+        for engine in policy.engines:
+            system, _ = policies.build(policy.name, model, 8, engine=engine)
+            # The gate's per-class queues are rings; FCFS admission has its one ring already.
+            assert getattr(system, "per_job", policy.gate == "fcfs") == (policy.gate != "fcfs")
+    for family in tunable.FAMILIES:
+        tunable.build_family(family, model, 8)
+    # The exponential law keeps the counts (and their paths: tests/test_paths.py).
+    exponential = model.replace(patience=Patience.make("exponential", 2))
+    sli, _ = policies.build("sli-gate-and-route", exponential, 8)
+    gi, _ = policies.build("gi-wsp", exponential, 8)
+    assert not sli.per_job and sli.capacity is None and sli.init().prefill_rings is None
+    assert not gi.per_job and gi.init().class_rings is None
+    # A system that keeps counts is still refused, by a message naming the ones that do not.
+    with pytest.raises(ValueError, match="patience.law = 'lognormal' is not supported by X") as e:
+        check_supported(model.patience, "X", counted=True)
+    for name in ("sli-gate-and-route", "gi-wsp", "gf-wsp", "fi-wsp", "coupled", "sli-gated"):
+        assert name in str(e.value)
+    check_supported(model.patience, "X", counted=False)
+    check_supported(None, "X", counted=True)
+    # The exact chains count waiting jobs: they refuse the law rather than answer for another.
+    from jaxqueue.exact_gradient import sli_gradient
+
+    with pytest.raises(ValueError, match="not supported by the exact pooled chain"):
+        theory.pooled_chain(model, 2, 1, "fg-sp", max_queue=1, max_buffer=1)
+    with pytest.raises(ValueError, match="not supported by the exact chains"):
+        sli_gradient(model, 2, 1, [0.5, 0.5], [1.0, 1.0], 1.0, [1.0, 1.0], [1.0, 1.0])
     again = Model.from_dict(model.to_dict())
     assert again.patience.law == "lognormal"
     np.testing.assert_allclose(again.patience.cv, [2.0, 0.5])
@@ -180,18 +205,23 @@ def test_per_class_rings_match_the_exact_chain(policy, gate):
     assert max(abs(v) for v in z.values()) < 4.0, z
 
 
-def test_per_class_rings_account_for_every_job_across_chunks():
+@pytest.mark.parametrize("policy,engine", [
+    ("gate-and-route", "pooled"),
+    pytest.param("sli-gate-and-route", "pooled", marks=pytest.mark.slow),
+    pytest.param("gf-wsp", "per-gpu", marks=pytest.mark.slow),
+    pytest.param("gi-wsp", "per-gpu", marks=pytest.mark.slow)])
+def test_per_class_rings_account_for_every_job_across_chunks(policy, engine):
     # Lognormal patience (cv 2): jobs abandon behind live heads in every ring; 64-event chunks
     # cut most waits, so credits and discards cross many chunk boundaries.
     from test_accounting import check_flow_balance
 
     model = scenarios.load("paper-qwen8b").replace(
         patience=Patience.make("lognormal", 2, cv=2.0))
-    system, _ = policies.build("gate-and-route", model, 6)
+    system, _ = policies.build(policy, model, 6, engine=engine)
     assert system.per_job
     run = simulate(jax.random.key(1), system, reps=16, horizon=250.0, warmup=50.0,
                    chunk_events=64)
-    check_flow_balance(run, "gate-and-route", "pooled")
+    check_flow_balance(run, policy, engine)
 
 
 def test_simulate_reads_the_law_from_a_scenario_file_and_says_it(tmp_path, capsys):
@@ -255,3 +285,159 @@ def test_a_string_or_boolean_where_a_cv_belongs_is_an_error_naming_the_field():
     for bad in ("0.5", True, [0.5, "1"]):
         with pytest.raises(ValueError, match=r"patience\.cv = .* must be a number or one per"):
             Patience.make("gamma", 2, cv=bad)
+
+
+# ---- the SLI-aware router and the per-GPU engine's gate: per-class rings ----------------------
+def _sli(model, n, M, split, capacity=512):
+    """SLI-aware Gate-and-Route with M mixed GPUs and the router's solo share ``split``."""
+    from jaxqueue.policies.sli import SLIGateAndRoute
+
+    one = np.ones(model.num_classes)
+    return SLIGateAndRoute(model=model, n=np.int32(n), M=np.int32(M), x_star=0.5 * one,
+                           q_star=0 * one, y_m_star=one, y_s_star=one,
+                           split=np.asarray(split, np.float64), capacity=capacity)
+
+
+def _share(run, where):
+    """Per replication, the share of the jobs entering a stage that abandon there."""
+    if where == "prefill":
+        return run.count("prefill_abandon")[:, 0] / run.count("arrivals")[:, 0]
+    return run.count("decode_abandon")[:, 0] / run.count("prefill_done")[:, 0]
+
+
+def _check_mmng(share, patience, servers, lam, mu):
+    exact = abandon_probability(servers, lam, mu, _survival(patience), 200.0)["abandon"]
+    exponential = theory.erlang_a(servers, lam, mu, 1.0)["abandon_probability"]
+    se = share.std(ddof=1) / np.sqrt(share.size)
+    z = (share.mean() - exact) / se
+    assert abs(z) <= 3, (patience.law, share.mean(), exact, z)
+    assert abs(exact - exponential) > 5 * se  # the test tells the law from the exponential one
+
+
+# Each law compiles its own program: deterministic patience by default, lognormal with -m slow.
+@pytest.mark.parametrize("law,cv,where", [
+    ("deterministic", None, "decode"),
+    pytest.param("deterministic", None, "prefill", marks=pytest.mark.slow),
+    pytest.param("lognormal", 2.0, "decode", marks=pytest.mark.slow),
+    pytest.param("lognormal", 2.0, "prefill", marks=pytest.mark.slow)])
+def test_sli_router_rings_match_the_exact_mmng_abandonment(law, cv, where):
+    # Prefill: the M/M/2+G queue of _mmng (M = 2 prefill slots at 2/s, 4 arrivals/s, mean
+    # patience 1 s; decode slots that never fill). Decode: prefills at 200/s on M = 2 slots
+    # (a queue almost never forms, and the departures of a stationary M/M/2 are Poisson), each
+    # routed to either side with probability 1/2, whose 2 slots (B = 2; n - M = 1 solo GPU,
+    # M = 2 mixed GPUs of B - 1 slots) decode at 2/s: each side is an M/M/2+G queue with 3
+    # arrivals/s, so the decode abandonment of both sides together has that one probability.
+    patience = Patience.make(law, 1, cv=cv)
+    if where == "prefill":
+        model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1.0], alpha=0.5, beta=0.0,
+                      gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0, patience=patience)
+        system, (servers, lam, mu) = _sli(model, 4, 2, [1.0]), (2, 4.0, 2.0)
+    else:
+        model = Model(lambda_=[2.0], theta=[1.0], P=[512.0], D=[100.0], alpha=0.005, beta=0.0,
+                      gamma=200.0, C=512.0, B=2, c_p=1.0, c_d=1.0, patience=patience)
+        system, (servers, lam, mu) = _sli(model, 3, 2, [0.5]), (2, 3.0, 2.0)
+        np.testing.assert_allclose([model.mu_p[0], model.mu_m[0], model.mu_s[0]],
+                                   [200.0, 2.0, 2.0], rtol=1e-6)
+    assert system.per_job
+    run = simulate(jax.random.key(3), system, reps=48, horizon=600.0, warmup=60.0)
+    other = "prefill" if where == "decode" else "decode"
+    assert np.mean(_share(run, other)) < 1e-3  # the other stage is (all but) never full
+    if where == "decode":  # both sides took their half
+        routed = run.count("routed_solo")[:, 0].sum() / run.count("prefill_done")[:, 0].sum()
+        assert abs(routed - 0.5) < 0.01
+    _check_mmng(_share(run, where), patience, servers, lam, mu)
+
+
+@pytest.mark.parametrize("policy,law,cv", [
+    ("gi-wsp", "deterministic", None),
+    pytest.param("gf-wsp", "lognormal", 2.0, marks=pytest.mark.slow),
+    pytest.param("gate-and-route", "deterministic", None, marks=pytest.mark.slow),
+    pytest.param("gi-wsp", "gamma", 0.5, marks=pytest.mark.slow)])
+def test_per_gpu_gate_rings_match_the_exact_mmng_abandonment(policy, law, cv):
+    # The per-GPU engine's gate over its per-class rings, one class: 4 arrivals/s, prefills at
+    # 2/s, mean patience 1 s; decodes of one token (mixed iterations of 0.5 s, solo at 1,000/s)
+    # never fill the B = 64 slots of a GPU. GI-WSP and GF-WSP on n = 2 GPUs (each GPU one
+    # prefill server), Gate-and-Route on n = 4 with M = 2 mixed GPUs: an M/M/2+G queue.
+    from jaxqueue.policies.per_gpu import PerGpu
+
+    patience = Patience.make(law, 1, cv=cv)
+    p = policies.resolve(policy)
+    n, M = (4, 2) if p.layout == "planned" else (2, 0)
+    model = Model(lambda_=[4.0 / n], theta=[1.0], P=[512.0], D=[1.0], alpha=0.5, beta=0.0,
+                  gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0, patience=patience)
+    system = PerGpu(model=model, n=np.int32(n), M=np.int32(M), x_star=np.full(1, 0.5),
+                    q_star=np.zeros(1), gpus=n, layout=p.layout, coupled=p.coupled,
+                    gate=p.gate, capacity=512)
+    assert system.per_job
+    run = simulate(jax.random.key(4), system, reps=48, horizon=600.0, warmup=60.0)
+    assert run.count("decode_abandon").sum() == 0  # decodes never waited
+    _check_mmng(_share(run, "prefill"), patience, 2, 4.0, 2.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["coupled", "sli-gated"])
+def test_tunable_families_on_rings_agree_with_their_counts(family):
+    # The branches the exact chains above do not reach: the coupled family's cap on concurrent
+    # prefills, binding (the freed capacity goes to the best able GPU, not the completing one),
+    # and the smoothed sli-gated family (a gate drawing its class, with the router's draw and
+    # the patience's on separate uniforms). A hyperexponential law with cv = 1 is the
+    # exponential law, so rings and counts must agree in law (two independent runs).
+    from helpers import two_sample_z
+
+    from jaxqueue import stats
+    from jaxqueue.policies import tunable
+
+    model, n = scenarios.load("paper-qwen8b"), 8
+    plan = policies.build("gate-and-route", model, n)[1]
+    params = tunable.initial_params(family, model, n, plan)
+    kw = {"gate_temperature": 0.5} if family == "sli-gated" else {}
+    if family == "coupled":
+        params = tunable.CoupledParams(targets=params.targets, offset=np.float64(1.0),
+                                       cap=np.float64(0.25))  # at most 2 prefills at once
+    runs = {}
+    for name, law in (("counts", None), ("rings", Patience.make("hyperexponential", 2, cv=1.0))):
+        system, _ = tunable.build_family(family, model.replace(patience=law), n, params=params,
+                                         **kw)
+        assert getattr(system, "per_job", False) == (law is not None)
+        runs[name] = stats.per_gpu(simulate(jax.random.key(8 if law else 9), system, reps=64,
+                                            horizon=600.0, warmup=100.0), model, n)
+    a, b = runs["counts"], runs["rings"]
+    keys = ("revenue_bundled", "x", "y_mixed", "y_solo", "q_prefill", "q_decode",
+            "prefill_abandonment_rate", "decode_abandonment_rate")
+    for key in keys:
+        z = two_sample_z(a[key], b[key])
+        assert np.all(np.abs(z) < 4.0), (key, np.mean(a[key], 0), np.mean(b[key], 0), z)
+    # Not vacuous: jobs abandon from the rings (and with the cap, it binds: fewer than the two
+    # prefills it allows run on average, while jobs wait).
+    assert np.all(np.mean(b["prefill_abandonment_rate"], 0) > 0)
+    if family == "coupled":
+        assert np.mean(np.sum(b["x"], -1)) * n < 2.0
+    else:
+        assert np.all(np.mean(b["decode_abandonment_rate"], 0) > 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy,engine", [("sli-gate-and-route", "pooled"),
+                                           ("gi-wsp", "per-gpu")])
+def test_per_class_rings_that_overflow_grow_and_give_the_large_ring_result(policy, engine):
+    # Rings of 4 jobs overflow (paper-qwen8b on 6 GPUs under a fixed timeout: up to 60 jobs may
+    # wait per class). The driver grows them and reruns the batch with the same random numbers:
+    # the counts are those of a run with the large rings from the start, and the waits too up
+    # to the rounding of sums over rings of another length.
+    from jaxqueue import driver
+
+    model = scenarios.load("paper-qwen8b").replace(
+        patience=Patience.make("deterministic", 2))
+    kw = dict(reps=4, horizon=100.0, warmup=10.0, chunk_events=256)
+    small, _ = policies.build(policy, model, 6, engine=engine, capacity=4)
+    assert small.per_job and small.capacity == 4
+    with pytest.warns(driver.SimulationWarning, match="overflowed"):
+        grown = simulate(jax.random.key(2), small, **kw)
+    assert grown.regrown >= 1 and grown.buffer_capacity > 4
+    large, _ = policies.build(policy, model, 6, engine=engine, capacity=grown.buffer_capacity)
+    direct = simulate(jax.random.key(2), large, **kw)
+    assert direct.regrown == 0
+    np.testing.assert_array_equal(grown.tallies, direct.tallies)
+    np.testing.assert_allclose(grown.level_integrals, direct.level_integrals, rtol=1e-5)
+    with pytest.raises(driver.BufferOverflowError, match="use 16 or more"):
+        simulate(jax.random.key(2), small, grow_buffers=False, **kw)

@@ -16,10 +16,10 @@ import dataclasses
 
 import numpy as np
 
-from .. import fluid, patience
+from .. import fluid
 from ..decisions import AbstractDecisions, Exact
 from ..model import Model
-from .common import checked_capacity, checked_gpus
+from .common import checked_capacity, checked_gpus, per_job_queue
 from .erlang import ErlangA
 from .per_gpu import SPEED_RULES, PerGpu, counts_dtype, gpu_slots
 from .pooled import Pooled
@@ -142,9 +142,12 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         engine: ``"pooled"`` or ``"per-gpu"`` (default: the policy's first engine).
         plan: the fluid plan to use (default: solve the LP of the policy's pricing, with the
             SLI targets ``sli`` if given).
-        capacity: slots of the FCFS buffers (default :func:`.common.default_capacity`, sized
-            from n and the plan's queues, or with a non-exponential patience law from
-            ``sum_i lambda_i / theta_i``; :func:`jaxqueue.simulate` grows it if it overflows).
+        capacity: slots of each ring (the FCFS buffers; with a non-exponential patience law
+            also the per-class queues; default :func:`.common.default_capacity`, sized from n
+            and the plan's queues, or with such a law from ``sum_i lambda_i / theta_i``, the
+            largest ``lambda_i / theta_i`` where every ring holds one class:
+            :func:`.common.per_job_queue`; :func:`jaxqueue.simulate` grows it if it
+            overflows).
         sli: SLI targets of the plan (bundled pricing only).
         speed_rule: per-GPU engine only: ``"paper"`` (decodes on a planned mixed GPU always run
             at the mixed rate) or ``"idle-solo"`` (at the solo rate while its prefill slot idles).
@@ -169,7 +172,8 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
     if plan is None:
         plan = fluid.solve(model, policy.pricing, sli=sli)
     if policy.router == "sli":
-        return build_sli(model, n, plan=plan, decide=decide)  # per-class buffers: no FCFS ring
+        # Per-class buffers: counts, or under a non-exponential patience law rings.
+        return build_sli(model, n, plan=plan, decide=decide, capacity=capacity)
     if policy.gate_offset:  # a point of the tunable coupled family, not a second implementation
         from . import tunable
 
@@ -178,15 +182,10 @@ def build(name: str, model: Model, n: int, *, engine: str | None = None,
         system, _ = tunable.build_family("coupled", model, n, plan=plan, params=params,
                                          capacity=capacity, decide=decide)
         return system, plan
-    queue = float(np.sum(plan.q_p) + np.sum(plan.q_d))
-    if patience.per_job(model.patience):
-        # The plan's queues assume exponential patience. Under another law far more jobs can
-        # wait (with a fixed timeout none leaves early): size the rings for every arrival of a
-        # mean patience waiting, sum_i lambda_i / theta_i per GPU, so that most runs need no
-        # rerun with grown rings.
-        theta = np.asarray(model.theta, np.float64)
-        queue = max(queue, float(np.sum(np.where(theta > 0, np.asarray(model.lambda_)
-                                                 / np.where(theta > 0, theta, 1.0), 0.0))))
+    # The coupled per-GPU policies with the gate hold waiting jobs only in per-class rings:
+    # sized for one class (see per_job_queue).
+    one_class = engine == "per-gpu" and policy.coupled and policy.gate != "fcfs"
+    queue = per_job_queue(model, float(np.sum(plan.q_p) + np.sum(plan.q_d)), per_class=one_class)
     capacity = checked_capacity(capacity, n, queue)
     common = dict(model=model, n=np.int32(n), x_star=np.asarray(plan.x, np.float64),
                   q_star=np.asarray(plan.q_p, np.float64), capacity=int(capacity), decide=decide)

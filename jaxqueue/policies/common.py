@@ -21,9 +21,10 @@ from ..kernel import Event, Flow, Revenue
 from ..model import Model
 
 __all__ = ["EXIT_LEVELS", "GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow",
-           "checked_capacity", "checked_gpus", "default_capacity", "gate_admit", "gate_choice",
-           "gate_keys", "overflow_message", "rebase_rings", "revenue", "ring_live",
-           "ring_residual", "split_event"]
+           "checked_capacity", "checked_gpus", "class_heads", "class_live", "class_residual",
+           "class_rings", "class_serve", "default_capacity", "gate_admit", "gate_choice",
+           "gate_keys", "overflow_message", "per_job_queue", "push_class", "rebase_rings",
+           "revenue", "ring_live", "ring_residual", "split_event"]
 
 #: Time-integrated levels, each per class (the names of the per-GPU fluid quantities): prefills
 #: in service, decodes in service at the mixed and at the solo speed, jobs waiting for prefill
@@ -201,6 +202,82 @@ def close_rings(s, num: int, window) -> Flow:
 def ring_live(ring: buf.Ring | None, num: int, now):
     """:func:`jaxqueue.buffer.live`, or zeros for an absent ring."""
     return jnp.zeros(num, jnp.int32) if ring is None else buf.live(ring, num, now)
+
+
+# ---- per-class rings ----------------------------------------------------------------------------
+# A waiting place an engine keeps as per-class counts abandons at rate theta per job, exact only
+# for the exponential patience law. Under any other law the engines (the SLI-aware router, the
+# per-GPU engine's gate) keep it as one ring per class instead, batched over classes (leading
+# axis I; ring c holds class c only, first-come-first-served within the class), and decide from
+# the live counts at the moment of the event: see :func:`jaxqueue.buffer.serve_live`.
+def class_rings(num: int, capacity: int) -> buf.Ring:
+    """``num`` empty rings of ``capacity`` slots, batched (leading axis: the class)."""
+    one = buf.empty(capacity)
+    return jax.tree.map(lambda a: jnp.stack([a] * num), one)
+
+
+def push_class(rings: buf.Ring, do, cls, t, due) -> buf.Ring:
+    """Appends a class-``cls`` job (entry ``t``, deadline ``due``) to ring ``cls`` when
+    ``do``."""
+    num = rings.head.shape[0]
+    hot = (jnp.arange(num) == cls) & (jnp.asarray(do) > 0)
+    return jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(rings, hot, cls, t, due)
+
+
+def class_heads(rings: buf.Ring, now, window, model: Model) -> buf.Head:
+    """:func:`jaxqueue.buffer.head_scan` of every ring (fields ``(I,)``): ``.live`` is the
+    class's count of jobs still waiting at ``now``, what a counted queue would hold. Under
+    ``model``'s fixed patience (deterministic law) a ring's deadlines rise from head to tail
+    (each is its entry time plus the class's one patience), and a binary search replaces the
+    pass over the ring."""
+    rising = getattr(model.patience, "law", None) == "deterministic"
+    return jax.vmap(lambda r: buf.head_scan(r, now, window, rising))(rings)
+
+
+def class_serve(rings: buf.Ring, heads: buf.Head, take, t, window) -> buf.Served:
+    """:func:`jaxqueue.buffer.serve_live` on every ring: each pops its abandoned jobs in front
+    of its first live one (never past the window's end, where a step only closes the rollout),
+    and ring c also takes its oldest live job where ``take[c]`` (a one-hot or zero count per
+    class). ``gone`` (abandonments in the window) and ``wait`` (waits in the window) are per
+    class; ``taken`` says which ring served a job."""
+    discard = (t <= window[1]).astype(jnp.int32)
+    return jax.vmap(lambda r, h, k: buf.serve_live(r, h, discard, k, t, window))(
+        rings, heads, jnp.asarray(take).astype(jnp.int32))
+
+
+def class_live(rings: buf.Ring, now) -> Int[Array, " I"]:
+    """Jobs still waiting at ``now`` in each per-class ring (a pass over each; called once per
+    rollout)."""
+    return jax.vmap(lambda r: buf.alive(r, now))(rings)
+
+
+def class_residual(rings: buf.Ring | None, num: int, window):
+    """:func:`ring_residual` of per-class rings (zeros for None): per class, the abandonments
+    and waits inside the window that the jobs still held owe at its end."""
+    if rings is None:
+        return jnp.zeros(num, jnp.int32), jnp.zeros(num, window[0].dtype)
+    gone, wait = jax.vmap(lambda r: buf.residual(r, num, window))(rings)
+    return jnp.diagonal(gone).astype(jnp.int32), jnp.diagonal(wait)  # ring c: class c's row
+
+
+def per_job_queue(model: Model, queue: float, per_class: bool = False) -> float:
+    """The waiting jobs per GPU a ring capacity is sized for (:func:`default_capacity`): the
+    plan's ``queue``, or under a non-exponential patience law at least ``sum_i lambda_i /
+    theta_i``, every arrival of a mean patience waiting. The plan's queues assume exponential
+    patience; under another law far more jobs can wait (with a fixed timeout none leaves early),
+    and a ring sized this way seldom needs a rerun with grown rings. With ``per_class`` (rings
+    that each hold one class: the SLI-aware router's, the per-GPU gate's) the largest class's
+    ``lambda_i / theta_i`` instead of the sum: every step passes over each such ring, so its
+    length is the step's cost (half the sum on ``paper-qwen8b``, twice as fast), and an
+    overflow is grown and rerun."""
+    from .. import patience
+
+    if not patience.per_job(model.patience):
+        return float(queue)
+    theta = np.asarray(model.theta, np.float64)
+    mean_waiting = np.where(theta > 0, np.asarray(model.lambda_) / np.where(theta > 0, theta, 1.0),
+                            0.0)
+    return max(float(queue), float(np.max(mean_waiting) if per_class else np.sum(mean_waiting)))
 
 
 # ---- checks -------------------------------------------------------------------------------------

@@ -58,6 +58,17 @@ slot while a live job waits for decode"):
 
 Admission: the gate (``deviation``, as in :mod:`.pooled`) over per-class queue counts with CTMC
 abandonment, or FCFS across classes (``fcfs``) over a lazy :class:`jaxqueue.buffer.Ring`.
+
+Under a non-exponential patience law (:mod:`jaxqueue.patience`) the gate's per-class queues,
+whose abandonment at rate theta per job is exact only for the exponential law, become one ring
+per class (FCFS within a class, each job with the deadline it drew on entering). The gate then
+decides exactly as with counts, in the same step, from the live counts at that moment, and the
+job admitted is the oldest live one of its class: the abandoned jobs in front of it are
+discarded then, each counted as abandoned at its deadline (:func:`jaxqueue.buffer.serve_live`),
+and every step discards each ring's abandoned jobs in front of its first live one. Admission
+stays in the step of the completion that frees the GPU, before the finished prefill is routed
+(GF-WSP's prefill-first order), so the policies are unchanged; between events nothing acts on
+an abandonment. The queue-abandonment rows of the layout then have rate 0.
 """
 
 from __future__ import annotations
@@ -70,19 +81,26 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import buffer as buf
+from .. import patience as laws
 from .. import tree as gtree
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
-from ..patience import check_supported, deadline
+from ..patience import deadline
 from ..rng import real_dtype
 from ..service import check_supported as check_service
 from .common import (
     LEVELS,
     TALLIES,
     any_overflow,
+    class_heads,
+    class_live,
+    class_residual,
+    class_rings,
+    class_serve,
     close_rings,
     gate_choice,
     overflow_message,
+    push_class,
     rebase_rings,
     revenue,
     ring_live,
@@ -104,10 +122,13 @@ class PerGpuState(eqx.Module):
         pre: class of the prefill running on each GPU, -1 when none.
         dec: decodes of each class on each GPU.
         tree: aggregates over blocks of GPUs (:meth:`PerGpu.records` gives a GPU's row).
-        Qp: jobs waiting for prefill per class (the gate; unused with FCFS admission).
+        Qp: jobs waiting for prefill per class (the gate; unused with FCFS admission and with
+            per-class rings).
         prefill_ring: the FCFS prefill queue (FCFS admission only, else None).
         decode_ring: the FCFS decode buffer (decoupled policies only, else None).
         K: this replication's cap on concurrent prefills (with ``prefill_cap``, else None).
+        class_rings: the gate's per-class queues as rings, batched over classes, under a
+            non-exponential patience law (:attr:`PerGpu.per_job`); else None.
     """
 
     pre: Int[Array, " G"]
@@ -117,6 +138,7 @@ class PerGpuState(eqx.Module):
     prefill_ring: buf.Ring | None
     decode_ring: buf.Ring | None
     K: Int[Array, ""] | None = None
+    class_rings: buf.Ring | None = None
 
 
 class PerGpu(AbstractSystem):
@@ -171,9 +193,18 @@ class PerGpu(AbstractSystem):
         if self.gpus < 1 or self.capacity < 1:
             raise ValueError(f"gpus = {self.gpus}, capacity = {self.capacity}: must be >= 1")
         self.slot_dtype  # noqa: B018 (raises if the model's counts do not fit `counts`)
-        check_supported(self.model.patience, f"the per-GPU engine with the {self.gate} gate",
-                        counted=self.gate != "fcfs")
         check_service(self.model.service, "the per-GPU engine")
+        if self.per_job and self.decide.differentiable:
+            raise ValueError(f"patience.law = {self.model.patience.law!r} keeps each waiting "
+                             "job in a ring, which relaxed decisions cannot differentiate: the "
+                             "per-GPU engine takes exact decisions")
+
+    @property
+    def per_job(self) -> bool:
+        """Whether the gate's per-class queues are rings of jobs with their own deadlines (a
+        non-exponential patience law with the deviation gate) instead of counts abandoning at
+        rate theta; FCFS admission keeps its one ring whatever the law."""
+        return laws.per_job(self.model.patience) and self.gate != "fcfs"
 
     @property
     def num_classes(self) -> int:
@@ -200,6 +231,7 @@ class PerGpu(AbstractSystem):
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=None if self.coupled else buf.empty(self.capacity),
             K=None if self.prefill_cap is None else jnp.int32(0),
+            class_rings=class_rings(num, self.capacity) if self.per_job else None,
         )
 
     def randomize(self, s: PerGpuState, u) -> PerGpuState:
@@ -301,10 +333,16 @@ class PerGpu(AbstractSystem):
         return todo
 
     def rebase(self, s: PerGpuState, elapsed) -> PerGpuState:
-        return rebase_rings(s, elapsed)
+        s = rebase_rings(s, elapsed)
+        if s.class_rings is not None:
+            s = eqx.tree_at(lambda s: s.class_rings, s, buf.rebase(s.class_rings, elapsed))
+        return s
 
     def overflow(self, s: PerGpuState) -> Bool[Array, ""]:
-        return any_overflow(s.prefill_ring, s.decode_ring)
+        over = any_overflow(s.prefill_ring, s.decode_ring)
+        if s.class_rings is not None:
+            over = over | jnp.any(s.class_rings.overflow)
+        return over
 
     def overflow_message(self) -> str:
         return overflow_message(self.capacity)
@@ -365,10 +403,19 @@ class PerGpu(AbstractSystem):
         pring = s.prefill_ring
         p_look = jnp.bool_(False)
         changed = jnp.where(completes, g_event, jnp.where(started, first_able, G))
+        crings = heads = None
+        if pring is None and self.per_job:
+            # Per-class rings: the gate reads the live counts at t (after this step's arrival
+            # joined its ring), and below the admitted class's ring serves its oldest live job.
+            crings = push_class(s.class_rings, queued, cls, t, patience(cls))
+            heads = class_heads(crings, t, window, m)
+            waiting = heads.live
+        elif pring is None:
+            waiting = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
         if pring is None and capped:
             # With a cap, GPUs other than the completing one may be able while jobs wait (the
             # cap held them back): the freed capacity goes to the best able GPU.
-            Qp = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
+            Qp = waiting
             tree = gtree.refresh(s.tree, self._records(pre, dec), changed)
             key_now = gtree.root(tree)[3 * num]
             target = key_now % G
@@ -382,7 +429,7 @@ class PerGpu(AbstractSystem):
             s = eqx.tree_at(lambda s: s.tree, s, tree)
             changed = at(admit, target)
         elif pring is None:
-            Qp = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon
+            Qp = waiting
             admit = completes & self._able(pre, dec, g_event) & jnp.any(Qp > 0)
             chosen = self._gate_choice(X, Qp)
             admitted = d.one_hot(chosen, num, admit.astype(jnp.int32))
@@ -397,6 +444,10 @@ class PerGpu(AbstractSystem):
             pre = start_prefill(pre, take, first_able, label)
             admitted = d.one_hot(label, num, take.astype(jnp.int32))
             changed = jnp.where(take, first_able, changed)
+        if crings is not None:
+            out = class_serve(crings, heads, admitted, t, window)
+            crings, Qp = out.ring, s.Qp  # the counts stay 0: the rings hold the jobs
+            p_gone, p_credit = out.gone, out.wait.astype(real)
         tree = gtree.refresh(s.tree, self._records(pre, dec), changed)
 
         # Decode side (decoupled only): route a finished prefill, or serve the decode buffer.
@@ -421,7 +472,7 @@ class PerGpu(AbstractSystem):
             tree = gtree.refresh(tree, self._records(pre, dec), at(place | take, target))
 
         state = PerGpuState(pre=pre, dec=dec, tree=tree, Qp=Qp, prefill_ring=pring,
-                            decode_ring=dring, K=s.K)
+                            decode_ring=dring, K=s.K, class_rings=crings)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone,
                                   (start + admitted) * counted, decode_start * counted])
@@ -429,12 +480,20 @@ class PerGpu(AbstractSystem):
         return state, Flow(counts=counts, waits=waits)
 
     def close(self, s: PerGpuState, window):
-        return close_rings(s, self.num_classes, window)
+        flow = close_rings(s, self.num_classes, window)
+        if s.class_rings is None:
+            return flow
+        num = self.num_classes
+        gone, wait = class_residual(s.class_rings, num, window)
+        return Flow(counts=flow.counts.at[4 * num:5 * num].add(gone),
+                    waits=flow.waits.at[3 * num:4 * num].add(wait))
 
     def census(self, s: PerGpuState, now):
         num = self.num_classes
         X, Ym, Ys, _, _ = self._totals(s)
         queued = s.Qp + ring_live(s.prefill_ring, num, now)
+        if s.class_rings is not None:
+            queued = queued + class_live(s.class_rings, now)
         return jnp.concatenate([X, Ym, Ys, queued, ring_live(s.decode_ring, num, now)]
                                ).astype(jnp.int32)
 

@@ -28,6 +28,20 @@ planned rate 0 on that side (possible only for classes the plan does not decode 
 a hand-made plan): jaxqueue then picks uniformly among the waiting classes, so a free slot never
 idles while a job waits on its side.
 
+**Other patience laws.** Counts abandoning at rate ``theta_i`` per job are exact only for the
+exponential law. Under any other law (:mod:`jaxqueue.patience`) every waiting place becomes one
+ring of jobs per class, each job with the deadline it drew on entering (FCFS within a class, as
+the counts are): the prefill queues, and the decode buffers of each side and class (``2I``
+rings; a side's buffer cannot be one ring across classes, since a freed slot picks a class and
+takes that class's oldest job). Every decision is the counted policy's, taken in the same step
+from the *live* counts at that moment (the jobs whose deadline has not passed), and the job
+taken is the oldest live one of its ring; the abandoned jobs in front of it are discarded then,
+each counted as abandoned at its deadline (:func:`jaxqueue.buffer.serve_live`). Between
+events the policy never acts on an abandonment (the counted chain's abandonment events change
+only the counts), so this is the policy exactly, under any law. Each step also discards every
+ring's abandoned jobs in front of its first live one, so they do not pile up. The abandonment
+rows of the event layout then have rate 0, and the rings' waits are credited job by job.
+
 Exponential events, ``E = 7I`` of them, class-major within each kind:
 ``arrival | prefill completion | mixed decode completion | solo decode completion |
 prefill-queue abandonment | solo-buffer abandonment | mixed-buffer abandonment``.
@@ -35,7 +49,8 @@ prefill-queue abandonment | solo-buffer abandonment | mixed-buffer abandonment``
 One uniform per step (``num_random = 1``) drives the one random decision a step can take: the
 side of a finished prefill, or the class a freed decode slot takes (never both in one step).
 Both are the system's ``decide.bernoulli`` and ``decide.draw`` (:mod:`jaxqueue.decisions`).
-With a ``gate_temperature`` the gate draws its class too, with a second uniform.
+With a ``gate_temperature`` the gate draws its class too, with a second uniform. With per-class
+rings the last uniform draws the patience of a job entering one.
 """
 
 from __future__ import annotations
@@ -45,16 +60,33 @@ from typing import ClassVar
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
+from .. import buffer as buf
 from .. import fluid
+from .. import patience as laws
 from ..decisions import AbstractDecisions, Exact, ScoreFunction
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
-from ..patience import check_supported
+from ..patience import deadline
 from ..rng import real_dtype
 from ..service import check_supported as check_service
-from .common import LEVELS, checked_gpus, gate_admit, gate_keys, revenue
+from .common import (
+    LEVELS,
+    checked_capacity,
+    checked_gpus,
+    class_heads,
+    class_live,
+    class_residual,
+    class_rings,
+    class_serve,
+    gate_admit,
+    gate_keys,
+    overflow_message,
+    per_job_queue,
+    push_class,
+    revenue,
+)
 from .common import TALLIES as _POOLED_TALLIES
 
 __all__ = ["SLIGateAndRoute", "SLIState", "LEVELS", "TALLIES", "build_sli"]
@@ -65,15 +97,19 @@ TALLIES = (*_POOLED_TALLIES, "routed_solo")
 
 
 class SLIState(eqx.Module):
-    """Counts per class.
+    """Counts per class, and with a non-exponential patience law the waiting jobs in rings.
 
     Attributes:
         X: prefills in service (on mixed GPUs).
         Ym: decodes on mixed GPUs.
         Ys: decodes on solo GPUs.
-        Qp: jobs waiting for prefill.
-        Qds: jobs waiting in the solo side's decode buffer.
-        Qdm: jobs waiting in the mixed side's decode buffer.
+        Qp: jobs waiting for prefill (0 with rings).
+        Qds: jobs waiting in the solo side's decode buffer (0 with rings).
+        Qdm: jobs waiting in the mixed side's decode buffer (0 with rings).
+        prefill_rings: with per-job patience, the prefill queues, one ring per class (batched
+            over classes); else None.
+        solo_rings: likewise the solo side's decode buffers.
+        mixed_rings: likewise the mixed side's decode buffers.
     """
 
     X: Int[Array, " I"]
@@ -82,6 +118,13 @@ class SLIState(eqx.Module):
     Qp: Int[Array, " I"]
     Qds: Int[Array, " I"]
     Qdm: Int[Array, " I"]
+    prefill_rings: buf.Ring | None = None
+    solo_rings: buf.Ring | None = None
+    mixed_rings: buf.Ring | None = None
+
+    @property
+    def rings(self) -> tuple[buf.Ring | None, buf.Ring | None, buf.Ring | None]:
+        return self.prefill_rings, self.solo_rings, self.mixed_rings
 
 
 class SLIGateAndRoute(AbstractSystem):
@@ -101,6 +144,8 @@ class SLIGateAndRoute(AbstractSystem):
         gate_temperature: None (the paper's deterministic gate), or a temperature at which the
             gate draws the class it admits with probabilities ``softmax(-xi / temperature)``
             (:func:`~jaxqueue.policies.common.gate_admit`; the smoothed ``sli-gated`` family).
+        capacity: slots of each per-class ring (static): needed with a non-exponential
+            patience law (:attr:`per_job`), None otherwise (counts need none).
     """
 
     model: Model
@@ -112,18 +157,40 @@ class SLIGateAndRoute(AbstractSystem):
     y_s_star: Float[Array, " I"]
     split: Float[Array, " I"] | None = None
     gate_temperature: Float[Array, ""] | None = None
+    capacity: int | None = eqx.field(static=True, default=None)
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
 
     def __check_init__(self):
-        check_supported(self.model.patience, "the SLI-aware Gate-and-Route",
-                        counted=True)
         check_service(self.model.service, "the SLI-aware Gate-and-Route")
+        if self.per_job:
+            if self.capacity is None or self.capacity < 1:
+                raise ValueError(f"capacity = {self.capacity!r} is invalid: patience.law = "
+                                 f"{self.model.patience.law!r} keeps the waiting jobs in rings, "
+                                 "which need a capacity >= 1 (build_sli sizes one)")
+            # Relaxed decisions make counts fractional; a ring holds whole jobs. The
+            # score-function estimator's decisions are exact (its paths are the exact chain's).
+            if not jnp.issubdtype(self.decide.count_dtype, jnp.integer):
+                raise ValueError(f"patience.law = {self.model.patience.law!r} keeps each "
+                                 "waiting job in a ring, which relaxed decisions cannot "
+                                 "differentiate: use exact decisions (or the score-function "
+                                 "estimator)")
+
+    @property
+    def per_job(self) -> bool:
+        """Whether the waiting places are per-class rings of jobs with their own deadlines (a
+        non-exponential patience law) instead of counts abandoning at rate theta."""
+        return laws.per_job(self.model.patience)
 
     @property
     def num_random(self) -> int:
-        # The router's (or a freed slot's) draw; a randomised gate draws with a second word.
+        # The router's (or a freed slot's) draw; a randomised gate draws with a second word;
+        # with rings, the patience of a job entering one with the last.
+        return self._patience_word + self.per_job
+
+    @property
+    def _patience_word(self) -> int:
         return 1 if self.gate_temperature is None else 2
 
     @property
@@ -156,7 +223,10 @@ class SLIGateAndRoute(AbstractSystem):
     # ---- the engine's interface -------------------------------------------------------------
     def init(self) -> SLIState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
-        return SLIState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros, Qds=zeros, Qdm=zeros)
+        rings = ((class_rings(self.num_classes, self.capacity),) * 3 if self.per_job
+                 else (None,) * 3)
+        return SLIState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros, Qds=zeros, Qdm=zeros,
+                        prefill_rings=rings[0], solo_rings=rings[1], mixed_rings=rings[2])
 
     def rates(self, s: SLIState) -> Float[Array, " E"]:
         m = self.model
@@ -171,6 +241,42 @@ class SLIGateAndRoute(AbstractSystem):
 
     def revenue(self, integrals, counts):
         return revenue(self.model, integrals, counts, self.tally_names)
+
+    # ---- the rings (per-job patience only) --------------------------------------------------
+    def rebase(self, s: SLIState, elapsed) -> SLIState:
+        if not self.per_job:
+            return s
+        # A ring's rebase shifts every stored time, whatever the leading axes.
+        return eqx.tree_at(lambda s: s.rings, s, tuple(buf.rebase(r, elapsed) for r in s.rings))
+
+    def overflow(self, s: SLIState) -> Bool[Array, ""]:
+        if not self.per_job:
+            return jnp.bool_(False)
+        return jnp.any(jnp.stack([jnp.any(r.overflow) for r in s.rings]))
+
+    def overflow_message(self) -> str:
+        if self.capacity is None:  # counts: nothing can overflow
+            return super().overflow_message()
+        return overflow_message(self.capacity)
+
+    def close(self, s: SLIState, window):
+        num = self.num_classes
+        zero_i, zero_f = jnp.zeros(num, jnp.int32), jnp.zeros(num, window[0].dtype)
+        if not self.per_job:
+            return Flow(counts=jnp.zeros(len(TALLIES) * num, jnp.int32),
+                        waits=jnp.zeros(len(LEVELS) * num, window[0].dtype))
+        p_gone, p_wait = class_residual(s.prefill_rings, num, window)
+        s_gone, s_wait = class_residual(s.solo_rings, num, window)
+        m_gone, m_wait = class_residual(s.mixed_rings, num, window)
+        counts = jnp.concatenate([zero_i] * 4 + [p_gone, s_gone + m_gone] + [zero_i] * 3)
+        waits = jnp.concatenate([zero_f] * 3 + [p_wait, s_wait + m_wait])
+        return Flow(counts=counts.astype(jnp.int32), waits=waits)
+
+    def census(self, s: SLIState, now):
+        if not self.per_job:
+            return super().census(s, now)
+        live = [class_live(r, now) for r in s.rings]
+        return jnp.concatenate([s.X, s.Ym, s.Ys, live[0], live[1] + live[2]]).astype(jnp.int32)
 
     def fire(self, s: SLIState, event, t, u, window):
         m, d = self.model, self.decide
@@ -204,35 +310,75 @@ class SLIGateAndRoute(AbstractSystem):
         # probability proportional to its planned rate there among the waiting classes (EC 13).
         # The freed slot was the only free one: by induction a free slot never coexists with a
         # waiting job on its side, and one event frees at most one slot.
-        Qds = s.Qds - ds_gone + to_qds
-        Qdm = s.Qdm - dm_gone + to_qdm
-        take_s = self._pick(jnp.asarray(self.solo_rate), s.Qds, u[0],
-                            jnp.sum(solo_done) * d.greater(jnp.sum(s.Qds), 0))
-        take_m = self._pick(jnp.asarray(self.mixed_rate), s.Qdm, u[0],
-                            jnp.sum(mixed_done) * d.greater(jnp.sum(s.Qdm), 0))
+        if self.per_job:
+            # Rings: the same decisions on the live counts at t (the patience of a job entering
+            # a ring drawn with the step's last uniform; at most one enters per step); the job
+            # taken is its ring's oldest live one (abandoned ones in front of it discarded).
+            u_due = u[self._patience_word]
+            due = deadline(m, t, u_due, cls_in)
+            solo_in = push_class(s.solo_rings, jnp.sum(to_qds), cls_in, t, due)
+            mixed_in = push_class(s.mixed_rings, jnp.sum(to_qdm), cls_in, t, due)
+            heads_s = class_heads(solo_in, t, window, m)
+            heads_m = class_heads(mixed_in, t, window, m)
+            take_s = self._pick(jnp.asarray(self.solo_rate), heads_s.live, u[0],
+                                jnp.sum(solo_done) * d.greater(jnp.sum(heads_s.live), 0))
+            take_m = self._pick(jnp.asarray(self.mixed_rate), heads_m.live, u[0],
+                                jnp.sum(mixed_done) * d.greater(jnp.sum(heads_m.live), 0))
+            out_s = class_serve(solo_in, heads_s, take_s, t, window)
+            out_m = class_serve(mixed_in, heads_m, take_m, t, window)
+            Qds, Qdm = s.Qds, s.Qdm  # zeros: the rings hold the jobs
+        else:
+            Qds = s.Qds - ds_gone + to_qds
+            Qdm = s.Qdm - dm_gone + to_qdm
+            take_s = self._pick(jnp.asarray(self.solo_rate), s.Qds, u[0],
+                                jnp.sum(solo_done) * d.greater(jnp.sum(s.Qds), 0))
+            take_m = self._pick(jnp.asarray(self.mixed_rate), s.Qdm, u[0],
+                                jnp.sum(mixed_done) * d.greater(jnp.sum(s.Qdm), 0))
+            Qds = Qds - take_s
+            Qdm = Qdm - take_m
         Ys = s.Ys - solo_done + to_ys + take_s
         Ym = s.Ym - mixed_done + to_ym + take_m
-        Qds = Qds - take_s
-        Qdm = Qdm - take_m
 
         # Gate (as Gate-and-Route): an arrival finding an idle prefill slot starts at once; a
         # prefill slot freed by a completion admits one waiting job, chosen by the deviation gate.
         start = arrive * idle
         X = s.X - prefill_done + start
-        Qp = s.Qp + arrive * (1 - idle) - p_gone
         u_gate = u[1] if self.gate_temperature is not None else None
+        if self.per_job:
+            cls_a = jnp.argmax(arrive)
+            waiting = push_class(s.prefill_rings, jnp.sum(arrive * (1 - idle)), cls_a, t,
+                                 deadline(m, t, u_due, cls_a))
+            heads_p = class_heads(waiting, t, window, m)
+            Qp = heads_p.live
+        else:
+            Qp = s.Qp + arrive * (1 - idle) - p_gone
         admit, gate_logp = gate_admit(
             d, *gate_keys("deviation", d, m, self.n, self.x_star, self.q_star, X, Qp),
             finished * d.greater(jnp.sum(Qp), 0), self.gate_temperature, u_gate)
         logp = logp + gate_logp
         X = X + admit
-        Qp = Qp - admit
 
-        state = SLIState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, Qds=Qds, Qdm=Qdm)
-        counts = jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, p_gone,
-                                  ds_gone + dm_gone, start + admit,
-                                  to_ys + to_ym + take_s + take_m, to_ys + to_qds]) * counted
-        return state, Flow(counts=counts, waits=jnp.zeros(len(LEVELS) * num, t.dtype), logp=logp)
+        if not self.per_job:
+            Qp = Qp - admit
+            state = SLIState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, Qds=Qds, Qdm=Qdm)
+            counts = jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, p_gone,
+                                      ds_gone + dm_gone, start + admit,
+                                      to_ys + to_ym + take_s + take_m, to_ys + to_qds]) * counted
+            return state, Flow(counts=counts, waits=jnp.zeros(len(LEVELS) * num, t.dtype),
+                               logp=logp)
+        out_p = class_serve(waiting, heads_p, admit, t, window)
+        state = SLIState(X=X, Ym=Ym, Ys=Ys, Qp=s.Qp, Qds=Qds, Qdm=Qdm,
+                         prefill_rings=out_p.ring, solo_rings=out_s.ring, mixed_rings=out_m.ring)
+        zero_i = jnp.zeros(num, jnp.int32)
+        zero_f = jnp.zeros(num, t.dtype)
+        # Abandonments from the rings are counted at their deadlines, inside the window.
+        counts = (jnp.concatenate([arrive, prefill_done, mixed_done, solo_done, zero_i, zero_i,
+                                   start + admit, to_ys + to_ym + take_s + take_m,
+                                   to_ys + to_qds]) * counted
+                  + jnp.concatenate([zero_i] * 4 + [out_p.gone, out_s.gone + out_m.gone]
+                                    + [zero_i] * 3))
+        waits = jnp.concatenate([zero_f] * 3 + [out_p.wait, out_s.wait + out_m.wait])
+        return state, Flow(counts=counts, waits=waits.astype(t.dtype), logp=logp)
 
     # ---- the two decisions ------------------------------------------------------------------
     def _pick(self, rate: Float[Array, " I"], waiting: Int[Array, " I"], u, on):
@@ -271,8 +417,8 @@ def _check_plan(model: Model, plan: fluid.Plan) -> None:
 
 
 def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
-              sli: fluid.SLI | None = None, decide: AbstractDecisions | None = None
-              ) -> tuple[SLIGateAndRoute, fluid.Plan]:
+              sli: fluid.SLI | None = None, decide: AbstractDecisions | None = None,
+              capacity: int | None = None) -> tuple[SLIGateAndRoute, fluid.Plan]:
     """SLI-aware Gate-and-Route on ``n`` GPUs, planned from the (SLI-aware) bundled LP.
 
     Args:
@@ -282,6 +428,9 @@ def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
             plan of this model is accepted, also one with a decode backlog ``q_d* > 0`` (EC 13).
         sli: SLI targets of the default plan (Sec. 5); not allowed together with ``plan``.
         decide: the decisions (default :class:`jaxqueue.decisions.Exact`).
+        capacity: slots of each per-class ring, with a non-exponential patience law (default
+            :func:`.common.default_capacity` for n and every arrival of a mean patience
+            waiting; :func:`jaxqueue.simulate` grows it if it overflows). Unused otherwise.
 
     Returns:
         The system and the plan it was built from.
@@ -304,8 +453,13 @@ def build_sli(model: Model, n: int, *, plan: fluid.Plan | None = None,
         return np.maximum(np.asarray(a, np.float64), 0.0)
 
     decide = Exact() if decide is None else decide
+    if laws.per_job(model.patience):
+        queue = per_job_queue(model, float(np.sum(plan.q_p) + np.sum(plan.q_d)), per_class=True)
+        capacity = checked_capacity(capacity, n, queue)
+    else:
+        capacity = None  # counts: no ring
     system = SLIGateAndRoute(
         model=model, n=np.int32(n), M=np.int32(min(decide.count(n * plan.sum_x), n)),
         x_star=target(plan.x), q_star=target(plan.q_p), y_m_star=target(plan.y_m),
-        y_s_star=target(plan.y_s), decide=decide)
+        y_s_star=target(plan.y_s), decide=decide, capacity=capacity)
     return system, plan

@@ -77,6 +77,7 @@ from ..model import Model
 from .common import (
     checked_capacity,
     checked_gpus,
+    per_job_queue,
     rounded,
     rounding_logp,
     smallest_rounded,
@@ -224,7 +225,11 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
     check_params(family, params, model)
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     decide = Exact() if decide is None else decide
-    capacity = checked_capacity(capacity, n)
+    # Rings (the FCFS buffers; under a non-exponential patience law the per-class queues too)
+    # sized for n, and with such a law for every arrival of a mean patience waiting.
+    per_class = family != "coupled-fcfs" and family != "gated"  # rings of one class each
+    capacity = checked_capacity(capacity, n,
+                                per_job_queue(model, 0.0, per_class=per_class) or None)
     if gate_temperature is not None:
         if family not in ("gated", "sli-gated"):
             raise ValueError(f"gate_temperature is for the gated and sli-gated families only, "
@@ -241,7 +246,7 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
                         capacity=capacity, params=params, gate_temperature=gate_temperature,
                         decide=decide)
     elif family == "sli-gated":
-        system, _ = build_sli(model, n, plan=plan, decide=decide)
+        system, _ = build_sli(model, n, plan=plan, decide=decide, capacity=capacity)
         system = dataclasses.replace(system, x_star=params.targets, split=params.split,
                                      gate_temperature=gate_temperature)
     else:

@@ -264,8 +264,9 @@ def serve_live(ring: Ring, head: Head, discard, take, t: Float[Array, ""], windo
     out = Ring(data=ring.data, head=jnp.where(start >= ring.capacity, start - ring.capacity, start),
                size=ring.size - popped, overflow=ring.overflow)
     wait = head.wait * discard + take * overlap(entry, t, w0, w1)
+    origin = row[3] if ring.has_origin else entry
     return Served(ring=out, label=label, looked=(popped > 0).astype(jnp.int32), taken=take,
-                  gone=head.gone * discard, wait=wait, waited=t - entry)
+                  gone=head.gone * discard, wait=wait, waited=t - entry, origin=origin)
 
 
 def _held(ring: Ring):

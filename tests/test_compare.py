@@ -224,6 +224,7 @@ def test_gi_wsp_after_is_listed_apart_from_the_papers(capsys):
     assert js["gi-wsp-after"]["origin"] == "jaxqueue" and js["gi-wsp"]["origin"] == "paper"
 
 
+@pytest.mark.slow
 def test_compare_latency_measures_the_pooled_policies_only(capsys):
     argv = ["compare", "paper-qwen8b", "--gpus", "5", "--reps", "4", "--horizon", "40",
             "--warmup", "10", "--devices", "1", "--policies", "gate-and-route,fi-wsp",

@@ -133,8 +133,11 @@ def _coxian_cdf(law, mean: float, times) -> np.ndarray:
     return np.array([1.0 - expm(T * t)[0].sum() for t in times])
 
 
-@pytest.mark.parametrize("decode", [None, {"law": "erlang", "phases": 3},
-                                    {"law": "fit", "cv": 2.0}])
+# Each decode law compiles its own program: the exponential one by default, the phase-type
+# laws with -m slow.
+@pytest.mark.parametrize("decode", [
+    None, pytest.param({"law": "erlang", "phases": 3}, marks=pytest.mark.slow),
+    pytest.param({"law": "fit", "cv": 2.0}, marks=pytest.mark.slow)])
 def test_decode_side_and_tpot_follow_ordered_hunting(decode):
     # Prefills all but instantaneous, 2 decodes/s, 4 solo slots of mean time 1 s tried first
     # (they form an Erlang loss system: ordered hunting), 6 mixed slots of mean time 2 s that
@@ -171,26 +174,26 @@ def test_decode_side_and_tpot_follow_ordered_hunting(decode):
     assert np.max(np.abs(z)) < 4.0, z
 
 
-def test_end_to_end_counters_change_no_path():
+@pytest.mark.parametrize("gate", ["fcfs", pytest.param("priority", marks=pytest.mark.slow)])
+def test_end_to_end_counters_change_no_path(gate):
     # The prefill table and the origin column change nothing the chain does: every other
     # counter and integral is the same, bit for bit, with and without them.
     model = Model(lambda_=[0.6, 0.5], theta=[0.5, 1.0], P=[300.0, 900.0], D=[40.0, 20.0],
                   alpha=0.02, beta=1e-4, gamma=40.0, C=256.0, B=3, c_p=1.0, c_d=1.0)
-    for gate in ("fcfs", "priority"):
-        base = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.full(2, 0.25),
-                      q_star=jnp.zeros(2), gate=gate, capacity=64, wait_grid=GRID,
-                      end_to_end=False)
-        runs = [simulate(jax.random.key(3), s, reps=4, horizon=200.0, warmup=20.0)
-                for s in (base, base.__class__(**{**vars(base), "end_to_end": True}))]
-        old, new = runs
-        assert "e2e_le_0" not in old.tally_names and "e2e_le_0" in new.tally_names
-        assert new.tally_names[:len(old.tally_names)] == old.tally_names
-        np.testing.assert_array_equal(new.tallies[:, :old.tallies.shape[1]], old.tallies)
-        np.testing.assert_array_equal(new.level_integrals, old.level_integrals)
-        # Every decode started is counted once by the end-to-end counters' last grid time
-        # or beyond it, and on one side.
-        assert np.all(new.count(f"e2e_le_{len(GRID) - 1}") <= new.count("decode_start"))
-        assert np.all(new.count("decode_start_solo") <= new.count("decode_start"))
+    base = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(2), x_star=jnp.full(2, 0.25),
+                  q_star=jnp.zeros(2), gate=gate, capacity=64, wait_grid=GRID,
+                  end_to_end=False)
+    runs = [simulate(jax.random.key(3), s, reps=4, horizon=200.0, warmup=20.0)
+            for s in (base, base.__class__(**{**vars(base), "end_to_end": True}))]
+    old, new = runs
+    assert "e2e_le_0" not in old.tally_names and "e2e_le_0" in new.tally_names
+    assert new.tally_names[:len(old.tally_names)] == old.tally_names
+    np.testing.assert_array_equal(new.tallies[:, :old.tallies.shape[1]], old.tallies)
+    np.testing.assert_array_equal(new.level_integrals, old.level_integrals)
+    # Every decode started is counted once by the end-to-end counters' last grid time
+    # or beyond it, and on one side.
+    assert np.all(new.count(f"e2e_le_{len(GRID) - 1}") <= new.count("decode_start"))
+    assert np.all(new.count("decode_start_solo") <= new.count("decode_start"))
 
 
 def test_prefill_table_overflow_is_never_silent():
@@ -218,6 +221,18 @@ def test_prefill_table_overflow_is_never_silent():
     with pytest.raises(BufferOverflowError, match="prefills in service"):
         simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0,
                  grow_buffers=False)
+
+
+@pytest.mark.slow
+def test_a_prefill_table_that_overflows_grows_and_gives_the_large_table_result():
+    model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1000.0], alpha=0.5, beta=0.0,
+                  gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0)
+
+    def system(capacity):
+        return Pooled(model=model, n=jnp.int32(4), M=jnp.int32(3), x_star=jnp.full(1, 0.75),
+                      q_star=jnp.zeros(1), gate="deviation", capacity=capacity,
+                      wait_grid=GRID)
+
     with pytest.warns(SimulationWarning, match="rerunning them with buffers"):
         grown = simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0)
     ample = simulate(jax.random.key(4), system(64), reps=2, horizon=100.0, warmup=10.0)

@@ -248,6 +248,7 @@ def test_simulate_reads_the_law_from_a_scenario_file_and_says_it(tmp_path, capsy
                                                                "cv": [0.5, 0.5]}
 
 
+@pytest.mark.slow
 def test_the_gated_family_keeps_its_knobs_on_per_class_rings():
     # The gated family's caps and slack, binding, with every waiting job in a per-class ring.
     # A hyperexponential law with cv = 1 is the exponential law, so the rings must give the

@@ -172,6 +172,7 @@ def test_bad_arguments_raise():
     assert [gpu_slots(n) for n in (1, 2, 3, 5, 500, 512, 513)] == [1, 2, 4, 8, 512, 512, 1024]
 
 
+@pytest.mark.slow
 def test_gpu_arrays_are_int16_only_where_counts_fit():
     model = scenarios.load("paper-qwen8b")
     small, _ = per_gpu("fi-wsp", model, 6, capacity=256)  # 8 GPU slots: compiles quickly

@@ -105,6 +105,7 @@ def test_a_fluid_stage_gone_non_finite_is_an_error_naming_its_step(monkeypatch):
              eval_every=1, eval_reps=2, only=["share"])
 
 
+@pytest.mark.slow
 def test_tuner_fluid_stage_moves_the_share_and_is_evaluated_exactly():
     plan = fluid.solve(PAPER, "bundled")
     problem = Problem(family="gated", model=PAPER, n=20, plan=plan, horizon=60.0, warmup=10.0,

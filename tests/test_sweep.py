@@ -50,6 +50,7 @@ def test_stack_names_what_differs():
     assert np.shape(stacked.model.lambda_) == (2, 2) and np.shape(stacked.n) == (2,)
 
 
+@pytest.mark.slow
 def test_points_that_draw_their_setup_at_random_match_simulate():
     # The gated family rounds n * share to M at random per replication (its setup stream):
     # a sweep must draw exactly the M that simulate draws.

@@ -46,6 +46,7 @@ def test_the_lp_point_of_each_family_is_the_papers_policy(family):
     np.testing.assert_array_equal(np.asarray(a.time), np.asarray(b.time))
 
 
+@pytest.mark.slow
 def test_relaxed_forward_pass_is_the_exact_one():
     # The straight-through relaxation changes gradients only: at any temperature the relaxed
     # forward pass takes the exact decisions for the same key.
@@ -64,6 +65,7 @@ def test_relaxed_forward_pass_is_the_exact_one():
         assert b.state.X.dtype == jnp.float32  # counts carry gradients in relaxed mode
 
 
+@pytest.mark.slow
 def test_relaxed_gradient_at_low_temperature_is_the_pathwise_derivative():
     # float64, common random numbers: scaling every arrival rate by (1 + h) shifts event times
     # continuously and, for h small enough, flips no decision. At temperatures -> 0 the

@@ -12,10 +12,12 @@ n = 50 cases only. Timings are of this machine as it is: run it on a quiet one.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CASES = [
     ("gate-and-route", 50, 64),
@@ -43,7 +45,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the n = 50 cases only")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per case (median kept)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
     a = p.parse_args()
+    rows = []
     print("| policy | n | reps | estimated | measured wall (median) | measured / estimated |")
     print("|---|---:|---:|---:|---:|---:|")
     for policy, n, reps in CASES:
@@ -60,6 +64,11 @@ def main() -> None:
         wall = sorted(walls)[len(walls) // 2]
         print(f"| {policy} | {n} | {reps} | {est:.0f} s | {wall:.0f} s | {wall / est:.2f} |",
               flush=True)
+        rows.append({"policy": policy, "gpus": n, "reps": reps,
+                     "command": "jaxqueue " + " ".join(cmd[3:]), "estimated_seconds": est,
+                     "measured_seconds": wall, "runs": walls})
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ of ``scripts/gradient_truth.py``, at equal simulation budgets.
     python scripts/gradient_bench.py --case qwen-gated-20              # resumable
     python scripts/gradient_bench.py --all
     python scripts/gradient_bench.py --report [--markdown]
+    python scripts/gradient_bench.py --case qwen-gated-20 --estimator fd --estimates 16 --json FILE
 
 Each estimator makes ``--estimates`` (32) estimates with fresh keys at the case's point, each
 from about 256 replications x 1,000 s (warm-up 200 s): ``score`` and ``pathwise`` run 256
@@ -38,7 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gradient_truth import CASES, case_problem, configurations, load  # noqa: E402
+from gradient_truth import (  # noqa: E402
+    CASES,
+    case_problem,
+    configurations,
+    coordinate_names,
+    load,
+)
 from gradient_truth import OUT as TRUTH  # noqa: E402
 
 from jaxqueue.estimators import estimate  # noqa: E402
@@ -96,7 +103,9 @@ def run(case: str, name: str, estimates: int) -> None:
               flush=True)
 
 
-def metrics(case: str, name: str) -> dict | None:
+def metrics(case: str, name: str, limit: int | None = None) -> dict | None:
+    """The estimator's figures against the truth, from its first ``limit`` estimates (all
+    stored ones by default)."""
     truth_file = TRUTH / case / "truth.json"
     path = OUT / case / f"{name}.npz"
     if not (truth_file.exists() and path.exists()):
@@ -106,7 +115,7 @@ def metrics(case: str, name: str) -> dict | None:
     h = np.asarray(ravel_pytree(natural_steps(problem, params))[0])
     g, se = np.asarray(truth["grad"]) * h, np.asarray(truth["se"]) * h
     store = np.load(path)
-    est = store["grad"] * h
+    est = store["grad"][:limit] * h
     mean = est.mean(0)
 
     def cos(a, b):
@@ -131,7 +140,8 @@ def metrics(case: str, name: str) -> dict | None:
             "median_cos": float(np.median([cos(e, g) for e in est])),
             "rel_bias": float(np.linalg.norm(mean - g) / np.linalg.norm(g)),
             "sign_agreement": float(signs), "coords_sure": int(sure.sum()),
-            "events": float(store["events"].mean()), "seconds": float(store["seconds"].mean()),
+            "events": float(store["events"][:limit].mean()),
+            "seconds": float(store["seconds"][:limit].mean()),
             "fd_events_same_mse": float(fd_events),
             "gate_cos_mean": cos(mean[gate], g[gate]),
             "gate_median_cos": float(np.median([cos(e[gate], g[gate]) for e in est]))}
@@ -166,6 +176,8 @@ def main() -> None:
     p.add_argument("--estimates", type=int, default=32)
     p.add_argument("--report", action="store_true")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--json", metavar="FILE", help="write the figures of the cases and "
+                   "estimators run (their first --estimates estimates) to FILE")
     a = p.parse_args()
     if a.report:
         report(a.markdown)
@@ -176,6 +188,12 @@ def main() -> None:
     for case in cases:
         for name in a.estimator or list(ESTIMATORS):
             run(case, name, a.estimates)
+    if a.json:
+        out = {case: {"coordinates": coordinate_names(case_problem(case)[1]),
+                      "estimators": {name: metrics(case, name, a.estimates)
+                                     for name in a.estimator or list(ESTIMATORS)}}
+               for case in cases}
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ check of direction, bias and variance that runs in minutes.
 
     python scripts/gradient_diagnostics.py                 # 8 estimates per estimator
     python scripts/gradient_diagnostics.py --estimates 16 --only score fd
+    python scripts/gradient_diagnostics.py --json FILE     # the table's figures as JSON too
 
 The chain (the instance of ``tests/test_estimators.py``): two classes on n = 4 GPUs, the smoothed
 ``gated`` family (gate temperature 1, triangular dither, so 1, 2 or 3 mixed GPUs), class 1 paying
@@ -24,6 +25,7 @@ estimate.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimates", type=int, default=8)
     p.add_argument("--only", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     a = p.parse_args()
     start = time.perf_counter()
     truth = exact()["free"]
@@ -59,6 +62,9 @@ def main() -> None:
     free = to_free(jax.tree.map(jnp.asarray, params()))
     h = np.asarray(ravel_pytree(natural_steps(problem(1), params()))[0])[:4]
     g = truth * h
+    out = {"n": N, "temperature": TEMPERATURE, "exact": truth.tolist(),
+           "coordinates": ["log t1", "log t2", "offset", "share"], "estimates": a.estimates,
+           "rows": {}}
     print(f"{'estimator':<10} {'cos(mean)':>10} {'median cos':>11} {'rel. bias':>10} "
           f"{'rel. MSE':>9} {'gate cos(mean)':>15} {'gate median cos':>16} {'s/estimate':>11}")
     for name in a.only:
@@ -77,12 +83,18 @@ def main() -> None:
             return float(v @ w / (np.linalg.norm(v) * np.linalg.norm(w) + 1e-300))
 
         gate = slice(0, 3)  # the share dominates |g|: the gate's coordinates on their own
-        print(f"{name:<10} {cos(mean):>10.3f} {np.median([cos(e) for e in est]):>11.3f} "
-              f"{np.linalg.norm(mean - g) / np.linalg.norm(g):>10.3f} "
-              f"{np.mean(np.sum((est - g) ** 2, 1)) / np.sum(g ** 2):>9.3f} "
-              f"{cos(mean[gate], g[gate]):>15.3f} "
-              f"{np.median([cos(e[gate], g[gate]) for e in est]):>16.3f} "
-              f"{np.median(seconds):>11.1f}", flush=True)
+        row = {"cos_mean": cos(mean), "median_cos": float(np.median([cos(e) for e in est])),
+               "rel_bias": float(np.linalg.norm(mean - g) / np.linalg.norm(g)),
+               "rel_mse": float(np.mean(np.sum((est - g) ** 2, 1)) / np.sum(g ** 2)),
+               "gate_cos_mean": cos(mean[gate], g[gate]),
+               "gate_median_cos": float(np.median([cos(e[gate], g[gate]) for e in est])),
+               "seconds": float(np.median(seconds)), "reps": reps}
+        out["rows"][name] = row
+        print(f"{name:<10} {row['cos_mean']:>10.3f} {row['median_cos']:>11.3f} "
+              f"{row['rel_bias']:>10.3f} {row['rel_mse']:>9.3f} {row['gate_cos_mean']:>15.3f} "
+              f"{row['gate_median_cos']:>16.3f} {row['seconds']:>11.1f}", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ of a smoothed policy family's expected objective, with as many replications as i
     python scripts/gradient_truth.py --case qwen-gated-20          # one case (resumable)
     python scripts/gradient_truth.py --all                         # every case, in turn
     python scripts/gradient_truth.py --report                      # print what is stored
+    python scripts/gradient_truth.py --case qwen-gated-20 --json FILE   # ... and write it
 
 Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at its best start
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
@@ -126,17 +127,22 @@ def load(name: str):
 def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
     """The truth and its checks from per-replication objectives ``(1 + 4p, R)``."""
     p = widths.shape[0]
-    g, se, g2, se2 = (np.zeros(p) for _ in range(4))
+    g, se, g2, se2, gr, ser = (np.zeros(p) for _ in range(6))
     for i in range(p):
         d1 = (values[1 + 4 * i] - values[2 + 4 * i]) / widths[i, 0]
         d2 = (values[3 + 4 * i] - values[4 + 4 * i]) / widths[i, 1]
         g[i], se[i] = d1.mean(), d1.std(ddof=1) / np.sqrt(d1.size)
         g2[i], se2[i] = d2.mean(), d2.std(ddof=1) / np.sqrt(d2.size)
+        # Richardson's extrapolation cancels the h^2 term of a smooth objective; per
+        # replication, so that its error counts the two differences' correlation
+        r = (4 * d2 - d1) / 3
+        gr[i], ser[i] = r.mean(), r.std(ddof=1) / np.sqrt(r.size)
     norm = float(np.linalg.norm(g))
     precise = bool(np.all(se < 0.1 * norm / np.sqrt(p)))
     agree = np.abs(g - g2) <= 2 * np.sqrt(se**2 + se2**2)
     return {"grad": g.tolist(), "se": se.tolist(), "grad_half": g2.tolist(),
-            "se_half": se2.tolist(), "reps": int(values.shape[1]), "norm": norm,
+            "se_half": se2.tolist(), "richardson": gr.tolist(), "se_richardson": ser.tolist(),
+            "reps": int(values.shape[1]), "norm": norm,
             "precise": precise, "steps_agree": bool(np.all(agree)),
             "accepted": precise and bool(np.all(agree)),
             "value": float(values[0].mean()), "value_se": float(values[0].std(ddof=1)
@@ -174,6 +180,9 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
         (folder / f"batch_{batch}.npz.tmp.npz").rename(folder / f"batch_{batch}.npz")
         meta["events"] += int(events)
         meta["seconds"] += time.perf_counter() - start
+        here = f"{jax.devices()[0].device_kind}, JAX {jax.__version__}"
+        if here not in meta.setdefault("machines", []):
+            meta["machines"].append(here)
         meta_file.write_text(json.dumps(meta, indent=1))
         print(f"{name}: batch {batch} done ({(batch + 1) * batch_reps} replications, "
               f"{time.perf_counter() - start:.0f} s)", flush=True)
@@ -196,6 +205,30 @@ def report() -> None:
         print("   g h/2= " + " ".join(f"{v:+.4g}" for v in t["grad_half"]))
 
 
+def write_json(path: str, cases: list[str]) -> None:
+    """The stored truths of ``cases`` as one JSON object, with the names of the coordinates."""
+    out = {}
+    for name in cases:
+        t = json.loads((OUT / name / "truth.json").read_text())
+        problem, params = case_problem(name)
+        t["coordinates"] = coordinate_names(params)
+        t["machine"] = "; ".join(t.pop("machines", []))  # where its batches ran
+        out[name] = t
+    Path(path).write_text(json.dumps(out, indent=1))
+
+
+def coordinate_names(params) -> list[str]:
+    """The tuned coordinates in their flat order: log targets, then the rest, with a class
+    number where a field has one entry per class."""
+    label = {"targets": "log t{}", "split": "split {}", "caps": "cap {}"}
+    names = []
+    for f in dataclasses.fields(params):
+        size = int(np.size(getattr(params, f.name)))
+        names += ([label[f.name].format(i + 1) for i in range(size)] if f.name in label
+                  else [f.name])
+    return names
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", action="append", choices=list(CASES), help="a case (repeatable)")
@@ -205,6 +238,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help="replications per batch")
     p.add_argument("--min-reps", type=int, default=2048, help="replications before a check")
     p.add_argument("--max-reps", type=int, default=8192, help="stop here even if not accepted")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the truths of the cases (with --report: every stored one) to FILE")
     a = p.parse_args()
     if a.list:
         for k, v in CASES.items():
@@ -212,6 +247,8 @@ def main() -> None:
         return
     if a.report:
         report()
+        if a.json:
+            write_json(a.json, a.case or [c for c in CASES if (OUT / c / "truth.json").exists()])
         return
     cases = list(CASES) if a.all else (a.case or [])
     if not cases:
@@ -220,6 +257,8 @@ def main() -> None:
         s = run_case(name, a.batch, a.min_reps, a.max_reps)
         print(f"{name}: accepted {s['accepted']} after {s['reps']} replications; "
               f"g = {np.round(s['grad'], 4).tolist()}", flush=True)
+    if a.json:
+        write_json(a.json, cases)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,20 @@ abandonment on a scenario under other patience laws of the same mean, paired wit
 exponential law on the same key (the replications share their random-number streams).
 
     python scripts/patience_table.py [--scenario paper-qwen8b] [--gpus 20 100] [--reps 64]
+    python scripts/patience_table.py --service-laws erlang-4,decode-cv-2 --latency
 
 Prints a markdown table: revenue per GPU (95% interval), its difference to the exponential law
 (paired), the share of jobs that abandon, and the run's wall time and events per second; with
-``--json PATH`` also writes them.
+``--latency`` also the time to first token's and the end-to-end latency's p50, p90 and p99 over
+all classes (95% intervals; measured where the engine's latency counters are exact, which needs
+an exponential prefill time: a row with a phase-type prefill has none); with ``--json PATH``
+also writes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,6 +35,8 @@ LAWS = {"exponential": None, "deterministic": None, "gamma": 0.5, "lognormal": 2
 #: Service laws (``--service-laws``), for prefill and decode times alike, exponential patience.
 SERVICE = {"erlang-4": {"law": "erlang", "phases": 4}, "erlang-20": {"law": "erlang", "phases": 20},
            "cv-2": {"law": "fit", "cv": 2.0}}
+#: ``decode-LAW``: the law for decode times only, prefill times exponential (latency measurable).
+SERVICE |= {f"decode-{k}": v for k, v in list(SERVICE.items())}
 
 
 def main() -> None:
@@ -44,6 +51,8 @@ def main() -> None:
     p.add_argument("--service-laws", default="", help="comma-separated, of " + ", ".join(SERVICE)
                    + ": rows with these prefill and decode time laws (same means, exponential "
                    "patience), paired with the exponential row too")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure TTFT and end-to-end latency quantiles (slower runs)")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="also write the rows to PATH as JSON (default: no file)")
     a = p.parse_args()
@@ -68,12 +77,17 @@ def main() -> None:
         for kind, law in cases + [("service", x) for x in service]:
             cv = LAWS[law] if kind == "patience" else None
             if kind == "service":
+                decode_only = law.startswith("decode-")
                 model = base.replace(service=Service.make(
-                    base.num_classes, prefill=SERVICE[law], decode=SERVICE[law]))
+                    base.num_classes, prefill=None if decode_only else SERVICE[law],
+                    decode=SERVICE[law]))
             else:
                 model = base if law == "exponential" else base.replace(
                     patience=Patience.make(law, base.num_classes, cv=cv))
             system, _ = policies.build(a.policy, model, n)
+            timed = a.latency and getattr(system, "prefill_law", None) is None
+            if timed:
+                system = dataclasses.replace(system, wait_grid=stats.LATENCY_GRID)
             t = time.perf_counter()
             run = simulate(jax.random.key(1), system, reps=a.reps, horizon=a.horizon,
                            warmup=a.warmup, notify=lambda _: None)
@@ -91,16 +105,30 @@ def main() -> None:
                 paired = {"mean": float(dm), "ci95": float(dci)}
             name = (law if cv is None else f"{law} (cv {cv:g})") if kind == "patience" else \
                 f"exponential; service {law}"
-            print(f"| {n} | {name} | {float(mean):.2f} ± {float(ci):.2f} | {diff} | "
+            latency = None
+            if timed:
+                lat = stats.latency(run, stats.LATENCY_GRID)
+                latency = {what: {str(q): {k: float(v[-1]) for k, v in lat[what]["quantiles"][q]
+                                           .items()} for q in lat[what]["quantiles"]}
+                           for what in ("ttft", "e2e")}
+                shown = (f"{name}; TTFT p99 {_quantile(latency['ttft']['0.99'])}, E2E p99 "
+                         f"{_quantile(latency['e2e']['0.99'])}")
+            else:
+                shown = name
+            print(f"| {n} | {shown} | {float(mean):.2f} ± {float(ci):.2f} | {diff} | "
                   f"{abandon:.1%} | {wall:.0f} s | {run.events / wall:.3g} |", flush=True)
             rows.append({"gpus": n, "kind": kind, "law": law, "cv": cv, "label": name,
                          "revenue": {"mean": float(mean), "ci95": float(ci)},
-                         "minus_exponential": paired, "abandon": abandon,
+                         "minus_exponential": paired, "abandon": abandon, "latency": latency,
                          "wall_seconds": wall, "events": int(run.events)})
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"scenario": a.scenario, "policy": a.policy, "reps": a.reps,
                        "horizon": a.horizon, "warmup": a.warmup, "rows": rows}, f, indent=1)
+
+
+def _quantile(q: dict) -> str:
+    return f"{q['value']:.3g} s [{q['low']:.3g}, {q['high']:.3g}]"
 
 
 if __name__ == "__main__":

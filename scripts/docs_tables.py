@@ -19,8 +19,9 @@ that every block is what its data renders to.
 A table's commands are CLI commands printing one JSON object (``--json``) or scripts writing
 it to the path ``{json}`` stands for; ``{tmp}`` is a folder the table's commands share (run in
 order), ``{data}`` the folder of the measured traces (``JAXQUEUE_DATA``, by default
-``shared/data`` beside the project: Microsoft's Vidur data under ``vidur/``). Numbers are
-rounded here, for reading; the JSON keeps them in full.
+``shared/data`` beside the project: Microsoft's Vidur data under ``vidur/``). A command whose
+label starts with ``run`` is run for its effect only (a resumable experiment writing the file a
+later command prints). Numbers are rounded here, for reading; the JSON keeps them in full.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "data"
 
@@ -52,6 +55,9 @@ class Table:
     commands: dict[str, str]
     render: Callable[[dict], str]
     about: str
+    #: Tables whose data this one renders (a summary of measurements shown in full elsewhere):
+    #: it runs no command of its own, and ``--run`` reruns the sources.
+    sources: tuple[str, ...] = ()
 
 
 def _pm(stat: dict, digits: int = 2) -> str:
@@ -282,6 +288,548 @@ def _surrogate(data: dict) -> str:
             "(`docs/data/convergence.json`).\n\n" + _provenance(data))
 
 
+def _g(v: float, se: float) -> str:
+    """A derivative with its standard error, to the standard error's first two digits."""
+    if se == 0:
+        return f"{v:.3g} (exact)" if v else "0 (exact)"
+    digits = max(0, 1 - int(np.floor(np.log10(se))))
+    return f"{v:+.{digits}f} ± {se:.{digits}f}"
+
+
+def _gradient_exact(data: dict) -> str:
+    out = data["outputs"]["table"]
+    g = ", ".join(f"{v:.5f}" for v in out["exact"])
+    rows = [f"Exact gradient ({', '.join(out['coordinates'])}) = ({g}) at n = {out['n']}, gate "
+            f"temperature {out['temperature']:g}, in the chain's own units; {out['estimates']} "
+            "estimates per estimator, each about 256 replications x 1,000 s:", "",
+            "| estimator | cos(mean, exact) | median cos | rel. bias | rel. MSE | "
+            "gate: cos(mean) | gate: median cos | s/estimate |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in out["rows"].items():
+        rows.append(f"| `{name}` | {r['cos_mean']:.3f} | {r['median_cos']:.3f} | "
+                    f"{r['rel_bias']:.3f} | {r['rel_mse']:.3f} | {r['gate_cos_mean']:.3f} | "
+                    f"{r['gate_median_cos']:.3f} | {r['seconds']:.1f} |")
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+def _truths(data: dict) -> str:
+    rows = []
+    for truths in data["outputs"].values():
+        for case, t in truths.items():
+            verdict = ("accepted" if t["accepted"] else
+                       "**not accepted** (" + ("the steps h and h/2 disagree"
+                                               if t["precise"] else "not precise enough") + ")")
+            elsewhere = t.get("machine") and not t["machine"].lower().startswith("cpu")
+            where = f", run on {t['machine']}" if elsewhere else ""
+            events = f"{t['events']:.2g}".replace("e+", "e")
+            rows.append(f"- `{case}` ({t['scenario']}, the smoothed `{t['family']}` family, "
+                        f"n = {t['n']}): {verdict} after {t['reps']:,} replications x "
+                        f"{t['horizon']:,.0f} s, warm-up {t['warmup']:g} s ({events} events, "
+                        f"{t['seconds'] / 60:.0f} min{where}); objective "
+                        f"{t['value']:.2f} ± {t['value_se']:.2f}.")
+            rows += ["", "  | coordinate | g (step h) | g (step h/2) | Richardson "
+                     "`(4 g(h/2) - g(h)) / 3` |", "  |---|---:|---:|---:|"]
+            for c, a, sa, b, sb, r, sr in zip(t["coordinates"], t["grad"], t["se"],
+                                              t["grad_half"], t["se_half"], t["richardson"],
+                                              t["se_richardson"], strict=True):
+                rich = _g(r, sr)
+                rows.append(f"  | {c} | {_g(a, sa)} | {_g(b, sb)} | {rich} |")
+            rows.append("")
+    elsewhere = any(t.get("machine") and not t["machine"].lower().startswith("cpu")
+                    for truths in data["outputs"].values() for t in truths.values())
+    return ("\n".join(rows).rstrip() + "\n\n" + _provenance(data)
+            + (" A case that names its machine ran its batches there; the command finds them "
+               "stored under `results/gradient_truth/` and reports them." if elsewhere else ""))
+
+
+def _meets(m: dict, p: int) -> list[str]:
+    """The targets of the truth benchmark that an estimator's figures miss."""
+    miss = []
+    if m["cos_mean"] < 0.95:
+        miss.append("cos(mean) < 0.95")
+    if m["median_cos"] < (0.6 if p <= 7 else 0.5):
+        miss.append(f"median cos < {0.6 if p <= 7 else 0.5}")
+    if m["rel_bias"] > 0.15:
+        miss.append("rel. bias > 0.15")
+    if m["sign_agreement"] < 0.9:
+        miss.append("signs < 90%")
+    if m["events"] >= m["fd_events_same_mse"]:
+        miss.append("more events than fd of equal accuracy")
+    return miss
+
+
+def _bench(data: dict) -> str:
+    rows = ["| case | estimator | estimates | cos(mean, truth) | median cos | rel. bias | signs | "
+            "events/estimate | fd events, same MSE | s/estimate | gate: cos(mean) | "
+            "gate: median cos | misses |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for label, results in data["outputs"].items():
+        if label == "truth" or results is None:  # the truth runs first, for the estimates
+            continue
+        for case, by in results.items():
+            p = len(by["coordinates"])
+            for name, m in by["estimators"].items():
+                if m is None:
+                    continue
+                miss = _meets(m, p)
+                rows.append(
+                    f"| {case} | `{name}` | {m['estimates']} | {m['cos_mean']:.3f} | "
+                    f"{m['median_cos']:.3f} | {m['rel_bias']:.3f} | "
+                    f"{m['sign_agreement']:.2f} ({m['coords_sure']}) | {m['events']:.3g} | "
+                    f"{m['fd_events_same_mse']:.3g} | {m['seconds']:.0f} | "
+                    f"{m['gate_cos_mean']:.3f} | {m['gate_median_cos']:.3f} | "
+                    f"{'; '.join(miss) if miss else 'none'} |")
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _cli_timings(data: dict) -> str:
+    out = data["outputs"]["timings"]
+    rows = ["| command | wall | CPU (user + system) |", "|---|---:|---:|"]
+    rows += [f"| `{r['command']}` | {_minutes(r['wall_seconds'])} | "
+             f"{_minutes(r['cpu_seconds'])} |" for r in out["rows"]]
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+def _reproduce_quick(data: dict) -> str:
+    r = data["outputs"]["timings"]["rows"][0]
+    parts = ", ".join(f"`{name}` {_minutes(s)}" for name, s in r["experiments"].items())
+    return (f"`{r['command']}` took {_minutes(r['wall_seconds'])} wall and "
+            f"{_minutes(r['cpu_seconds'])} of CPU, the compilation cache off; per experiment: "
+            f"{parts}.\n\n" + _provenance(data))
+
+
+def _capacity(data: dict) -> str:
+    rows = ["| targets | replications x horizon | answer: GPUs (mixed; plan's mixed) | binds at "
+            "one GPU fewer | on a fresh key | other policies there | simulation |",
+            "|---|---|---|---|---|---|---:|"]
+    for o in data["outputs"].values():
+        slos = [f"`{k}` <= {v:g} s" for k, v in o["slos"].items()]
+        if o["max_abandon"] is not None:
+            slos.append(f"abandon <= {o['max_abandon']:g}")
+        c = o["confirmation"]
+        fresh = ["answer " + ("meets" if c["answer"]["ok"] else
+                              "fails " + ", ".join(c["answer"]["failing"]))]
+        for k, what in (("one_gpu_fewer", "one GPU fewer"), ("one_mixed_fewer",
+                                                             "one mixed fewer")):
+            if k in c:
+                fresh.append(f"{what} " + ("meets" if c[k]["ok"] else
+                                           "fails " + ", ".join(c[k]["failing"])))
+        verdict = "**confirmed**" if o["confirmed"] else "**not confirmed**"
+        others = "; ".join(f"{k} " + ("meets" if v["ok"] else "fails " + ", ".join(v["failing"]))
+                           for k, v in o["others"].items()) or "-"
+        points = o["slot_points"] + o["gpu_points"] + list(c.values()) + list(o["others"].values())
+        rows.append(f"| {', '.join(slos)} | {o['reps']} x {o['horizon']:g} s | {o['gpus']} "
+                    f"({o['mixed_gpus']}; {o['planned_mixed_gpus']}) | "
+                    f"{', '.join(o['binding_at_one_gpu_fewer']) or '-'} | {verdict}: "
+                    f"{'; '.join(fresh)} | {others} | "
+                    f"{sum(q['seconds'] for q in points):.0f} s |")
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+_REGIONS = {"B": "few decode slots", "alpha": "slow mixed iterations",
+            "beta": "costly prefill tokens", "gamma": "small solo speed-up"}
+
+
+def _gap_map(data: dict) -> str:
+    g = data["outputs"]["gap"]
+    sizes = [str(n) for n in g["gpus"]]
+    margin = g["margin"]
+
+    def gap(point, n, policy="gate-and-route"):
+        run = point["runs"][n].get(policy)
+        return None if run is None else (100 * run["gap"]["mean"], 100 * run["gap"]["ci95"])
+
+    def cell(values, with_ci):
+        return " / ".join(f"{m:.1f} ± {c:.1f}" if with_ci else f"{m:.1f}" for m, c in values)
+
+    far = [q for q in g["points"] if any(gap(q, n)[0] > 100 * margin for n in sizes)]
+    rows = ["| region | " + " | ".join(f"n = {n}" for n in sizes)
+            + f" | gap({sizes[-1]}) / gap({sizes[0]}) |", "|---|" + "---|" * (len(sizes) + 1)]
+    for name, label in _REGIONS.items():
+        mine = [q for q in far if q["parameter"] == name]
+        if not mine:
+            continue
+        with_ci = len(mine) <= 3
+        values = " / ".join(f"{q['value']:.2g}" for q in mine)
+        ratios = " / ".join(f"{q['rate']['ratio']['ratio']:.2f}" for q in mine)
+        rows.append(f"| {label}, {name} = {values} | "
+                    + " | ".join(cell([gap(q, n) for q in mine], with_ci) for n in sizes)
+                    + f" | {ratios} |")
+    rest = [q for q in g["points"] if q not in far]
+    rows.append(f"| everywhere else ({len(rest)} points) | "
+                + " | ".join(f"at most {max(gap(q, n)[0] for q in rest):.1f}" for n in sizes)
+                + " | |")
+    lines = ["\n".join(rows), ""]
+    above = {n: sum(gap(q, n)[0] - gap(q, n)[1] > 100 * margin for q in g["points"])
+             for n in sizes}
+    across = {n: [q for q in g["points"] if abs(gap(q, n)[0] - 100 * margin) <= gap(q, n)[1]]
+              for n in sizes}
+    text = (f"Gate-and-Route is more than {100 * margin:g}% below R* (its whole interval) at "
+            + " and ".join(f"{above[n]} of the {len(g['points'])} points at n = {n}"
+                           for n in sizes) + ".")
+    undecided = [f"{q['parameter']} = {q['value']:g} at n = {n} ({cell([gap(q, n)], True)})"
+                 for n in sizes for q in across[n]]
+    if undecided:
+        text += " Undecided (the interval contains the margin): " + "; ".join(undecided) + "."
+
+    def best_other(q, n):
+        name = q["best_other"][n]
+        return name, gap(q, n, name)[0]
+
+    worst = {n: max(best_other(q, n)[1] for q in g["points"]) for n in sizes}
+    text += (" The best other paper policy at each point is within "
+             + " and ".join(f"{worst[n]:.1f}% at n = {n}" for n in sizes) + " of R*.")
+    coupled = {n: [(q, gap(q, n, "gi-wsp-after")) for q in g["points"]] for n in sizes}
+    outliers = sorted({(q["parameter"], q["value"]) for n in sizes for q, v in coupled[n]
+                       if v[0] > 100 * margin})
+    inside = {n: max(v[0] for q, v in coupled[n] if (q["parameter"], q["value"]) not in outliers)
+              for n in sizes}
+    text += (" jaxqueue's offset-1 coupled gate is within "
+             + " and ".join(f"{inside[n]:.1f}% at n = {n}" for n in sizes))
+    if outliers:
+        text += (" at every point but "
+                 + "; ".join(f"{k} = {v:g} ("
+                             + ", ".join(f"{cell([gap(q, n, 'gi-wsp-after')], True)} at n = {n}"
+                                         for n in sizes for q in g["points"]
+                                         if (q["parameter"], q["value"]) == (k, v)) + ")"
+                             for k, v in outliers))
+    text += "."
+    skipped = {n: ps for n, ps in g["skipped"].items() if ps}
+    if skipped:
+        text += (" Not run (`per_gpu_up_to`): "
+                 + "; ".join(f"{', '.join(ps)} at n = {n}" for n, ps in skipped.items()) + ".")
+    st = g["settings"]
+    lines.append(f"{st['reps']} replications x {st['horizon']:g} s (warm-up {st['warmup']:g} s) "
+                 f"at n = {', '.join(sizes)}, {len(g['points'])} points, "
+                 f"{g['wall_seconds'] / 60:.0f} min, finished {g['created'][:10]}. Gaps "
+                 "1 - revenue / R* in %, with 95% "
+                 "intervals where a row has three points or fewer. " + text)
+    return "\n".join(lines) + "\n\n" + _provenance(data)
+
+
+def _gamma_compare(data: dict) -> str:
+    out = data["outputs"]
+    gammas = [label[len("compare"):] for label in out if label.startswith("compare")]
+    names = [c["name"] for c in out[f"lp{gammas[0]}"]["classes"]]
+    rows = ["| gamma | policy | bundled revenue | gap to its LP bound (pricing) | "
+            + " | ".join(f"abandoned, {c} (prefill + decode)" for c in names) + " |",
+            "|---|---|---:|---:|" + "---:|" * len(names)]
+    plan = []
+    for g in gammas:
+        model, lp = out[f"model{g}"], out[f"lp{g}"]
+        gpu = model["gpu"]
+        tau = gpu["alpha"] + gpu["beta"] * gpu["chunk"]
+        waits = []
+        for row, c in zip(model["classes"], lp["classes"], strict=True):
+            inflow = gpu["chunk"] / (row["prompt_tokens"] * tau) * c["x"]  # prefills done
+            share = row["patience_rate"] * c["q_decode"] / inflow if inflow else 0.0
+            waits.append(f"{c['name']} {c['q_decode']:.2f} jobs per GPU, {100 * share:.0f}% of "
+                         "its prefilled jobs abandoning there" if c["q_decode"] > 0 else
+                         f"none of {c['name']}")
+        plan.append(f"at gamma = {g} (solo decoding "
+                    f"{'efficient' if lp['solo_efficient'] else 'not efficient'}) the plan's "
+                    f"decode buffer holds {'; '.join(waits)}")
+        for r in out[f"compare{g}"]["policies"]:
+            cells = [f"{100 * c['prefill_abandonment']['mean']:.0f}% + "
+                     f"{100 * c['decode_abandonment']['mean']:.0f}%" for c in r["classes"]]
+            rows.append(f"| {g} | {r['name']} | {r['revenue']['bundled']['mean']:.1f} | "
+                        f"{100 * r['relative_gap']:.1f}% ({r['pricing']}) | "
+                        + " | ".join(cells) + " |")
+    c = out[f"compare{gammas[0]}"]
+    return (f"The LP: {'; '.join(plan)}.\n\n" + "\n".join(rows)
+            + f"\n\nn = {c['gpus']}, {c['reps']} replications x {c['horizon']:g} s (warm-up "
+            f"{c['warmup']:g} s; per-GPU policies {c['per_gpu_reps']}), common random numbers; "
+            "abandonment as a share of the class's arrivals, before its prefill and in the decode "
+            "buffer.\n\n" + _provenance(data))
+
+
+def _sensitivity(data: dict) -> str:
+    runs = {k: v for k, v in data["outputs"].items() if k != "simulate"}
+    main = runs["n2000"]
+
+    def ci(stat, digits=4):
+        return f"{stat['mean']:.{digits}g} ± {stat['ci95']:.2g}"
+
+    rows = [f"{main['scenario']} / {main['policy']}, n = {main['gpus']} (M = "
+            f"{main['mixed_gpus']} mixed), {main['reps']} replications x {main['horizon']:g} s "
+            f"(warm-up {main['warmup']:g} s), step {100 * main['rel_step']:g}%, plan "
+            f"{main['plan']}: revenue per GPU {ci(main['revenue_per_gpu'], 6)} (LP "
+            f"{main['lp_revenue']:.6g}); {main['events']:.3g} events, "
+            f"{main['wall_seconds'] / 60:.1f} min.", "",
+            "| parameter | value | simulated dR/dp | LP dR*/dp | LP duals | gap | within 10% |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    bad = []
+    for r in main["parameters"]:
+        ok = abs(r["gap"]) <= 0.1
+        if not ok:
+            bad.append(r["name"])
+        rows.append(f"| {r['name']} | {r['value']:.4g} | {ci(r['simulated'], 5)} | "
+                    f"{r['lp']['central']:.5g} | {r['lp']['duals']:.5g} | "
+                    f"{100 * r['gap']:+.1f}% | {'yes' if ok else '**no**'} |")
+    largest = main["largest_lp"]
+    z = [abs(r["z"]) for r in main["parameters"] if r["step_kind"] != "exact"]
+    rows += ["", f"gap: (simulated - LP) x scale, in % of the largest |LP| x scale "
+             f"({largest['value']:.4g}, {largest['name']}). {len(main['parameters']) - len(bad)} "
+             f"of {len(main['parameters'])} rows are within 10%"
+             + (f"; not: {', '.join(bad)}" if bad else "") + f". |z| of the simulated against "
+             f"the LP's derivatives (exact price rows left out): {min(z):.0f} to {max(z):.0f}.",
+             "", "The same derivatives over n and with the LP re-solved at every perturbed point "
+             "(`--replan`), central difference ± 95% interval, then the one-sided differences "
+             "left / right:", ""]
+    labels = list(runs)
+    heads = [f"n = {runs[k]['gpus']}" + (", `--replan`" if runs[k]["replan"] else "")
+             + f" ({runs[k]['reps']} reps)" for k in labels]
+    rows += ["| parameter | " + " | ".join(heads) + " | LP |",
+             "|---|" + "---|" * (len(labels) + 1)]
+    for i, r in enumerate(main["parameters"]):
+        if r["step_kind"] == "exact":
+            continue
+        rows.append(f"| {r['name']} | " + " | ".join(
+            ci(runs[k]["parameters"][i]["simulated"]) for k in labels)
+            + f" | {r['lp']['central']:.5g} |")
+    for i, r in enumerate(main["parameters"]):
+        if r["difference"] != "central":
+            continue
+        rows.append(f"| {r['name']} left / right | " + " | ".join(
+            f"{runs[k]['parameters'][i]['simulated_one_sided']['left']['mean']:.4g} / "
+            f"{runs[k]['parameters'][i]['simulated_one_sided']['right']['mean']:.4g}"
+            for k in labels) + f" | {r['lp']['central']:.5g} |")
+    rows += ["", "The value of a GPU (total revenue per second, paired over replications; the "
+             "LP values every GPU at R*):", "",
+             "| run | M at n - 1, n, n + 1 | one more GPU | one GPU fewer (the change) | LP |",
+             "|---|---|---:|---:|---:|"]
+    for k, h in zip(labels, heads, strict=True):
+        gv = runs[k]["gpu_value"]
+        rows.append(f"| {h} | {', '.join(str(m) for m in gv['mixed_gpus'].values())} | "
+                    f"{gv['one_more']['mean']:+.4g} ± {gv['one_more']['ci95']:.2g} | "
+                    f"{-gv['one_fewer']['mean']:+.4g} ± {gv['one_fewer']['ci95']:.2g} | "
+                    f"{gv['lp']:.5g} |")
+    sim = data["outputs"].get("simulate")
+    if sim is not None:
+        rows += ["", _sensitivity_flows(sim)]
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+def _sensitivity_flows(sim: dict) -> str:
+    """Where Gate-and-Route departs from its plan at the sensitivity's n (the flows that the
+    finite-n derivatives come from)."""
+    parts = []
+    for c in sim["classes"]:
+        plan = c["plan"]
+        parts.append(f"{c['name']}: {c['prefill_completion_rate']['mean']:.4g} prefills per GPU "
+                     f"per second (plan {plan['completion_rate']:.4g}), prefill queue "
+                     f"{c['q_prefill']['mean']:.3g} jobs per GPU (plan {plan['q_prefill']:.3g}), "
+                     f"decode buffer {c['q_decode']['mean']:.3g} (plan {plan['q_decode']:.3g}), "
+                     f"{100 * c['decode_abandonment_rate']['mean'] / c['arrival_rate']['mean']:.1f}"
+                     "% of arrivals abandoning in the decode buffer")
+    return (f"A run of the policy at n = {sim['gpus']} ({sim['reps']} replications x "
+            f"{sim['horizon']:g} s, `simulate --details`): " + "; ".join(parts) + ".")
+
+
+def _q(q: dict | None) -> str:
+    """A latency quantile ``value [low, high]`` in seconds."""
+    if q is None:
+        return "-"
+    return f"{q['value']:.3g} [{q['low']:.3g}, {q['high']:.3g}]"
+
+
+def _laws_latency(data: dict) -> str:
+    out = data["outputs"]["table"]
+    rows = [f"{out['policy']} on {out['scenario']}, {out['reps']} replications x "
+            f"{out['horizon']:g} s (warm-up {out['warmup']:g} s), every law of the exponential "
+            "law's mean and paired with it on the same key; latencies over all classes in "
+            "seconds, with 95% intervals (none where the prefill time is phase-type: the "
+            "counters need an exponential prefill).", "",
+            "| n | law | revenue per GPU | minus exponential | TTFT p50 | TTFT p99 | E2E p50 | "
+            "E2E p99 |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in out["rows"]:
+        diff = "-" if r["minus_exponential"] is None else \
+            f"{r['minus_exponential']['mean']:+.2f} ± {r['minus_exponential']['ci95']:.2f}"
+        lat = r.get("latency") or {}
+        cells = [_q(lat.get(what, {}).get(q)) for what in ("ttft", "e2e") for q in ("0.5", "0.99")]
+        rows.append(f"| {r['gpus']} | {r['label']} | {_pm(r['revenue'])} | {diff} | "
+                    + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+def _laws_readme(data: dict) -> str:
+    """The README's summary: each law's paired revenue difference by n, and the n = 100
+    latencies, from the tables of docs/scenarios.md."""
+    src = data["sources"]
+    diffs, latency, sizes, measured = {}, {}, set(), set()
+    for name in ("patience_paper", "service_paper", "laws_latency"):
+        for out in src[name]["outputs"].values():
+            for r in out.get("rows", []):
+                if r["minus_exponential"] is None:
+                    if r.get("latency"):
+                        latency.setdefault(r["gpus"], {})["exponential"] = r["latency"]
+                    continue
+                label = r["label"]
+                if label.startswith("exponential; service decode-"):
+                    label = "decode time: " + label.removeprefix("exponential; service decode-")
+                elif label.startswith("exponential; service "):
+                    label = ("prefill and decode times: "
+                             + label.removeprefix("exponential; service "))
+                else:
+                    label = "patience: " + label
+                d = r["minus_exponential"]
+                # the revenue tables first; the latency table's runs (fewer replications) only
+                # for the laws those lack
+                if name != "laws_latency":
+                    measured.add(label)
+                if label not in measured or name != "laws_latency":
+                    sizes.add(r["gpus"])
+                    diffs.setdefault(label, {})[r["gpus"]] = (f"{d['mean']:+.2f} ± "
+                                                              f"{d['ci95']:.2f}")
+                if r.get("latency"):
+                    latency.setdefault(r["gpus"], {})[label] = r["latency"]
+    sizes = sorted(sizes)
+    at = max(latency) if latency else None
+    head = "| law (same means as the paper's) | " + " | ".join(f"n = {n}" for n in sizes)
+    if at is not None:
+        head += f" | TTFT p99, n = {at} | E2E p99, n = {at} |"
+    rows = [head, "|---|" + "---:|" * (len(sizes) + (2 if at is not None else 0))]
+    if at is not None and "exponential" in latency[at]:
+        e = latency[at]["exponential"]
+        rows.append("| exponential (the paper's) | " + " | ".join("0" for _ in sizes)
+                    + f" | {_q(e['ttft']['0.99'])} | {_q(e['e2e']['0.99'])} |")
+    for label, by in diffs.items():
+        cells = [by.get(n, "-") for n in sizes]
+        row = f"| {label} | " + " | ".join(cells)
+        if at is not None:
+            lat = latency[at].get(label)
+            row += (f" | {_q(lat['ttft']['0.99'])} | {_q(lat['e2e']['0.99'])} |" if lat
+                    else " | - | - |")
+        rows.append(row + (" |" if at is None else ""))
+    return ("\n".join(rows) + "\n\nRevenue per GPU per second under Gate-and-Route on "
+            "`paper-qwen8b`, minus that under the paper's exponential laws on the same random "
+            "numbers (95% intervals); latency quantiles in seconds. From the generated tables of "
+            "[docs/scenarios.md](docs/scenarios.md), which give the commands.")
+
+
+def _fluid_stage(data: dict) -> str:
+    rows = ["| n | surrogate, start -> end | share, LP -> surrogate's end | offset | exact "
+            "revenue at the surrogate's end minus at the LP point (paired) |",
+            "|---:|---|---|---:|---:|"]
+    for out in data["outputs"].values():
+        stage = out["fluid_stage"]
+        end = stage["exact"]
+        gain = end["gain"]
+        rows.append(f"| {out['gpus']} | {stage['surrogate'][0]:.2f} -> "
+                    f"{stage['surrogate'][-1]:.2f} | {out['started']['params']['share']:.3f} -> "
+                    f"{end['params']['share']:.3f} | {end['params']['offset']:.2f} | "
+                    f"{gain['mean']:+.2f} ± {gain['ci95']:.2f} |")
+    return "\n".join(rows) + "\n\n" + _provenance(data)
+
+
+def _rate(x: float) -> str:
+    return f"{x / 1e6:.3g} M"
+
+
+def _speed(data: dict) -> str:
+    out = data["outputs"]
+    one = {r["benchmark"]: r for r in out["one"]["rows"]}
+    two = {r["benchmark"]: r for r in out["two"]["rows"]}
+    rows = ["| engine | n (servers) | replications | horizon (s) | 1 device, events/s | "
+            "2 devices, events/s |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in one.items():
+        rows.append(f"| {name} | {r.get('gpus', r.get('servers'))} | {r['reps']:,} | "
+                    f"{r['horizon']:g} | {_rate(r['events_per_second'])} | "
+                    f"{_rate(two[name]['events_per_second']) if name in two else '-'} |")
+    for r in out["two4096"]["rows"]:
+        rows.append(f"| {r['benchmark']} | {r['gpus']} | {r['reps']:,} | {r['horizon']:g} | - | "
+                    f"{_rate(r['events_per_second'])} |")
+    classes = out["classes"]["rows"]
+    cost = "; ".join(f"{r['classes']} classes {r['cost_per_event_vs_first']:.1f}x "
+                     f"({_rate(r['events_per_second'])} events/s)" for r in classes[1:])
+    c0 = classes[0]
+    text = (f"**Classes** (pooled Gate-and-Route on synthetic instances of `paper-qwen8b`: its "
+            f"two classes repeated, lengths stretched 5% per pair, the same total arrival rate; "
+            f"n = {c0['gpus']}, {c0['reps']:,} replications, {c0['horizon']:g} s, one device): "
+            f"cost per event against {c0['classes']} classes "
+            f"({_rate(c0['events_per_second'])} events/s): {cost}.")
+    ph = out["phases"]["rows"]
+    base = ph[0]
+    text += (f" **Phase-type service** (n = {base['gpus']}, {base['reps']:,} replications, "
+             f"{base['horizon']:g} s, one device): "
+             + "; ".join(f"{r['benchmark']} {_rate(r['events_per_second'])} events/s "
+                         f"({r['events_per_second'] / base['events_per_second']:.2f}x)"
+                         for r in ph) + ".")
+    compile_s = [r["compile_seconds"] for o in out.values() for r in o["rows"]]
+    text += (f" Compilation is excluded ({min(compile_s):.0f}-{max(compile_s):.0f} s per "
+             "program).")
+    return "\n".join(rows) + "\n\n" + text + "\n\n" + _provenance(data)
+
+
+def _peers(data: dict) -> str:
+    rows = ["| simulator | jaxqueue devices | replications | events/s | P(abandon) ± 95% | "
+            "jaxqueue is faster by |", "|---|---:|---:|---:|---:|---:|"]
+    exact = None
+    for out in data["outputs"].values():
+        exact = out["exact_abandon_probability"]
+        for r in out["results"]:
+            ab = r["abandon_probability"]
+            ci = "n/a" if ab["ci95"] is None else f"{ab['ci95']:.5f}"
+            rows.append(f"| {r['simulator']} | {out['results'][0]['devices']} | "
+                        f"{r['replications']:,} | {r['events_per_second']:.2g} | "
+                        f"{ab['mean']:.6f} ± {ci} | {r['speedup_of_jaxqueue']:,.0f} x |")
+    p = next(iter(data["outputs"].values()))["params"]
+    return (f"M/M/{p['servers']}+M (lambda = {p['arrival_rate']:g}, mu = {p['service_rate']:g}, "
+            f"theta = {p['patience_rate']:g}), horizon {p['horizon']:g} s, warm-up "
+            f"{p['warmup']:g} s; exact P(abandon) = {exact:.6f}. Ciw and SimPy run their "
+            "replications one after the other on one core.\n\n" + "\n".join(rows) + "\n\n"
+            + _provenance(data))
+
+
+def _estimates(data: dict) -> str:
+    rows = ["| command | estimated | measured (whole process) | measured / estimated |",
+            "|---|---:|---:|---:|"]
+    worst = 0.0
+    for r in data["outputs"]["check"]["rows"]:
+        ratio = r["measured_seconds"] / r["estimated_seconds"]
+        worst = max(worst, ratio, 1 / ratio)
+        rows.append(f"| `{r['command']}` | {r['estimated_seconds']:.0f} s | "
+                    f"{r['measured_seconds']:.0f} s | {ratio:.2f} |")
+    return ("\n".join(rows) + f"\n\nThe furthest estimate is off by {worst:.2f}x.\n\n"
+            + _provenance(data))
+
+
+def _suite(data: dict) -> str:
+    out = data["outputs"]["suite"]
+    rows = ["| run | wall | CPU (user + system) | result |", "|---|---:|---:|---|"]
+    for r in out["runs"]:
+        rows.append(f"| {r['run']} | {_minutes(r['wall_seconds'])} | "
+                    f"{_minutes(r['cpu_seconds'])} | {r['summary']} |")
+    return ("\n".join(rows) + f"\n\n`{out['command']}` on {out['cores']} cores: "
+            f"{out['default_tests']} tests in the default suite, {out['slow_tests']} more marked "
+            "`slow`. The runs leave out the two tests that check these generated tables against "
+            "their data (they cannot pass while this table is being made; each takes under a "
+            "second).\n\n" + _provenance(data))
+
+
+def _suite_readme(data: dict) -> str:
+    suite = data["sources"]["suite"]
+    out = suite["outputs"]["suite"]
+    first, second = out["runs"]
+    return (f"On {suite['date']}, on a {out['cores']}-core machine ({suite['load']}), the first "
+            f"run, with empty caches, took {_minutes(first['wall_seconds'])} and the second "
+            f"{_minutes(second['wall_seconds'])}, which loads the compiled programs from a cache "
+            "in `~/.cache/jaxqueue/xla-tests` ([docs/speed.md](docs/speed.md)).")
+
+
+def _main_job(data: dict) -> str:
+    from jaxqueue.tables import convergence_lines  # what the command itself prints
+
+    out = data["outputs"]["convergence"]
+    lines = list(convergence_lines(out))
+    return (f"On {data['date']} ({data['machine']}, {data['load']}) it printed:\n\n```\n"
+            + "\n".join(lines) + "\n```")
+
+
 TABLES: dict[str, Table] = {
     "lp": Table(
         "docs/results.md",
@@ -330,10 +878,131 @@ TABLES: dict[str, Table] = {
         {"table": "python scripts/patience_table.py --gpus 20 100 --laws exponential "
                   "--service-laws erlang-4,cv-2 --warmup 500 --json {json}"},
         _patience, "Gate-and-Route's revenue under other prefill and decode time laws"),
+    "gradient_exact": Table(
+        "docs/gradients.md",
+        {"table": "python scripts/gradient_diagnostics.py --estimates 16 --json {json}"},
+        _gradient_exact, "every gradient estimator against a small chain's exact gradient"),
+    "gradient_truth": Table(
+        "docs/gradients.md",
+        {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "
+                 "--min-reps 1024 --max-reps 4096 --json {json}"},
+        _truths, "the gradient truths at n = 20: CRN central differences, steps h and h/2"),
+    "gradient_truth_gpu": Table(
+        "docs/gradients.md",
+        {"truth": "python scripts/gradient_truth.py --case qwen-gated-100 --batch 2048 "
+                  "--max-reps 16384 --json {json}"},
+        _truths, "the gradient truth at n = 100 (its batches ran on a GPU)"),
+    "gradient_bench": Table(
+        "docs/gradients.md",
+        {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "
+                 "--min-reps 1024 --max-reps 4096 --json {json}",
+         "main": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
+                 "--estimator fd --estimator score --estimator spsa --estimates 16 --json {json}",
+         "w30": "python scripts/gradient_bench.py --case qwen-sli-20 --estimator score-W30 "
+                "--estimates 8 --json {json}",
+         "pathwise": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
+                     "--estimator pathwise --estimates 2 --json {json}"},
+        _bench, "every estimator against the truths at n = 20"),
+    "cli_timings": Table(
+        "docs/cli.md",
+        {"timings": "python scripts/cli_timings.py --skip reproduce --json {json}"},
+        _cli_timings, "each command's first run, the compilation cache off"),
+    "reproduce_quick": Table(
+        "docs/reproduce.md",
+        {"timings": "python scripts/cli_timings.py --only reproduce --json {json}"},
+        _reproduce_quick, "the quick reproduction's first run, per experiment"),
+    "capacity": Table(
+        "docs/cli.md",
+        {"short": "jaxqueue capacity paper-qwen8b --traffic 10 --slo ttft_p99=2 --max-abandon "
+                  "0.05 --reps 16 --horizon 600 --warmup 150 --json",
+         "default": "jaxqueue capacity paper-qwen8b --traffic 10 --slo ttft_p99=2 --max-abandon "
+                    "0.05 --json",
+         "classes": "jaxqueue capacity paper-qwen8b --traffic 10 --slo ttft_p99@prefill-heavy=3 "
+                    "--slo wait_p90=0.5 --max-abandon 0.05 --reps 8 --horizon 400 --warmup 100 "
+                    "--compare --json",
+         "e2e": "jaxqueue capacity paper-qwen8b --traffic 10 --slo e2e_p90@decode-heavy=60 "
+                "--slo tpot_p90=0.025 --max-abandon 0.05 --reps 8 --horizon 400 --warmup 100 "
+                "--json"},
+        _capacity, "capacity answers on paper-qwen8b at 10 requests/s, confirmed on a fresh key"),
+    "gap_map": Table(
+        "docs/reproduce.md",
+        {"run": "jaxqueue reproduce --only gap --out results",
+         "gap": "cat results/gap_map.json"},
+        _gap_map, "Gate-and-Route's gap to the LP bound over Fig. 9's grid, n = 100 and 500"),
+    "gamma_compare": Table(
+        "docs/reproduce.md",
+        {"run10": "jaxqueue scenarios --show paper-qwen8b --set gamma=10 --out {tmp}/g10.toml",
+         "model10": "jaxqueue scenarios --show {tmp}/g10.toml --json",
+         "lp10": "jaxqueue lp {tmp}/g10.toml --json",
+         "compare10": "jaxqueue compare {tmp}/g10.toml --gpus 100 --reps 8 --horizon 2000 "
+                       "--warmup 500 --json",
+         "run20": "jaxqueue scenarios --show paper-qwen8b --set gamma=20 --out {tmp}/g20.toml",
+         "model20": "jaxqueue scenarios --show {tmp}/g20.toml --json",
+         "lp20": "jaxqueue lp {tmp}/g20.toml --json",
+         "compare20": "jaxqueue compare {tmp}/g20.toml --gpus 100 --reps 8 --horizon 2000 "
+                       "--warmup 500 --json",},
+        _gamma_compare, "every policy where solo decoding is slow (gamma = 10, 20), n = 100"),
+    "sensitivity": Table(
+        "docs/sensitivity.md",
+        {"n200": "jaxqueue sensitivity paper-qwen8b --gpus 200 --reps 16 --horizon 600 "
+                 "--warmup 150 --json",
+         "n500": "jaxqueue sensitivity paper-qwen8b --gpus 500 --reps 16 --horizon 600 "
+                 "--warmup 150 --json",
+         "n2000": "jaxqueue sensitivity paper-qwen8b --gpus 2000 --reps 32 --horizon 600 "
+                  "--warmup 150 --json",
+         "n2000-replan": "jaxqueue sensitivity paper-qwen8b --gpus 2000 --reps 16 --horizon 600 "
+                         "--warmup 150 --replan --json",
+         "simulate": "jaxqueue simulate paper-qwen8b --gpus 2000 --reps 8 --horizon 300 "
+                     "--warmup 100 --details --json"},
+        _sensitivity, "derivatives of revenue against the LP's, and the value of a GPU"),
+    "laws_latency": Table(
+        "docs/scenarios.md",
+        {"table": "python scripts/patience_table.py --gpus 20 100 --reps 32 --warmup 500 --laws "
+                  "exponential,deterministic,lognormal --service-laws "
+                  "erlang-4,cv-2,decode-erlang-4,decode-cv-2 --latency --json {json}"},
+        _laws_latency, "revenue and latency quantiles under other patience and service laws"),
+    "laws_readme": Table(
+        "README.md", {}, _laws_readme, "the README's summary of how much the laws matter",
+        sources=("patience_paper", "service_paper", "laws_latency")),
+    "speed": Table(
+        "docs/speed.md",
+        {"one": "python scripts/bench.py --json",
+         "two": "python scripts/bench.py --devices all --json",
+         "two4096": "python scripts/bench.py --devices all --only pooled --reps 4096 --json",
+         "classes": "python scripts/bench.py --only classes --classes 2 8 32 --json",
+         "phases": "python scripts/bench.py --only phases --gpus 100 --reps 1024 --horizon 100 "
+                   "--phases 4 --json"},
+        _speed, "events per second of the engines on this machine"),
+    "peers": Table(
+        "docs/speed.md",
+        {"one": "python scripts/bench_peers.py --json",
+         "two": "python scripts/bench_peers.py --devices all --json"},
+        _peers, "jaxqueue against Ciw and SimPy on one M/M/N+M system"),
+    "estimates": Table(
+        "docs/speed.md",
+        {"check": "python scripts/estimate_check.py --json {json}"},
+        _estimates, "simulate --estimate against the run it describes"),
+    "suite": Table(
+        "docs/speed.md",
+        {"suite": "python scripts/suite_timings.py --json {json}"},
+        _suite, "the default test suite's time, first with empty caches"),
+    "suite_readme": Table(
+        "README.md", {}, _suite_readme, "the README's line on the test suite's time",
+        sources=("suite",)),
+    "main_job": Table(
+        "README.md", {"convergence": "jaxqueue convergence --json"}, _main_job,
+        "the main job's output"),
     "surrogate": Table(
         "docs/tuning.md",
         {"surrogate": "python scripts/surrogate_table.py --json {json}"},
         _surrogate, "the fluid surrogate against the exact simulator at the LP point"),
+    "fluid_stage": Table(
+        "docs/tuning.md",
+        {"n20": "jaxqueue tune paper-qwen8b --gpus 20 --family gated --start lp --fluid-steps 60 "
+                "--steps 5 --no-baselines --json",
+         "n100": "jaxqueue tune paper-qwen8b --gpus 100 --family gated --start lp --fluid-steps "
+                 "60 --steps 5 --no-baselines --json"},
+        _fluid_stage, "the fluid surrogate as a first stage of tuning"),
     "traces": Table(
         "docs/workloads.md",
         {"conv": f"jaxqueue workload {TRACES}/splitwise_conv.csv --classes 3 --json",
@@ -373,6 +1042,9 @@ def _pattern(name: str) -> re.Pattern:
 
 
 def load(name: str) -> dict:
+    sources = TABLES[name].sources if name in TABLES else ()
+    if sources:
+        return {"name": name, "sources": {src: load(src) for src in sources}}
     path = DATA / f"{name}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path.relative_to(ROOT)} is missing: run `python "
@@ -382,9 +1054,10 @@ def load(name: str) -> dict:
 
 def _wrapped(text: str, width: int = 100) -> str:
     """Prose lines wrapped at ``width`` (table rows are left whole)."""
-    out = []
+    out, code = [], False
     for line in text.split("\n"):
-        out.extend([line] if line.startswith("|") or len(line) <= width
+        code ^= line.startswith("```")  # a command's printed output is left as printed
+        out.extend([line] if code or line.startswith(("|", "```")) or len(line) <= width
                    else textwrap.wrap(line, width, break_on_hyphens=False))
     return "\n".join(out)
 
@@ -400,18 +1073,22 @@ def stale(root: Path = ROOT) -> list[str]:
     for name, table in TABLES.items():
         text = (root / table.page).read_text()
         match = _pattern(name).search(text)
-        if not (DATA / f"{name}.json").exists():
-            found.append(f"{name} ({table.page}): no docs/data/{name}.json")
+        missing = [n for n in (table.sources or (name,)) if not (DATA / f"{n}.json").exists()]
+        if missing:
+            found.append(f"{name} ({table.page}): no docs/data/{missing[0]}.json")
         elif match is None:
             found.append(f"{name} ({table.page}): no block")
         elif match.group(2) != rendered(name):
-            found.append(f"{name} ({table.page}): differs from docs/data/{name}.json")
+            found.append(f"{name} ({table.page}): differs from "
+                         + ", ".join(f"docs/data/{n}.json" for n in (table.sources or (name,))))
     return found
 
 
 def write(names=None) -> None:
     """Rewrites the blocks of ``names`` (default: every table with data)."""
-    for name in names or [n for n in TABLES if (DATA / f"{n}.json").exists()]:
+    have = [n for n, t in TABLES.items()
+            if all((DATA / f"{m}.json").exists() for m in (t.sources or (n,)))]
+    for name in names or have:
         page = ROOT / TABLES[name].page
         text = page.read_text()
         body = rendered(name)
@@ -438,6 +1115,11 @@ def data_root() -> Path:
 
 def run(name: str) -> None:
     table = TABLES[name]
+    if table.sources:  # a summary: rerun what it summarises
+        for source in table.sources:
+            run(source)
+        write([name])
+        return
     outputs = {}
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     loads = [os.getloadavg()[0]]
@@ -453,6 +1135,10 @@ def run(name: str) -> None:
             print(f"[{name}] {command}", file=sys.stderr, flush=True)
             done = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True,
                                   text=True)
+            if label.startswith("run"):  # run for its effect (files the next commands read)
+                outputs[label] = None
+                loads.append(os.getloadavg()[0])
+                continue
             text = target.read_text() if "{json}" in command else done.stdout
             # Machine-specific folders are kept as their placeholders.
             text = text.replace(json.dumps(str(data_root()))[1:-1], "{data}")
@@ -480,6 +1166,8 @@ def main() -> None:
             print(f"{name:14s} {t.page:22s} {t.about}")
             for c in t.commands.values():
                 print(f"{'':14s}   {c}")
+            if t.sources:
+                print(f"{'':14s}   (from the data of {', '.join(t.sources)})")
         return
     if a.run:
         for name in a.run:

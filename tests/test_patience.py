@@ -442,3 +442,49 @@ def test_per_class_rings_that_overflow_grow_and_give_the_large_ring_result(polic
     np.testing.assert_allclose(grown.level_integrals, direct.level_integrals, rtol=1e-5)
     with pytest.raises(driver.BufferOverflowError, match="use 16 or more"):
         simulate(jax.random.key(2), small, grow_buffers=False, **kw)
+
+
+def test_a_random_gate_on_rings_is_not_biased_by_a_dead_head():
+    # The smoothed gated family's gate draws the class it admits; with equal keys each of two
+    # classes is drawn with probability one half. Class 1's ring holds a job that has abandoned
+    # in front of a live one, class 2's a live one. Drawing, discarding class 1's dead head
+    # and drawing again would admit class 2 three times in four: the draw must wait until no
+    # head is dead.
+    import equinox as eqx
+
+    from jaxqueue import buffer as buf
+    from jaxqueue.kernel import Event
+    from jaxqueue.policies.pooled import GatedParams
+
+    model = scenarios.load("paper-qwen8b").replace(patience=Patience.make("deterministic", 2))
+    big = jnp.float32(100.0)
+    system = Pooled(model=model, n=jnp.int32(4), M=jnp.int32(1), x_star=jnp.full(2, 0.25),
+                    q_star=jnp.zeros(2), gate="deviation", capacity=16,
+                    params=GatedParams(targets=jnp.full(2, 0.25), offset=jnp.float32(0.0),
+                                       share=jnp.float32(0.25), slack=big,
+                                       caps=jnp.full(2, big)),
+                    gate_temperature=jnp.float32(1.0))
+    state = system.init()
+    state = eqx.tree_at(lambda s: (s.M, s.slack, s.caps), state,
+                        (jnp.int32(1), jnp.int32(100), jnp.full(2, 100, jnp.int32)))
+    push = jax.vmap(buf.push, in_axes=(0, 0, None, None, None))
+    rings = state.class_rings
+    for cls, deadline in ((0, 0.5), (0, 10.0), (1, 10.0)):  # class 1's head dies at t = 0.5
+        rings = push(rings, jnp.arange(2) == cls, jnp.int32(cls), jnp.float32(0.0),
+                     jnp.float32(deadline))
+    state = eqx.tree_at(lambda s: s.class_rings, state, rings)
+    none = Event(index=jnp.int32(10), hot=jnp.zeros(10, jnp.int32))  # a bookkeeping step
+    window = (jnp.float32(0.0), jnp.float32(100.0))
+
+    @jax.jit
+    @jax.vmap
+    def admitted(key):
+        s = state
+        for u in jax.random.uniform(key, (4, system.num_random), jnp.float32):
+            s, _ = system.fire(s, none, jnp.float32(1.0), u, window)
+        return s.X
+
+    X = np.asarray(admitted(jax.random.split(jax.random.key(0), 4000)))
+    assert np.all(X.sum(axis=1) == 1)  # one job admitted, in every trajectory
+    share, se = X[:, 1].mean(), np.sqrt(0.25 / len(X))
+    assert abs(share - 0.5) < 4 * se, share

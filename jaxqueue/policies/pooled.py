@@ -612,20 +612,25 @@ class Pooled(AbstractSystem):
             held = s.class_rings.size
             some_live = jnp.any(live > 0)
             counts = jnp.where(some_live, live, held)
+            # Every step also discards each ring's head if its deadline has passed, so jobs
+            # that abandoned do not pile up behind a class the gate seldom serves.
+            dead = jax.vmap(lambda r: dead_head(d, r, t, window))(crings)
             if self.params is None:
                 pick, _ = d.choose(*self._gate_keys(X, counts))
                 chosen = (jnp.arange(num) == pick) & bookkeeping & (idle > 0) & jnp.any(held > 0)
             else:
                 go, eligible = self._admission(s, X, Ym, Ys, held, dring)
+                if self.smoothed:
+                    # A random pick waits until no ring's head is dead: picking a class whose
+                    # head turns out dead, discarding it and drawing again would favour the
+                    # other classes (a deterministic pick just picks the same class again).
+                    go = jnp.where(jnp.any(dead), jnp.zeros_like(go), go)
                 live_ok = jnp.any((live > 0) & (eligible > 0))
                 eligible = eligible * jnp.where(live_ok, d.greater(live, 0), 1)
                 keys, _ = self._gate_keys(X, counts)
                 hot, logp = gate_admit(d, keys, eligible, go * bookkeeping,
                                        self.gate_temperature, u[1] if self.smoothed else None)
                 chosen = hot > 0
-            # Every step also discards each ring's head if its deadline has passed, so jobs
-            # that abandoned do not pile up behind a class the gate seldom serves.
-            dead = jax.vmap(lambda r: dead_head(d, r, t, window))(crings)
             out = jax.vmap(lambda r, go: buf.serve(r, go, t, window, d.at_least))(
                 crings, chosen | dead)
             crings = out.ring

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .model import Model, ModelError
 
-__all__ = ["CALIBRATIONS", "SCENARIOS", "DOLLY_15K", "changed", "load", "names", "to_toml"]
+__all__ = ["CALIBRATIONS", "SCENARIOS", "DOLLY_15K", "changed", "load", "names", "to_toml",
+           "toml_value"]
 
 #: Iteration-time calibrations of Sec. 6.1: (alpha seconds, beta seconds/token, gamma tokens/s).
 #: gamma is ``1/tau_solo`` with the measured solo iteration time (0.022 s and 0.019 s), which the
@@ -150,11 +151,12 @@ def changed(model: Model, settings: list[str]) -> Model:
     return Model.from_dict(data, source="--set")
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
+    """``value`` (a dict of strings, numbers and lists of them) as a TOML value (inline)."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string
     return repr(float(value)) if isinstance(value, float) else repr(value)
@@ -164,12 +166,12 @@ def to_toml(model: Model, header: str = "") -> str:
     """``model`` as a scenario file (the layout :func:`load` reads), ``header`` as comments."""
     d = model.to_dict()
     lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"name = {_toml_value(d['name'])}", "", "[gpu]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in d["gpu"].items()]
-    lines += ["", "[pricing]"] + [f"{k} = {_toml_value(v)}" for k, v in d["pricing"].items()]
+    lines += [f"name = {toml_value(d['name'])}", "", "[gpu]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in d["gpu"].items()]
+    lines += ["", "[pricing]"] + [f"{k} = {toml_value(v)}" for k, v in d["pricing"].items()]
     for row in d["classes"]:
-        lines += ["", "[[classes]]"] + [f"{k} = {_toml_value(v)}" for k, v in row.items()]
+        lines += ["", "[[classes]]"] + [f"{k} = {toml_value(v)}" for k, v in row.items()]
     for table in ("patience", "service"):
         if table in d:
-            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
+            lines += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in d[table].items()]
     return "\n".join(lines) + "\n"

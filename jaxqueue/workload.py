@@ -37,6 +37,7 @@ from scipy import cluster, stats
 
 from .csvfile import Table, TableError
 from .model import Model
+from .scenarios import toml_value
 
 __all__ = ["WorkloadError", "Trace", "LawFit", "LengthFit", "Dispersion", "Burstiness",
            "WorkloadClass", "Workload", "read_trace", "fit_lengths", "dispersion_index",
@@ -384,17 +385,6 @@ def to_model(workload: Workload, *, gpus: float, alpha: float, beta: float, gamm
                  service=laws)
 
 
-def _inline(value) -> str:
-    """``value`` (a dict of strings, numbers and lists of them) as a TOML inline value."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(float(value)) if isinstance(value, float) else repr(value)
-
-
 def scenario_toml(model: Model, workload: Workload, *, gpus: float, command: str = "") -> str:
     """The scenario file of ``model`` (the layout :meth:`Model.from_dict` reads), with comments
     saying where each number comes from."""
@@ -425,7 +415,7 @@ def scenario_toml(model: Model, workload: Workload, *, gpus: float, command: str
         lines += ["", "# Service laws: each class's prefill and decode times have its prompt and "
                   "output lengths' CV (a time is proportional to its length), fitted as "
                   "phase-type laws (--service fit).", "[service]"]
-        lines += [f"{side} = {_inline(law)}" for side, law in table.items()]
+        lines += [f"{side} = {toml_value(law)}" for side, law in table.items()]
     wrapped = []
     for line in lines:
         wrapped += textwrap.wrap(line, 100, subsequent_indent="#   ", break_on_hyphens=False,

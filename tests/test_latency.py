@@ -196,17 +196,18 @@ def test_end_to_end_counters_change_no_path(gate):
     assert np.all(new.count("decode_start_solo") <= new.count("decode_start"))
 
 
-def test_prefill_table_overflow_is_never_silent():
-    # 3 prefill slots, a capacity of 2: the table of one class's prefills in service can
-    # overflow while the rings do not. A fixed capacity is an error; a grown one gives the
-    # result of a capacity large enough.
+def _three_slots(capacity):
+    """3 prefill slots with a table (and rings) of ``capacity``: with 2, the table of one
+    class's prefills in service can overflow while the rings do not."""
     model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1000.0], alpha=0.5, beta=0.0,
                   gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0)
+    return Pooled(model=model, n=jnp.int32(4), M=jnp.int32(3), x_star=jnp.full(1, 0.75),
+                  q_star=jnp.zeros(1), gate="deviation", capacity=capacity, wait_grid=GRID)
 
-    def system(capacity):
-        return Pooled(model=model, n=jnp.int32(4), M=jnp.int32(3), x_star=jnp.full(1, 0.75),
-                      q_star=jnp.zeros(1), gate="deviation", capacity=capacity,
-                      wait_grid=GRID)
+
+def test_prefill_table_overflow_is_never_silent():
+    # A fixed capacity that overflows is an error (a grown one: the slow test below).
+    system = _three_slots
 
     # One step of a class whose table is full (2 prefills, capacity 2) admitting a third: the
     # write is dropped and the state says so, while no ring overflowed.
@@ -225,13 +226,7 @@ def test_prefill_table_overflow_is_never_silent():
 
 @pytest.mark.slow
 def test_a_prefill_table_that_overflows_grows_and_gives_the_large_table_result():
-    model = Model(lambda_=[1.0], theta=[1.0], P=[512.0], D=[1000.0], alpha=0.5, beta=0.0,
-                  gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0)
-
-    def system(capacity):
-        return Pooled(model=model, n=jnp.int32(4), M=jnp.int32(3), x_star=jnp.full(1, 0.75),
-                      q_star=jnp.zeros(1), gate="deviation", capacity=capacity,
-                      wait_grid=GRID)
+    system = _three_slots
 
     with pytest.warns(SimulationWarning, match="rerunning them with buffers"):
         grown = simulate(jax.random.key(4), system(2), reps=2, horizon=100.0, warmup=10.0)

@@ -626,6 +626,8 @@ def _cmd_policies(args) -> None:
 def _cmd_scenarios(args) -> None:
     from . import scenarios
 
+    if args.out and args.json:
+        raise ValueError("--out writes the scenario file and --json prints JSON: give one of them")
     if args.show is None and (args.set or args.out):
         raise ValueError(f"{'--set' if args.set else '--out'} needs --show SCENARIO (the "
                          "scenario to change or write)")

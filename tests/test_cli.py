@@ -555,3 +555,6 @@ def test_scenarios_show_writes_a_changed_scenario_that_runs(tmp_path, capsys):
         main(["scenarios", "--set", "gamma=10"])
     assert stop.value.code == 2
     assert "--set needs --show" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["scenarios", "--show", "paper-qwen8b", "--out", str(path), "--json"])
+    assert "give one of them" in capsys.readouterr().err

@@ -12,6 +12,10 @@ from jaxqueue.cli import main
 PAPER = scenarios.load("paper-qwen8b")
 
 
+# Settings of an answer that a target refuses before any simulation.
+REFUSED_AT_ONCE = dict(policy="gate-and-route", max_abandon=None, reps=2, horizon=50.0,
+                       warmup=10.0, seed=0)
+
 def _fake(threshold):
     calls = []
 
@@ -44,8 +48,7 @@ def test_targets_are_parsed_and_impossible_ones_refused():
     w = np.asarray(PAPER.lambda_) / np.sum(PAPER.lambda_)
     assert float(w @ -np.expm1(-np.asarray(PAPER.mu_p) * floor)) == pytest.approx(0.99)
     assert capacity.ttft_floor(PAPER, "wait_p99") is None
-    kw = dict(policy="gate-and-route", max_abandon=None, reps=2, horizon=50.0, warmup=10.0,
-              seed=0)
+    kw = REFUSED_AT_ONCE
     with pytest.raises(ValueError, match="cannot be met with any capacity"):
         capacity.answer(PAPER, 10.0, slos={"ttft_p99": 0.9 * floor}, **kw)
     with pytest.raises(ValueError, match="no target"):
@@ -111,8 +114,7 @@ def test_end_to_end_and_tpot_targets_are_parsed_and_their_floors_are_exact():
     assert sum(w[i] * cdf(i, floor) for i in range(2)) == pytest.approx(0.9, abs=1e-6)
     assert capacity.latency_floor(PAPER, "tpot_p50") == pytest.approx(1 / PAPER.gamma)
     assert capacity.latency_floor(PAPER, "decode_wait_p50") is None
-    kw = dict(policy="gate-and-route", max_abandon=None, reps=2, horizon=50.0, warmup=10.0,
-              seed=0)
+    kw = REFUSED_AT_ONCE
     with pytest.raises(ValueError, match="e2e_p90 .* cannot be met .* prefill plus a decode"):
         capacity.answer(PAPER, 10.0, slos={"e2e_p90": 0.99 * floor}, **kw)
     with pytest.raises(ValueError, match="no decode emits a token faster"):

@@ -297,6 +297,13 @@ class _Scored(AbstractSystem):
         return self.inner.tally_names
 
     @property
+    def num_hit_tallies(self) -> int:
+        return self.inner.num_hit_tallies
+
+    def tallied(self, counts):
+        return self.inner.tallied(counts)
+
+    @property
     def num_classes(self) -> int:
         return self.inner.num_classes
 
@@ -422,7 +429,8 @@ class _Scored(AbstractSystem):
             reach = jnp.maximum(reach, self.inner.threshold_reach(new).astype(reach.dtype))
         state = _ScoredState(inner=new, t_prev=end, trace=trace, credit=credit, weight=weight,
                              control=control, initial=s.initial, reach=reach)
-        return state, Flow(counts=flow.counts, waits=flow.waits, logp=flow.logp)
+        return state, Flow(counts=flow.counts, waits=flow.waits, logp=flow.logp,
+                           hits=flow.hits)
 
 
 @dataclasses.dataclass(frozen=True)

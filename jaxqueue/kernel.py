@@ -62,16 +62,24 @@ class Flow(eqx.Module):
     """What one step adds to the statistics besides the time integrals of the levels.
 
     Attributes:
-        counts: counter increments ``(T * I,)``, already restricted to the statistics window.
+        counts: counter increments, already restricted to the statistics window: of every
+            counter ``(T * I,)``, or of all but the last
+            :attr:`~AbstractSystem.num_hit_tallies`, which come as ``hits``.
         waits: time-integral increments credited directly ``(L * I,)``, e.g. a lazily buffered
             job's wait, credited when it leaves, over the part inside the window.
         logp: log-probability of the step's randomised policy decisions (for the
             score-function estimator; 0 for deterministic decisions).
+        hits: None, or the counters among the last ``num_hit_tallies`` that this step
+            increases by one each, as indices into the whole ``(T * I,)``; an index past the
+            end increases nothing. For many counters of which a step touches a few (a
+            histogram's bins): adding a dense vector of hundreds of them in every step cost
+            several times what the rest of the step did.
     """
 
     counts: Int[Array, " T"]
     waits: Float[Array, " L"]
     logp: Float[Array, ""] = 0.0
+    hits: Int[Array, " H"] | None = None
 
 
 class Revenue(eqx.Module):
@@ -209,6 +217,19 @@ class AbstractSystem(eqx.Module):
         return Flow(counts=jnp.zeros(len(self.tally_names) * self.num_classes, jnp.int32),
                     waits=jnp.zeros(num, rng.real_dtype()))
 
+    @property
+    def num_hit_tallies(self) -> int:
+        """How many of the last counters steps report as ``hits`` (:class:`Flow`) instead of
+        in ``counts``; 0 by default."""
+        return 0
+
+    def tallied(self, counts: Int[Array, "... T"]) -> Int[Array, "... T"]:
+        """The counters as :attr:`tally_names` define them, from what the steps added up (the
+        last axis): the identity, unless a system counts some of them as a histogram's bins
+        (``hits``, see :class:`Flow`) and turns those into the named counters here, e.g. into
+        cumulative counts. Linear, so it may be applied to sums over rollouts."""
+        return counts
+
     def census(self, state: Any, now: Float[Array, ""]) -> Int[Array, " L"]:
         """Jobs present in each level at time ``now`` (lazily buffered jobs whose deadline has
         passed are not present). Called once per rollout, so it may scan a whole buffer."""
@@ -237,9 +258,30 @@ class AbstractSystem(eqx.Module):
 # ---- one step ---------------------------------------------------------------------------------
 class _Acc(eqx.Module):
     integrals: Float[Array, " L"]
-    counts: Int[Array, " T"]
+    counts: Int[Array, " T"]  # the leading counters, added densely
     events: Int[Array, ""]
     logp: Float[Array, ""]
+    bins: Int[Array, " H"] | None = None  # the trailing AbstractSystem.num_hit_tallies
+
+
+def _zero_acc(system: AbstractSystem, batch: tuple[int, ...], clock_dtype, count_dtype) -> _Acc:
+    """Empty accumulators (with a leading ``batch`` shape)."""
+    num_counts = len(system.tally_names) * system.num_classes
+    hit = system.num_hit_tallies
+    return _Acc(
+        integrals=jnp.zeros((*batch, len(system.level_names) * system.num_classes), clock_dtype),
+        counts=jnp.zeros((*batch, num_counts - hit), count_dtype),
+        events=jnp.zeros(batch, jnp.int32),
+        logp=jnp.zeros(batch, rng.real_dtype()),
+        bins=jnp.zeros((*batch, hit), count_dtype) if hit else None,
+    )
+
+
+def _counts(acc: _Acc) -> Int[Array, "... T"]:
+    """Every counter as the steps added them up (before :meth:`AbstractSystem.tallied`)."""
+    if acc.bins is None:
+        return acc.counts
+    return jnp.concatenate([acc.counts, acc.bins], axis=-1)
 
 
 def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_dtype: Any):
@@ -273,10 +315,15 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
                                   window)
     # Keep the carry's dtypes (under x64, sums of int32 counts promote to int64).
     new_state = jax.tree.map(lambda a, b: a.astype(b.dtype), new_state, state)
+    bins = acc.bins
+    if bins is not None:  # hits past the dense counters (an index past the end is none)
+        at = flow.hits - acc.counts.shape[0]
+        bins = bins.at[at].add(jnp.ones((), bins.dtype), mode="drop")
     acc = _Acc(
         integrals=acc.integrals + weight * levels.astype(clock_dtype)
         + flow.waits.astype(clock_dtype),
         counts=acc.counts + flow.counts.astype(acc.counts.dtype),
+        bins=bins,
         events=acc.events + random.astype(jnp.int32),
         logp=acc.logp + jnp.asarray(flow.logp, acc.logp.dtype),
     )
@@ -352,15 +399,9 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         state = initial_state(system, key, rep_ids)
     chunk = jnp.broadcast_to(jnp.asarray(chunk, jnp.uint32), (reps,))
     words = jax.vmap(lambda r, c: rng.rep_key(key, r, c), out_axes=-1)(rep_ids, chunk)  # (2, R)
-    num_levels = len(system.level_names) * system.num_classes
     # A counter rises by at most one per step: int16 halves their memory traffic per step.
     count_dtype = jnp.int16 if steps < 2**15 else jnp.int32
-    acc0 = _Acc(
-        integrals=jnp.zeros((reps, num_levels), clock_dtype),
-        counts=jnp.zeros((reps, len(system.tally_names) * system.num_classes), count_dtype),
-        events=jnp.zeros((reps,), jnp.int32),
-        logp=jnp.zeros((reps,), rng.real_dtype()),
-    )
+    acc0 = _zero_acc(system, (reps,), clock_dtype, count_dtype)
     real = rng.real_dtype()
     stock_start = jax.vmap(lambda s: system.census(s, jnp.zeros((), real)), in_axes=(axes,),
                            out_axes=-1)(state)
@@ -418,7 +459,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     left = pending(state)
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
     state = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(state, t.astype(real))
-    integrals, counts = acc.integrals.T, acc.counts.astype(jnp.int32).T
+    integrals, counts = acc.integrals.T, system.tallied(_counts(acc).astype(jnp.int32)).T
     stock_end = jnp.zeros_like(stock_start)
     if close:  # on the rebased clock the run ends at 0
         flow, stock_end = _close(system, state, (w0 - t).astype(real), axes)
@@ -537,23 +578,18 @@ def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, re
     bits = rng.chunk_words(key, jnp.asarray([rep], jnp.uint32), jnp.uint32(0), num_events,
                            words_per_step(system))[..., 0]
     real = rng.real_dtype()
-    num_levels = len(system.level_names) * system.num_classes
-    acc0 = _Acc(
-        integrals=jnp.zeros(num_levels, real),
-        counts=jnp.zeros(len(system.tally_names) * system.num_classes, jnp.int32),
-        events=jnp.int32(0),
-        logp=jnp.asarray(0.0, real),
-    )
+    acc0 = _zero_acc(system, (), real, jnp.int32)
     w0, w1 = jnp.asarray(-1.0, real), jnp.asarray(jnp.inf, real)
 
     def run(system, carry, bits):
         def body(carry, b):
             carry = _step(system, carry, b, w0, w1, real)
-            return carry, (carry[0], carry[1], carry[2].counts)
+            return carry, (carry[0], carry[1], _counts(carry[2]))
         return jax.lax.scan(body, carry, bits)[1]
 
     carry = (state, jnp.asarray(0.0, real), acc0)
     states, times, tallies = jax.jit(run)(system, carry, bits)
+    tallies = system.tallied(tallies)
     return jax.tree.map(lambda a: a[::every], states), times[::every], tallies[::every]
 
 

@@ -11,6 +11,9 @@
     python scripts/bench.py --only phases --gpus 100 --horizon 500 --phases 4
                                              # pooled Gate-and-Route with Erlang-4 prefill and
                                              # decode times against exponential ones
+    python scripts/bench.py --only latency --gpus 20 --reps 64 --horizon 200
+                                             # pooled Gate-and-Route without and with the
+                                             # latency counters of simulate --latency
 
 Prints one line per benchmark: the engine, its size, events simulated (all replications), wall
 seconds (compilation excluded), events per second and compile seconds. Numbers depend on the
@@ -34,8 +37,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--horizon", type=float, default=None, help="model seconds per replication")
     p.add_argument("--chunk-events", type=int, default=1024)
     p.add_argument("--devices", default="1", help="'all' or a count: shard replications")
-    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu", "classes", "phases"),
-                   default=None)
+    p.add_argument("--only", default=None,
+                   choices=("pooled", "erlang", "per-gpu", "classes", "phases", "latency"))
     p.add_argument("--classes", type=int, nargs="+", default=[2, 8, 32],
                    help="with --only classes: class counts of the synthetic instances")
     p.add_argument("--phases", type=int, default=4,
@@ -184,6 +187,32 @@ def bench_per_gpu(gpus: int, reps: int, horizon: float, chunk: int,
                  "kernels": kernels(system, reps, chunk)})
 
 
+def bench_latency(gpus: int, reps: int, horizon: float, chunk: int) -> list[dict]:
+    """Pooled Gate-and-Route on ``paper-qwen8b`` without latency counters, with the prefill
+    and decode-buffer ones (``end_to_end=False``: what ``compare --latency`` runs) and with
+    the end-to-end ones too (``simulate --latency``), on the CLI's grid of latency times."""
+    import dataclasses
+
+    from jaxqueue.stats import LATENCY_GRID
+
+    model = scenarios.load("paper-qwen8b")
+    plain, _ = policies.build("gate-and-route", model, gpus)
+    rows = []
+    for name, system in [
+            ("pooled gate-and-route, no latency counters", plain),
+            ("pooled gate-and-route, prefill and decode-wait counters",
+             dataclasses.replace(plain, wait_grid=LATENCY_GRID, end_to_end=False)),
+            ("pooled gate-and-route, every latency counter",
+             dataclasses.replace(plain, wait_grid=LATENCY_GRID, end_to_end=True))]:
+        run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
+                       chunk_events=chunk, devices=_devices())
+        rows.append(_row(name, run, {"gpus": gpus, "reps": reps, "horizon": horizon,
+                                     "chunk_events": chunk}))
+    for r in rows[1:]:
+        r["events_per_second_vs_first"] = r["events_per_second"] / rows[0]["events_per_second"]
+    return rows
+
+
 def main() -> None:
     a = ARGS
     reps = 64 if a.quick else a.reps
@@ -198,6 +227,8 @@ def main() -> None:
                                   a.chunk_events))
     if a.only == "phases":
         rows += bench_phases(a.gpus, reps, horizon, a.chunk_events, a.phases)
+    if a.only == "latency":
+        rows += bench_latency(a.gpus, reps, horizon, a.chunk_events)
     if a.only == "classes":
         rows += [bench_classes(a.gpus, reps, horizon, a.chunk_events, k) for k in a.classes]
         base = rows[0]["events_per_second"]
@@ -221,6 +252,9 @@ def main() -> None:
         if "events_per_second_vs_exponential" in r:
             print(f"{'':<36} events per second: {r['events_per_second_vs_exponential']:.2f}x "
                   "the exponential law's")
+        if "events_per_second_vs_first" in r:
+            print(f"{'':<36} events per second: {r['events_per_second_vs_first']:.2f}x "
+                  "those without latency counters")
         if "cost_per_event_vs_first" in r:
             print(f"{'':<36} cost per event: {r['cost_per_event_vs_first']:.2f}x the "
                   f"{rows[0]['classes']}-class instance's")

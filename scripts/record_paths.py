@@ -28,7 +28,8 @@ FIXTURE = ROOT / "tests" / "data" / "paths.npz"
 
 CASES = [("gate-and-route", "pooled"), ("fg-sp", "pooled"), ("prioritize-and-route", "pooled"),
          ("sli-gate-and-route", "pooled"), ("fi-wsp", "per-gpu"), ("gi-wsp", "per-gpu"),
-         ("gf-wsp", "per-gpu"), ("fg-sp", "per-gpu"), ("gate-and-route", "per-gpu")]
+         ("gf-wsp", "per-gpu"), ("fg-sp", "per-gpu"), ("gate-and-route", "per-gpu"),
+         ("gate-and-route", "pooled-latency")]
 STEPS = 1500
 
 
@@ -67,18 +68,29 @@ def paths(cases=CASES) -> dict[str, np.ndarray]:
     out = {}
     for policy, engine in cases:
         tag = f"{policy}@{engine}"
-        system, _ = policies.build(policy, model, 6, engine=engine)
+        system, _ = policies.build(policy, model, 6, engine=engine.removesuffix("-latency"))
+        if engine.endswith("-latency"):  # every latency counter: the end-to-end ones too
+            import dataclasses
+
+            from jaxqueue.stats import LATENCY_GRID
+            system = dataclasses.replace(system, wait_grid=LATENCY_GRID, end_to_end=True)
         states, times, tallies = trajectory(jax.random.key(7), system, STEPS)
         out.update(_state_arrays(tag, states))
         out[f"{tag}/times"] = np.asarray(times)
         tallies = np.asarray(tallies)
-        for k, name in enumerate(system.tally_names):
-            num = model.num_classes
-            out[f"{tag}/tally/{name}"] = tallies[:, k * num:(k + 1) * num]
         run = simulate(jax.random.key(8), system, reps=6, horizon=60.0, chunk_events=128)
         out[f"{tag}/run/window"] = run.window
         for name in run.level_names:
             out[f"{tag}/run/level/{name}"] = run.level(name)
+        if len(system.tally_names) > 50:
+            # Hundreds of latency counters: kept whole, and the path's every 10th step (they
+            # are cumulative), which keeps the file small.
+            out[f"{tag}/tallies"] = tallies[::10]
+            out[f"{tag}/run/counts"] = run.tallies
+            continue
+        for k, name in enumerate(system.tally_names):
+            num = model.num_classes
+            out[f"{tag}/tally/{name}"] = tallies[:, k * num:(k + 1) * num]
         for name in run.tally_names:
             out[f"{tag}/run/count/{name}"] = run.count(name)
     return out

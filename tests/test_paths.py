@@ -3,8 +3,10 @@ decision seam (scripts/record_paths.py; the recording is tests/data/paths.npz).
 
 Floating-point rounding of XLA's transcendental functions may differ with another JAX version or
 CPU, so the comparison runs only where the recording was made (it skips elsewhere, saying why).
-The default suite checks two cases that between them exercise both engines, the gate, a lazy
-FCFS prefill queue and the decode ring; the slow suite checks every policy and engine.
+The default suite checks three cases that between them exercise both engines, the gate, a lazy
+FCFS prefill queue, the decode ring and every latency counter (``pooled-latency``: the pooled
+engine with a wait grid and the end-to-end counters); the slow suite checks every policy and
+engine.
 """
 
 import importlib.util
@@ -27,10 +29,12 @@ def recorded():
     return data
 
 
+DEFAULT = (("fg-sp", "pooled"), ("gf-wsp", "per-gpu"), ("gate-and-route", "pooled-latency"))
+
+
 @pytest.mark.parametrize("case", [
-    ("fg-sp", "pooled"), ("gf-wsp", "per-gpu"),
-    *(pytest.param(c, marks=pytest.mark.slow) for c in record_paths.CASES
-      if c not in (("fg-sp", "pooled"), ("gf-wsp", "per-gpu"))),
+    *DEFAULT,
+    *(pytest.param(c, marks=pytest.mark.slow) for c in record_paths.CASES if c not in DEFAULT),
 ])
 def test_paths_are_bit_identical_to_the_recording(case):
     data = recorded()

@@ -88,8 +88,8 @@ from .common import (
     split_event,
 )
 
-__all__ = ["GatedParams", "Pooled", "PooledState", "e2e_tallies", "fresh_service",
-           "greedy_route", "latency_tallies", "pick_prefill_origin", "serve_ring_head",
+__all__ = ["GatedParams", "Pooled", "PooledState", "e2e_hits", "fresh_service", "grid_hits",
+           "greedy_route", "latency_hits", "pick_prefill_origin", "serve_ring_head",
            "shift_phases"]
 
 
@@ -437,10 +437,10 @@ class Pooled(AbstractSystem):
         """:data:`TALLIES`, then with a ``wait_grid`` of K times, per class, the prefills started
         (in the window) whose wait for prefill was at most grid time k (``prefill_wait_le_k``),
         then those whose time to first token was (``ttft_le_k``), then the decodes started whose
-        wait in the decode buffer was (``decode_wait_le_k``): see :func:`latency_tallies`. With
+        wait in the decode buffer was (``decode_wait_le_k``): see :func:`latency_hits`. With
         :attr:`tracks_origin`, then the decodes started whose end-to-end latency was at most
         grid time k (``e2e_le_k``), then the decodes started on a solo GPU
-        (``decode_start_solo``): see :func:`e2e_tallies`."""
+        (``decode_start_solo``): see :func:`e2e_hits`."""
         k = range(len(self.wait_grid))
         names = (TALLIES + tuple(f"prefill_wait_le_{i}" for i in k)
                  + tuple(f"ttft_le_{i}" for i in k) + tuple(f"decode_wait_le_{i}" for i in k))
@@ -574,7 +574,7 @@ class Pooled(AbstractSystem):
 
         origins = done_origin = None
         if self.tracks_origin:
-            origins, done_origin = pick_prefill_origin(s.origins, s.X, prefill_done, u[1])
+            moved, done_origin = pick_prefill_origin(s.origins, s.X, prefill_done, u[1])
 
         # Decode side (greedy router).
         dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin = greedy_route(
@@ -662,14 +662,21 @@ class Pooled(AbstractSystem):
             pring, taken, p_gone, q_credit, waited, _ = serve_head(pring, idle, s.prefill_ring)
             admit = start + taken
         origins_full = None
-        if origins is not None:
+        if self.tracks_origin:
             # The job admitted (at most one) goes to the first free slot of its class's row:
             # it arrived its whole wait ago (0 for an arrival that starts at once).
             admitted = jnp.sum(admit) > 0
             came = t - jnp.where(admitted & (jnp.sum(taken) > 0), waited, 0.0).astype(real)
             cls_s = jnp.argmax(admit)
             row = jnp.where(admitted, cls_s, num)  # out of range: no write
-            origins = origins.at[row, X[cls_s].astype(jnp.int32)].set(came, mode="drop")
+            col = X[cls_s].astype(jnp.int32)
+            # One scatter for both writes (the ended prefill's slot refilled, then the admitted
+            # job's): two in a row made XLA copy the whole table twice per step. Where both
+            # hit one slot the second wins, so the first is dropped.
+            first_row, first_col, first = moved
+            first_row = jnp.where((first_row == row) & (first_col == col), num, first_row)
+            origins = s.origins.at[jnp.stack([first_row, row]), jnp.stack([first_col, col])].set(
+                jnp.stack([first, came.astype(first.dtype)]), mode="drop")
             origins_full = s.origins_full | jnp.any(X + admit > self.capacity)
         X = X + admit
 
@@ -685,20 +692,49 @@ class Pooled(AbstractSystem):
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone, admit * counted,
                                   placed * counted])
+        hits = None
         if self.wait_grid:
             # At most one prefill starts per step: an arrival at an idle slot (no wait) or, in
-            # a bookkeeping step, the head of a ring (its whole wait).
+            # a bookkeeping step, the head of a ring (its whole wait). The latency counters are
+            # a histogram's bins, one hit per kind (see `tallied`).
             wait = jnp.where(jnp.sum(taken) > 0, waited, 0.0).astype(real)
-            counts = jnp.concatenate([
-                counts, latency_tallies(self.wait_grid, admit * counted, wait, m.mu_p, u[1]),
-                at_most(self.wait_grid, placed * counted, d_waited)])
+            hits = jnp.concatenate([
+                latency_hits(self.wait_grid, admit * counted, wait, m.mu_p, u[1]),
+                grid_hits(self.wait_grid, placed * counted, d_waited)])
             if self.tracks_origin:
-                counts = jnp.concatenate([counts, e2e_tallies(
+                hits = jnp.concatenate([hits, e2e_hits(
                     self.wait_grid, placed * counted, free_solo, t - d_origin, m.mu_m, m.mu_s,
                     self.decode_law, u[0])])
+            # Offsets of the kinds (prefill wait, TTFT, decode wait, end to end, solo start)
+            # in the whole counter vector; a hit past a kind's block is no hit.
+            block = len(self.wait_grid) * num
+            kinds = len(hits)
+            start = len(TALLIES) * num + block * jnp.arange(kinds, dtype=jnp.int32)
+            size = jnp.asarray([block] * (kinds - self.tracks_origin) + [num] * self.tracks_origin,
+                               jnp.int32)
+            hits = jnp.where(hits < size, start + hits, len(self.tally_names) * num)
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit]
                                 + [zero_f] * (len(EXIT_LEVELS) if self.phased else 0))
-        return state, Flow(counts=counts, waits=waits, logp=logp)
+        return state, Flow(counts=counts, waits=waits, logp=logp, hits=hits)
+
+    @property
+    def num_hit_tallies(self) -> int:
+        return (len(self.tally_names) - len(TALLIES)) * self.num_classes
+
+    def tallied(self, counts):
+        """The latency counters of a step are hits in a histogram of grid intervals: a start
+        whose value ``v`` lies in ``(g_{b-1}, g_b]`` adds one to bin ``b`` (``v <= g_0``: bin
+        0; past the last grid time: no bin). The count at most grid time ``g_k`` is the sum
+        of bins ``0 .. k``, per kind and class."""
+        if not self.wait_grid:
+            return counts
+        num, K = self.num_classes, len(self.wait_grid)
+        base = len(TALLIES) * num
+        kinds = 4 if self.tracks_origin else 3
+        head, bins, tail = jnp.split(counts, [base, base + kinds * K * num], axis=-1)
+        shape = bins.shape[:-1]
+        bins = jnp.cumsum(bins.reshape(*shape, kinds, K, num), axis=-2)
+        return jnp.concatenate([head, bins.reshape(*shape, kinds * K * num), tail], axis=-1)
 
     def _phase_moves(self, s, fired, u):
         """The phase moves of a step, ``(advances, ends)``, each ``(3, I, K)``: a job of the
@@ -733,11 +769,11 @@ def shift_phases(Zk: Int[Array, "... K"], advance: Int[Array, "... K"],
     return Zk + into - ends - advance
 
 
-def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float[Array, ""],
-                    mu_p: Float[Array, " I"], u: Float[Array, ""]) -> Int[Array, " 2KI"]:
-    """The latency counters of a step in which the prefills ``started`` (a one-hot or zero count
-    per class) began after waiting ``wait``: per grid time g_k and class, whether the wait was
-    at most g_k, then whether the time to first token was.
+def latency_hits(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float[Array, ""],
+                 mu_p: Float[Array, " I"], u: Float[Array, ""]) -> Int[Array, " 2"]:
+    """The latency counters' hits (:func:`grid_hits`) of a step in which the prefills
+    ``started`` (a one-hot or zero count per class) began after waiting ``wait``: the wait's,
+    then the time to first token's.
 
     The time to first token is the wait plus the prefill, which in this model takes an
     exponential time of rate ``mu_p`` whatever else happens, independent of the wait. The
@@ -747,13 +783,14 @@ def latency_tallies(grid: tuple[float, ...], started: Int[Array, " I"], wait: Fl
     between one job's two counters and the chain's later path is not kept."""
     cls = jnp.argmax(started)
     ttft = wait - jnp.log1p(-u) / mu_p[cls].astype(wait.dtype)
-    return jnp.concatenate([at_most(grid, started, wait), at_most(grid, started, ttft)])
+    return jnp.concatenate([grid_hits(grid, started, wait), grid_hits(grid, started, ttft)])
 
 
 def pick_prefill_origin(origins: Float[Array, "I S"], X: Int[Array, " I"],
                         prefill_done: Int[Array, " I"], u: Float[Array, ""]):
     """The arrival time of the job whose prefill ends in this step (``prefill_done``, one-hot or
-    zero), and the table without it.
+    zero), and the write that takes it out of the table: ``(row, column, value)``, a row past
+    the last for none.
 
     The count-based state does not say which class-i prefill ended; with exponential prefill
     times every one of the ``X_i`` in service is equally likely to (memorylessness), so the
@@ -768,27 +805,28 @@ def pick_prefill_origin(origins: Float[Array, "I S"], X: Int[Array, " I"],
     j = jnp.clip((u * have.astype(u.dtype)).astype(jnp.int32), 0, last)
     origin = origins[cls, j]
     row = jnp.where(jnp.sum(prefill_done) > 0, cls, num)  # out of range: no write
-    return origins.at[row, j].set(origins[cls, last], mode="drop"), origin
+    return (row, j, origins[cls, last]), origin
 
 
-def e2e_tallies(grid: tuple[float, ...], started: Int[Array, " I"], solo, since: Float[Array, ""],
-                mu_m: Float[Array, " I"], mu_s: Float[Array, " I"], law: Coxian | None,
-                u: Float[Array, ""]) -> Int[Array, " KI+I"]:
-    """The end-to-end counters of a step in which the decodes ``started`` (one-hot or zero per
-    class) began, on a solo GPU when ``solo`` (an indicator), ``since`` seconds after the
-    request arrived: per grid time g_k and class, whether its end-to-end latency was at most
-    g_k, then per class whether it runs on a solo GPU (whose per-token time, ``1 / gamma``, is
-    the request's time per output token; ``tau`` on a mixed GPU).
+def e2e_hits(grid: tuple[float, ...], started: Int[Array, " I"], solo, since: Float[Array, ""],
+             mu_m: Float[Array, " I"], mu_s: Float[Array, " I"], law: Coxian | None,
+             u: Float[Array, ""]) -> Int[Array, " 2"]:
+    """The end-to-end counters' hits of a step in which the decodes ``started`` (one-hot or zero
+    per class) began, on a solo GPU when ``solo`` (an indicator), ``since`` seconds after the
+    request arrived: the end-to-end latency's bin (:func:`grid_hits`), then the class, if the
+    decode runs on a solo GPU (whose per-token time, ``1 / gamma``, is the request's time per
+    output token; ``tau`` on a mixed GPU), else ``I`` (no hit).
 
     The end-to-end latency is ``since`` plus the decode, whose time on a slot of rate ``mu``
     (``mu_s`` or ``mu_m`` of the class) has its law whatever happened before the start: the
-    counter draws it afresh from ``u`` (see :func:`latency_tallies`; :func:`fresh_service` for a
+    counter draws it afresh from ``u`` (see :func:`latency_hits`; :func:`fresh_service` for a
     phase-type decode law), so the latency it counts has the request's own law."""
     cls = jnp.argmax(started)
     rate = jnp.where(solo > 0, mu_s[cls], mu_m[cls]).astype(since.dtype)
     e2e = since + fresh_service(law, cls, rate, u)
-    on_solo = (started * (solo > 0)).astype(started.dtype)
-    return jnp.concatenate([at_most(grid, started, e2e), on_solo])
+    num = started.shape[0]
+    on_solo = jnp.where((jnp.sum(started) > 0) & (solo > 0), cls, num).astype(jnp.int32)
+    return jnp.concatenate([grid_hits(grid, started, e2e), on_solo[None]])
 
 
 #: The Threefry key word that derives a phase-type draw's uniforms from one uniform.
@@ -818,11 +856,17 @@ def fresh_service(law: Coxian | None, cls: Int[Array, ""], rate: Float[Array, ""
     return jnp.sum(times * reached)
 
 
-def at_most(grid: tuple[float, ...], started: Int[Array, " I"], value: Float[Array, ""]
-            ) -> Int[Array, " KI"]:
-    """Per grid time g_k (major) and class: ``started`` where ``value <= g_k``, else 0."""
-    g = jnp.asarray(grid, value.dtype)[:, None]
-    return (started[None, :] * (value <= g)).reshape(-1).astype(started.dtype)
+def grid_hits(grid: tuple[float, ...], started: Int[Array, " I"], value: Float[Array, ""]
+              ) -> Int[Array, " 1"]:
+    """Where a start (``started``, one-hot or zero per class) of latency ``value`` goes in a
+    histogram of the K grid times (bin-major, ``(K, I)``, flattened): bin ``b``, the number of
+    grid times below ``value`` (so ``value <= g_k`` exactly when ``k >= b``; a NaN is below
+    none), of its class; ``K I`` (no bin) for no start or a value past the last time."""
+    g = jnp.asarray(grid, value.dtype)
+    num = started.shape[0]
+    below = jnp.sum(~(value <= g)).astype(jnp.int32)
+    where = below * num + jnp.argmax(started).astype(jnp.int32)
+    return jnp.where(jnp.sum(started) > 0, where, len(grid) * num)[None]
 
 
 def dead_head(d, ring, t, window):

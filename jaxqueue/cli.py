@@ -348,8 +348,9 @@ def _cmd_simulate(args) -> int:
                                       capacity=args.buffer_capacity, engine=args.engine,
                                       speed_rule=args.speed_rule, sli=sli)
         label = f"n = {args.gpus}"
-    if args.latency:
-        system = _with_latency(system, None if tuned else policy)
+    targets = _goodput_targets(args.slo)
+    if args.latency or targets:
+        system = _with_latency(system, None if tuned else policy, tuple(targets.values()))
     devices = _devices(args.devices, system, args.reps)
     est = budget.estimate(system, reps=args.reps, horizon=args.horizon,
                           chunk_events=args.chunk_events, devices=devices)
@@ -386,10 +387,35 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
-def _with_latency(system, policy):
-    """``system`` counting its requests' prefill waits and times to first token
-    (:func:`jaxqueue.stats.latency`); pooled Gate-and-Route, FG-SP and Prioritize-and-Route
-    only."""
+def _goodput_targets(texts) -> dict[str, float]:
+    """``--slo`` values (``METRIC=SECONDS``) as ``{metric: seconds}``, a clear error naming the
+    value otherwise."""
+    import math
+
+    from .stats import GOODPUT_METRICS
+
+    targets: dict[str, float] = {}
+    for text in texts or ():
+        metric, _, value = text.partition("=")
+        metric = metric.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if metric not in GOODPUT_METRICS or not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"--slo {text!r} is invalid: must be METRIC=SECONDS, METRIC one of "
+                             f"{', '.join(GOODPUT_METRICS)} and SECONDS a number > 0")
+        if metric in targets:
+            raise ValueError(f"--slo {text!r} is invalid: {metric} already has a target "
+                             f"({targets[metric]:g} s); give one per metric")
+        targets[metric] = seconds
+    return targets
+
+
+def _with_latency(system, policy, extra=()):
+    """``system`` counting its requests' latencies (:func:`jaxqueue.stats.latency`) on the CLI's
+    grid of times and the times ``extra`` (goodput targets, counted exactly); pooled
+    Gate-and-Route, FG-SP and Prioritize-and-Route only."""
     import dataclasses
 
     from .policies.pooled import Pooled
@@ -397,10 +423,11 @@ def _with_latency(system, policy):
 
     if type(system) is not Pooled:
         name = policy.name if policy is not None else "a tuned family"
-        raise ValueError(f"--latency is supported by the pooled gate-and-route, fg-sp and "
-                         f"prioritize-and-route, not by {name} on the "
+        raise ValueError(f"--latency and --slo are supported by the pooled gate-and-route, "
+                         f"fg-sp and prioritize-and-route, not by {name} on the "
                          f"{type(system).__name__} system")
-    return dataclasses.replace(system, wait_grid=LATENCY_GRID)
+    grid = tuple(sorted(set(LATENCY_GRID) | {float(t) for t in extra}))
+    return dataclasses.replace(system, wait_grid=grid)
 
 
 def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli=None,
@@ -471,6 +498,13 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
 
             out["latency"] = latency_summary(stats.latency(
                 run, system.wait_grid, per_token=stats.per_token_times(model)), model)
+            targets = _goodput_targets(getattr(args, "slo", None))
+            if targets:
+                from .compare import goodput_summary
+
+                out["goodput"] = goodput_summary(stats.goodput(
+                    run, system.wait_grid, targets, args.gpus,
+                    per_token=stats.per_token_times(model)), model)
     else:
         out.update(revenue_per_gpu=None, sli=None, classes=None, diagnosis=None)
     return out
@@ -892,9 +926,16 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--estimate", action="store_true",
                      help="print the memory and run-time estimate and stop")
     sim.add_argument("--latency", action="store_true",
-                     help="also measure each request's wait for prefill and time to first "
-                          "token: p50, p90, p99 per class with 95%% intervals (pooled "
-                          "policies; keeps each waiting request's arrival time, so slower)")
+                     help="also measure each request's latency (the wait for prefill, the time "
+                          "to first token, the decode buffer's wait, the end-to-end latency, "
+                          "the time per output token): p50, p90, p99 per class with 95%% "
+                          "intervals (pooled policies; keeps each waiting request's arrival "
+                          "time, so slower)")
+    sim.add_argument("--slo", action="append", metavar="METRIC=SECONDS",
+                     help="a latency target (repeatable; implies --latency): the share of "
+                          "requests that meet it and their rate per GPU (goodput), per class, "
+                          "with 95%% intervals; METRIC one of wait, ttft, decode_wait, e2e, "
+                          "tpot")
     sim.add_argument("--params", default=None, metavar="FILE",
                      help="simulate tuned parameters saved by jaxqueue tune --save (the file "
                           "names the policy family; --policy is then ignored)")

@@ -215,6 +215,20 @@ def latency_summary(lat: dict[str, Any], model: Model) -> dict[str, Any]:
     return out
 
 
+def goodput_summary(good: dict[str, Any], model: Model) -> dict[str, Any]:
+    """:func:`jaxqueue.stats.goodput` as JSON: per metric, its target (seconds) and per class
+    and for all (``"all"``) the share of arrivals meeting it and their rate per GPU per second,
+    each ``{mean, ci95}`` (null where no request arrived)."""
+    def num(v):
+        return float(v) if np.isfinite(v) else None
+
+    names = [*model.class_names, "all"]
+    return {metric: {"target": g["target"], "classes": {
+        name: {k: {"mean": num(g[k]["mean"][c]), "ci95": num(g[k]["ci95"][c])}
+               for k in ("share", "per_gpu_per_second")}
+        for c, name in enumerate(names)}} for metric, g in good.items()}
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """``{mean, ci95, pairs}`` of ``a[r] - b[r]`` over the replications both ran (the first
     ``min(len(a), len(b))``: replication r of each shares its random numbers)."""

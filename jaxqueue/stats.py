@@ -19,6 +19,7 @@ its time averages, and summarized like every other quantity:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,8 @@ from scipy import stats as _st
 from .driver import Run
 from .model import Model
 
-__all__ = ["LATENCY_GRID", "SLI_KEYS", "achieved_sli", "latency", "mean_ci", "per_token_times",
-           "summarize_pooled", "tpot"]
+__all__ = ["GOODPUT_METRICS", "LATENCY_GRID", "SLI_KEYS", "achieved_sli", "goodput", "latency",
+           "mean_ci", "per_token_times", "summarize_pooled", "tpot"]
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -288,6 +289,81 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99), per_token=None) -> dict[
                      "low": _crossing(times, cdf + 1.96 * se, q, side="above"),
                      "high": _crossing(times, cdf - 1.96 * se, q, side="above")}
         out["tpot"] = {"times": times, "cdf": cdf, "se": se, "quantiles": qs}
+    return out
+
+
+#: What a ``goodput`` target may bound: the prefill wait, the time to first token, the decode
+#: buffer's wait, the end-to-end latency (their counter prefixes) and the time per output token.
+GOODPUT_METRICS = {"wait": "prefill_wait_le", "ttft": "ttft_le", "decode_wait": "decode_wait_le",
+                   "e2e": "e2e_le", "tpot": None}
+
+
+def goodput(run: Run, grid, targets: dict[str, float], gpus: int, per_token=None
+            ) -> dict[str, Any]:
+    """The requests that meet each latency target: their share of the requests that arrived in
+    the statistics window, and their rate (per GPU per second), per class and for all classes
+    (the last column), from a run of a system with a ``wait_grid`` (``grid``) holding every
+    target's time, so that the count at the target is exact, not read between grid times.
+
+    A request meets ``ttft <= s`` when its prefill started within ``s`` seconds of its arrival
+    plus its prefill (counted when the prefill starts), ``e2e <= s`` when its decode ends within
+    ``s`` of its arrival, ``tpot <= s`` when the GPU it decodes on makes a token every ``s``
+    seconds or faster (``per_token``: :func:`per_token_times`; counted at the decode's start),
+    and likewise ``wait`` and ``decode_wait``. A request that abandons meets none. The share
+    is a ratio estimator over replications (requests meeting the target over arrivals, both in
+    the window; in a long window the requests still in the system at its ends are a vanishing
+    part of either) with its delta-method standard error; the rate is a mean over replications.
+    Each target is counted on its own: the share meeting two targets at once is not measured
+    (the counters do not follow one request from its first token to its last).
+
+    Returns:
+        ``{metric: {"target", "share": {"mean", "ci95"}, "per_gpu_per_second": {"mean",
+        "ci95"}}}``, arrays of length ``I + 1``.
+    """
+    grid = np.asarray(grid, np.float64)
+    live = run.collected
+
+    def by_class(name):
+        a = np.asarray(run.count(name), np.float64)[live]
+        return np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)  # (R, I + 1)
+
+    arrivals = by_class("arrivals")
+    reps = arrivals.shape[0]
+    window = np.asarray(run.window, np.float64)[live][:, None]
+    out: dict[str, Any] = {}
+    for metric, seconds in targets.items():
+        if metric not in GOODPUT_METRICS:
+            raise ValueError(f"goodput metric {metric!r} is invalid: must be one of "
+                             f"{', '.join(GOODPUT_METRICS)}")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"goodput target {metric} = {seconds!r} is invalid: must be a "
+                             "number of seconds > 0")
+        prefix = GOODPUT_METRICS[metric]
+        if prefix is None:
+            if per_token is None or "decode_start_solo" not in run.tally_names:
+                raise ValueError("a tpot target needs the end-to-end counters (a pooled system "
+                                 "with end_to_end) and per_token")
+            mixed_time, solo_time = (float(v) for v in per_token)
+            solo, started = by_class("decode_start_solo"), by_class("decode_start")
+            meeting = solo * (solo_time <= seconds) + (started - solo) * (mixed_time <= seconds)
+        else:
+            if f"{prefix}_0" not in run.tally_names:
+                raise ValueError(f"this run has no {metric} counters: simulate a pooled system "
+                                 "with a wait_grid (and end_to_end for e2e)")
+            at = np.flatnonzero(grid == seconds)
+            if at.size == 0:
+                raise ValueError(f"goodput target {metric} = {seconds} s is not one of the run's "
+                                 "grid times: add it to the wait_grid, so that it is counted "
+                                 "exactly")
+            meeting = by_class(f"{prefix}_{int(at[0])}")
+        total = arrivals.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = meeting.sum(axis=0) / total
+            resid = meeting - share[None, :] * arrivals
+            se = np.sqrt((resid ** 2).sum(axis=0) * reps / max(reps - 1, 1)) / total
+        rate, half = mean_ci(meeting / window / gpus)
+        out[metric] = {"target": float(seconds), "share": {"mean": share, "ci95": 1.96 * se},
+                       "per_gpu_per_second": {"mean": rate, "ci95": half}}
     return out
 
 

@@ -139,7 +139,7 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
         lines.append("  one replication: no confidence intervals (run --reps 2 or more for them)")
     else:
         lines.append("  ± is the half-width of a 95% confidence interval over replications")
-    lines += _class_table(o) + _sli_table(o) + _latency_table(o)
+    lines += _class_table(o) + _sli_table(o) + _latency_table(o) + _goodput_table(o)
     if details:
         lines += _details(o)
     if o.get("diagnosis"):
@@ -157,6 +157,34 @@ def _quantile_cell(q: dict[str, Any], missing: str) -> str:
         return missing
     hi = "inf" if q["high"] is None else f"{q['high']:.3g}"
     return f"{q['value']:.3g} [{q['low']:.3g},{hi}]"
+
+
+def _goodput_table(o: dict[str, Any]) -> list[str]:
+    """``simulate --slo``: per target and class, the share of arrivals meeting it and their
+    rate per GPU, with 95% intervals."""
+    good = o.get("goodput")
+    if not good:
+        return []
+    label = {"wait": "wait", "ttft": "TTFT", "decode_wait": "decode wait", "e2e": "E2E",
+             "tpot": "TPOT"}
+    w = max(14, *(len(k) for g in good.values() for k in g["classes"]))
+    lines = ["", f"{'goodput':<{w}} {'target':<20} {'share of arrivals':>22} "
+                 f"{'meeting it (/s per GPU)':>26}"]
+
+    def cell(v, digits):
+        if v["mean"] is None:
+            return "-"
+        half = "" if v["ci95"] is None else f" ± {v['ci95']:.2g}"
+        return f"{v['mean']:.{digits}g}{half}"
+
+    for metric, g in good.items():
+        target = f"{label[metric]} <= {g['target']:g} s"
+        for k, (name, c) in enumerate(g["classes"].items()):
+            lines.append(f"{name[:w]:<{w}} {target if k == 0 else '':<20} "
+                         f"{cell(c['share'], 4):>22} {cell(c['per_gpu_per_second'], 4):>26}")
+    lines += _wrap("  each target on its own (a request meeting two is not counted apart); a "
+                   "request that abandons meets none")
+    return lines
 
 
 def _latency_table(o: dict[str, Any]) -> list[str]:

@@ -542,7 +542,38 @@ def test_simulate_latency_prints_quantiles_and_refuses_per_gpu(capsys):
         assert row["tpot"]["p99"]["value"] in [a["seconds"] for a in atoms]
     _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--policy", "fi-wsp",
                       "--latency", code=2)
-    assert "--latency is supported by the pooled" in err and "fi-wsp" in err
+    assert "--latency and --slo are supported by the pooled" in err and "fi-wsp" in err
+
+
+def test_simulate_slo_prints_goodput_per_class(capsys):
+    # Targets on the latency grid already (1 s, 10 s): the same program as --latency's.
+    slo = ["--slo", "wait=1", "--slo", "ttft=1", "--slo", "e2e=10", "--slo", "tpot=0.03"]
+    out, _ = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, *slo)
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    for needle in ("goodput", "share of arrivals", "TTFT <= 1 s", "E2E <= 10 s", "TPOT <= 0.03 s",
+                   "latency (s)"):  # --slo implies --latency
+        assert needle in out, needle
+    good = run_json(capsys, "simulate", "paper-qwen8b", *SMALL, *slo)["goodput"]
+    assert list(good) == ["wait", "ttft", "e2e", "tpot"]
+    for metric, g in good.items():
+        c = g["classes"]
+        assert set(c) == {"decode-heavy", "prefill-heavy", "all"}
+        # "all" counts every class's requests: rates add up exactly; shares lie between.
+        rates = [c[k]["per_gpu_per_second"]["mean"] for k in ("decode-heavy", "prefill-heavy")]
+        assert c["all"]["per_gpu_per_second"]["mean"] == pytest.approx(sum(rates), rel=1e-9)
+        shares = [c[k]["share"]["mean"] for k in ("decode-heavy", "prefill-heavy", "all")]
+        assert 0.0 <= min(shares[:2]) <= shares[2] <= max(shares[:2]) <= 1.0, metric
+    # A request's wait is part of its TTFT: the same bound is met by at least as many.
+    for name in ("decode-heavy", "prefill-heavy", "all"):
+        assert (good["wait"]["classes"][name]["share"]["mean"]
+                >= good["ttft"]["classes"][name]["share"]["mean"])
+    for bad, says in (("ttft", "must be METRIC=SECONDS"), ("ttfb=2", "must be METRIC=SECONDS"),
+                      ("ttft=-1", "a number > 0")):
+        _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--slo", bad, code=2)
+        assert f"--slo {bad!r} is invalid" in err and says in err, err
+    _, err = run_text(capsys, "simulate", "paper-qwen8b", *SMALL, "--slo", "ttft=1",
+                      "--slo", "ttft=2", code=2)
+    assert "ttft already has a target" in err
 
 
 def test_scenarios_show_writes_a_changed_scenario_that_runs(tmp_path, capsys):

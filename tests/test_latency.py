@@ -247,3 +247,26 @@ def test_quantile_reading_and_its_interval_ends():
     np.testing.assert_allclose(_crossing(grid, cdf, 0.5, side="below"), [0.0, np.nan, np.inf])
     np.testing.assert_allclose(_crossing(grid, cdf, 0.5, side="above"), [1.0, np.nan, np.inf])
     np.testing.assert_allclose(_crossing(grid, cdf, 0.1), [0.0, np.nan, 1.0])
+
+
+def test_goodput_matches_erlang_a():
+    """The share of arrivals whose time to first token is at most s is P(served) F(s), with F
+    the TTFT's law among the requests served; the goodput is that share of the arrival rate."""
+    run = _mmnm("deviation")
+    exact = theory.erlang_a_latency(2, 4.0, 2.0, 1.0, [0.5, 1.0, 2.0])
+    truth = exact["served_probability"] * np.asarray(exact["ttft_cdf"])
+    for k, s in enumerate((0.5, 1.0, 2.0)):
+        out = stats.goodput(run, GRID, {"ttft": s, "wait": s}, gpus=4)
+        share = out["ttft"]["share"]
+        z = (share["mean"][0] - truth[k]) / (share["ci95"][0] / 1.96)
+        assert abs(z) < 4.0, (s, share, truth[k])
+        assert share["mean"][-1] == share["mean"][0]  # one class: "all" is that class
+        rate = out["ttft"]["per_gpu_per_second"]
+        z = (rate["mean"][0] - truth[k] * 4.0 / 4) / (rate["ci95"][0] / 1.96)
+        assert abs(z) < 4.0, (s, rate)
+        # The wait is part of the TTFT: more requests meet the same bound on it.
+        assert out["wait"]["share"]["mean"][0] > share["mean"][0]
+    with pytest.raises(ValueError, match="not one of the run's grid times"):
+        stats.goodput(run, GRID, {"ttft": 0.6}, gpus=4)
+    with pytest.raises(ValueError, match="must be one of"):
+        stats.goodput(run, GRID, {"latency": 1.0}, gpus=4)

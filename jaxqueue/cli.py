@@ -329,6 +329,14 @@ def _cmd_simulate(args) -> int:
     from .driver import GROWTH, BufferOverflowError, simulate
 
     model = scenarios.load(args.scenario)
+    arrivals = None
+    if args.replay is not None:
+        from . import replay, workload
+
+        model, arrivals = replay.from_trace(model, workload.read_trace(args.replay), args.gpus,
+                                            args.replay_speed)
+    elif args.replay_speed != 1.0:
+        raise ValueError("--replay-speed goes with --replay FILE")
     tuned = None
     if args.params is not None:
         system, plan, family, params, sli, meta = tuned_system(
@@ -348,6 +356,8 @@ def _cmd_simulate(args) -> int:
                                       capacity=args.buffer_capacity, engine=args.engine,
                                       speed_rule=args.speed_rule, sli=sli)
         label = f"n = {args.gpus}"
+    if arrivals is not None:
+        system = _with_arrivals(system, None if tuned else policy, arrivals)
     targets = _goodput_targets(args.slo)
     if args.latency or targets:
         system = _with_latency(system, None if tuned else policy, tuple(targets.values()))
@@ -385,6 +395,21 @@ def _cmd_simulate(args) -> int:
                 if args.checkpoint else ""))
         return INTERRUPTED
     return 0
+
+
+def _with_arrivals(system, policy, arrivals):
+    """``system`` replaying ``arrivals`` (:mod:`jaxqueue.replay`); the paper's pooled policies
+    only."""
+    import dataclasses
+
+    from .policies.pooled import Pooled
+
+    if type(system) is not Pooled or system.params is not None:
+        name = policy.name if policy is not None else "a tuned family"
+        raise ValueError(f"--replay is supported by the pooled gate-and-route, fg-sp and "
+                         f"prioritize-and-route, not by {name} on the "
+                         f"{type(system).__name__} system")
+    return dataclasses.replace(system, arrivals=arrivals)
 
 
 def _goodput_targets(texts) -> dict[str, float]:
@@ -459,6 +484,7 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         "patience": None if model.patience is None else {
             "law": model.patience.law, "cv": np.asarray(model.patience.cv).tolist()},
         "service": None if model.service is None else model.service.describe(),
+        "replay": _replay_out(args, system, model),
     }
     if tuned is None:
         out.update(policy=policy.name, plan=_plan_text(policy, sli, plan))
@@ -508,6 +534,20 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
     else:
         out.update(revenue_per_gpu=None, sli=None, classes=None, diagnosis=None)
     return out
+
+
+def _replay_out(args, system, model) -> dict[str, Any] | None:
+    """What ``--replay`` replays: the file, its requests, the cycle and the rates it gives."""
+    import numpy as np
+
+    arrivals = getattr(system, "arrivals", None)
+    if arrivals is None:
+        return None
+    counts = np.bincount(np.asarray(arrivals.classes), minlength=model.num_classes)
+    return {"file": str(args.replay), "requests": int(arrivals.size), "speed": args.replay_speed,
+            "period_seconds": float(arrivals.period),
+            "requests_per_class": counts.tolist(),
+            "arrival_rate_per_gpu": np.asarray(model.lambda_, np.float64).tolist()}
 
 
 def _sli_report(achieved, model, plan, sli) -> dict[str, Any]:
@@ -936,6 +976,13 @@ def _parser() -> argparse.ArgumentParser:
                           "requests that meet it and their rate per GPU (goodput), per class, "
                           "with 95%% intervals; METRIC one of wait, ttft, decode_wait, e2e, "
                           "tpot")
+    sim.add_argument("--replay", default=None, metavar="TRACE",
+                     help="replay a request trace's arrivals (CSV with arrival times and prompt "
+                          "and output lengths) instead of Poisson arrivals: each request joins "
+                          "the scenario's class nearest to its lengths, and the classes' rates "
+                          "become the trace's, for the plan too (pooled paper policies)")
+    sim.add_argument("--replay-speed", type=_number("replay-speed", strict=True), default=1.0,
+                     help="with --replay: divide the trace's times by this (2: twice the traffic)")
     sim.add_argument("--params", default=None, metavar="FILE",
                      help="simulate tuned parameters saved by jaxqueue tune --save (the file "
                           "names the policy family; --policy is then ignored)")

@@ -195,6 +195,19 @@ class AbstractSystem(eqx.Module):
     def rates(self, state: Any) -> Float[Array, " E"]:
         """Rates of the exponential events in ``state``."""
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether some events happen at scheduled times (:meth:`next_scheduled`) besides the
+        exponential ones (static; False by default)."""
+        return False
+
+    def next_scheduled(self, state: Any) -> tuple[Float[Array, ""], Int[Array, ""]]:
+        """The time (on the rollout's clock) and the event index of the next scheduled event,
+        for a system with :attr:`scheduled`. A step fires it when it comes before the next
+        exponential event (whose draw is then discarded: the exponential clocks are
+        memoryless); :meth:`fire` must move the schedule on."""
+        raise NotImplementedError
+
     def pending(self, state: Any) -> Bool[Array, ""]:
         """Whether ``state`` needs a zero-time bookkeeping step before the next random event
         (e.g. discarding an abandoned job at the head of a lazy buffer, :mod:`jaxqueue.buffer`)."""
@@ -298,12 +311,18 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
     dt = rng.exponential(b[0]) / total  # +inf when nothing can happen
     pending = system.pending(state)
     t_new = jnp.where(pending, t, t + dt.astype(clock_dtype))
+    if system.scheduled:  # a scheduled event that comes first fires instead, at its time
+        at, which = system.next_scheduled(state)
+        first = ~pending & (at.astype(clock_dtype) < t_new)
+        t_new = jnp.where(first, at.astype(clock_dtype), t_new)
     # A replication that has reached the window's end takes no more random events in this
     # rollout (only zero-time bookkeeping): a holding time below half a float ulp of the clock
     # would otherwise land an event exactly on the end.
     live = (t_new <= w1) & (pending | (t < w1))
     random = live & ~pending
     index = jnp.where(random, decide.event(rates, rng.uniform(b[1])), num_events)
+    if system.scheduled:
+        index = jnp.where(random & first, which, index)
     extra = 2 + system.num_random
     noise = rng.uniform(b[extra:]) if b.shape[0] > extra else None
     event = Event(index=index, hot=decide.event_hot(rates, index, noise))

@@ -68,6 +68,7 @@ from .. import rng
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
+from ..replay import ArrivalTrace
 from ..rng import real_dtype
 from ..service import Coxian
 from .common import (
@@ -136,6 +137,8 @@ class PooledState(eqx.Module):
             (the decode buffer then keeps each job's arrival time as its origin); else None.
         origins_full: with ``origins``, set once some ``X_i`` exceeded the capacity (a write
             was dropped: the run is rerun with a larger capacity, as for a full ring).
+        replay_at, replay_k: with replayed arrivals, the time of the next one on the rollout's
+            clock and its index in the trace; else None.
     """
 
     X: Int[Array, " I"]
@@ -151,6 +154,8 @@ class PooledState(eqx.Module):
     phases: Int[Array, "3 I K"] | None = None
     origins: Float[Array, "I S"] | None = None
     origins_full: Bool[Array, ""] | None = None
+    replay_at: Float[Array, ""] | None = None
+    replay_k: Int[Array, ""] | None = None
 
     @property
     def Xk(self) -> Int[Array, "I K"] | None:
@@ -214,6 +219,7 @@ class Pooled(AbstractSystem):
     end_to_end: bool = eqx.field(static=True, default=True)
     params: GatedParams | None = None
     gate_temperature: Float[Array, ""] | None = None
+    arrivals: ArrivalTrace | None = None
 
     def __check_init__(self):
         if self.gate not in GATES:
@@ -238,6 +244,16 @@ class Pooled(AbstractSystem):
                                  "entry times: a wait_grid is for the paper's pooled policies")
         elif self.gate_temperature is not None:
             raise ValueError("gate_temperature is for the gated family (params) only")
+        if self.arrivals is not None:
+            if self.params is not None:
+                raise ValueError("replayed arrivals are for the paper's pooled policies, not "
+                                 "the gated family (params)")
+            if self.decide.differentiable:
+                raise ValueError("replayed arrivals need exact decisions")
+            top = int(np.max(np.asarray(self.arrivals.classes)))
+            if top >= self.num_classes:
+                raise ValueError(f"arrivals are invalid: class {top} is not one of the "
+                                 f"scenario's {self.num_classes} classes")
         if self.phased:
             where = None
             # Relaxed decisions make counts fractional; the score-function estimator's decisions
@@ -309,15 +325,25 @@ class Pooled(AbstractSystem):
 
     def rates(self, s) -> Float[Array, " E"]:
         m = self.model
+        # Replayed arrivals are scheduled events (next_scheduled), not exponential ones.
+        arrive = m.lambda_ * self.n if self.arrivals is None else jnp.zeros_like(m.lambda_)
         if not self.phased:
             return jnp.concatenate([
-                m.lambda_ * self.n, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
+                arrive, m.mu_p * s.X, m.mu_m * s.Ym, m.mu_s * s.Ys, m.theta * s.Qp,
             ])
         # A side's row: the rate at which its class-i jobs leave a phase (fire picks which
         # phase, and whether the service ends there).
         rates, _ = self._shapes()
         leave = self._mu() * jnp.sum(rates * s.phases, axis=2)
-        return jnp.concatenate([m.lambda_ * self.n, leave.reshape(-1), m.theta * s.Qp])
+        return jnp.concatenate([arrive, leave.reshape(-1), m.theta * s.Qp])
+
+    @property
+    def scheduled(self) -> bool:
+        return self.arrivals is not None
+
+    def next_scheduled(self, s):
+        """The next replayed arrival: its time and its event (the arrival of its class)."""
+        return s.replay_at, self.arrivals.classes[s.replay_k]
 
     def levels(self, s) -> Float[Array, " L"]:
         # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).
@@ -335,6 +361,9 @@ class Pooled(AbstractSystem):
 
     def rebase(self, s, elapsed):
         s = rebase_rings(s, elapsed)
+        if s.replay_at is not None:
+            s = eqx.tree_at(lambda s: s.replay_at, s,
+                            s.replay_at - elapsed.astype(s.replay_at.dtype))
         if s.class_rings is not None:
             s = eqx.tree_at(lambda s: s.class_rings, s, buf.rebase(s.class_rings, elapsed))
         if s.origins is not None:
@@ -423,7 +452,7 @@ class Pooled(AbstractSystem):
         # The gated family rounds share, slack and one cap per class: one uniform each, two
         # with the dither.
         if self.params is None:
-            return 0
+            return 0 if self.arrivals is None else 1  # where in the trace's cycle it starts
         return (2 + self.num_classes) * (2 if self.smoothed else 1)
 
     @property
@@ -465,6 +494,8 @@ class Pooled(AbstractSystem):
             origins=jnp.zeros((self.num_classes, self.capacity), real_dtype())
             if self.tracks_origin else None,
             origins_full=jnp.bool_(False) if self.tracks_origin else None,
+            replay_at=None if self.arrivals is None else jnp.zeros((), real_dtype()),
+            replay_k=None if self.arrivals is None else jnp.zeros((), jnp.int32),
         )
 
     # ---- the gated family's thresholds, rounded once per replication --------------------------
@@ -475,6 +506,17 @@ class Pooled(AbstractSystem):
         return jnp.concatenate([jnp.stack([n * p.share, n * p.slack]), n * p.caps])
 
     def randomize(self, s: PooledState, u) -> PooledState:
+        if self.arrivals is not None:
+            # A uniform point of the trace's cycle; the first arrival at or after it comes
+            # next (the cycle's first, in the next cycle, past the last).
+            a = self.arrivals
+            start = u[0].astype(a.times.dtype) * a.period
+            k = jnp.searchsorted(a.times, start, side="left").astype(jnp.int32)
+            wrap = k >= a.size
+            at = jnp.where(wrap, a.period - start + a.times[0],
+                           a.times[jnp.minimum(k, a.size - 1)] - start)
+            return eqx.tree_at(lambda s: (s.replay_at, s.replay_k), s,
+                               (at.astype(s.replay_at.dtype), jnp.where(wrap, 0, k)))
         k = rounded(self.decide, self.thresholds(), u, self.smoothed)
         dtype = s.M.dtype
         M = jnp.minimum(k[0], self.n).astype(dtype)
@@ -686,9 +728,17 @@ class Pooled(AbstractSystem):
             # placed on each side (what it added to the side's total besides the ends).
             starts = jnp.stack([admit, Ym - (s.Ym - mixed_done), Ys - (s.Ys - solo_done)])
             phases = shift_phases(s.phases, advances, ends, starts)
+        replay_at, replay_k = s.replay_at, s.replay_k
+        if self.arrivals is not None:
+            # Every arrival is the scheduled one: the next is a gap later.
+            moved = jnp.sum(arrive) > 0
+            gap = self.arrivals.gaps[replay_k].astype(replay_at.dtype)
+            replay_at = jnp.where(moved, replay_at + gap, replay_at)
+            replay_k = jnp.where(moved, (replay_k + 1) % self.arrivals.size, replay_k)
         state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
                             class_rings=crings, M=s.M, slack=s.slack, caps=s.caps,
-                            phases=phases, origins=origins, origins_full=origins_full)
+                            phases=phases, origins=origins, origins_full=origins_full,
+                            replay_at=replay_at, replay_k=replay_k)
         counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
                                   solo_done * counted, p_gone, d_gone, admit * counted,
                                   placed * counted])

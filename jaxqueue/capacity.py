@@ -11,7 +11,8 @@ more GPUs never shorten the wait for a prefill slot. The prefill side is a many-
 whose servers are the M prefill slots, whatever n: its waits, and the time to first token,
 depend on M alone. The decode side (decode slots, the decode buffer's waits and abandonments)
 depends on n given M. So the search finds the fewest prefill slots m* that meet the prefill-side
-targets (``wait_*``, ``ttft_*``), never fewer than the plan's M, then the fewest GPUs n* >= m*
+targets (``wait_*``, ``ttft_*``, and the share abandoning while waiting for prefill within
+``max_abandon``), never fewer than the plan's M, then the fewest GPUs n* >= m*
 that meet every target with M = m* (the decode side's ``decode_wait_*``, and the end-to-end
 latency ``e2e_*`` and time per output token ``tpot_*``, which need both sides). The policy at
 the answer is the chosen policy with m* mixed GPUs (the plan's M when m* equals it).
@@ -166,9 +167,11 @@ class Point:
 
 def evaluate(key, model: Model, traffic: float, n: int, mixed: int | None, *, policy: str,
              slos: dict[str, float], max_abandon: float | None, reps: int, horizon: float,
-             warmup: float, devices=None, only_prefill: bool = False) -> Point:
+             warmup: float, devices=None, only_prefill: bool = False, arrivals=None) -> Point:
     """Simulates ``policy`` at n GPUs, ``mixed`` of them mixed (the plan's M when None), with
-    latency counters, and checks the targets (with ``only_prefill``, the prefill side's)."""
+    latency counters, and checks the targets (with ``only_prefill``, the prefill side's). With
+    ``arrivals`` (a :class:`jaxqueue.replay.ArrivalTrace` carrying ``traffic`` in the model's
+    mix) the requests arrive at its times instead of as Poisson streams."""
     import equinox as eqx
     import jax.numpy as jnp
 
@@ -185,7 +188,8 @@ def evaluate(key, model: Model, traffic: float, n: int, mixed: int | None, *, po
     mixed = planned if mixed is None else int(mixed)
     system = eqx.tree_at(lambda s: s.M, system, jnp.asarray(mixed, system.M.dtype))
     end_to_end = any(_target(k)[0] in END_TO_END for k in slos)
-    system = dataclasses.replace(system, wait_grid=LATENCY_GRID, end_to_end=end_to_end)
+    system = dataclasses.replace(system, wait_grid=LATENCY_GRID, end_to_end=end_to_end,
+                                 arrivals=arrivals)
     run = simulate(key, system, reps=reps, horizon=horizon, warmup=warmup, devices=devices)
     lat = stats.latency(run, LATENCY_GRID, per_token=stats.per_token_times(m))
     metrics, failing = {}, []
@@ -200,13 +204,24 @@ def evaluate(key, model: Model, traffic: float, n: int, mixed: int | None, *, po
         if row["high"] is None or row["high"] > slos[name]:
             failing.append(name)
     keep = run.collected
-    gone = (run.count("prefill_abandon") + run.count("decode_abandon"))[keep].sum(axis=1)
     came = run.count("arrivals")[keep].sum(axis=1).astype(np.float64)
-    share = gone.sum() / came.sum()
-    resid = gone - share * came
-    se = math.sqrt((resid ** 2).sum() * len(came) / max(len(came) - 1, 1)) / came.sum()
-    abandon = {"mean": float(share), "high": float(share + 1.96 * se)}
-    if not only_prefill and max_abandon is not None and abandon["high"] > max_abandon:
+
+    def shared(gone):
+        """The share of arrivals that ``gone`` counts, and the upper end of its 95% interval."""
+        share = gone.sum() / came.sum()
+        resid = gone - share * came
+        se = math.sqrt((resid ** 2).sum() * len(came) / max(len(came) - 1, 1)) / came.sum()
+        return float(share), float(share + 1.96 * se)
+
+    mean, high = shared((run.count("prefill_abandon") + run.count("decode_abandon"))[keep]
+                        .sum(axis=1))
+    prefill_mean, prefill_high = shared(run.count("prefill_abandon")[keep].sum(axis=1))
+    abandon = {"mean": mean, "high": high, "prefill_mean": prefill_mean,
+               "prefill_high": prefill_high}
+    # The prefill side alone is checked against the prefill queue's share: it depends on the
+    # mixed GPUs only, and the whole share is at least it.
+    reach = abandon["prefill_high" if only_prefill else "high"]
+    if max_abandon is not None and reach > max_abandon:
         failing.append("abandon")
     rev = stats.summarize_pooled(run, m, n)["revenue_per_gpu"]["bundled"]
     return Point(n=n, mixed=mixed, planned_mixed=planned, ok=not failing, failing=failing,
@@ -248,11 +263,13 @@ def search(check: Callable[[int], Point], *, low_end: int, high_end: int
 def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
            max_abandon: float | None, reps: int, horizon: float, warmup: float, seed: int,
            n_max: int = 100_000, devices=None, compare: bool = False,
-           notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+           notify: Callable[[str], None] | None = None, arrivals=None) -> dict[str, Any]:
     """The two searches (on key ``seed``), then the answer simulated again on a fresh key
     (``seed + 1``) with one mixed GPU fewer and one GPU fewer, each of which should fail. With
     ``compare``, the other pooled policies run on the answer's GPUs (n* of them, m* mixed) on the
-    fresh key too, each checked against the same targets."""
+    fresh key too, each checked against the same targets. With ``arrivals``, every point replays
+    them (``traffic`` and the model's mix must be theirs: :func:`jaxqueue.replay.from_trace`
+    with one GPU)."""
     import jax
 
     if not slos and max_abandon is None:
@@ -277,7 +294,7 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
         raise ValueError(f"slo {name} = {target:g} s cannot be met with any capacity: as the "
                          f"waits vanish {limit}, whose p{q} is {floor:.4g} s {where}")
     kw = dict(policy=policy, slos=slos, max_abandon=max_abandon, reps=reps, horizon=horizon,
-              warmup=warmup, devices=devices)
+              warmup=warmup, devices=devices, arrivals=arrivals)
     key = jax.random.key(seed)
 
     def say(point: Point) -> Point:
@@ -291,8 +308,8 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
     from . import policies
 
     planned = int(policies.build(policy, traffic_model(model, traffic, n_max), n_max)[0].M)
-    prefill_slos = any(_target(k)[0] in PREFILL_SIDE for k in slos)
-    if prefill_slos:
+    prefill_side = any(_target(k)[0] in PREFILL_SIDE for k in slos) or max_abandon is not None
+    if prefill_side:
         mixed, slot_points = search(
             lambda m: say(evaluate(key, model, traffic, max(m, 1) * 4 + 8, m, only_prefill=True,
                                    **kw)), low_end=max(planned, 1), high_end=n_max)
@@ -305,7 +322,7 @@ def answer(model: Model, traffic: float, *, policy: str, slos: dict[str, float],
     confirm = {"answer": evaluate(fresh, model, traffic, best, mixed, **kw)}
     if best > mixed:
         confirm["one_gpu_fewer"] = evaluate(fresh, model, traffic, best - 1, mixed, **kw)
-    if prefill_slos and mixed > max(planned, 1):
+    if prefill_side and mixed > max(planned, 1):
         confirm["one_mixed_fewer"] = evaluate(fresh, model, traffic, best, mixed - 1, **kw)
     others = {}
     if compare:

@@ -782,16 +782,35 @@ def _cmd_reproduce(args) -> None:
 
 # ---- capacity ---------------------------------------------------------------------------------
 def _cmd_capacity(args) -> int:
+    import numpy as np
+
     from . import capacity, policies, scenarios
     from .tables import capacity_lines
 
     model = scenarios.load(args.scenario)
     slos = dict(capacity.parse_slo(t, model.class_names) for t in args.slo or ())
-    out = capacity.answer(model, args.traffic, policy=policies.resolve(args.policy).name,
+    traffic, arrivals = args.traffic, None
+    if args.replay is not None:
+        from . import replay, workload
+
+        trace = workload.read_trace(args.replay)
+        # The trace's classes at its own speed, then scaled to the traffic asked for.
+        model, arrivals = replay.from_trace(model, trace, 1)
+        own = float(np.sum(model.lambda_))
+        if traffic is not None:
+            model, arrivals = replay.from_trace(model, trace, 1, speed=traffic / own)
+        traffic = float(np.sum(model.lambda_))
+    elif traffic is None:
+        raise ValueError("--traffic is required (requests per second in all), unless --replay "
+                         "gives a trace's")
+    out = capacity.answer(model, traffic, policy=policies.resolve(args.policy).name,
                           slos=slos, max_abandon=args.max_abandon, reps=args.reps,
                           horizon=args.horizon, warmup=args.warmup, seed=args.seed,
                           n_max=args.max_gpus, devices=_devices(args.devices),
-                          compare=args.compare, notify=_say)
+                          compare=args.compare, notify=_say, arrivals=arrivals)
+    if arrivals is not None:
+        out["replay"] = {"file": str(args.replay), "requests": int(arrivals.size),
+                         "period_seconds": float(arrivals.period)}
     if args.plot:
         capacity.plot(args.plot, out)
         out["plot"] = args.plot
@@ -993,8 +1012,12 @@ def _parser() -> argparse.ArgumentParser:
                   "a traffic within latency and abandonment targets, with 95% confidence")
     cap.add_argument("scenario", help="built-in name or path to a TOML file (its arrival rates "
                      "give the mix of classes)")
-    cap.add_argument("--traffic", type=_number("traffic", strict=True), required=True,
-                     help="requests per second in all, in the scenario's mix")
+    cap.add_argument("--traffic", type=_number("traffic", strict=True), default=None,
+                     help="requests per second in all, in the scenario's mix (required without "
+                          "--replay; with it, the trace's times are scaled to this traffic)")
+    cap.add_argument("--replay", default=None, metavar="TRACE",
+                     help="replay a request trace's arrivals at every n, as simulate --replay "
+                          "does: its classes' mix and, without --traffic, its traffic")
     cap.add_argument("--slo", action="append", metavar="METRIC[@CLASS]=SECONDS",
                      help="a latency target (repeatable), over all classes or, with @CLASS, "
                           "for the class of that name; METRIC one of wait_p50/p90/p99 (prefill "

@@ -610,18 +610,21 @@ def capacity_lines(o: dict[str, Any]) -> list[str]:
     width = {k: max(16, len(k)) for k in names}
     head = (f"{'n':>7} {'mixed':>6} {'meets':>5} {'revenue/GPU':>15} {'abandon %':>15} "
             + " ".join(f"{k:>{width[k]}}" for k in names))
-    for title, points in (("prefill slots (the prefill-side targets only)", o["slot_points"]),
-                          ("GPUs (every target)", o["gpu_points"])):
+    for title, points, side in (
+            ("prefill slots (the prefill-side targets only; abandon %: while waiting for "
+             "prefill)", o["slot_points"], "prefill_"),
+            ("GPUs (every target)", o["gpu_points"], "")):
         if not points:
             continue
-        lines += ["", f"search over {title}:", head]
+        lines += [""] + _wrap(f"search over {title}:") + [head]
         for p in points:
             rev = p["revenue"]
             ci = "" if rev["ci95"] is None else f" ± {rev['ci95']:.2g}"
             ab = p["abandon"]
+            mean, high = ab.get(f"{side}mean", ab["mean"]), ab.get(f"{side}high", ab["high"])
             lines.append(f"{p['n']:>7} {p['mixed']:>6} {('yes' if p['ok'] else 'no'):>5} "
                          f"{rev['mean']:>8.2f}{ci:<7} "
-                         f"{100 * ab['mean']:>6.2f} (<={100 * ab['high']:.2f}) "
+                         f"{100 * mean:>6.2f} (<={100 * high:.2f}) "
                          + " ".join(f"{cell(p['metrics'][k]):>{width[k]}}" for k in names))
     lines.append("  latencies: estimate (upper end of its 95% interval), seconds")
     conf = o["confirmation"]

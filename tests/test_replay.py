@@ -134,3 +134,28 @@ def test_azure_conversation_trace_replays(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["replay"]["requests"] > 1000
     assert out["revenue_per_gpu"]["bundled"]["mean"] > 0
+
+
+def test_capacity_replays_the_trace_at_every_size(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    times = np.cumsum(rng.exponential(0.25, 300))  # about 4 requests/s
+    long_prompt = rng.random(300) < 0.5
+    rows = [(f"{t:.4f}", 3000 if p else 300, 400 if p else 1000)
+            for t, p in zip(times, long_prompt, strict=True)]
+    path = _write(tmp_path / "trace.csv", rows)
+    base = ["capacity", "paper-qwen8b", "--replay", path, "--max-abandon", "0.05", "--reps", "4",
+            "--horizon", "200", "--warmup", "20", "--devices", "1"]
+    main([*base, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    trace = replay.ArrivalTrace.make(times, long_prompt.astype(int))
+    assert out["traffic"] == pytest.approx(300 / float(trace.period), rel=1e-5)
+    assert out["replay"]["requests"] == 300
+    assert out["confirmation"]["answer"]["ok"] and out["gpus"] >= 1
+    # --traffic scales the trace: twice its own traffic needs at least as many GPUs.
+    main([*base, "--traffic", str(2 * out["traffic"]), "--json"])
+    double = json.loads(capsys.readouterr().out)
+    assert double["traffic"] == pytest.approx(2 * out["traffic"], rel=1e-5)
+    assert double["gpus"] >= out["gpus"]
+    with pytest.raises(SystemExit):
+        main(["capacity", "paper-qwen8b", "--max-abandon", "0.05"])
+    assert "--traffic is required" in capsys.readouterr().err

@@ -270,6 +270,37 @@ def test_ctrl_c_on_the_command_exits_130_with_the_time_reached():
     assert 0 < js["time_reached"]["min"] < 1e7 and js["replications_with_statistics"] == 2
 
 
+ONE_CORE = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a process that may use two or more cores")
+
+
+# (how main is called, policy, pinned to one core, devices the run uses: all is -1)
+@ONE_CORE
+@pytest.mark.parametrize("how, policy, pinned, devices", [
+    ("own", "fi-wsp", True, 1),
+    pytest.param("own", "gate-and-route", False, -1, marks=pytest.mark.slow),
+    pytest.param("in-process", "fi-wsp", False, 1, marks=pytest.mark.slow),
+])
+def test_a_few_replication_per_gpu_run_of_its_own_runs_on_one_core(how, policy, pinned, devices):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import os, sys; from jaxqueue.cli import main; a = {}; sys.argv[1:] = a[1:]; "
+            "main() if a[0] == 'own' else main(a[1:]); "
+            "print(len(os.sched_getaffinity(0)), file=sys.stderr)")
+    run = ["simulate", "paper-qwen8b", "--gpus", "5", "--reps", "2", "--horizon", "5",
+           "--warmup", "1", "--json"]
+    every = len(os.sched_getaffinity(0))
+    devices = every if devices == -1 else devices
+    argv = [how, *run, "--policy", policy]
+    out = subprocess.run([sys.executable, "-c", code.format(argv)], cwd=ROOT, env=env,
+                         text=True, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("run on one device and one core" in out.stderr) == pinned, out.stderr
+    cores = int(out.stderr.strip().splitlines()[-1])
+    assert cores == (1 if pinned else every), cores
+    assert json.loads(out.stdout)["devices"] == devices, out.stdout[-200:]
+
+
 def test_help_shows_defaults_and_no_rst_markup(capsys):
     for argv in (["--help"], ["simulate", "--help"], ["lp", "--help"], ["validate", "--help"]):
         with pytest.raises(SystemExit):

@@ -121,18 +121,26 @@ def test_end_to_end_and_tpot_targets_are_parsed_and_their_floors_are_exact():
         capacity.answer(PAPER, 10.0, slos={"tpot_p50": 0.9 / PAPER.gamma}, **kw)
 
 
-def test_capacity_command_answers_and_confirms(capsys, tmp_path):
-    main(["capacity", "paper-qwen8b", "--traffic", "10", "--slo", "ttft_p99=2",
-          "--max-abandon", "0.05", "--reps", "8", "--horizon", "400", "--warmup", "100",
-          "--devices", "1", "--compare", "--plot", str(tmp_path / "cost.png"), "--json"])
+CAPACITY = ["capacity", "paper-qwen8b", "--traffic", "10", "--slo", "ttft_p99=2", "--max-abandon",
+            "0.05", "--reps", "8", "--horizon", "400", "--warmup", "100", "--devices", "1"]
+
+
+@pytest.mark.slow  # two more policies' programs to compile
+def test_capacity_compare_runs_the_other_policies_at_the_answer(capsys):
+    main([*CAPACITY, "--compare", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert (tmp_path / "cost.png").stat().st_size > 10_000
     # The other pooled policies ran on the answer's GPUs against the same targets.
     assert set(out["others"]) == {"fg-sp", "prioritize-and-route"}
     for p in out["others"].values():
         assert (p["n"], p["mixed"]) == (out["gpus"], out["mixed_gpus"])
         assert p["ok"] == (p["metrics"]["ttft_p99"]["high"] <= 2.0
                            and p["abandon"]["high"] <= 0.05)
+
+
+def test_capacity_command_answers_and_confirms(capsys, tmp_path):
+    main([*CAPACITY, "--plot", str(tmp_path / "cost.png"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "cost.png").stat().st_size > 10_000
     n, m = out["gpus"], out["mixed_gpus"]
     assert m >= out["planned_mixed_gpus"] and n >= m
     # The answer met every target in its search; one GPU fewer, if run, did not.

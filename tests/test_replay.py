@@ -125,6 +125,7 @@ def test_simulate_replay_runs_and_reports_the_trace(tmp_path, capsys):
     assert "no arrival-time column" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the synthetic trace above runs the same path in the default suite
 @pytest.mark.skipif(not (TRACES / "splitwise_conv.csv").exists(),
                     reason="the Azure conversation trace (shared data) is not on this machine")
 def test_azure_conversation_trace_replays(capsys):

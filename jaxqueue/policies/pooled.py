@@ -731,10 +731,10 @@ class Pooled(AbstractSystem):
         replay_at, replay_k = s.replay_at, s.replay_k
         if self.arrivals is not None:
             # Every arrival is the scheduled one: the next is a gap later.
-            moved = jnp.sum(arrive) > 0
+            arrived = jnp.sum(arrive) > 0
             gap = self.arrivals.gaps[replay_k].astype(replay_at.dtype)
-            replay_at = jnp.where(moved, replay_at + gap, replay_at)
-            replay_k = jnp.where(moved, (replay_k + 1) % self.arrivals.size, replay_k)
+            replay_at = jnp.where(arrived, replay_at + gap, replay_at)
+            replay_k = jnp.where(arrived, (replay_k + 1) % self.arrivals.size, replay_k)
         state = PooledState(X=X, Ym=Ym, Ys=Ys, Qp=Qp, prefill_ring=pring, decode_ring=dring,
                             class_rings=crings, M=s.M, slack=s.slack, caps=s.caps,
                             phases=phases, origins=origins, origins_full=origins_full,

@@ -208,10 +208,8 @@ def evaluate(key, model: Model, traffic: float, n: int, mixed: int | None, *, po
 
     def shared(gone):
         """The share of arrivals that ``gone`` counts, and the upper end of its 95% interval."""
-        share = gone.sum() / came.sum()
-        resid = gone - share * came
-        se = math.sqrt((resid ** 2).sum() * len(came) / max(len(came) - 1, 1)) / came.sum()
-        return float(share), float(share + 1.96 * se)
+        share, se = stats.ratio_estimate(gone[:, None], came[:, None])
+        return float(share[0]), float(share[0] + 1.96 * se[0])
 
     mean, high = shared((run.count("prefill_abandon") + run.count("decode_abandon"))[keep]
                         .sum(axis=1))

@@ -29,7 +29,7 @@ from .driver import Run
 from .model import Model
 
 __all__ = ["GOODPUT_METRICS", "LATENCY_GRID", "SLI_KEYS", "achieved_sli", "goodput", "latency",
-           "mean_ci", "per_token_times", "summarize_pooled", "tpot"]
+           "mean_ci", "per_token_times", "ratio_estimate", "summarize_pooled", "tpot"]
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -250,13 +250,7 @@ def latency(run: Run, grid, quantiles=(0.5, 0.9, 0.99), per_token=None) -> dict[
     def law(hits, started):
         """Distribution function and standard error at each time, from the hits ``(K, R, I+1)``
         of the requests ``started`` ``(R, I+1)``."""
-        total = started.sum(axis=0)
-        reps = started.shape[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cdf = hits.sum(axis=1) / total
-            resid = hits - cdf[:, None, :] * started[None]
-            se = np.sqrt((resid ** 2).sum(axis=1) * reps / max(reps - 1, 1)) / total
-        return cdf, se
+        return ratio_estimate(hits, started)
 
     kinds = [("wait", "prefill_wait_le", "prefill_start"), ("ttft", "ttft_le", "prefill_start"),
              ("decode_wait", "decode_wait_le", "decode_start")]
@@ -328,7 +322,6 @@ def goodput(run: Run, grid, targets: dict[str, float], gpus: int, per_token=None
         return np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)  # (R, I + 1)
 
     arrivals = by_class("arrivals")
-    reps = arrivals.shape[0]
     window = np.asarray(run.window, np.float64)[live][:, None]
     out: dict[str, Any] = {}
     for metric, seconds in targets.items():
@@ -356,15 +349,24 @@ def goodput(run: Run, grid, targets: dict[str, float], gpus: int, per_token=None
                                  "grid times: add it to the wait_grid, so that it is counted "
                                  "exactly")
             meeting = by_class(f"{prefix}_{int(at[0])}")
-        total = arrivals.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = meeting.sum(axis=0) / total
-            resid = meeting - share[None, :] * arrivals
-            se = np.sqrt((resid ** 2).sum(axis=0) * reps / max(reps - 1, 1)) / total
+        share, se = ratio_estimate(meeting, arrivals)
         rate, half = mean_ci(meeting / window / gpus)
         out[metric] = {"target": float(seconds), "share": {"mean": share, "ci95": 1.96 * se},
                        "per_gpu_per_second": {"mean": rate, "ci95": half}}
     return out
+
+
+def ratio_estimate(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio estimator over replications, ``sum_r num / sum_r den``, and its delta-method
+    standard error. ``den`` is ``(R, C)``; ``num`` is ``(..., R, C)`` (several numerators over
+    one denominator); both results are ``(..., C)`` (NaN where ``den`` sums to 0)."""
+    total = den.sum(axis=0)
+    reps = den.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = num.sum(axis=-2) / total
+        resid = num - ratio[..., None, :] * den
+        se = np.sqrt((resid ** 2).sum(axis=-2) * reps / max(reps - 1, 1)) / total
+    return ratio, se
 
 
 def per_token_times(model) -> tuple[float, float]:

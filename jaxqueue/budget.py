@@ -16,19 +16,14 @@ steps (the tunable ``gated`` family) take up to one more per job. With phase-typ
 (:mod:`jaxqueue.service`) a prefill or decode ends after a step per phase it passes through, so
 a job takes one plus the mean phases of its prefill and of its decode.
 
-The rate assumed grows with the replications per device ``k`` as ``1.5e5 * k ** 0.55`` events
-per second, up to 4 M, for two classes (scaled by ``2 / classes`` beyond). Measured with
-``jaxqueue simulate`` on this project's 2-core CPU while other jobs kept both cores busy (load
-average 4-5), pooled Gate-and-Route, events per second per device: 0.32 M at k = 8 (n = 100,
-``B = 8``), 1.7 M and 1.4 M at k = 128 (n = 50 and 200, the default 256 replications); the
-assumed rate is 0.47 M, 2.2 M and 2.2 M there, so an estimate was 0.65-0.9x the simulation time
-measured then (compilation and start-up, 5-15 s, come on top). ``scripts/bench.py`` on a quiet
-machine gave 3.9-4.2 M at k = 512-2048 (assumed: 4 M). Under a heavier load (average 8) runs
-took up to 2.5x their estimate. The per-GPU engine is assumed at half the pooled rate up to 512
-GPU slots (measured: 0.23 M per device at k = 8 and n = 100, load 4-5; 0.12 M at k = 8 under
-load 8), its cost per event growing as the square of its tree's depth, ``log2`` of the slots,
-beyond (measured from n = 500 to n = 5,000, depth 9 to 13: 1.1-1.6x on one device, 1.8-1.9x on
-two, against an assumed 2.1x).
+The rate assumed for one device running ``k`` replications of a two-class pooled system is
+``RATE_SCALE * k ** RATE_EXPONENT`` events per second, at most ``RATE_CAP`` (the constants below
+say where they were measured), scaled by ``2 / classes`` beyond two classes. The per-GPU engine
+has constants of its own up to 512 GPU slots, and its cost per event grows as the square of its
+tree's depth, ``log2`` of the slots, beyond (measured from n = 500 to n = 5,000, depth 9 to 13:
+1.1-1.6x on one device, 1.8-1.9x on two, against an assumed 2.1x). The rates are of a quiet
+machine: on a busy one runs take longer than estimated (with earlier, lower constants, up to
+2.5x under a load average of 8).
 """
 
 from __future__ import annotations

@@ -27,9 +27,11 @@ INTERRUPTED = 130
 #: Runs estimated to simulate longer than this (seconds) print their estimate first.
 ANNOUNCE_AFTER = 10.0
 #: Seconds a simulating command takes besides simulating, in its estimate: starting Python and
-#: JAX, solving the LPs, compiling (measured on 2 busy cores: 10-17 s for a pooled run at n = 50
-#: and 200 without the compilation cache; less with it).
-STARTUP = 10.0
+#: JAX (2.1 s), solving the LPs, compiling. Measured on the quiet 2-core machine (2026-12-05),
+#: whole commands at n = 50, 64 replications x 2,000 s, whose simulation takes 2-3 s: pooled
+#: Gate-and-Route 7.9 s with an empty compilation cache and 6.7-7.0 s with it, per-GPU FI-WSP
+#: 12.5 s and 9.8-10.2 s; on 2 busy cores the start took 10-17 s without the cache.
+STARTUP = 6.0
 #: Seconds to compile one policy's program in ``jaxqueue compare``'s estimate (measured on the
 #: quiet 2-core machine with an empty compilation cache, 2026-12-04: 2-3 s a policy at n = 20,
 #: 4-7 s at n = 100, simulation included; about twice that on busy cores).

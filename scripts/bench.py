@@ -14,6 +14,9 @@
     python scripts/bench.py --only latency --gpus 20 --reps 64 --horizon 200
                                              # pooled Gate-and-Route without and with the
                                              # latency counters of simulate --latency
+    python scripts/bench.py --only patience --gpus 100 --reps 256 --horizon 20
+                                             # pooled Gate-and-Route under lognormal (cv 2)
+                                             # and fixed patience (per-class rings of jobs)
 
 Prints one line per benchmark: the engine, its size, events simulated (all replications), wall
 seconds (compilation excluded), events per second and compile seconds. Numbers depend on the
@@ -38,7 +41,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--chunk-events", type=int, default=1024)
     p.add_argument("--devices", default="1", help="'all' or a count: shard replications")
     p.add_argument("--only", default=None,
-                   choices=("pooled", "erlang", "per-gpu", "classes", "phases", "latency"))
+                   choices=("pooled", "erlang", "per-gpu", "classes", "phases", "latency",
+                            "patience"))
     p.add_argument("--classes", type=int, nargs="+", default=[2, 8, 32],
                    help="with --only classes: class counts of the synthetic instances")
     p.add_argument("--phases", type=int, default=4,
@@ -144,6 +148,23 @@ def bench_phases(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> li
     return rows
 
 
+def bench_patience(gpus: int, reps: int, horizon: float, chunk: int) -> list[dict]:
+    """Pooled Gate-and-Route on ``paper-qwen8b`` with exponential patience, then lognormal
+    (cv 2) and deterministic patience of the same means: each class waits in a ring of jobs
+    with their own deadlines, whose live counts the gate reads in every step."""
+    from jaxqueue.patience import Patience
+
+    model = scenarios.load("paper-qwen8b")
+    rows = [bench_pooled(gpus, reps, horizon, chunk)]
+    for law, cv in (("lognormal", 2.0), ("deterministic", None)):
+        other = model.replace(patience=Patience.make(law, model.num_classes, cv=cv))
+        rows.append(bench_pooled(gpus, reps, horizon, chunk, other,
+                                 f"pooled gate-and-route, {law} patience"))
+        rows[-1]["events_per_second_vs_exponential"] = (rows[-1]["events_per_second"]
+                                                        / rows[0]["events_per_second"])
+    return rows
+
+
 def many_classes(k: int):
     """``paper-qwen8b`` with k classes: its two classes alternately, the j-th pair's prompt and
     output lengths stretched by 5% j (so no two classes are alike), the same total arrival
@@ -229,6 +250,8 @@ def main() -> None:
         rows += bench_phases(a.gpus, reps, horizon, a.chunk_events, a.phases)
     if a.only == "latency":
         rows += bench_latency(a.gpus, reps, horizon, a.chunk_events)
+    if a.only == "patience":
+        rows += bench_patience(a.gpus, reps, horizon, a.chunk_events)
     if a.only == "classes":
         rows += [bench_classes(a.gpus, reps, horizon, a.chunk_events, k) for k in a.classes]
         base = rows[0]["events_per_second"]

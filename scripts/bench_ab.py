@@ -30,7 +30,8 @@ def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="git revision to compare against")
     p.add_argument("--pairs", type=int, default=3, help="base/this pairs of runs (>= 1)")
-    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu", "classes", "latency"),
+    p.add_argument("--only", choices=("pooled", "erlang", "per-gpu", "classes", "latency",
+                                      "patience"),
                    default="pooled")
     p.add_argument("--gpus", type=int, default=500)
     p.add_argument("rest", nargs="*", help="more bench.py arguments (after --)")

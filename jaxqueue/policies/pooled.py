@@ -480,7 +480,10 @@ class Pooled(AbstractSystem):
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
         scalar = jnp.zeros((), self.decide.count_dtype)
-        one = buf.empty(self.capacity)
+        # Per-class rings keep an index of their abandoned jobs: the step reads their live
+        # counts without a pass over every slot (exact decisions only: a relaxed count has no
+        # per-job abandonments to index).
+        one = buf.empty(self.capacity, expiry=not self.decide.differentiable)
         knobs = self.params is not None
         phases = jnp.zeros((3, self.num_classes, self.num_phases), self.decide.count_dtype)
         return PooledState(
@@ -650,7 +653,15 @@ class Pooled(AbstractSystem):
             # pushed, if live): reading the rings before the push kept two versions of them
             # alive in each step, and XLA copied every ring twice per step to do so.
             pushed = crings.size - s.class_rings.size
-            live = self._alive(crings, t) - pushed * (due > t).astype(jnp.int32)
+            if crings.expiry is not None:  # the index counts the abandoned jobs up to t
+                # A step past the window's end changes nothing, and the clock stops at the end
+                # (the next rollout's clock starts there): the index must not run ahead of it.
+                crings = jax.vmap(buf.advance, in_axes=(0, None))(
+                    crings, jnp.minimum(t, window[1]))
+                alive = jax.vmap(buf.alive_counted)(crings)
+            else:
+                alive = self._alive(crings, t)
+            live = alive - pushed * (due > t).astype(jnp.int32)
             held = s.class_rings.size
             some_live = jnp.any(live > 0)
             counts = jnp.where(some_live, live, held)

@@ -24,9 +24,10 @@ loses resolution on long runs. A push into a full ring (live plus not-yet-discar
 A ring made with ``expiry=True`` also keeps an :class:`Expiry` index of its jobs' deadlines, so
 that its count of live jobs costs about ``sqrt(capacity)`` reads per step, plus a block of that
 size for each block where a deadline passed, instead of a pass over every slot
-(:func:`advance`, :func:`alive_counted`): the pooled engine's rings of one class each, whose live
-counts its gate reads in every step (3.6x the events per second of the pass under a lognormal
-patience at n = 100, 19x at n = 500; ``scripts/bench_ab.py --only patience``).
+(:func:`advance`, :func:`alive_counted`; :func:`head_scan` then finds the first live job from
+the head, 16 slots at a time): the engines' rings of one class each, whose live counts their
+gates read in every step (pooled Gate-and-Route under a lognormal patience: 3.6x the events per
+second of the pass at n = 100, 19x at n = 500; ``scripts/bench_ab.py --only patience``).
 
 A ring made with ``origin=True`` keeps a fourth time per job, its *origin*: the time the request
 entered the system, which a buffer downstream of the first one (the decode buffer) cannot read off
@@ -209,18 +210,18 @@ def _leave(before: Ring, after: Ring, do) -> Expiry | None:
     if e is None:
         return None
     do = jnp.asarray(do, bool)
-    slot = before.head
+    counted = e.deadline[before.head] <= e.clock
+    return Expiry(deadline=e.deadline, lowest=_forget(e, before.head, after, do & ~counted),
+                  expired=e.expired - (do & counted).astype(jnp.int32), clock=e.clock)
+
+
+def _forget(e: Expiry, slot: Int[Array, ""], after: Ring, do) -> Float[Array, " B"]:
+    """``lowest`` after the uncounted job at ``slot`` left (when ``do``): its block's minimum
+    taken again over the jobs ``after`` holds."""
     block = slot // e.width
     rows, held = e.block(block, after.head, after.size, after.capacity)
-    here = jnp.arange(e.width) == slot - block * e.width
-    due = jnp.sum(jnp.where(here, rows, 0.0))  # the one entry, without a second gather
-    counted = due <= e.clock
-    inf = jnp.asarray(jnp.inf, rows.dtype)
-    rest = jnp.where(held & (rows > e.clock), rows, inf)
-    return Expiry(deadline=e.deadline,
-                  lowest=e.lowest.at[block].set(jnp.where(do & ~counted, _smallest(rest),
-                                                          e.lowest[block])),
-                  expired=e.expired - (do & counted).astype(jnp.int32), clock=e.clock)
+    rest = jnp.where(held & (rows > e.clock), rows, jnp.asarray(jnp.inf, rows.dtype))
+    return e.lowest.at[block].set(jnp.where(do, _smallest(rest), e.lowest[block]))
 
 
 def _smallest(x: Float[Array, " K"]) -> Float[Array, ""]:
@@ -373,6 +374,8 @@ def head_scan(ring: Ring, now, window, rising: bool = False) -> Head:
     as in a ring of one class under a fixed patience) a binary search finds the first live job
     and no pass is made (see :func:`alive_sorted`).
     """
+    if ring.expiry is not None:
+        return _head_scan_indexed(ring, now, window)
     w0, _ = window
     cap = ring.capacity
     if rising:
@@ -406,6 +409,37 @@ def head_scan(ring: Ring, now, window, rising: bool = False) -> Head:
     return Head(dead=first, live=live, gone=gone, wait=wait)
 
 
+def _head_scan_indexed(ring: Ring, now, window) -> Head:
+    """:func:`head_scan` of an :class:`Expiry` ring advanced to ``now``: the live count is the
+    index's, and the first live job is found by reading blocks of :data:`HEAD_BLOCK` slots from
+    the head until one holds a live job (one block in most steps), with what the jobs in front
+    of it owe."""
+    w0, _ = window
+    cap = ring.capacity
+    offsets = jnp.arange(HEAD_BLOCK, dtype=jnp.int32)
+
+    def block(carry):
+        k, first, gone, wait = carry
+        at = k + offsets
+        slot = ring.head + at
+        slot = jnp.where(slot >= cap, slot - cap, slot)
+        rows = ring.data[jnp.minimum(slot, cap - 1)]  # a place past the capacity is masked
+        entry, deadline = rows[:, 1], rows[:, 2]
+        held = at < ring.size
+        first = jnp.minimum(first, jnp.min(jnp.where(held & (deadline > now), at, ring.size)))
+        dead = held & (at < first)  # in front of the first live job: abandoned by now
+        gone = gone + jnp.sum(dead & (deadline > w0)).astype(jnp.int32)
+        wait = wait + jnp.sum(jnp.where(dead, overlap(entry, deadline, w0, deadline), 0.0))
+        return k + HEAD_BLOCK, first.astype(jnp.int32), gone, wait
+
+    zero = jnp.zeros((), ring.data.dtype)
+    size = ring.size.astype(jnp.int32)
+    _, first, gone, wait = jax.lax.while_loop(
+        lambda c: (c[0] < size) & (c[1] == size), block,
+        (jnp.int32(0), size, jnp.int32(0), zero))
+    return Head(dead=first, live=alive_counted(ring), gone=gone, wait=wait)
+
+
 def serve_live(ring: Ring, head: Head, discard, take, t: Float[Array, ""], window) -> Served:
     """Pops the abandoned jobs in front of the first live one when ``discard``, then that job
     when ``take`` too (indicators; ``head`` is :func:`head_scan` of ``ring`` at ``t``, and a
@@ -420,9 +454,6 @@ def serve_live(ring: Ring, head: Head, discard, take, t: Float[Array, ""], windo
     freed by a completion admits the next job before the finished prefill is routed, say) the
     same policy with counts or with rings. Returns what it did as :class:`Served` (``gone`` and
     ``wait`` summed over the jobs popped, ``waited`` the taken job's whole wait)."""
-    if ring.expiry is not None:
-        raise ValueError("serve_live pops several jobs at once and keeps no Expiry index: "
-                         "use serve on a ring made with expiry=True")
     w0, w1 = window
     discard = jnp.asarray(discard).astype(jnp.int32)
     take = jnp.asarray(take).astype(jnp.int32) * discard * (head.live > 0)
@@ -435,6 +466,12 @@ def serve_live(ring: Ring, head: Head, discard, take, t: Float[Array, ""], windo
     start = ring.head + popped
     out = Ring(data=ring.data, head=jnp.where(start >= ring.capacity, start - ring.capacity, start),
                size=ring.size - popped, overflow=ring.overflow)
+    if ring.expiry is not None:  # the jobs discarded were counted (ring advanced to t)
+        e = ring.expiry
+        out = eqx.tree_at(lambda r: r.expiry, out,
+                          Expiry(deadline=e.deadline, lowest=_forget(e, slot, out, take > 0),
+                                 expired=e.expired - dead, clock=e.clock),
+                          is_leaf=lambda x: x is None)
     wait = head.wait * discard + take * overlap(entry, t, w0, w1)
     origin = row[3] if ring.has_origin else entry
     return Served(ring=out, label=label, looked=(popped > 0).astype(jnp.int32), taken=take,

@@ -211,8 +211,9 @@ def ring_live(ring: buf.Ring | None, num: int, now):
 # axis I; ring c holds class c only, first-come-first-served within the class), and decide from
 # the live counts at the moment of the event: see :func:`jaxqueue.buffer.serve_live`.
 def class_rings(num: int, capacity: int) -> buf.Ring:
-    """``num`` empty rings of ``capacity`` slots, batched (leading axis: the class)."""
-    one = buf.empty(capacity)
+    """``num`` empty rings of ``capacity`` slots, batched (leading axis: the class), each with
+    an index of its abandoned jobs (:class:`jaxqueue.buffer.Expiry`; see :func:`class_heads`)."""
+    one = buf.empty(capacity, expiry=True)
     return jax.tree.map(lambda a: jnp.stack([a] * num), one)
 
 
@@ -224,14 +225,19 @@ def push_class(rings: buf.Ring, do, cls, t, due) -> buf.Ring:
     return jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(rings, hot, cls, t, due)
 
 
-def class_heads(rings: buf.Ring, now, window, model: Model) -> buf.Head:
-    """:func:`jaxqueue.buffer.head_scan` of every ring (fields ``(I,)``): ``.live`` is the
-    class's count of jobs still waiting at ``now``, what a counted queue would hold. Under
-    ``model``'s fixed patience (deterministic law) a ring's deadlines rise from head to tail
-    (each is its entry time plus the class's one patience), and a binary search replaces the
-    pass over the ring."""
+def class_heads(rings: buf.Ring, now, window, model: Model) -> tuple[buf.Ring, buf.Head]:
+    """The rings with their abandoned jobs counted up to ``now`` (:func:`jaxqueue.buffer.advance`),
+    and :func:`jaxqueue.buffer.head_scan` of each (fields ``(I,)``): ``.live`` is the class's
+    count of jobs still waiting at ``now``, what a counted queue would hold. A step past the
+    window's end (which changes nothing) counts up to the end only: the next rollout's clock
+    starts there. Rings without an index are scanned whole, or under ``model``'s fixed patience
+    (deterministic law: a ring's deadlines rise from head to tail) by binary search."""
+    if rings.expiry is not None:
+        now = jnp.minimum(now, window[1])
+        rings = jax.vmap(buf.advance, in_axes=(0, None))(rings, now)
+        return rings, jax.vmap(lambda r: buf.head_scan(r, now, window))(rings)
     rising = getattr(model.patience, "law", None) == "deterministic"
-    return jax.vmap(lambda r: buf.head_scan(r, now, window, rising))(rings)
+    return rings, jax.vmap(lambda r: buf.head_scan(r, now, window, rising))(rings)
 
 
 def class_serve(rings: buf.Ring, heads: buf.Head, take, t, window) -> buf.Served:

@@ -408,7 +408,7 @@ class PerGpu(AbstractSystem):
             # Per-class rings: the gate reads the live counts at t (after this step's arrival
             # joined its ring), and below the admitted class's ring serves its oldest live job.
             crings = push_class(s.class_rings, queued, cls, t, patience(cls))
-            heads = class_heads(crings, t, window, m)
+            crings, heads = class_heads(crings, t, window, m)
             waiting = heads.live
         elif pring is None:
             waiting = s.Qp + d.one_hot(cls, num, queued.astype(jnp.int32)) - queue_abandon

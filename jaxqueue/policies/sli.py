@@ -318,8 +318,8 @@ class SLIGateAndRoute(AbstractSystem):
             due = deadline(m, t, u_due, cls_in)
             solo_in = push_class(s.solo_rings, jnp.sum(to_qds), cls_in, t, due)
             mixed_in = push_class(s.mixed_rings, jnp.sum(to_qdm), cls_in, t, due)
-            heads_s = class_heads(solo_in, t, window, m)
-            heads_m = class_heads(mixed_in, t, window, m)
+            solo_in, heads_s = class_heads(solo_in, t, window, m)
+            mixed_in, heads_m = class_heads(mixed_in, t, window, m)
             take_s = self._pick(jnp.asarray(self.solo_rate), heads_s.live, u[0],
                                 jnp.sum(solo_done) * d.greater(jnp.sum(heads_s.live), 0))
             take_m = self._pick(jnp.asarray(self.mixed_rate), heads_m.live, u[0],
@@ -348,7 +348,7 @@ class SLIGateAndRoute(AbstractSystem):
             cls_a = jnp.argmax(arrive)
             waiting = push_class(s.prefill_rings, jnp.sum(arrive * (1 - idle)), cls_a, t,
                                  deadline(m, t, u_due, cls_a))
-            heads_p = class_heads(waiting, t, window, m)
+            waiting, heads_p = class_heads(waiting, t, window, m)
             Qp = heads_p.live
         else:
             Qp = s.Qp + arrive * (1 - idle) - p_gone

@@ -14,8 +14,10 @@ times. If both simulators are right, each |z| is below 3 but for about 1 compari
 comparisons of one row are correlated (they share the replications, and the same seed is used
 for every law).
 
-Then the event-list simulator alone under service laws jaxqueue does not have yet
-(deterministic and Erlang-20 prefill and decode times, exponential patience).
+Then the event-list simulator under other service laws (deterministic and Erlang-20 prefill
+and decode times, exponential patience), and jaxqueue with its Erlang-K ones (counted by phase,
+an exact chain) against the event list with the same law and with deterministic times: Erlang-20
+(cv 0.22) comes close to the fixed times of a fixed number of iterations.
 """
 
 from __future__ import annotations
@@ -39,21 +41,30 @@ LEVELS = {"x": "x", "q_p": "q_prefill", "y_m": "y_mixed", "y_s": "y_solo", "q_d"
 
 
 def jax_run(model, n: int, *, law: str, reps: int, horizon: float, warmup: float, seed: int,
-            ttft_grid=None):
+            ttft_grid=None, service: str | None = None):
     """Per-replication revenue (integral, counted) and abandonment share of jaxqueue's
     Gate-and-Route, and the wall time; with ``ttft_grid``, its TTFT distribution function at
-    those times (``{"cdf", "se"}``, shape ``(K, I + 1)``, from ``jaxqueue.stats.latency``)."""
+    those times (``{"cdf", "se"}``, shape ``(K, I + 1)``, from ``jaxqueue.stats.latency``);
+    with ``service`` (``"erlang:K"``), Erlang-K prefill and decode times."""
     import dataclasses
 
     import jax
 
     import jaxqueue as jq
     from jaxqueue.patience import Patience
+    from jaxqueue.service import Service
 
     name, _, cv = law.partition(":")
     if name != "exponential":
         model = model.replace(patience=Patience.make(name, model.num_classes,
                                                      cv=float(cv) if cv else None))
+    if service is not None:
+        kind, _, phases = service.partition(":")
+        if kind != "erlang":
+            raise SystemExit(f"jaxqueue runs phase-type service laws only, not {service!r}")
+        erlang = {"law": "erlang", "phases": int(phases)}
+        model = model.replace(service=Service.make(model.num_classes, prefill=erlang,
+                                                   decode=erlang))
     system, _ = jq.build("gate-and-route", model, n)
     if ttft_grid is not None:
         system = dataclasses.replace(system, wait_grid=tuple(ttft_grid))
@@ -138,7 +149,8 @@ def main() -> None:
     p.add_argument("--ttft-laws", default="exponential,deterministic",
                    help="patience laws of the TTFT comparison")
     p.add_argument("--service-laws", default="deterministic,erlang:20",
-                   help="event-list only: prefill and decode laws to show ('' for none)")
+                   help="prefill and decode laws to show ('' for none); jaxqueue runs the "
+                   "erlang:K ones too, compared with the event list's and its deterministic law")
     a = p.parse_args()
 
     from jaxqueue import scenarios
@@ -222,6 +234,7 @@ def main() -> None:
     print("| n | M | service law | revenue (integral) | revenue (counted) | abandon share | "
           "minus exponential service |")
     print("|---:|---:|---|---:|---:|---:|---:|")
+    runs = {}
     for n in a.gpus:
         cl = eventsim.cluster_from_model(model, n)
         base = None
@@ -235,6 +248,30 @@ def main() -> None:
                 diff = f"{d:+.2f} (z {z:+.1f})"
             print(f"| {n} | {cl.M} | {law} | {fmt(ev['integral'])} | {fmt(ev['counted'])} | "
                   f"{fmt(ev['abandon'], 4)} | {diff} |", flush=True)
+            runs[n, law] = ev
+    phased = [law for law in service if law.startswith("erlang:")]
+    if not phased:
+        return
+    print(f"\njaxqueue ({a.jax_reps} reps) with Erlang-k prefill and decode times (phases "
+          "counted per class, an exact chain) against the event-list simulator with the same "
+          "law and with deterministic times, exponential patience:\n")
+    print("| n | service law | jaxqueue revenue (integral) | event-list, same law | z | "
+          "event-list, deterministic | z |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for n in a.gpus:
+        cl = eventsim.cluster_from_model(model, n)
+        det = runs.get((n, "deterministic"))
+        if det is None:
+            det = event_run(cl, law="exponential", reps=a.reps, horizon=a.horizon,
+                            warmup=a.warmup, seed=a.seed, prefill="deterministic",
+                            decode="deterministic")
+        for law in phased:
+            jx = jax_run(model, n, law="exponential", reps=a.jax_reps, horizon=a.horizon,
+                         warmup=a.warmup, seed=a.seed, service=law)
+            _, z_same = compare(runs[n, law]["integral"], jx["integral"])
+            _, z_det = compare(det["integral"], jx["integral"])
+            print(f"| {n} | {law} | {fmt(jx['integral'])} | {fmt(runs[n, law]['integral'])} | "
+                  f"{z_same:+.2f} | {fmt(det['integral'])} | {z_det:+.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -728,6 +728,10 @@ class Pooled(AbstractSystem):
             # hit one slot the second wins, so the first is dropped.
             first_row, first_col, first = moved
             first_row = jnp.where((first_row == row) & (first_col == col), num, first_row)
+            # The write made to wait for the step's other read of the table (the ending
+            # prefill's arrival time), by a test that never holds: XLA otherwise could not
+            # tell that every read came first, and copied the whole table twice per step.
+            first = jnp.where(done_origin < -1e30, done_origin, first)
             origins = s.origins.at[jnp.stack([first_row, row]), jnp.stack([first_col, col])].set(
                 jnp.stack([first, came.astype(first.dtype)]), mode="drop")
             origins_full = s.origins_full | jnp.any(X + admit > self.capacity)

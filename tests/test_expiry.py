@@ -70,7 +70,10 @@ def test_the_index_counts_what_a_pass_counts(capacity):
     assert checked > 400 and served > 20 and counted > 2
 
 
-@pytest.mark.parametrize("law", ["lognormal", "exponential-latency"])
+@pytest.mark.parametrize("law", [
+    "lognormal",
+    # The recorded-paths test's latency case runs the index by default.
+    pytest.param("exponential-latency", marks=pytest.mark.slow)])
 def test_a_pooled_run_is_the_same_with_or_without_the_index(law, monkeypatch):
     # Impatient jobs (mean patience 1/3 s and 1/4 s) behind slow prefills, and short rollouts:
     # jobs abandon in most steps, and many deadlines fall between a rollout's last event and

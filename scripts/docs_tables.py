@@ -863,8 +863,7 @@ TABLES: dict[str, Table] = {
     "patience_paper": Table(
         "docs/scenarios.md",
         {"n20-100": "python scripts/patience_table.py --gpus 20 100 --json {json}",
-         "n500": "python scripts/patience_table.py --gpus 500 --laws exponential,deterministic "
-                 "--json {json}"},
+         "n500": "python scripts/patience_table.py --gpus 500 --json {json}"},
         _patience, "Gate-and-Route's revenue under other patience laws, paper-qwen8b"),
     "patience_trace": Table(
         "docs/scenarios.md",

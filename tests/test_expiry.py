@@ -110,3 +110,59 @@ def test_a_pooled_run_is_the_same_with_or_without_the_index(law, monkeypatch):
     # them bit for bit at one capacity, with the index).
     np.testing.assert_allclose(indexed.level_integrals, passed.level_integrals, rtol=1e-6)
     assert np.sum(passed.count("prefill_abandon")) > 0  # the index had jobs to count
+
+
+_SHARDED = """
+import sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from jaxqueue import policies, simulate
+from jaxqueue.patience import Patience
+from test_exact_fcfs import two_classes
+model = two_classes((1.0, 0.8), P=(1.0, 0.5), D=(0.05, 0.1))
+model = model.replace(patience=Patience.make("lognormal", 2, cv=2.0))
+system, _ = policies.build("gate-and-route", model, 4)
+runs = [simulate(jax.random.key(2), system, reps=4, horizon=100.0, warmup=10.0,
+                 chunk_events=64, devices=jax.devices()[:k], notify=lambda _: None)
+        for k in (1, 2)]
+np.testing.assert_array_equal(runs[0].tallies, runs[1].tallies)
+print("same", runs[0].events)
+"""
+
+
+@pytest.mark.slow
+def test_sharded_runs_use_the_pass_and_agree_with_one_device():
+    # Over several devices simulate turns the index off (its loop would synchronise them at
+    # every pass); the paths do not depend on the devices, so the runs agree exactly. Host
+    # devices are set before JAX starts: a subprocess.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=str(__import__("pathlib").Path(
+                             __file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("same")
+
+
+def test_the_command_line_keeps_long_rings_on_one_device():
+    # Long rings under a law other than the fixed one (whose pass is a binary search) run on
+    # one CPU device with the index rather than sharded with the pass.
+    from test_exact_fcfs import two_classes
+
+    from jaxqueue.cli import _one_device_for_the_index
+
+    model = two_classes((1.0, 0.8), P=(1.0, 0.5), D=(0.05, 0.1))
+    model = model.replace(patience=Patience.make("lognormal", 2, cv=2.0))
+    system, _ = policies.build("gate-and-route", model, 4)
+    two = [jax.devices()[0]] * 2  # only the platform and the count are read
+    assert not _one_device_for_the_index(system, two)  # 256 slots: sharding wins
+    big = dataclasses.replace(system, capacity=4096)
+    assert _one_device_for_the_index(big, two)
+    assert not _one_device_for_the_index(big, two[:1])
+    fixed = dataclasses.replace(big, model=model.replace(
+        patience=Patience.make("deterministic", 2)))
+    assert not _one_device_for_the_index(fixed, two)
+    assert not _one_device_for_the_index(dataclasses.replace(big, ring_index=False), two)

@@ -210,10 +210,11 @@ def ring_live(ring: buf.Ring | None, num: int, now):
 # per-GPU engine's gate) keep it as one ring per class instead, batched over classes (leading
 # axis I; ring c holds class c only, first-come-first-served within the class), and decide from
 # the live counts at the moment of the event: see :func:`jaxqueue.buffer.serve_live`.
-def class_rings(num: int, capacity: int) -> buf.Ring:
+def class_rings(num: int, capacity: int, index: bool = True) -> buf.Ring:
     """``num`` empty rings of ``capacity`` slots, batched (leading axis: the class), each with
-    an index of its abandoned jobs (:class:`jaxqueue.buffer.Expiry`; see :func:`class_heads`)."""
-    one = buf.empty(capacity, expiry=True)
+    an index of its abandoned jobs when ``index`` (:class:`jaxqueue.buffer.Expiry`; see
+    :func:`class_heads`)."""
+    one = buf.empty(capacity, expiry=index)
     return jax.tree.map(lambda a: jnp.stack([a] * num), one)
 
 

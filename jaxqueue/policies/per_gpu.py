@@ -158,6 +158,11 @@ class PerGpu(AbstractSystem):
         capacity: slots of each FCFS ring (static).
         counts: dtype of the per-GPU arrays, ``"int16"`` or ``"int32"`` (static; the builders
             take :func:`counts_dtype` of the model: int16 where B and I fit).
+        ring_index: whether each per-class ring keeps an index of its jobs' deadlines
+            (:class:`jaxqueue.buffer.Expiry`; static): the same live counts as a pass over the
+            ring, in about ``sqrt(capacity)`` reads per step. :func:`jaxqueue.simulate` turns it
+            off when it shards the replications over several devices: the index loops over
+            blocks, and a loop over a sharded batch synchronises the devices at every pass.
     """
 
     model: Model
@@ -172,6 +177,7 @@ class PerGpu(AbstractSystem):
     speed_rule: str = eqx.field(static=True, default="paper")
     capacity: int = eqx.field(static=True, default=256)
     counts: str = eqx.field(static=True, default="int32")
+    ring_index: bool = eqx.field(static=True, default=True)
     prefill_cap: Float[Array, ""] | None = None
     gate_offset: Float[Array, ""] | None = None
 
@@ -231,7 +237,8 @@ class PerGpu(AbstractSystem):
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=None if self.coupled else buf.empty(self.capacity),
             K=None if self.prefill_cap is None else jnp.int32(0),
-            class_rings=class_rings(num, self.capacity) if self.per_job else None,
+            class_rings=class_rings(num, self.capacity, self.ring_index) if self.per_job
+            else None,
         )
 
     def randomize(self, s: PerGpuState, u) -> PerGpuState:

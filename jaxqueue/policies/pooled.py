@@ -206,6 +206,11 @@ class Pooled(AbstractSystem):
             probabilities ``softmax(-xi / T)`` among the eligible classes, and the share, slack
             and caps are rounded with a triangular dither (:func:`~.common.rounded`), so that
             the expected objective is continuously differentiable in every knob.
+        ring_index: whether each per-class ring keeps an index of its jobs' deadlines
+            (:class:`jaxqueue.buffer.Expiry`; static): the same live counts as a pass over the
+            ring, in about ``sqrt(capacity)`` reads per step. :func:`jaxqueue.simulate` turns it
+            off when it shards the replications over several devices: the index loops over
+            blocks, and a loop over a sharded batch synchronises the devices at every pass.
     """
 
     model: Model
@@ -217,6 +222,7 @@ class Pooled(AbstractSystem):
     capacity: int = eqx.field(static=True)
     wait_grid: tuple[float, ...] = eqx.field(static=True, default=())
     end_to_end: bool = eqx.field(static=True, default=True)
+    ring_index: bool = eqx.field(static=True, default=True)
     params: GatedParams | None = None
     gate_temperature: Float[Array, ""] | None = None
     arrivals: ArrivalTrace | None = None
@@ -483,7 +489,8 @@ class Pooled(AbstractSystem):
         # Per-class rings keep an index of their abandoned jobs: the step reads their live
         # counts without a pass over every slot (exact decisions only: a relaxed count has no
         # per-job abandonments to index).
-        one = buf.empty(self.capacity, expiry=not self.decide.differentiable)
+        one = buf.empty(self.capacity,
+                        expiry=self.ring_index and not self.decide.differentiable)
         knobs = self.params is not None
         phases = jnp.zeros((3, self.num_classes, self.num_phases), self.decide.count_dtype)
         return PooledState(

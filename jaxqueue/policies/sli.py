@@ -146,6 +146,11 @@ class SLIGateAndRoute(AbstractSystem):
             (:func:`~jaxqueue.policies.common.gate_admit`; the smoothed ``sli-gated`` family).
         capacity: slots of each per-class ring (static): needed with a non-exponential
             patience law (:attr:`per_job`), None otherwise (counts need none).
+        ring_index: whether each per-class ring keeps an index of its jobs' deadlines
+            (:class:`jaxqueue.buffer.Expiry`; static): the same live counts as a pass over the
+            ring, in about ``sqrt(capacity)`` reads per step. :func:`jaxqueue.simulate` turns it
+            off when it shards the replications over several devices: the index loops over
+            blocks, and a loop over a sharded batch synchronises the devices at every pass.
     """
 
     model: Model
@@ -158,6 +163,7 @@ class SLIGateAndRoute(AbstractSystem):
     split: Float[Array, " I"] | None = None
     gate_temperature: Float[Array, ""] | None = None
     capacity: int | None = eqx.field(static=True, default=None)
+    ring_index: bool = eqx.field(static=True, default=True)
 
     level_names: ClassVar[tuple[str, ...]] = LEVELS
     tally_names: ClassVar[tuple[str, ...]] = TALLIES
@@ -223,8 +229,9 @@ class SLIGateAndRoute(AbstractSystem):
     # ---- the engine's interface -------------------------------------------------------------
     def init(self) -> SLIState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
-        rings = ((class_rings(self.num_classes, self.capacity),) * 3 if self.per_job
-                 else (None,) * 3)
+        one = class_rings(self.num_classes, self.capacity, self.ring_index) \
+            if self.per_job else None
+        rings = (one,) * 3
         return SLIState(X=zeros, Ym=zeros, Ys=zeros, Qp=zeros, Qds=zeros, Qdm=zeros,
                         prefill_rings=rings[0], solo_rings=rings[1], mixed_rings=rings[2])
 

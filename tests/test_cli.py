@@ -249,6 +249,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # a real SIGINT to a subprocess; the driver's Ctrl-C tests run by default
 def test_ctrl_c_on_the_command_exits_130_with_the_time_reached():
     env = dict(os.environ, JAXQUEUE_CACHE="",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -37,7 +37,10 @@ def _op(rings, kind, due, t, elapsed, take):
     return (ring, plain), (head, head_p), (served, served_p)
 
 
-@pytest.mark.parametrize("capacity", [64, 100, 256])
+@pytest.mark.parametrize("capacity", [
+    pytest.param(64, marks=pytest.mark.slow),
+    100,  # padded to whole blocks
+    pytest.param(256, marks=pytest.mark.slow)])
 def test_the_index_counts_what_a_pass_counts(capacity):
     rng = np.random.default_rng(capacity)
     rings = (buf.empty(capacity, expiry=True), buf.empty(capacity))

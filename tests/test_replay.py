@@ -137,6 +137,7 @@ def test_azure_conversation_trace_replays(capsys):
     assert out["revenue_per_gpu"]["bundled"]["mean"] > 0
 
 
+@pytest.mark.slow  # the replay's path runs by default in the CLI's simulate test
 def test_capacity_replays_the_trace_at_every_size(tmp_path, capsys):
     rng = np.random.default_rng(1)
     times = np.cumsum(rng.exponential(0.25, 300))  # about 4 requests/s

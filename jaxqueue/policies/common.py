@@ -20,11 +20,11 @@ from ..decisions import AbstractDecisions
 from ..kernel import Event, Flow, Revenue
 from ..model import Model
 
-__all__ = ["EXIT_LEVELS", "GATES", "LEVELS", "MAX_GPUS", "TALLIES", "any_overflow",
-           "checked_capacity", "checked_gpus", "class_heads", "class_live", "class_residual",
-           "class_rings", "class_serve", "default_capacity", "gate_admit", "gate_choice",
-           "gate_keys", "overflow_message", "per_job_queue", "push_class", "rebase_rings",
-           "revenue", "ring_live", "ring_residual", "split_event"]
+__all__ = ["EXIT_LEVELS", "GATES", "LEVELS", "MAX_GPUS", "TALLIES", "advance_classes",
+           "any_overflow", "checked_capacity", "checked_gpus", "class_heads", "class_live",
+           "class_residual", "class_rings", "class_serve", "default_capacity", "gate_admit",
+           "gate_choice", "gate_keys", "overflow_message", "per_job_queue", "push_class",
+           "rebase_rings", "revenue", "ring_live", "ring_residual", "split_event"]
 
 #: Time-integrated levels, each per class (the names of the per-GPU fluid quantities): prefills
 #: in service, decodes in service at the mixed and at the solo speed, jobs waiting for prefill
@@ -226,16 +226,22 @@ def push_class(rings: buf.Ring, do, cls, t, due) -> buf.Ring:
     return jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(rings, hot, cls, t, due)
 
 
+def advance_classes(rings: buf.Ring, now, window) -> buf.Ring:
+    """Indexed per-class rings with their abandoned jobs counted up to ``now``
+    (:func:`jaxqueue.buffer.advance`), never past the window's end: a step past it changes
+    nothing, and the next rollout's clock starts at the end."""
+    return jax.vmap(buf.advance, in_axes=(0, None))(rings, jnp.minimum(now, window[1]))
+
+
 def class_heads(rings: buf.Ring, now, window, model: Model) -> tuple[buf.Ring, buf.Head]:
-    """The rings with their abandoned jobs counted up to ``now`` (:func:`jaxqueue.buffer.advance`),
-    and :func:`jaxqueue.buffer.head_scan` of each (fields ``(I,)``): ``.live`` is the class's
-    count of jobs still waiting at ``now``, what a counted queue would hold. A step past the
-    window's end (which changes nothing) counts up to the end only: the next rollout's clock
-    starts there. Rings without an index are scanned whole, or under ``model``'s fixed patience
-    (deterministic law: a ring's deadlines rise from head to tail) by binary search."""
+    """The rings with their abandoned jobs counted up to ``now`` (:func:`advance_classes`), and
+    :func:`jaxqueue.buffer.head_scan` of each (fields ``(I,)``): ``.live`` is the class's count
+    of jobs still waiting at ``now``, what a counted queue would hold. Rings without an index
+    are scanned whole, or under ``model``'s fixed patience (deterministic law: a ring's
+    deadlines rise from head to tail) by binary search."""
     if rings.expiry is not None:
+        rings = advance_classes(rings, now, window)
         now = jnp.minimum(now, window[1])
-        rings = jax.vmap(buf.advance, in_axes=(0, None))(rings, now)
         return rings, jax.vmap(lambda r: buf.head_scan(r, now, window))(rings)
     rising = getattr(model.patience, "law", None) == "deterministic"
     return rings, jax.vmap(lambda r: buf.head_scan(r, now, window, rising))(rings)

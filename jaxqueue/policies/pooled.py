@@ -76,7 +76,9 @@ from .common import (
     GATES,
     LEVELS,
     TALLIES,
+    advance_classes,
     any_overflow,
+    class_rings,
     close_rings,
     gate_admit,
     gate_keys,
@@ -486,18 +488,16 @@ class Pooled(AbstractSystem):
     def init(self) -> PooledState:
         zeros = jnp.zeros(self.num_classes, self.decide.count_dtype)
         scalar = jnp.zeros((), self.decide.count_dtype)
-        # Per-class rings keep an index of their abandoned jobs: the step reads their live
-        # counts without a pass over every slot (exact decisions only: a relaxed count has no
-        # per-job abandonments to index).
-        one = buf.empty(self.capacity,
-                        expiry=self.ring_index and not self.decide.differentiable)
         knobs = self.params is not None
         phases = jnp.zeros((3, self.num_classes, self.num_phases), self.decide.count_dtype)
         return PooledState(
             X=zeros, Ym=zeros, Ys=zeros, Qp=zeros,
             prefill_ring=buf.empty(self.capacity) if self.gate == "fcfs" else None,
             decode_ring=buf.empty(self.capacity, origin=self.tracks_origin),
-            class_rings=jax.tree.map(lambda a: jnp.stack([a] * self.num_classes), one)
+            # Per-class rings keep an index of their abandoned jobs (exact decisions only: a
+            # relaxed count has no per-job abandonments to index).
+            class_rings=class_rings(self.num_classes, self.capacity,
+                                    self.ring_index and not self.decide.differentiable)
             if self.per_job else None,
             M=scalar if knobs else None, slack=scalar if knobs else None,
             caps=zeros if knobs else None, phases=phases if self.phased else None,
@@ -661,10 +661,7 @@ class Pooled(AbstractSystem):
             # alive in each step, and XLA copied every ring twice per step to do so.
             pushed = crings.size - s.class_rings.size
             if crings.expiry is not None:  # the index counts the abandoned jobs up to t
-                # A step past the window's end changes nothing, and the clock stops at the end
-                # (the next rollout's clock starts there): the index must not run ahead of it.
-                crings = jax.vmap(buf.advance, in_axes=(0, None))(
-                    crings, jnp.minimum(t, window[1]))
+                crings = advance_classes(crings, t, window)
                 alive = jax.vmap(buf.alive_counted)(crings)
             else:
                 alive = self._alive(crings, t)

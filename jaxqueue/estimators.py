@@ -51,7 +51,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from . import kernel
+from . import driver, kernel
 from .decisions import ScoreFunction
 from .kernel import AbstractSystem, Flow
 from .objective import (
@@ -476,19 +476,33 @@ def _likelihood_ratio(key, inner, theta, embed, center, *, discount, warmup, hor
         raise ValueError(f"discount = {discount!r} is invalid: must be > 0 (seconds)")
     end = horizon + 3.0 * float(discount)  # the last credited decisions see 3 W of future
     real = jax.dtypes.canonicalize_dtype(jnp.float64)
-    system = _Scored(inner=inner, theta=jnp.asarray(theta, real),
-                     center=jnp.asarray(center, real), discount=jnp.asarray(discount, real),
-                     credit_end=jnp.asarray(horizon, real), embed=embed, nature=nature)
+
+    def scored(inner):
+        return _Scored(inner=inner, theta=jnp.asarray(theta, real),
+                       center=jnp.asarray(center, real), discount=jnp.asarray(discount, real),
+                       credit_end=jnp.asarray(horizon, real), embed=embed, nature=nature)
+
+    system = scored(inner)
     steps = steps or 1024
-    for _ in range(6):
-        out = kernel.rollout(key, system, steps=steps, reps=reps, window=(warmup, end))
-        if bool(np.all(np.asarray(out.done))):
+    while True:
+        for _ in range(6):
+            out = kernel.rollout(key, system, steps=steps, reps=reps, window=(warmup, end))
+            if bool(np.all(np.asarray(out.done))):
+                break
+            steps = int(steps * 1.5)
+        else:
+            raise RuntimeError(f"the likelihood-ratio run did not reach t = {end} in {steps} "
+                               "steps")
+        if not bool(np.any(np.asarray(out.overflow))):
             break
-        steps = int(steps * 1.5)
-    else:
-        raise RuntimeError(f"the likelihood-ratio run did not reach t = {end} in {steps} steps")
-    if bool(np.any(np.asarray(out.overflow))):
-        raise RuntimeError(inner.overflow_message() + "; rerun with a larger capacity")
+        # Rerun on the same key with larger FCFS buffers, as jaxqueue.simulate does: the
+        # result is that of a large enough buffer.
+        message = inner.overflow_message()
+        inner = driver._regrow(inner, True, steps, reps, jax.devices()[:1])
+        driver._warn_growth(f"{message} in a likelihood-ratio run: rerunning it with buffers of "
+                            f"{inner.capacity:,} jobs (same random numbers: the estimate is "
+                            "that of a large enough buffer)")
+        system = scored(inner)
     axes = kernel.rep_axes(system)
     state = jax.tree.map(lambda a, ax: np.moveaxis(np.asarray(a, np.float64), ax, 0),
                          out.state, axes)

@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxqueue import estimators, fluid
+from jaxqueue import estimators, fluid, scenarios
+from jaxqueue.driver import SimulationWarning
 from jaxqueue.estimators import estimate, rate_gradient
 from jaxqueue.exact_gradient import gated_gradient, sli_gradient
 from jaxqueue.model import Model
 from jaxqueue.objective import Problem, to_free
 from jaxqueue.patience import Patience
-from jaxqueue.policies import tunable
+from jaxqueue.policies import common, tunable
 
 N, TEMPERATURE = 4, 1.0
 TARGETS, OFFSET, SHARE = np.array([0.5, 0.1]), 0.5, 0.5
@@ -164,3 +165,23 @@ def test_estimates_at_new_points_reuse_the_compiled_programs(name):
     before = (kernel.compile_count(), estimators._pathwise_run._cache_size())
     estimate(small, name, moved, jax.random.key(1), only=["targets"])
     assert (kernel.compile_count(), estimators._pathwise_run._cache_size()) == before
+
+
+@pytest.mark.slow  # 45 s: two compilations of the 8-class score run
+def test_a_likelihood_ratio_run_whose_buffer_overflows_is_rerun_larger(monkeypatch):
+    # A ring too small for the run overflows (dolly-8class's decode buffer holds about a hundred
+    # jobs at n = 10, most of them abandoned behind a live one); the score estimate reruns it on
+    # the same key with rings four times larger (as simulate does), so it equals the estimate
+    # made with rings of that size from the start.
+    model = scenarios.load("dolly-8class")
+    prob = Problem(family="gated", model=model, n=10, plan=fluid.solve(model, "bundled"),
+                   horizon=100.0, warmup=20.0, reps=4, gate_temperature=20.0)
+    free = to_free(jax.tree.map(jnp.asarray, prob.initial()))
+    args = (prob, "score", free, jax.random.key(5))
+    monkeypatch.setattr(common, "default_capacity", lambda n, queue=None: 128)
+    large = estimate(*args, only=["targets"])
+    monkeypatch.setattr(common, "default_capacity", lambda n, queue=None: 32)
+    with pytest.warns(SimulationWarning, match="likelihood-ratio run.* 128 jobs"):
+        small = estimate(*args, only=["targets"])
+    np.testing.assert_array_equal(small.grad, large.grad)
+    assert small.events == large.events and np.any(small.grad != 0)

@@ -427,6 +427,12 @@ def _cmd_simulate(args) -> int:
     targets = _goodput_targets(args.slo)
     if args.latency or targets:
         system = _with_latency(system, None if tuned else policy, tuple(targets.values()))
+        needs_e2e = sorted(m for m in targets if m in ("e2e", "tpot"))
+        if needs_e2e and not system.end_to_end:
+            raise ValueError(f"--slo {needs_e2e[0]}=... is not available under a phase-type "
+                             "prefill (the scenario's service.prefill law): the end-to-end "
+                             "counters need exponential prefill times; the wait and ttft "
+                             "targets are")
     devices = _devices(args.devices, system, args.reps)
     est = budget.estimate(system, reps=args.reps, horizon=args.horizon,
                           chunk_events=args.chunk_events, devices=devices)
@@ -518,7 +524,9 @@ def _with_latency(system, policy, extra=()):
                          f"fg-sp and prioritize-and-route, not by {name} on the "
                          f"{type(system).__name__} system")
     grid = tuple(sorted(set(LATENCY_GRID) | {float(t) for t in extra}))
-    return dataclasses.replace(system, wait_grid=grid)
+    # The end-to-end counters need exponential prefill times (Pooled.tracks_origin); under a
+    # phase-type prefill the others run: waits, time to first token, decode waits.
+    return dataclasses.replace(system, wait_grid=grid, end_to_end=system.prefill_law is None)
 
 
 def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli=None,

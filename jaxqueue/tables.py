@@ -227,6 +227,9 @@ def _latency_table(o: dict[str, Any]) -> list[str]:
     if any(k == "e2e" for k, _ in kinds):
         note += ("; E2E: from arrival to the end of the decode (decodes started in the window; "
                  "abandoned requests have none)")
+    else:
+        note += ("; the end-to-end latency and TPOT are not measured under a phase-type "
+                 "prefill (their counters need exponential prefill times)")
     if any(k == "tpot" for k, _ in kinds):
         atoms = lat["all"]["tpot"]["atoms"] if "all" in lat else []
         shares = ", ".join(f"{a['share']:.3g} at {1e3 * a['seconds']:.3g} ms"

@@ -638,7 +638,8 @@ def _q(q: dict | None) -> str:
 
 
 def _laws_latency(data: dict) -> str:
-    out = data["outputs"]["table"]
+    outs = list(data["outputs"].values())
+    out = outs[0]
     rows = [f"{out['policy']} on {out['scenario']}, {out['reps']} replications x "
             f"{out['horizon']:g} s (warm-up {out['warmup']:g} s), every law of the exponential "
             "law's mean and paired with it on the same key; latencies over all classes in "
@@ -646,7 +647,7 @@ def _laws_latency(data: dict) -> str:
             "counters need an exponential prefill).", "",
             "| n | law | revenue per GPU | minus exponential | TTFT p50 | TTFT p99 | E2E p50 | "
             "E2E p99 |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in out["rows"]:
+    for r in (r for o in outs for r in o["rows"]):
         diff = "-" if r["minus_exponential"] is None else \
             f"{r['minus_exponential']['mean']:+.2f} ± {r['minus_exponential']['ci95']:.2f}"
         lat = r.get("latency") or {}
@@ -875,7 +876,9 @@ TABLES: dict[str, Table] = {
     "service_paper": Table(
         "docs/scenarios.md",
         {"table": "python scripts/patience_table.py --gpus 20 100 --laws exponential "
-                  "--service-laws erlang-4,cv-2 --warmup 500 --json {json}"},
+                  "--service-laws erlang-4,cv-2 --warmup 500 --json {json}",
+         "n500": "python scripts/patience_table.py --gpus 500 --laws exponential "
+                 "--service-laws erlang-4,cv-2 --warmup 500 --json {json}"},
         _patience, "Gate-and-Route's revenue under other prefill and decode time laws"),
     "gradient_exact": Table(
         "docs/gradients.md",
@@ -958,7 +961,10 @@ TABLES: dict[str, Table] = {
         "docs/scenarios.md",
         {"table": "python scripts/patience_table.py --gpus 20 100 --reps 32 --warmup 500 --laws "
                   "exponential,deterministic,lognormal --service-laws "
-                  "erlang-4,cv-2,decode-erlang-4,decode-cv-2 --latency --json {json}"},
+                  "erlang-4,cv-2,decode-erlang-4,decode-cv-2 --latency --json {json}",
+         "n500": "python scripts/patience_table.py --gpus 500 --reps 32 --warmup 500 --laws "
+                 "exponential,deterministic,lognormal --service-laws "
+                 "erlang-4,cv-2,decode-erlang-4,decode-cv-2 --latency --json {json}"},
         _laws_latency, "revenue and latency quantiles under other patience and service laws"),
     "laws_readme": Table(
         "README.md", {}, _laws_readme, "the README's summary of how much the laws matter",

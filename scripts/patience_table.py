@@ -8,9 +8,9 @@ exponential law on the same key (the replications share their random-number stre
 Prints a markdown table: revenue per GPU (95% interval), its difference to the exponential law
 (paired), the share of jobs that abandon, and the run's wall time and events per second; with
 ``--latency`` also the time to first token's and the end-to-end latency's p50, p90 and p99 over
-all classes (95% intervals; measured where the engine's latency counters are exact, which needs
-an exponential prefill time: a row with a phase-type prefill has none); with ``--json PATH``
-also writes them.
+all classes (95% intervals; the end-to-end counters need an exponential prefill time: a row
+with a phase-type prefill has the time to first token only); with ``--json PATH`` also writes
+them.
 """
 
 from __future__ import annotations
@@ -85,9 +85,13 @@ def main() -> None:
                 model = base if law == "exponential" else base.replace(
                     patience=Patience.make(law, base.num_classes, cv=cv))
             system, _ = policies.build(a.policy, model, n)
-            timed = a.latency and getattr(system, "prefill_law", None) is None
+            timed = a.latency
+            # The end-to-end counters need an exponential prefill; under a phase-type one the
+            # time to first token is still counted.
+            e2e = getattr(system, "prefill_law", None) is None
             if timed:
-                system = dataclasses.replace(system, wait_grid=stats.LATENCY_GRID)
+                system = dataclasses.replace(system, wait_grid=stats.LATENCY_GRID,
+                                             end_to_end=e2e)
             t = time.perf_counter()
             run = simulate(jax.random.key(1), system, reps=a.reps, horizon=a.horizon,
                            warmup=a.warmup, notify=lambda _: None)
@@ -110,9 +114,9 @@ def main() -> None:
                 lat = stats.latency(run, stats.LATENCY_GRID)
                 latency = {what: {str(q): {k: float(v[-1]) for k, v in lat[what]["quantiles"][q]
                                            .items()} for q in lat[what]["quantiles"]}
-                           for what in ("ttft", "e2e")}
-                shown = (f"{name}; TTFT p99 {_quantile(latency['ttft']['0.99'])}, E2E p99 "
-                         f"{_quantile(latency['e2e']['0.99'])}")
+                           for what in ("ttft", "e2e") if what in lat}
+                shown = f"{name}; TTFT p99 {_quantile(latency['ttft']['0.99'])}" + (
+                    f", E2E p99 {_quantile(latency['e2e']['0.99'])}" if "e2e" in latency else "")
             else:
                 shown = name
             print(f"| {n} | {shown} | {float(mean):.2f} ± {float(ci):.2f} | {diff} | "

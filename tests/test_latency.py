@@ -3,6 +3,7 @@ end-to-end latency and the time per output token of the requests a pooled system
 against the exact laws of the M/M/N+M queue (and of ordered hunting, Erlang B, for the side a
 decode runs on)."""
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -270,3 +271,41 @@ def test_goodput_matches_erlang_a():
         stats.goodput(run, GRID, {"ttft": 0.6}, gpus=4)
     with pytest.raises(ValueError, match="must be one of"):
         stats.goodput(run, GRID, {"latency": 1.0}, gpus=4)
+
+
+def _coxian_cdf(law, rate, times):
+    """P(S <= t) for S of the class-0 Coxian shape ``law`` at mean rate ``rate``: one minus the
+    mass still in the transient phases, exp(T t) from phase 1 (matrix exponential)."""
+    from scipy.linalg import expm
+
+    r = rate * np.asarray(law.rates, np.float64)[0]
+    p = np.asarray(law.cont, np.float64)[0]
+    T = np.diag(-r) + np.diag((r * p)[:-1], 1)
+    return np.array([1.0 - expm(T * t)[0].sum() for t in times])
+
+
+@pytest.mark.parametrize("table", [{"law": "erlang", "phases": 2}, {"law": "fit", "cv": 2.0}])
+def test_ttft_counters_under_a_phase_type_prefill_follow_its_law(table):
+    # Eight prefill slots of mean rate 2/s and one arrival a second (Erlang B: a wait with
+    # probability 6e-8): the time to first token is the prefill time, whose law is the
+    # Coxian's. The counters draw it from the law; the exact distribution function is the
+    # matrix exponential of its phases (no sampling code shared).
+    model = Model(lambda_=[0.125], theta=[1.0], P=[512.0], D=[1000.0], alpha=0.5, beta=0.0,
+                  gamma=1000.0, C=512.0, B=64, c_p=1.0, c_d=1.0,
+                  service=Service.make(1, prefill=table))
+    system = Pooled(model=model, n=jnp.int32(8), M=jnp.int32(8), x_star=jnp.full(1, 1.0),
+                    q_star=jnp.zeros(1), gate="fcfs", capacity=64, wait_grid=GRID,
+                    end_to_end=False)
+    run = simulate(jax.random.key(11), system, reps=16, horizon=400.0, warmup=20.0)
+    out = stats.latency(run, GRID)
+    assert "e2e" not in out and out["started"][0] > 5000
+    np.testing.assert_array_equal(out["wait"]["cdf"][:, 0], 1.0)  # nobody waits
+    exact = _coxian_cdf(model.service.prefill, 2.0, GRID)
+    z = _z(out["ttft"]["cdf"][:, 0], out["ttft"]["se"][:, 0], exact)
+    assert np.max(np.abs(z)) < 4.0, z
+    # The test can fail: the exponential law of the same mean is far off.
+    z_exp = _z(out["ttft"]["cdf"][:, 0], out["ttft"]["se"][:, 0], 1 - np.exp(-2.0 * np.array(GRID)))
+    assert np.max(np.abs(z_exp)) > 8.0, z_exp
+    # The end-to-end counters need an exponential prefill: refused with a clear error.
+    with pytest.raises(ValueError, match="end-to-end latency counters"):
+        dataclasses.replace(system, end_to_end=True)

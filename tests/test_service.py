@@ -346,11 +346,13 @@ def test_systems_that_cannot_follow_phases_refuse_them():
         pooled_stationary(model, 2, 1, "fg-sp")
     with pytest.raises(ValueError, match="supported by the exact chains"):
         gated_chain(model, 2, 1, [0.1, 0.1], 0.0, 1.0)
-    # Latency counters draw an exponential prefill time: refused with phases on the prefill,
-    # accepted with phases on the decode only.
+    # The end-to-end counters pick the prefill that ends as only an exponential prefill
+    # allows: refused with phases on the prefill (the other counters run), accepted with
+    # phases on the decode only.
     system, _ = policies.build("gate-and-route", qwen(prefill={"law": "erlang", "phases": 2}), 8)
-    with pytest.raises(ValueError, match="latency counters"):
+    with pytest.raises(ValueError, match="end-to-end latency counters"):
         dataclasses.replace(system, wait_grid=(0.0, 1.0))
+    dataclasses.replace(system, wait_grid=(0.0, 1.0), end_to_end=False)
     system, _ = policies.build("gate-and-route", model, 8)
     dataclasses.replace(system, wait_grid=(0.0, 1.0))
     # What runs them: every pooled policy but the SLI-aware one, and the gated family.
@@ -564,6 +566,16 @@ def test_simulate_reads_the_service_table_and_says_it(tmp_path, capsys):
     assert main([*args, "--json"]) in (0, None)
     assert json.loads(capsys.readouterr().out)["service"]["prefill"] == {
         "law": "erlang", "phases": [4, 4], "cv": [0.5, 0.5]}
+    # --latency under a phase-type prefill: the waits and the time to first token, and a word
+    # on the end-to-end latency, which it cannot count; an e2e target is refused.
+    assert main([*args, "--latency", "--json"]) in (0, None)
+    latency = json.loads(capsys.readouterr().out)["latency"]["all"]
+    assert {"wait", "ttft", "decode_wait"} <= set(latency) and "e2e" not in latency
+    assert main([*args, "--latency"]) in (0, None)
+    assert "not measured under a phase-type prefill" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main([*args, "--slo", "e2e=60"])
+    assert "--slo e2e=... is not available under a phase-type prefill" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -268,15 +268,16 @@ class Pooled(AbstractSystem):
             # are exact (its paths are the exact chain's), and take phases like the exact ones.
             if not jnp.issubdtype(self.decide.count_dtype, jnp.integer):
                 where = "relaxed (pathwise-differentiable) decisions"
-            elif self.wait_grid and self.prefill_law is not None:
-                where = ("latency counters (a wait_grid), which draw each time to first token's "
-                         "prefill time as an exponential one, and pick the prefill that ends "
-                         "uniformly among its class's")
+            elif self.tracks_origin and self.prefill_law is not None:
+                where = ("end-to-end latency counters (end_to_end), which pick the prefill that "
+                         "ends uniformly among its class's, as only exponential prefill times "
+                         "allow")
             if where is not None:
                 raise ValueError(f"{self.model.service.named(every=True)} not supported with "
                                  f"{where}: phase-type service runs on the pooled engine with "
-                                 "exact decisions (and latency counters only with an "
-                                 "exponential prefill)")
+                                 "exact decisions (and end-to-end latency counters only with an "
+                                 "exponential prefill; the wait, time-to-first-token and "
+                                 "decode-wait counters run with end_to_end=False)")
 
     # ---- rates, levels, revenue, ring bookkeeping, census --------------------------------------
     @property
@@ -768,7 +769,8 @@ class Pooled(AbstractSystem):
             # a histogram's bins, one hit per kind (see `tallied`).
             wait = jnp.where(jnp.sum(taken) > 0, waited, 0.0).astype(real)
             hits = jnp.concatenate([
-                latency_hits(self.wait_grid, admit * counted, wait, m.mu_p, u[1]),
+                latency_hits(self.wait_grid, admit * counted, wait, m.mu_p, u[1],
+                             self.prefill_law),
                 grid_hits(self.wait_grid, placed * counted, d_waited)])
             if self.tracks_origin:
                 hits = jnp.concatenate([hits, e2e_hits(
@@ -839,19 +841,21 @@ def shift_phases(Zk: Int[Array, "... K"], advance: Int[Array, "... K"],
 
 
 def latency_hits(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float[Array, ""],
-                 mu_p: Float[Array, " I"], u: Float[Array, ""]) -> Int[Array, " 2"]:
+                 mu_p: Float[Array, " I"], u: Float[Array, ""], law: Coxian | None = None
+                 ) -> Int[Array, " 2"]:
     """The latency counters' hits (:func:`grid_hits`) of a step in which the prefills
     ``started`` (a one-hot or zero count per class) began after waiting ``wait``: the wait's,
     then the time to first token's.
 
-    The time to first token is the wait plus the prefill, which in this model takes an
-    exponential time of rate ``mu_p`` whatever else happens, independent of the wait. The
-    counter draws that time afresh from ``u`` (not the one the chain will realise, which the
-    count-based state does not single out): the pair has the law of the job's own, so each
-    counter's expectation, and the distribution it estimates, is exact; only the correlation
-    between one job's two counters and the chain's later path is not kept."""
+    The time to first token is the wait plus the prefill, which in this model takes a time of
+    mean ``1 / mu_p`` (exponential, or of the phase-type ``law``) whatever else happens,
+    independent of the wait. The counter draws that time afresh from ``u``
+    (:func:`fresh_service`; not the one the chain will realise, which the count-based state
+    does not single out): the pair has the law of the job's own, so each counter's
+    expectation, and the distribution it estimates, is exact; only the correlation between one
+    job's two counters and the chain's later path is not kept."""
     cls = jnp.argmax(started)
-    ttft = wait - jnp.log1p(-u) / mu_p[cls].astype(wait.dtype)
+    ttft = wait + fresh_service(law, cls, mu_p[cls].astype(wait.dtype), u)
     return jnp.concatenate([grid_hits(grid, started, wait), grid_hits(grid, started, ttft)])
 
 

@@ -643,8 +643,8 @@ def _laws_latency(data: dict) -> str:
     rows = [f"{out['policy']} on {out['scenario']}, {out['reps']} replications x "
             f"{out['horizon']:g} s (warm-up {out['warmup']:g} s), every law of the exponential "
             "law's mean and paired with it on the same key; latencies over all classes in "
-            "seconds, with 95% intervals (none where the prefill time is phase-type: the "
-            "counters need an exponential prefill).", "",
+            "seconds, with 95% intervals (no end-to-end latency where the prefill time is "
+            "phase-type: its counters need an exponential prefill).", "",
             "| n | law | revenue per GPU | minus exponential | TTFT p50 | TTFT p99 | E2E p50 | "
             "E2E p99 |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in (r for o in outs for r in o["rows"]):

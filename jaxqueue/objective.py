@@ -56,6 +56,9 @@ class Problem:
             probabilities ``softmax(-xi / temperature)`` and thresholds are dithered.
         sli: SLI targets whose excesses are subtracted from revenue, each times its weight
             (:class:`jaxqueue.fluid.SLI`; its ``penalty`` flag only shapes the plan).
+        capacity: slots of the FCFS rings, or None to size them for n. A run whose ring
+            overflows is rerun with larger ones on the same key either way; :func:`tune`
+            keeps the size its first evaluation needed, so that its steps do not rerun.
     """
 
     family: str
@@ -68,10 +71,11 @@ class Problem:
     reps: int = 16
     gate_temperature: float | None = None
     sli: fluid.SLI | None = None
+    capacity: int | None = None
 
     def system(self, params=None, decide=None):
         return tunable.build_family(self.family, self.model, self.n, plan=self.plan,
-                                    params=params, decide=decide,
+                                    params=params, decide=decide, capacity=self.capacity,
                                     gate_temperature=self.gate_temperature)[0]
 
     def initial(self):
@@ -191,7 +195,8 @@ def evaluate(problem: Problem, params, key, reps: int | None = None, *,
     run = simulate(key, system, reps=reps or problem.reps, horizon=problem.horizon,
                    warmup=problem.warmup)
     out = measure(run, problem.model, problem.n, problem.pricing, problem.sli)
-    return {**out, "events": int(run.events)} if detail else out["objective"]
+    return ({**out, "events": int(run.events), "capacity": run.buffer_capacity} if detail
+            else out["objective"])
 
 
 def steps_for(problem: Problem, horizon: float | None = None) -> int:

@@ -74,6 +74,10 @@ class _Space:
         systems = [p.system(self.params(y)) for y in points]
         runs = simulate_many(key, systems, reps=reps, horizon=p.horizon, warmup=p.warmup)
         out = np.stack([measure(r, p.model, p.n, p.pricing, p.sli)["objective"] for r in runs])
+        grown = max((r.buffer_capacity for r in runs if r.buffer_capacity is not None),
+                    default=None)
+        if grown is not None and grown != p.capacity:  # later points start with rings that fit
+            self.problem = dataclasses.replace(p, capacity=grown)
         return out, sum(r.events for r in runs)
 
 

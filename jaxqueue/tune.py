@@ -219,11 +219,12 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
     options = dict(options or {})
 
     eval_key = jax.random.fold_in(key, 1_000_000)  # one key for every evaluation (CRN)
-    spent = {"events": 0, "start": None}
+    spent = {"events": 0, "start": None, "capacity": None}
 
     def assess(step, params):
         d = evaluate(problem, params, eval_key, eval_reps, detail=True)
         spent["events"] += d["events"]
+        spent["capacity"] = d["capacity"]
         values = np.asarray(d["objective"])
         if spent["start"] is None:
             spent["start"] = values
@@ -234,6 +235,10 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         return out
 
     initial_eval = assess(0, jax.tree.map(np.asarray, p0))
+    if spent["capacity"] is not None and spent["capacity"] != problem.capacity:
+        # The start's evaluation grew the rings: every later run starts at that size instead
+        # of overflowing and rerunning (the results are those of large enough rings either way).
+        problem = dataclasses.replace(problem, capacity=spent["capacity"])
     best = initial_eval
     if fluid_steps:
         y, history["fluid"] = _fluid_stage(problem, coords, y, int(fluid_steps),

@@ -323,3 +323,27 @@ def test_a_smoothed_tuned_file_rebuilds_the_smoothed_policy(tmp_path):
     tunable.save_params(path, "gated", params, scenario=PAPER.name, gpus=20, temperature=-1.0)
     with pytest.raises(ValueError, match="temperature = -1.0 is invalid"):
         tuned_system(path, PAPER, 20)
+
+
+@pytest.mark.slow  # 8-class compilations
+def test_tune_and_searches_keep_the_rings_their_first_run_grew(monkeypatch):
+    # dolly-8class at n = 10 needs rings of about a hundred slots; sized at 32 they overflow.
+    # The start's evaluation grows them (one warning); the steps then start at that size and
+    # never rerun, and the searches alike after their first batch.
+    import warnings
+
+    from jaxqueue.policies import common
+    from jaxqueue.search import evolution_strategy
+
+    model = scenarios.load("dolly-8class")
+    problem = Problem(family="gated", model=model, n=10, plan=fluid.solve(model, "bundled"),
+                      horizon=100.0, warmup=20.0, reps=4)
+    monkeypatch.setattr(common, "default_capacity", lambda n, queue=None: 32)
+    for run in (lambda: tune(problem, steps=3, estimator="spsa", eval_every=3),
+                lambda: evolution_strategy(problem, problem.initial(), budget=3e5)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+        grown = [w for w in caught if "overflowed" in str(w.message)]
+        assert len(grown) == 1 and "128 jobs" in str(grown[0].message), [
+            str(w.message) for w in grown]

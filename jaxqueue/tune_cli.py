@@ -96,7 +96,7 @@ def _pack_measured(d: dict, sli) -> dict[str, Any]:
     if sli is not None:
         out["revenue"] = _pack(d["revenue"])
         out["sli"] = {k: float(np.nanmean(v)) for k, v in d.items()
-                      if k not in ("objective", "revenue", "events")}
+                      if k not in ("objective", "revenue", "events", "capacity")}
     return out
 
 

@@ -358,6 +358,62 @@ def _meets(m: dict, p: int) -> list[str]:
     return miss
 
 
+def _tuning(data: dict) -> str:
+    """The tuning benchmark: per problem, each method's gain over the best start per seed
+    (paired on the final key), and the gradient method against the others, paired per seed."""
+    out = [o for o in data["outputs"].values() if o is not None][-1]
+    parts = []
+    for name, p in out["problems"].items():
+        st, cfg = p["start"], p["settings"]
+        grad = cfg["estimator"]
+        smooth = cfg["temperature"] is not None
+        head = (f"**`{name}`**: start `{st['name']}`, objective {_pm(st['final'])} on the final "
+                f"evaluation ({cfg['eval_reps']} replications x {cfg['eval_horizon']:g} s)")
+        if smooth:
+            head += (f" with the gate at temperature {cfg['temperature']:g}; as the "
+                     f"deterministic policy {_pm(st['deterministic'])}")
+        head += (f". The gradient method: `{grad}`, {cfg['steps']} steps of {cfg['reps']} "
+                 f"replications x {cfg['horizon']:g} s.")
+        rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
+                "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth
+                                       else "") + " events per run | s per run |",
+                "|---|---:|---|---:|" + ("---|" if smooth else "") + "---:|---:|"]
+        for method, m in p["methods"].items():
+            seeds = m["seeds"].values()
+            gains = "; ".join(f"{g['gain']['mean']:+.2f} ± {g['gain']['ci95']:.2f}"
+                              for g in seeds)
+            mg = m["mean_gain"]
+            mean = f"{mg['mean']:+.2f}" + (f" ± {mg['se']:.2f}" if mg["se"] else "")
+            det = (" " + "; ".join(f"{g['deterministic_gain']['mean']:+.2f} ± "
+                             f"{g['deterministic_gain']['ci95']:.2f}"
+                             if g.get("deterministic_gain") else "-" for g in seeds) + " |"
+                   if smooth else "")
+            secs = sum(g["seconds"] for g in seeds) / len(m["seeds"])
+            label = f"`{method}` (the gradient method)" if method == grad else f"`{method}`"
+            rows.append(f"| {label} | {len(m['seeds'])} | {gains} | {mean} |{det} "
+                        f"{m['events']:.3g} | {secs:.0f} |")
+        for other, v in p["gradient_versus"].items():
+            z = f"{v['z']:+.1f}" if v.get("z") is not None else "-"
+            rows.append("")
+            rows.append(f"`{grad}` minus `{other}` at the same budget, paired per seed on the "
+                        f"final key: {v['mean']:+.2f} ± {v['se']:.2f} (one standard error"
+                        + (" over seeds" if len(v["seeds"]) > 1 else ", of the one seed's "
+                           "evaluation") + f"; z = {z}).")
+        if p.get("fraction_of_reference"):
+            fr = ", ".join(f"{f:.2f}" for f in p["fraction_of_reference"].values())
+            rows.append("")
+            rows.append(f"Reference search (seed 0): gain {_pm(p['reference_gain'])}; the "
+                        f"gradient method's share of it per seed: {fr}.")
+        if p.get("recovery"):
+            r = p["recovery"]
+            rows.append("")
+            rows.append(f"Recovery: moved 30% away from its tuned point, it lost "
+                        f"{_pm(r['lost'])}; 20 steps recovered {_pm(r['recovered'])} "
+                        f"({r['fraction']:.0%}).")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) + "\n\n" + _provenance(data)
+
+
 def _bench(data: dict) -> str:
     rows = ["| case | estimator | estimates | cos(mean, truth) | median cos | rel. bias | signs | "
             "events/estimate | fd events, same MSE | s/estimate | gate: cos(mean) | "
@@ -871,7 +927,8 @@ TABLES: dict[str, Table] = {
         {"workload": "jaxqueue workload {data}/vidur/processed_traces/splitwise_conv.csv "
                      "--classes 3 --gpus 2 --out {tmp}/conv2.toml --json",
          "table": "python scripts/patience_table.py --scenario {tmp}/conv2.toml --gpus 20 100 "
-                  "--reps 32 --laws exponential,deterministic,lognormal --json {json}"},
+                  "--reps 32 --laws exponential,deterministic,lognormal --service-laws "
+                  "erlang-4,cv-2 --json {json}"},
         _patience, "the same on a scenario built from the Azure conversation trace"),
     "service_paper": Table(
         "docs/scenarios.md",
@@ -905,6 +962,15 @@ TABLES: dict[str, Table] = {
          "pathwise": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
                      "--estimator pathwise --estimates 2 --json {json}"},
         _bench, "every estimator against the truths at n = 20"),
+    "tuning_score": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "
+                "score --temperature 20 --methods gradient,spsa,es --eval-reps 128 "
+                "--eval-horizon 1000 --out results/tuning_score",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "results/tuning_score"},
+        _tuning, "the smoothed family tuned with the score estimator against SPSA and the "
+                 "evolution strategy at equal budget, dolly-8class with a TPOT target"),
     "cli_timings": Table(
         "docs/cli.md",
         {"timings": "python scripts/cli_timings.py --skip reproduce --json {json}"},

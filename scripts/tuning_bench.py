@@ -90,6 +90,10 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
+    for key, value in (("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
+        if store.setdefault(key, value) != value:
+            raise SystemExit(f"{path} was evaluated with {key.replace('_', '-')} "
+                             f"{store[key]}: give the same or another --out")
 
     def save():
         tmp = path.with_suffix(".tmp")
@@ -111,12 +115,34 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         save()
     start = from_dict(store["start"]["params"])
     base = np.asarray(store["start"]["values"])
+    # With a gate temperature, every point is also evaluated as the deterministic policy (the
+    # gate's temperature to 0, no dithering) on the same key: what a deployment would run.
+    if temperature is not None and "deterministic_values" not in store["start"]:
+        plain = evaluate(final, start, final_key, eval_reps, smoothed=False)
+        store["start"].update(deterministic=stats_pack(plain),
+                              deterministic_values=plain.tolist())
+        save()
+
+    def deterministic(entry: dict) -> None:
+        plain = evaluate(final, from_dict(entry["params"]), final_key, eval_reps,
+                         smoothed=False)
+        entry.update(deterministic=stats_pack(plain), deterministic_gain=stats_pack(
+            plain - np.asarray(store["start"]["deterministic_values"])))
+
+    if temperature is not None:  # results recorded before the deterministic evaluations
+        for runs in store["methods"].values():
+            for entry in runs.values():
+                if "deterministic" not in entry:
+                    deterministic(entry)
+                    save()
 
     def record(method: str, seed: int, params, events: int, seconds: float, extra=None):
         values = evaluate(final, params, final_key, eval_reps)
         entry = {"params": params_dict(params), "events": int(events), "seconds": seconds,
                  "final": stats_pack(values), "gain": stats_pack(values - base),
                  "final_values": values.tolist(), **(extra or {})}
+        if temperature is not None:
+            deterministic(entry)
         store["methods"].setdefault(method, {})[str(seed)] = entry
         save()
         print(f"{name} {method} seed {seed}: gain {entry['gain']['mean']:+.3f} ± "
@@ -136,13 +162,18 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         budget = store["methods"][estimator][str(seed)]["events"]
         if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
             t = time.perf_counter()
-            # SPSA at the same event budget: each of its steps runs 2 configurations, where a
-            # step of fd runs 2p + 1 and one of score 1.
-            configs = 2 * len(np.concatenate([np.ravel(v) for v in
-                                              store["start"]["params"].values()])) + 1
-            per_config = store["methods"][estimator][str(seed)]["events_per_step"] / (
-                configs if estimator == "fd" else 1)
-            k = max(1, int(budget // (2 * per_config)))
+            # SPSA at the same event budget: each of its steps runs 2 configurations (plain
+            # runs of the problem's size). A step of fd runs 2p + 1 of them; a score step runs
+            # one longer one (its credit window past the horizon) with more work per event, so
+            # a plain run's events are read off the tuner's evaluations, which are such runs.
+            gradient_run = store["methods"][estimator][str(seed)]
+            if estimator == "fd":
+                configs = 2 * len(np.concatenate([np.ravel(v) for v in
+                                                  store["start"]["params"].values()])) + 1
+                per_config = gradient_run["events_per_step"] / configs
+            else:
+                per_config = gradient_run["evaluation_events"] / len(gradient_run["curve"])
+            k = max(1, int(round(budget / (2 * per_config))))
             result = tune(problem, steps=k, estimator="spsa", seed=seed, initial=start,
                           eval_every=max(1, k // 4), eval_reps=problem.reps)
             record("spsa", seed, from_dict(result.best["params"]), result.events,
@@ -194,6 +225,70 @@ def stats_pack(values) -> dict:
     return {"mean": float(mean), "ci95": float(ci)}
 
 
+def summary(out: Path = OUT) -> dict:
+    """Every problem's results as JSON (``--report --json``): the start, and per method its
+    seeds' gains over the start (95% intervals, paired on the final key), their mean and
+    standard error over seeds, its events and seconds; the gradient method's paired difference
+    to each other method per seed (same seed, same final key) with the pooled standard error
+    over seeds; the recovery check. Per-replication values are left out."""
+    problems = {}
+    for name in PROBLEMS:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        store = json.loads(path.read_text())
+        grad = store["estimator"]
+        methods = {}
+        for method, runs in store["methods"].items():
+            gains = [r["gain"] for r in runs.values()]
+            methods[method] = {
+                "seeds": {k: {"gain": r["gain"], "events": r["events"],
+                              "seconds": r["seconds"], "chosen_step": r.get("chosen_step"),
+                              "curve": r.get("curve"), "params": r["params"],
+                              "deterministic_gain": r.get("deterministic_gain")}
+                          for k, r in runs.items()},
+                "mean_gain": _over_seeds([g["mean"] for g in gains]),
+                "events": float(np.mean([r["events"] for r in runs.values()]))}
+        versus = {}
+        for other in methods:
+            if other in (grad, "reference"):
+                continue
+            seeds = sorted(set(store["methods"][grad]) & set(store["methods"][other]), key=int)
+            if not seeds:
+                continue
+            diffs = {k: stats_pack(np.asarray(store["methods"][grad][k]["final_values"])
+                                   - np.asarray(store["methods"][other][k]["final_values"]))
+                     for k in seeds}
+            means = [d["mean"] for d in diffs.values()]
+            pooled = _over_seeds(means)
+            if len(seeds) == 1:  # one seed: the paired interval of the evaluation alone
+                pooled = {"mean": means[0], "se": diffs[seeds[0]]["ci95"] / 1.96}
+            versus[other] = {"seeds": diffs, **pooled,
+                             "z": pooled["mean"] / pooled["se"] if pooled["se"] else None}
+        entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
+                                                               "deterministic")},
+                 "settings": {k: store.get(k) for k in ("estimator", "temperature", "steps",
+                                                         "reps", "horizon", "warmup",
+                                                         "eval_reps", "eval_horizon")},
+                 "methods": methods, "gradient_versus": versus}
+        ref = methods.get("reference", {}).get("seeds", {}).get("0")
+        if ref is not None:
+            entry["reference_gain"] = ref["gain"]
+            entry["fraction_of_reference"] = {
+                k: r["gain"]["mean"] / ref["gain"]["mean"]
+                for k, r in methods[grad]["seeds"].items()} if ref["gain"]["mean"] > 0 else None
+        if "recovery" in store:
+            entry["recovery"] = store["recovery"]
+        problems[name] = entry
+    return {"problems": problems}
+
+
+def _over_seeds(values) -> dict:
+    v = np.asarray(values, np.float64)
+    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
+    return {"mean": float(v.mean()), "se": se, "seeds": int(v.size)}
+
+
 def report(markdown: bool, out: Path = OUT) -> None:
     for name in PROBLEMS:
         path = out / f"{name}.json"
@@ -226,6 +321,8 @@ def main() -> None:
     p.add_argument("--list", action="store_true")
     p.add_argument("--report", action="store_true")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="with --report: write the results as JSON here ('-': print them)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="gradient steps per tuning run")
     p.add_argument("--estimator", default="fd")
@@ -248,7 +345,14 @@ def main() -> None:
             print(k, *v)
         return
     if a.report:
-        report(a.markdown, a.out)
+        if a.json:
+            text = json.dumps(summary(a.out), indent=1)
+            if a.json == "-":
+                print(text)
+            else:
+                Path(a.json).write_text(text + "\n")
+        else:
+            report(a.markdown, a.out)
         return
     names = list(PROBLEMS) if a.all else (a.problem or [])
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())

@@ -759,8 +759,8 @@ def _laws_readme(data: dict) -> str:
         row = f"| {label} | " + " | ".join(cells)
         if at is not None:
             lat = latency[at].get(label)
-            row += (f" | {_q(lat['ttft']['0.99'])} | {_q(lat['e2e']['0.99'])} |" if lat
-                    else " | - | - |")
+            row += (f" | {_q(lat['ttft']['0.99'])} | {_q(lat.get('e2e', {}).get('0.99'))} |"
+                    if lat else " | - | - |")
         rows.append(row + (" |" if at is None else ""))
     return ("\n".join(rows) + "\n\nRevenue per GPU per second under Gate-and-Route on "
             "`paper-qwen8b`, minus that under the paper's exponential laws on the same random "

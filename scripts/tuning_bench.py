@@ -232,11 +232,7 @@ def summary(out: Path = OUT) -> dict:
     to each other method per seed (same seed, same final key) with the pooled standard error
     over seeds; the recovery check. Per-replication values are left out."""
     problems = {}
-    for name in PROBLEMS:
-        path = out / f"{name}.json"
-        if not path.exists():
-            continue
-        store = json.loads(path.read_text())
+    for name, store in _stores(out):
         grad = store["estimator"]
         methods = {}
         for method, runs in store["methods"].items():
@@ -289,12 +285,16 @@ def _over_seeds(values) -> dict:
     return {"mean": float(v.mean()), "se": se, "seeds": int(v.size)}
 
 
-def report(markdown: bool, out: Path = OUT) -> None:
+def _stores(out: Path):
+    """``(problem, its stored results)`` for every problem with results under ``out``."""
     for name in PROBLEMS:
         path = out / f"{name}.json"
-        if not path.exists():
-            continue
-        store = json.loads(path.read_text())
+        if path.exists():
+            yield name, json.loads(path.read_text())
+
+
+def report(markdown: bool, out: Path = OUT) -> None:
+    for name, store in _stores(out):
         s = store["start"]
         print(f"\n{name}: start {s['name']}, objective {s['final']['mean']:.3f} ± "
               f"{s['final']['ci95']:.2g} (final evaluation)")

@@ -361,9 +361,9 @@ def _meets(m: dict, p: int) -> list[str]:
 def _tuning(data: dict) -> str:
     """The tuning benchmark: per problem, each method's gain over the best start per seed
     (paired on the final key), and the gradient method against the others, paired per seed."""
-    out = [o for o in data["outputs"].values() if o is not None][-1]
     parts = []
-    for name, p in out["problems"].items():
+    for name, p in ((name, p) for out in data["outputs"].values() if out is not None
+                    for name, p in out["problems"].items()):
         st, cfg = p["start"], p["settings"]
         grad = cfg["estimator"]
         smooth = cfg["temperature"] is not None

@@ -968,7 +968,13 @@ TABLES: dict[str, Table] = {
                 "score --temperature 20 --methods gradient,spsa,es --eval-reps 128 "
                 "--eval-horizon 1000 --out results/tuning_score",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "results/tuning_score"},
+                   "results/tuning_score",
+         "run-8reps": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 "
+                      "--estimator score --temperature 20 --steps 40 --reps 8 --methods "
+                      "gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
+                      "results/tuning_score40",
+         "report-8reps": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "results/tuning_score40"},
         _tuning, "the smoothed family tuned with the score estimator against SPSA and the "
                  "evolution strategy at equal budget, dolly-8class with a TPOT target"),
     "cli_timings": Table(

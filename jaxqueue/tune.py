@@ -45,9 +45,9 @@ from .objective import (
 )
 from .policies import tunable
 
-__all__ = ["ESTIMATORS", "Estimate", "Problem", "TuneResult", "evaluate", "from_free",
-           "gradient", "mask", "measure", "natural_steps", "sli_penalty", "steps_for", "to_free",
-           "tune"]
+__all__ = ["ESTIMATORS", "RULES", "Estimate", "Problem", "TuneResult", "evaluate", "from_free",
+           "gated_step", "gradient", "mask", "measure", "natural_steps", "sli_penalty",
+           "steps_for", "to_free", "tune"]
 
 
 def gradient(problem: Problem, estimator: str, free, key, *, only: Sequence[str] | None = None,
@@ -169,20 +169,37 @@ def _summary(params, values) -> dict:
             else params, "mean": float(mean), "ci95": float(ci)}
 
 
+#: How ``tune`` turns a gradient estimate into a step (see :func:`tune`).
+RULES = ("adam", "gated")
+
+
+def gated_step(g, se, learning_rate: float, z: float = 2.0):
+    """The ``gated`` rule's step in natural coordinates: each coordinate moves
+    ``learning_rate * sign(g) * max(0, 1 - (z se / g)^2)``. A coordinate whose estimate is
+    within ``z`` standard errors of 0 stays where it is; one far outside moves a full
+    ``learning_rate``; where the standard error is unknown (not finite) it moves a full step.
+    Unlike Adam, which divides each coordinate by its own running scale, an estimate made of
+    noise does not move its coordinate a full step: the parameters do not random-walk when the
+    replications per estimate are few."""
+    g, se = jnp.asarray(g), jnp.asarray(se)
+    ratio = jnp.where(jnp.isfinite(se) & (g != 0), z * se / jnp.where(g != 0, g, 1.0), 0.0)
+    return learning_rate * jnp.sign(g) * jnp.maximum(0.0, 1.0 - ratio ** 2)
+
+
 def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
          learning_rate: float = 0.3, step_scale: float = 1.0, eval_every: int = 5,
          eval_reps: int | None = None, seed: int = 0, only: Sequence[str] | None = None,
          initial: Any = None, fluid_steps: int = 0, options: dict | None = None,
-         progress: Callable[[int, dict], None] | None = None) -> TuneResult:
-    """Adam on ``estimator``'s gradient from ``initial`` (default: the family's LP point, the
-    paper's policy); returns the best exact evaluation (all on one key, ``eval_reps``
-    replications, so the choice among them is paired).
+         progress: Callable[[int, dict], None] | None = None, rule: str = "adam") -> TuneResult:
+    """Adam (or the ``gated`` rule) on ``estimator``'s gradient from ``initial`` (default: the
+    family's LP point, the paper's policy); returns the best exact evaluation (all on one key,
+    ``eval_reps`` replications, so the choice among them is paired).
 
     Args:
         problem: what to tune.
         steps: optimizer steps.
         estimator: one of :data:`ESTIMATORS`.
-        learning_rate: Adam's step size in natural steps (0.3: about half a job or GPU).
+        learning_rate: the step size in natural steps (0.3: about half a job or GPU).
         step_scale: ``fd``/``spsa`` perturbations, in natural steps.
         eval_every: evaluate the current point every this many steps (and at the last).
         eval_reps: replications of each evaluation (default ``problem.reps``).
@@ -195,6 +212,9 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         options: further keyword arguments of :func:`jaxqueue.estimators.estimate` (e.g.
             ``discount`` for ``score``, ``directions`` for ``spsa``).
         progress: called after every step with ``(step, {"value", "best"})``.
+        rule: ``"adam"`` (Adam on the estimate in natural coordinates) or ``"gated"`` (each
+            coordinate steps ``learning_rate`` in the estimate's direction, shrunk to nothing
+            as the estimate falls within two of its standard errors of 0: :func:`gated_step`).
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
@@ -205,6 +225,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
                          f"{problem.family!r}")
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate = {learning_rate!r} is invalid: must be finite and > 0")
+    if rule not in RULES:
+        raise ValueError(f"rule = {rule!r} is invalid: must be one of {RULES}")
     start = time.perf_counter()
     eval_reps = eval_reps or problem.reps
     key = jax.random.key(seed)
@@ -258,8 +280,12 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         history["events"].append(info["events"])
         g_y = ravel_pytree(g)[0] * coords.h  # d objective / d natural coordinate
         if bool(jnp.all(jnp.isfinite(g_y))):
-            updates, state = opt.update(-g_y * coords.on, state, y)
-            y = coords.project(optax.apply_updates(y, updates))
+            if rule == "gated":
+                se_y = ravel_pytree(info["se"])[0] * coords.h
+                y = coords.project(y + gated_step(g_y, se_y, learning_rate) * coords.on)
+            else:
+                updates, state = opt.update(-g_y * coords.on, state, y)
+                y = coords.project(optax.apply_updates(y, updates))
         else:  # a relaxed path can blow up: no step on a broken estimate
             history["skipped"].append(step)
         if step % eval_every == 0 or step == steps:

@@ -47,14 +47,19 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
     tu.add_argument("--start", choices=("best", "lp"), default="best",
                     help="best: tune from the best starting point; lp: from the family's LP "
                          "point (the paper's policy)")
-    tu.add_argument("--steps", type=int, default=30, help="optimizer steps (Adam)")
+    tu.add_argument("--steps", type=int, default=30, help="optimizer steps")
+    tu.add_argument("--rule", choices=("adam", "gated"), default="adam",
+                    help="how an estimate becomes a step: adam (Adam in natural steps), or "
+                         "gated (each parameter moves --learning-rate natural steps in its "
+                         "estimate's direction, nothing while the estimate is within two "
+                         "standard errors of 0: for noisy estimates, few replications per step)")
     tu.add_argument("--fluid-steps", type=int, default=0, metavar="K",
                     help="gated family: first K Adam steps on the deterministic fluid surrogate "
                          "(exact gradients, about a second each on a 2-core CPU; blind to finite-n "
                          "fluctuations beyond a smoothing at scale 1/sqrt(n)), then the "
                          "estimator's steps from there")
     tu.add_argument("--learning-rate", type=float, default=0.3,
-                    help="Adam's step size in natural steps (one natural step moves about 1.5 "
+                    help="the step size in natural steps (one natural step moves about 1.5 "
                          "jobs or GPUs: 1.5/n in share, slack and caps, 1.5 planned prefills in a "
                          "target, 0.25 in the offset, 0.05 in a split)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
@@ -115,7 +120,8 @@ def run_tune(args, *, say, bars: bool, emit, sli=None) -> int:
         eval_every=args.eval_every, eval_reps=args.eval_reps, reps=args.reps,
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=sli,
-        fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount)
+        fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount,
+        rule=args.rule)
     if args.save:
         from .policies import tunable
 
@@ -139,7 +145,8 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             eval_reps: int = 32, reps: int = 16, horizon: float = 600.0, warmup: float = 150.0,
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
             bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
-            temperature: float | None = None, discount: float | None = None):
+            temperature: float | None = None, discount: float | None = None,
+            rule: str = "adam"):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
     SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
@@ -153,7 +160,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     from . import fluid, policies
     from .driver import simulate
     from .policies import tunable
-    from .tune import ESTIMATORS, Problem, evaluate, measure, tune
+    from .tune import ESTIMATORS, RULES, Problem, evaluate, measure, tune
 
     if family != "auto" and family not in tunable.FAMILIES:
         raise ValueError(f"family = {family!r} is unknown: must be auto or one of "
@@ -169,6 +176,8 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
         raise ValueError(f"learning-rate = {learning_rate}: must be finite and > 0")
     if start not in ("best", "lp"):
         raise ValueError(f"start = {start!r} is invalid: must be 'best' or 'lp'")
+    if rule not in RULES:
+        raise ValueError(f"rule = {rule!r} is invalid: must be one of {list(RULES)}")
     if isinstance(fluid_steps, bool) or int(fluid_steps) != fluid_steps or fluid_steps < 0:
         raise ValueError(f"fluid-steps = {fluid_steps}: must be an integer >= 0")
     if fluid_steps and family not in ("auto", "gated"):
@@ -232,7 +241,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     result = tune(prob, steps=steps, estimator=estimator,
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
-                  fluid_steps=fluid_steps, options=options, progress=progress)
+                  fluid_steps=fluid_steps, options=options, progress=progress, rule=rule)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
@@ -292,6 +301,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
+           "rule": rule,
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
            "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
@@ -342,8 +352,9 @@ def _lines(o):
             line += f"  (revenue {rev(revenue or r['revenue'])}; {achieved})"
         return line
 
-    yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']} "
-           f"({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} {what} per GPU "
+    rule = " (gated steps)" if o.get("rule") == "gated" else ""
+    yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']}"
+           f"{rule} ({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} {what} per GPU "
            f"per second, LP bound {o['lp_bound']:.3f}")
     if sli is not None:
         yield ("SLI targets " + ", ".join(f"{k} <= {v:g} (weight {sli['weights'][k]:g})"

@@ -81,15 +81,19 @@ def from_dict(values: dict):
 def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: float,
         warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
         eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
-        methods: tuple[str, ...] = METHODS) -> None:
+        methods: tuple[str, ...] = METHODS, rule: str = "adam") -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
-        "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup}
+        "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule}
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
+    store.setdefault("rule", "adam")  # results stored before the rule was a choice
+    if store["rule"] != rule:
+        raise SystemExit(f"{path} was made with --rule {store['rule']}: give the same or another "
+                         "--out")
     for key, value in (("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
         if store.setdefault(key, value) != value:
             raise SystemExit(f"{path} was evaluated with {key.replace('_', '-')} "
@@ -152,7 +156,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         if str(seed) not in store["methods"].get(estimator, {}):
             t = time.perf_counter()
             result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
-                          eval_reps=problem.reps, seed=seed, initial=start)
+                          eval_reps=problem.reps, seed=seed, initial=start, rule=rule)
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
@@ -206,7 +210,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                                     offset=np.maximum(moved.offset, 0.0))
         t = time.perf_counter()
         result = tune(problem, steps=20, estimator=estimator, eval_every=5,
-                      eval_reps=problem.reps, seed=100, initial=moved)
+                      eval_reps=problem.reps, seed=100, initial=moved, rule=rule)
         v_tuned = np.asarray(store["methods"][estimator]["0"]["final_values"])
         v_moved = evaluate(final, moved, final_key, eval_reps)
         v_back = evaluate(final, from_dict(result.best["params"]), final_key, eval_reps)
@@ -263,7 +267,8 @@ def summary(out: Path = OUT) -> dict:
                              "z": pooled["mean"] / pooled["se"] if pooled["se"] else None}
         entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
                                                                "deterministic")},
-                 "settings": {k: store.get(k) for k in ("estimator", "temperature", "steps",
+                 "settings": {k: store.get(k, "adam" if k == "rule" else None) for k in (
+                     "estimator", "rule", "temperature", "steps",
                                                          "reps", "horizon", "warmup",
                                                          "eval_reps", "eval_horizon")},
                  "methods": methods, "gradient_versus": versus}
@@ -326,6 +331,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="gradient steps per tuning run")
     p.add_argument("--estimator", default="fd")
+    p.add_argument("--rule", default="adam", choices=["adam", "gated"],
+                   help="how the gradient tuner steps (jaxqueue.tune.tune's rule)")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
@@ -363,7 +370,7 @@ def main() -> None:
         p.error("give --problem NAME, --all, --list or --report")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
-            a.eval_reps, a.eval_horizon, a.temperature, methods)
+            a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule)
 
 
 if __name__ == "__main__":

@@ -182,10 +182,11 @@ def test_tune_command_saves_what_simulate_params_reruns(tmp_path, capsys):
     code = main(["tune", "paper-qwen8b", "--gpus", "6", "--family", "gated", "--steps", "2",
                  "--reps", "2", "--horizon", "30", "--warmup", "5", "--eval-every", "1",
                  "--eval-reps", "3", "--no-baselines", "--only", "share,offset",
-                 "--save", str(saved), "--plot", str(plot), "--json"])
+                 "--save", str(saved), "--plot", str(plot), "--json", "--rule", "gated"])
     out = json.loads(capsys.readouterr().out)
     assert code in (0, None)
     assert {"lp", "tuned", "baselines", "steps", "wall_seconds", "starts", "start"} <= set(out)
+    assert out["rule"] == "gated"
     assert set(out["starts"]) == {"gated: LP point", "gated: LP point, rank after admission"}
     for part in ("lp", "tuned"):
         assert set(out[part]) == {"params", "revenue"}
@@ -347,3 +348,29 @@ def test_tune_and_searches_keep_the_rings_their_first_run_grew(monkeypatch):
         grown = [w for w in caught if "overflowed" in str(w.message)]
         assert len(grown) == 1 and "128 jobs" in str(grown[0].message), [
             str(w.message) for w in grown]
+
+
+def test_the_gated_rule_steps_on_signal_and_stays_on_noise():
+    from jaxqueue.tune import gated_step
+
+    # By hand from the rule lr * sign(g) * max(0, 1 - (2 se / g)^2): 10 standard errors out
+    # moves 0.96 of a step, 2 standard errors or fewer moves nothing, an unknown standard error
+    # a full step.
+    step = np.asarray(gated_step(np.array([1.0, -1.0, 0.2, -0.1, 0.5, 0.0]),
+                                 np.array([0.1, 0.1, 0.1, 0.1, np.nan, 0.1]), 0.3))
+    np.testing.assert_allclose(step, [0.288, -0.288, 0.0, 0.0, 0.3, 0.0], rtol=1e-6)
+    # An estimate that is pure noise (g ~ N(0, se^2)) moves its coordinate about 0.0115 of a
+    # step on average (2 * integral over z > 2 of (1 - 4/z^2) phi(z), by quadrature), and only
+    # when |Z| > 2 (probability 0.0455), where Adam moves it a sizeable fraction of a step at
+    # every step.
+    from scipy import integrate
+    from scipy.stats import norm
+
+    exact = 2 * integrate.quad(lambda t: (1 - 4 / t**2) * norm.pdf(t), 2, np.inf)[0]
+    z = np.asarray(jax.random.normal(jax.random.key(0), (200_000,)), np.float64)
+    moved = np.abs(np.asarray(gated_step(z, np.ones_like(z), 1.0)))
+    assert abs(moved.mean() - exact) < 4 * moved.std() / np.sqrt(z.size), (moved.mean(), exact)
+    assert abs((moved > 0).mean() - 2 * norm.sf(2)) < 4 * np.sqrt(0.0455 * 0.9545 / z.size)
+    with pytest.raises(ValueError, match="rule = 'sgd' is invalid: must be one of"):
+        tune(Problem(family="gated", model=PAPER, n=6, plan=fluid.solve(PAPER, "bundled"),
+                     horizon=30.0, warmup=5.0, reps=2), steps=1, rule="sgd")

@@ -372,8 +372,9 @@ def _tuning(data: dict) -> str:
         if smooth:
             head += (f" with the gate at temperature {cfg['temperature']:g}; as the "
                      f"deterministic policy {_pm(st['deterministic'])}")
-        head += (f". The gradient method: `{grad}`, {cfg['steps']} steps of {cfg['reps']} "
-                 f"replications x {cfg['horizon']:g} s.")
+        rule = ("the gated rule" if cfg.get("rule", "adam") == "gated" else "Adam")
+        head += (f". The gradient method: {rule} on `{grad}` estimates, {cfg['steps']} steps of "
+                 f"{cfg['reps']} replications x {cfg['horizon']:g} s.")
         rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
                 "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth
                                        else "") + " events per run | s per run |",
@@ -395,10 +396,16 @@ def _tuning(data: dict) -> str:
         for other, v in p["gradient_versus"].items():
             z = f"{v['z']:+.1f}" if v.get("z") is not None else "-"
             rows.append("")
-            rows.append(f"`{grad}` minus `{other}` at the same budget, paired per seed on the "
-                        f"final key: {v['mean']:+.2f} ± {v['se']:.2f} (one standard error"
-                        + (" over seeds" if len(v["seeds"]) > 1 else ", of the one seed's "
-                           "evaluation") + f"; z = {z}).")
+            line = (f"`{grad}` minus `{other}` at the same budget, paired per seed on the "
+                    f"final key: {v['mean']:+.2f} ± {v['se']:.2f} (one standard error"
+                    + (" over seeds" if len(v["seeds"]) > 1 else ", of the one seed's "
+                       "evaluation") + f"; z = {z}).")
+            d = v.get("deterministic")
+            if d is not None:
+                dz = f"{d['z']:+.1f}" if d.get("z") is not None else "-"
+                line += (f" The deterministic policies at the same end points: "
+                         f"{d['mean']:+.2f} ± {d['se']:.2f} (z = {dz}).")
+            rows.append(line)
         if p.get("fraction_of_reference"):
             fr = ", ".join(f"{f:.2f}" for f in p["fraction_of_reference"].values())
             rows.append("")
@@ -977,6 +984,21 @@ TABLES: dict[str, Table] = {
                          "results/tuning_score40"},
         _tuning, "the smoothed family tuned with the score estimator against SPSA and the "
                  "evolution strategy at equal budget, dolly-8class with a TPOT target"),
+    "tuning_gated": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "
+                "score --temperature 20 --rule gated --methods gradient,spsa,es --eval-reps 128 "
+                "--eval-horizon 1000 --out results/tuning_gated",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "results/tuning_gated",
+         "run-8reps": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 "
+                      "--estimator score --temperature 20 --rule gated --steps 40 --reps 8 "
+                      "--methods gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
+                      "results/tuning_gated40",
+         "report-8reps": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "results/tuning_gated40"},
+        _tuning, "the score tuner with the gated step rule against SPSA and the evolution "
+                 "strategy at equal budget, dolly-8class with a TPOT target"),
     "cli_timings": Table(
         "docs/cli.md",
         {"timings": "python scripts/cli_timings.py --skip reproduce --json {json}"},

@@ -131,12 +131,13 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         plain = evaluate(final, from_dict(entry["params"]), final_key, eval_reps,
                          smoothed=False)
         entry.update(deterministic=stats_pack(plain), deterministic_gain=stats_pack(
-            plain - np.asarray(store["start"]["deterministic_values"])))
+            plain - np.asarray(store["start"]["deterministic_values"])),
+            deterministic_values=plain.tolist())
 
     if temperature is not None:  # results recorded before the deterministic evaluations
         for runs in store["methods"].values():
             for entry in runs.values():
-                if "deterministic" not in entry:
+                if "deterministic_values" not in entry:
                     deterministic(entry)
                     save()
 
@@ -256,15 +257,14 @@ def summary(out: Path = OUT) -> dict:
             seeds = sorted(set(store["methods"][grad]) & set(store["methods"][other]), key=int)
             if not seeds:
                 continue
-            diffs = {k: stats_pack(np.asarray(store["methods"][grad][k]["final_values"])
-                                   - np.asarray(store["methods"][other][k]["final_values"]))
-                     for k in seeds}
-            means = [d["mean"] for d in diffs.values()]
-            pooled = _over_seeds(means)
-            if len(seeds) == 1:  # one seed: the paired interval of the evaluation alone
-                pooled = {"mean": means[0], "se": diffs[seeds[0]]["ci95"] / 1.96}
-            versus[other] = {"seeds": diffs, **pooled,
-                             "z": pooled["mean"] / pooled["se"] if pooled["se"] else None}
+            versus[other] = _paired(store["methods"][grad], store["methods"][other], seeds,
+                                    "final_values")
+            if all("deterministic_values" in store["methods"][m][k] for m in (grad, other)
+                   for k in seeds):
+                # The same comparison between the deterministic policies at the end points.
+                versus[other]["deterministic"] = _paired(
+                    store["methods"][grad], store["methods"][other], seeds,
+                    "deterministic_values")
         entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
                                                                "deterministic")},
                  "settings": {k: store.get(k, "adam" if k == "rule" else None) for k in (
@@ -282,6 +282,20 @@ def summary(out: Path = OUT) -> dict:
             entry["recovery"] = store["recovery"]
         problems[name] = entry
     return {"problems": problems}
+
+
+def _paired(runs: dict, others: dict, seeds: list[str], values: str) -> dict:
+    """``runs`` minus ``others`` on the stored per-replication ``values`` of each seed (same
+    final key), their mean over seeds and its standard error (with one seed, that of the paired
+    evaluation)."""
+    diffs = {k: stats_pack(np.asarray(runs[k][values]) - np.asarray(others[k][values]))
+             for k in seeds}
+    means = [d["mean"] for d in diffs.values()]
+    pooled = _over_seeds(means)
+    if len(seeds) == 1:  # one seed: the paired interval of the evaluation alone
+        pooled = {"mean": means[0], "se": diffs[seeds[0]]["ci95"] / 1.96}
+    return {"seeds": diffs, **pooled,
+            "z": pooled["mean"] / pooled["se"] if pooled["se"] else None}
 
 
 def _over_seeds(values) -> dict:

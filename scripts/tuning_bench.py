@@ -45,7 +45,7 @@ from jaxqueue import fluid, scenarios, stats  # noqa: E402
 from jaxqueue.objective import Problem, evaluate  # noqa: E402
 from jaxqueue.policies import tunable  # noqa: E402
 from jaxqueue.search import evolution_strategy, pattern_search  # noqa: E402
-from jaxqueue.tune import tune  # noqa: E402
+from jaxqueue.tune import RULES, tune  # noqa: E402
 
 OUT = ROOT / "results" / "tuning_bench"
 
@@ -345,7 +345,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="gradient steps per tuning run")
     p.add_argument("--estimator", default="fd")
-    p.add_argument("--rule", default="adam", choices=["adam", "gated"],
+    p.add_argument("--rule", default="adam", choices=list(RULES),
                    help="how the gradient tuner steps (jaxqueue.tune.tune's rule)")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)

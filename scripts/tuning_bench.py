@@ -294,7 +294,7 @@ def _paired(runs: dict, others: dict, seeds: list[str], values: str) -> dict:
     pooled = _over_seeds(means)
     if len(seeds) == 1:  # one seed: the paired interval of the evaluation alone
         pooled = {"mean": means[0], "se": diffs[seeds[0]]["ci95"] / 1.96}
-    return {"seeds": diffs, **pooled,
+    return {**pooled, "seeds": diffs,  # per seed (pooled's "seeds" is their count)
             "z": pooled["mean"] / pooled["se"] if pooled["se"] else None}
 
 

@@ -178,10 +178,23 @@ class AbstractDecisions(eqx.Module):
 
 
 #: Up to this many events :meth:`Exact.event` sums the rates in one written-out chain, past it
-#: in two levels. Measured on the pooled engine (`scripts/bench_ab.py --only classes`, 2-core
-#: CPU): two levels made 8 classes (40 events) 0.90x as fast and 32 classes (160) 3.3x as fast.
-#: Up to 12 classes the paths are those of the one-level sum.
-_ONE_LEVEL_EVENTS = 64
+#: in two levels (:func:`_blocks`). XLA's CPU backend fuses a written-out chain into each of
+#: its uses, so one level costs O(E^2). On the pooled engine (2-core CPU, steps per second of
+#: `scripts/bench.py`'s synthetic instances) one level was faster up to 4 classes (20 events),
+#: as fast at 5 and slower from 6 on (0.90x at 6, 0.71x at 8); two classes keep their paths.
+_ONE_LEVEL_EVENTS = 25
+
+
+def _blocks(num: int) -> tuple[int, int]:
+    """(blocks, width) of the two-level sum over ``num`` events. The engines' ``5 I`` events
+    make 5 rows of I (one per kind of event): 1.10x the steps per second of 8 blocks of 5 at 8
+    classes, 1.08x that of 16 blocks of 10 at 32 (XLA's reductions over a few long rows beat
+    many short ones). Otherwise ``ceil(sqrt(num))`` wide blocks,
+    the last padded with zero rates."""
+    if num % 5 == 0:
+        return 5, num // 5
+    width = math.isqrt(num - 1) + 1
+    return -(-num // width), width
 
 
 def _running_sum(x: Float[Array, " K"]) -> Float[Array, " K"]:
@@ -223,8 +236,7 @@ class Exact(AbstractDecisions):
         if num <= _ONE_LEVEL_EVENTS:
             cum = _running_sum(rates)
             return jnp.where(jnp.any(rates > 0), _inverse_cdf(rates, u * cum[-1], cum), num)
-        width = math.isqrt(num - 1) + 1
-        blocks = -(-num // width)
+        blocks, width = _blocks(num)
         table = jnp.pad(rates, (0, blocks * width - num)).reshape(blocks, width)
         totals = jnp.sum(table, axis=1)
         below = _running_sum(totals)
@@ -232,7 +244,9 @@ class Exact(AbstractDecisions):
         block = _inverse_cdf(totals, target, below)
         start = jnp.where(block > 0, below[jnp.maximum(block - 1, 0)], 0)
         index = block * width + _inverse_cdf(table[block], target - start)
-        return jnp.where(jnp.any(rates > 0), index, num)
+        # Rates are >= 0: some is positive exactly when their sum is (a test of every rate
+        # was a pass of its own over the event vector).
+        return jnp.where(below[-1] > 0, index, num)
 
     def event_hot(self, rates, index, noise=None):
         return (jnp.arange(rates.shape[0]) == index).astype(jnp.int32)

@@ -207,6 +207,36 @@ def test_time_estimate_counts_events_per_job():
     assert per_gpu_rate(1_000_000) == pytest.approx(per_gpu_rate(500) * (9 / 20) ** 2)
 
 
+def _events_case(case: str):
+    from jaxqueue.policies.erlang import ErlangA
+    from jaxqueue.service import Service
+    if case == "erlang-a":
+        return ErlangA(servers=np.int32(50), arrival_rate=np.float32(48.0), service_rate=
+                       np.float32(1.0), patience_rate=np.float32(0.5))
+    policy, n = {"pooled-50": ("gate-and-route", 50), "pooled-500": ("gate-and-route", 500),
+                 "per-gpu-50": ("fi-wsp", 50), "batch-8": ("gate-and-route", 100),
+                 "erlang-2": ("gate-and-route", 50)}[case]
+    model = PAPER
+    if case == "batch-8":  # many jobs abandon before their prefill: fewer steps per arrival
+        model = PAPER.replace(B=8)
+    if case == "erlang-2":  # a step per service phase
+        erlang = {"law": "erlang", "phases": 2}
+        model = PAPER.replace(service=Service.make(2, prefill=erlang, decode=erlang))
+    return policies.build(policy, model, n)[0]
+
+
+@pytest.mark.parametrize("case", ["pooled-50", "pooled-500", "per-gpu-50", "batch-8",
+                                  "erlang-2", "erlang-a"])
+def test_time_estimate_counts_the_events_a_run_makes(case):
+    # The estimate's events (what its time is made of) against the events a short run makes,
+    # within 2x for every engine; the rate it assumes is checked against measured runs by
+    # scripts/estimate_check.py (a timing, so not a test).
+    system = _events_case(case)
+    est = budget.estimate(system, reps=2, horizon=200.0)
+    run = jq.simulate(jax.random.key(7), system, reps=2, horizon=200.0, warmup=0.0)
+    assert 0.5 <= run.events / est.events <= 2.0, (run.events, est.events)
+
+
 def test_progress_only_on_request(capsys):
     system, _ = policies.build("gate-and-route", PAPER, 5)
     jq.simulate(jax.random.key(4), system, reps=2, horizon=20.0, **SHORT)

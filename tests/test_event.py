@@ -33,3 +33,19 @@ def test_event_without_positive_rate_is_none():
     rates = jnp.zeros(40, jnp.float32)
     assert int(Exact().event(rates, jnp.float32(0.3))) == 40
     assert int(Exact().event(jnp.zeros(5, jnp.float32), jnp.float32(0.3))) == 5
+
+
+@pytest.mark.parametrize("size", [2, 8, 32])
+def test_lexmin_is_the_first_eligible_entry_in_lexicographic_order(size):
+    # Against a sort of (key 0, key 1, index) over the eligible entries, keys with many ties;
+    # none eligible gives 0 (what the policies rely on when no class may be admitted).
+    rng = np.random.default_rng(size)
+    pick = jax.jit(jax.vmap(lambda a, b, e: Exact().lexmin((a, b), e)))
+    k0 = rng.integers(0, 3, size=(4000, size)).astype(np.float32)
+    k1 = rng.integers(0, 3, size=(4000, size)).astype(np.float32)
+    eligible = (rng.random((4000, size)) < 0.5).astype(np.int32)
+    eligible[:50] = 0
+    got = np.asarray(pick(jnp.asarray(k0), jnp.asarray(k1), jnp.asarray(eligible)))
+    for r in range(4000):
+        cands = [(k0[r, j], k1[r, j], j) for j in range(size) if eligible[r, j]]
+        assert got[r] == (min(cands)[2] if cands else 0)

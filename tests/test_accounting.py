@@ -71,3 +71,22 @@ def test_every_job_accounted_for_whatever_the_chunk_length(policy, engine):
     worst = max(float(np.max(np.abs(v))) for v in z.values())
     # About 20 quantities per case: |z| < 4.5 for all of them has a false-alarm rate near 1e-4.
     assert worst < 4.5, {k: np.round(v, 2).tolist() for k, v in z.items()}
+
+
+@pytest.mark.parametrize("policy", ["gate-and-route", "fg-sp"])
+def test_sparse_counters_are_the_dense_ones(policy, monkeypatch):
+    # The pooled engine's exact steps pass their counters as one index per kind of count; the
+    # dense vector of every counter (what relaxed decisions still use) must give the same
+    # integers, and the same integrals, on an eight-class instance with abandonment.
+    from jaxqueue.policies.pooled import Pooled
+    model = scenarios.load("dolly-8class")
+    system, _ = policies.build(policy, model, 20)
+    assert system.sparse_counts
+    kwargs = dict(reps=4, horizon=300.0, warmup=50.0)
+    sparse = jq.simulate(jax.random.key(3), system, **kwargs)
+    monkeypatch.setattr(Pooled, "sparse_counts", property(lambda self: False))
+    jax.clear_caches()  # the compiled step is keyed on the system, not on this switch
+    dense = jq.simulate(jax.random.key(3), system, **kwargs)
+    assert sparse.tallies.sum() > 1000
+    np.testing.assert_array_equal(sparse.tallies, dense.tallies)
+    np.testing.assert_array_equal(sparse.level_integrals, dense.level_integrals)

@@ -759,10 +759,27 @@ class Pooled(AbstractSystem):
                             class_rings=crings, M=s.M, slack=s.slack, caps=s.caps,
                             phases=phases, origins=origins, origins_full=origins_full,
                             replay_at=replay_at, replay_k=replay_k)
-        counts = jnp.concatenate([arrive * counted, prefill_done * counted, mixed_done * counted,
-                                  solo_done * counted, p_gone, d_gone, admit * counted,
-                                  placed * counted])
         hits = None
+        if not self.sparse_counts:
+            counts = jnp.concatenate([arrive * counted, prefill_done * counted,
+                                      mixed_done * counted, solo_done * counted, p_gone, d_gone,
+                                      admit * counted, placed * counted])
+        else:
+            # Rows 0-3 of the counters are the event's own (arrival, prefill end, mixed and
+            # solo decode end); a prefill-queue abandonment (row 4) is the event's own with
+            # counted queues and a ring's discard with a FCFS ring. Index 8I is no hit.
+            none = len(TALLIES) * num
+            idx = jnp.arange(num, dtype=jnp.int32)
+            on = counted > 0
+
+            def at(v, row, ok=True):
+                v = v.astype(jnp.int32)
+                return jnp.where((jnp.sum(v) > 0) & ok, row * num + jnp.sum(idx * v), none)
+
+            e = event.index.astype(jnp.int32)
+            hits = jnp.stack([jnp.where((e < 4 * num) & on, e, none), at(p_gone, 4),
+                              at(d_gone, 5), at(admit, 6, on), at(placed, 7, on)])
+            counts = jnp.zeros(0, jnp.int32)
         if self.wait_grid:
             # At most one prefill starts per step: an arrival at an idle slot (no wait) or, in
             # a bookkeeping step, the head of a ring (its whole wait). The latency counters are
@@ -789,7 +806,19 @@ class Pooled(AbstractSystem):
         return state, Flow(counts=counts, waits=waits, logp=logp, hits=hits)
 
     @property
+    def sparse_counts(self) -> bool:
+        """Whether a step's counters come as hits (:attr:`Flow.hits`), one index per kind of
+        count, instead of a dense vector of all 8I: exact decisions, where each kind counts at
+        most one job of one class per step (an event's own row, one abandonment from a ring,
+        one admission, one decode placed), and no other hits (latency counters) or phases.
+        The same integers; at 8 and 32 classes the dense add was about a sixth of a step."""
+        return (not self.decide.differentiable and not self.phased and not self.wait_grid
+                and not self.per_job)
+
+    @property
     def num_hit_tallies(self) -> int:
+        if self.sparse_counts:
+            return len(TALLIES) * self.num_classes
         return (len(self.tally_names) - len(TALLIES)) * self.num_classes
 
     def tallied(self, counts):

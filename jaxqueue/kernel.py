@@ -72,8 +72,9 @@ class Flow(eqx.Module):
         hits: None, or the counters among the last ``num_hit_tallies`` that this step
             increases by one each, as indices into the whole ``(T * I,)``; an index past the
             end increases nothing. For many counters of which a step touches a few (a
-            histogram's bins): adding a dense vector of hundreds of them in every step cost
-            several times what the rest of the step did.
+            histogram's bins, or the pooled engine's 8I counters under exact decisions):
+            adding a dense vector of hundreds of them in every step cost several times what
+            the rest of the step did.
     """
 
     counts: Int[Array, " T"]

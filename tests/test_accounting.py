@@ -73,7 +73,8 @@ def test_every_job_accounted_for_whatever_the_chunk_length(policy, engine):
     assert worst < 4.5, {k: np.round(v, 2).tolist() for k, v in z.items()}
 
 
-@pytest.mark.parametrize("policy", ["gate-and-route", "fg-sp"])
+@pytest.mark.parametrize("policy", ["gate-and-route",
+                                    pytest.param("fg-sp", marks=pytest.mark.slow)])
 def test_sparse_counters_are_the_dense_ones(policy, monkeypatch):
     # The pooled engine's exact steps pass their counters as one index per kind of count; the
     # dense vector of every counter (what relaxed decisions still use) must give the same

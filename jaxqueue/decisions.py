@@ -179,9 +179,10 @@ class AbstractDecisions(eqx.Module):
 
 #: Up to this many events :meth:`Exact.event` sums the rates in one written-out chain, past it
 #: in two levels (:func:`_blocks`). XLA's CPU backend fuses a written-out chain into each of
-#: its uses, so one level costs O(E^2). On the pooled engine (2-core CPU, steps per second of
-#: `scripts/bench.py`'s synthetic instances) one level was faster up to 4 classes (20 events),
-#: as fast at 5 and slower from 6 on (0.90x at 6, 0.71x at 8); two classes keep their paths.
+#: its uses, so one level costs O(E^2). On the pooled engine (steps per second of rollouts of
+#: `scripts/bench.py`'s synthetic instances, one core of the 2-core CPU) one level was faster up
+#: to 4 classes (20 events), as fast at 5 and slower from 6 on (0.90x at 6, 0.71x at 8); two
+#: classes keep their paths.
 _ONE_LEVEL_EVENTS = 25
 
 
@@ -189,8 +190,8 @@ def _blocks(num: int) -> tuple[int, int]:
     """(blocks, width) of the two-level sum over ``num`` events. The engines' ``5 I`` events
     make 5 rows of I (one per kind of event): 1.10x the steps per second of 8 blocks of 5 at 8
     classes, 1.08x that of 16 blocks of 10 at 32 (XLA's reductions over a few long rows beat
-    many short ones). Otherwise ``ceil(sqrt(num))`` wide blocks,
-    the last padded with zero rates."""
+    many short ones). Otherwise blocks ``ceil(sqrt(num))`` wide, the last padded with zero
+    rates."""
     if num % 5 == 0:
         return 5, num // 5
     width = math.isqrt(num - 1) + 1

@@ -91,3 +91,5 @@ def test_sparse_counters_are_the_dense_ones(policy, monkeypatch):
     assert sparse.tallies.sum() > 1000
     np.testing.assert_array_equal(sparse.tallies, dense.tallies)
     np.testing.assert_array_equal(sparse.level_integrals, dense.level_integrals)
+    monkeypatch.undo()
+    jax.clear_caches()  # later tests in this worker get the sparse program again

@@ -16,8 +16,10 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -33,7 +35,7 @@ from jaxqueue.policies.common import default_capacity  # noqa: E402
 
 __all__ = ["Timer", "cached", "capacity_for", "command_line", "face_dict", "finish", "log",
            "meta", "pack", "per_gpu_summary", "plt", "reps_at", "run_systems", "save_png",
-           "sizes", "write_json"]
+           "side_by_side", "sizes", "write_json"]
 
 #: Colours of the five policies of Sec. 6.3 and the two routers, the same in every figure.
 COLORS = {"fi-wsp": "#7f7f7f", "gi-wsp": "#1f77b4", "gf-wsp": "#2ca02c", "fg-sp": "#ff7f0e",
@@ -234,13 +236,51 @@ def run_systems(name: str, build: Callable[[int | None], list], *, seed: int, re
     timer = Timer()
     systems = build(capacity)
     runs = sweep.simulate_many(jax.random.key(seed), systems, reps=reps, horizon=horizon,
-                               warmup=warmup, devices=jax.devices(),
+                               warmup=warmup, devices=run_devices(),
                                notify=lambda line: log(f"    {name}: {line}"))
     events = sum(r.events for r in runs)
     log(f"    {name}: {len(systems)} point(s) x {reps} reps, {events:,} events, "
         f"{timer():.0f} s")
     used = [r.buffer_capacity for r in runs if r.buffer_capacity is not None]
     return runs, (max(used) if used else capacity)
+
+
+_thread = threading.local()
+
+
+def run_devices() -> list:
+    """The devices a run started in this thread uses: all of them, or inside
+    :func:`side_by_side` the one device its task was given."""
+    return getattr(_thread, "devices", None) or jax.devices()
+
+
+def side_by_side(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Runs the callables ``tasks`` at the same time, each on one device (a thread per device,
+    taking the tasks in the order given: put the longest first), and returns their results in
+    order.
+
+    A run of few replications is latency-bound: its step's kernels run one after another
+    however many lanes each has, so sharding 4 replications over two CPU devices hardly
+    shortens it, while two such runs side by side, one per device, take about the time of one.
+    A run's numbers do not depend on its devices, so the results are the same bit for bit. A
+    Ctrl-C stops the tasks not yet started; those running finish and are kept (their parts are
+    stored as they end)."""
+    devices = jax.devices()
+    if len(devices) < 2 or len(tasks) < 2:
+        return [task() for task in tasks]
+    free = list(devices)
+    lock = threading.Lock()
+
+    def bind():
+        with lock:
+            _thread.devices = [free.pop()]
+
+    pool = ThreadPoolExecutor(max_workers=min(len(devices), len(tasks)), initializer=bind)
+    try:
+        futures = [pool.submit(task) for task in tasks]
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def engine_build(name: str, model, n: int, *, engine: str | None = None, plan=None,

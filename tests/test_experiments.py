@@ -166,3 +166,42 @@ def test_tune_gap_writes_its_comparisons(tmp_path):
     again = tune_gap.main(out=out, quick=True, gpus=[4], scenarios=["paper-qwen8b"], steps=2,
                           reps=2, eval_reps=3, horizon=40.0, warmup=10.0)
     assert again["comparisons"] == result["comparisons"]  # resumed from its parts
+
+
+SIDE_BY_SIDE = """
+import jax, numpy as np
+from experiments import common
+from jaxqueue import scenarios
+assert len(jax.devices()) == 2
+model = scenarios.load("paper-qwen8b")
+
+def task(n):
+    def run():
+        (r,), _ = common.run_systems(
+            "t", lambda c: [common.engine_build("gate-and-route", model, n, capacity=c)[0]],
+            seed=3, reps=3, horizon=30.0, warmup=5.0)
+        return len(common.run_devices()), r.tallies, r.level_integrals
+    return run
+
+side = common.side_by_side([task(5), task(6), task(7)])
+alone = [task(n)() for n in (5, 6, 7)]
+assert [s[0] for s in side] == [1, 1, 1] and [a[0] for a in alone] == [2, 2, 2]
+for s, a in zip(side, alone, strict=True):
+    np.testing.assert_array_equal(s[1], a[1])
+    np.testing.assert_array_equal(s[2], a[2])
+print("identical")
+"""
+
+
+def test_runs_side_by_side_use_one_device_each_and_change_no_number():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", SIDE_BY_SIDE], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "identical" in out.stdout

@@ -419,7 +419,9 @@ def _run_group(key, systems, labels, reps, horizon, warmup, chunk_events, clock_
     for p, system in enumerate(systems):
         batch = Batch(integrals=res["integrals"][p, :reps], tallies=res["tallies"][p, :reps],
                       time=res["time"][p, :reps], stock_start=res["stock_start"][p, :reps],
-                      stock_end=res["stock_end"][p, :reps], events=int(res["events"][p].sum()),
+                      stock_end=res["stock_end"][p, :reps],
+                      # The replications kept: not those padding the devices' shards.
+                      events=int(res["events"][p, :reps].sum()),
                       wall=wall / num, compile=compile_s / num,
                       chunks=int(res["end"][p].max()) + 1)
         run = _merge([batch], reps, horizon, warmup, system)

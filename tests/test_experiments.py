@@ -180,7 +180,7 @@ def task(n):
         (r,), _ = common.run_systems(
             "t", lambda c: [common.engine_build("gate-and-route", model, n, capacity=c)[0]],
             seed=3, reps=3, horizon=30.0, warmup=5.0)
-        return len(common.run_devices()), r.tallies, r.level_integrals
+        return len(common.run_devices()), r.tallies, r.level_integrals, r.events
     return run
 
 side = common.side_by_side([task(5), task(6), task(7)])
@@ -189,6 +189,7 @@ assert [s[0] for s in side] == [1, 1, 1] and [a[0] for a in alone] == [2, 2, 2]
 for s, a in zip(side, alone, strict=True):
     np.testing.assert_array_equal(s[1], a[1])
     np.testing.assert_array_equal(s[2], a[2])
+    assert s[3] == a[3], (s[3], a[3])  # 3 replications: the 4th padding two devices not counted
 print("identical")
 """
 

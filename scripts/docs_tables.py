@@ -991,7 +991,7 @@ TABLES: dict[str, Table] = {
                 "--eval-horizon 1000 --out results/tuning_gated",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
                    "results/tuning_gated",
-         "run-8reps": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 4 "
+         "run-8reps": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 5 "
                       "--estimator score --temperature 20 --rule gated --steps 40 --reps 8 "
                       "--methods gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
                       "results/tuning_gated40",

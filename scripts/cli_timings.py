@@ -6,12 +6,16 @@ printing).
     python scripts/cli_timings.py --only simulate    # the commands containing a word
     python scripts/cli_timings.py --skip reproduce   # all but those
     python scripts/cli_timings.py --json FILE        # and the figures as JSON
+    python scripts/cli_timings.py --full-reproduction results --json FILE
+                                                     # only `jaxqueue reproduce --out results`
 
 Reported per command: wall seconds, the CPU seconds of the process and its children (user +
 system: on a busy machine wall time grows while CPU time barely does, so the two together say
 how much of a slow run was the machine), and the exit code (a command that fails stops the
 script). The quick reproduction also reports each experiment's own wall time, from the JSON it
-writes.
+writes. ``--full-reproduction OUT`` times the full ``jaxqueue reproduce --out OUT`` alone (an
+hour or so on 2 cores; OUT must hold no complete experiment, or the run would skip it) and adds
+every claim's verdict from the outputs it wrote.
 """
 
 from __future__ import annotations
@@ -55,14 +59,20 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def time_one(command: str, tmp: str) -> dict:
+def time_one(command: str, tmp: str, log: Path | None = None) -> dict:
     argv = [a.replace("{tmp}", tmp) for a in shlex.split(command)]
     argv = [sys.executable, "-m", "jaxqueue.cli"] + argv[1:]
     env = dict(os.environ, JAXQUEUE_CACHE="",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cpu, start = children_cpu(), time.perf_counter()
-    done = subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    if log is None:
+        done = subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    else:  # a long run: its progress goes to a file as it comes
+        with open(log, "w") as f:
+            done = subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=f, text=True)
+        done.stderr = log.read_text()
     row = {"command": command, "wall_seconds": time.perf_counter() - start,
            "cpu_seconds": children_cpu() - cpu, "exit": done.returncode}
     if done.returncode != 0:
@@ -75,13 +85,43 @@ def time_one(command: str, tmp: str) -> dict:
     return row
 
 
+def full_reproduction(out: str) -> dict:
+    """Times ``jaxqueue reproduce --out OUT`` as a first run and reads its verdicts."""
+    sys.path.insert(0, str(ROOT))
+    from experiments import reproduce
+    from jaxqueue import results
+
+    done = [name for name in reproduce.EXPERIMENTS
+            if reproduce.complete(reproduce.module(name), out, False, 0)]
+    if done:
+        raise SystemExit(f"{out} already holds complete outputs of {done}: the run would skip "
+                         "them; give an empty folder")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    row = time_one(f"jaxqueue reproduce --out {out}", str(Path.cwd()),
+                   log=Path(out) / "reproduce.log")
+    claims = results.judge_all(results.load_results(out))
+    row["claims"] = [{"id": c.id, "figure": c.figure, "statement": c.statement,
+                      "verdict": c.verdict, "evidence": c.evidence} for c in claims]
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", metavar="WORD", help="the commands containing a word")
     p.add_argument("--skip", nargs="+", metavar="WORD", default=[],
                    help="leave out the commands containing a word")
     p.add_argument("--json", metavar="FILE", help="write the figures to FILE")
+    p.add_argument("--full-reproduction", metavar="OUT",
+                   help="time only the full `jaxqueue reproduce --out OUT` and read its verdicts")
     a = p.parse_args()
+    if a.full_reproduction:
+        row = full_reproduction(a.full_reproduction)
+        print(f"{row['wall_seconds']:7.1f} s wall {row['cpu_seconds']:7.1f} s CPU  "
+              f"{row['command']}", flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"cores": os.cpu_count(), "rows": [row]},
+                                               indent=1))
+        return
     commands = [c for c in COMMANDS if (not a.only or any(w in c for w in a.only))
                 and not any(w in c for w in a.skip)]
     if not commands:

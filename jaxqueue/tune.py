@@ -144,8 +144,11 @@ class TuneResult:
         history: ``value`` (the estimator's objective at each step, from its own runs),
             ``events`` (events each step's estimate simulated), ``evaluations`` (each exact
             evaluation ``{"step", "mean", "ci95", "params"}``), ``skipped`` (steps whose
-            estimate was not finite: no update was made), ``fluid`` (the surrogate's values,
-            with ``fluid_steps``).
+            estimate was not finite: no update was made), ``moves`` (per step, each free
+            coordinate's move in natural steps, after projection onto the family's ranges),
+            ``z`` (per step, each free coordinate's estimate over its standard error; infinite
+            or NaN where the standard error is 0 or unknown), ``fluid`` (the surrogate's
+            values, with ``fluid_steps``).
         events: events simulated by the estimator (without the evaluations).
         evaluation_events: events simulated by the evaluations.
         replications: replication-runs simulated by the estimator (per configuration).
@@ -236,7 +239,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
     y = coords.y0
     opt = optax.adam(learning_rate)
     state = opt.init(y)
-    history = {"value": [], "events": [], "evaluations": [], "skipped": []}
+    history = {"value": [], "events": [], "evaluations": [], "skipped": [], "moves": [],
+               "z": []}
     events = replications = 0
     options = dict(options or {})
 
@@ -279,15 +283,20 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         history["value"].append(info["value"])
         history["events"].append(info["events"])
         g_y = ravel_pytree(g)[0] * coords.h  # d objective / d natural coordinate
+        se_y = ravel_pytree(info["se"])[0] * coords.h
+        free_at = np.flatnonzero(np.asarray(coords.on))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            history["z"].append([float(v) for v in (np.asarray(g_y) / np.asarray(se_y))[free_at]])
+        before = y
         if bool(jnp.all(jnp.isfinite(g_y))):
             if rule == "gated":
-                se_y = ravel_pytree(info["se"])[0] * coords.h
                 y = coords.project(y + gated_step(g_y, se_y, learning_rate) * coords.on)
             else:
                 updates, state = opt.update(-g_y * coords.on, state, y)
                 y = coords.project(optax.apply_updates(y, updates))
         else:  # a relaxed path can blow up: no step on a broken estimate
             history["skipped"].append(step)
+        history["moves"].append([float(v) for v in np.asarray(y - before)[free_at]])
         if step % eval_every == 0 or step == steps:
             now = assess(step, coords.params(y))
             if now["mean"] > best["mean"]:

@@ -163,7 +163,9 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
                     "evaluation_events": result.evaluation_events,
                     "chosen_step": result.best["step"],
-                    "events_per_step": float(np.mean(result.history["events"]))})
+                    "events_per_step": float(np.mean(result.history["events"])),
+                    # Per step: each free coordinate's move (natural steps) and estimate / SE.
+                    "moves": result.history["moves"], "z": result.history["z"]})
         budget = store["methods"][estimator][str(seed)]["events"]
         if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
             t = time.perf_counter()

@@ -135,6 +135,26 @@ def test_tuning_a_one_parameter_toy_reaches_its_known_optimum():
     assert abs(share * n - best_M) <= 1.0, (share * n, best_M, exact)
 
 
+def test_the_gated_rule_moves_only_what_its_estimate_supports():
+    # The per-step record of a gated run agrees with the rule: a coordinate whose estimate is
+    # within 2 standard errors of 0 does not move, none moves more than the learning rate, and
+    # a move has the sign of its estimate (the family's ranges may shorten it, never flip it).
+    model, n = tiny_model(), 4
+    problem = Problem(family="gated", model=model, n=n, plan=fluid.solve(model, "bundled"),
+                      horizon=100.0, warmup=20.0, reps=8)
+    rate = 0.3
+    result = tune(problem, steps=3, estimator="fd", learning_rate=rate, eval_every=3,
+                  eval_reps=8, seed=1, rule="gated")
+    z, moves = np.asarray(result.history["z"]), np.asarray(result.history["moves"])
+    assert z.shape == moves.shape and z.shape[0] == 3
+    quiet = np.isfinite(z) & (np.abs(z) <= 2.0)
+    assert quiet.any() and np.all(moves[quiet] == 0.0)
+    assert np.all(np.abs(moves) <= rate * (1 + 1e-5))
+    moved = moves != 0.0
+    assert np.all(np.sign(moves[moved]) == np.sign(z[moved]))
+    assert moved.any(), (z, moves)  # the check above must have something to check
+
+
 def test_parameter_changes_do_not_recompile():
     plan = fluid.solve(PAPER, "bundled")
     problem = Problem(family="coupled", model=PAPER, n=8, plan=plan, horizon=20.0, warmup=5.0,
@@ -283,6 +303,7 @@ def test_a_non_finite_estimate_is_skipped_and_reported(monkeypatch):
     monkeypatch.setattr(tune_module, "gradient", broken)
     result = tune(problem, steps=2, estimator="spsa", eval_every=2, eval_reps=2)
     assert result.history["skipped"] == [1, 2]
+    assert all(v == 0.0 for move in result.history["moves"] for v in move)
     first, last = result.history["evaluations"][0], result.history["evaluations"][-1]
     np.testing.assert_allclose(last["params"]["share"], float(problem.initial().share),
                                rtol=1e-6)

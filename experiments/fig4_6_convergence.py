@@ -76,7 +76,7 @@ def main(out: str = "results", quick: bool = False, seed: int = 0, **given) -> d
         return common.cached(out, f"{NAME}_{policy}_{n}", settings, simulate)
 
     # Every (policy, n) side by side, one device each, the costliest (n x reps) first: the
-    # sizes above 500 run few replications, latency-bound, and gain nothing from sharding.
+    # sizes above 500 run few replications, latency-bound, and gain little from sharding.
     order = sorted(((p, n) for p in POLICIES for n in sizes), key=lambda k: -k[1] * reps_of[k[1]])
     parts = dict(zip(order, common.side_by_side([lambda k=k: part(*k) for k in order]),
                      strict=True))

@@ -273,6 +273,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         staged["stage"] = "fluid"
         if staged["mean"] > best["mean"]:
             best = staged
+    free_at = np.flatnonzero(np.asarray(coords.on))  # the coordinates the history records
     for step in range(1, steps + 1):
         free = coords.free(y)
         g, info = gradient(problem, estimator, free, jax.random.fold_in(key, step), only=only,
@@ -284,7 +285,6 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         history["events"].append(info["events"])
         g_y = ravel_pytree(g)[0] * coords.h  # d objective / d natural coordinate
         se_y = ravel_pytree(info["se"])[0] * coords.h
-        free_at = np.flatnonzero(np.asarray(coords.on))
         with np.errstate(divide="ignore", invalid="ignore"):
             history["z"].append([float(v) for v in (np.asarray(g_y) / np.asarray(se_y))[free_at]])
         before = y

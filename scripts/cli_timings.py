@@ -13,8 +13,8 @@ Reported per command: wall seconds, the CPU seconds of the process and its child
 system: on a busy machine wall time grows while CPU time barely does, so the two together say
 how much of a slow run was the machine), and the exit code (a command that fails stops the
 script). The quick reproduction also reports each experiment's own wall time, from the JSON it
-writes. ``--full-reproduction OUT`` times the full ``jaxqueue reproduce --out OUT`` alone (an
-hour or so on 2 cores; OUT must hold no complete experiment, or the run would skip it) and adds
+writes. ``--full-reproduction OUT`` times the full ``jaxqueue reproduce --out OUT`` alone (about
+40 min on 2 cores; OUT must hold no complete experiment, or the run would skip it) and adds
 every claim's verdict from the outputs it wrote.
 """
 

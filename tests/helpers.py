@@ -15,6 +15,16 @@ PER_GPU = tuple(p.name for p in policies.POLICIES.values() if "per-gpu" in p.eng
 ALL_CASES = tuple((p.name, e) for p in policies.POLICIES.values() for e in p.engines)
 
 
+def host_devices(count: int) -> str:
+    """``XLA_FLAGS`` for a subprocess with ``count`` CPU devices, keeping the session's other
+    flags (the code generator that tests/conftest.py chose)."""
+    import os
+
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={count}"])
+
+
 def z_scores(values, exact):
     """(mean - exact) / standard error over replications (axis 0); 0 where every replication
     equals the exact value, inf where they are all equal to something else."""

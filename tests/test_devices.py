@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from helpers import host_devices
 
 from jaxqueue import policies, scenarios, simulate
 
@@ -49,7 +50,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_over_eight_host_devices_is_bit_identical():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=host_devices(8),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                          timeout=600, cwd=ROOT)

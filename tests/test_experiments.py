@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from helpers import host_devices
 
 from experiments import reproduce
 from jaxqueue import report
@@ -200,7 +201,7 @@ def test_runs_side_by_side_use_one_device_each_and_change_no_number():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=host_devices(2),
                PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", SIDE_BY_SIDE], env=env, capture_output=True,
                          text=True, timeout=600, cwd=root)

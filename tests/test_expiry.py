@@ -142,7 +142,9 @@ def test_sharded_runs_use_the_pass_and_agree_with_one_device():
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    from helpers import host_devices
+
+    env = dict(os.environ, XLA_FLAGS=host_devices(2))
     out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
                          text=True, timeout=600, cwd=str(__import__("pathlib").Path(
                              __file__).resolve().parents[1]))

@@ -44,3 +44,30 @@ def test_paths_are_bit_identical_to_the_recording(case):
     assert len(names) > 20  # states, times, counters and a whole run were recorded
     bad = record_paths.compare({k: data[k] for k in names}, now)
     assert not bad, bad
+
+
+def test_paths_are_the_recording_under_xla_default_code_generator():
+    # The suite compiles with XLA's older CPU emitter at a lower optimisation level
+    # (tests/conftest.py); users run XLA's defaults. One case replayed in a process of its own
+    # with the defaults.
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("JAXQUEUE_TEST_EMITTER") != "legacy":
+        pytest.skip("this session already compiles with XLA's default emitter")
+    recorded()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith(("--xla_cpu_use_fusion_emitters",
+                                          "--xla_backend_optimization_level")))
+    code = ("import sys, numpy as np; sys.path.insert(0, 'scripts'); import record_paths; "
+            "case = ('fg-sp', 'pooled'); data = np.load(record_paths.FIXTURE); "
+            "tag = '{}@{}/'.format(*case); names = [k for k in data.files if k.startswith(tag)]; "
+            "bad = record_paths.compare({k: data[k] for k in names}, record_paths.paths([case])); "
+            "print(len(names), bad)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, XLA_FLAGS=flags, JAXQUEUE_TEST_EMITTER="default"),
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, bad = out.stdout.split(maxsplit=1)
+    assert int(count) > 20 and bad.strip() in ("[]", "{}"), out.stdout

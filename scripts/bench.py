@@ -17,6 +17,8 @@
     python scripts/bench.py --only patience --gpus 100 --reps 256 --horizon 20
                                              # pooled Gate-and-Route under lognormal (cv 2)
                                              # and fixed patience (per-class rings of jobs)
+    python scripts/bench.py --only patience --policy gi-wsp --gpus 20 --reps 16 --horizon 300
+                                             # the same for another policy
 
 Prints one line per benchmark: the engine, its size, events simulated (all replications), wall
 seconds (compilation excluded), events per second and compile seconds. Numbers depend on the
@@ -47,11 +49,17 @@ def _args() -> argparse.Namespace:
                    help="with --only classes: class counts of the synthetic instances")
     p.add_argument("--phases", type=int, default=4,
                    help="with --only phases: Erlang phases of the prefill and decode times")
+    p.add_argument("--policy", default="gate-and-route",
+                   help="with --only patience: the policy (any of `jaxqueue policies`)")
+    p.add_argument("--xla-flags", default="", metavar="FLAGS",
+                   help="more XLA flags, set before JAX starts (write --xla-flags='--a --b')")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
 
 ARGS = _args()
+if ARGS.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ARGS.xla_flags).strip()
 if ARGS.devices != "1" and "xla_force_host_platform_device_count" not in os.environ.get(
         "XLA_FLAGS", ""):
     # One CPU device per core, set before JAX starts (it affects only the CPU platform).
@@ -148,18 +156,29 @@ def bench_phases(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> li
     return rows
 
 
-def bench_patience(gpus: int, reps: int, horizon: float, chunk: int) -> list[dict]:
-    """Pooled Gate-and-Route on ``paper-qwen8b`` with exponential patience, then lognormal
-    (cv 2) and deterministic patience of the same means: each class waits in a ring of jobs
-    with their own deadlines, whose live counts the gate reads in every step."""
+def bench_patience(gpus: int, reps: int, horizon: float, chunk: int,
+                   policy: str = "gate-and-route") -> list[dict]:
+    """``policy`` on ``paper-qwen8b`` with exponential patience, then lognormal (cv 2) and
+    deterministic patience of the same means: each class waits in a ring of jobs with their own
+    deadlines, whose live counts the policy reads in every step."""
     from jaxqueue.patience import Patience
 
     model = scenarios.load("paper-qwen8b")
-    rows = [bench_pooled(gpus, reps, horizon, chunk)]
-    for law, cv in (("lognormal", 2.0), ("deterministic", None)):
-        other = model.replace(patience=Patience.make(law, model.num_classes, cv=cv))
-        rows.append(bench_pooled(gpus, reps, horizon, chunk, other,
-                                 f"pooled gate-and-route, {law} patience"))
+    rows = []
+    for law, cv in (("exponential", None), ("lognormal", 2.0), ("deterministic", None)):
+        other = (model if law == "exponential"
+                 else model.replace(patience=Patience.make(law, model.num_classes, cv=cv)))
+        if policy == "gate-and-route":
+            rows.append(bench_pooled(gpus, reps, horizon, chunk, other,
+                                     f"pooled gate-and-route, {law} patience"))
+        else:
+            system, _ = policies.build(policy, other, gpus)
+            run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
+                           chunk_events=chunk, devices=_devices())
+            rows.append(_row(f"{policy}, {law} patience", run,
+                             {"gpus": gpus, "reps": reps, "horizon": horizon,
+                              "chunk_events": chunk}))
+        rows[-1].update(policy=policy, law=law)
         rows[-1]["events_per_second_vs_exponential"] = (rows[-1]["events_per_second"]
                                                         / rows[0]["events_per_second"])
     return rows
@@ -251,7 +270,7 @@ def main() -> None:
     if a.only == "latency":
         rows += bench_latency(a.gpus, reps, horizon, a.chunk_events)
     if a.only == "patience":
-        rows += bench_patience(a.gpus, reps, horizon, a.chunk_events)
+        rows += bench_patience(a.gpus, reps, horizon, a.chunk_events, a.policy)
     if a.only == "classes":
         rows += [bench_classes(a.gpus, reps, horizon, a.chunk_events, k) for k in a.classes]
         base = rows[0]["events_per_second"]
@@ -260,7 +279,7 @@ def main() -> None:
     used = _devices() or jax.devices()[:1]
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "cpus": os.cpu_count(), "devices": [str(d) for d in used],
-               "jax": jax.__version__}
+               "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if a.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return

@@ -847,6 +847,72 @@ def _speed(data: dict) -> str:
     return "\n".join(rows) + "\n\n" + text + "\n\n" + _provenance(data)
 
 
+def _latency_cost(data: dict) -> str:
+    """Events per second of pooled Gate-and-Route with and without the latency counters."""
+    rows = ["| n (horizon) | replications | no latency counters | prefill and decode-wait "
+            "counters | every latency counter |", "|---:|---:|---:|---:|---:|"]
+    for out in data["outputs"].values():
+        first, *rest = out["rows"]
+        cells = "".join(f" {_rate(r['events_per_second'])} "
+                        f"({r['events_per_second_vs_first']:.2g}x) |" for r in rest)
+        rows.append(f"| {first['gpus']} ({first['horizon']:g} s) | {first['reps']:,} | "
+                    f"{_rate(first['events_per_second'])} |{cells}")
+    return ("Events per second, one device (in parentheses: against the same run without "
+            "counters):\n\n" + "\n".join(rows) + "\n\n" + _provenance(data))
+
+
+def _patience_cost(data: dict) -> str:
+    """Events per second of each policy under exponential, lognormal and fixed patience."""
+    rows = ["| policy | n | replications x horizon | devices | exponential | lognormal (cv 2) | "
+            "deterministic |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for out in data["outputs"].values():
+        first, *rest = out["rows"]
+        devices = len(out["machine"]["devices"])
+        cells = "".join(f" {_rate(r['events_per_second'])} "
+                        f"({r['events_per_second_vs_exponential']:.2g}x) |" for r in rest)
+        rows.append(f"| {first['policy']} | {first['gpus']} | {first['reps']:,} x "
+                    f"{first['horizon']:g} s | {devices} | {_rate(first['events_per_second'])} "
+                    f"|{cells}")
+    return ("Events per second (in parentheses: against the same policy under exponential "
+            "patience, where the policy reads counts and needs no ring of jobs):\n\n"
+            + "\n".join(rows) + "\n\n" + _provenance(data))
+
+
+def _eventsim_service(data: dict) -> str:
+    """jaxqueue's phase-type service times against the event-list simulator's, same law and
+    fixed times."""
+    rows = ["| n | law | jaxqueue | event list, same law | z | event list, fixed times | z | "
+            "event list, exponential times |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for out in data["outputs"].values():
+        expo = {r["gpus"]: r["revenue"] for r in out["service"] if r["law"] == "exponential"}
+        for r in out["phased"]:
+            base = expo.get(r["gpus"])
+            rows.append(f"| {r['gpus']} | {r['law']} | {_pm(r['jaxqueue'])} | "
+                        f"{_pm(r['event_list'])} | {r['z']:+.2f} | {_pm(r['deterministic'])} | "
+                        f"{r['z_deterministic']:+.2f} | {_pm(base) if base else '-'} |")
+        cfg = out["settings"]
+    return (f"Gate-and-Route on `{cfg['scenario']}`, revenue per GPU per second with 95% "
+            f"intervals; the event list {cfg['reps']} replications, jaxqueue "
+            f"{cfg['jax_reps']}, {cfg['horizon']:g} s (warm-up {cfg['warmup']:g} s), "
+            f"exponential patience; z: the difference over its standard error.\n\n"
+            + "\n".join(rows) + "\n\n" + _provenance(data))
+
+
+def _test_flags(data: dict) -> str:
+    """Compile time and speed of one pooled rollout under XLA's defaults and the tests' flags."""
+    rows = ["| XLA flags | compile | events/s |", "|---|---:|---:|"]
+    for out in data["outputs"].values():
+        for r in out["rows"]:
+            flags = out["machine"].get("xla_flags")
+            rows.append(f"| {f'`{flags}`' if flags else 'none (XLA defaults)'} | "
+                        f"{r['compile_seconds']:.1f} s | "
+                        f"{_rate(r['events_per_second'])} |")
+    r = next(iter(data["outputs"].values()))["rows"][0]
+    return (f"{r['benchmark']}, n = {r['gpus']}, {r['reps']:,} replications x "
+            f"{r['horizon']:g} s, one device; each command twice:\n\n" + "\n".join(rows)
+            + "\n\n" + _provenance(data))
+
+
 def _peers(data: dict) -> str:
     rows = ["| simulator | jaxqueue devices | replications | events/s | P(abandon) ± 95% | "
             "jaxqueue is faster by |", "|---|---:|---:|---:|---:|---:|"]
@@ -1094,6 +1160,38 @@ TABLES: dict[str, Table] = {
          "phases": "python scripts/bench.py --only phases --gpus 100 --reps 1024 --horizon 100 "
                    "--phases 4 --json"},
         _speed, "events per second of the engines on this machine"),
+    "latency_cost": Table(
+        "docs/cli.md",
+        {"n20": "python scripts/bench.py --only latency --gpus 20 --reps 64 --horizon 200 "
+                "--devices 1 --json",
+         "n500": "python scripts/bench.py --only latency --gpus 500 --reps 1024 --horizon 2 "
+                 "--devices 1 --json"},
+        _latency_cost, "what the latency counters cost per event"),
+    "patience_cost": Table(
+        "docs/scenarios.md",
+        {name: ("python scripts/bench.py --only patience"
+                + ("" if policy == "gate-and-route" else f" --policy {policy}")
+                + f" --gpus {n} --reps {reps} --horizon {horizon} --devices {devices} --json")
+         for name, policy, n, reps, horizon, devices in (
+             ("n100", "gate-and-route", 100, 256, 20, "1"),
+             ("n500", "gate-and-route", 500, 256, 4, "1"),
+             ("n500-all", "gate-and-route", 500, 256, 4, "all"),
+             *((f"{policy}-{n}", policy, n, 16, 300, "1")
+               for policy in ("sli-gate-and-route", "gi-wsp", "gf-wsp") for n in (20, 100)))},
+        _patience_cost, "what patience laws with per-job deadlines cost per event"),
+    "eventsim_service": Table(
+        "docs/scenarios.md",
+        {"check": "python scripts/eventsim_check.py --gpus 20 --laws '' --ttft-gpus "
+                  "--service-laws deterministic,erlang:20 --reps 64 --jax-reps 256 --horizon "
+                  "1000 --warmup 200 --json {json}"},
+        _eventsim_service, "Erlang-20 service times against the event list's fixed times"),
+    "test_flags": Table(
+        "docs/speed.md",
+        {name: "python scripts/bench.py --only pooled" + (
+            " --xla-flags='--xla_cpu_use_fusion_emitters=false "
+            "--xla_backend_optimization_level=1'" if name.startswith("tests") else "")
+         + " --json" for name in ("default", "tests", "default-2", "tests-2")},
+        _test_flags, "the test suite's XLA flags against XLA's defaults"),
     "peers": Table(
         "docs/speed.md",
         {"one": "python scripts/bench_peers.py --json",

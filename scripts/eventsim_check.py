@@ -23,6 +23,7 @@ an exact chain) against the event list with the same law and with deterministic 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -151,7 +152,24 @@ def main() -> None:
     p.add_argument("--service-laws", default="deterministic,erlang:20",
                    help="prefill and decode laws to show ('' for none); jaxqueue runs the "
                    "erlang:K ones too, compared with the event list's and its deterministic law")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="also write the service-law tables as JSON to PATH")
     a = p.parse_args()
+    record = {"settings": {k: v for k, v in vars(a).items() if k != "json"}, "service": [],
+              "phased": []}
+    try:
+        _main(a, record)
+    finally:
+        if a.json:
+            Path(a.json).write_text(json.dumps(record, indent=2))
+
+
+def _pack(v) -> dict:
+    m, h = eventsim.mean_ci(np.asarray(v, np.float64))
+    return {"mean": float(m), "ci95": float(h)}
+
+
+def _main(a, record: dict) -> None:
 
     from jaxqueue import scenarios
 
@@ -248,6 +266,8 @@ def main() -> None:
                 diff = f"{d:+.2f} (z {z:+.1f})"
             print(f"| {n} | {cl.M} | {law} | {fmt(ev['integral'])} | {fmt(ev['counted'])} | "
                   f"{fmt(ev['abandon'], 4)} | {diff} |", flush=True)
+            record["service"].append({"gpus": n, "law": law, "revenue": _pack(ev["integral"]),
+                                      "abandon": _pack(ev["abandon"])})
             runs[n, law] = ev
     phased = [law for law in service if law.startswith("erlang:")]
     if not phased:
@@ -272,6 +292,10 @@ def main() -> None:
             _, z_det = compare(det["integral"], jx["integral"])
             print(f"| {n} | {law} | {fmt(jx['integral'])} | {fmt(runs[n, law]['integral'])} | "
                   f"{z_same:+.2f} | {fmt(det['integral'])} | {z_det:+.2f} |", flush=True)
+            record["phased"].append({"gpus": n, "law": law, "jaxqueue": _pack(jx["integral"]),
+                                     "event_list": _pack(runs[n, law]["integral"]),
+                                     "z": z_same, "deterministic": _pack(det["integral"]),
+                                     "z_deterministic": z_det})
 
 
 if __name__ == "__main__":

@@ -401,8 +401,19 @@ def _cmd_simulate(args) -> int:
 
         model, arrivals = replay.from_trace(model, workload.read_trace(args.replay), args.gpus,
                                             args.replay_speed)
-    elif args.replay_speed != 1.0:
-        raise ValueError("--replay-speed goes with --replay FILE")
+        if args.replay_poisson:
+            import numpy as np
+
+            args.replayed = {"file": str(args.replay), "requests": int(arrivals.size),
+                             "speed": args.replay_speed, "poisson": True,
+                             "period_seconds": float(arrivals.period),
+                             "requests_per_class": np.bincount(
+                                 np.asarray(arrivals.classes),
+                                 minlength=model.num_classes).tolist()}
+            arrivals = None
+    elif args.replay_speed != 1.0 or args.replay_poisson:
+        raise ValueError(("--replay-speed" if args.replay_speed != 1.0 else "--replay-poisson")
+                         + " goes with --replay FILE")
     tuned = None
     if args.params is not None:
         system, plan, family, params, sli, meta = tuned_system(
@@ -615,6 +626,9 @@ def _replay_out(args, system, model) -> dict[str, Any] | None:
     import numpy as np
 
     arrivals = getattr(system, "arrivals", None)
+    if getattr(args, "replayed", None) is not None:  # --replay-poisson: the trace's rates only
+        return {**args.replayed,
+                "arrival_rate_per_gpu": np.asarray(model.lambda_, np.float64).tolist()}
     if arrivals is None:
         return None
     counts = np.bincount(np.asarray(arrivals.classes), minlength=model.num_classes)
@@ -1076,6 +1090,10 @@ def _parser() -> argparse.ArgumentParser:
                           "become the trace's, for the plan too (pooled paper policies)")
     sim.add_argument("--replay-speed", type=_number("replay-speed", strict=True), default=1.0,
                      help="with --replay: divide the trace's times by this (2: twice the traffic)")
+    sim.add_argument("--replay-poisson", action="store_true",
+                     help="with --replay: Poisson arrivals at the replayed classes' rates instead "
+                          "of the trace's times (what the trace's burstiness costs is the "
+                          "difference)")
     sim.add_argument("--params", default=None, metavar="FILE",
                      help="simulate tuned parameters saved by jaxqueue tune --save (the file "
                           "names the policy family; --policy is then ignored)")

@@ -111,10 +111,15 @@ def simulate_lines(o: dict[str, Any], details: bool = False) -> list[str]:
         speed = "" if r["speed"] == 1.0 else f" at {r['speed']:g}x speed"
         per = ", ".join(f"{k:,}" for k in r["requests_per_class"])
         rate = ", ".join(f"{v:.4g}" for v in r["arrival_rate_per_gpu"])
-        lines += _wrap(f"  arrivals: replayed from {r['file']}{speed}: {r['requests']:,} requests "
-                       f"(per class {per}) in a cycle of {r['period_seconds']:g} s, each "
-                       "replication from its own random point of it; arrival rates per GPU "
-                       f"{rate} /s (the plan's too)")
+        if r.get("poisson"):
+            lines += _wrap(f"  arrivals: Poisson, at the class rates of {r['file']}{speed} "
+                           f"({r['requests']:,} requests, per class {per}, in "
+                           f"{r['period_seconds']:g} s): {rate} /s per GPU (the plan's too)")
+        else:
+            lines += _wrap(f"  arrivals: replayed from {r['file']}{speed}: {r['requests']:,} "
+                           f"requests (per class {per}) in a cycle of {r['period_seconds']:g} s, "
+                           "each replication from its own random point of it; arrival rates "
+                           f"per GPU {rate} /s (the plan's too)")
     if o.get("service"):
         lines += _service_lines(o["service"])
     if o.get("params") is not None:

@@ -913,6 +913,35 @@ def _test_flags(data: dict) -> str:
             + "\n\n" + _provenance(data))
 
 
+def _replay_conv(data: dict) -> str:
+    """Gate-and-Route under the scenario's Poisson arrivals, Poisson arrivals at the replay's
+    rates, and the trace replayed."""
+    out = data["outputs"]
+    rows = ["| arrivals | class rates per GPU (/s) | LP bound R* | revenue per GPU per second |",
+            "|---|---|---:|---:|"]
+    labels = {"poisson": "Poisson, the scenario's rates",
+              "replay-rates": "Poisson, the replay's rates (nearest-class split)",
+              "replay": "the trace replayed"}
+    def revenue(o):  # under the pricing of the policy's plan
+        return o["revenue_per_gpu"][o["lp_pricing"]]
+
+    for name, label in labels.items():
+        o = out[name]
+        rates = o["replay"]["arrival_rate_per_gpu"] if o.get("replay") else [
+            c["arrival_rate_per_gpu"] for c in out["scenario"]["classes"]]
+        if name == "replay":
+            label += f" (`--replay-speed {o['replay']['speed']:g}`)"
+        rows.append(f"| {label} | {', '.join(f'{v:.2f}' for v in rates)} | "
+                    f"{o['lp_revenue']:.1f} | {_pm(revenue(o), 1)} |")
+    o = out["poisson"]
+    loss = revenue(out["replay-rates"])["mean"] - revenue(out["replay"])["mean"]
+    share = loss / revenue(out["replay-rates"])["mean"]
+    return (f"n = {o['gpus']}, {o['reps']} replications x {o['horizon']:g} s (warm-up "
+            f"{o['warmup']:g} s), seed {o['seed']}, Gate-and-Route:\n\n" + "\n".join(rows)
+            + f"\n\nAt the same rates, the trace's own arrivals earn {loss:.0f} per GPU per "
+            f"second less than Poisson ones ({share:.0%}).\n\n" + _provenance(data))
+
+
 def _peers(data: dict) -> str:
     rows = ["| simulator | jaxqueue devices | replications | events/s | P(abandon) ± 95% | "
             "jaxqueue is faster by |", "|---|---:|---:|---:|---:|---:|"]
@@ -1192,6 +1221,19 @@ TABLES: dict[str, Table] = {
             "--xla_backend_optimization_level=1'" if name.startswith("tests") else "")
          + " --json" for name in ("default", "tests", "default-2", "tests-2")},
         _test_flags, "the test suite's XLA flags against XLA's defaults"),
+    "replay_conv": Table(
+        "docs/workloads.md",
+        {"scenario": "jaxqueue workload {data}/vidur/processed_traces/splitwise_conv.csv "
+                     "--classes 3 --out {tmp}/conv.toml --json",
+         **{name: "jaxqueue simulate {tmp}/conv.toml --gpus 20 --reps 16 --horizon 1200 "
+                  "--warmup 100 --seed 1 --devices all" + extra + " --json"
+            for name, extra in (
+                ("poisson", ""),
+                ("replay-rates", " --replay {data}/vidur/processed_traces/splitwise_conv.csv "
+                                 "--replay-speed 20 --replay-poisson"),
+                ("replay", " --replay {data}/vidur/processed_traces/splitwise_conv.csv "
+                           "--replay-speed 20"))}},
+        _replay_conv, "a trace's own arrivals against Poisson arrivals at the same rates"),
     "peers": Table(
         "docs/speed.md",
         {"one": "python scripts/bench_peers.py --json",

@@ -113,11 +113,25 @@ def test_simulate_replay_runs_and_reports_the_trace(tmp_path, capsys):
     main([*base[:-2], "--replay", path, "--replay-speed", "2"])
     text = " ".join(capsys.readouterr().out.split())  # lines wrap where the file's path ends
     assert "replayed from" in text and "at 2x speed" in text
+    # The control: Poisson arrivals at the replay's class rates (the same plan and rates).
+    main([*base, "--replay-poisson", "--json"])
+    poisson = json.loads(capsys.readouterr().out)
+    assert poisson["replay"]["poisson"] and poisson["replay"]["requests_per_class"] == \
+        r["requests_per_class"]
+    np.testing.assert_allclose(poisson["replay"]["arrival_rate_per_gpu"],
+                               r["arrival_rate_per_gpu"])
+    assert poisson["lp_revenue"] == out["lp_revenue"]
+    for c, name in enumerate(("decode-heavy", "prefill-heavy")):
+        arrived = poisson["classes"][c]["arrival_rate"]["mean"]
+        assert arrived == pytest.approx(r["arrival_rate_per_gpu"][c], rel=0.15), name
     for extra, says in ((["--policy", "fi-wsp"], "--replay is supported by the pooled"),
                         (["--replay-speed", "0"], "replay-speed")):
         with pytest.raises(SystemExit):
             main([*base, *extra])
         assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base[:-2], "--replay-poisson"])
+    assert "--replay-poisson goes with --replay FILE" in capsys.readouterr().err
     no_times = _write(tmp_path / "lengths.csv", [(300, 1000), (3000, 400)],
                       header="num_prefill_tokens,num_decode_tokens")
     with pytest.raises(SystemExit):

@@ -888,17 +888,22 @@ def _cmd_capacity(args) -> int:
         if traffic is not None:
             model, arrivals = replay.from_trace(model, trace, 1, speed=traffic / own)
         traffic = float(np.sum(model.lambda_))
+        replayed = {"file": str(args.replay), "requests": int(arrivals.size),
+                    "period_seconds": float(arrivals.period), "poisson": args.replay_poisson}
+        if args.replay_poisson:
+            arrivals = None
     elif traffic is None:
         raise ValueError("--traffic is required (requests per second in all), unless --replay "
                          "gives a trace's")
+    elif args.replay_poisson:
+        raise ValueError("--replay-poisson goes with --replay FILE")
     out = capacity.answer(model, traffic, policy=policies.resolve(args.policy).name,
                           slos=slos, max_abandon=args.max_abandon, reps=args.reps,
                           horizon=args.horizon, warmup=args.warmup, seed=args.seed,
                           n_max=args.max_gpus, devices=_devices(args.devices),
                           compare=args.compare, notify=_say, arrivals=arrivals)
-    if arrivals is not None:
-        out["replay"] = {"file": str(args.replay), "requests": int(arrivals.size),
-                         "period_seconds": float(arrivals.period)}
+    if args.replay is not None:
+        out["replay"] = replayed
     if args.plot:
         capacity.plot(args.plot, out)
         out["plot"] = args.plot
@@ -1110,6 +1115,9 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--replay", default=None, metavar="TRACE",
                      help="replay a request trace's arrivals at every n, as simulate --replay "
                           "does: its classes' mix and, without --traffic, its traffic")
+    cap.add_argument("--replay-poisson", action="store_true",
+                     help="with --replay: Poisson arrivals at the replayed classes' rates "
+                          "instead of the trace's times (the control)")
     cap.add_argument("--slo", action="append", metavar="METRIC[@CLASS]=SECONDS",
                      help="a latency target (repeatable), over all classes or, with @CLASS, "
                           "for the class of that name; METRIC one of wait_p50/p90/p99 (prefill "

@@ -942,6 +942,30 @@ def _replay_conv(data: dict) -> str:
             f"second less than Poisson ones ({share:.0%}).\n\n" + _provenance(data))
 
 
+def _replay_capacity(data: dict) -> str:
+    """capacity on a trace's arrivals against Poisson arrivals at the same rates."""
+    rows = ["| arrivals | GPUs (mixed; the plan's mixed) | on a fresh key |", "|---|---|---|"]
+    for name, label in (("poisson", "Poisson at the trace's rates (`--replay-poisson`)"),
+                        ("replay", "the trace replayed")):
+        o = data["outputs"][name]
+        c = o["confirmation"]
+        fresh = ["answer " + ("meets every target" if c["answer"]["ok"] else
+                              "fails " + ", ".join(c["answer"]["failing"]))]
+        for k, what in (("one_gpu_fewer", "one GPU fewer"), ("one_mixed_fewer",
+                                                             "one mixed fewer")):
+            if k in c:
+                fresh.append(f"{what} " + ("also meets every target" if c[k]["ok"] else
+                                           "fails " + ", ".join(c[k]["failing"])))
+        verdict = "confirmed" if o["confirmed"] else "not confirmed"
+        rows.append(f"| {label} | {o['gpus']} ({o['mixed_gpus']}; {o['planned_mixed_gpus']}) | "
+                    f"{verdict}: {'; '.join(fresh)} |")
+    o = data["outputs"]["replay"]
+    slos = ", ".join(f"`{k}` <= {v:g} s" for k, v in o["slos"].items())
+    return (f"The trace scaled to {o['traffic']:g} requests/s, {slos}, abandonment <= "
+            f"{o['max_abandon']:g}, {o['reps']} replications x {o['horizon']:g} s:\n\n"
+            + "\n".join(rows) + "\n\n" + _provenance(data))
+
+
 def _peers(data: dict) -> str:
     rows = ["| simulator | jaxqueue devices | replications | events/s | P(abandon) ± 95% | "
             "jaxqueue is faster by |", "|---|---:|---:|---:|---:|---:|"]
@@ -1234,6 +1258,16 @@ TABLES: dict[str, Table] = {
                 ("replay", " --replay {data}/vidur/processed_traces/splitwise_conv.csv "
                            "--replay-speed 20"))}},
         _replay_conv, "a trace's own arrivals against Poisson arrivals at the same rates"),
+    "replay_capacity": Table(
+        "docs/workloads.md",
+        {"scenario": "jaxqueue workload {data}/vidur/processed_traces/splitwise_conv.csv "
+                     "--classes 3 --out {tmp}/conv.toml --json",
+         **{name: "jaxqueue capacity {tmp}/conv.toml --replay "
+                  "{data}/vidur/processed_traces/splitwise_conv.csv --traffic 110 --slo "
+                  "ttft_p99=2 --max-abandon 0.01 --reps 16 --horizon 1200 --warmup 100"
+                  + extra + " --json"
+            for name, extra in (("poisson", " --replay-poisson"), ("replay", ""))}},
+        _replay_capacity, "capacity planned on a trace's arrivals against Poisson arrivals"),
     "peers": Table(
         "docs/speed.md",
         {"one": "python scripts/bench_peers.py --json",

@@ -175,3 +175,12 @@ def test_capacity_replays_the_trace_at_every_size(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["capacity", "paper-qwen8b", "--max-abandon", "0.05"])
     assert "--traffic is required" in capsys.readouterr().err
+    # The control: Poisson arrivals at the trace's rates, planned the same way.
+    main([*base, "--replay-poisson", "--json"])
+    poisson = json.loads(capsys.readouterr().out)
+    assert poisson["replay"]["poisson"] and not out["replay"]["poisson"]
+    assert poisson["traffic"] == pytest.approx(out["traffic"], rel=1e-6)
+    assert poisson["confirmation"]["answer"]["ok"] and poisson["gpus"] >= 1
+    with pytest.raises(SystemExit):
+        main(["capacity", "paper-qwen8b", "--traffic", "5", "--replay-poisson"])
+    assert "--replay-poisson goes with --replay FILE" in capsys.readouterr().err

@@ -861,11 +861,41 @@ def _cmd_reproduce(args) -> None:
     if root not in sys.path:
         sys.path.insert(0, root)
     runner = importlib.import_module("experiments.reproduce")
+    sizes = _reproduce_sizes(args.set or (), runner)
     out = runner.main(out=args.out, quick=args.quick, only=args.only, seed=args.seed,
-                      force=args.force)
+                      force=args.force, sizes=sizes)
+    if args.json:
+        _emit({"report": out["report"], "out": args.out, "quick": args.quick, "seed": args.seed,
+               "sizes": sizes, "timings": out["timings"], "skipped": out["skipped"],
+               "claims": [{"id": c.id, "figure": c.figure, "statement": c.statement,
+                           "verdict": c.verdict, "evidence": c.evidence}
+                          for c in out["claims"]]}, True, None)
+        return
     print(f"{out['report']}")
     for c in out["claims"]:
         print(f"{c.verdict:>15}  {c.figure:<16} {c.statement}")
+
+
+def _reproduce_sizes(items, runner) -> dict[str, dict]:
+    """``--set NAME.KEY=VALUE`` items as ``{NAME: {KEY: VALUE}}``, checked against each
+    experiment's own sizes (VALUE read as JSON where it parses, else as text)."""
+    sizes: dict[str, dict] = {}
+    for item in items:
+        target, sep, text = item.partition("=")
+        name, dot, key = target.rpartition(".")
+        if not sep or not dot or name not in runner.EXPERIMENTS:
+            raise ValueError(f"--set {item!r} is invalid: must be NAME.KEY=VALUE with NAME one "
+                             f"of {', '.join(runner.EXPERIMENTS)}")
+        allowed = runner.module(name).FULL
+        if key not in allowed:
+            raise ValueError(f"--set {item!r} is invalid: {name}'s sizes are "
+                             f"{', '.join(allowed)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        sizes.setdefault(name, {})[key] = value
+    return sizes
 
 
 # ---- capacity ---------------------------------------------------------------------------------
@@ -1256,6 +1286,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="results", help="results folder (resumes what is there)")
     rep.add_argument("--seed", type=int, default=0, help="random seed of every experiment")
     rep.add_argument("--force", action="store_true", help="rerun experiments already complete")
+    rep.add_argument("--set", action="append", metavar="NAME.KEY=VALUE",
+                     help="override one size of an experiment (repeatable), e.g. "
+                          "fig4-6.horizon=2500; a run with other sizes is another run, not "
+                          "resumed from one with the defaults")
+    rep.add_argument("--json", action="store_true",
+                     help="print the report's path, timings and every claim's verdict as JSON")
     rep.set_defaults(func=_cmd_reproduce)
     from .tune_cli import add_tune_command
     add_tune_command(command, run_options, sli_options, _cmd_tune_entry)

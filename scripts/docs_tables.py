@@ -966,6 +966,29 @@ def _replay_capacity(data: dict) -> str:
             + "\n".join(rows) + "\n\n" + _provenance(data))
 
 
+def _reproduce_2500(data: dict) -> str:
+    """Figs. 4-6's verdicts at the former 2,500 s against the full reproduction's 1,000 s."""
+    out = data["outputs"]["verdicts"]
+    full = json.loads((DATA / "reproduce_full.json").read_text())
+    short = {c["id"]: c for c in full["outputs"]["timings"]["rows"][0]["claims"]}
+    def brief(c):  # the fitted limit, where the claim has one
+        e = c["evidence"]
+        if "limit " in e:
+            e = e[e.index("limit "):].split(", best fit")[0]
+        return f"{c['verdict']} ({e})"
+
+    rows = ["| claim | at 1,000 s (the full run above) | at 2,500 s |", "|---|---|---|"]
+    for c in out["claims"]:
+        if not c["id"].startswith(("fig4", "fig5", "fig6")):
+            continue
+        before = short.get(c["id"])
+        rows.append(f"| {c['statement']} | {brief(before) if before else '-'} | {brief(c)} |")
+    sizes = out["sizes"]["fig4-6"]
+    return (f"Figs. 4-6 with a horizon of {sizes['horizon']:g} s (warm-up {sizes['warmup']:g} "
+            "s), every other size the full run's:\n\n" + "\n".join(rows) + "\n\n"
+            + _provenance(data))
+
+
 def _peers(data: dict) -> str:
     rows = ["| simulator | jaxqueue devices | replications | events/s | P(abandon) ± 95% | "
             "jaxqueue is faster by |", "|---|---:|---:|---:|---:|---:|"]
@@ -1268,6 +1291,11 @@ TABLES: dict[str, Table] = {
                   + extra + " --json"
             for name, extra in (("poisson", " --replay-poisson"), ("replay", ""))}},
         _replay_capacity, "capacity planned on a trace's arrivals against Poisson arrivals"),
+    "reproduce_2500": Table(
+        "docs/reproduce.md",
+        {"verdicts": "jaxqueue reproduce --only fig4-6 --set fig4-6.horizon=2500 --set "
+                "fig4-6.warmup=500 --out results/fig4-6-at-2500s --json"},
+        _reproduce_2500, "Figs. 4-6's verdicts at the former horizon of 2,500 s"),
     "peers": Table(
         "docs/speed.md",
         {"one": "python scripts/bench_peers.py --json",

@@ -137,6 +137,24 @@ def verdict_of(out, claim_id):
     return next(c.verdict for c in out["claims"] if c.id == claim_id)
 
 
+def test_reproduce_command_takes_sizes_and_prints_json(results, capsys):
+    # The tiny table1 run of the fixture, named by --set on the command line: it is found
+    # complete (same sizes), skipped, and the verdicts are printed as JSON.
+    out, _ = results
+    sets = [a for k, v in TINY["table1"].items() for a in ("--set", f"table1.{k}={v}")]
+    cli_main(["reproduce", "--quick", "--seed", "1", "--only", "table1", "--out", out, *sets,
+              "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["skipped"] == ["table1"] and got["sizes"] == {"table1": TINY["table1"]}
+    verdicts = {c["id"]: c["verdict"] for c in got["claims"]}
+    assert verdicts["table1-fit"] == report.NOT_COMPARABLE and "fig8-tpot" in verdicts
+    for bad, says in (("table1.nope=1", "table1's sizes are"), ("fig3.gpus=5", "NAME one of"),
+                      ("table1.gpus", "NAME.KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            cli_main(["reproduce", "--quick", "--out", out, "--set", bad])
+        assert says in capsys.readouterr().err
+
+
 def test_reproduce_bad_input(capsys, monkeypatch):
     with pytest.raises(SystemExit) as err:
         cli_main(["reproduce", "--only", "fig3"])

@@ -1129,6 +1129,15 @@ TABLES: dict[str, Table] = {
          "pathwise": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
                      "--estimator pathwise --estimates 2 --json {json}"},
         _bench, "every estimator against the truths at n = 20"),
+    "tuning_tpot50": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --methods "
+                "gradient,spsa,es,reference,recovery --out results/tuning_tpot50",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "results/tuning_tpot50"},
+        _tuning, "the deterministic gated family tuned with central differences against SPSA, "
+                 "the evolution strategy and a reference search, paper-qwen8b with a TPOT "
+                 "target"),
     "tuning_score": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "

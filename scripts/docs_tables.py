@@ -483,6 +483,17 @@ def _reproduce_full(data: dict) -> str:
     return "\n".join(lines) + "\n\n" + _provenance(data)
 
 
+def _fresh_key(c: dict) -> list[str]:
+    """What ``capacity``'s confirmation on a fresh key found, point by point."""
+    fresh = []
+    for k, what in (("answer", "answer"), ("one_gpu_fewer", "one GPU fewer"),
+                    ("one_mixed_fewer", "one mixed fewer")):
+        if k in c:
+            fresh.append(f"{what} " + ("meets" if c[k]["ok"] else
+                                       "fails " + ", ".join(c[k]["failing"])))
+    return fresh
+
+
 def _capacity(data: dict) -> str:
     rows = ["| targets | replications x horizon | answer: GPUs (mixed; plan's mixed) | binds at "
             "one GPU fewer | on a fresh key | other policies there | simulation |",
@@ -492,13 +503,7 @@ def _capacity(data: dict) -> str:
         if o["max_abandon"] is not None:
             slos.append(f"abandon <= {o['max_abandon']:g}")
         c = o["confirmation"]
-        fresh = ["answer " + ("meets" if c["answer"]["ok"] else
-                              "fails " + ", ".join(c["answer"]["failing"]))]
-        for k, what in (("one_gpu_fewer", "one GPU fewer"), ("one_mixed_fewer",
-                                                             "one mixed fewer")):
-            if k in c:
-                fresh.append(f"{what} " + ("meets" if c[k]["ok"] else
-                                           "fails " + ", ".join(c[k]["failing"])))
+        fresh = _fresh_key(c)
         verdict = "**confirmed**" if o["confirmed"] else "**not confirmed**"
         others = "; ".join(f"{k} " + ("meets" if v["ok"] else "fails " + ", ".join(v["failing"]))
                            for k, v in o["others"].items()) or "-"
@@ -948,14 +953,7 @@ def _replay_capacity(data: dict) -> str:
     for name, label in (("poisson", "Poisson at the trace's rates (`--replay-poisson`)"),
                         ("replay", "the trace replayed")):
         o = data["outputs"][name]
-        c = o["confirmation"]
-        fresh = ["answer " + ("meets every target" if c["answer"]["ok"] else
-                              "fails " + ", ".join(c["answer"]["failing"]))]
-        for k, what in (("one_gpu_fewer", "one GPU fewer"), ("one_mixed_fewer",
-                                                             "one mixed fewer")):
-            if k in c:
-                fresh.append(f"{what} " + ("also meets every target" if c[k]["ok"] else
-                                           "fails " + ", ".join(c[k]["failing"])))
+        fresh = _fresh_key(o["confirmation"])
         verdict = "confirmed" if o["confirmed"] else "not confirmed"
         rows.append(f"| {label} | {o['gpus']} ({o['mixed_gpus']}; {o['planned_mixed_gpus']}) | "
                     f"{verdict}: {'; '.join(fresh)} |")

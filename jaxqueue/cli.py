@@ -401,16 +401,8 @@ def _cmd_simulate(args) -> int:
 
         model, arrivals = replay.from_trace(model, workload.read_trace(args.replay), args.gpus,
                                             args.replay_speed)
-        if args.replay_poisson:
-            import numpy as np
-
-            args.replayed = {"file": str(args.replay), "requests": int(arrivals.size),
-                             "speed": args.replay_speed, "poisson": True,
-                             "period_seconds": float(arrivals.period),
-                             "requests_per_class": np.bincount(
-                                 np.asarray(arrivals.classes),
-                                 minlength=model.num_classes).tolist()}
-            arrivals = None
+        if args.replay_poisson:  # the trace's class rates and plan, Poisson arrival times
+            args.replayed, arrivals = arrivals, None
     elif args.replay_speed != 1.0 or args.replay_poisson:
         raise ValueError(("--replay-speed" if args.replay_speed != 1.0 else "--replay-poisson")
                          + " goes with --replay FILE")
@@ -626,13 +618,13 @@ def _replay_out(args, system, model) -> dict[str, Any] | None:
     import numpy as np
 
     arrivals = getattr(system, "arrivals", None)
-    if getattr(args, "replayed", None) is not None:  # --replay-poisson: the trace's rates only
-        return {**args.replayed,
-                "arrival_rate_per_gpu": np.asarray(model.lambda_, np.float64).tolist()}
+    if arrivals is None:
+        arrivals = getattr(args, "replayed", None)  # --replay-poisson: its rates only
     if arrivals is None:
         return None
     counts = np.bincount(np.asarray(arrivals.classes), minlength=model.num_classes)
     return {"file": str(args.replay), "requests": int(arrivals.size), "speed": args.replay_speed,
+            "poisson": bool(getattr(args, "replay_poisson", False)),
             "period_seconds": float(arrivals.period),
             "requests_per_class": counts.tolist(),
             "arrival_rate_per_gpu": np.asarray(model.lambda_, np.float64).tolist()}

@@ -9,13 +9,13 @@ and the in-process counts of compiled programs that some tests check are not aff
 
 A first run compiles about 1,900 programs. XLA's CPU backend emits its fused loops in one of two
 ways; the older emitter (``--xla_cpu_use_fusion_emitters=false``), at optimisation level 1
-(``--xla_backend_optimization_level=1``), compiles the engines' programs in about half the time,
-and the pooled engine's programs run slower. The suite runs short simulations, so it uses these; the
-command line and the library keep XLA's defaults. The sample paths are the same bit for bit
-either way: the recorded-paths test passes under both, and ``tests/test_paths.py`` also replays
-the recording in a process with XLA's defaults. Set ``JAXQUEUE_TEST_EMITTER=default`` to run
-the whole suite with XLA's defaults. Where the installed XLA no longer knows the flags, the
-suite keeps its defaults.
+(``--xla_backend_optimization_level=1``), compiles the engines' programs faster, and the pooled
+engine's programs run slower (``docs/speed.md`` measures both). The suite runs short
+simulations, so it uses these; the command line and the library keep XLA's defaults. The
+sample paths are the same bit for bit either way: the recorded-paths test passes under both, and
+``tests/test_paths.py`` also replays the recording in a process with XLA's defaults. Set
+``JAXQUEUE_TEST_EMITTER=default`` to run the whole suite with XLA's defaults. Where the
+installed XLA no longer knows the flags, the suite keeps its defaults.
 """
 
 import os

@@ -121,21 +121,21 @@ def kernels(system, reps: int, chunk: int) -> dict:
             "while_loops": ops.count("while"), "instructions": len(ops)}
 
 
-def _row(name: str, run, extra: dict) -> dict:
-    return {"benchmark": name, **extra, "events": run.events, "wall_seconds": run.wall_seconds,
-            "events_per_second": run.events_per_second,
-            "compile_seconds": run.compile_seconds}
+def _measure(name: str, system, reps: int, horizon: float, chunk: int, **extra) -> dict:
+    """One benchmark row: ``system`` simulated from key 0 (no warm-up), its size and speed."""
+    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
+                   chunk_events=chunk, devices=_devices())
+    return {"benchmark": name, **extra, "reps": reps, "horizon": horizon, "chunk_events": chunk,
+            "events": run.events, "wall_seconds": run.wall_seconds,
+            "events_per_second": run.events_per_second, "compile_seconds": run.compile_seconds}
 
 
 def bench_pooled(gpus: int, reps: int, horizon: float, chunk: int, model=None,
                  name: str = "pooled gate-and-route paper-qwen8b") -> dict:
     model = scenarios.load("paper-qwen8b") if model is None else model
     system, _ = policies.build("gate-and-route", model, gpus)
-    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
-                   chunk_events=chunk, devices=_devices())
-    return _row(name, run,
-                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
-                 "kernels": kernels(system, reps, chunk)})
+    return _measure(name, system, reps, horizon, chunk, gpus=gpus,
+                    kernels=kernels(system, reps, chunk))
 
 
 def bench_phases(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> list[dict]:
@@ -173,11 +173,8 @@ def bench_patience(gpus: int, reps: int, horizon: float, chunk: int,
                                      f"pooled gate-and-route, {law} patience"))
         else:
             system, _ = policies.build(policy, other, gpus)
-            run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
-                           chunk_events=chunk, devices=_devices())
-            rows.append(_row(f"{policy}, {law} patience", run,
-                             {"gpus": gpus, "reps": reps, "horizon": horizon,
-                              "chunk_events": chunk}))
+            rows.append(_measure(f"{policy}, {law} patience", system, reps, horizon, chunk,
+                                 gpus=gpus))
         rows[-1].update(policy=policy, law=law)
         rows[-1]["events_per_second_vs_exponential"] = (rows[-1]["events_per_second"]
                                                         / rows[0]["events_per_second"])
@@ -200,31 +197,22 @@ def many_classes(k: int):
 
 def bench_classes(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> dict:
     system, _ = policies.build("gate-and-route", many_classes(k), gpus)
-    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
-                   chunk_events=chunk, devices=_devices())
-    return _row(f"pooled gate-and-route {k} classes", run,
-                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
-                 "classes": k})
+    return _measure(f"pooled gate-and-route {k} classes", system, reps, horizon, chunk,
+                    gpus=gpus, classes=k)
 
 
 def bench_erlang(servers: int, reps: int, horizon: float, chunk: int) -> dict:
     system = ErlangA(servers=np.int32(servers), arrival_rate=np.float32(0.96 * servers),
                      service_rate=np.float32(1.0), patience_rate=np.float32(0.5))
-    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
-                   chunk_events=chunk, devices=_devices())
-    return _row("erlang-a M/M/N+M", run, {"servers": servers, "reps": reps, "horizon": horizon,
-                                          "chunk_events": chunk})
+    return _measure("erlang-a M/M/N+M", system, reps, horizon, chunk, servers=servers)
 
 
 def bench_per_gpu(gpus: int, reps: int, horizon: float, chunk: int,
                   policy: str = "fi-wsp") -> dict:
     model = scenarios.load("paper-qwen8b")
     system, _ = policies.build(policy, model, gpus, engine="per-gpu")
-    run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
-                   chunk_events=chunk, devices=_devices())
-    return _row(f"per-gpu {policy} paper-qwen8b", run,
-                {"gpus": gpus, "reps": reps, "horizon": horizon, "chunk_events": chunk,
-                 "kernels": kernels(system, reps, chunk)})
+    return _measure(f"per-gpu {policy} paper-qwen8b", system, reps, horizon, chunk, gpus=gpus,
+                    kernels=kernels(system, reps, chunk))
 
 
 def bench_latency(gpus: int, reps: int, horizon: float, chunk: int) -> list[dict]:
@@ -244,10 +232,7 @@ def bench_latency(gpus: int, reps: int, horizon: float, chunk: int) -> list[dict
              dataclasses.replace(plain, wait_grid=LATENCY_GRID, end_to_end=False)),
             ("pooled gate-and-route, every latency counter",
              dataclasses.replace(plain, wait_grid=LATENCY_GRID, end_to_end=True))]:
-        run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
-                       chunk_events=chunk, devices=_devices())
-        rows.append(_row(name, run, {"gpus": gpus, "reps": reps, "horizon": horizon,
-                                     "chunk_events": chunk}))
+        rows.append(_measure(name, system, reps, horizon, chunk, gpus=gpus))
     for r in rows[1:]:
         r["events_per_second_vs_first"] = r["events_per_second"] / rows[0]["events_per_second"]
     return rows

@@ -124,8 +124,8 @@ def mean_se(v):
 
 
 def fmt(v, digits=2):
-    m, h = eventsim.mean_ci(np.asarray(v, np.float64))
-    return f"{float(m):.{digits}f} ± {float(h):.{digits}f}"
+    s = _pack(v)
+    return f"{s['mean']:.{digits}f} ± {s['ci95']:.{digits}f}"
 
 
 def compare(a, b):

@@ -430,7 +430,7 @@ class _Scored(AbstractSystem):
         state = _ScoredState(inner=new, t_prev=end, trace=trace, credit=credit, weight=weight,
                              control=control, initial=s.initial, reach=reach)
         return state, Flow(counts=flow.counts, waits=flow.waits, logp=flow.logp,
-                           hits=flow.hits)
+                           hits=flow.hits, credits=flow.credits)
 
 
 @dataclasses.dataclass(frozen=True)

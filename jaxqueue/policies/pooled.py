@@ -630,14 +630,14 @@ class Pooled(AbstractSystem):
             moved, done_origin = pick_prefill_origin(s.origins, s.X, prefill_done, u[1])
 
         # Decode side (greedy router).
-        dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin = greedy_route(
+        dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin, d_entry = greedy_route(
             d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
             free_mixed, bookkeeping, t, patience, window, prune, done_origin)
 
         # Prefill side (the gate), at most one start per step.
         X = s.X - prefill_done
         zero_f = jnp.zeros(num, real)
-        q_credit = zero_f
+        q_credit, q_entry = zero_f, None
         crings = pring = None
         logp = jnp.zeros((), real)
         if s.class_rings is not None:
@@ -717,7 +717,8 @@ class Pooled(AbstractSystem):
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
-            pring, taken, p_gone, q_credit, waited, _ = serve_head(pring, idle, s.prefill_ring)
+            pring, taken, p_gone, q_credit, waited, _, q_entry = serve_head(pring, idle,
+                                                                            s.prefill_ring)
             admit = start + taken
         origins_full = None
         if self.tracks_origin:
@@ -801,6 +802,16 @@ class Pooled(AbstractSystem):
             size = jnp.asarray([block] * (kinds - self.tracks_origin) + [num] * self.tracks_origin,
                                jnp.int32)
             hits = jnp.where(hits < size, start + hits, len(self.tally_names) * num)
+        if self.sparse_counts:
+            # The waits credited (a decode buffer's head, a FCFS prefill ring's head) as
+            # entries: added densely, the step's whole chain of decisions behind each was
+            # recomputed for every one of the 5I integrals.
+            entries = [(4, d_entry)] + ([] if q_entry is None else [(3, q_entry)])
+            none = len(LEVELS) * num
+            credits = (jnp.stack([jnp.where(c < num, row * num + c, none)
+                                  for row, (c, _) in entries]),
+                       jnp.stack([w for _, (_, w) in entries]))
+            return state, Flow(counts=counts, waits=None, logp=logp, hits=hits, credits=credits)
         waits = jnp.concatenate([zero_f, zero_f, zero_f, q_credit, d_credit]
                                 + [zero_f] * (len(EXIT_LEVELS) if self.phased else 0))
         return state, Flow(counts=counts, waits=waits, logp=logp, hits=hits)
@@ -988,15 +999,18 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     ``ring`` may already hold this step's push (never in a bookkeeping step); reading the head
     after the write lets XLA update the ring in place instead of copying it. Returns the ring
     and, as counts per class, the job served, the job gone (abandoned inside the window) and
-    the wait credited, and the whole wait and the origin time of the job served.
+    the wait credited, and the whole wait and the origin time of the job served; last, the
+    credit as one entry ``(class, wait)``, the class ``num`` (none) when the head was not
+    looked at.
     """
     look = bookkeeping & (ready > 0) & (before.size > 0)
     if prune:
         look = look | dead_head(d, ring, t, window)
     out = buf.serve(ring, look, t, window, d.at_least)
     credit = d.one_hot(out.label, num, out.looked).astype(t.dtype) * out.wait
+    entry = (jnp.where(out.looked > 0, out.label, num).astype(jnp.int32), out.wait.astype(t.dtype))
     return (out.ring, d.one_hot(out.label, num, out.taken), d.one_hot(out.label, num, out.gone),
-            credit, out.waited, out.origin)
+            credit, out.waited, out.origin, entry)
 
 
 def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
@@ -1005,18 +1019,18 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
     oldest live job (in a bookkeeping step). Returns the ring, the decodes in service
     ``(Ym, Ys)``, the decodes started, the buffer's abandonments and waits per class, the
-    whole wait of the decode started (0 for one placed at once), and its origin time: for a
-    ring with origins, ``origin`` (the finished prefill's arrival time) is stored with a job
-    that joins the buffer, and returned for one placed at once (None without origins)."""
+    whole wait of the decode started (0 for one placed at once), its origin time (for a
+    ring with origins, ``origin``, the finished prefill's arrival time, is stored with a job
+    that joins the buffer, and returned for one placed at once; None without origins), and
+    the wait credited as one entry ``(class, wait)`` (:func:`serve_ring_head`)."""
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
     cls_in = jnp.argmax(prefill_done)
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in), origin)
     ready = free_solo + free_mixed - free_solo * free_mixed
-    dring, served, gone, credit, waited, head = serve_ring_head(d, dring, ready, ring,
-                                                                bookkeeping, t, window, num,
-                                                                prune)
+    dring, served, gone, credit, waited, head, entry = serve_ring_head(
+        d, dring, ready, ring, bookkeeping, t, window, num, prune)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
     # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
     # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the
@@ -1032,4 +1046,4 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     waited = jnp.where(jnp.sum(served) > 0, waited, 0.0).astype(t.dtype)
     if origin is not None:
         origin = jnp.where(jnp.sum(served) > 0, head, origin).astype(t.dtype)
-    return dring, Ym, Ys, placed, gone, credit, waited, origin
+    return dring, Ym, Ys, placed, gone, credit, waited, origin, entry

@@ -918,6 +918,21 @@ def _test_flags(data: dict) -> str:
             + "\n\n" + _provenance(data))
 
 
+def _processes(data: dict) -> str:
+    """One process with a device per core against one pinned process per core, pair by pair."""
+    out = data["outputs"]["main"]
+    cfg = out["settings"]
+    rows = ["| pair | one process, one device per core | one pinned process per core | ratio |",
+            "|---:|---:|---:|---:|"]
+    for k, p in enumerate(out["pairs"], 1):
+        rows.append(f"| {k} | {_rate(p['one_process'])} | {_rate(p['pinned_processes'])} | "
+                    f"{p['ratio']:.2f}x |")
+    head = (f"{cfg['policy']} on `{cfg['scenario']}`, n = {cfg['gpus']}, {cfg['reps']:,} "
+            f"replications x {cfg['horizon']:g} s over {out['machine']['cores_used']} cores, "
+            "events per second:")
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + _provenance(data)
+
+
 def _replay_conv(data: dict) -> str:
     """Gate-and-Route under the scenario's Poisson arrivals, Poisson arrivals at the replay's
     rates, and the trace replayed."""
@@ -1275,6 +1290,9 @@ TABLES: dict[str, Table] = {
             "--xla_backend_optimization_level=1'" if name.startswith("tests") else "")
          + " --json" for name in ("default", "tests", "default-2", "tests-2")},
         _test_flags, "the test suite's XLA flags against XLA's defaults"),
+    "processes": Table(
+        "docs/speed.md", {"main": "python scripts/bench_processes.py --pairs 3 --json"},
+        _processes, "one process with a device per core against one pinned process per core"),
     "replay_conv": Table(
         "docs/workloads.md",
         {"scenario": "jaxqueue workload {data}/vidur/processed_traces/splitwise_conv.csv "

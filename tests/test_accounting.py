@@ -76,9 +76,10 @@ def test_every_job_accounted_for_whatever_the_chunk_length(policy, engine):
 @pytest.mark.parametrize("policy", ["gate-and-route",
                                     pytest.param("fg-sp", marks=pytest.mark.slow)])
 def test_sparse_counters_are_the_dense_ones(policy, monkeypatch):
-    # The pooled engine's exact steps pass their counters as one index per kind of count; the
-    # dense vector of every counter (what relaxed decisions still use) must give the same
-    # integers, and the same integrals, on an eight-class instance with abandonment.
+    # The pooled engine's exact steps pass their counters as one index per kind of count, and
+    # the waits they credit as (index, amount) entries; the dense vectors (what relaxed
+    # decisions still use) must give the same integers, and the same integrals bit for bit, on
+    # an eight-class instance with abandonment.
     from jaxqueue.policies.pooled import Pooled
     model = scenarios.load("dolly-8class")
     system, _ = policies.build(policy, model, 20)

@@ -47,6 +47,14 @@ def _args(argv=None) -> argparse.Namespace:
                 "cores this process may use")
     if not a.horizon > 0:
         p.error(f"--horizon = {a.horizon} is invalid: must be > 0")
+    if a.worker is None:  # say what is wrong here, not in a worker's traceback
+        from jaxqueue import policies, scenarios
+
+        try:
+            policies.resolve(a.policy)
+            scenarios.load(a.scenario)
+        except (ValueError, OSError) as err:
+            p.error(str(err))
     return a
 
 
@@ -90,20 +98,26 @@ def _run(a: argparse.Namespace, shares: list[tuple[int, int, int | None]]) -> li
                str(count)]
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, env=env, preexec_fn=pin))
-    for p in procs:
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"a worker failed before its run: {line!r}")
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    out = []
-    for p in procs:
-        report, _ = p.communicate()
-        if p.returncode:
-            raise RuntimeError(f"a worker exited with {p.returncode}")
-        out.append(json.loads(report.strip().splitlines()[-1]))
-    return out
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"a worker failed before its run: {line!r}")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        out = []
+        for p in procs:
+            report, _ = p.communicate()
+            if p.returncode:
+                raise RuntimeError(f"a worker exited with {p.returncode}")
+            out.append(json.loads(report.strip().splitlines()[-1]))
+        return out
+    finally:  # a worker left waiting for its start (another failed) is stopped
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def main(argv=None) -> None:

@@ -1151,6 +1151,15 @@ TABLES: dict[str, Table] = {
         _tuning, "the deterministic gated family tuned with central differences against SPSA, "
                  "the evolution strategy and a reference search, paper-qwen8b with a TPOT "
                  "target"),
+    "tuning_fair200": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem fairness-200 --seeds 1 --methods "
+                "gradient,spsa,es,reference --out results/tuning_fair200",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "results/tuning_fair200"},
+        _tuning, "the deterministic gated family tuned with central differences against SPSA, "
+                 "the evolution strategy and a reference search, paper-qwen8b at n = 200 with "
+                 "decode fairness"),
     "tuning_score": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "

@@ -1,6 +1,6 @@
 """Tuning: relaxed gradients against finite differences, the temperature-zero limit, a toy with
-a known optimum, exact revenue of the randomised gate, one compilation per shape, parameter
-files."""
+a known optimum (for the tuner and the benchmark's derivative-free searches), exact revenue of
+the randomised gate, one compilation per shape, parameter files."""
 
 import dataclasses
 import json
@@ -17,6 +17,7 @@ from jaxqueue.exact_gradient import gated_revenue
 from jaxqueue.model import Model
 from jaxqueue.policies import tunable
 from jaxqueue.relax import Relaxed
+from jaxqueue.search import evolution_strategy, pattern_search
 from jaxqueue.tune import Problem, evaluate, from_free, gradient, sli_penalty, to_free, tune
 from jaxqueue.tune import mask as tune_mask
 
@@ -110,29 +111,67 @@ def test_estimators_refuse_what_they_cannot_differentiate():
                  jax.random.key(0))
 
 
-def test_tuning_a_one_parameter_toy_reaches_its_known_optimum():
-    # One knob, the mixed share of a 4-GPU tiny system (every other parameter stays at the LP
-    # point). Revenue is linear in the share between integers
-    # (randomised rounding of M), so the optimum is the best integer M, known from the exact
-    # chains with the deterministic gate (tau small): M = 3, which is also the LP point's. The
-    # tuner starts two GPUs away, at M = 1 (revenue 0.57 against 1.09), and must end within one
-    # GPU of the optimum.
+@pytest.fixture(scope="module")
+def share_toy():
+    """One knob, the mixed share of a 4-GPU tiny system (every other parameter at the LP
+    point). Revenue is linear in the share between integers (randomised rounding of M), so the
+    optimum is the best integer M, known from the exact chains with the deterministic gate (tau
+    small): M = 3, which is also the LP point's. The start is two GPUs away, at M = 1 (revenue
+    0.57 against 1.09). Returns the problem, the start and the exact revenue per M."""
     model, n = tiny_model(), 4
     plan = fluid.solve(model, "bundled")
     exact = {M: gated_revenue(model, n, M, np.maximum(plan.x, 1e-6), 0.0, 1e-3, max_queue=6,
                               max_buffer=3)["revenue"] for M in range(1, n)}
-    best_M = max(exact, key=exact.get)
-    assert best_M == 3 and exact[1] < 0.6 * exact[3]  # so the start below is far from it
+    assert max(exact, key=exact.get) == 3 and exact[1] < 0.6 * exact[3]  # the start is far
     problem = Problem(family="gated", model=model, n=n, plan=plan, horizon=300.0, warmup=30.0,
                       reps=16)
-    start = dataclasses.replace(problem.initial(), share=np.float64(1 / n))
+    return problem, dataclasses.replace(problem.initial(), share=np.float64(1 / n)), exact
+
+
+def test_tuning_a_one_parameter_toy_reaches_its_known_optimum(share_toy):
+    # The tuner must end within one GPU of the optimum.
+    problem, start, exact = share_toy
     result = tune(problem, steps=8, estimator="fd", learning_rate=0.3, eval_every=4,
                   eval_reps=16, seed=2, only=("share",), initial=start)
     for name in ("targets", "slack", "caps"):  # the others did not move (float32 log, exp)
         np.testing.assert_allclose(result.best["params"][name],
                                    result.initial["params"][name], rtol=1e-6)
     share = result.best["params"]["share"]
-    assert abs(share * n - best_M) <= 1.0, (share * n, best_M, exact)
+    assert abs(share * problem.n - 3) <= 1.0, (share * problem.n, exact)
+
+
+def test_compass_search_finds_the_toys_optimum_within_its_budget(share_toy):
+    # The tuning benchmark's reference search (jaxqueue.search.pattern_search) on the same toy.
+    problem, start, exact = share_toy
+    budget = 3e6
+    result = pattern_search(problem, start, budget=budget, delta=2.0, only=("share",))
+    assert abs(result.params.share * problem.n - 3) <= 0.5, (result.params.share, exact)
+    for name in ("targets", "slack", "caps"):  # only the share was searched
+        np.testing.assert_allclose(getattr(result.params, name), getattr(start, name),
+                                   rtol=1e-6)
+    steps = [h["step"] for h in result.history]
+    events = [h["events"] for h in result.history]
+    # The step only ever halves; the search stops once it is below a quarter step or the
+    # budget is spent, so only its last sweep may cross the budget.
+    assert all(b in (a, a / 2) for a, b in zip([2.0] + steps[:-1], steps, strict=True))
+    assert steps[-1] < 0.25 or events[-1] >= budget
+    assert all(e < budget for e in events[:-1]) and result.events == events[-1]
+
+
+def test_evolution_strategy_finds_the_toys_optimum_within_its_budget(share_toy):
+    # The benchmark's (1+1)-evolution strategy on the same toy.
+    problem, start, exact = share_toy
+    budget = 3e6  # about 20 iterations; with 1.2e6, two of six seeds ended at M < 2
+    result = evolution_strategy(problem, start, budget=budget, sigma=1.0, seed=0,
+                                only=("share",))
+    assert abs(result.params.share * problem.n - 3) <= 1.0, (result.params.share, exact)
+    events = [h["events"] for h in result.history]
+    assert all(e < budget for e in events[:-1]) and events[-1] >= budget
+    # The one-fifth rule with one tuned coordinate: sigma grows by exp(0.8 / 0.8) after a
+    # success and shrinks by exp(-0.2 / 0.8) after a failure.
+    sigmas = np.array([1.0] + [h["step"] for h in result.history])
+    ratios = np.log(sigmas[1:] / sigmas[:-1])
+    assert np.all(np.isclose(ratios, 1.0) | np.isclose(ratios, -0.25)), ratios
 
 
 def test_the_gated_rule_moves_only_what_its_estimate_supports():

@@ -1510,7 +1510,10 @@ def run(name: str) -> None:
             "load": f"load average {min(loads):.1f}-{max(loads):.1f}", "outputs": outputs}
     DATA.mkdir(parents=True, exist_ok=True)
     (DATA / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    write([name])
+    # The summaries of this table's data are rewritten with it, so no block is left stale.
+    summaries = [n for n, t in TABLES.items() if name in t.sources
+                 and all((DATA / f"{m}.json").exists() for m in t.sources)]
+    write([name, *summaries])
 
 
 def main() -> None:

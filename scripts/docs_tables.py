@@ -409,7 +409,7 @@ def _tuning(data: dict) -> str:
         if p.get("fraction_of_reference"):
             fr = ", ".join(f"{f:.2f}" for f in p["fraction_of_reference"].values())
             rows.append("")
-            delta = p["methods"]["reference"]["seeds"]["0"].get("delta") or 2.0
+            delta = p["methods"]["reference"]["seeds"]["0"]["delta"]
             rows.append(f"Reference search (seed 0; compass search, first step {delta:g} "
                         f"natural steps): gain {_pm(p['reference_gain'])}; the gradient "
                         f"method's share of it per seed: {fr}.")

@@ -65,6 +65,12 @@ METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 REFERENCE_DELTA = 8.0
 
 
+def reference_delta(entry: dict) -> float:
+    """The first step of a stored reference search (stored before the step was recorded: 2,
+    the search's default then)."""
+    return entry.get("delta", 2.0)
+
+
 def problem_of(name: str, reps: int, horizon: float, warmup: float,
                temperature: float | None = None) -> Problem:
     scenario, n, sli_kw = PROBLEMS[name]
@@ -196,18 +202,17 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             result = evolution_strategy(problem, start, budget=budget, seed=seed)
             record("es", seed, result.params, result.events, time.perf_counter() - t)
     # The reference: a compass search from REFERENCE_DELTA natural steps down to a quarter
-    # step. A reference stored with another first step (before the step was recorded: 2) is
-    # run again.
+    # step. A reference stored with another first step is run again.
     stored = store["methods"].get("reference", {}).get("0")
     if "reference" in methods and (stored is None
-                                   or stored.get("delta", 2.0) != REFERENCE_DELTA):
+                                   or reference_delta(stored) != REFERENCE_DELTA):
         budget = 10 * store["methods"][estimator]["0"]["events"]
         t = time.perf_counter()
         result = pattern_search(problem, start, budget=budget, reps=2 * problem.reps,
                                 delta=REFERENCE_DELTA)
         record("reference", 0, result.params, result.events, time.perf_counter() - t,
                {"delta": REFERENCE_DELTA, "budget": budget,
-                "path": [dict(h) for h in result.history]})
+                "path": result.history})
     # Recovery: from the gradient method's tuned point (seed 0) moved 30% along a random
     # direction (each parameter's value times 1 + 0.3 d_i, |d| = 1 over the tuned ones), 20
     # steps; what share of the lost objective comes back.
@@ -262,7 +267,7 @@ def summary(out: Path = OUT) -> dict:
                               "seconds": r["seconds"], "chosen_step": r.get("chosen_step"),
                               "curve": r.get("curve"), "params": r["params"],
                               "deterministic_gain": r.get("deterministic_gain"),
-                              "delta": r.get("delta")}
+                              "delta": reference_delta(r) if method == "reference" else None}
                           for k, r in runs.items()},
                 "mean_gain": _over_seeds([g["mean"] for g in gains]),
                 "events": float(np.mean([r["events"] for r in runs.values()]))}

@@ -1155,7 +1155,7 @@ TABLES: dict[str, Table] = {
                  "target"),
     "tuning_fair200": Table(
         "docs/gradients.md",
-        {"run": "python scripts/tuning_bench.py --problem fairness-200 --seeds 2 --methods "
+        {"run": "python scripts/tuning_bench.py --problem fairness-200 --seeds 5 --methods "
                 "gradient,spsa,es,reference --out results/tuning_fair200",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
                    "results/tuning_fair200"},

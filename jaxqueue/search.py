@@ -7,7 +7,10 @@ points of one comparison see the same key, so their difference is sharp.
 - :func:`pattern_search`: compass search. Each sweep evaluates the current point and the point
   moved by +-delta along every tuned coordinate, all in one vmapped batch on one fresh key, and
   moves to the best if it beats the current point by more than its paired standard error;
-  otherwise delta is halved. The reference search of the tuning benchmark.
+  otherwise delta is halved. With ``pairs`` it also polls every move of two coordinates at once
+  (and repeats a successful move, Hooke & Jeeves' pattern move); with ``confirm`` a move is taken
+  only if it wins again on a fresh key. Both together are the reference search of the tuning
+  benchmark.
 - :func:`evolution_strategy`: a (1+1)-evolution strategy: each iteration draws one candidate
   ``y + sigma * N(0, I)`` and keeps it if it beats the parent on a fresh common key; sigma follows
   the one-fifth success rule (Rechenberg; Beyer & Schwefel, Natural Computing 2002), damped by
@@ -83,36 +86,112 @@ class _Space:
 
 def pattern_search(problem: Problem, start, *, budget: float, delta: float = 2.0,
                    min_delta: float = 0.25, reps: int | None = None, seed: int = 0,
-                   only: Sequence[str] | None = None) -> SearchResult:
-    """Compass search from ``start`` until ``budget`` events are spent or delta falls below
-    ``min_delta`` (both in natural steps; see the module docstring)."""
+                   only: Sequence[str] | None = None, pairs: bool = False, confirm: int = 0,
+                   confirm_reps: int | None = None, z: float = 2.0) -> SearchResult:
+    """A pattern search from ``start`` until ``budget`` events are spent or delta falls below
+    ``min_delta`` (both in natural steps).
+
+    With the defaults, the compass search of the module docstring. ``pairs=True`` also polls
+    every move of two coordinates at once by (+-delta, +-delta), so that a ridge along which no
+    single coordinate improves is climbed; after a move, the next poll also tries the same move
+    again (the pattern move of Hooke & Jeeves, J. ACM 1961). ``confirm=k`` re-evaluates the
+    poll's ``k`` best points, with the current point, on a fresh key of ``confirm_reps``
+    replications (default ``4 reps``) and moves only if the best of them beats the current
+    point there by more than ``z`` paired standard errors: the largest of many noisy differences
+    overstates its point's gain, a fresh key does not.
+    """
     space = _Space(problem, start, only)
     reps = reps or problem.reps
-    y, events, history, sweep = space.y0.copy(), 0, [], 0
-    picked = np.flatnonzero(space.on)
+    y, events, history = _poll_search(
+        space.values, space.y0, np.flatnonzero(space.on), space.project, budget=budget,
+        delta=delta, min_delta=min_delta, reps=reps, seed=seed, pairs=pairs, confirm=confirm,
+        confirm_reps=confirm_reps or 4 * reps, z=z)
+    return SearchResult(params=space.params(y), events=events, history=history)
+
+
+def _poll_points(y, picked, delta, pairs, project):
+    """The distinct points a poll evaluates besides ``y``: every coordinate of ``picked`` moved
+    by +-delta, and with ``pairs`` every two of them moved together."""
+    moves = []
+    for j in picked:
+        for s in (1.0, -1.0):
+            moves.append({j: s})
+    if pairs:
+        for a, i in enumerate(picked):
+            for j in picked[a + 1:]:
+                for si in (1.0, -1.0):
+                    for sj in (1.0, -1.0):
+                        moves.append({i: si, j: sj})
+    points = []
+    for move in moves:
+        z = y.copy()
+        for j, s in move.items():
+            z[j] += s * delta
+        points.append(project(z))
+    return points
+
+
+def _distinct(y, points):
+    """``points`` without those equal to ``y`` or to an earlier one (moves clipped at a bound)."""
+    kept = []
+    for p in points:
+        if not np.array_equal(p, y) and not any(np.array_equal(p, q) for q in kept):
+            kept.append(p)
+    return kept
+
+
+def _paired_gain(values):
+    """Each row after the first minus the first: mean over replications and its standard error."""
+    diffs = values[1:] - values[0]
+    return diffs.mean(1), diffs.std(1, ddof=1) / np.sqrt(diffs.shape[1])
+
+
+def _poll_search(evaluate, y0, picked, project, *, budget, delta, min_delta, reps, seed, pairs,
+                 confirm, confirm_reps, z):
+    """The loop of :func:`pattern_search` in natural coordinates. ``evaluate(points, key, reps)``
+    returns the per-replication objectives ``(len(points), reps)`` on one common key and the
+    events it simulated; ``project`` maps a point to the nearest valid one."""
+    key = jax.random.key(seed)
+    y, events, history, calls, again = np.asarray(y0, np.float64).copy(), 0, [], 0, None
     while events < budget and delta >= min_delta:
-        points = [y]
-        for j in picked:
-            for sign in (1.0, -1.0):
-                z = y.copy()
-                z[j] += sign * delta
-                points.append(space.project(z))
-        values, spent = space.values(points, jax.random.fold_in(jax.random.key(seed), sweep),
-                                     reps)
+        points = _poll_points(y, picked, delta, pairs, project)
+        if again is not None:
+            points.append(project(y + again))
+        points = _distinct(y, points)
+        if not points:  # every move leaves the valid set
+            delta /= 2
+            continue
+        values, spent = evaluate([y, *points], jax.random.fold_in(key, calls), reps)
+        calls += 1
         events += spent
-        diffs = values[1:] - values[0]
-        gain = diffs.mean(1)
-        se = diffs.std(1, ddof=1) / np.sqrt(reps)
-        best = int(np.argmax(gain))
-        moved = gain[best] > se[best]
+        gain, se = _paired_gain(values)
+        value = float(values[0].mean())
+        if confirm:
+            best = [int(i) for i in np.argsort(-gain)[:confirm] if gain[i] > 0]
+            moved = False
+            if best:
+                candidates = [points[i] for i in best]
+                values, spent = evaluate([y, *candidates], jax.random.fold_in(key, calls),
+                                         confirm_reps)
+                calls += 1
+                events += spent
+                gain, se = _paired_gain(values)
+                b = int(np.argmax(gain))
+                moved, new = bool(gain[b] > z * se[b]), candidates[b]
+                value = float(values[1 + b if moved else 0].mean())
+        else:
+            b = int(np.argmax(gain))
+            moved, new = bool(gain[b] > se[b]), points[b]
+            if moved:
+                value = float(values[1 + b].mean())
         if moved:
-            y = points[1 + best]
+            again = new - y if pairs else None
+            y = new
         else:
             delta /= 2
-        history.append({"value": float(values[1 + best if moved else 0].mean()),
-                        "events": events, "step": delta})
-        sweep += 1
-    return SearchResult(params=space.params(y), events=events, history=history)
+            again = None
+        history.append({"value": value, "events": events, "step": delta})
+    return y, events, history
 
 
 def evolution_strategy(problem: Problem, start, *, budget: float, sigma: float = 1.0,

@@ -409,8 +409,13 @@ def _tuning(data: dict) -> str:
         if p.get("fraction_of_reference"):
             fr = ", ".join(f"{f:.2f}" for f in p["fraction_of_reference"].values())
             rows.append("")
-            delta = p["methods"]["reference"]["seeds"]["0"]["delta"]
-            rows.append(f"Reference search (seed 0; compass search, first step {delta:g} "
+            ref = p["methods"]["reference"]["seeds"]["0"]
+            # Summaries written before the settings were recorded carry only the first step.
+            setup = ref.get("reference") or {"delta": ref["delta"], "pairs": False,
+                                             "confirm": 0}
+            how = ("moves of one or two coordinates, each confirmed on a fresh key"
+                   if setup["pairs"] and setup["confirm"] else "compass search")
+            rows.append(f"Reference search (seed 0; {how}, first step {setup['delta']:g} "
                         f"natural steps): gain {_pm(p['reference_gain'])}; the gradient "
                         f"method's share of it per seed: {fr}.")
         if p.get("recovery"):

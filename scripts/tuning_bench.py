@@ -18,8 +18,9 @@ classes after admission), the best of them on a common key; then, from that star
 random numbers throughout, for every seed: the gradient tuner (``--estimator``, default ``fd``:
 Adam in natural steps on common-random-number central differences), SPSA in natural steps at the
 same budget, a (1+1)-evolution strategy at the same budget, and (seed 0 only) the reference
-pattern search with ten times that budget (a compass search, first step 8 natural steps, halved
-down to a quarter step). Every method's end point is evaluated on 512 fresh
+pattern search with ten times that budget (first step 8 natural steps, halved down to a quarter
+step; each poll moves one or two coordinates at once, and a move is taken only if it wins again
+on a fresh key). Every method's end point is evaluated on 512 fresh
 replications x 2,000 s (warm-up 300 s), paired with the start on the same key, so each gain over
 the start has its own interval. Last, the recovery check: the gradient method's tuned point
 (seed 0) moved 30% along a random direction, then 20 gradient steps; the share of the lost
@@ -59,16 +60,20 @@ PROBLEMS = {
 }
 EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
 METHODS = ("gradient", "spsa", "es", "reference", "recovery")
-#: The reference search's first step, in natural steps (each about one to two jobs or GPUs):
-#: coarse, so that it can cross a plateau of the deterministic gate (whose targets matter only
-#: through the integers they round to) that no step of 2 crosses; halved down to 0.25.
-REFERENCE_DELTA = 8.0
+#: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
+#: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
+#: deterministic gate (whose targets matter only through the integers they round to), halved down
+#: to 0.25; polls that move one or two coordinates at once (a combination such as one target down
+#: with the offset up, where neither alone wins, is found); and each move confirmed on a fresh key
+#: of four times the replications, by 2 paired standard errors, among the poll's 3 best points.
+REFERENCE = {"delta": 8.0, "pairs": True, "confirm": 3}
 
 
-def reference_delta(entry: dict) -> float:
-    """The first step of a stored reference search (stored before the step was recorded: 2,
-    the search's default then)."""
-    return entry.get("delta", 2.0)
+def reference_setup(entry: dict) -> dict:
+    """The settings of a stored reference search. Stored before they were recorded: the
+    compass search (one coordinate at a time, no confirmation), first step 2."""
+    return {"delta": entry.get("delta", 2.0), "pairs": entry.get("pairs", False),
+            "confirm": entry.get("confirm", 0)}
 
 
 def problem_of(name: str, reps: int, horizon: float, warmup: float,
@@ -201,18 +206,14 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             t = time.perf_counter()
             result = evolution_strategy(problem, start, budget=budget, seed=seed)
             record("es", seed, result.params, result.events, time.perf_counter() - t)
-    # The reference: a compass search from REFERENCE_DELTA natural steps down to a quarter
-    # step. A reference stored with another first step is run again.
+    # The reference (REFERENCE). One stored with other settings is run again.
     stored = store["methods"].get("reference", {}).get("0")
-    if "reference" in methods and (stored is None
-                                   or reference_delta(stored) != REFERENCE_DELTA):
+    if "reference" in methods and (stored is None or reference_setup(stored) != REFERENCE):
         budget = 10 * store["methods"][estimator]["0"]["events"]
         t = time.perf_counter()
-        result = pattern_search(problem, start, budget=budget, reps=2 * problem.reps,
-                                delta=REFERENCE_DELTA)
+        result = pattern_search(problem, start, budget=budget, reps=problem.reps, **REFERENCE)
         record("reference", 0, result.params, result.events, time.perf_counter() - t,
-               {"delta": REFERENCE_DELTA, "budget": budget,
-                "path": result.history})
+               {**REFERENCE, "budget": budget, "path": result.history})
     # Recovery: from the gradient method's tuned point (seed 0) moved 30% along a random
     # direction (each parameter's value times 1 + 0.3 d_i, |d| = 1 over the tuned ones), 20
     # steps; what share of the lost objective comes back.
@@ -267,7 +268,8 @@ def summary(out: Path = OUT) -> dict:
                               "seconds": r["seconds"], "chosen_step": r.get("chosen_step"),
                               "curve": r.get("curve"), "params": r["params"],
                               "deterministic_gain": r.get("deterministic_gain"),
-                              "delta": reference_delta(r) if method == "reference" else None}
+                              "reference": (reference_setup(r) if method == "reference"
+                                            else None)}
                           for k, r in runs.items()},
                 "mean_gain": _over_seeds([g["mean"] for g in gains]),
                 "events": float(np.mean([r["events"] for r in runs.values()]))}

@@ -17,7 +17,7 @@ from jaxqueue.exact_gradient import gated_revenue
 from jaxqueue.model import Model
 from jaxqueue.policies import tunable
 from jaxqueue.relax import Relaxed
-from jaxqueue.search import evolution_strategy, pattern_search
+from jaxqueue.search import _poll_search, evolution_strategy, pattern_search
 from jaxqueue.tune import Problem, evaluate, from_free, gradient, sli_penalty, to_free, tune
 from jaxqueue.tune import mask as tune_mask
 
@@ -156,6 +156,38 @@ def test_compass_search_finds_the_toys_optimum_within_its_budget(share_toy):
     assert all(b in (a, a / 2) for a, b in zip([2.0] + steps[:-1], steps, strict=True))
     assert steps[-1] < 0.25 or events[-1] >= budget
     assert all(e < budget for e in events[:-1]) and result.events == events[-1]
+
+
+def _ridge(points, key, reps):
+    # A narrow ridge along y0 = y1 rising to (6, 6): from (0, 0) a move of one coordinate by a
+    # quarter step or more loses (40 per squared unit across the ridge), a move of both gains.
+    # Common noise per replication (as common random numbers give), and a little of each
+    # point's own; 100 events per point and replication.
+    y = np.asarray(points)
+    f = -40.0 * (y[:, 0] - y[:, 1]) ** 2 - 0.05 * (y[:, 0] + y[:, 1] - 12.0) ** 2
+    common = np.asarray(jax.random.normal(key, (reps,)))
+    own = 0.05 * np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (len(y), reps)))
+    return f[:, None] + common + own, 100 * len(y) * reps
+
+
+@pytest.mark.parametrize("confirm", [0, 3])
+def test_pair_moves_climb_a_ridge_that_compass_moves_cannot(confirm):
+    # jaxqueue.search's poll on a function known in closed form: the compass search stays at
+    # its start, the search with pairs ends on the summit (a move of both coordinates by +2
+    # gains 4.0), with or without confirmation on a fresh key.
+    def run(pairs):
+        return _poll_search(_ridge, np.zeros(2), np.arange(2), lambda y: np.clip(y, -20, 20),
+                            budget=1e7, delta=2.0, min_delta=0.25, reps=16, seed=0,
+                            pairs=pairs, confirm=confirm, confirm_reps=64, z=2.0)
+
+    y, events, history = run(pairs=False)
+    np.testing.assert_array_equal(y, [0.0, 0.0])
+    assert [h["step"] for h in history] == [1.0, 0.5, 0.25, 0.125]
+    y, events, history = run(pairs=True)
+    np.testing.assert_allclose(y, [6.0, 6.0])
+    assert history[-1]["step"] < 0.25 and events < 1e7
+    # Each move was (+2, +2): the first a pair move, the next two the pattern move.
+    assert [h["step"] for h in history[:3]] == [2.0, 2.0, 2.0]
 
 
 def test_evolution_strategy_finds_the_toys_optimum_within_its_budget(share_toy):

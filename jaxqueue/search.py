@@ -7,10 +7,9 @@ points of one comparison see the same key, so their difference is sharp.
 - :func:`pattern_search`: compass search. Each sweep evaluates the current point and the point
   moved by +-delta along every tuned coordinate, all in one vmapped batch on one fresh key, and
   moves to the best if it beats the current point by more than its paired standard error;
-  otherwise delta is halved. With ``pairs`` it also polls every move of two coordinates at once
-  (and repeats a successful move, Hooke & Jeeves' pattern move); with ``confirm`` a move is taken
-  only if it wins again on a fresh key. Both together are the reference search of the tuning
-  benchmark.
+  otherwise delta is halved. With ``pairs`` it also polls every move of two coordinates at once;
+  with ``confirm`` a move is taken only if it wins again on a fresh key. Both together are the
+  reference search of the tuning benchmark.
 - :func:`evolution_strategy`: a (1+1)-evolution strategy: each iteration draws one candidate
   ``y + sigma * N(0, I)`` and keeps it if it beats the parent on a fresh common key; sigma follows
   the one-fifth success rule (Rechenberg; Beyer & Schwefel, Natural Computing 2002), damped by
@@ -93,8 +92,7 @@ def pattern_search(problem: Problem, start, *, budget: float, delta: float = 2.0
 
     With the defaults, the compass search of the module docstring. ``pairs=True`` also polls
     every move of two coordinates at once by (+-delta, +-delta), so that a ridge along which no
-    single coordinate improves is climbed; after a move, the next poll also tries the same move
-    again (the pattern move of Hooke & Jeeves, J. ACM 1961). ``confirm=k`` re-evaluates the
+    single coordinate improves is climbed. ``confirm=k`` re-evaluates the
     poll's ``k`` best points, with the current point, on a fresh key of ``confirm_reps``
     replications (default ``4 reps``) and moves only if the best of them beats the current
     point there by more than ``z`` paired standard errors: the largest of many noisy differences
@@ -110,8 +108,9 @@ def pattern_search(problem: Problem, start, *, budget: float, delta: float = 2.0
 
 
 def _poll_points(y, picked, delta, pairs, project):
-    """The distinct points a poll evaluates besides ``y``: every coordinate of ``picked`` moved
-    by +-delta, and with ``pairs`` every two of them moved together."""
+    """The points a poll evaluates besides ``y`` (projected; :func:`_distinct` drops repeats):
+    every coordinate of ``picked`` moved by +-delta, and with ``pairs`` every two of them moved
+    together."""
     moves = []
     for j in picked:
         for s in (1.0, -1.0):
@@ -152,12 +151,9 @@ def _poll_search(evaluate, y0, picked, project, *, budget, delta, min_delta, rep
     returns the per-replication objectives ``(len(points), reps)`` on one common key and the
     events it simulated; ``project`` maps a point to the nearest valid one."""
     key = jax.random.key(seed)
-    y, events, history, calls, again = np.asarray(y0, np.float64).copy(), 0, [], 0, None
+    y, events, history, calls = np.asarray(y0, np.float64).copy(), 0, [], 0
     while events < budget and delta >= min_delta:
-        points = _poll_points(y, picked, delta, pairs, project)
-        if again is not None:
-            points.append(project(y + again))
-        points = _distinct(y, points)
+        points = _distinct(y, _poll_points(y, picked, delta, pairs, project))
         if not points:  # every move leaves the valid set
             delta /= 2
             continue
@@ -185,11 +181,9 @@ def _poll_search(evaluate, y0, picked, project, *, budget, delta, min_delta, rep
             if moved:
                 value = float(values[1 + b].mean())
         if moved:
-            again = new - y if pairs else None
             y = new
         else:
             delta /= 2
-            again = None
         history.append({"value": value, "events": events, "step": delta})
     return y, events, history
 

@@ -186,7 +186,7 @@ def test_pair_moves_climb_a_ridge_that_compass_moves_cannot(confirm):
     y, events, history = run(pairs=True)
     np.testing.assert_allclose(y, [6.0, 6.0])
     assert history[-1]["step"] < 0.25 and events < 1e7
-    # Each move was (+2, +2): the first a pair move, the next two the pattern move.
+    # Three moves of (+2, +2), then the step halves.
     assert [h["step"] for h in history[:3]] == [2.0, 2.0, 2.0]
 
 

@@ -373,8 +373,10 @@ def _tuning(data: dict) -> str:
             head += (f" with the gate at temperature {cfg['temperature']:g}; as the "
                      f"deterministic policy {_pm(st['deterministic'])}")
         rule = ("the gated rule" if cfg.get("rule", "adam") == "gated" else "Adam")
+        lr = cfg.get("learning_rate") or 0.3  # summaries from before it was a choice: 0.3
         head += (f". The gradient method: {rule} on `{grad}` estimates, {cfg['steps']} steps of "
-                 f"{cfg['reps']} replications x {cfg['horizon']:g} s.")
+                 f"{cfg['reps']} replications x {cfg['horizon']:g} s, learning rate {lr:g} "
+                 f"natural steps{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
         rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
                 "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth
                                        else "") + " events per run | s per run |",

@@ -60,6 +60,8 @@ PROBLEMS = {
 }
 EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
 METHODS = ("gradient", "spsa", "es", "reference", "recovery")
+#: The gradient tuner's and SPSA's learning rate, in natural steps (tune's default).
+LEARNING_RATE = 0.3
 #: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
 #: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
 #: deterministic gate (whose targets matter only through the integers they round to), halved down
@@ -97,16 +99,22 @@ def from_dict(values: dict):
 def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: float,
         warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
         eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
-        methods: tuple[str, ...] = METHODS, rule: str = "adam") -> None:
+        methods: tuple[str, ...] = METHODS, rule: str = "adam",
+        learning_rate: float = LEARNING_RATE) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
-        "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule}
+        "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule,
+        "learning_rate": learning_rate}
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
     store.setdefault("rule", "adam")  # results stored before the rule was a choice
+    store.setdefault("learning_rate", LEARNING_RATE)  # ... and before the learning rate was
+    if store["learning_rate"] != learning_rate:
+        raise SystemExit(f"{path} was made with --learning-rate {store['learning_rate']}: give "
+                         "the same or another --out")
     if store["rule"] != rule:
         raise SystemExit(f"{path} was made with --rule {store['rule']}: give the same or another "
                          "--out")
@@ -173,7 +181,8 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         if str(seed) not in store["methods"].get(estimator, {}):
             t = time.perf_counter()
             result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
-                          eval_reps=problem.reps, seed=seed, initial=start, rule=rule)
+                          eval_reps=problem.reps, seed=seed, initial=start, rule=rule,
+                          learning_rate=learning_rate)
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
@@ -198,7 +207,8 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                 per_config = gradient_run["evaluation_events"] / len(gradient_run["curve"])
             k = max(1, int(round(budget / (2 * per_config))))
             result = tune(problem, steps=k, estimator="spsa", seed=seed, initial=start,
-                          eval_every=max(1, k // 4), eval_reps=problem.reps)
+                          eval_every=max(1, k // 4), eval_reps=problem.reps,
+                          learning_rate=learning_rate)
             record("spsa", seed, from_dict(result.best["params"]), result.events,
                    time.perf_counter() - t, {"evaluation_events": result.evaluation_events,
                                              "chosen_step": result.best["step"]})
@@ -232,7 +242,8 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                                     offset=np.maximum(moved.offset, 0.0))
         t = time.perf_counter()
         result = tune(problem, steps=20, estimator=estimator, eval_every=5,
-                      eval_reps=problem.reps, seed=100, initial=moved, rule=rule)
+                      eval_reps=problem.reps, seed=100, initial=moved, rule=rule,
+                      learning_rate=learning_rate)
         v_tuned = np.asarray(store["methods"][estimator]["0"]["final_values"])
         v_moved = evaluate(final, moved, final_key, eval_reps)
         v_back = evaluate(final, from_dict(result.best["params"]), final_key, eval_reps)
@@ -290,8 +301,9 @@ def summary(out: Path = OUT) -> dict:
                     "deterministic_values")
         entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
                                                                "deterministic")},
-                 "settings": {k: store.get(k, "adam" if k == "rule" else None) for k in (
-                     "estimator", "rule", "temperature", "steps",
+                 "settings": {k: store.get(k, {"rule": "adam", "learning_rate": LEARNING_RATE}
+                                           .get(k)) for k in (
+                     "estimator", "rule", "learning_rate", "temperature", "steps",
                                                          "reps", "horizon", "warmup",
                                                          "eval_reps", "eval_horizon")},
                  "methods": methods, "gradient_versus": versus}
@@ -370,6 +382,8 @@ def main() -> None:
     p.add_argument("--estimator", default="fd")
     p.add_argument("--rule", default="adam", choices=list(RULES),
                    help="how the gradient tuner steps (jaxqueue.tune.tune's rule)")
+    p.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+                   help="the gradient tuner's and SPSA's step, in natural steps")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
@@ -407,7 +421,7 @@ def main() -> None:
         p.error("give --problem NAME, --all, --list or --report")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
-            a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule)
+            a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate)
 
 
 if __name__ == "__main__":

@@ -376,7 +376,8 @@ def _tuning(data: dict) -> str:
         lr = cfg.get("learning_rate") or 0.3  # summaries from before it was a choice: 0.3
         head += (f". The gradient method: {rule} on `{grad}` estimates, {cfg['steps']} steps of "
                  f"{cfg['reps']} replications x {cfg['horizon']:g} s, learning rate {lr:g} "
-                 f"natural steps{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
+                 f"natural step{'' if lr == 1 else 's'}"
+                 f"{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
         rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
                 "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth
                                        else "") + " events per run | s per run |",
@@ -1156,7 +1157,12 @@ TABLES: dict[str, Table] = {
         {"run": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --methods "
                 "gradient,spsa,es,reference,recovery --out results/tuning_tpot50",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "results/tuning_tpot50"},
+                   "results/tuning_tpot50",
+         "run-lr1": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --learning-rate 1 "
+                    "--methods gradient,spsa,es,reference,recovery --out "
+                    "results/tuning_tpot50_lr1",
+         "report-lr1": "python scripts/tuning_bench.py --report --json {json} --out "
+                       "results/tuning_tpot50_lr1"},
         _tuning, "the deterministic gated family tuned with central differences against SPSA, "
                  "the evolution strategy and a reference search, paper-qwen8b with a TPOT "
                  "target"),

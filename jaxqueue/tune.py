@@ -46,8 +46,8 @@ from .objective import (
 from .policies import tunable
 
 __all__ = ["ESTIMATORS", "RULES", "Estimate", "Problem", "TuneResult", "evaluate", "from_free",
-           "gated_step", "gradient", "mask", "measure", "natural_steps", "sli_penalty",
-           "steps_for", "to_free", "tune"]
+           "gated_step", "gradient", "mask", "measure", "natural_steps", "rprop_step",
+           "sli_penalty", "steps_for", "to_free", "tune"]
 
 
 def gradient(problem: Problem, estimator: str, free, key, *, only: Sequence[str] | None = None,
@@ -173,7 +173,7 @@ def _summary(params, values) -> dict:
 
 
 #: How ``tune`` turns a gradient estimate into a step (see :func:`tune`).
-RULES = ("adam", "gated")
+RULES = ("adam", "gated", "rprop")
 
 
 def gated_step(g, se, learning_rate: float, z: float = 2.0):
@@ -187,6 +187,29 @@ def gated_step(g, se, learning_rate: float, z: float = 2.0):
     g, se = jnp.asarray(g), jnp.asarray(se)
     ratio = jnp.where(jnp.isfinite(se) & (g != 0), z * se / jnp.where(g != 0, g, 1.0), 0.0)
     return learning_rate * jnp.sign(g) * jnp.maximum(0.0, 1.0 - ratio ** 2)
+
+
+def rprop_step(g, se, size, last, *, z: float = 2.0, grow: float = 1.2, shrink: float = 0.5,
+               smallest: float = 0.0625, largest: float = 8.0):
+    """The ``rprop`` rule's step in natural coordinates (resilient propagation, iRprop-:
+    Riedmiller & Braun, ICNN 1993; Igel & Huesken, 2000), on estimates: each coordinate moves by
+    its own step size in its estimate's direction, and only if the estimate is more than ``z``
+    standard errors from 0. The size grows by ``grow`` while the direction holds and shrinks by
+    ``shrink`` when it turns, that step moving nothing; it stays within ``[smallest,
+    largest]``. So a coordinate moves far where the objective keeps rising, and stops
+    oscillating across a kink, such as a penalty's threshold, instead of swinging a full step
+    each way.
+
+    Returns ``(move, size, last)``: the move, and the sizes and directions for the next step
+    (``last`` is 0 where the coordinate did not move)."""
+    g, se, size, last = (jnp.asarray(v) for v in (g, se, size, last))
+    sure = jnp.where(jnp.isfinite(se), jnp.abs(g) > z * se, g != 0)
+    direction = jnp.where(sure, jnp.sign(g), 0.0)
+    agree = direction * last
+    size = jnp.where(agree > 0, jnp.minimum(size * grow, largest),
+                     jnp.where(agree < 0, jnp.maximum(size * shrink, smallest), size))
+    direction = jnp.where(agree < 0, 0.0, direction)
+    return direction * size, size, direction
 
 
 def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
@@ -215,9 +238,11 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         options: further keyword arguments of :func:`jaxqueue.estimators.estimate` (e.g.
             ``discount`` for ``score``, ``directions`` for ``spsa``).
         progress: called after every step with ``(step, {"value", "best"})``.
-        rule: ``"adam"`` (Adam on the estimate in natural coordinates) or ``"gated"`` (each
+        rule: ``"adam"`` (Adam on the estimate in natural coordinates), ``"gated"`` (each
             coordinate steps ``learning_rate`` in the estimate's direction, shrunk to nothing
-            as the estimate falls within two of its standard errors of 0: :func:`gated_step`).
+            as the estimate falls within two of its standard errors of 0: :func:`gated_step`)
+            or ``"rprop"`` (each coordinate's own step, from ``learning_rate``, grown while its
+            significant direction holds and halved when it turns: :func:`rprop_step`).
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
@@ -239,6 +264,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
     y = coords.y0
     opt = optax.adam(learning_rate)
     state = opt.init(y)
+    sizes, last = jnp.full_like(y, learning_rate), jnp.zeros_like(y)  # the rprop rule's state
     history = {"value": [], "events": [], "evaluations": [], "skipped": [], "moves": [],
                "z": []}
     events = replications = 0
@@ -291,6 +317,9 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         if bool(jnp.all(jnp.isfinite(g_y))):
             if rule == "gated":
                 y = coords.project(y + gated_step(g_y, se_y, learning_rate) * coords.on)
+            elif rule == "rprop":
+                move, sizes, last = rprop_step(g_y, se_y, sizes, last)
+                y = coords.project(y + move * coords.on)
             else:
                 updates, state = opt.update(-g_y * coords.on, state, y)
                 y = coords.project(optax.apply_updates(y, updates))

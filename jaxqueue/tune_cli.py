@@ -48,11 +48,14 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                     help="best: tune from the best starting point; lp: from the family's LP "
                          "point (the paper's policy)")
     tu.add_argument("--steps", type=int, default=30, help="optimizer steps")
-    tu.add_argument("--rule", choices=("adam", "gated"), default="adam",
-                    help="how an estimate becomes a step: adam (Adam in natural steps), or "
+    tu.add_argument("--rule", choices=("adam", "gated", "rprop"), default="adam",
+                    help="how an estimate becomes a step: adam (Adam in natural steps), "
                          "gated (each parameter moves --learning-rate natural steps in its "
                          "estimate's direction, nothing while the estimate is within two "
-                         "standard errors of 0: for noisy estimates, few replications per step)")
+                         "standard errors of 0: for noisy estimates, few replications per step), "
+                         "or rprop (as gated, but each parameter's step starts at "
+                         "--learning-rate, grows 1.2x while its direction holds and halves when "
+                         "it turns, between 1/16 and 8 natural steps)")
     tu.add_argument("--fluid-steps", type=int, default=0, metavar="K",
                     help="gated family: first K Adam steps on the deterministic fluid surrogate "
                          "(exact gradients, about a second each on a 2-core CPU; blind to finite-n "

@@ -18,7 +18,16 @@ from jaxqueue.model import Model
 from jaxqueue.policies import tunable
 from jaxqueue.relax import Relaxed
 from jaxqueue.search import _poll_search, evolution_strategy, pattern_search
-from jaxqueue.tune import Problem, evaluate, from_free, gradient, sli_penalty, to_free, tune
+from jaxqueue.tune import (
+    Problem,
+    evaluate,
+    from_free,
+    gradient,
+    rprop_step,
+    sli_penalty,
+    to_free,
+    tune,
+)
 from jaxqueue.tune import mask as tune_mask
 
 PAPER = scenarios.load("paper-qwen8b")
@@ -204,6 +213,29 @@ def test_evolution_strategy_finds_the_toys_optimum_within_its_budget(share_toy):
     sigmas = np.array([1.0] + [h["step"] for h in result.history])
     ratios = np.log(sigmas[1:] / sigmas[:-1])
     assert np.all(np.isclose(ratios, 1.0) | np.isclose(ratios, -0.25)), ratios
+
+
+def test_the_rprop_rule_grows_holds_and_halves_its_steps():
+    # Four coordinates over four steps, worked by hand from the rule: a direction that holds
+    # grows the step 1.2x, a turn halves it and moves nothing that step, an estimate within
+    # 2 SE of 0 moves nothing and keeps its size; with no finite SE the estimate's sign counts.
+    size, last = np.ones(4), np.zeros(4)
+    se = np.array([1.0, 1.0, 1.0, np.inf])
+    moves, sizes = [], []
+    for g in ([3.0, 3.0, 1.0, 1.0], [3.0, -3.0, 1.5, -1.0], [3.0, 3.0, -1.9, 1.0],
+              [3.0, 3.0, 3.0, 1.0]):
+        move, size, last = (np.asarray(v) for v in rprop_step(np.array(g), se, size, last))
+        moves.append(move)
+        sizes.append(size)
+    np.testing.assert_allclose(moves, [[1, 1, 0, 1], [1.2, 0, 0, 0], [1.44, 0.5, 0, 0.5],
+                                       [1.728, 0.6, 1, 0.6]], rtol=1e-6)
+    np.testing.assert_allclose(sizes[1], [1.2, 0.5, 1, 0.5], rtol=1e-6)
+    # The sizes stay within [1/16, 8].
+    move, size, _ = rprop_step(np.array([5.0]), np.array([1.0]), np.array([7.5]), np.array([1.0]))
+    assert float(size[0]) == 8.0 and float(move[0]) == 8.0
+    move, size, _ = rprop_step(np.array([-5.0]), np.array([1.0]), np.array([0.07]),
+                               np.array([1.0]))
+    assert float(size[0]) == 0.0625 and float(move[0]) == 0.0
 
 
 def test_the_gated_rule_moves_only_what_its_estimate_supports():

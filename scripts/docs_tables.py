@@ -372,7 +372,8 @@ def _tuning(data: dict) -> str:
         if smooth:
             head += (f" with the gate at temperature {cfg['temperature']:g}; as the "
                      f"deterministic policy {_pm(st['deterministic'])}")
-        rule = ("the gated rule" if cfg.get("rule", "adam") == "gated" else "Adam")
+        rule = {"adam": "Adam", "gated": "the gated rule",
+                "rprop": "the rprop rule"}[cfg.get("rule") or "adam"]
         lr = cfg.get("learning_rate") or 0.3  # summaries from before it was a choice: 0.3
         head += (f". The gradient method: {rule} on `{grad}` estimates, {cfg['steps']} steps of "
                  f"{cfg['reps']} replications x {cfg['horizon']:g} s, learning rate {lr:g} "

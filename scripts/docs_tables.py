@@ -1163,7 +1163,12 @@ TABLES: dict[str, Table] = {
                     "--methods gradient,spsa,es,reference,recovery --out "
                     "results/tuning_tpot50_lr1",
          "report-lr1": "python scripts/tuning_bench.py --report --json {json} --out "
-                       "results/tuning_tpot50_lr1"},
+                       "results/tuning_tpot50_lr1",
+         "run-gated": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --rule gated "
+                      "--learning-rate 1 --methods gradient,spsa,es,reference,recovery --out "
+                      "results/tuning_tpot50_gated",
+         "report-gated": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "results/tuning_tpot50_gated"},
         _tuning, "the deterministic gated family tuned with central differences against SPSA, "
                  "the evolution strategy and a reference search, paper-qwen8b with a TPOT "
                  "target"),

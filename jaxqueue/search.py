@@ -92,11 +92,11 @@ def pattern_search(problem: Problem, start, *, budget: float, delta: float = 2.0
 
     With the defaults, the compass search of the module docstring. ``pairs=True`` also polls
     every move of two coordinates at once by (+-delta, +-delta), so that a ridge along which no
-    single coordinate improves is climbed. ``confirm=k`` re-evaluates the
-    poll's ``k`` best points, with the current point, on a fresh key of ``confirm_reps``
-    replications (default ``4 reps``) and moves only if the best of them beats the current
-    point there by more than ``z`` paired standard errors: the largest of many noisy differences
-    overstates its point's gain, a fresh key does not.
+    single coordinate improves is climbed. ``confirm=k`` re-evaluates the poll's ``k`` best
+    points, with the current point, on a fresh key of ``confirm_reps`` replications (default
+    ``4 reps``) and moves only if the best of them beats the current point there by more than
+    ``z`` paired standard errors: the largest of many noisy differences overstates its point's
+    gain, a fresh key does not.
     """
     space = _Space(problem, start, only)
     reps = reps or problem.reps

@@ -111,7 +111,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
     store.setdefault("rule", "adam")  # results stored before the rule was a choice
-    store.setdefault("learning_rate", LEARNING_RATE)  # ... and before the learning rate was
+    store.setdefault("learning_rate", LEARNING_RATE)  # and before the learning rate was one
     if store["learning_rate"] != learning_rate:
         raise SystemExit(f"{path} was made with --learning-rate {store['learning_rate']}: give "
                          "the same or another --out")

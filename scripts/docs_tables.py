@@ -1168,7 +1168,12 @@ TABLES: dict[str, Table] = {
                       "--learning-rate 1 --methods gradient,spsa,es,reference,recovery --out "
                       "results/tuning_tpot50_gated",
          "report-gated": "python scripts/tuning_bench.py --report --json {json} --out "
-                         "results/tuning_tpot50_gated"},
+                         "results/tuning_tpot50_gated",
+         "run-rprop": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --rule rprop "
+                      "--learning-rate 1 --methods gradient,spsa,es,reference,recovery --out "
+                      "results/tuning_tpot50_rprop",
+         "report-rprop": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "results/tuning_tpot50_rprop"},
         _tuning, "the deterministic gated family tuned with central differences against SPSA, "
                  "the evolution strategy and a reference search, paper-qwen8b with a TPOT "
                  "target"),

@@ -62,6 +62,8 @@ EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
 METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 #: The gradient tuner's and SPSA's learning rate, in natural steps (tune's default).
 LEARNING_RATE = 0.3
+#: Settings of stores made before they were choices: their values then.
+SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE}
 #: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
 #: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
 #: deterministic gate (whose targets matter only through the integers they round to), halved down
@@ -110,18 +112,13 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
-    store.setdefault("rule", "adam")  # results stored before the rule was a choice
-    store.setdefault("learning_rate", LEARNING_RATE)  # and before the learning rate was one
-    if store["learning_rate"] != learning_rate:
-        raise SystemExit(f"{path} was made with --learning-rate {store['learning_rate']}: give "
-                         "the same or another --out")
-    if store["rule"] != rule:
-        raise SystemExit(f"{path} was made with --rule {store['rule']}: give the same or another "
-                         "--out")
-    for key, value in (("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
-        if store.setdefault(key, value) != value:
-            raise SystemExit(f"{path} was evaluated with {key.replace('_', '-')} "
-                             f"{store[key]}: give the same or another --out")
+    # A store made before a setting was a choice was made with its value then (SETTINGS_THEN);
+    # one that predates the evaluation settings takes the ones given.
+    for key, value in (("rule", rule), ("learning_rate", learning_rate),
+                       ("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
+        if store.setdefault(key, SETTINGS_THEN.get(key, value)) != value:
+            raise SystemExit(f"{path} was made with --{key.replace('_', '-')} {store[key]}: "
+                             "give the same or another --out")
 
     def save():
         tmp = path.with_suffix(".tmp")
@@ -301,8 +298,7 @@ def summary(out: Path = OUT) -> dict:
                     "deterministic_values")
         entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
                                                                "deterministic")},
-                 "settings": {k: store.get(k, {"rule": "adam", "learning_rate": LEARNING_RATE}
-                                           .get(k)) for k in (
+                 "settings": {k: store.get(k, SETTINGS_THEN.get(k)) for k in (
                      "estimator", "rule", "learning_rate", "temperature", "steps",
                                                          "reps", "horizon", "warmup",
                                                          "eval_reps", "eval_horizon")},

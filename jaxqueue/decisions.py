@@ -208,9 +208,11 @@ def _running_sum(x: Float[Array, " K"]) -> Float[Array, " K"]:
 def _inverse_cdf(rates: Float[Array, " K"], target: Float[Array, ""],
                  running: Float[Array, " K"] | None = None) -> Int[Array, ""]:
     """The first index whose running sum of ``rates`` exceeds ``target``, never one of rate
-    zero (a target at or past the total lands on the last positive rate)."""
+    zero (a target at or past the total lands on the last positive rate, a target below 0 on
+    the first)."""
     cum = _running_sum(rates) if running is None else running
-    index = jnp.sum(cum <= target).astype(jnp.int32)
+    # A negative target counts as 0: the leading zero rates (running sum 0) are then passed.
+    index = jnp.sum(cum <= jnp.maximum(target, 0)).astype(jnp.int32)
     positive = rates > 0
     last_positive = rates.shape[0] - 1 - jnp.argmax(positive[::-1]).astype(jnp.int32)
     return jnp.minimum(index, last_positive)
@@ -244,6 +246,10 @@ class Exact(AbstractDecisions):
         target = u * below[-1]
         block = _inverse_cdf(totals, target, below)
         start = jnp.where(block > 0, below[jnp.maximum(block - 1, 0)], 0)
+        # XLA may compute the sums behind `target` and `below` once per use, in different
+        # orders: `target - start` can then be a few ulps below 0 when the target falls on the
+        # block's lower edge, which `_inverse_cdf` reads as the block's first positive rate (a
+        # zero-rate event there would empty a class that holds no job).
         index = block * width + _inverse_cdf(table[block], target - start)
         # Rates are >= 0: some is positive exactly when their sum is (a test of every rate
         # was a pass of its own over the event vector).

@@ -244,3 +244,14 @@ def test_progress_only_on_request(capsys):
     jq.simulate(jax.random.key(4), system, reps=2, horizon=20.0, progress="n = 5", **SHORT)
     err = capsys.readouterr().err
     assert "n = 5:" in err and "100%" in err and "left" in err  # a tqdm bar with time left
+
+
+def test_a_clock_going_backwards_stops_the_run_instead_of_hanging():
+    # A negative event rate (here an arrival rate below 0, which the scenario checks refuse
+    # but a custom system can carry) makes every holding time negative: the clock would never
+    # reach the horizon. The driver stops at the first chunk and names the replications.
+    from jaxqueue.policies.erlang import ErlangA
+    bad = ErlangA(servers=np.int32(2), arrival_rate=np.float32(-1.0),
+                  service_rate=np.float32(1.0), patience_rate=np.float32(1.0))
+    with pytest.raises(jq.SimulationError, match=r"replication\(s\) 3, 4: the clock went back"):
+        jq.simulate(jax.random.key(0), bad, reps=2, first_rep=3, horizon=10.0, chunk_events=16)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxqueue.decisions import _ONE_LEVEL_EVENTS, Exact
+from jaxqueue.decisions import _ONE_LEVEL_EVENTS, Exact, _inverse_cdf
 
 
 @pytest.mark.parametrize("num", [5, 40, _ONE_LEVEL_EVENTS, _ONE_LEVEL_EVENTS + 1, 160])
@@ -27,6 +27,31 @@ def test_event_is_the_inverse_cdf_and_never_a_zero_rate(num):
     clear = boundary > 1e-5 * cum[-1]
     assert np.array_equal(index[clear], exact[clear])
     assert clear.mean() > 0.99
+
+
+def test_a_target_below_zero_lands_on_the_first_positive_rate():
+    rates = jnp.asarray([0.0, 0.0, 3.0, 0.0, 1.0], jnp.float32)
+    for target in (-1e-6, 0.0):
+        assert int(_inverse_cdf(rates, jnp.float32(target))) == 2
+
+
+def test_a_target_on_a_block_edge_never_draws_a_zero_rate():
+    # Eight classes (40 events, the two-level sum): met in a run of the smoothed gated family
+    # on dolly-8class, whose clock then went backwards. u * total falls on the lower edge of
+    # the second block (prefill ends; only class 8's rate is positive), and XLA computed the
+    # sums behind the target and the edge in different orders, so the target sat a few ulps
+    # below the edge and the block's first event, of rate 0, was drawn (a prefill ending in a
+    # class holding none).
+    hexes = ["0x1.4p+2"] * 8 + ["0x0p+0"] * 7 + ["0x1.a25fbap+3"] + ["0x0p+0"] * 8 + [
+        "0x1.ec2c24p+0", "0x1.334c6p+2", "0x1.3fae28p+2", "0x1.96f46cp-1", "0x1.c9b95cp+1",
+        "0x1.0a6678p+2", "0x0p+0", "0x1.32ec24p+2", "0x1.2ccccep+2", "0x1.666666p+0",
+        "0x1.99999ap-4", "0x1.333334p+2", "0x1.8p+0", "0x0p+0", "0x1.4ccccep+2", "0x0p+0"]
+    rates = np.asarray([float.fromhex(h) for h in hexes], np.float32)
+    u = np.float32(float.fromhex("0x1.ab754cp-2"))
+    assert float(np.float32(u * rates.sum())) == pytest.approx(40.0, rel=1e-6)  # the edge
+    for draw in (jax.jit(Exact().event), Exact().event):
+        index = int(draw(jnp.asarray(rates), jnp.asarray(u)))
+        assert index in (7, 15), index  # the last event below the edge or the first above
 
 
 def test_event_without_positive_rate_is_none():

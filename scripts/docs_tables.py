@@ -1048,10 +1048,13 @@ def _estimates(data: dict) -> str:
 
 def _suite(data: dict) -> str:
     out = data["outputs"]["suite"]
-    rows = ["| run | wall | CPU (user + system) | result |", "|---|---:|---:|---|"]
-    for r in out["runs"]:
-        rows.append(f"| {r['run']} | {_minutes(r['wall_seconds'])} | "
-                    f"{_minutes(r['cpu_seconds'])} | {r['summary']} |")
+    rows = ["| run | workers | wall | CPU (user + system) | result |", "|---|---|---:|---:|---|"]
+    for key in ("suite", "unpinned"):
+        runs = data["outputs"].get(key, {"runs": []})
+        workers = "a core each" if runs.get("pinned", False) else "unpinned"
+        for r in runs["runs"]:
+            rows.append(f"| {r['run']} | {workers} | {_minutes(r['wall_seconds'])} | "
+                        f"{_minutes(r['cpu_seconds'])} | {r['summary']} |")
     return ("\n".join(rows) + f"\n\n`{out['command']}` on {out['cores']} cores: "
             f"{out['default_tests']} tests in the default suite, {out['slow_tests']} more marked "
             "`slow`. The runs leave out the two tests that check these generated tables against "
@@ -1367,7 +1370,8 @@ TABLES: dict[str, Table] = {
         _estimates, "simulate --estimate against the run it describes"),
     "suite": Table(
         "docs/speed.md",
-        {"suite": "python scripts/suite_timings.py --json {json}"},
+        {"suite": "python scripts/suite_timings.py --json {json}",
+         "unpinned": "python scripts/suite_timings.py --unpinned --first-only --json {json}"},
         _suite, "the default test suite's time, first with empty caches"),
     "suite_readme": Table(
         "README.md", {}, _suite_readme, "the README's line on the test suite's time",

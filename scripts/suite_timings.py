@@ -3,6 +3,7 @@ compilation caches empty) and then again with them filled.
 
     python scripts/suite_timings.py                  # two runs, printed
     python scripts/suite_timings.py --json FILE      # and the figures as JSON
+    python scripts/suite_timings.py --unpinned --first-only   # the first run, workers unpinned
 
 Runs the README's test command (``python -m pytest -q``, the one ``.ci/run`` runs) twice with the
 same two fresh cache folders (``JAXQUEUE_TEST_CACHE``, ``JAXQUEUE_CACHE``): the first run
@@ -11,7 +12,8 @@ compiles every program, the second loads them. The two tests that check the gene
 cannot pass while this table, one of them, is being made. Reported per run: wall seconds, the
 CPU seconds of the run and its workers (user + system), and pytest's summary line. The test
 counts come from ``--collect-only`` (default suite and ``slow``). A failing run stops the
-script.
+script. ``tests/conftest.py`` pins each pytest-xdist worker to a core of its own;
+``--unpinned`` runs without (``JAXQUEUE_TEST_PIN=0``), to measure what the pinning gives.
 """
 
 from __future__ import annotations
@@ -50,12 +52,17 @@ def collected(marker: str) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="FILE", help="write the figures to FILE")
+    p.add_argument("--unpinned", action="store_true",
+                   help="leave the test workers unpinned (JAXQUEUE_TEST_PIN=0)")
+    p.add_argument("--first-only", action="store_true",
+                   help="only the first run, with empty caches")
     a = p.parse_args()
     runs = []
+    labels = ("first (empty caches)", "second (caches filled)")[:1 if a.first_only else 2]
     with tempfile.TemporaryDirectory() as caches:
         env = dict(os.environ, JAXQUEUE_TEST_CACHE=f"{caches}/tests",
-                   JAXQUEUE_CACHE=f"{caches}/cli")
-        for label in ("first (empty caches)", "second (caches filled)"):
+                   JAXQUEUE_CACHE=f"{caches}/cli", JAXQUEUE_TEST_PIN="0" if a.unpinned else "1")
+        for label in labels:
             used, start = cpu(), time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "pytest", "-q", *DESELECT], cwd=ROOT,
                                   env=env, capture_output=True, text=True)
@@ -68,7 +75,8 @@ def main() -> None:
                 raise SystemExit(done.stdout[-3000:])
             runs.append(row)
     out = {"command": "python -m pytest -q", "deselected": DESELECT, "cores": os.cpu_count(),
-           "runs": runs, "default_tests": collected("not slow"), "slow_tests": collected("slow")}
+           "pinned": not a.unpinned, "runs": runs, "default_tests": collected("not slow"),
+           "slow_tests": collected("slow")}
     print(f"{out['default_tests']} tests in the default suite, {out['slow_tests']} marked slow")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))

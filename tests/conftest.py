@@ -7,6 +7,10 @@ the suite on the same machine loads them instead of compiling them again. The ca
 run without one). Its keys hash the compiled program, so a changed engine is compiled afresh,
 and the in-process counts of compiled programs that some tests check are not affected.
 
+Under pytest-xdist each worker runs on cores of its own (one per worker on the 2-core machine):
+sharing every core, the workers' XLA threads contend and a run takes longer
+(``JAXQUEUE_TEST_PIN=0`` leaves the workers unpinned).
+
 A first run compiles about 1,900 programs. XLA's CPU backend emits its fused loops in one of two
 ways; the older emitter (``--xla_cpu_use_fusion_emitters=false``), at optimisation level 1
 (``--xla_backend_optimization_level=1``), compiles the engines' programs faster, and the pooled
@@ -44,6 +48,26 @@ def _choose_emitter() -> None:
 
 
 _choose_emitter()
+
+
+def _pin_worker() -> None:
+    # With pytest-xdist, worker i of k keeps every k-th of the session's cores (one each on the
+    # 2-core machine), before JAX starts its thread pools, which then start on those cores only.
+    # Unpinned, each worker's XLA threads (compiling and running) contend for every core with
+    # the other worker's. The whole set stays in JAXQUEUE_TEST_CORES for the tests that start a
+    # process which may use every core (helpers.every_core). JAXQUEUE_TEST_PIN=0 turns it off.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if (not worker.startswith("gw") or not hasattr(os, "sched_setaffinity")
+            or os.environ.get("JAXQUEUE_TEST_PIN") == "0"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if 1 < count <= len(cores):
+        os.environ["JAXQUEUE_TEST_CORES"] = " ".join(map(str, cores))
+        os.sched_setaffinity(0, cores[int(worker[2:]) % count::count])
+
+
+_pin_worker()
 
 import jax  # noqa: E402
 

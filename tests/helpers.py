@@ -25,6 +25,16 @@ def host_devices(count: int) -> str:
     return " ".join([*kept, f"--xla_force_host_platform_device_count={count}"])
 
 
+def every_core() -> set[int]:
+    """The cores the test session may use, for a process started to use them all: an xdist
+    worker runs pinned to cores of its own (tests/conftest.py) and keeps the whole set in
+    ``JAXQUEUE_TEST_CORES``."""
+    import os
+
+    kept = os.environ.get("JAXQUEUE_TEST_CORES")
+    return {int(c) for c in kept.split()} if kept else set(os.sched_getaffinity(0))
+
+
 def z_scores(values, exact):
     """(mean - exact) / standard error over replications (axis 0); 0 where every replication
     equals the exact value, inf where they are all equal to something else."""

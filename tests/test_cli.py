@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import every_core
 
 from jaxqueue import tables as report
 from jaxqueue.cli import main
@@ -272,7 +273,7 @@ def test_ctrl_c_on_the_command_exits_130_with_the_time_reached():
 
 
 ONE_CORE = pytest.mark.skipif(
-    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    not hasattr(os, "sched_setaffinity") or len(every_core()) < 2,
     reason="needs a process that may use two or more cores")
 
 
@@ -285,12 +286,14 @@ ONE_CORE = pytest.mark.skipif(
 ])
 def test_a_few_replication_per_gpu_run_of_its_own_runs_on_one_core(how, policy, pinned, devices):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = ("import os, sys; from jaxqueue.cli import main; a = {}; sys.argv[1:] = a[1:]; "
+    # The process may use every core of the session (a test worker may be pinned to one).
+    code = (f"import os, sys; os.sched_setaffinity(0, {sorted(every_core())}); "
+            "from jaxqueue.cli import main; a = {}; sys.argv[1:] = a[1:]; "
             "main() if a[0] == 'own' else main(a[1:]); "
             "print(len(os.sched_getaffinity(0)), file=sys.stderr)")
     run = ["simulate", "paper-qwen8b", "--gpus", "5", "--reps", "2", "--horizon", "5",
            "--warmup", "1", "--json"]
-    every = len(os.sched_getaffinity(0))
+    every = len(every_core())
     devices = every if devices == -1 else devices
     argv = [how, *run, "--policy", policy]
     out = subprocess.run([sys.executable, "-c", code.format(argv)], cwd=ROOT, env=env,

@@ -55,6 +55,7 @@ from .driver import (
     Run,
     SimulationWarning,
     _capacity,
+    _check_clock,
     _check_window,
     _merge,
     _regrow,
@@ -305,6 +306,7 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
             compile_s += max(elapsed - run_time, 0.0)
             elapsed = run_time
         over = np.where((over < 0) & np.asarray(out.overflow), chunks, over)
+        _check_clock(np.asarray(out.time), np.asarray(rep_ids))
         s = out.summary
         t_now = np.where(finished, stop[:, None], t_now + np.asarray(out.time, np.float64))
         used += np.asarray(out.active)

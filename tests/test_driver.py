@@ -255,3 +255,7 @@ def test_a_clock_going_backwards_stops_the_run_instead_of_hanging():
                   service_rate=np.float32(1.0), patience_rate=np.float32(1.0))
     with pytest.raises(jq.SimulationError, match=r"replication\(s\) 3, 4: the clock went back"):
         jq.simulate(jax.random.key(0), bad, reps=2, first_rep=3, horizon=10.0, chunk_events=16)
+    good = dataclasses.replace(bad, arrival_rate=np.float32(1.0))
+    with pytest.raises(jq.SimulationError,
+                       match=r"replication\(s\) 0 \(point 1 of its group\), 1 \(point 1"):
+        jq.simulate_many(jax.random.key(0), [good, bad], reps=2, horizon=10.0, chunk_events=16)

@@ -240,6 +240,8 @@ def simulate(
         ValueError: invalid arguments.
         jaxqueue.budget.ResourceError: the run does not fit in memory.
         BufferOverflowError: an overflow that could not be grown.
+        SimulationError: a replication's clock went backwards or became NaN (a negative or
+            non-finite event rate), which would otherwise never end.
     """
     _check_window(reps, horizon, warmup, chunk_events)
     clock_dtype = rng.real_dtype() if clock_dtype is None else np.dtype(clock_dtype)

@@ -10,7 +10,8 @@ Each estimator makes ``--estimates`` (32) estimates with fresh keys at the case'
 from about 256 replications x 1,000 s (warm-up 200 s): ``score`` and ``pathwise`` run 256
 replications once; ``spsa`` 128 replications on each side of one direction; ``fd`` splits the 256
 over its ``2p + 1`` configurations. Every estimate is written to
-``results/gradient_bench/CASE/ESTIMATOR.npz`` as soon as it is made.
+``STORE/gradient_bench/CASE/ESTIMATOR.npz`` as soon as it is made (``--store``, ``results`` by
+default; the truths are read from ``STORE/gradient_truth``).
 
 Reported per estimator, in natural coordinates (each coordinate times its natural step,
 :func:`jaxqueue.objective.natural_steps`, so that a coordinate's entry is the objective's change
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import gradient_truth  # noqa: E402
 from gradient_truth import (  # noqa: E402
     CASES,
     case_problem,
@@ -46,12 +48,19 @@ from gradient_truth import (  # noqa: E402
     coordinate_names,
     load,
 )
-from gradient_truth import OUT as TRUTH  # noqa: E402
 
 from jaxqueue.estimators import estimate  # noqa: E402
 from jaxqueue.objective import natural_steps, to_free  # noqa: E402
 
 OUT = ROOT / "results" / "gradient_bench"
+
+
+def use_store(store: str | Path) -> None:
+    """Keep the estimates under ``store/gradient_bench`` and read the truths from
+    ``store/gradient_truth``."""
+    global OUT
+    OUT = Path(store).resolve() / "gradient_bench"
+    gradient_truth.use_store(store)
 BUDGET = 256  # replications x 1,000 s per estimate
 
 ESTIMATORS = {
@@ -106,7 +115,7 @@ def run(case: str, name: str, estimates: int) -> None:
 def metrics(case: str, name: str, limit: int | None = None) -> dict | None:
     """The estimator's figures against the truth, from its first ``limit`` estimates (all
     stored ones by default)."""
-    truth_file = TRUTH / case / "truth.json"
+    truth_file = gradient_truth.OUT / case / "truth.json"
     path = OUT / case / f"{name}.npz"
     if not (truth_file.exists() and path.exists()):
         return None
@@ -178,7 +187,10 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", metavar="FILE", help="write the figures of the cases and "
                    "estimators run (their first --estimates estimates) to FILE")
+    p.add_argument("--store", metavar="DIR", default=str(ROOT / "results"),
+                   help="where the estimates live, under DIR/gradient_bench (default: results)")
     a = p.parse_args()
+    use_store(a.store)
     if a.report:
         report(a.markdown)
         return

@@ -5,6 +5,10 @@ of a smoothed policy family's expected objective, with as many replications as i
     python scripts/gradient_truth.py --all                         # every case, in turn
     python scripts/gradient_truth.py --report                      # print what is stored
     python scripts/gradient_truth.py --case qwen-gated-20 --json FILE   # ... and write it
+    python scripts/gradient_truth.py --case dolly-gated-20 --store DIR  # batches under DIR
+
+Several processes may run the same case at once (one per core, or per machine sharing the
+store): each claims the lowest batch that is neither stored nor claimed by a live process.
 
 Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at its best start
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
@@ -17,8 +21,9 @@ revenue per GPU per second over
 For each coordinate i the runs are the point moved by +-h_i and by +-h_i / 2 (h_i its difference
 step, :func:`jaxqueue.objective.difference_steps`), all configurations in one vmapped batch with
 common random numbers, ``--batch`` replications at a time. After each batch the per-replication
-objectives are written to ``results/gradient_truth/CASE/batch_K.npz``: an interrupted run loses
-at most one batch and continues where it stopped. The truth is accepted once every coordinate's
+objectives are written to ``STORE/gradient_truth/CASE/batch_K.npz`` (``--store``, ``results`` by
+default), with the batch's events, seconds and machine: an interrupted run loses at most one
+batch and continues where it stopped. The truth is accepted once every coordinate's
 standard error is below ``0.1 ||g|| / sqrt(p)`` and the two step sizes agree within 2 standard
 errors on every coordinate (``--max-reps`` caps the effort; the report says whether it was
 accepted).
@@ -29,6 +34,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -53,6 +60,12 @@ from jaxqueue.policies import tunable  # noqa: E402
 from jaxqueue.sweep import simulate_many  # noqa: E402
 
 OUT = ROOT / "results" / "gradient_truth"
+
+
+def use_store(store: str | Path) -> None:
+    """Keep the truths under ``store/gradient_truth`` (the benchmark reads them from there)."""
+    global OUT
+    OUT = Path(store).resolve() / "gradient_truth"
 HORIZON, WARMUP = 1000.0, 200.0
 TEMPERATURE = 20.0
 
@@ -117,11 +130,52 @@ def run_batch(problem: Problem, points, unravel, batch: int, reps: int) -> np.nd
 
 
 def load(name: str):
+    """Every stored batch of a case (in batch order, gaps allowed: batches are independent), its
+    meta, and the totals of events and seconds over the batches."""
     folder = OUT / name
     files = sorted(folder.glob("batch_*.npz"), key=lambda f: int(f.stem.split("_")[1]))
-    values = [np.load(f)["values"] for f in files]
+    stored = [np.load(f) for f in files]
+    values = [b["values"] for b in stored]
     meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+    if stored and "events" in stored[0]:  # batches that carry their own totals
+        meta = {**meta, "events": int(sum(int(b["events"]) for b in stored)),
+                "seconds": float(sum(float(b["seconds"]) for b in stored)),
+                "machines": sorted({str(b["machine"]) for b in stored})}
     return (np.concatenate(values, axis=1) if values else None), meta
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(folder: Path) -> int:
+    """The lowest batch neither stored nor claimed by a live process here, claimed for this one
+    (a claim is ``batch_K.claim`` holding host and pid; a dead process's claim is taken over)."""
+    me = f"{socket.gethostname()} {os.getpid()}"
+    batch = 0
+    while True:
+        if (folder / f"batch_{batch}.npz").exists():
+            batch += 1
+            continue
+        f = folder / f"batch_{batch}.claim"
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = f.read_text().partition(" ")
+            if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                f.unlink(missing_ok=True)  # its process is gone: try again
+                continue
+            batch += 1
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(me)
+        return batch
 
 
 def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
@@ -163,28 +217,28 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
     if meta["batch_reps"] != batch_reps:
         raise SystemExit(f"{name}: stored batches have {meta['batch_reps']} replications, not "
                          f"{batch_reps}: pass --batch {meta['batch_reps']}")
+    tmp = folder / f"meta.json.{os.getpid()}"  # a second process may be writing it too
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.rename(meta_file)
     while True:
-        values, _ = load(name)
+        values, totals = load(name)
         done = 0 if values is None else values.shape[1]
         if values is not None and done >= min_reps:
             s = summarize(values, widths)
             if s["accepted"] or done >= max_reps:
-                s.update({"events": meta["events"], "seconds": meta["seconds"],
+                s.update({"events": totals["events"], "seconds": totals["seconds"],
                           "configurations": len(points)})
-                (folder / "truth.json").write_text(json.dumps({**meta, **s}, indent=1))
+                (folder / "truth.json").write_text(json.dumps({**totals, **s}, indent=1))
                 return s
-        batch = done // batch_reps
+        batch = claim(folder)
         start = time.perf_counter()
         out, events = run_batch(problem, points, unravel, batch, batch_reps)
-        np.savez(folder / f"batch_{batch}.npz.tmp.npz", values=out)
+        np.savez(folder / f"batch_{batch}.npz.tmp.npz", values=out, events=int(events),
+                 seconds=time.perf_counter() - start,
+                 machine=f"{jax.devices()[0].device_kind}, JAX {jax.__version__}")
         (folder / f"batch_{batch}.npz.tmp.npz").rename(folder / f"batch_{batch}.npz")
-        meta["events"] += int(events)
-        meta["seconds"] += time.perf_counter() - start
-        here = f"{jax.devices()[0].device_kind}, JAX {jax.__version__}"
-        if here not in meta.setdefault("machines", []):
-            meta["machines"].append(here)
-        meta_file.write_text(json.dumps(meta, indent=1))
-        print(f"{name}: batch {batch} done ({(batch + 1) * batch_reps} replications, "
+        (folder / f"batch_{batch}.claim").unlink(missing_ok=True)
+        print(f"{name}: batch {batch} done ({done + batch_reps} replications stored, "
               f"{time.perf_counter() - start:.0f} s)", flush=True)
 
 
@@ -240,7 +294,10 @@ def main() -> None:
     p.add_argument("--max-reps", type=int, default=8192, help="stop here even if not accepted")
     p.add_argument("--json", metavar="FILE",
                    help="write the truths of the cases (with --report: every stored one) to FILE")
+    p.add_argument("--store", metavar="DIR", default=str(ROOT / "results"),
+                   help="where the batches live, under DIR/gradient_truth (default: results)")
     a = p.parse_args()
+    use_store(a.store)
     if a.list:
         for k, v in CASES.items():
             print(k, *v)

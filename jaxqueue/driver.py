@@ -556,7 +556,8 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                     elapsed = run_time
                 if np.any(np.asarray(out.overflow)):
                     raise _Overflow(system.overflow_message())
-                _check_clock(np.asarray(out.time), np.arange(first, first + reps))
+                _check_clock(np.asarray(out.time), np.arange(first, first + reps),
+                             np.asarray(out.invalid))
                 # Commit the chunk only once it is complete (an interrupt above loses nothing),
                 # in one assignment (a second Ctrl-C raises at once: never between its parts).
                 summary = out.summary
@@ -587,21 +588,26 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
     return _close(system, states, sums, warmup, devices), interrupted
 
 
-def _check_clock(elapsed: np.ndarray, ids: np.ndarray) -> None:
-    """A chunk's model time is >= 0 and finite in every replication (``elapsed``: ``(R,)``, or
-    ``(points, R)`` in a sweep; ``ids``: the replications' ids, the same shape); else an event
-    rate was negative or not a number (a count below 0, a bad parameter) and the run would go on
-    forever: raises :class:`SimulationError` naming the replications."""
-    bad = np.argwhere(~(np.isfinite(elapsed) & (elapsed >= 0)))
+def _check_clock(elapsed: np.ndarray, ids: np.ndarray, invalid: np.ndarray | None = None) -> None:
+    """A chunk's model time is >= 0 and finite, and no exact step of it met an event rate below
+    0 or not a number, in every replication (``elapsed``, ``invalid``: ``(R,)``, or
+    ``(points, R)`` in a sweep; ``ids``: the replications' ids, the same shape). Else some count
+    or parameter is out of its range: the results would be wrong, and with the clock going
+    backwards the run would go on forever. Raises :class:`SimulationError` naming the
+    replications."""
+    backwards = ~(np.isfinite(elapsed) & (elapsed >= 0))
+    bad = np.argwhere(backwards | (False if invalid is None else invalid))
     if bad.size:
         names = [str(ids[tuple(at)]) + (f" (point {at[0]} of its group)" if len(at) == 2 else "")
                  for at in bad[:5].tolist()]
+        what = ("the clock went backwards or became NaN in a chunk (a negative or non-finite "
+                "event rate, " if backwards.any() else
+                "an event rate went below 0 or became NaN in a chunk (")
         raise SimulationError(
-            f"replication(s) {', '.join(names)}{' ...' if len(bad) > 5 else ''}: the clock went "
-            "backwards or became NaN in a chunk (a negative or non-finite event rate, so some "
-            "count or parameter is out of its range); the run stopped instead of going on "
-            "forever. This is a bug of the simulator or of a custom system: please report it "
-            "with the command that ran.")
+            f"replication(s) {', '.join(names)}{' ...' if len(bad) > 5 else ''}: {what}so some "
+            "count or parameter is out of its range); the run stopped instead of returning "
+            "wrong results or going on forever. This is a bug of the simulator or of a custom "
+            "system: please report it with the command that ran.")
 
 
 def _close(system, states, sums: Batch, warmup: float, devices) -> Batch:

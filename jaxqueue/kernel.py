@@ -155,6 +155,9 @@ class Rollout(eqx.Module):
             out first), ``(R,)``: one that ended at the window's end with some still has work
             there.
         overflow: whether a fixed-capacity buffer overflowed (the run is then invalid), ``(R,)``.
+        invalid: whether an event rate was below 0 or not a number in a state the rollout
+            checked (every :data:`STOP_BLOCK` steps of an exact rollout, and its last state): a
+            count or parameter out of its range, so the run is not the model's, ``(R,)``.
         summary: the statistics (:class:`Summary`).
     """
 
@@ -164,6 +167,7 @@ class Rollout(eqx.Module):
     active: Bool[Array, " R"]
     pending: Bool[Array, " R"]
     overflow: Bool[Array, " R"]
+    invalid: Bool[Array, " R"]
     summary: Summary
 
 
@@ -440,6 +444,10 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     w0 = jnp.broadcast_to(jnp.asarray(w0, clock_dtype), (reps,))
     w1 = jnp.broadcast_to(jnp.asarray(w1, clock_dtype), (reps,))
     pending = jax.vmap(system.pending, in_axes=(axes,))
+    # In a valid state every event rate is >= 0 (NaN fails the test too). Checked once per
+    # block of steps, to keep it off the step's own path: a count that a wrong event took below
+    # 0 stays there until its class's next entry, most often for many steps.
+    invalid = jax.vmap(lambda s: ~(jnp.min(system.rates(s)) >= 0), in_axes=(axes,))
     active = (w1 > 0) | pending(state)  # the clock starts at 0
     # Accumulators with the replication axis first: the step writes a per-replication row of
     # levels and counters, which with the axis last XLA transposed on every step.
@@ -469,16 +477,19 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
             carry = run_block(carry, jnp.uint32(0), head)
 
         def more(c):
-            (state, t, _), start = c
+            (state, t, _), start, _ = c
             return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
 
         def run(c):
-            carry, start = c
-            return run_block(carry, start, block), start + jnp.uint32(block)
+            carry, start, bad = c
+            carry = run_block(carry, start, block)
+            return carry, start + jnp.uint32(block), bad | invalid(carry[0])
 
-        (state, t, acc), _ = jax.lax.while_loop(more, run, (carry, jnp.uint32(head)))
+        (state, t, acc), _, bad = jax.lax.while_loop(
+            more, run, (carry, jnp.uint32(head), invalid(carry[0])))
     elif remat is None:
         (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
+        bad = invalid(state)
     else:
         # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
         @jax.checkpoint
@@ -487,6 +498,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
 
         starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
         (state, t, acc), _ = jax.lax.scan(block, carry, starts)
+        bad = invalid(state)
     done = t >= w1
     left = pending(state)
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
@@ -502,7 +514,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
                       stock_end=stock_end.T, events=acc.events, logp=acc.logp,
                       revenue=revenue)
     return Rollout(state=state, time=t, done=done, active=active, pending=left,
-                   overflow=overflow, summary=summary)
+                   overflow=overflow, invalid=bad, summary=summary)
 
 
 _rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close", "remat",

@@ -308,7 +308,7 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
             compile_s += max(elapsed - run_time, 0.0)
             elapsed = run_time
         over = np.where((over < 0) & np.asarray(out.overflow), chunks, over)
-        _check_clock(np.asarray(out.time), np.asarray(rep_ids))
+        _check_clock(np.asarray(out.time), np.asarray(rep_ids), np.asarray(out.invalid))
         s = out.summary
         t_now = np.where(finished, stop[:, None], t_now + np.asarray(out.time, np.float64))
         used += np.asarray(out.active)

@@ -259,3 +259,21 @@ def test_a_clock_going_backwards_stops_the_run_instead_of_hanging():
     with pytest.raises(jq.SimulationError,
                        match=r"replication\(s\) 0 \(point 1 of its group\), 1 \(point 1"):
         jq.simulate_many(jax.random.key(0), [good, bad], reps=2, horizon=10.0, chunk_events=16)
+
+
+def test_a_negative_rate_stops_the_run_even_while_the_clock_runs_forward():
+    # A negative patience rate makes the abandonment rate negative as soon as a job waits,
+    # while arrivals and services keep the total positive: the clock runs forward and nothing
+    # hangs, but the chain is not the model's. The run stops at that chunk instead of
+    # returning numbers.
+    from jaxqueue.policies.erlang import ErlangA
+    good = ErlangA(servers=np.int32(1), arrival_rate=np.float32(4.0),
+                   service_rate=np.float32(1.0), patience_rate=np.float32(0.05))
+    bad = dataclasses.replace(good, patience_rate=np.float32(-0.05))
+    ok = jq.simulate(jax.random.key(0), good, reps=2, horizon=10.0, chunk_events=16)
+    assert np.all(ok.tallies[:, 2] > 0)  # jobs abandon (so wait): the bad rate goes below 0
+    with pytest.raises(jq.SimulationError, match=r"replication\(s\) 0, 1: an event rate went "
+                                                 r"below 0"):
+        jq.simulate(jax.random.key(0), bad, reps=2, horizon=10.0, chunk_events=16)
+    with pytest.raises(jq.SimulationError, match=r"1 \(point 1 of its group\): an event rate"):
+        jq.simulate_many(jax.random.key(0), [good, bad], reps=2, horizon=10.0, chunk_events=16)

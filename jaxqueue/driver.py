@@ -240,8 +240,9 @@ def simulate(
         ValueError: invalid arguments.
         jaxqueue.budget.ResourceError: the run does not fit in memory.
         BufferOverflowError: an overflow that could not be grown.
-        SimulationError: a replication's clock went backwards or became NaN (a negative or
-            non-finite event rate), which would otherwise never end.
+        SimulationError: a replication met an event rate below 0 or NaN (a count or parameter
+            out of its range), whose results would be wrong; or its clock went backwards, which
+            would otherwise never end.
     """
     _check_window(reps, horizon, warmup, chunk_events)
     clock_dtype = rng.real_dtype() if clock_dtype is None else np.dtype(clock_dtype)

@@ -179,8 +179,9 @@ def simulate_many(
         jaxqueue.driver.BufferOverflowError: a ring overflowed and could not be grown
             (``grow_buffers=False``, a system without a capacity, or memory); the message names
             the points.
-        jaxqueue.SimulationError: a replication's clock went backwards or became NaN (a
-            negative or non-finite event rate), which would otherwise never end.
+        jaxqueue.SimulationError: a replication met an event rate below 0 or NaN (a count or
+            parameter out of its range), whose results would be wrong; or its clock went
+            backwards, which would otherwise never end.
     """
     _check_window(reps, horizon, warmup, chunk_events)
     systems = list(systems)

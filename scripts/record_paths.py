@@ -3,13 +3,18 @@ refactoring leaves paths bit-identical for the same key (tests/test_paths.py).
 
     python scripts/record_paths.py            # compare against tests/data/paths.npz
     python scripts/record_paths.py --record   # overwrite it (only when paths change on purpose)
+    python scripts/record_paths.py --vouch    # compare under XLA's defaults and the test
+                                              # suite's flags; if both are identical, list this
+                                              # machine in tests/data/paths_machines.txt
 
 A path is what one replication does over its first 1,500 steps (state counts, times, event
 counters, from ``trajectory``) and a short multi-chunk run of 6 replications (``simulate``:
 time integrals, counters and windows). The run has no warm-up: since the accounting fix, the
 driver stops every replication exactly at the warm-up, which redraws the one event that would
 have crossed it (same law, other numbers). The file also notes the JAX version and the CPU, since
-XLA may round transcendental functions differently elsewhere.
+XLA may round transcendental functions differently elsewhere: the test runs only on the machine
+that recorded the paths and on those listed in ``tests/data/paths_machines.txt``, where
+``--vouch`` found every case bit for bit the same.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURE = ROOT / "tests" / "data" / "paths.npz"
+VOUCHED = ROOT / "tests" / "data" / "paths_machines.txt"
+#: The test suite's XLA flags (tests/conftest.py), under which the tests compare.
+SUITE_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=1"
 
 CASES = [("gate-and-route", "pooled"), ("fg-sp", "pooled"), ("prioritize-and-route", "pooled"),
          ("sli-gate-and-route", "pooled"), ("fi-wsp", "per-gpu"), ("gi-wsp", "per-gpu"),
@@ -109,10 +117,42 @@ def compare(recorded, now) -> list[str]:
     return bad
 
 
+def vouched() -> list[str]:
+    """The machines besides the recording's where every case was found bit for bit the same."""
+    if not VOUCHED.exists():
+        return []
+    return [line.strip() for line in VOUCHED.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def vouch() -> None:
+    import os
+    import subprocess
+
+    for flags in ("", SUITE_FLAGS):
+        env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+        done = subprocess.run([sys.executable, __file__], env=env)
+        if done.returncode:
+            sys.exit(f"not identical under XLA_FLAGS={env['XLA_FLAGS']!r}: {machine()} not listed")
+    here = machine()
+    if here not in vouched():
+        text = VOUCHED.read_text() if VOUCHED.exists() else (
+            "# Machines where `python scripts/record_paths.py --vouch` found every recorded path\n"
+            "# bit for bit the same under XLA's defaults and the test suite's flags.\n")
+        VOUCHED.write_text(text + here + "\n")
+    print(f"every case identical under both: {here} listed in {VOUCHED.relative_to(ROOT)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="overwrite the recorded paths")
+    parser.add_argument("--vouch", action="store_true",
+                        help="compare under XLA's defaults and the suite's flags, each in a "
+                             "process of its own, and list this machine if both are identical")
     args = parser.parse_args()
+    if args.vouch:
+        vouch()
+        return
     now = paths()
     if args.record:
         np.savez_compressed(FIXTURE, machine=np.asarray(machine()), **now)

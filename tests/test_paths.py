@@ -2,7 +2,8 @@
 decision seam (scripts/record_paths.py; the recording is tests/data/paths.npz).
 
 Floating-point rounding of XLA's transcendental functions may differ with another JAX version or
-CPU, so the comparison runs only where the recording was made (it skips elsewhere, saying why).
+CPU, so the comparison runs only where the recording was made and on the machines that
+``scripts/record_paths.py --vouch`` found identical (it skips elsewhere, saying why).
 The default suite checks three cases that between them exercise both engines, the gate, a lazy
 FCFS prefill queue, the decode ring and every latency counter (``pooled-latency``: the pooled
 engine with a wait grid and the end-to-end counters); the slow suite checks every policy and
@@ -23,9 +24,10 @@ spec.loader.exec_module(record_paths)
 
 def recorded():
     data = np.load(record_paths.FIXTURE)
-    if str(data["machine"]) != record_paths.machine():
-        pytest.skip(f"paths were recorded on {data['machine']}; this is "
-                    f"{record_paths.machine()}: floating-point rounding may differ")
+    here = record_paths.machine()
+    if here != str(data["machine"]) and here not in record_paths.vouched():
+        pytest.skip(f"paths were recorded on {data['machine']}; this is {here}, which "
+                    "record_paths.py --vouch has not checked: floating-point rounding may differ")
     return data
 
 
@@ -71,3 +73,10 @@ def test_paths_are_the_recording_under_xla_default_code_generator():
     assert out.returncode == 0, out.stderr[-2000:]
     count, bad = out.stdout.split(maxsplit=1)
     assert int(count) > 20 and bad.strip() in ("[]", "{}"), out.stdout
+
+
+def test_vouching_compares_under_the_suites_own_flags():
+    # record_paths.py --vouch checks a machine under the flags the suite compiles with.
+    from conftest import _FLAGS
+
+    assert record_paths.SUITE_FLAGS == _FLAGS

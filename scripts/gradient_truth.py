@@ -248,6 +248,8 @@ def report() -> None:
         values, meta = load(name)
         if not f.exists():
             print(f"{name}: {0 if values is None else values.shape[1]} replications so far")
+            if values is not None and values.shape[1] >= 2 * meta.get("batch_reps", 1):
+                _progress(name, values)
             continue
         t = json.loads(f.read_text())
         print(f"{name}: {t['reps']} reps, accepted {t['accepted']} (precise {t['precise']}, "
@@ -257,6 +259,22 @@ def report() -> None:
         print("   g    = " + " ".join(f"{v:+.4g}" for v in t["grad"]))
         print("   se   = " + " ".join(f"{v:.2g}" for v in t["se"]))
         print("   g h/2= " + " ".join(f"{v:+.4g}" for v in t["grad_half"]))
+
+
+def _progress(name: str, values: np.ndarray) -> None:
+    """Where an unfinished truth stands: the checks so far, and the replications its least
+    precise coordinate needs (standard errors falling as 1 / sqrt(replications))."""
+    problem, params = case_problem(name)
+    _, widths, _ = configurations(problem, params)
+    s = summarize(values, widths)
+    se, p = np.asarray(s["se"]), len(s["se"])
+    bar = 0.1 * s["norm"] / np.sqrt(p)
+    worst = int(np.argmax(se))
+    need = int(np.ceil(s["reps"] * (se[worst] / bar) ** 2)) if bar > 0 else None
+    apart = np.abs(np.subtract(s["grad"], s["grad_half"])) > 2 * np.hypot(se, s["se_half"])
+    print(f"   so far: |g| = {s['norm']:.4g}; the widest standard error {se[worst]:.3g} "
+          f"(coordinate {worst + 1} of {p}) against {bar:.3g} -> about {need:,} replications in "
+          f"all; h and h/2 more than 2 SE apart on {int(apart.sum())} of {p} coordinates")
 
 
 def write_json(path: str, cases: list[str]) -> None:

@@ -60,12 +60,6 @@ from jaxqueue.policies import tunable  # noqa: E402
 from jaxqueue.sweep import simulate_many  # noqa: E402
 
 OUT = ROOT / "results" / "gradient_truth"
-
-
-def use_store(store: str | Path) -> None:
-    """Keep the truths under ``store/gradient_truth`` (the benchmark reads them from there)."""
-    global OUT
-    OUT = Path(store).resolve() / "gradient_truth"
 HORIZON, WARMUP = 1000.0, 200.0
 TEMPERATURE = 20.0
 
@@ -74,6 +68,12 @@ CASES = {f"{tag}-{n}": (scenario, family, n)
                                        ("qwen-sli", "paper-qwen8b", "sli-gated"),
                                        ("dolly-gated", "dolly-8class", "gated"))
          for n in (20, 100)}
+
+
+def use_store(store: str | Path) -> None:
+    """Keep the truths under ``store/gradient_truth`` (the benchmark reads them from there)."""
+    global OUT
+    OUT = Path(store).resolve() / "gradient_truth"
 
 
 def case_problem(name: str, reps: int = 256) -> tuple[Problem, object]:

@@ -447,7 +447,9 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     # In a valid state every event rate is >= 0 (NaN fails the test too). Checked once per
     # block of steps, to keep it off the step's own path: a count that a wrong event took below
     # 0 stays there until its class's next entry, most often for many steps.
-    invalid = jax.vmap(lambda s: ~(jnp.min(system.rates(s)) >= 0), in_axes=(axes,))
+    # Relaxed rollouts (pathwise gradients) are not checked: their counts are not the chain's.
+    invalid = jax.vmap(lambda s: ~(jnp.min(system.rates(s)) >= 0)
+                       & (not system.decide.differentiable), in_axes=(axes,))
     active = (w1 > 0) | pending(state)  # the clock starts at 0
     # Accumulators with the replication axis first: the step writes a per-replication row of
     # levels and counters, which with the axis last XLA transposed on every step.

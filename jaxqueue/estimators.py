@@ -607,9 +607,22 @@ def rate_gradient(key, system, n: int, *, names: Sequence[str] = ("lambda_", "th
     return {**out, "value": value, "events": events}
 
 
+#: Ridge penalty of the control-variate fit, per replication of the fitting half, on features
+#: scaled to unit variance there.
+_RIDGE = 0.01
+
+
 def _control(g: np.ndarray, features: np.ndarray) -> np.ndarray:
     """``g`` (R, p) minus fitted zero-mean control variates ``features`` (R, p, F), each
-    coordinate on its own, the coefficients of each half fitted on the other half."""
+    coordinate on its own, the coefficients of each half fitted on the other half.
+
+    The fit is a ridge regression on features scaled to unit variance on the fitting half:
+    several features can be (nearly) collinear, and an unpenalised least-squares fit then put
+    huge coefficients on directions the fitting half hardly saw, which a replication of the
+    other half far along them turned into an estimate a million times too large; a feature
+    that was 0 up to round-off in the fitting half (a class's decisions seen in the other half
+    only) did the same through its vanishing scale. Coefficients that do not depend on the half
+    they are applied to keep the estimate unbiased whatever they are."""
     R, p, F = features.shape
     if R < 8:
         return g
@@ -623,9 +636,17 @@ def _control(g: np.ndarray, features: np.ndarray) -> np.ndarray:
         keep = keep[: max(1, R // 8)]
         X = X[:, keep]
         for fit, use in (halves, halves[::-1]):
-            A = np.column_stack([np.ones(fit.sum()), X[fit]])
-            coef = np.linalg.lstsq(A, g[fit, j], rcond=None)[0][1:]
-            out[use, j] = g[use, j] - X[use] @ coef
+            # A feature that the fitting half hardly saw (0 up to round-off there, its spread a
+            # thousandth of the whole sample's or less) gets no coefficient: a scale learnt
+            # there says nothing about the other half, where it may be far from 0.
+            scale = X[fit].std(0)
+            seen = scale > 1e-3 * X.std(0)
+            if not seen.any():
+                continue
+            Z = X[fit][:, seen] / scale[seen]
+            Zc, y = Z - Z.mean(0), g[fit, j] - g[fit, j].mean()
+            coef = np.linalg.solve(Zc.T @ Zc + _RIDGE * fit.sum() * np.eye(Z.shape[1]), Zc.T @ y)
+            out[use, j] = g[use, j] - (X[use][:, seen] / scale[seen]) @ coef
     return out
 
 

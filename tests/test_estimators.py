@@ -185,3 +185,18 @@ def test_a_likelihood_ratio_run_whose_buffer_overflows_is_rerun_larger(monkeypat
         small = estimate(*args, only=["targets"])
     np.testing.assert_array_equal(small.grad, large.grad)
     assert small.events == large.events and np.any(small.grad != 0)
+
+
+def test_control_variates_give_no_weight_to_a_feature_the_fitting_half_never_saw():
+    # Met on dolly-8class at n = 20: a control feature that was 0 up to round-off in one half
+    # and 50 in one replication of the other got a coefficient from its vanishing scale, and
+    # that replication's estimate came out 6.6e8 (the others within +-8e3).
+    rng = np.random.default_rng(0)
+    R = 64
+    real = rng.normal(size=R)  # a useful control: most of g's spread
+    g = (3.0 * real + rng.normal(size=R))[:, None]
+    unseen = 1e-6 * rng.normal(size=R)
+    unseen[0] = 50.0  # the even half's replication 0; the odd half sees round-off only
+    out = estimators._control(g, np.stack([real, unseen], axis=-1)[:, None, :])
+    assert np.abs(out).max() < 10 * np.abs(g).max()
+    assert out.std() < 0.5 * g.std()  # the useful control still does its work

@@ -1487,11 +1487,25 @@ def write(names=None) -> None:
 
 
 def machine() -> str:
+    """The machine a table was measured on: architecture and CPU model (the VMs this project is
+    measured on change from day to day, and their speeds with them), cores, devices, JAX."""
     import jax
 
     cores = os.cpu_count()
     kinds = sorted({d.device_kind for d in jax.devices()})
-    return (f"{platform.machine()}, {cores} cores, {', '.join(kinds)}, JAX {jax.__version__}")
+    return (f"{platform.machine()}{_cpu_model()}, {cores} cores, {', '.join(kinds)}, "
+            f"JAX {jax.__version__}")
+
+
+def _cpu_model() -> str:
+    """`` (MODEL)`` from ``/proc/cpuinfo``, or nothing where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f" ({line.split(':', 1)[1].strip()})"
+    except OSError:
+        pass
+    return ""
 
 
 def data_root() -> Path:

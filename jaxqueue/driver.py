@@ -557,7 +557,7 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                     elapsed = run_time
                 if np.any(np.asarray(out.overflow)):
                     raise _Overflow(system.overflow_message())
-                _check_clock(np.asarray(out.time), np.arange(first, first + reps),
+                _check_chunk(np.asarray(out.time), np.arange(first, first + reps),
                              np.asarray(out.invalid))
                 # Commit the chunk only once it is complete (an interrupt above loses nothing),
                 # in one assignment (a second Ctrl-C raises at once: never between its parts).
@@ -589,7 +589,7 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
     return _close(system, states, sums, warmup, devices), interrupted
 
 
-def _check_clock(elapsed: np.ndarray, ids: np.ndarray, invalid: np.ndarray | None = None) -> None:
+def _check_chunk(elapsed: np.ndarray, ids: np.ndarray, invalid: np.ndarray | None = None) -> None:
     """A chunk's model time is >= 0 and finite, and no exact step of it met an event rate below
     0 or not a number, in every replication (``elapsed``, ``invalid``: ``(R,)``, or
     ``(points, R)`` in a sweep; ``ids``: the replications' ids, the same shape). Else some count

@@ -620,8 +620,8 @@ def _control(g: np.ndarray, features: np.ndarray) -> np.ndarray:
     several features can be (nearly) collinear, and an unpenalised least-squares fit then put
     huge coefficients on directions the fitting half hardly saw, which a replication of the
     other half far along them turned into an estimate a million times too large; a feature
-    that was 0 up to round-off in the fitting half (a class's decisions seen in the other half
-    only) did the same through its vanishing scale. Coefficients that do not depend on the half
+    that was 0 up to round-off in the fitting half (it moved in a few replications of the other
+    half only) did the same through its vanishing scale. Coefficients that do not depend on the half
     they are applied to keep the estimate unbiased whatever they are."""
     R, p, F = features.shape
     if R < 8:

@@ -55,7 +55,7 @@ from .driver import (
     Run,
     SimulationWarning,
     _capacity,
-    _check_clock,
+    _check_chunk,
     _check_window,
     _merge,
     _regrow,
@@ -309,7 +309,7 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
             compile_s += max(elapsed - run_time, 0.0)
             elapsed = run_time
         over = np.where((over < 0) & np.asarray(out.overflow), chunks, over)
-        _check_clock(np.asarray(out.time), np.asarray(rep_ids), np.asarray(out.invalid))
+        _check_chunk(np.asarray(out.time), np.asarray(rep_ids), np.asarray(out.invalid))
         s = out.summary
         t_now = np.where(finished, stop[:, None], t_now + np.asarray(out.time, np.float64))
         used += np.asarray(out.active)

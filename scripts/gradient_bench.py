@@ -53,14 +53,6 @@ from jaxqueue.estimators import estimate  # noqa: E402
 from jaxqueue.objective import natural_steps, to_free  # noqa: E402
 
 OUT = ROOT / "results" / "gradient_bench"
-
-
-def use_store(store: str | Path) -> None:
-    """Keep the estimates under ``store/gradient_bench`` and read the truths from
-    ``store/gradient_truth``."""
-    global OUT
-    OUT = Path(store).resolve() / "gradient_bench"
-    gradient_truth.use_store(store)
 BUDGET = 256  # replications x 1,000 s per estimate
 
 ESTIMATORS = {
@@ -70,6 +62,14 @@ ESTIMATORS = {
     "spsa": dict(estimator="spsa"),
     "fd": dict(estimator="fd"),
 }
+
+
+def use_store(store: str | Path) -> None:
+    """Keep the estimates under ``store/gradient_bench`` and read the truths from
+    ``store/gradient_truth``."""
+    global OUT
+    OUT = Path(store).resolve() / "gradient_bench"
+    gradient_truth.use_store(store)
 
 
 def reps_for(name: str, p: int) -> int:

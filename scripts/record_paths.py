@@ -54,6 +54,24 @@ def machine() -> str:
     return f"jax {jax.__version__}; {cpu}"
 
 
+def vector_features() -> str:
+    """The CPU's vector instruction sets XLA may compile for (a virtual machine's model name,
+    such as "Intel(R) Xeon(R) Processor", can hide different generations), as one string."""
+    import re
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(sorted(f for f in flags if re.fullmatch(r"avx\w*|fma|f16c|sse4_2|amx\w*", f)))
+
+
+def vouched_name() -> str:
+    """How a vouched machine is listed: its :func:`machine` and its vector instruction sets."""
+    return f"{machine()} [{vector_features()}]"
+
+
 def _state_arrays(prefix: str, states) -> dict[str, np.ndarray]:
     """Every integer leaf of the states (ring rows are summarised by head and size)."""
     out = {}
@@ -134,11 +152,12 @@ def vouch() -> None:
         done = subprocess.run([sys.executable, __file__], env=env)
         if done.returncode:
             sys.exit(f"not identical under XLA_FLAGS={env['XLA_FLAGS']!r}: {machine()} not listed")
-    here = machine()
+    here = vouched_name()
     if here not in vouched():
         text = VOUCHED.read_text() if VOUCHED.exists() else (
             "# Machines where `python scripts/record_paths.py --vouch` found every recorded path\n"
-            "# bit for bit the same under XLA's defaults and the test suite's flags.\n")
+            "# bit for bit the same under XLA's defaults and the test suite's flags (the machine,"
+            " then its\n# vector instruction sets).\n")
         VOUCHED.write_text(text + here + "\n")
     print(f"every case identical under both: {here} listed in {VOUCHED.relative_to(ROOT)}")
 

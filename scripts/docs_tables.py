@@ -1493,19 +1493,10 @@ def machine() -> str:
 
     cores = os.cpu_count()
     kinds = sorted({d.device_kind for d in jax.devices()})
-    return (f"{platform.machine()}{_cpu_model()}, {cores} cores, {', '.join(kinds)}, "
+    from record_paths import cpu_model  # scripts/ is on the path of a script run from it
+
+    return (f"{platform.machine()} ({cpu_model()}), {cores} cores, {', '.join(kinds)}, "
             f"JAX {jax.__version__}")
-
-
-def _cpu_model() -> str:
-    """`` (MODEL)`` from ``/proc/cpuinfo``, or nothing where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f" ({line.split(':', 1)[1].strip()})"
-    except OSError:
-        pass
-    return ""
 
 
 def data_root() -> Path:

@@ -41,17 +41,20 @@ CASES = [("gate-and-route", "pooled"), ("fg-sp", "pooled"), ("prioritize-and-rou
 STEPS = 1500
 
 
-def machine() -> str:
-    """What the recorded floats depend on: the JAX version and the CPU model."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"jax {jax.__version__}; {cpu}"
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """What the recorded floats depend on: the JAX version and the CPU model."""
+    return f"jax {jax.__version__}; {cpu_model()}"
 
 
 def vector_features() -> str:

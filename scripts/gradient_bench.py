@@ -16,8 +16,10 @@ default; the truths are read from ``STORE/gradient_truth``).
 Reported per estimator, in natural coordinates (each coordinate times its natural step,
 :func:`jaxqueue.objective.natural_steps`, so that a coordinate's entry is the objective's change
 per step of one to two jobs or GPUs): the cosine of the mean estimate with the truth, the median
-cosine of one estimate, the relative bias ``|mean - truth| / |truth|``, the share of coordinates
-with ``|truth_i| > 3 se_i`` whose sign one estimate gets right (averaged over estimates), events
+cosine of one estimate, the relative bias ``|mean - truth| / |truth|`` (with the part of it that
+the mean's own noise gives, and a test of whether the rest is bias: :func:`bias_test`), the share
+of coordinates with ``|truth_i| > 3 se_i`` whose sign one estimate gets right (averaged over
+estimates), events
 and wall seconds per estimate, and the events per-coordinate differences would need for the
 same mean squared error (from the truth runs' per-replication variances); and the same cosines on
 the gate's coordinates alone (targets and offset), where the dominant share does not help.
@@ -141,19 +143,49 @@ def metrics(case: str, name: str, limit: int | None = None) -> dict | None:
                     for i in range(len(g))]) * h**2
     per_rep = truth["events"] / (values.shape[1] * len(points))
     fd_events = (2 * len(g) + 1) * (var.sum() / mse) * per_rep
+    bias = bias_test(est, g, se)
     names = [f.name for f in __import__("dataclasses").fields(params)]
     sizes = [np.size(getattr(params, k)) for k in names]
     gate = np.concatenate([[k in ("targets", "offset")] * s for k, s in zip(names, sizes,
                                                                             strict=True)])
     return {"estimates": len(est), "cos_mean": cos(mean, g),
             "median_cos": float(np.median([cos(e, g) for e in est])),
-            "rel_bias": float(np.linalg.norm(mean - g) / np.linalg.norm(g)),
+            "rel_bias": float(np.linalg.norm(mean - g) / np.linalg.norm(g)), **bias,
             "sign_agreement": float(signs), "coords_sure": int(sure.sum()),
             "events": float(store["events"][:limit].mean()),
             "seconds": float(store["seconds"][:limit].mean()),
             "fd_events_same_mse": float(fd_events),
             "gate_cos_mean": cos(mean[gate], g[gate]),
             "gate_median_cos": float(np.median([cos(e[gate], g[gate]) for e in est]))}
+
+
+def bias_test(est: np.ndarray, g: np.ndarray, se: np.ndarray) -> dict:
+    """Whether the mean of the estimates ``(K, p)`` differs from the truth ``g`` (standard errors
+    ``se``) by more than their noise. The relative bias of a mean of K estimates holds the mean's
+    own noise as well as any bias; this separates the two.
+
+    ``rel_noise``: what that noise alone gives the relative bias, ``sqrt(sum_i var(mean_i)) /
+    |g|``. ``bias_z``: the largest ``|mean_i - g_i| / sqrt(se(mean_i)^2 + se_i^2)`` over the
+    coordinates that vary, and ``bias_p``: its Bonferroni p-value over those coordinates (each
+    z read as Student's t with K - 1 degrees of freedom), valid however the coordinates'
+    errors are correlated. A small ``bias_p`` is evidence of bias; a large one says the relative
+    bias is what K estimates' noise gives."""
+    from scipy import stats as sps
+
+    k = est.shape[0]
+    mean, sem = est.mean(0), est.std(0, ddof=1) / np.sqrt(k)
+    norm = np.linalg.norm(g)
+    out = {"rel_noise": float(np.sqrt(np.sum(sem**2)) / norm) if norm > 0 else float("nan"),
+           "bias_z": float("nan"), "bias_coordinate": None, "bias_p": float("nan")}
+    scale = np.sqrt(sem**2 + se**2)
+    varies = scale > 0
+    if k < 2 or not varies.any():
+        return out
+    z = np.abs(mean - g)[varies] / scale[varies]
+    worst = int(np.argmax(z))
+    p = min(1.0, 2 * float(sps.t.sf(z[worst], k - 1)) * int(varies.sum()))
+    return {**out, "bias_z": float(z[worst]),
+            "bias_coordinate": int(np.flatnonzero(varies)[worst]), "bias_p": p}
 
 
 def report(markdown: bool) -> None:

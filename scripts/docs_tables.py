@@ -1158,7 +1158,7 @@ TABLES: dict[str, Table] = {
     "gradient_truth": Table(
         "docs/gradients.md",
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "
-                 "--min-reps 1024 --max-reps 4096 --json {json}"},
+                 "--min-reps 1024 --max-reps 4096 --store docs/data/runs --json {json}"},
         _truths, "the gradient truths at n = 20: CRN central differences, steps h and h/2"),
     "gradient_truth_dolly": Table(
         "docs/gradients.md",
@@ -1172,20 +1172,23 @@ TABLES: dict[str, Table] = {
     "gradient_bench": Table(
         "docs/gradients.md",
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "
-                 "--min-reps 1024 --max-reps 4096 --json {json}",
+                 "--min-reps 1024 --max-reps 4096 --store docs/data/runs --json {json}",
          "main": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
-                 "--estimator fd --estimator score --estimator spsa --estimates 16 --json {json}",
+                 "--estimator fd --estimator score --estimator spsa --estimates 16 "
+                 "--store docs/data/runs --json {json}",
          "w30": "python scripts/gradient_bench.py --case qwen-sli-20 --estimator score-W30 "
-                "--estimates 8 --json {json}",
+                "--estimates 8 --store docs/data/runs --json {json}",
          "pathwise": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
-                     "--estimator pathwise --estimates 2 --json {json}"},
+                     "--estimator pathwise --estimates 2 --store docs/data/runs --json {json}"},
         _bench, "every estimator against the truths at n = 20"),
     "gradient_bench_dolly": Table(
         "docs/gradients.md",
         {"truth": DOLLY_TRUTH,
          "main": "python scripts/gradient_bench.py --case dolly-gated-20 --estimator fd "
                  "--estimator score --estimator spsa --estimates 16 --store docs/data/runs "
-                 "--json {json}"},
+                 "--json {json}",
+         "r16": "python scripts/gradient_bench.py --case dolly-gated-20 --estimator score-16 "
+                "--estimates 64 --store docs/data/runs --json {json}"},
         _bench, "every estimator against the 19-parameter truth (dolly-8class, n = 20)"),
     "tuning_tpot50": Table(
         "docs/gradients.md",
@@ -1224,15 +1227,15 @@ TABLES: dict[str, Table] = {
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "
                 "score --temperature 20 --methods gradient,spsa,es --eval-reps 128 "
-                "--eval-horizon 1000 --out results/tuning_score",
+                "--eval-horizon 1000 --out docs/data/runs/tuning_score",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "results/tuning_score",
+                   "docs/data/runs/tuning_score",
          "run-8reps": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 "
                       "--estimator score --temperature 20 --steps 40 --reps 8 --methods "
                       "gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
-                      "results/tuning_score40",
+                      "docs/data/runs/tuning_score40",
          "report-8reps": "python scripts/tuning_bench.py --report --json {json} --out "
-                         "results/tuning_score40"},
+                         "docs/data/runs/tuning_score40"},
         _tuning, "the smoothed family tuned with the score estimator against SPSA and the "
                  "evolution strategy at equal budget, dolly-8class with a TPOT target"),
     "tuning_gated": Table(

@@ -9,7 +9,8 @@ of ``scripts/gradient_truth.py``, at equal simulation budgets.
 Each estimator makes ``--estimates`` (32) estimates with fresh keys at the case's point, each
 from about 256 replications x 1,000 s (warm-up 200 s): ``score`` and ``pathwise`` run 256
 replications once; ``spsa`` 128 replications on each side of one direction; ``fd`` splits the 256
-over its ``2p + 1`` configurations. Every estimate is written to
+over its ``2p + 1`` configurations; ``score-16`` is ``score`` at a tuning step's 16 replications,
+to show what one step of ``jaxqueue tune`` sees. Every estimate is written to
 ``STORE/gradient_bench/CASE/ESTIMATOR.npz`` as soon as it is made (``--store``, ``results`` by
 default; the truths are read from ``STORE/gradient_truth``).
 
@@ -60,6 +61,8 @@ BUDGET = 256  # replications x 1,000 s per estimate
 ESTIMATORS = {
     "score": dict(estimator="score"),  # W = jaxqueue.estimators.default_discount
     "score-W30": dict(estimator="score", discount=30.0),
+    # At a tuning step's size (jaxqueue tune's default 16 replications), not the bench's budget.
+    "score-16": dict(estimator="score", reps=16),
     "pathwise": dict(estimator="pathwise", relaxation=0.1),
     "spsa": dict(estimator="spsa"),
     "fd": dict(estimator="fd"),
@@ -75,6 +78,8 @@ def use_store(store: str | Path) -> None:
 
 
 def reps_for(name: str, p: int) -> int:
+    if "reps" in ESTIMATORS[name]:
+        return ESTIMATORS[name]["reps"]
     kind = ESTIMATORS[name]["estimator"]
     if kind == "spsa":
         return BUDGET // 2
@@ -93,7 +98,7 @@ def run(case: str, name: str, estimates: int) -> None:
     store = dict(np.load(path)) if path.exists() else {"grad": np.zeros((0, p)),
                                                        "events": np.zeros(0),
                                                        "seconds": np.zeros(0)}
-    options = {k: v for k, v in ESTIMATORS[name].items() if k != "estimator"}
+    options = {k: v for k, v in ESTIMATORS[name].items() if k not in ("estimator", "reps")}
     kind = ESTIMATORS[name]["estimator"]
     reps = reps_for(name, p)
     while len(store["events"]) < estimates:

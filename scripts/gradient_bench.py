@@ -20,10 +20,10 @@ per step of one to two jobs or GPUs): the cosine of the mean estimate with the t
 cosine of one estimate, the relative bias ``|mean - truth| / |truth|`` (with the part of it that
 the mean's own noise gives, and a test of whether the rest is bias: :func:`bias_test`), the share
 of coordinates with ``|truth_i| > 3 se_i`` whose sign one estimate gets right (averaged over
-estimates), events
-and wall seconds per estimate, and the events per-coordinate differences would need for the
-same mean squared error (from the truth runs' per-replication variances); and the same cosines on
-the gate's coordinates alone (targets and offset), where the dominant share does not help.
+estimates), events and wall seconds per estimate, and the events per-coordinate differences would
+need for the same mean squared error (from the truth runs' per-replication variances); and the
+same cosines on the gate's coordinates alone (targets and offset), where the dominant share does
+not help.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from scipy import stats as sps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -175,8 +176,6 @@ def bias_test(est: np.ndarray, g: np.ndarray, se: np.ndarray) -> dict:
     z read as Student's t with K - 1 degrees of freedom), valid however the coordinates'
     errors are correlated. A small ``bias_p`` is evidence of bias; a large one says the relative
     bias is what K estimates' noise gives."""
-    from scipy import stats as sps
-
     k = est.shape[0]
     mean, sem = est.mean(0), est.std(0, ddof=1) / np.sqrt(k)
     norm = np.linalg.norm(g)

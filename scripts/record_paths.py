@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -60,8 +61,6 @@ def machine() -> str:
 def vector_features() -> str:
     """The CPU's vector instruction sets XLA may compile for (a virtual machine's model name,
     such as "Intel(R) Xeon(R) Processor", can hide different generations), as one string."""
-    import re
-
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("flags")).split(":", 1)[1].split()

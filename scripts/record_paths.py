@@ -1,8 +1,8 @@
 """Records (or checks) exact simulation paths of every policy and engine, for the test that a
 refactoring leaves paths bit-identical for the same key (tests/test_paths.py).
 
-    python scripts/record_paths.py            # compare against tests/data/paths.npz
-    python scripts/record_paths.py --record   # overwrite it (only when paths change on purpose)
+    python scripts/record_paths.py            # compare against the recordings in tests/data/
+    python scripts/record_paths.py --record   # overwrite them (only when paths change on purpose)
     python scripts/record_paths.py --vouch    # compare under XLA's defaults and the test
                                               # suite's flags; if both are identical, list this
                                               # machine in tests/data/paths_machines.txt
@@ -15,6 +15,11 @@ have crossed it (same law, other numbers). The file also notes the JAX version a
 XLA may round transcendental functions differently elsewhere: the test runs only on the machine
 that recorded the paths and on those listed in ``tests/data/paths_machines.txt``, where
 ``--vouch`` found every case bit for bit the same.
+
+The eight-class ``dolly-8class`` cases (:data:`MANY_CLASSES`; past five classes the event is
+drawn in two levels, the kind and then the class) are kept in a recording of their own,
+``tests/data/paths_classes.npz``, which notes the machine that made it: ``--set classes``
+records or checks only those, ``--set paper`` only the ``paper-qwen8b`` ones.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURE = ROOT / "tests" / "data" / "paths.npz"
+FIXTURE_CLASSES = ROOT / "tests" / "data" / "paths_classes.npz"
 VOUCHED = ROOT / "tests" / "data" / "paths_machines.txt"
 #: The test suite's XLA flags (tests/conftest.py), under which the tests compare.
 SUITE_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=1"
@@ -39,6 +45,9 @@ CASES = [("gate-and-route", "pooled"), ("fg-sp", "pooled"), ("prioritize-and-rou
          ("sli-gate-and-route", "pooled"), ("fi-wsp", "per-gpu"), ("gi-wsp", "per-gpu"),
          ("gf-wsp", "per-gpu"), ("fg-sp", "per-gpu"), ("gate-and-route", "per-gpu"),
          ("gate-and-route", "pooled-latency")]
+#: Cases with more than five classes (the event drawn in two levels): policy, engine, scenario.
+MANY_CLASSES = [("gate-and-route", "pooled", "dolly-8class"), ("fi-wsp", "per-gpu", "dolly-8class")]
+SETS = {"paper": (CASES, FIXTURE), "classes": (MANY_CLASSES, FIXTURE_CLASSES)}
 STEPS = 1500
 
 
@@ -85,6 +94,17 @@ def _state_arrays(prefix: str, states) -> dict[str, np.ndarray]:
     return out
 
 
+def tag(case) -> str:
+    """The prefix of a case's arrays: ``policy@engine``, then ``:scenario`` past the paper's."""
+    policy, engine, *scenario = case
+    return f"{policy}@{engine}" + "".join(f":{s}" for s in scenario)
+
+
+def fixture(case) -> Path:
+    """The recording that holds ``case``."""
+    return FIXTURE_CLASSES if case in MANY_CLASSES else FIXTURE
+
+
 def paths(cases=CASES) -> dict[str, np.ndarray]:
     from jaxqueue import policies, scenarios
     try:
@@ -92,10 +112,11 @@ def paths(cases=CASES) -> dict[str, np.ndarray]:
     except ImportError:  # the layout before the pure kernel (used to record the paths)
         from jaxqueue.simulate import simulate, trajectory
 
-    model = scenarios.load("paper-qwen8b")
     out = {}
-    for policy, engine in cases:
-        tag = f"{policy}@{engine}"
+    for case in cases:
+        policy, engine, *scenario = case
+        model = scenarios.load(scenario[0] if scenario else "paper-qwen8b")
+        tag_ = tag(case)
         system, _ = policies.build(policy, model, 6, engine=engine.removesuffix("-latency"))
         if engine.endswith("-latency"):  # every latency counter: the end-to-end ones too
             import dataclasses
@@ -103,24 +124,24 @@ def paths(cases=CASES) -> dict[str, np.ndarray]:
             from jaxqueue.stats import LATENCY_GRID
             system = dataclasses.replace(system, wait_grid=LATENCY_GRID, end_to_end=True)
         states, times, tallies = trajectory(jax.random.key(7), system, STEPS)
-        out.update(_state_arrays(tag, states))
-        out[f"{tag}/times"] = np.asarray(times)
+        out.update(_state_arrays(tag_, states))
+        out[f"{tag_}/times"] = np.asarray(times)
         tallies = np.asarray(tallies)
         run = simulate(jax.random.key(8), system, reps=6, horizon=60.0, chunk_events=128)
-        out[f"{tag}/run/window"] = run.window
+        out[f"{tag_}/run/window"] = run.window
         for name in run.level_names:
-            out[f"{tag}/run/level/{name}"] = run.level(name)
+            out[f"{tag_}/run/level/{name}"] = run.level(name)
         if len(system.tally_names) > 50:
             # Hundreds of latency counters: kept whole, and the path's every 10th step (they
             # are cumulative), which keeps the file small.
-            out[f"{tag}/tallies"] = tallies[::10]
-            out[f"{tag}/run/counts"] = run.tallies
+            out[f"{tag_}/tallies"] = tallies[::10]
+            out[f"{tag_}/run/counts"] = run.tallies
             continue
         for k, name in enumerate(system.tally_names):
             num = model.num_classes
-            out[f"{tag}/tally/{name}"] = tallies[:, k * num:(k + 1) * num]
+            out[f"{tag_}/tally/{name}"] = tallies[:, k * num:(k + 1) * num]
         for name in run.tally_names:
-            out[f"{tag}/run/count/{name}"] = run.count(name)
+            out[f"{tag_}/run/count/{name}"] = run.count(name)
     return out
 
 
@@ -145,13 +166,13 @@ def vouched() -> list[str]:
             if line.strip() and not line.startswith("#")]
 
 
-def vouch() -> None:
+def vouch(which: str = "all") -> None:
     import os
     import subprocess
 
     for flags in ("", SUITE_FLAGS):
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
-        done = subprocess.run([sys.executable, __file__], env=env)
+        done = subprocess.run([sys.executable, __file__, "--set", which], env=env)
         if done.returncode:
             sys.exit(f"not identical under XLA_FLAGS={env['XLA_FLAGS']!r}: {machine()} not listed")
     here = vouched_name()
@@ -170,19 +191,28 @@ def main() -> None:
     parser.add_argument("--vouch", action="store_true",
                         help="compare under XLA's defaults and the suite's flags, each in a "
                              "process of its own, and list this machine if both are identical")
+    parser.add_argument("--set", choices=(*SETS, "all"), default="all", dest="which",
+                        help="which recording: the paper-qwen8b cases, the eight-class ones, "
+                             "or both (default)")
     args = parser.parse_args()
     if args.vouch:
-        vouch()
+        vouch(args.which)
         return
-    now = paths()
-    if args.record:
-        np.savez_compressed(FIXTURE, machine=np.asarray(machine()), **now)
-        print(f"recorded {len(now)} arrays to {FIXTURE} ({machine()})")
-        return
-    with np.load(FIXTURE) as recorded:
-        bad = compare(recorded, now)
-        print(f"recorded on: {recorded['machine']}\nthis machine: {machine()}")
-    print("identical" if not bad else "DIFFERENT: " + ", ".join(bad))
+    bad = []
+    for name, (cases, path) in SETS.items():
+        if args.which not in (name, "all"):
+            continue
+        now = paths(cases)
+        if args.record:
+            np.savez_compressed(path, machine=np.asarray(machine()), **now)
+            print(f"recorded {len(now)} arrays to {path.relative_to(ROOT)} ({machine()})")
+            continue
+        with np.load(path) as recorded:
+            different = compare(recorded, now)
+            print(f"{path.relative_to(ROOT)}: recorded on {recorded['machine']}; "
+                  f"this machine: {machine()}; "
+                  + ("identical" if not different else "DIFFERENT: " + ", ".join(different)))
+        bad += different
     sys.exit(1 if bad else 0)
 
 

@@ -25,6 +25,8 @@ resolution on long horizons.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -36,8 +38,41 @@ from . import rng
 from .decisions import AbstractDecisions, Exact, guard
 
 __all__ = ["AbstractSystem", "Event", "Flow", "Revenue", "Rollout", "SimulationError", "Summary",
-           "close", "compile_count", "initial_state", "rep_axes", "replicate", "rollout",
-           "trajectory"]
+           "close", "compile_count", "fence", "initial_state", "rep_axes", "replicate",
+           "rollout", "trajectory"]
+
+
+# ---- fences ----------------------------------------------------------------------------------
+#: While a rollout's step is traced: a scalar that is true at run time but not known to XLA.
+_FENCE: contextvars.ContextVar = contextvars.ContextVar("jaxqueue_fence", default=None)
+
+
+def fence(values: Any) -> Any:
+    """``values`` computed once per step and read from memory by every later use.
+
+    XLA's CPU backend fuses a chain of cheap elementwise operations into each kernel that reads
+    its result, so a decision that many updates depend on (the event drawn, the GPU it
+    happens on) is recomputed in each of them: in an exact step most of the arithmetic was such
+    copies. Passed through a conditional whose predicate XLA cannot evaluate at compile time
+    (the branch taken returns ``values`` unchanged), the decision becomes one kernel's output
+    that the others read. Values and sample paths are unchanged; outside a rollout's exact
+    step (a trajectory, a relaxed rollout, a policy's method called alone) it returns
+    ``values`` as they are."""
+    when = _FENCE.get()
+    if when is None:
+        return values
+    # The other branch is never taken; it must differ from the first, or XLA drops the
+    # conditional.
+    return jax.lax.cond(when, lambda v: v, lambda v: jax.tree.map(jnp.zeros_like, v), values)
+
+
+@contextlib.contextmanager
+def _fenced(when):
+    token = _FENCE.set(when)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
 
 
 class SimulationError(RuntimeError):
@@ -335,6 +370,7 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
     index = jnp.where(random, decide.event(rates, rng.uniform(b[1])), num_events)
     if system.scheduled:
         index = jnp.where(random & first, which, index)
+    index, t_new, live, random = fence((index, t_new, live, random))
     extra = 2 + system.num_random
     noise = rng.uniform(b[extra:]) if b.shape[0] > extra else None
     event = Event(index=index, hot=decide.event_hot(rates, index, noise))
@@ -469,38 +505,47 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         bits = rng.block_words(words, start, length, width)
         return jax.lax.scan(lambda c, b: (step(c, jnp.stack(b), w0, w1), None), c, bits)[0]
 
-    if remat is None and stop_early and not system.decide.differentiable:
-        # Blocks of steps while some replication can still change: once every replication has
-        # reached the window's end with no bookkeeping left, the remaining steps would change
-        # nothing (the result is the same as scanning them, bit for bit).
-        block = min(steps, STOP_BLOCK)
-        head = steps % block
-        if head:
-            carry = run_block(carry, jnp.uint32(0), head)
-
-        def more(c):
-            (state, t, _), start, _ = c
-            return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
-
-        def run(c):
-            carry, start, bad = c
-            carry = run_block(carry, start, block)
-            return carry, start + jnp.uint32(block), bad | invalid(carry[0])
-
-        (state, t, acc), _, bad = jax.lax.while_loop(
-            more, run, (carry, jnp.uint32(head), invalid(carry[0])))
-    elif remat is None:
-        (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
-        bad = invalid(state)
+    # Decisions computed once per step (see fence): the predicate is true, from an input XLA
+    # cannot see through. Only exact steps: a relaxed one is left as it was.
+    if system.decide.differentiable:
+        fencing = contextlib.nullcontext()
     else:
-        # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
-        @jax.checkpoint
-        def block(c, start):
-            return jax.lax.scan(body, c, start + jnp.arange(remat, dtype=jnp.uint32))[0], None
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        key_word = jnp.ravel(jax.random.key_data(key) if typed else key)[0].astype(jnp.float32)
+        fencing = _fenced(~jnp.isnan(key_word))
+    with fencing:
+        if remat is None and stop_early and not system.decide.differentiable:
+            # Blocks of steps while some replication can still change: once every replication has
+            # reached the window's end with no bookkeeping left, the remaining steps would change
+            # nothing (the result is the same as scanning them, bit for bit).
+            block = min(steps, STOP_BLOCK)
+            head = steps % block
+            if head:
+                carry = run_block(carry, jnp.uint32(0), head)
 
-        starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
-        (state, t, acc), _ = jax.lax.scan(block, carry, starts)
-        bad = invalid(state)
+            def more(c):
+                (state, t, _), start, _ = c
+                return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
+
+            def run(c):
+                carry, start, bad = c
+                carry = run_block(carry, start, block)
+                return carry, start + jnp.uint32(block), bad | invalid(carry[0])
+
+            (state, t, acc), _, bad = jax.lax.while_loop(
+                more, run, (carry, jnp.uint32(head), invalid(carry[0])))
+        elif remat is None:
+            (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
+            bad = invalid(state)
+        else:
+            # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
+            @jax.checkpoint
+            def block(c, start):
+                return jax.lax.scan(body, c, start + jnp.arange(remat, dtype=jnp.uint32))[0], None
+
+            starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
+            (state, t, acc), _ = jax.lax.scan(block, carry, starts)
+            bad = invalid(state)
     done = t >= w1
     left = pending(state)
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)

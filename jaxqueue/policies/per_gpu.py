@@ -83,7 +83,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import tree as gtree
-from ..kernel import AbstractSystem, Flow
+from ..kernel import AbstractSystem, Flow, fence
 from ..model import Model
 from ..patience import deadline
 from ..rng import real_dtype
@@ -360,12 +360,13 @@ class PerGpu(AbstractSystem):
         G = self.gpus
         rows, counted, bookkeeping = split_event(event, num, t, window)
         arrive, prefill_done, mixed_done, solo_done, queue_abandon = rows
-        kind, cls = event.index // num, event.index % num
+        kind, cls = fence((event.index // num, event.index % num))
         X, _, _, place_key, _ = self._totals(s)
         capped = self.prefill_cap is not None
         under_cap = (jnp.sum(X) < s.K) if capped else jnp.bool_(True)
         can_start = (place_key < gtree.INF) & under_cap
         first_able = place_key % G  # the GPU a new prefill starts on (when can_start)
+        can_start, first_able = fence((can_start, first_able))
         real = t.dtype
 
         def at(do, g):  # the index of GPU g when `do`, else one past the end (a dropped write)
@@ -388,8 +389,8 @@ class PerGpu(AbstractSystem):
         # (its class-cls prefills, or its class-cls decodes at the event's speed).
         column = jnp.clip(kind - 1, 0, 2) * num + cls
         completes = (kind >= 1) & (kind <= 3)
-        g_event = jnp.where(completes,
-                            d.descend(s.tree, self._records(s.pre, s.dec), column, u[1]), G)
+        g_event = fence(jnp.where(completes,
+                                  d.descend(s.tree, self._records(s.pre, s.dec), column, u[1]), G))
         finished = kind == 1
         pre = s.pre.at[at(finished, g_event)].set(-1, mode="drop")
         dec = s.dec.at[at((kind == 2) | (kind == 3), g_event), cls].add(-1, mode="drop")

@@ -65,7 +65,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import rng
-from ..kernel import AbstractSystem, Flow
+from ..kernel import AbstractSystem, Flow, fence
 from ..model import Model
 from ..patience import deadline
 from ..replay import ArrivalTrace
@@ -613,7 +613,7 @@ class Pooled(AbstractSystem):
             # on the policy as a completion of the class.
             advances, ends = self._phase_moves(s, jnp.stack(rows[1:4]), u[self._phase_word])
             prefill_done, mixed_done, solo_done = jnp.sum(ends, axis=2)
-        free_solo, free_mixed, idle, _ = self._free(s, s.X, s.Ym, s.Ys)
+        free_solo, free_mixed, idle, _ = fence(self._free(s, s.X, s.Ym, s.Ys))
         real = t.dtype
 
         def patience(cls):
@@ -1027,6 +1027,7 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
     cls_in = jnp.argmax(prefill_done)
+    enter, cls_in = fence((enter, cls_in))
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in), origin)
     ready = free_solo + free_mixed - free_solo * free_mixed
     dring, served, gone, credit, waited, head, entry = serve_ring_head(

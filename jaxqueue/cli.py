@@ -1274,7 +1274,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="+", default=None, metavar="NAME",
                      choices=("fig2", "fig4-6", "fig7", "fig8", "fig9-10", "table1",
                               "gap"),
-                     help="run only these experiments (the report covers every complete one)")
+                     help="run only these experiments, of %(choices)s (the report covers "
+                          "every complete one)")
     rep.add_argument("--out", default="results", help="results folder (resumes what is there)")
     rep.add_argument("--seed", type=int, default=0, help="random seed of every experiment")
     rep.add_argument("--force", action="store_true", help="rerun experiments already complete")

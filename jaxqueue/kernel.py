@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import contextvars
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -35,44 +34,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real, UInt32
 
 from . import rng
-from .decisions import AbstractDecisions, Exact, guard
+from .decisions import AbstractDecisions, Exact, _fenced, fence, guard
 
 __all__ = ["AbstractSystem", "Event", "Flow", "Revenue", "Rollout", "SimulationError", "Summary",
-           "close", "compile_count", "fence", "initial_state", "rep_axes", "replicate",
-           "rollout", "trajectory"]
-
-
-# ---- fences ----------------------------------------------------------------------------------
-#: While a rollout's step is traced: a scalar that is true at run time but not known to XLA.
-_FENCE: contextvars.ContextVar = contextvars.ContextVar("jaxqueue_fence", default=None)
-
-
-def fence(values: Any) -> Any:
-    """``values`` computed once per step and read from memory by every later use.
-
-    XLA's CPU backend fuses a chain of cheap elementwise operations into each kernel that reads
-    its result, so a decision that many updates depend on (the event drawn, the GPU it
-    happens on) is recomputed in each of them: in an exact step most of the arithmetic was such
-    copies. Passed through a conditional whose predicate XLA cannot evaluate at compile time
-    (the branch taken returns ``values`` unchanged), the decision becomes one kernel's output
-    that the others read. Values and sample paths are unchanged; outside a rollout's exact
-    step (a trajectory, a relaxed rollout, a policy's method called alone) it returns
-    ``values`` as they are."""
-    when = _FENCE.get()
-    if when is None:
-        return values
-    # The other branch is never taken; it must differ from the first, or XLA drops the
-    # conditional.
-    return jax.lax.cond(when, lambda v: v, lambda v: jax.tree.map(jnp.zeros_like, v), values)
-
-
-@contextlib.contextmanager
-def _fenced(when):
-    token = _FENCE.set(when)
-    try:
-        yield
-    finally:
-        _FENCE.reset(token)
+           "close", "compile_count", "initial_state", "rep_axes", "replicate", "rollout",
+           "trajectory"]
 
 
 class SimulationError(RuntimeError):

@@ -83,7 +83,8 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import tree as gtree
-from ..kernel import AbstractSystem, Flow, fence
+from ..decisions import fence
+from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
 from ..rng import real_dtype

@@ -65,7 +65,8 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import rng
-from ..kernel import AbstractSystem, Flow, fence
+from ..decisions import fence
+from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
 from ..replay import ArrivalTrace

@@ -290,6 +290,13 @@ class _Acc(eqx.Module):
     bins: Int[Array, " H"] | None = None  # the trailing AbstractSystem.num_hit_tallies
 
 
+#: Up to this many hit counters a step adds its hits by comparing each with every counter, past
+#: it by a scatter. Measured on the pooled engine (n = 500, 1,024 replications, one core, steps
+#: per second against the scatter): 1.14x at 2 classes (16 counters), 0.97x at 3 (24), 1.05x at
+#: 4 (32), 0.98x at 8 (64), 0.91x at 32 (256); the scatter's loop costs about 2 ns a hit.
+_DENSE_HITS = 16
+
+
 def _zero_acc(system: AbstractSystem, batch: tuple[int, ...], clock_dtype, count_dtype) -> _Acc:
     """Empty accumulators (with a leading ``batch`` shape)."""
     num_counts = len(system.tally_names) * system.num_classes
@@ -351,7 +358,11 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
     bins = acc.bins
     if bins is not None:  # hits past the dense counters (an index past the end is none)
         at = flow.hits - acc.counts.shape[0]
-        bins = bins.at[at].add(jnp.ones((), bins.dtype), mode="drop")
+        if bins.shape[0] <= _DENSE_HITS:
+            hit = at[:, None] == jnp.arange(bins.shape[0])
+            bins = bins + jnp.sum(hit, axis=0, dtype=bins.dtype)
+        else:
+            bins = bins.at[at].add(jnp.ones((), bins.dtype), mode="drop")
     integrals = acc.integrals + weight * levels.astype(clock_dtype)
     if flow.waits is not None:
         integrals = integrals + flow.waits.astype(clock_dtype)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
-import functools
 import math
 from typing import Any, ClassVar
 
@@ -243,6 +242,14 @@ def _running_sum(x: Float[Array, " K"]) -> Float[Array, " K"]:
     return jnp.stack(running)
 
 
+def _tree_min(values: list) -> Array:
+    """The minimum of ``values``, taken in pairs."""
+    while len(values) > 1:
+        values = [jnp.minimum(*values[k:k + 2]) if k + 1 < len(values) else values[k]
+                  for k in range(0, len(values), 2)]
+    return values[0]
+
+
 def _inverse_cdf(rates: Float[Array, " K"], target: Float[Array, ""],
                  running: Float[Array, " K"] | None = None) -> Int[Array, ""]:
     """The first index whose running sum of ``rates`` exceeds ``target``, never one of rate
@@ -314,8 +321,11 @@ class Exact(AbstractDecisions):
             # The smallest key among the chosen, written out entry by entry: a float reduction
             # over a short axis is handed by XLA's CPU backend to a library kernel that cost
             # a quarter of the pooled step (two classes, 2,048 replications).
+            # In pairs, a tree of depth log2(K): as one chain, each replication's 31 minimums at
+            # 32 classes waited on one another, the largest kernel of that step. (The minimum
+            # is exact in any order, so the choice is the same.)
             masked = jnp.where(chosen, key, jnp.inf)
-            smallest = functools.reduce(jnp.minimum, [masked[k] for k in range(key.shape[0])])
+            smallest = _tree_min([masked[k] for k in range(key.shape[0])])
             chosen = chosen & (key == smallest)
         return jnp.argmax(chosen)
 

@@ -58,14 +58,20 @@ def fence(values: Any) -> Any:
     step (a trajectory, a relaxed rollout, a policy's method called alone) it returns
     ``values`` as they are.
 
-    Meant for a few scalars per replication: fencing a vector (the event's one-hot row, the
+    Only on the CPU (a GPU would decide each conditional on the host), and meant for a few
+    scalars per replication: fencing a vector (the event's one-hot row, the
     running sum of the rates) made the pooled step slower, not faster."""
     when = _FENCE.get()
     if when is None:
         return values
-    # The other branch is never taken; it must differ from the first, or XLA drops the
-    # conditional.
-    return jax.lax.cond(when, lambda v: v, lambda v: jax.tree.map(jnp.zeros_like, v), values)
+
+    def fenced(v):
+        # The other branch is never taken; it must differ from the first, or XLA drops the
+        # conditional.
+        return jax.lax.cond(when, lambda v: v, lambda v: jax.tree.map(jnp.zeros_like, v), v)
+
+    # CPU only: a GPU decides a conditional's branch on the host, a round trip per step.
+    return jax.lax.platform_dependent(values, cpu=fenced, default=lambda v: v)
 
 
 @contextlib.contextmanager

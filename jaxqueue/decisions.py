@@ -35,7 +35,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, Real
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 __all__ = ["AbstractDecisions", "Exact", "NotDifferentiableError", "ScoreFunction", "ceil_count",
            "fence", "guard"]
@@ -256,6 +256,23 @@ def _tree_min(values: list) -> Array:
     return values[0]
 
 
+# XLA's CPU argmax over a short axis is a variadic reduction (value and index), several times
+# slower than an integer minimum of indices: at 32 classes the gate's was the largest kernel of
+# the pooled step.
+def _first_true(mask: Bool[Array, " K"]) -> Int[Array, ""]:
+    """The index of the first true entry, 0 when none is (``jnp.argmax(mask)``)."""
+    num = mask.shape[0]
+    first = jnp.min(jnp.where(mask, jnp.arange(num, dtype=jnp.int32), num))
+    return jnp.where(first < num, first, 0)
+
+
+def _last_true(mask: Bool[Array, " K"]) -> Int[Array, ""]:
+    """The index of the last true entry, ``K - 1`` when none is."""
+    num = mask.shape[0]
+    last = jnp.max(jnp.where(mask, jnp.arange(num, dtype=jnp.int32), -1))
+    return jnp.where(last >= 0, last, num - 1)
+
+
 def _inverse_cdf(rates: Float[Array, " K"], target: Float[Array, ""],
                  running: Float[Array, " K"] | None = None) -> Int[Array, ""]:
     """The first index whose running sum of ``rates`` exceeds ``target``, never one of rate
@@ -265,7 +282,7 @@ def _inverse_cdf(rates: Float[Array, " K"], target: Float[Array, ""],
     # A negative target counts as 0: the leading zero rates (running sum 0) are then passed.
     index = jnp.sum(cum <= jnp.maximum(target, 0)).astype(jnp.int32)
     positive = rates > 0
-    last_positive = rates.shape[0] - 1 - jnp.argmax(positive[::-1]).astype(jnp.int32)
+    last_positive = _last_true(positive)
     return jnp.minimum(index, last_positive)
 
 
@@ -333,7 +350,7 @@ class Exact(AbstractDecisions):
             masked = jnp.where(chosen, key, jnp.inf)
             smallest = _tree_min([masked[k] for k in range(key.shape[0])])
             chosen = chosen & (key == smallest)
-        return jnp.argmax(chosen)
+        return _first_true(chosen)
 
     def choose(self, keys, eligible, on=1):
         index = self.lexmin(keys, eligible)

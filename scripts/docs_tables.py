@@ -1242,15 +1242,15 @@ TABLES: dict[str, Table] = {
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "
                 "score --temperature 20 --rule gated --methods gradient,spsa,es --eval-reps 128 "
-                "--eval-horizon 1000 --out results/tuning_gated",
+                "--eval-horizon 1000 --out docs/data/runs/tuning_gated",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "results/tuning_gated",
+                   "docs/data/runs/tuning_gated",
          "run-8reps": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 5 "
                       "--estimator score --temperature 20 --rule gated --steps 40 --reps 8 "
                       "--methods gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
-                      "results/tuning_gated40",
+                      "docs/data/runs/tuning_gated40",
          "report-8reps": "python scripts/tuning_bench.py --report --json {json} --out "
-                         "results/tuning_gated40"},
+                         "docs/data/runs/tuning_gated40"},
         _tuning, "the score tuner with the gated step rule against SPSA and the evolution "
                  "strategy at equal budget, dolly-8class with a TPOT target"),
     "cli_timings": Table(

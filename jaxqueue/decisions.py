@@ -59,8 +59,8 @@ def fence(values: Any) -> Any:
     ``values`` as they are.
 
     Only on the CPU (a GPU would decide each conditional on the host), and meant for a few
-    scalars per replication: fencing a vector (the event's one-hot row, the
-    running sum of the rates) made the pooled step slower, not faster."""
+    scalars per replication: fencing a vector (the event's one-hot row, the running sum of the
+    rates) made the pooled step slower, not faster."""
     when = _FENCE.get()
     if when is None:
         return values

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -468,8 +469,20 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     # levels and counters, which with the axis last XLA transposed on every step.
     carry_axes = (axes, -1, 0)
     # The window is closed over, not carried: loop-invariant inputs cost no copies per step.
-    step = jax.vmap(lambda c, b, a, z: _step(system, c, b, a, z, clock_dtype),
-                    in_axes=(carry_axes, -1, -1, -1), out_axes=carry_axes)
+    # Decisions computed once per step (see fence), in exact steps only: the predicate is true,
+    # from an input XLA cannot see through.
+    if system.decide.differentiable:
+        fencing = contextlib.nullcontext
+    else:
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        key_word = jnp.ravel(jax.random.key_data(key) if typed else key)[0].astype(jnp.float32)
+        fencing = functools.partial(_fenced, ~jnp.isnan(key_word))
+
+    def one_step(c, b, a, z):
+        with fencing():
+            return _step(system, c, b, a, z, clock_dtype)
+
+    step = jax.vmap(one_step, in_axes=(carry_axes, -1, -1, -1), out_axes=carry_axes)
     step_words = jax.vmap(rng.step_bits, in_axes=(-1, None, None), out_axes=-1)  # (W, R)
     carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
 
@@ -482,47 +495,38 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
         bits = rng.block_words(words, start, length, width)
         return jax.lax.scan(lambda c, b: (step(c, jnp.stack(b), w0, w1), None), c, bits)[0]
 
-    # Decisions computed once per step (see fence): the predicate is true, from an input XLA
-    # cannot see through. Only exact steps: a relaxed one is left as it was.
-    if system.decide.differentiable:
-        fencing = contextlib.nullcontext()
+    if remat is None and stop_early and not system.decide.differentiable:
+        # Blocks of steps while some replication can still change: once every replication has
+        # reached the window's end with no bookkeeping left, the remaining steps would change
+        # nothing (the result is the same as scanning them, bit for bit).
+        block = min(steps, STOP_BLOCK)
+        head = steps % block
+        if head:
+            carry = run_block(carry, jnp.uint32(0), head)
+
+        def more(c):
+            (state, t, _), start, _ = c
+            return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
+
+        def run(c):
+            carry, start, bad = c
+            carry = run_block(carry, start, block)
+            return carry, start + jnp.uint32(block), bad | invalid(carry[0])
+
+        (state, t, acc), _, bad = jax.lax.while_loop(
+            more, run, (carry, jnp.uint32(head), invalid(carry[0])))
+    elif remat is None:
+        (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
+        bad = invalid(state)
     else:
-        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        key_word = jnp.ravel(jax.random.key_data(key) if typed else key)[0].astype(jnp.float32)
-        fencing = _fenced(~jnp.isnan(key_word))
-    with fencing:
-        if remat is None and stop_early and not system.decide.differentiable:
-            # Blocks of steps while some replication can still change: once every replication has
-            # reached the window's end with no bookkeeping left, the remaining steps would change
-            # nothing (the result is the same as scanning them, bit for bit).
-            block = min(steps, STOP_BLOCK)
-            head = steps % block
-            if head:
-                carry = run_block(carry, jnp.uint32(0), head)
+        # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
+        @jax.checkpoint
+        def block(c, start):
+            return jax.lax.scan(body, c, start + jnp.arange(remat, dtype=jnp.uint32))[0], None
 
-            def more(c):
-                (state, t, _), start, _ = c
-                return (start < steps) & ~jnp.all((t >= w1) & ~pending(state))
-
-            def run(c):
-                carry, start, bad = c
-                carry = run_block(carry, start, block)
-                return carry, start + jnp.uint32(block), bad | invalid(carry[0])
-
-            (state, t, acc), _, bad = jax.lax.while_loop(
-                more, run, (carry, jnp.uint32(head), invalid(carry[0])))
-        elif remat is None:
-            (state, t, acc), _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.uint32))
-            bad = invalid(state)
-        else:
-            # Reverse-mode memory: keep the carry only every `remat` steps, recompute in between.
-            @jax.checkpoint
-            def block(c, start):
-                return jax.lax.scan(body, c, start + jnp.arange(remat, dtype=jnp.uint32))[0], None
-
-            starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
-            (state, t, acc), _ = jax.lax.scan(block, carry, starts)
-            bad = invalid(state)
+        starts = jnp.arange(steps // remat, dtype=jnp.uint32) * jnp.uint32(remat)
+        (state, t, acc), _ = jax.lax.scan(block, carry, starts)
+        bad = invalid(state)
     done = t >= w1
     left = pending(state)
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)

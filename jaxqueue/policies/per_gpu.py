@@ -107,6 +107,7 @@ from .common import (
     ring_live,
     split_event,
 )
+from .pooled import same_step
 
 __all__ = ["PerGpu", "PerGpuState", "counts_dtype", "gpu_slots"]
 
@@ -379,9 +380,10 @@ class PerGpu(AbstractSystem):
         def patience(c):
             return deadline(m, t, u[0], c)
 
-        def serve_head(ring, ready):
-            """Bookkeeping on a ring whose head may be served: discard it if it abandoned."""
-            look = bookkeeping & ready & (ring.size > 0)
+        def serve_head(ring, ready, now=False):
+            """Bookkeeping on a ring whose head may be served: discard it if it abandoned (in a
+            bookkeeping step, or in this one where ``now``)."""
+            look = (bookkeeping | now) & ready & (ring.size > 0)
             out = buf.serve(ring, look, t, window, d.at_least)
             credit = d.one_hot(out.label, num, out.looked).astype(real) * out.wait
             return out.ring, out.label, out.taken > 0, d.one_hot(out.label, num, out.gone), credit
@@ -449,10 +451,19 @@ class PerGpu(AbstractSystem):
             Qp = s.Qp
             pring = buf.push(pring, queued, cls, t, patience(cls))
             p_look = bookkeeping & can_start & (pring.size > 0)
-            pring, label, take, p_gone, p_credit = serve_head(pring, can_start)
-            pre = start_prefill(pre, take, first_able, label)
+            ready, target, freed = can_start, first_able, False
+            if s.decode_ring is None and not capped and same_step(d):
+                # A completion serves the ring in its own step: with jobs in the ring no GPU
+                # was able before it, so its GPU is the only one that may be now, the one a
+                # bookkeeping step after it would pick. (Decoupled policies route the finished
+                # prefill first and admit in a bookkeeping step after it: they keep that.)
+                freed = completes & self._able(pre, dec, g_event)
+                ready = can_start | freed
+                target = jnp.where(freed, g_event, first_able)
+            pring, label, take, p_gone, p_credit = serve_head(pring, ready, freed)
+            pre = start_prefill(pre, take, target, label)
             admitted = d.one_hot(label, num, take.astype(jnp.int32))
-            changed = jnp.where(take, first_able, changed)
+            changed = jnp.where(take, target, changed)
         if crings is not None:
             out = class_serve(crings, heads, admitted, t, window)
             crings, Qp = out.ring, s.Qp  # the counts stay 0: the rings hold the jobs
@@ -474,7 +485,14 @@ class PerGpu(AbstractSystem):
             ready = has_free
             if pring is not None and self.layout == "shared":
                 ready = ready & ~p_look  # prefill-first: the prefill queue is served first
-            dring, label, take, d_gone, d_credit = serve_head(dring, ready)
+            ended = False
+            if self.layout == "planned" and same_step(d):
+                # A decode completion serves the buffer in its own step, on the slot it freed
+                # (with jobs in the buffer no slot was free before it: the root's routing key
+                # names that slot). Planned GPUs keep prefill and decode slots apart, so no
+                # prefill waits for it; in the shared layout the prefill queue goes first.
+                ended = (kind == 2) | (kind == 3)
+            dring, label, take, d_gone, d_credit = serve_head(dring, ready, ended)
             dec = dec.at[at(take, target), label].add(1, mode="drop")
             decode_start = (d.one_hot(cls, num, place.astype(jnp.int32))
                             + d.one_hot(label, num, take.astype(jnp.int32)))

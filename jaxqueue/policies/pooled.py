@@ -65,7 +65,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import rng
-from ..decisions import fence
+from ..decisions import Exact, fence
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
@@ -572,7 +572,8 @@ class Pooled(AbstractSystem):
         prefills in service than free decode slots plus the slack.
 
         The free decode slots are counted after the decode buffer has taken its own: a free
-        slot with a job in the buffer (``dring``) goes to that job in the next zero-time step,
+        slot with a job in the buffer (``dring``) goes to that job in the next zero-time step
+        (exact decisions serve it in the step that freed it, before the gate: the same count),
         so it is not counted (if the buffer's head turns out to have abandoned, that step
         discards it and the gate looks again)."""
         d = self.decide
@@ -622,18 +623,21 @@ class Pooled(AbstractSystem):
 
         prune = laws.per_job(m.patience)
 
-        def serve_head(ring, ready, before):
+        def serve_head(ring, ready, before, now=False):
             return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num,
-                                   prune)
+                                   prune, now)
+
+        now = same_step(d)
 
         origins = done_origin = None
         if self.tracks_origin:
             moved, done_origin = pick_prefill_origin(s.origins, s.X, prefill_done, u[1])
 
         # Decode side (greedy router).
-        dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin, d_entry = greedy_route(
-            d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done, free_solo,
-            free_mixed, bookkeeping, t, patience, window, prune, done_origin)
+        dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin, d_entry, on_solo = (
+            greedy_route(d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done,
+                         free_solo, free_mixed, bookkeeping, t, patience, window, prune,
+                         done_origin, now))
 
         # Prefill side (the gate), at most one start per step.
         X = s.X - prefill_done
@@ -711,15 +715,18 @@ class Pooled(AbstractSystem):
             p_gone = queue_abandon * counted
             waited = None  # counts carry no entry times (a wait grid makes per-class rings)
         else:
-            # The FCFS ring: an arrival finding an idle slot starts at once; a freed slot
-            # serves the ring's oldest live job in a bookkeeping step.
+            # The FCFS ring: an arrival finding an idle slot starts at once; a prefill
+            # completion serves the ring's oldest live job in its own step (with jobs in the
+            # ring no slot was idle before it), else a bookkeeping step does.
             start = arrive * idle
             queued = arrive * (1 - idle)
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
-            pring, taken, p_gone, q_credit, waited, _, q_entry = serve_head(pring, idle,
-                                                                            s.prefill_ring)
+            freed = (jnp.sum(prefill_done) > 0) if now else False
+            ready = jnp.where(freed, 1, idle) if now else idle
+            pring, taken, p_gone, q_credit, waited, _, q_entry = serve_head(
+                pring, ready, s.prefill_ring, freed)
             admit = start + taken
         origins_full = None
         if self.tracks_origin:
@@ -793,7 +800,7 @@ class Pooled(AbstractSystem):
                 grid_hits(self.wait_grid, placed * counted, d_waited)])
             if self.tracks_origin:
                 hits = jnp.concatenate([hits, e2e_hits(
-                    self.wait_grid, placed * counted, free_solo, t - d_origin, m.mu_m, m.mu_s,
+                    self.wait_grid, placed * counted, on_solo, t - d_origin, m.mu_m, m.mu_s,
                     self.decode_law, u[0])])
             # Offsets of the kinds (prefill wait, TTFT, decode wait, end to end, solo start)
             # in the whole counter vector; a hit past a kind's block is no hit.
@@ -989,8 +996,11 @@ def dead_head(d, ring, t, window):
     return (ring.size > 0) & (t <= window[1]) & (d.at_least(t, buf.peek(ring)[2]) > 0)
 
 
-def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=False):
+def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=False, now=False):
     """Bookkeeping on a ring whose head may be served: discard it if it abandoned.
+
+    The head is looked at in a bookkeeping step, or, where ``now`` holds, in this step: the
+    event itself freed the slot that serves it (:func:`same_step`).
 
     With ``prune`` (a Python bool) a head whose deadline has passed is also discarded in any
     step, served or not: with a non-exponential patience law many more jobs can wait, and
@@ -1004,7 +1014,7 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     credit as one entry ``(class, wait)``, the class ``num`` (none) when the head was not
     looked at.
     """
-    look = bookkeeping & (ready > 0) & (before.size > 0)
+    look = (bookkeeping | now) & (ready > 0) & (before.size > 0)
     if prune:
         look = look | dead_head(d, ring, t, window)
     out = buf.serve(ring, look, t, window, d.at_least)
@@ -1015,15 +1025,21 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
 
 
 def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
-                 bookkeeping, t, patience, window, prune=False, origin=None):
+                 bookkeeping, t, patience, window, prune=False, origin=None, now=False):
     """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
-    oldest live job (in a bookkeeping step). Returns the ring, the decodes in service
+    oldest live job (in a bookkeeping step, or with ``now`` in the step that freed it). Returns the ring, the decodes in service
     ``(Ym, Ys)``, the decodes started, the buffer's abandonments and waits per class, the
     whole wait of the decode started (0 for one placed at once), its origin time (for a
     ring with origins, ``origin``, the finished prefill's arrival time, is stored with a job
     that joins the buffer, and returned for one placed at once; None without origins), and
-    the wait credited as one entry ``(class, wait)`` (:func:`serve_ring_head`)."""
+    the wait credited as one entry ``(class, wait)`` (:func:`serve_ring_head`), and the side a
+    decode started on (1 solo, 0 mixed).
+
+    With ``now`` (a Python bool; exact decisions only, :func:`same_step`) a decode completion
+    serves the buffer in its own step, on the side of the slot it freed: with jobs in the buffer
+    no slot was free before it, so that slot is the only one, the one a bookkeeping step after
+    it would fill."""
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
@@ -1031,8 +1047,15 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     enter, cls_in = fence((enter, cls_in))
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in), origin)
     ready = free_solo + free_mixed - free_solo * free_mixed
+    to_solo = free_solo
+    freed = False
+    if now:
+        ended = jnp.sum(mixed_done) + jnp.sum(solo_done)
+        freed = ended > 0  # never in a bookkeeping step, which has no event
+        ready = jnp.where(freed, 1, ready)
+        to_solo = jnp.where(freed, jnp.sum(solo_done), free_solo)
     dring, served, gone, credit, waited, head, entry = serve_ring_head(
-        d, dring, ready, ring, bookkeeping, t, window, num, prune)
+        d, dring, ready, ring, bookkeeping, t, window, num, prune, freed)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
     # relaxed decisions the whole tangent of a finished prefill goes on to decode (the value is
     # the exact one, prefill_done * (1 - enter)), so that no tangent mass vanishes; the
@@ -1040,7 +1063,6 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     # With exact decisions this is prefill_done * (1 - enter), bit for bit.
     into_ring = jax.lax.stop_gradient(prefill_done * enter)
     placed = prefill_done - into_ring + served
-    to_solo = free_solo
     Ys = Ys - solo_done + placed * to_solo
     Ym = Ym - mixed_done + placed * (1 - to_solo)
     # The whole wait of a job the buffer served in this step (0 when none: a decode placed at
@@ -1048,4 +1070,12 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     waited = jnp.where(jnp.sum(served) > 0, waited, 0.0).astype(t.dtype)
     if origin is not None:
         origin = jnp.where(jnp.sum(served) > 0, head, origin).astype(t.dtype)
-    return dring, Ym, Ys, placed, gone, credit, waited, origin, entry
+    return dring, Ym, Ys, placed, gone, credit, waited, origin, entry, to_solo
+
+
+def same_step(d) -> bool:
+    """Whether a completion that frees a slot serves a FCFS ring's head in its own step (exact
+    decisions) rather than in a zero-time bookkeeping step after it (relaxed ones, whose
+    fractional completions free fractional slots). The same jobs start at the same times
+    either way; the step saved is about a fifth of Gate-and-Route's at n = 500."""
+    return isinstance(d, Exact)

@@ -853,7 +853,7 @@ def _speed(data: dict) -> str:
         rows.append(f"| {name} | {r.get('gpus', r.get('servers'))} | {r['reps']:,} | "
                     f"{r['horizon']:g} | {_rate(r['events_per_second'])} | "
                     f"{_rate(two[name]['events_per_second']) if name in two else '-'} |")
-    for r in out["two4096"]["rows"]:
+    for r in (r for key in ("two4096", "two4096long") for r in out[key]["rows"]):
         rows.append(f"| {r['benchmark']} | {r['gpus']} | {r['reps']:,} | {r['horizon']:g} | - | "
                     f"{_rate(r['events_per_second'])} |")
     classes = out["classes"]["rows"]
@@ -1326,6 +1326,8 @@ TABLES: dict[str, Table] = {
         {"one": "python scripts/bench.py --json",
          "two": "python scripts/bench.py --devices all --json",
          "two4096": "python scripts/bench.py --devices all --only pooled --reps 4096 --json",
+         "two4096long": "python scripts/bench.py --devices all --only pooled --reps 4096 "
+                        "--horizon 200 --json",
          "classes": "python scripts/bench.py --only classes --classes 2 8 32 --json",
          "phases": "python scripts/bench.py --only phases --gpus 100 --reps 1024 --horizon 100 "
                    "--phases 4 --json"},

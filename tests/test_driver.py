@@ -164,7 +164,7 @@ def test_bookkeeping_left_at_the_warmup_is_done_in_the_warmup_alone_or_not():
     # replication 1, still in its warm-up (before, alone it did it in its first window chunk
     # instead: its counters summed to 251 alone, 216 beside replication 1).
     system, _ = policies.build("fg-sp", PAPER, 5)
-    key = jax.random.key(6)
+    key = jax.random.key(16)  # a key that meets the case (found by a search over keys)
     states, times, _ = jq.trajectory(key, system, 100)
     times, left = np.asarray(times), np.asarray(jax.vmap(system.pending)(states))
     k = next(k for k in range(60, 100) if left[k] and times[k] > times[k - 1])

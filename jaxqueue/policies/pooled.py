@@ -1028,13 +1028,14 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
                  bookkeeping, t, patience, window, prune=False, origin=None, now=False):
     """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
-    oldest live job (in a bookkeeping step, or with ``now`` in the step that freed it). Returns the ring, the decodes in service
-    ``(Ym, Ys)``, the decodes started, the buffer's abandonments and waits per class, the
-    whole wait of the decode started (0 for one placed at once), its origin time (for a
-    ring with origins, ``origin``, the finished prefill's arrival time, is stored with a job
-    that joins the buffer, and returned for one placed at once; None without origins), and
-    the wait credited as one entry ``(class, wait)`` (:func:`serve_ring_head`), and the side a
-    decode started on (1 solo, 0 mixed).
+    oldest live job (in a bookkeeping step, or with ``now`` in the step that freed it).
+
+    Returns the ring, the decodes in service ``(Ym, Ys)``, the decodes started, the buffer's
+    abandonments and waits per class, the whole wait of the decode started (0 for one placed at
+    once), its origin time (for a ring with origins, ``origin``, the finished prefill's arrival
+    time, is stored with a job that joins the buffer, and returned for one placed at once; None
+    without origins), the wait credited as one entry ``(class, wait)``
+    (:func:`serve_ring_head`), and the side a decode started on (1 solo, 0 mixed).
 
     With ``now`` (a Python bool; exact decisions only, :func:`same_step`) a decode completion
     serves the buffer in its own step, on the side of the slot it freed: with jobs in the buffer

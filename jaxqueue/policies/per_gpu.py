@@ -107,7 +107,6 @@ from .common import (
     ring_live,
     split_event,
 )
-from .pooled import same_step
 
 __all__ = ["PerGpu", "PerGpuState", "counts_dtype", "gpu_slots"]
 
@@ -452,7 +451,7 @@ class PerGpu(AbstractSystem):
             pring = buf.push(pring, queued, cls, t, patience(cls))
             p_look = bookkeeping & can_start & (pring.size > 0)
             ready, target, freed = can_start, first_able, False
-            if s.decode_ring is None and not capped and same_step(d):
+            if s.decode_ring is None and not capped:
                 # A completion serves the ring in its own step: with jobs in the ring no GPU
                 # was able before it, so its GPU is the only one that may be now, the one a
                 # bookkeeping step after it would pick. (Decoupled policies route the finished
@@ -486,7 +485,7 @@ class PerGpu(AbstractSystem):
             if pring is not None and self.layout == "shared":
                 ready = ready & ~p_look  # prefill-first: the prefill queue is served first
             ended = False
-            if self.layout == "planned" and same_step(d):
+            if self.layout == "planned":
                 # A decode completion serves the buffer in its own step, on the slot it freed
                 # (with jobs in the buffer no slot was free before it: the root's routing key
                 # names that slot). Planned GPUs keep prefill and decode slots apart, so no

@@ -65,7 +65,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import rng
-from ..decisions import Exact, fence
+from ..decisions import fence
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
@@ -627,7 +627,9 @@ class Pooled(AbstractSystem):
             return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num,
                                    prune, now)
 
-        now = same_step(d)
+        # A completion that frees a slot serves its ring's head in its own step (see
+        # :func:`greedy_route`); a relaxed forward pass takes the same (exact) decisions.
+        now = True
 
         origins = done_origin = None
         if self.tracks_origin:
@@ -1000,7 +1002,7 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
     """Bookkeeping on a ring whose head may be served: discard it if it abandoned.
 
     The head is looked at in a bookkeeping step, or, where ``now`` holds, in this step: the
-    event itself freed the slot that serves it (:func:`same_step`).
+    event itself freed the slot that serves it.
 
     With ``prune`` (a Python bool) a head whose deadline has passed is also discarded in any
     step, served or not: with a non-exponential patience law many more jobs can wait, and
@@ -1037,10 +1039,11 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     without origins), the wait credited as one entry ``(class, wait)``
     (:func:`serve_ring_head`), and the side a decode started on (1 solo, 0 mixed).
 
-    With ``now`` (a Python bool; exact decisions only, :func:`same_step`) a decode completion
-    serves the buffer in its own step, on the side of the slot it freed: with jobs in the buffer
-    no slot was free before it, so that slot is the only one, the one a bookkeeping step after
-    it would fill."""
+    With ``now`` (a Python bool) a decode completion serves the buffer in its own step, on the
+    side of the slot it freed: with jobs in the buffer no slot was free before it, so that slot
+    is the only one, the one a bookkeeping step after it would fill (the same jobs at the same
+    times, in one step fewer). The side is a decision: relaxed decisions carry no tangent
+    through it."""
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
@@ -1054,7 +1057,7 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
         ended = jnp.sum(mixed_done) + jnp.sum(solo_done)
         freed = ended > 0  # never in a bookkeeping step, which has no event
         ready = jnp.where(freed, 1, ready)
-        to_solo = jnp.where(freed, jnp.sum(solo_done), free_solo)
+        to_solo = jnp.where(freed, jax.lax.stop_gradient(jnp.sum(solo_done)), free_solo)
     dring, served, gone, credit, waited, head, entry = serve_ring_head(
         d, dring, ready, ring, bookkeeping, t, window, num, prune, freed)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under
@@ -1073,10 +1076,3 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
         origin = jnp.where(jnp.sum(served) > 0, head, origin).astype(t.dtype)
     return dring, Ym, Ys, placed, gone, credit, waited, origin, entry, to_solo
 
-
-def same_step(d) -> bool:
-    """Whether a completion that frees a slot serves a FCFS ring's head in its own step (exact
-    decisions) rather than in a zero-time bookkeeping step after it (relaxed ones, whose
-    fractional completions free fractional slots). The same jobs start at the same times
-    either way; the step saved is about a fifth of Gate-and-Route's at n = 500."""
-    return isinstance(d, Exact)

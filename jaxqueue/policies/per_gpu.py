@@ -456,9 +456,9 @@ class PerGpu(AbstractSystem):
                 # was able before it, so its GPU is the only one that may be now, the one a
                 # bookkeeping step after it would pick. (Decoupled policies route the finished
                 # prefill first and admit in a bookkeeping step after it: they keep that.)
-                freed = completes & self._able(pre, dec, g_event)
+                freed, target = fence((completes & self._able(pre, dec, g_event),
+                                       jnp.where(completes, g_event, first_able)))
                 ready = can_start | freed
-                target = jnp.where(freed, g_event, first_able)
             pring, label, take, p_gone, p_credit = serve_head(pring, ready, freed)
             pre = start_prefill(pre, take, target, label)
             admitted = d.one_hot(label, num, take.astype(jnp.int32))

@@ -573,7 +573,7 @@ class Pooled(AbstractSystem):
 
         The free decode slots are counted after the decode buffer has taken its own: a free
         slot with a job in the buffer (``dring``) goes to that job in the next zero-time step
-        (exact decisions serve it in the step that freed it, before the gate: the same count),
+        (or in the step that freed it, before the gate: the same count),
         so it is not counted (if the buffer's head turns out to have abandoned, that step
         discards it and the gate looks again)."""
         d = self.decide
@@ -627,9 +627,6 @@ class Pooled(AbstractSystem):
             return serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num,
                                    prune, now)
 
-        # A completion that frees a slot serves its ring's head in its own step (see
-        # :func:`greedy_route`); a relaxed forward pass takes the same (exact) decisions.
-        now = True
 
         origins = done_origin = None
         if self.tracks_origin:
@@ -639,7 +636,7 @@ class Pooled(AbstractSystem):
         dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin, d_entry, on_solo = (
             greedy_route(d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done,
                          free_solo, free_mixed, bookkeeping, t, patience, window, prune,
-                         done_origin, now))
+                         done_origin, now=True))
 
         # Prefill side (the gate), at most one start per step.
         X = s.X - prefill_done
@@ -719,16 +716,16 @@ class Pooled(AbstractSystem):
         else:
             # The FCFS ring: an arrival finding an idle slot starts at once; a prefill
             # completion serves the ring's oldest live job in its own step (with jobs in the
-            # ring no slot was idle before it), else a bookkeeping step does.
+            # ring no slot was idle before it; a relaxed forward pass takes the same decisions),
+            # a bookkeeping step the next one if that head had abandoned.
             start = arrive * idle
             queued = arrive * (1 - idle)
             Qp = s.Qp
             cls_a = jnp.argmax(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
-            freed = (jnp.sum(prefill_done) > 0) if now else False
-            ready = jnp.where(freed, 1, idle) if now else idle
+            freed = jnp.sum(prefill_done) > 0
             pring, taken, p_gone, q_credit, waited, _, q_entry = serve_head(
-                pring, ready, s.prefill_ring, freed)
+                pring, jnp.where(freed, 1, idle), s.prefill_ring, freed)
             admit = start + taken
         origins_full = None
         if self.tracks_origin:

@@ -11,7 +11,8 @@ Problems (``--list``):
   second of excess (the plan: the soft SLI-aware LP);
 - ``fairness-200``: ``paper-qwen8b``, n = 200, decode fairness 2 as a penalty of weight 5;
 - ``dolly-tpot-100``: ``dolly-8class`` (19 parameters), n = 100, TPOT target 0.023 s, weight 1e5;
-- ``dolly-200``: ``dolly-8class``, n = 200, revenue only: a control with no headroom.
+- ``dolly-200``: ``dolly-8class``, n = 200, revenue only: a control, where a tuner should at
+  least lose nothing.
 
 Each problem: the starting points of the ``gated`` family (its LP point, and the same ranking
 classes after admission), the best of them on a common key; then, from that start, with common

@@ -636,7 +636,7 @@ class Pooled(AbstractSystem):
         dring, Ym, Ys, placed, d_gone, d_credit, d_waited, d_origin, d_entry, on_solo = (
             greedy_route(d, s.decode_ring, s.Ym, s.Ys, prefill_done, mixed_done, solo_done,
                          free_solo, free_mixed, bookkeeping, t, patience, window, prune,
-                         done_origin, now=True))
+                         done_origin))
 
         # Prefill side (the gate), at most one start per step.
         X = s.X - prefill_done
@@ -1024,10 +1024,10 @@ def serve_ring_head(d, ring, ready, before, bookkeeping, t, window, num, prune=F
 
 
 def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo, free_mixed,
-                 bookkeeping, t, patience, window, prune=False, origin=None, now=False):
+                 bookkeeping, t, patience, window, prune=False, origin=None):
     """The greedy router (Sec. 4.1) after one event: a finished prefill takes a free solo slot,
     else a free mixed slot, else joins the FCFS decode buffer; a free slot serves the buffer's
-    oldest live job (in a bookkeeping step, or with ``now`` in the step that freed it).
+    oldest live job.
 
     Returns the ring, the decodes in service ``(Ym, Ys)``, the decodes started, the buffer's
     abandonments and waits per class, the whole wait of the decode started (0 for one placed at
@@ -1036,11 +1036,11 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     without origins), the wait credited as one entry ``(class, wait)``
     (:func:`serve_ring_head`), and the side a decode started on (1 solo, 0 mixed).
 
-    With ``now`` (a Python bool) a decode completion serves the buffer in its own step, on the
-    side of the slot it freed: with jobs in the buffer no slot was free before it, so that slot
-    is the only one, the one a bookkeeping step after it would fill (the same jobs at the same
-    times, in one step fewer). The side is a decision: relaxed decisions carry no tangent
-    through it."""
+    A decode completion serves the buffer in its own step, on the side of the slot it freed:
+    with jobs in the buffer no slot was free before it, so that slot is the only one, the one a
+    bookkeeping step after it would fill (the same jobs at the same times, in one step fewer).
+    A head that turns out to have abandoned is discarded, and the next one waits for a
+    bookkeeping step. The side is a decision: relaxed decisions carry no tangent through it."""
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
@@ -1048,13 +1048,10 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     enter, cls_in = fence((enter, cls_in))
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in), origin)
     ready = free_solo + free_mixed - free_solo * free_mixed
-    to_solo = free_solo
-    freed = False
-    if now:
-        ended = jnp.sum(mixed_done) + jnp.sum(solo_done)
-        freed = ended > 0  # never in a bookkeeping step, which has no event
-        ready = jnp.where(freed, 1, ready)
-        to_solo = jnp.where(freed, jax.lax.stop_gradient(jnp.sum(solo_done)), free_solo)
+    # A decode completion (never in a bookkeeping step, which has no event) frees the slot.
+    freed = jnp.sum(mixed_done) + jnp.sum(solo_done) > 0
+    ready = jnp.where(freed, 1, ready)
+    to_solo = jnp.where(freed, jax.lax.stop_gradient(jnp.sum(solo_done)), free_solo)
     dring, served, gone, credit, waited, head, entry = serve_ring_head(
         d, dring, ready, ring, bookkeeping, t, window, num, prune, freed)
     # The buffer is a ring of whole jobs: a relaxed fraction of a job cannot wait in it. Under

@@ -24,9 +24,10 @@ from .kernel import SimulationError
 
 __all__ = ["Batch", "Checkpoint", "CheckpointError", "Progress", "Saved", "fingerprint"]
 
-#: Version of the file's layout. Format 1 (no ``format`` entry) numbered chunks per batch, so
-#: its paths cannot be continued by a driver that numbers each replication's own.
-FORMAT = 2
+#: Version of the file's layout. Format 1 (no ``format`` entry) numbered chunks per batch and
+#: format 2 each replication's chunks; format 3 keeps each replication's position in its random
+#: stream (the steps it took), which the earlier formats' paths cannot be continued from.
+FORMAT = 3
 
 
 class CheckpointError(SimulationError):
@@ -85,14 +86,13 @@ class Progress:
     Attributes:
         batch: the sums so far.
         leaves: the kernel states.
-        rep_chunks: chunks each replication drew random numbers in (the index of its next),
-            ``(R,)``.
+        rep_steps: steps each replication took (its position in its random stream), ``(R,)``.
         pending: whether each replication has zero-time bookkeeping left, ``(R,)``.
     """
 
     batch: Batch
     leaves: list[np.ndarray]
-    rep_chunks: np.ndarray
+    rep_steps: np.ndarray
     pending: np.ndarray
 
 
@@ -149,9 +149,9 @@ class Checkpoint:
             if version != FORMAT:
                 raise CheckpointError(
                     f"checkpoint {self.path} has format {version}, written by another version "
-                    f"of jaxqueue; this one reads format {FORMAT} (format 1 numbered the chunks "
-                    "of a batch, not those of each replication: its paths cannot be continued)"
-                    ": remove it or choose another path")
+                    f"of jaxqueue; this one reads format {FORMAT} (earlier formats numbered "
+                    "chunks, not the steps each replication took: their paths cannot be "
+                    "continued): remove it or choose another path")
             if str(f["fingerprint"]) != self.fingerprint:
                 raise CheckpointError(
                     f"checkpoint {self.path} was written by a different run (system, key, "
@@ -162,7 +162,7 @@ class Checkpoint:
             if bool(f["has_current"]):
                 current = Progress(batch=Batch.from_arrays(f, "c_"),
                                    leaves=[f[f"leaf{k}"] for k in range(int(f["num_leaves"]))],
-                                   rep_chunks=f["rep_chunks"], pending=f["pending"])
+                                   rep_steps=f["rep_steps"], pending=f["pending"])
             capacity = int(f["capacity"]) if "capacity" in f and int(f["capacity"]) > 0 else None
             finished = bool(f["finished"]) if "finished" in f else False
         return Saved(done=done, current=current, capacity=capacity, finished=finished)
@@ -181,7 +181,7 @@ class Checkpoint:
             data.update(current.batch.arrays("c_"))
             data.update({f"leaf{k}": a for k, a in enumerate(current.leaves)})
             data["num_leaves"] = len(current.leaves)
-            data.update(rep_chunks=current.rep_chunks, pending=current.pending)
+            data.update(rep_steps=current.rep_steps, pending=current.pending)
         tmp = self.path + ".tmp.npz"
         np.savez(tmp, **data)
         os.replace(tmp, self.path)

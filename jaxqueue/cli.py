@@ -392,7 +392,7 @@ def _cmd_simulate(args) -> int:
 
     from . import budget, policies, scenarios
     from .compare import tuned_system
-    from .driver import GROWTH, BufferOverflowError, simulate
+    from .driver import GROWTH, BufferOverflowError, chunk_events_for, simulate
 
     model = scenarios.load(args.scenario)
     arrivals = None
@@ -437,6 +437,8 @@ def _cmd_simulate(args) -> int:
                              "counters need exponential prefill times; the wait and ttft "
                              "targets are")
     devices = _devices(args.devices, system, args.reps)
+    if args.chunk_events is None:
+        args.chunk_events = chunk_events_for(-(-args.reps // len(devices)))
     est = budget.estimate(system, reps=args.reps, horizon=args.horizon,
                           chunk_events=args.chunk_events, devices=devices)
     budget.check_fits(system, est, args.reps)
@@ -581,7 +583,7 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         "resumed": run.resumed,
         "events": run.events, "wall_seconds": run.wall_seconds,
         "compile_seconds": run.compile_seconds, "events_per_second": run.events_per_second,
-        "devices": len(devices),
+        "devices": len(devices), "chunk_events": args.chunk_events,
     })
     if np.any(run.collected):
         summary = stats.summarize_pooled(run, model, args.gpus)
@@ -1090,8 +1092,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--buffer-capacity", type=_positive_int("buffer-capacity"), default=None,
                      help="fixed slots of each FCFS buffer (an overflow is then an error); by "
                           "default sized from n and the plan and grown if it overflows")
-    sim.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=1024,
-                     help="events per compiled scan chunk")
+    sim.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=None,
+                     help="steps per compiled chunk (default: chosen from the replications per "
+                          "device: 1,024 from 256 up, up to 32,768 for a few; a path does not "
+                          "depend on it)")
     sim.add_argument("--devices", default="all",
                      help="shard replications over 'all' devices or the first N (on a CPU, one "
                           "device per core)")

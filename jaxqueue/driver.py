@@ -11,13 +11,15 @@ the same law), the census of that moment starts the statistics, and the run goes
 ``horizon``. So every job is accounted for exactly: per stage and class, what came in equals what
 went out plus the change in the census between the window's start and its end.
 
-Each replication numbers its own chunks: replication ``r`` draws the random numbers of the
-``c``-th chunk it uses from ``fold_in(fold_in(key, r), c)``. A chunk it has nothing to do in
-(it waits at the warm-up for others of its batch, or at the end) draws nothing and does not
-count; one whose steps ran out while it still had zero-time bookkeeping to do at its stop time
-is followed by another of the same phase, whatever the others do. So its path does not depend
-on how many replications run, on how they are sharded or batched, or on where a checkpoint cut
-the run (the checkpoint keeps each replication's count). The same holds for the capacity of the
+Each replication counts its own steps: replication ``r``'s ``p``-th step draws its random
+numbers from position ``p`` of its stream ``fold_in(fold_in(key, r), 0)`` (:mod:`jaxqueue.rng`).
+A step it has nothing to do in (it waits at the warm-up for others of its batch, or at the end)
+draws nothing and does not count; the step whose holding time crossed its stop time counts (its
+numbers are not used again); a chunk whose steps ran out while it still had zero-time
+bookkeeping to do at its stop time is followed by another of the same phase, whatever the others
+do. So its path does not depend on how many replications run, on how they are sharded or
+batched, on how many steps a chunk runs (``chunk_events``), or on where a checkpoint cut the run
+(the checkpoint keeps each replication's count). The same holds for the capacity of the
 FCFS buffers: it does not change a path unless it overflows, so a batch whose buffer overflowed
 is rerun from its start with a larger buffer (``grow_buffers``) and gives what a large enough
 buffer gives from the start.
@@ -46,8 +48,8 @@ from . import budget, kernel, rng
 from .checkpoint import Batch, Checkpoint, Progress, fingerprint
 from .kernel import AbstractSystem, SimulationError
 
-__all__ = ["BufferOverflowError", "Run", "SimulationError", "SimulationWarning", "max_batch_for",
-           "simulate"]
+__all__ = ["BufferOverflowError", "Run", "SimulationError", "SimulationWarning",
+           "chunk_events_for", "max_batch_for", "simulate"]
 
 
 class SimulationWarning(UserWarning):
@@ -267,6 +269,10 @@ def simulate(
     if isinstance(first_rep, bool) or int(first_rep) != first_rep or first_rep < 0:
         raise ValueError(f"first_rep = {first_rep!r} is invalid: must be an integer >= 0")
     batch = max(per, (min(int(max_batch), reps) // per) * per)
+    if devices is not None and len(devices) == 1 and devices[0] == jax.devices()[0]:
+        # The default device alone: placing each chunk's inputs there by a sharding cost about
+        # 0.3 ms a chunk on the host, for nothing (the arrays land there anyway).
+        devices = None
     bar = _Bar("simulating" if progress is True else progress) \
         if progress is True or isinstance(progress, str) else None
     report = bar or (progress or None)
@@ -512,23 +518,24 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
         states = _shard(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in resume.leaves]),
                         axes, devices)
         sums = resume.batch
-        used, pending = resume.rep_chunks.astype(np.int64), resume.pending.astype(bool)
+        taken, pending = resume.rep_steps.astype(np.int64), resume.pending.astype(bool)
     else:
         states = _shard(kernel.initial_state_jit(
             system, key, jnp.arange(first, first + reps, dtype=jnp.uint32)), axes, devices)
         sums = Batch.zeros(reps, num_levels, len(system.tally_names) * system.num_classes)
-        used, pending = np.zeros(reps, np.int64), np.zeros(reps, bool)
+        taken, pending = np.zeros(reps, np.int64), np.zeros(reps, bool)
     interrupted = False
 
     def progress_now() -> Progress:
         return Progress(batch=sums, leaves=[np.asarray(a) for a in jax.tree.leaves(states)],
-                        rep_chunks=used, pending=pending)
+                        rep_steps=taken, pending=pending)
 
     def chunk_call(w0, w1):
-        # Each replication's own chunk index: the chunks it drew random numbers in so far.
-        chunk = _shard(jnp.asarray(used, jnp.uint32), -1, devices)
-        return kernel._rollout_jit(key, system, rep_ids, states, w0, w1, chunk,
-                                   steps=chunk_events, clock_dtype=clock_dtype, close=False)
+        # Each replication's position in its random stream: the steps it took so far.
+        lo, hi = rng.split_position(taken)
+        return kernel._rollout_jit(key, system, rep_ids, states, w0, w1, _shard(lo, -1, devices),
+                                   _shard(hi, -1, devices), steps=chunk_events,
+                                   clock_dtype=clock_dtype, close=False)
 
     before = kernel.compile_count()
     last_save = time.perf_counter()
@@ -572,8 +579,8 @@ def _run_batch(system, key, first, reps, horizon, warmup, chunk_events, clock_dt
                     events=sums.events + int(np.sum(np.asarray(summary.events,
                                                                np.int64)[:counted])),
                     wall=sums.wall + elapsed, chunks=sums.chunks + 1)
-                new_used, new_pending = used + np.asarray(out.active), np.asarray(out.pending)
-                sums, used, pending, states = new_sums, new_used, new_pending, out.state
+                new_taken, new_pending = taken + np.asarray(out.steps), np.asarray(out.pending)
+                sums, taken, pending, states = new_sums, new_taken, new_pending, out.state
                 if report:
                     report(float(np.mean(sums.time)) / horizon)
                 if save and time.perf_counter() - last_save >= every:
@@ -622,6 +629,30 @@ def _close(system, states, sums: Batch, warmup: float, devices) -> Batch:
         tallies=sums.tallies + np.asarray(flow.counts, np.int64).T,
         integrals=sums.integrals + np.asarray(flow.waits, np.float64).T,
         stock_end=np.asarray(stock, np.int64).T)
+
+
+#: Replication-steps per chunk that :func:`chunk_events_for` aims at, and its bounds.
+CHUNK_WORK = 2**18
+CHUNK_BOUNDS = (1024, 32768)
+
+
+def chunk_events_for(reps_per_device: int) -> int:
+    """A chunk length for ``reps_per_device`` replications on each device: about
+    :data:`CHUNK_WORK` replication-steps per chunk, a power of two within
+    :data:`CHUNK_BOUNDS` (1,024 from 256 replications up; 32,768 below 8).
+
+    Each chunk costs the host a dispatch and a sum of its results, about a millisecond on one
+    CPU core, which few replications' short chunks do not hide. Since a replication's path does
+    not depend on the chunk length (up to the rounding of the float32 clock at the warm-up's
+    end and the horizon), the length is free to follow the run's shape: ``jaxqueue simulate
+    paper-qwen8b --policy fi-wsp --gpus 500 --reps 5 --horizon 2000 --warmup 500`` simulated
+    for 26.4-27.0 s in chunks of 1,024 steps and 24.0-24.1 s in chunks of 32,768 (two runs
+    each, one core of the 2-core development machine, 2026-12-06)."""
+    if isinstance(reps_per_device, bool) or int(reps_per_device) < 1:
+        raise ValueError(f"reps_per_device = {reps_per_device!r} is invalid: must be >= 1")
+    low, high = CHUNK_BOUNDS
+    target = CHUNK_WORK / int(reps_per_device)
+    return int(min(high, max(low, 2 ** math.ceil(math.log2(target)))))
 
 
 def max_batch_for(system: AbstractSystem, chunk_events: int,

@@ -149,10 +149,12 @@ class Rollout(eqx.Module):
             that the clock of a following rollout starts at zero.
         time: clock reached by each replication (the window's end once ``done``), ``(R,)``.
         done: whether each replication reached the window's end, ``(R,)``.
-        active: whether each replication had anything to do at the rollout's start: its clock
-            before the window's end, or zero-time bookkeeping pending, ``(R,)``. One that had
-            not drew no random numbers and left its state unchanged, so a driver numbers a
-            replication's chunks by the rollouts it was active in.
+        steps: the steps each replication took, ``(R,)``: those it began with its clock
+            before the window's end or zero-time bookkeeping pending (so the step whose holding
+            time crossed the window's end counts; the steps after it drew nothing and left the
+            state unchanged). A driver that continues the run passes each replication's total
+            as the next rollout's ``first_step``, so its path does not depend on how the run is
+            cut into rollouts.
         pending: whether each replication ended with zero-time bookkeeping left (its steps ran
             out first), ``(R,)``: one that ended at the window's end with some still has work
             there.
@@ -166,7 +168,7 @@ class Rollout(eqx.Module):
     state: Any
     time: Float[Array, " R"]
     done: Bool[Array, " R"]
-    active: Bool[Array, " R"]
+    steps: Int[Array, " R"]
     pending: Bool[Array, " R"]
     overflow: Bool[Array, " R"]
     invalid: Bool[Array, " R"]
@@ -288,6 +290,7 @@ class _Acc(eqx.Module):
     counts: Int[Array, " T"]  # the leading counters, added densely
     events: Int[Array, ""]
     logp: Float[Array, ""]
+    taken: Int[Array, ""]  # steps begun before the window's end or with bookkeeping pending
     bins: Int[Array, " H"] | None = None  # the trailing AbstractSystem.num_hit_tallies
 
 
@@ -307,6 +310,7 @@ def _zero_acc(system: AbstractSystem, batch: tuple[int, ...], clock_dtype, count
         counts=jnp.zeros((*batch, num_counts - hit), count_dtype),
         events=jnp.zeros(batch, jnp.int32),
         logp=jnp.zeros(batch, rng.real_dtype()),
+        taken=jnp.zeros(batch, jnp.int32),
         bins=jnp.zeros((*batch, hit), count_dtype) if hit else None,
     )
 
@@ -376,6 +380,7 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
         bins=bins,
         events=acc.events + random.astype(jnp.int32),
         logp=acc.logp + jnp.asarray(flow.logp, acc.logp.dtype),
+        taken=acc.taken + (pending | (t < w1)).astype(jnp.int32),
     )
     return (new_state, jnp.where(live, t_new, w1), acc)
 
@@ -399,20 +404,20 @@ def rep_axes(system: AbstractSystem) -> Any:
     return jax.tree.map(lambda a: _rep_axis(a.shape), jax.eval_shape(system.init))
 
 
-#: The chunk index whose random words set up replications (:meth:`AbstractSystem.randomize`).
-INIT_CHUNK = 0xFFFFFFFF
+#: The stream whose random words set up replications (:meth:`AbstractSystem.randomize`).
+INIT_STREAM = 0xFFFFFFFF
 
 
 def initial_state(system: AbstractSystem, key: PRNGKeyArray, rep_ids: UInt32[Array, " R"]) -> Any:
     """Every replication's starting state in the kernel's layout: :meth:`AbstractSystem.init`,
     then :meth:`AbstractSystem.randomize` with the replication's own uniforms (drawn from
-    ``fold_in(fold_in(key, r), INIT_CHUNK)``, a stream no chunk uses)."""
+    ``fold_in(fold_in(key, r), INIT_STREAM)``, a stream no step uses)."""
     reps = rep_ids.shape[0]
     state = replicate(system.init(), reps)
     if not system.num_init_random:
         return state
     width = system.num_init_random
-    u = jax.vmap(lambda r: rng.uniform(rng.step_bits(rng.rep_key(key, r, INIT_CHUNK), 0, width)),
+    u = jax.vmap(lambda r: rng.uniform(rng.step_bits(rng.rep_key(key, r, INIT_STREAM), 0, width)),
                  out_axes=-1)(rep_ids)
     axes = rep_axes(system)
     return jax.vmap(system.randomize, in_axes=(axes, -1), out_axes=axes)(state, u)
@@ -438,7 +443,7 @@ def replicate(state: Any, reps: int) -> Any:
 STOP_BLOCK = 64
 
 
-def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dtype: Any,
+def _rollout(key, system, rep_ids, state, w0, w1, lo, hi, *, steps: int, clock_dtype: Any,
              close: bool, remat: int | None = None, stop_early: bool = True) -> Rollout:
     if not system.decide.differentiable:
         system = guard(system)
@@ -447,8 +452,10 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     axes = rep_axes(system)
     if state is None:
         state = initial_state(system, key, rep_ids)
-    chunk = jnp.broadcast_to(jnp.asarray(chunk, jnp.uint32), (reps,))
-    words = jax.vmap(lambda r, c: rng.rep_key(key, r, c), out_axes=-1)(rep_ids, chunk)  # (2, R)
+    # Each replication's position in its stream: the steps it took in earlier rollouts.
+    lo = jnp.broadcast_to(jnp.asarray(lo, jnp.uint32), (reps,))
+    hi = jnp.broadcast_to(jnp.asarray(hi, jnp.uint32), (reps,))
+    words = jax.vmap(lambda r: rng.rep_key(key, r), out_axes=-1)(rep_ids)  # (2, R)
     # A counter rises by at most one per step: int16 halves their memory traffic per step.
     count_dtype = jnp.int16 if steps < 2**15 else jnp.int32
     acc0 = _zero_acc(system, (reps,), clock_dtype, count_dtype)
@@ -464,7 +471,6 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     # Relaxed rollouts (pathwise gradients) are not checked: their counts are not the chain's.
     invalid = jax.vmap(lambda s: ~(jnp.min(system.rates(s)) >= 0)
                        & (not system.decide.differentiable), in_axes=(axes,))
-    active = (w1 > 0) | pending(state)  # the clock starts at 0
     # Accumulators with the replication axis first: the step writes a per-replication row of
     # levels and counters, which with the axis last XLA transposed on every step.
     carry_axes = (axes, -1, 0)
@@ -483,16 +489,16 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
             return _step(system, c, b, a, z, clock_dtype)
 
     step = jax.vmap(one_step, in_axes=(carry_axes, -1, -1, -1), out_axes=carry_axes)
-    step_words = jax.vmap(rng.step_bits, in_axes=(-1, None, None), out_axes=-1)  # (W, R)
+    step_words = jax.vmap(rng.step_bits, in_axes=(-1, None, None, -1, -1), out_axes=-1)  # (W, R)
     carry = (state, jnp.zeros((reps,), clock_dtype), acc0)
 
     def body(c, s):
-        return step(c, step_words(words, s, width), w0, w1), None
+        return step(c, step_words(words, s, width, lo, hi), w0, w1), None
 
     def run_block(c, start, length: int):
         # The block's random words are hashed before its steps, all at once: inside the step,
         # XLA recomputed each hash in every kernel that read one of its words.
-        bits = rng.block_words(words, start, length, width)
+        bits = rng.block_words(words, start, length, width, lo, hi)
         return jax.lax.scan(lambda c, b: (step(c, jnp.stack(b), w0, w1), None), c, bits)[0]
 
     if remat is None and stop_early and not system.decide.differentiable:
@@ -541,7 +547,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, chunk, *, steps: int, clock_dt
     summary = Summary(integrals=integrals.T, counts=counts.T, stock_start=stock_start.T,
                       stock_end=stock_end.T, events=acc.events, logp=acc.logp,
                       revenue=revenue)
-    return Rollout(state=state, time=t, done=done, active=active, pending=left,
+    return Rollout(state=state, time=t, done=done, steps=acc.taken, pending=left,
                    overflow=overflow, invalid=bad, summary=summary)
 
 
@@ -551,15 +557,17 @@ _rollout_jit = jax.jit(_rollout, static_argnames=("steps", "clock_dtype", "close
 
 def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int | None = None,
             rep_ids: UInt32[Array, " R"] | None = None, state: Any = None,
-            window: tuple[Any, Any] = (0.0, jnp.inf), chunk: Any = 0,
+            window: tuple[Any, Any] = (0.0, jnp.inf), first_step: Any = 0,
             clock_dtype: Any = None, close: bool = True, remat: int | None = None,
             stop_early: bool = True) -> Rollout:
     """Runs ``steps`` events of each replication from ``state`` on the device.
 
     Pure and jitted (one program per system structure, ``steps`` and ``reps``): composes with
     ``jax.jit`` and ``jax.vmap`` over the system's parameters. Replication ``r`` draws its random
-    numbers from ``fold_in(fold_in(key, r), chunk)``, so its path depends only on ``(key, r,
-    chunk)``. With :class:`~jaxqueue.decisions.Exact` decisions, differentiating through the
+    numbers from its own stream, ``fold_in(fold_in(key, r), 0)``, step ``first_step + s`` of it
+    in the rollout's step ``s``: its path depends only on ``(key, r)``, and a run cut into
+    several rollouts (each from the last one's state, ``first_step`` advanced by its
+    :attr:`Rollout.steps`) follows the same path however it is cut. With :class:`~jaxqueue.decisions.Exact` decisions, differentiating through the
     parameters raises :class:`~jaxqueue.decisions.NotDifferentiableError`.
 
     Args:
@@ -573,8 +581,9 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
             :attr:`Rollout.state`); default: every replication empty.
         window: statistics window ``(start, end]`` on this rollout's clock (scalars or ``(R,)``
             arrays); the default ``(0, inf)`` counts everything.
-        chunk: index of this rollout in a longer run (selects fresh random numbers): one for
-            every replication, or each replication's own, ``(R,)``.
+        first_step: each replication's position in its stream: the steps it took in the
+            run's earlier rollouts (the sum of their :attr:`Rollout.steps`), one for every
+            replication or each its own, ``(R,)``; integers >= 0 (64-bit on the host).
         clock_dtype: dtype of the clock and the time integrals (default: float32, or float64
             under ``jax.enable_x64``).
         close: settle what jobs still held owe at the end (:meth:`AbstractSystem.close`) and
@@ -601,8 +610,9 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
         raise ValueError(f"remat = {remat!r} is invalid: must be an integer >= 1 dividing "
                          f"steps = {steps}")
     clock_dtype = rng.real_dtype() if clock_dtype is None else jnp.dtype(clock_dtype)
+    lo, hi = rng.split_position(first_step)
     return _rollout_jit(key, system, jnp.asarray(rep_ids, jnp.uint32), state, window[0],
-                        window[1], jnp.asarray(chunk, jnp.uint32), steps=int(steps),
+                        window[1], lo, hi, steps=int(steps),
                         clock_dtype=clock_dtype, close=bool(close),
                         remat=None if remat is None else int(remat), stop_early=bool(stop_early))
 
@@ -640,14 +650,14 @@ def trajectory(key: PRNGKeyArray, system: AbstractSystem, num_events: int, *, re
     """The path of replication ``rep`` over its first ``num_events`` steps (opt-in, for checks
     and plots): states and times after each step, and cumulative counters (no window).
 
-    Uses the same starting state, step and random numbers as a rollout's first chunk. ``every``
+    Uses the same starting state, step and random numbers as a rollout from the start. ``every``
     keeps one step in ``every``.
     """
     state = system.init()
     if system.num_init_random:  # the replication's own starting state (AbstractSystem.randomize)
         batch = initial_state(system, key, jnp.asarray([rep], jnp.uint32))
         state = jax.tree.map(lambda a, axis: jnp.take(a, 0, axis=axis), batch, rep_axes(system))
-    bits = rng.chunk_words(key, jnp.asarray([rep], jnp.uint32), jnp.uint32(0), num_events,
+    bits = rng.chunk_words(key, jnp.asarray([rep], jnp.uint32), num_events,
                            words_per_step(system))[..., 0]
     real = rng.real_dtype()
     acc0 = _zero_acc(system, (), real, jnp.int32)

@@ -12,15 +12,15 @@ the schedule of chunks it would follow alone.
 
 So point ``p`` of ``simulate_many(key, systems, ...)`` equals ``simulate(key, systems[p], ...)``
 run with a single batch (its results, those of any batching): replication ``r`` of every point
-draws its ``c``-th chunk's random numbers from ``fold_in(fold_in(key, r), c)``, counting only
-the chunks it drew random numbers in (common random numbers across the points), and the event
-counts are bit-identical (a test checks this).
+draws its ``p``-th step's random numbers from position ``p`` of its stream ``fold_in(fold_in(key,
+r), 0)``, counting only the steps it took (common random numbers across the points), and the
+event counts are bit-identical (a test checks this).
 
 A FCFS ring that overflows costs a replication, not the sweep: the group runs to its end, then
 only the replications that overflowed are rerun, with rings four times larger, on the same
 random numbers and the same schedule of chunks as their point (they get what a large enough
 ring gives from the start). A replication's path does not depend on the others of its point
-(the chunks it waits through, at the warm-up, draw nothing), but the point's schedule does: its
+(the steps it waits through, at the warm-up, draw nothing), but the point's schedule does: its
 statistics window starts at the chunk after the slowest of them finishes its warm-up, and
 ``Run.chunks`` counts the chunks to the end. An overflow inside the warm-up can move that
 chunk; the rerun measures where the replication really finishes its warm-up, and if the
@@ -105,14 +105,14 @@ def stack(systems: Sequence[AbstractSystem]) -> AbstractSystem:
 
 
 # ---- the vmapped kernel -----------------------------------------------------------------------
-def _many(key, systems, rep_ids, states, w0, w1, chunks, *, steps, clock_dtype):
-    # rep_ids, chunks: (points, R), each point's own replication ids (the same row for a whole
-    # grid) and each replication's own chunk index.
-    def one(system, ids, state, a, b, c):
+def _many(key, systems, rep_ids, states, w0, w1, lo, hi, *, steps, clock_dtype):
+    # rep_ids, lo, hi: (points, R), each point's own replication ids (the same row for a whole
+    # grid) and each replication's own position in its stream (low and high words).
+    def one(system, ids, state, a, b, low, high):
         # A vmapped early stop would select over every state leaf per block: scan instead.
-        return kernel._rollout(key, system, ids, state, a, b, c, steps=steps,
+        return kernel._rollout(key, system, ids, state, a, b, low, high, steps=steps,
                                clock_dtype=clock_dtype, close=False, stop_early=False)
-    return jax.vmap(one)(systems, rep_ids, states, w0, w1, chunks)
+    return jax.vmap(one)(systems, rep_ids, states, w0, w1, lo, hi)
 
 
 _many_jit = jax.jit(_many, static_argnames=("steps", "clock_dtype"))
@@ -255,7 +255,7 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
     alone: the warm-up until every one of its replications reached it with no bookkeeping left
     *and* the chunk index reached ``floors[p]`` (0 for a fresh run; a rerun passes the chunk
     its point's window started at), then the window. A replication with nothing left to do in a
-    chunk (it sits at its stop time) draws nothing and keeps its chunk index. An overflow does
+    chunk (it sits at its stop time) draws nothing and keeps its step count. An overflow does
     not stop the loop: it is recorded per replication (that replication's results are then
     invalid).
     """
@@ -274,7 +274,7 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
     tallies = np.zeros((num, width, tallies_n), np.int64)
     stock_start = np.zeros((num, width, levels), np.int64)
     events = np.zeros((num, width), np.int64)
-    used = np.zeros((num, width), np.int64)  # each replication's chunks, as in _run_batch
+    taken = np.zeros((num, width), np.int64)  # each replication's steps, as in _run_batch
     pending = np.zeros((num, width), bool)
     warm = np.where(t_now >= warmup, -1, _NEVER)
     end = np.full((num, width), _NEVER)
@@ -284,9 +284,9 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
     chunks = 0
 
     def call(w0, w1):
-        return _many_jit(key, stacked, ids, states, w0, w1,
-                         _shard(jnp.asarray(used, jnp.uint32), -1, devices),
-                         steps=chunk_events, clock_dtype=clock_dtype)
+        lo, hi = rng.split_position(taken)
+        return _many_jit(key, stacked, ids, states, w0, w1, _shard(lo, -1, devices),
+                         _shard(hi, -1, devices), steps=chunk_events, clock_dtype=clock_dtype)
 
     before = compile_count()
     while np.any(t_now < horizon) or np.any(pending):
@@ -312,7 +312,7 @@ def _run_stack(key, systems, rep_ids, floors, horizon, warmup, chunk_events, clo
         _check_chunk(np.asarray(out.time), np.asarray(rep_ids), np.asarray(out.invalid))
         s = out.summary
         t_now = np.where(finished, stop[:, None], t_now + np.asarray(out.time, np.float64))
-        used += np.asarray(out.active)
+        taken += np.asarray(out.steps)
         pending = np.asarray(out.pending)
         warm = np.where((warm == _NEVER) & (t_now >= warmup) & ~pending, chunks, warm)
         end = np.where((end == _NEVER) & (t_now >= horizon) & ~pending, chunks, end)

@@ -333,9 +333,10 @@ def _details(o: dict[str, Any]) -> list[str]:
 def _events_line(o: dict[str, Any]) -> str:
     rate = o["events_per_second"]
     rate_text = "" if rate is None or not math.isfinite(rate) else f"{rate / 1e6:.3g} M/s; "
+    chunks = f", chunks of {o['chunk_events']:,} steps" if o.get("chunk_events") else ""
     return (f"events: {o['events']:,} in {o['wall_seconds']:.1f} s ({rate_text}"
             f"compilation {o['compile_seconds']:.1f} s; {o['devices']} device"
-            f"{'s' if o['devices'] != 1 else ''})")
+            f"{'s' if o['devices'] != 1 else ''}{chunks})")
 
 
 # ---- lp ---------------------------------------------------------------------------------------

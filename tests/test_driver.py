@@ -122,11 +122,10 @@ def test_ctrl_c_stops_the_run_at_the_chunk_end_even_where_the_interrupt_is_swall
 
 def test_a_replication_is_the_same_alone_as_beside_one_with_a_longer_warmup(tmp_path):
     # A warm-up of several chunks of 64 events: replications reach it in different chunks, and
-    # one that reached it waits (idle) for its batch-mate. Its chunks are numbered by those it
-    # drew random numbers in, so how long it waited changes nothing: every replication is
-    # bit-identical in batches of two, alone, and as a run of its own id (first_rep). Before
-    # each replication numbered its own chunks, replication 3 differed (its counters summed to
-    # 234 alone, 215 beside replication 2, with this key).
+    # one that reached it waits (idle) for its batch-mate. It counts the steps it took, not those
+    # it waited through, so how long it waited changes nothing: every replication is
+    # bit-identical in batches of two, alone, and as a run of its own id (first_rep). When a
+    # batch numbered its chunks together, a replication's path depended on its batch-mates.
     system, _ = policies.build("gate-and-route", PAPER, 5)
     kw = dict(horizon=30.0, warmup=20.0, chunk_events=64)
     key = jax.random.key(6)
@@ -138,19 +137,23 @@ def test_a_replication_is_the_same_alone_as_beside_one_with_a_longer_warmup(tmp_
         np.testing.assert_array_equal(paired.level_integrals[rows], other.level_integrals)
         np.testing.assert_array_equal(paired.stock_start[rows], other.stock_start)
         np.testing.assert_array_equal(paired.stock_end[rows], other.stock_end)
-    # A checkpoint keeps each replication's own chunk count: a run cut after 4 chunks, inside
-    # the warm-up where replication 3 waits for replication 2, resumes to the same result.
+    # A checkpoint keeps each replication's own step count: a run cut after 4 chunks, inside
+    # the warm-up where one of replications 2 and 3 waits for the other, resumes to the same
+    # result.
     path = tmp_path / "run.npz"
     part = dict(reps=2, first_rep=2, max_batch=2, checkpoint=path, **kw)
     cut = jq.simulate(key, system, max_chunks=4, **part)
-    assert cut.interrupted and cut.time[0] < kw["warmup"] == cut.time[1]
+    assert cut.interrupted and min(cut.time) < kw["warmup"] == max(cut.time)
     resumed = jq.simulate(key, system, **part)
     np.testing.assert_array_equal(resumed.tallies, paired.tallies[2:])
     np.testing.assert_array_equal(resumed.level_integrals, paired.level_integrals[2:])
-    # A file of the format that numbered a batch's chunks cannot be continued: refused.
+    # Files of the formats that numbered chunks cannot be continued: refused.
     with np.load(path) as f:
-        old = {k: f[k] for k in f.files if k not in ("format", "rep_chunks", "pending")}
-    np.savez(path, **old)
+        saved = {k: f[k] for k in f.files if k not in ("format", "rep_steps")}
+    np.savez(path, **saved, format=2, rep_chunks=np.zeros(2, np.int64))
+    with pytest.raises(CheckpointError, match="has format 2, written by another version"):
+        jq.simulate(key, system, **part)
+    np.savez(path, **{k: v for k, v in saved.items() if k != "pending"})
     with pytest.raises(CheckpointError, match="has format 1, written by another version"):
         jq.simulate(key, system, **part)
 

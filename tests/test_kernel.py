@@ -95,8 +95,8 @@ def test_rollout_continues_a_run():
     system, _ = policies.build("fg-sp", MODEL, 10)
     key = jax.random.key(4)
     first = jq.rollout(key, system, steps=384, reps=3, close=False)
-    second = jq.rollout(key, system, steps=384, reps=3, state=first.state, chunk=1,
-                        window=(-first.time, jnp.inf))
+    second = jq.rollout(key, system, steps=384, reps=3, state=first.state,
+                        first_step=np.asarray(first.steps), window=(-first.time, jnp.inf))
     run = jq.simulate(key, system, reps=3, chunk_events=384, max_chunks=2, horizon=1e6)
     np.testing.assert_array_equal(
         np.asarray(first.summary.counts) + np.asarray(second.summary.counts), run.tallies)
@@ -127,6 +127,49 @@ def test_threefry_written_out_is_the_primitive():
     got = jax.jit(rng.threefry2x32)(k0, k1, x0, x1)
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_step_positions_past_32_bits_get_their_own_words():
+    # A step's counter is its position in the replication's stream: (low word, j + 256 x high
+    # word). Below 2^32 steps it is (position, j); the carry out of the low word moves to the
+    # high one, so position 2^32 + s is neither position s nor a repeat of any other.
+    from jaxqueue import rng
+
+    words = jnp.asarray([[12345, 999], [678, 4242]], jnp.uint32)  # (2, R): two replications
+    lo, hi = rng.split_position(np.asarray([2**32 - 2, 5], np.int64))
+    assert np.asarray(hi).tolist() == [0, 0] and np.asarray(lo).tolist() == [2**32 - 2, 5]
+    block = np.asarray(rng.block_words(words, 0, 4, 3, lo, hi))  # (W, N, R)
+    for r, start in ((0, 2**32 - 2), (1, 5)):
+        for s in range(4):
+            p = start + s
+            low, high = rng.split_position(np.asarray(p, np.int64))
+            one = np.asarray(rng.step_bits(words[:, r], 0, 3, low, high))
+            np.testing.assert_array_equal(block[:, s, r], one)
+            if p < 2**32:  # the plain counter (p, j)
+                y = rng.threefry2x32(words[0, r], words[1, r], jnp.uint32(p), jnp.uint32(0))
+                np.testing.assert_array_equal(one[:2], np.asarray(y))
+    # Position 2^32 (step 2 of replication 0) has high word 1: other words than position 0.
+    np.testing.assert_array_equal(
+        np.asarray(rng.step_bits(words[:, 0], 0, 3, 0, 1)), block[:, 2, 0])
+    assert not np.array_equal(np.asarray(rng.step_bits(words[:, 0], 0, 3)), block[:, 2, 0])
+    with pytest.raises(ValueError, match="first_step"):
+        rng.split_position(np.asarray([-1]))
+
+
+@pytest.mark.parametrize("policy, gpus", [("fg-sp", 8), ("fi-wsp", 8)])
+def test_a_path_does_not_depend_on_the_chunk_length(policy, gpus):
+    # Each replication continues its own stream from the steps it took, so cutting a run into
+    # chunks of 128 or 1,000 steps gives the same path. With a float64 clock bit for bit: with
+    # float32, each chunk restarts its clock, so an event within rounding of the warm-up's end
+    # or the horizon can fall on either side of it.
+    system, _ = policies.build(policy, MODEL, gpus)
+    with jax.enable_x64(True):
+        runs = [jq.simulate(jax.random.key(5), system, reps=3, horizon=150.0, warmup=40.0,
+                            chunk_events=c) for c in (128, 1000)]
+    assert runs[0].chunks > 3 * runs[1].chunks
+    np.testing.assert_array_equal(runs[0].tallies, runs[1].tallies)
+    np.testing.assert_array_equal(runs[0].stock_end, runs[1].stock_end)
+    np.testing.assert_allclose(runs[0].level_integrals, runs[1].level_integrals, rtol=1e-12)
 
 
 # The early stop is the kernel's, the same for every policy: FG-SP's case runs with -m slow.

@@ -88,28 +88,28 @@ def check_reruns(monkeypatch, loads, key: int, reps: int) -> tuple[list, list, l
     return moved, reruns, said
 
 
-# Key 79: point 0 overflows in its replication 0 (without moving its window start), point 1
-# in both replications (one inside the warm-up, which moved that point's window start: it is
-# rerun whole anyway). One rerun stack, of the reference's shape: two compiled programs in all.
-CHEAP = dict(loads=([0.5, 0.5], [0.4, 0.4]), key=79, reps=2)
+# Key 1: point 0 overflows in its replication 0, point 1 in both, neither moving its window
+# start: only those replications are rerun. One rerun stack, of the reference's shape: two
+# compiled programs in all.
+CHEAP = dict(loads=([0.5, 0.5], [0.4, 0.4]), key=1, reps=2)
 
 
 def test_an_overflow_reruns_only_its_replications_and_gives_the_large_ring_result(monkeypatch):
     moved, reruns, said = check_reruns(monkeypatch, **CHEAP)
-    assert moved == [1] and len(reruns) == 1 and len(said) == 1
+    assert moved == [] and len(reruns) == 1 and len(said) == 1
     assert "points 0 (replication 0), 1 (replications 0, 1)" in said[0]
 
 
 @pytest.mark.slow
 def test_an_overflow_in_the_warmup_that_moves_the_window_reruns_the_point(monkeypatch):
-    # Key 12: an overflow inside point 1's warm-up moves the chunk its window starts at (7
-    # instead of 8): its replications that did not overflow must be rerun too, in a second
+    # Key 13: an overflow inside point 0's warm-up moves the chunk its window starts at (9
+    # instead of 10): its replications that did not overflow must be rerun too, in a second
     # round, after the first told where the overflowed ones really finish their warm-up.
     moved, reruns, said = check_reruns(monkeypatch, ([0.5, 0.5], [0.45, 0.45], [0.4, 0.4]),
-                                       key=12, reps=4)
-    assert moved == [1] and len(reruns) == 2 and len(said) == 2
-    assert said[1].startswith("point 1: an overflow in the warm-up moved the start of its "
-                              "statistics window (chunk 7 instead of 8)")
+                                       key=13, reps=4)
+    assert moved == [0] and len(reruns) == 2 and len(said) == 2
+    assert said[1].startswith("point 0: an overflow in the warm-up moved the start of its "
+                              "statistics window (chunk 9 instead of 10)")
 
 
 def test_overflow_warns_without_notify_and_fixed_capacity_is_an_error():

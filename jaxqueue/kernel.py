@@ -567,8 +567,9 @@ def rollout(key: PRNGKeyArray, system: AbstractSystem, *, steps: int, reps: int 
     numbers from its own stream, ``fold_in(fold_in(key, r), 0)``, step ``first_step + s`` of it
     in the rollout's step ``s``: its path depends only on ``(key, r)``, and a run cut into
     several rollouts (each from the last one's state, ``first_step`` advanced by its
-    :attr:`Rollout.steps`) follows the same path however it is cut. With :class:`~jaxqueue.decisions.Exact` decisions, differentiating through the
-    parameters raises :class:`~jaxqueue.decisions.NotDifferentiableError`.
+    :attr:`Rollout.steps`) follows the same path however it is cut. With
+    :class:`~jaxqueue.decisions.Exact` decisions, differentiating through the parameters raises
+    :class:`~jaxqueue.decisions.NotDifferentiableError`.
 
     Args:
         key: a ``jax.random.key``.

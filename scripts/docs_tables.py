@@ -316,8 +316,10 @@ def _truths(data: dict) -> str:
     rows = []
     for truths in data["outputs"].values():
         for case, t in truths.items():
+            steps = ("h and h/2" if t.get("step_scale", 1.0) == 1.0 else
+                     f"{t['step_scale']:g} h and {t['step_scale'] / 2:g} h")
             verdict = ("accepted" if t["accepted"] else
-                       "**not accepted** (" + ("the steps h and h/2 disagree"
+                       "**not accepted** (" + (f"the steps {steps} disagree"
                                                if t["precise"] else "not precise enough") + ")")
             elsewhere = t.get("machine") and not t["machine"].lower().startswith("cpu")
             where = f", run on {t['machine']}" if elsewhere else ""
@@ -327,8 +329,12 @@ def _truths(data: dict) -> str:
                         f"{t['horizon']:,.0f} s, warm-up {t['warmup']:g} s ({events} events, "
                         f"{t['seconds'] / 60:.0f} min{where}); objective "
                         f"{t['value']:.2f} ± {t['value_se']:.2f}.")
-            rows += ["", "  | coordinate | g (step h) | g (step h/2) | Richardson "
-                     "`(4 g(h/2) - g(h)) / 3` |", "  |---|---:|---:|---:|"]
+            if t.get("step_scale", 1.0) == 1.0:
+                big, small = "h", "h/2"
+            else:  # the finer cases: both steps scaled (h/2 and h/4 for a scale of 1/2)
+                big, small = f"{t['step_scale']:g} h", f"{t['step_scale'] / 2:g} h"
+            rows += ["", f"  | coordinate | g (step {big}) | g (step {small}) | Richardson "
+                     f"`(4 g({small}) - g({big})) / 3` |", "  |---|---:|---:|---:|"]
             for c, a, sa, b, sb, r, sr in zip(t["coordinates"], t["grad"], t["se"],
                                               t["grad_half"], t["se_half"], t["richardson"],
                                               t["se_richardson"], strict=True):
@@ -1169,6 +1175,14 @@ TABLES: dict[str, Table] = {
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-100 --batch 2048 "
                   "--max-reps 16384 --json {json}"},
         _truths, "the gradient truth at n = 100 (its batches ran on a GPU)"),
+    "gradient_truth_100": Table(
+        "docs/gradients.md",
+        {"truth": "python scripts/gradient_truth.py --case qwen-sli-100 --batch 32 --min-reps 256 "
+                  "--max-reps 512 --store docs/data/runs --json {json}",
+         "fine": "python scripts/gradient_truth.py --case qwen-sli-100-fine --batch 32 "
+                 "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}"},
+        _truths, "the gradient truth of the SLI-aware family at n = 100 on the CPU, with the "
+                 "difference steps and with half of them"),
     "gradient_bench": Table(
         "docs/gradients.md",
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "

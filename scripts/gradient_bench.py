@@ -51,6 +51,7 @@ from gradient_truth import (  # noqa: E402
     configurations,
     coordinate_names,
     load,
+    step_scale,
 )
 
 from jaxqueue.estimators import estimate  # noqa: E402
@@ -144,7 +145,7 @@ def metrics(case: str, name: str, limit: int | None = None) -> dict | None:
     mse = float(np.mean(np.sum((est - g) ** 2, axis=1)))
     # Per-coordinate differences with R replications per configuration have MSE sum(var_i)/R.
     values, _ = load(case)
-    points, widths, _ = configurations(problem, params)
+    points, widths, _ = configurations(problem, params, step_scale(case))
     var = np.array([np.var((values[1 + 4 * i] - values[2 + 4 * i]) / widths[i, 0], ddof=1)
                     for i in range(len(g))]) * h**2
     per_rep = truth["events"] / (values.shape[1] * len(points))

@@ -13,7 +13,8 @@ store): each claims the lowest batch that is neither stored nor claimed by a liv
 Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at its best start
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
 its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
-with ``gated`` (19 parameters), each at n = 20 and n = 100; every family smoothed (a gate
+with ``gated`` (19 parameters), each at n = 20 and n = 100 (and at n = 100 with steps h/2 and
+h/4, the ``-fine`` cases); every family smoothed (a gate
 temperature, dithered thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled
 revenue per GPU per second over
 (200 s, 1000 s].
@@ -68,6 +69,15 @@ CASES = {f"{tag}-{n}": (scenario, family, n)
                                        ("qwen-sli", "paper-qwen8b", "sli-gated"),
                                        ("dolly-gated", "dolly-8class", "gated"))
          for n in (20, 100)}
+#: At n = 100 the expected objective bends within one difference step (the secants over +-h
+#: and +-h/2 disagree): the ``-fine`` cases take steps h/2 and h/4 instead.
+FINE = 0.5
+CASES.update({f"{name}-fine": case for name, case in list(CASES.items()) if case[2] == 100})
+
+
+def step_scale(name: str) -> float:
+    """The case's steps as a fraction of the difference steps (1, or :data:`FINE`)."""
+    return FINE if name.endswith("-fine") else 1.0
 
 
 def use_store(store: str | Path) -> None:
@@ -92,13 +102,14 @@ def case_problem(name: str, reps: int = 256) -> tuple[Problem, object]:
     return problem, params
 
 
-def configurations(problem: Problem, params):
-    """The base point, then for each coordinate +h, -h, +h/2, -h/2 (free coordinates), and the
-    actual widths of the two differences (after projection onto the parameter ranges)."""
+def configurations(problem: Problem, params, step: float = 1.0):
+    """The base point, then for each coordinate +h, -h, +h/2, -h/2 (free coordinates; h the
+    difference step times ``step``), and the actual widths of the two differences (after
+    projection onto the parameter ranges)."""
     free = to_free(jax.tree.map(jnp.asarray, params))
     flat, unravel = ravel_pytree(free)
     flat = np.asarray(flat, np.float64)
-    h = np.asarray(ravel_pytree(difference_steps(problem, params))[0])
+    h = step * np.asarray(ravel_pytree(difference_steps(problem, params))[0])
 
     def project(x):
         return np.asarray(ravel_pytree(to_free(from_free(unravel(jnp.asarray(x)))))[0])
@@ -205,12 +216,13 @@ def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
 
 def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
     problem, params = case_problem(name)
-    points, widths, unravel = configurations(problem, params)
+    points, widths, unravel = configurations(problem, params, step_scale(name))
     folder = OUT / name
     folder.mkdir(parents=True, exist_ok=True)
     meta_file = folder / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {
         "case": name, "scenario": CASES[name][0], "family": CASES[name][1], "n": CASES[name][2],
+        "step_scale": step_scale(name),
         "temperature": TEMPERATURE, "horizon": HORIZON, "warmup": WARMUP,
         "params": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(params).items()},
         "batch_reps": batch_reps, "events": 0, "seconds": 0.0}
@@ -265,7 +277,7 @@ def _progress(name: str, values: np.ndarray) -> None:
     """Where an unfinished truth stands: the checks so far, and the replications its least
     precise coordinate needs (standard errors falling as 1 / sqrt(replications))."""
     problem, params = case_problem(name)
-    _, widths, _ = configurations(problem, params)
+    _, widths, _ = configurations(problem, params, step_scale(name))
     s = summarize(values, widths)
     se, p = np.asarray(s["se"]), len(s["se"])
     bar = 0.1 * s["norm"] / np.sqrt(p)

@@ -100,7 +100,8 @@ def kernels(system, reps: int, chunk: int) -> dict:
     real = rng.real_dtype()
     text = kernel._rollout_jit.lower(
         jax.random.key(0), system, ids, state, jnp.zeros((reps,), real),
-        jnp.full((reps,), jnp.inf, real), jnp.zeros((reps,), jnp.uint32), steps=chunk,
+        jnp.full((reps,), jnp.inf, real), jnp.zeros((reps,), jnp.uint32),
+        jnp.zeros((reps,), jnp.uint32), steps=chunk,
         clock_dtype=real, close=False).compile().as_text()
     # Each computation's instructions by opcode; the scan's body is the largest while body.
     comps: dict[str, list[str]] = {}

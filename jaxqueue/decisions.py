@@ -308,8 +308,11 @@ class Exact(AbstractDecisions):
             cum = _running_sum(rates)
             return jnp.where(jnp.any(rates > 0), _inverse_cdf(rates, u * cum[-1], cum), num)
         blocks, width = _blocks(num)
-        table = jnp.pad(rates, (0, blocks * width - num)).reshape(blocks, width)
-        totals = jnp.sum(table, axis=1)
+        # Rows as slices of the rate vector, not a reshaped table: vmapped, a (blocks, width)
+        # table was laid out replication-major, a transposing copy of every rate per step.
+        padded = jnp.pad(rates, (0, blocks * width - num))
+        rows = [padded[k * width:(k + 1) * width] for k in range(blocks)]
+        totals = jnp.stack([jnp.sum(r) for r in rows])
         below = _running_sum(totals)
         target = u * below[-1]
         block = _inverse_cdf(totals, target, below)
@@ -318,7 +321,10 @@ class Exact(AbstractDecisions):
         # orders: `target - start` can then be a few ulps below 0 when the target falls on the
         # block's lower edge, which `_inverse_cdf` reads as the block's first positive rate (a
         # zero-rate event there would empty a class that holds no job).
-        index = block * width + _inverse_cdf(table[block], target - start)
+        row = rows[0]
+        for k in range(1, blocks):
+            row = jnp.where(block == k, rows[k], row)
+        index = block * width + _inverse_cdf(row, target - start)
         # Rates are >= 0: some is positive exactly when their sum is (a test of every rate
         # was a pass of its own over the event vector).
         return jnp.where(below[-1] > 0, index, num)

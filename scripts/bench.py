@@ -89,6 +89,7 @@ def kernels(system, reps: int, chunk: int) -> dict:
     chunk, the scan's body (the largest while body), its fusions (each one kernel on the CPU),
     copies (loop-carried state XLA could not update in place), nested while loops (rolled
     Threefry rounds) and all its instructions."""
+    import inspect
     import re
 
     import jax.numpy as jnp
@@ -98,10 +99,12 @@ def kernels(system, reps: int, chunk: int) -> dict:
     ids = jnp.arange(reps, dtype=jnp.uint32)
     state = kernel.initial_state(system, jax.random.key(0), ids)
     real = rng.real_dtype()
+    # The stream's position: two words (low, high); a chunk index before 2026-12-06, so that
+    # scripts/bench_ab.py can run this script against an older revision's kernel.
+    words = 2 if "hi" in inspect.signature(kernel._rollout).parameters else 1
     text = kernel._rollout_jit.lower(
         jax.random.key(0), system, ids, state, jnp.zeros((reps,), real),
-        jnp.full((reps,), jnp.inf, real), jnp.zeros((reps,), jnp.uint32),
-        jnp.zeros((reps,), jnp.uint32), steps=chunk,
+        jnp.full((reps,), jnp.inf, real), *[jnp.zeros((reps,), jnp.uint32)] * words, steps=chunk,
         clock_dtype=real, close=False).compile().as_text()
     # Each computation's instructions by opcode; the scan's body is the largest while body.
     comps: dict[str, list[str]] = {}

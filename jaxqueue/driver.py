@@ -18,8 +18,10 @@ draws nothing and does not count; the step whose holding time crossed its stop t
 numbers are not used again); a chunk whose steps ran out while it still had zero-time
 bookkeeping to do at its stop time is followed by another of the same phase, whatever the others
 do. So its path does not depend on how many replications run, on how they are sharded or
-batched, on how many steps a chunk runs (``chunk_events``), or on where a checkpoint cut the run
-(the checkpoint keeps each replication's count). The same holds for the capacity of the
+batched, on how many steps a chunk runs (``chunk_events``; with the float32 clock, up to its
+rounding where an event falls within rounding of the warm-up's end or the horizon, since each
+chunk restarts the clock), or on where a checkpoint cut the run (the checkpoint keeps each
+replication's count). The same holds for the capacity of the
 FCFS buffers: it does not change a path unless it overflows, so a batch whose buffer overflowed
 is rerun from its start with a larger buffer (``grow_buffers``) and gives what a large enough
 buffer gives from the start.

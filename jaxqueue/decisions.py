@@ -286,6 +286,37 @@ def _inverse_cdf(rates: Float[Array, " K"], target: Float[Array, ""],
     return jnp.minimum(index, last_positive)
 
 
+#: Rows wider than :data:`_ONE_LEVEL_ROW` are drawn from in two levels themselves, in parts of
+#: :data:`_ROW_PART` entries (:func:`_draw_in_row`). At 32 classes (rows of 32; the pooled
+#: engine, 1,024 replications, one core of the 2-core CPU, best of 5 chunks of 2,048 steps):
+#: 823 us a step in parts of 8, against 952 in parts of 6, 1,000-1,110 in parts of 16 and
+#: 1,085-1,110 in one level.
+_ONE_LEVEL_ROW = 12
+_ROW_PART = 8
+
+
+def _draw_in_row(row: Float[Array, " W"], target: Float[Array, ""]) -> Int[Array, ""]:
+    """:func:`_inverse_cdf` of a row of the two-level draw, itself in two levels past
+    :data:`_ONE_LEVEL_ROW` entries (the row of one kind of event holds one entry per class:
+    at 32 classes, its written-out running sum of 32 was the step's largest cost)."""
+    width = row.shape[0]
+    if width <= _ONE_LEVEL_ROW:
+        return _inverse_cdf(row, target)
+    sub = _ROW_PART
+    count = -(-width // sub)
+    padded = jnp.pad(row, (0, count * sub - width))
+    parts = [padded[k * sub:(k + 1) * sub] for k in range(count)]
+    totals = jnp.stack([jnp.sum(q) for q in parts])
+    below = _running_sum(totals)
+    # As one level up: a target below 0 or past the total lands on a part of positive total.
+    part = _inverse_cdf(totals, target, below)
+    start = jnp.where(part > 0, below[jnp.maximum(part - 1, 0)], 0)
+    chosen = parts[0]
+    for k in range(1, count):
+        chosen = jnp.where(part == k, parts[k], chosen)
+    return part * sub + _inverse_cdf(chosen, target - start)
+
+
 class Exact(AbstractDecisions):
     """Exact decisions: the continuous-time Markov chain itself, bit for bit.
 
@@ -300,7 +331,8 @@ class Exact(AbstractDecisions):
         # Inverse CDF with one uniform; a zero-rate event is never chosen (round-off that would
         # land past the last positive rate is sent back to it). The running sum is written out
         # (XLA's CPU cumsum is a reduce-window, slow inside a scan step); past
-        # `_ONE_LEVEL_EVENTS` events, in two levels (blocks of about sqrt(E)): XLA fuses a long
+        # `_ONE_LEVEL_EVENTS` events, in two levels (blocks of about sqrt(E); a wide block in two
+        # more, `_draw_in_row`): XLA fuses a long
         # written-out chain into each of its uses, so one level costs O(E^2) (160 events, 1,024
         # replications: 3.4 ms a step alone against 0.35 ms in two levels).
         num = rates.shape[0]
@@ -324,7 +356,7 @@ class Exact(AbstractDecisions):
         row = rows[0]
         for k in range(1, blocks):
             row = jnp.where(block == k, rows[k], row)
-        index = block * width + _inverse_cdf(row, target - start)
+        index = block * width + _draw_in_row(row, target - start)
         # Rates are >= 0: some is positive exactly when their sum is (a test of every rate
         # was a pass of its own over the event vector).
         return jnp.where(below[-1] > 0, index, num)

@@ -8,7 +8,7 @@ import pytest
 from jaxqueue.decisions import _ONE_LEVEL_EVENTS, Exact, _inverse_cdf
 
 
-@pytest.mark.parametrize("num", [5, 40, _ONE_LEVEL_EVENTS, _ONE_LEVEL_EVENTS + 1, 160])
+@pytest.mark.parametrize("num", [5, 40, _ONE_LEVEL_EVENTS, _ONE_LEVEL_EVENTS + 1, 65, 160, 320])
 def test_event_is_the_inverse_cdf_and_never_a_zero_rate(num):
     rng = np.random.default_rng(num)
     rates = rng.exponential(size=num) * rng.choice([0.0, 1.0, 1e-3, 50.0], size=num)

@@ -1102,6 +1102,10 @@ def _main_job(data: dict) -> str:
             + "\n".join(lines) + "\n```")
 
 
+#: The SLI-aware family's truth at n = 100 with steps h/4 and h/8 (batches of 32, about 40 s
+#: each on one core).
+SLI_100_TRUTH = ("python scripts/gradient_truth.py --case qwen-sli-100-finer --batch 32 "
+                 "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}")
 #: The 19-parameter truth: batches of 16 (about 80 s each on one core), kept in the repository
 #: so that the run resumes on any machine, one process per core sharing it.
 DOLLY_TRUTH = ("python scripts/gradient_truth.py --case dolly-gated-20 --batch 16 --min-reps 1024 "
@@ -1180,9 +1184,19 @@ TABLES: dict[str, Table] = {
         {"truth": "python scripts/gradient_truth.py --case qwen-sli-100 --batch 32 --min-reps 256 "
                   "--max-reps 512 --store docs/data/runs --json {json}",
          "fine": "python scripts/gradient_truth.py --case qwen-sli-100-fine --batch 32 "
-                 "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}"},
-        _truths, "the gradient truth of the SLI-aware family at n = 100 on the CPU, with the "
-                 "difference steps and with half of them"),
+                 "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}",
+         "finer": SLI_100_TRUTH,
+         "gated": "python scripts/gradient_truth.py --case qwen-gated-100-finer --batch 32 "
+                  "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}"},
+        _truths, "the gradient truths at n = 100 on the CPU: the SLI-aware family with the "
+                 "difference steps, half of them and a quarter, the gated family with a quarter"),
+    "gradient_bench_100": Table(
+        "docs/gradients.md",
+        {"truth": SLI_100_TRUTH,
+         "main": "python scripts/gradient_bench.py --case qwen-sli-100-finer --estimator fd "
+                 "--estimator fd-h2 --estimator spsa --estimator score --estimates 32 "
+                 "--store docs/data/runs --json {json}"},
+        _bench, "every estimator against the SLI-aware family's truth at n = 100"),
     "gradient_bench": Table(
         "docs/gradients.md",
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "

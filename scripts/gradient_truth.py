@@ -14,7 +14,7 @@ Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
 its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
 with ``gated`` (19 parameters), each at n = 20 and n = 100 (and at n = 100 with steps h/2 and
-h/4, the ``-fine`` cases); every family smoothed (a gate
+h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases); every family smoothed (a gate
 temperature, dithered thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled
 revenue per GPU per second over
 (200 s, 1000 s].
@@ -70,14 +70,16 @@ CASES = {f"{tag}-{n}": (scenario, family, n)
                                        ("dolly-gated", "dolly-8class", "gated"))
          for n in (20, 100)}
 #: At n = 100 the expected objective bends within one difference step (the secants over +-h
-#: and +-h/2 disagree): the ``-fine`` cases take steps h/2 and h/4 instead.
-FINE = 0.5
-CASES.update({f"{name}-fine": case for name, case in list(CASES.items()) if case[2] == 100})
+#: and +-h/2 disagree): the ``-fine`` cases take steps h/2 and h/4 instead, the ``-finer``
+#: cases h/4 and h/8.
+SCALES = {"fine": 0.5, "finer": 0.25}
+CASES.update({f"{name}-{tag}": case for name, case in list(CASES.items()) if case[2] == 100
+              for tag in SCALES})
 
 
 def step_scale(name: str) -> float:
-    """The case's steps as a fraction of the difference steps (1, or :data:`FINE`)."""
-    return FINE if name.endswith("-fine") else 1.0
+    """The case's steps as a fraction of the difference steps (1, or one of :data:`SCALES`)."""
+    return SCALES.get(name.rsplit("-", 1)[-1], 1.0)
 
 
 def use_store(store: str | Path) -> None:

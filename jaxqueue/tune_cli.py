@@ -65,6 +65,11 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                     help="the step size in natural steps (one natural step moves about 1.5 "
                          "jobs or GPUs: 1.5/n in share, slack and caps, 1.5 planned prefills in a "
                          "target, 0.25 in the offset, 0.05 in a split)")
+    tu.add_argument("--step-scale", type=float, default=None, metavar="S",
+                    help="fd and spsa (the SPSA baseline too): perturb by S difference steps "
+                         "(default 1). Where the expected objective bends within one step, "
+                         "as the smoothed families' does at n = 100, 0.5 trades bias for noise "
+                         "better (docs/gradients.md)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
@@ -124,7 +129,7 @@ def run_tune(args, *, say, bars: bool, emit, sli=None) -> int:
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=sli,
         fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount,
-        rule=args.rule)
+        rule=args.rule, step_scale=args.step_scale)
     if args.save:
         from .policies import tunable
 
@@ -149,7 +154,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
             bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
             temperature: float | None = None, discount: float | None = None,
-            rule: str = "adam"):
+            rule: str = "adam", step_scale: float | None = None):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
     SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
@@ -192,6 +197,15 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
         if family not in ("auto", "gated", "sli-gated"):
             raise ValueError(f"temperature smooths the gated and sli-gated families, not "
                              f"{family!r}")
+    if step_scale is not None:
+        if not (math.isfinite(step_scale) and step_scale > 0):
+            raise ValueError(f"step-scale = {step_scale}: must be finite and > 0")
+        # What "auto" resolves to below: score on a smoothed family, else fd.
+        resolved = estimator if estimator != "auto" else (
+            "score" if temperature is not None else "fd")
+        if resolved not in ("fd", "spsa"):
+            raise ValueError(f"step-scale is for --estimator fd or spsa (perturbations), not "
+                             f"{resolved!r}")
     began = time.perf_counter()
     plan = fluid.solve(model, "bundled", sli=sli)
     key = jax.random.key(seed)
@@ -244,7 +258,8 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     result = tune(prob, steps=steps, estimator=estimator,
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
-                  fluid_steps=fluid_steps, options=options, progress=progress, rule=rule)
+                  fluid_steps=fluid_steps, options=options, progress=progress, rule=rule,
+                  step_scale=1.0 if step_scale is None else step_scale)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
@@ -299,12 +314,13 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
                         learning_rate=learning_rate, eval_every=max(1, spsa_steps // 4),
                         eval_reps=eval_reps, seed=seed + 1, only=only,
-                        initial=start_params)
+                        initial=start_params,
+                        step_scale=1.0 if step_scale is None else step_scale)
             sp = _params(tunable, family, spsa.best["params"])
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
-           "rule": rule,
+           "rule": rule, "step_scale": 1.0 if step_scale is None else float(step_scale),
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
            "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,

@@ -99,6 +99,10 @@ def test_validate_erlang_a_json(capsys):
     # Memory: one line that says what would fit, instead of an XLA OOM traceback.
     (["simulate", "paper-qwen8b", "--gpus", "1000000000"], "at most about n = "),
     (["simulate", "paper-qwen8b", "--reps", "100000000000"], "replications fit"),
+    (["tune", "paper-qwen8b", "--gpus", "6", "--step-scale", "-1"],
+     "step-scale = -1.0: must be finite and > 0"),
+    (["tune", "paper-qwen8b", "--gpus", "6", "--temperature", "20", "--step-scale", "0.5"],
+     "step-scale is for --estimator fd or spsa"),
 ])
 def test_bad_input_names_the_field(capsys, argv, message):
     with pytest.raises(SystemExit) as err:

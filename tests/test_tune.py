@@ -498,3 +498,34 @@ def test_the_gated_rule_steps_on_signal_and_stays_on_noise():
     with pytest.raises(ValueError, match="rule = 'sgd' is invalid: must be one of"):
         tune(Problem(family="gated", model=PAPER, n=6, plan=fluid.solve(PAPER, "bundled"),
                      horizon=30.0, warmup=5.0, reps=2), steps=1, rule="sgd")
+
+
+def test_step_scale_reaches_the_tuner_and_is_refused_where_it_means_nothing(monkeypatch):
+    from jaxqueue import tune as tune_module
+    from jaxqueue.tune_cli import compare
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_tune(problem, **kw):
+        seen.append((kw["estimator"], kw.get("step_scale")))
+        raise Stop
+
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    small = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False)
+    with pytest.raises(Stop):
+        compare(PAPER, 6, family="gated", estimator="fd", step_scale=0.5, **small)
+    with pytest.raises(Stop):
+        compare(PAPER, 6, family="gated", step_scale=0.25, **small)  # auto -> fd
+    with pytest.raises(Stop):
+        compare(PAPER, 6, family="gated", estimator="fd", **small)
+    assert seen == [("fd", 0.5), ("fd", 0.25), ("fd", 1.0)]
+    for bad, message in ((0.0, "step-scale = 0.0: must be finite and > 0"),
+                         (float("nan"), "step-scale = nan"),
+                         (0.5, "step-scale is for --estimator fd or spsa")):
+        kw = dict(temperature=20.0) if message.startswith("step-scale is") else {}
+        with pytest.raises(ValueError, match=message):
+            compare(PAPER, 6, family="gated", step_scale=bad, **kw, **small)
+    assert len(seen) == 3  # refused before any tuning

@@ -1,5 +1,6 @@
-"""Tests of scripts/gradient_bench.py's bias test: its false-alarm rate is the one its
-Bonferroni bound gives, and a bias of a few standard errors is found."""
+"""Tests of scripts/gradient_bench.py's bias test (its false-alarm rate is the one its
+Bonferroni bound gives, and a bias of a few standard errors is found) and of the truth cases'
+configurations."""
 
 from __future__ import annotations
 
@@ -58,3 +59,20 @@ def test_the_noise_part_is_what_the_mean_of_the_estimates_carries():
     # A coordinate that never varies (an exact 0, like a cap that never binds) is left out.
     est[:, 5], g[5] = 0.0, 0.0
     assert bench.bias_test(est, g, np.zeros(P))["bias_coordinate"] != 5
+
+
+def test_the_finer_truth_cases_rerun_the_coarser_cases_configurations():
+    # The truths at n = 100 share key and replications, so a configuration that two cases run
+    # gives the same objectives (docs/gradients.md relies on it): the -fine case's +-h/2 must
+    # be the base case's +-h/2 and the -finer case's +-h/4 the -fine case's +-h/4, exactly.
+    truth = bench.gradient_truth
+    problem, params = truth.case_problem("qwen-sli-100")
+    assert [truth.step_scale(c) for c in ("qwen-sli-100", "qwen-sli-100-fine",
+                                          "qwen-sli-100-finer")] == [1.0, 0.5, 0.25]
+    base, fine, finer = (truth.configurations(problem, params, s)[0] for s in (1.0, 0.5, 0.25))
+    assert np.array_equal(base[0], fine[0]) and np.array_equal(base[0], finer[0])
+    for i in range(len(base[0])):
+        for sign in (0, 1):
+            assert np.array_equal(base[3 + 4 * i + sign], fine[1 + 4 * i + sign])
+            assert np.array_equal(fine[3 + 4 * i + sign], finer[1 + 4 * i + sign])
+            assert not np.array_equal(finer[1 + 4 * i + sign], finer[3 + 4 * i + sign])

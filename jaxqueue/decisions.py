@@ -332,9 +332,9 @@ class Exact(AbstractDecisions):
         # land past the last positive rate is sent back to it). The running sum is written out
         # (XLA's CPU cumsum is a reduce-window, slow inside a scan step); past
         # `_ONE_LEVEL_EVENTS` events, in two levels (blocks of about sqrt(E); a wide block in two
-        # more, `_draw_in_row`): XLA fuses a long
-        # written-out chain into each of its uses, so one level costs O(E^2) (160 events, 1,024
-        # replications: 3.4 ms a step alone against 0.35 ms in two levels).
+        # more, `_draw_in_row`): XLA fuses a long written-out chain into each of its uses, so
+        # one level costs O(E^2) (160 events, 1,024 replications: 3.4 ms a step alone against
+        # 0.35 ms in two levels).
         num = rates.shape[0]
         if num <= _ONE_LEVEL_EVENTS:
             cum = _running_sum(rates)

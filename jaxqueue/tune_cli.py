@@ -206,6 +206,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
         if resolved not in ("fd", "spsa"):
             raise ValueError(f"step-scale is for --estimator fd or spsa (perturbations), not "
                              f"{resolved!r}")
+    step_scale = 1.0 if step_scale is None else float(step_scale)
     began = time.perf_counter()
     plan = fluid.solve(model, "bundled", sli=sli)
     key = jax.random.key(seed)
@@ -259,7 +260,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
                   fluid_steps=fluid_steps, options=options, progress=progress, rule=rule,
-                  step_scale=1.0 if step_scale is None else step_scale)
+                  step_scale=step_scale)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
@@ -314,13 +315,12 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
                         learning_rate=learning_rate, eval_every=max(1, spsa_steps // 4),
                         eval_reps=eval_reps, seed=seed + 1, only=only,
-                        initial=start_params,
-                        step_scale=1.0 if step_scale is None else step_scale)
+                        initial=start_params, step_scale=step_scale)
             sp = _params(tunable, family, spsa.best["params"])
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
-           "rule": rule, "step_scale": 1.0 if step_scale is None else float(step_scale),
+           "rule": rule, "step_scale": step_scale,
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
            "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,

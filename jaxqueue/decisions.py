@@ -221,7 +221,7 @@ class AbstractDecisions(eqx.Module):
 
 
 #: Up to this many events :meth:`Exact.event` sums the rates in one written-out chain, past it
-#: in two levels (:func:`_blocks`). XLA's CPU backend fuses a written-out chain into each of
+#: in two levels (:func:`_block_width`). XLA's CPU backend fuses a written-out chain into each of
 #: its uses, so one level costs O(E^2). On the pooled engine (steps per second of rollouts of
 #: `scripts/bench.py`'s synthetic instances, one core of the 2-core CPU) one level was faster up
 #: to 4 classes (20 events), as fast at 5 and slower from 6 on (0.90x at 6, 0.71x at 8); two
@@ -229,16 +229,13 @@ class AbstractDecisions(eqx.Module):
 _ONE_LEVEL_EVENTS = 25
 
 
-def _blocks(num: int) -> tuple[int, int]:
-    """(blocks, width) of the two-level sum over ``num`` events. The engines' ``5 I`` events
-    make 5 rows of I (one per kind of event): 1.10x the steps per second of 8 blocks of 5 at 8
-    classes, 1.08x that of 16 blocks of 10 at 32 (XLA's reductions over a few long rows beat
-    many short ones). Otherwise blocks ``ceil(sqrt(num))`` wide, the last padded with zero
+def _block_width(num: int) -> int:
+    """Width of the blocks of the two-level sum over ``num`` events. The engines' ``5 I``
+    events make 5 rows of I (one per kind of event): 1.10x the steps per second of 8 blocks of
+    5 at 8 classes, 1.08x that of 16 blocks of 10 at 32 (XLA's reductions over a few long rows
+    beat many short ones). Otherwise ``ceil(sqrt(num))``, the last block padded with zero
     rates."""
-    if num % 5 == 0:
-        return 5, num // 5
-    width = math.isqrt(num - 1) + 1
-    return -(-num // width), width
+    return num // 5 if num % 5 == 0 else math.isqrt(num - 1) + 1
 
 
 def _running_sum(x: Float[Array, " K"]) -> Float[Array, " K"]:
@@ -295,26 +292,41 @@ _ONE_LEVEL_ROW = 12
 _ROW_PART = 8
 
 
+def _split(x: Float[Array, " K"], width: int) -> list[Float[Array, " W"]]:
+    """``x`` in consecutive slices of ``width``, the last padded with zeros. Slices of the
+    vector, not a reshaped table: vmapped, a table was laid out replication-major, a
+    transposing copy of every rate per step."""
+    count = -(-x.shape[0] // width)
+    padded = jnp.pad(x, (0, count * width - x.shape[0]))
+    return [padded[k * width:(k + 1) * width] for k in range(count)]
+
+
+def _descend(parts, totals, below, target, draw_in) -> Int[Array, ""]:
+    """The index whose running sum passes ``target``, in two levels: the part (of positive
+    total, by :func:`_inverse_cdf`; ``below`` the running sum of the parts' ``totals``), then
+    ``draw_in(part, target - its start)`` within it."""
+    width = parts[0].shape[0]
+    part = _inverse_cdf(totals, target, below)
+    start = jnp.where(part > 0, below[jnp.maximum(part - 1, 0)], 0)
+    # XLA may compute the sums behind `target` and `below` once per use, in different orders:
+    # `target - start` can then be a few ulps below 0 when the target falls on the part's lower
+    # edge, which `_inverse_cdf` reads as the part's first positive rate (a zero-rate event
+    # there would empty a class that holds no job).
+    chosen = parts[0]
+    for k in range(1, len(parts)):
+        chosen = jnp.where(part == k, parts[k], chosen)
+    return part * width + draw_in(chosen, target - start)
+
+
 def _draw_in_row(row: Float[Array, " W"], target: Float[Array, ""]) -> Int[Array, ""]:
     """:func:`_inverse_cdf` of a row of the two-level draw, itself in two levels past
     :data:`_ONE_LEVEL_ROW` entries (the row of one kind of event holds one entry per class:
     at 32 classes, its written-out running sum of 32 was the step's largest cost)."""
-    width = row.shape[0]
-    if width <= _ONE_LEVEL_ROW:
+    if row.shape[0] <= _ONE_LEVEL_ROW:
         return _inverse_cdf(row, target)
-    sub = _ROW_PART
-    count = -(-width // sub)
-    padded = jnp.pad(row, (0, count * sub - width))
-    parts = [padded[k * sub:(k + 1) * sub] for k in range(count)]
+    parts = _split(row, _ROW_PART)
     totals = jnp.stack([jnp.sum(q) for q in parts])
-    below = _running_sum(totals)
-    # As one level up: a target below 0 or past the total lands on a part of positive total.
-    part = _inverse_cdf(totals, target, below)
-    start = jnp.where(part > 0, below[jnp.maximum(part - 1, 0)], 0)
-    chosen = parts[0]
-    for k in range(1, count):
-        chosen = jnp.where(part == k, parts[k], chosen)
-    return part * sub + _inverse_cdf(chosen, target - start)
+    return _descend(parts, totals, _running_sum(totals), target, _inverse_cdf)
 
 
 class Exact(AbstractDecisions):
@@ -339,24 +351,10 @@ class Exact(AbstractDecisions):
         if num <= _ONE_LEVEL_EVENTS:
             cum = _running_sum(rates)
             return jnp.where(jnp.any(rates > 0), _inverse_cdf(rates, u * cum[-1], cum), num)
-        blocks, width = _blocks(num)
-        # Rows as slices of the rate vector, not a reshaped table: vmapped, a (blocks, width)
-        # table was laid out replication-major, a transposing copy of every rate per step.
-        padded = jnp.pad(rates, (0, blocks * width - num))
-        rows = [padded[k * width:(k + 1) * width] for k in range(blocks)]
+        rows = _split(rates, _block_width(num))
         totals = jnp.stack([jnp.sum(r) for r in rows])
         below = _running_sum(totals)
-        target = u * below[-1]
-        block = _inverse_cdf(totals, target, below)
-        start = jnp.where(block > 0, below[jnp.maximum(block - 1, 0)], 0)
-        # XLA may compute the sums behind `target` and `below` once per use, in different
-        # orders: `target - start` can then be a few ulps below 0 when the target falls on the
-        # block's lower edge, which `_inverse_cdf` reads as the block's first positive rate (a
-        # zero-rate event there would empty a class that holds no job).
-        row = rows[0]
-        for k in range(1, blocks):
-            row = jnp.where(block == k, rows[k], row)
-        index = block * width + _draw_in_row(row, target - start)
+        index = _descend(rows, totals, below, u * below[-1], _draw_in_row)
         # Rates are >= 0: some is positive exactly when their sum is (a test of every rate
         # was a pass of its own over the event vector).
         return jnp.where(below[-1] > 0, index, num)

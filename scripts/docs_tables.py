@@ -312,12 +312,24 @@ def _gradient_exact(data: dict) -> str:
     return "\n".join(rows) + "\n\n" + _provenance(data)
 
 
+def _frac(v) -> str:
+    """A step's fraction as 1/16 rather than 0.0625 (a sequence, one per entry of a field, as
+    (1/16, 1/4))."""
+    if isinstance(v, list | tuple):
+        return "(" + ", ".join(_frac(u) for u in v) + ")"
+    return f"1/{round(1 / v)}" if v < 1 and abs(1 / v - round(1 / v)) < 1e-9 else f"{v:g}"
+
+
 def _truths(data: dict) -> str:
     rows = []
     for truths in data["outputs"].values():
         for case, t in truths.items():
-            steps = ("h and h/2" if t.get("step_scale", 1.0) == 1.0 else
-                     f"{t['step_scale']:g} h and {t['step_scale'] / 2:g} h")
+            scale = t.get("step_scale", 1.0)
+            if isinstance(scale, dict):  # a step per field (1 for a field not named)
+                each = ", ".join(f"{k} {_frac(v)} h" for k, v in scale.items())
+                steps = f"each coordinate's step s and s/2 ({each}, the rest h)"
+            else:
+                steps = "h and h/2" if scale == 1.0 else f"{scale:g} h and {scale / 2:g} h"
             verdict = ("accepted" if t["accepted"] else
                        "**not accepted** (" + (f"the steps {steps} disagree"
                                                if t["precise"] else "not precise enough") + ")")
@@ -329,17 +341,25 @@ def _truths(data: dict) -> str:
                         f"{t['horizon']:,.0f} s, warm-up {t['warmup']:g} s ({events} events, "
                         f"{t['seconds'] / 60:.0f} min{where}); objective "
                         f"{t['value']:.2f} ± {t['value_se']:.2f}.")
-            if t.get("step_scale", 1.0) == 1.0:
+            if isinstance(scale, dict):
+                big, small = "s", "s/2"
+                rows += ["", f"  Steps s: {each}, every other coordinate h."]
+            elif scale == 1.0:
                 big, small = "h", "h/2"
             else:  # the finer cases: both steps scaled (h/2 and h/4 for a scale of 1/2)
-                big, small = f"{t['step_scale']:g} h", f"{t['step_scale'] / 2:g} h"
+                big, small = f"{scale:g} h", f"{scale / 2:g} h"
+            # how far apart the two secants are in the standard error of their paired
+            # difference (stored with truths summarised since it was added)
+            paired = t.get("paired_z")
             rows += ["", f"  | coordinate | g (step {big}) | g (step {small}) | Richardson "
-                     f"`(4 g({small}) - g({big})) / 3` |", "  |---|---:|---:|---:|"]
-            for c, a, sa, b, sb, r, sr in zip(t["coordinates"], t["grad"], t["se"],
-                                              t["grad_half"], t["se_half"], t["richardson"],
-                                              t["se_richardson"], strict=True):
-                rich = _g(r, sr)
-                rows.append(f"  | {c} | {_g(a, sa)} | {_g(b, sb)} | {rich} |")
+                     f"`(4 g({small}) - g({big})) / 3` |" + (" apart, paired SE |" if paired
+                                                             else ""),
+                     "  |---|---:|---:|---:|" + ("---:|" if paired else "")]
+            for k, (c, a, sa, b, sb, r, sr) in enumerate(zip(
+                    t["coordinates"], t["grad"], t["se"], t["grad_half"], t["se_half"],
+                    t["richardson"], t["se_richardson"], strict=True)):
+                apart = (f" {'-' if sa == 0 else f'{paired[k]:.2f}'} |" if paired else "")
+                rows.append(f"  | {c} | {_g(a, sa)} | {_g(b, sb)} | {_g(r, sr)} |{apart}")
             rows.append("")
     elsewhere = any(t.get("machine") and not t["machine"].lower().startswith("cpu")
                     for truths in data["outputs"].values() for t in truths.values())

@@ -14,7 +14,8 @@ Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
 its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
 with ``gated`` (19 parameters), each at n = 20 and n = 100 (and at n = 100 with steps h/2 and
-h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases); every family smoothed (a gate
+h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases; for ``gated``, a step per field,
+the ``-coord`` cases); every family smoothed (a gate
 temperature, dithered thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled
 revenue per GPU per second over
 (200 s, 1000 s].
@@ -75,11 +76,24 @@ CASES = {f"{tag}-{n}": (scenario, family, n)
 SCALES = {"fine": 0.5, "finer": 0.25}
 CASES.update({f"{name}-{tag}": case for name, case in list(CASES.items()) if case[2] == 100
               for tag in SCALES})
+#: A step per field, or per entry of a field (the fields not named keep h and h/2), for the
+#: ``gated`` family at n = 100: class 1's gate target bends on a scale far below its natural
+#: step (at n = 100 the target is about two jobs, and the gate key moves by about 110 per unit
+#: of log target against a temperature of 20), class 2's (about 20 jobs) and the offset less,
+#: while the rounded share needs no smaller step than half a GPU (its dithered objective is
+#: quadratic there) and a smaller one only adds noise.
+FIELD_SCALES = {"coord": {"targets": (1 / 16, 1 / 4), "offset": 1 / 4}}
+CASES.update({f"{name}-{tag}": case for name, case in list(CASES.items())
+              if case[2] == 100 and case[1] == "gated" and name.count("-") == 2
+              for tag in FIELD_SCALES})
 
 
-def step_scale(name: str) -> float:
-    """The case's steps as a fraction of the difference steps (1, or one of :data:`SCALES`)."""
-    return SCALES.get(name.rsplit("-", 1)[-1], 1.0)
+def step_scale(name: str) -> float | dict:
+    """The case's steps as a fraction of the difference steps: 1, one of :data:`SCALES`, or a
+    fraction per field or per entry of a field (:data:`FIELD_SCALES`; 1 for a field not
+    named)."""
+    tag = name.rsplit("-", 1)[-1]
+    return FIELD_SCALES[tag] if tag in FIELD_SCALES else SCALES.get(tag, 1.0)
 
 
 def use_store(store: str | Path) -> None:
@@ -104,14 +118,20 @@ def case_problem(name: str, reps: int = 256) -> tuple[Problem, object]:
     return problem, params
 
 
-def configurations(problem: Problem, params, step: float = 1.0):
+def configurations(problem: Problem, params, step: float | dict = 1.0):
     """The base point, then for each coordinate +h, -h, +h/2, -h/2 (free coordinates; h the
-    difference step times ``step``), and the actual widths of the two differences (after
-    projection onto the parameter ranges)."""
+    difference step times ``step``, a number, or a number or sequence per field), and the actual
+    widths of the two differences (after projection onto the parameter ranges)."""
     free = to_free(jax.tree.map(jnp.asarray, params))
     flat, unravel = ravel_pytree(free)
     flat = np.asarray(flat, np.float64)
-    h = step * np.asarray(ravel_pytree(difference_steps(problem, params))[0])
+    steps = difference_steps(problem, params)
+    if isinstance(step, dict):
+        steps = dataclasses.replace(steps, **{
+            f.name: np.asarray(step.get(f.name, 1.0)) * np.asarray(getattr(steps, f.name))
+            for f in dataclasses.fields(steps)})
+        step = 1.0
+    h = step * np.asarray(ravel_pytree(steps)[0])
 
     def project(x):
         return np.asarray(ravel_pytree(to_free(from_free(unravel(jnp.asarray(x)))))[0])
@@ -194,7 +214,7 @@ def claim(folder: Path) -> int:
 def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
     """The truth and its checks from per-replication objectives ``(1 + 4p, R)``."""
     p = widths.shape[0]
-    g, se, g2, se2, gr, ser = (np.zeros(p) for _ in range(6))
+    g, se, g2, se2, gr, ser, paired = (np.zeros(p) for _ in range(7))
     for i in range(p):
         d1 = (values[1 + 4 * i] - values[2 + 4 * i]) / widths[i, 0]
         d2 = (values[3 + 4 * i] - values[4 + 4 * i]) / widths[i, 1]
@@ -204,11 +224,17 @@ def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
         # replication, so that its error counts the two differences' correlation
         r = (4 * d2 - d1) / 3
         gr[i], ser[i] = r.mean(), r.std(ddof=1) / np.sqrt(r.size)
+        # the two secants' distance in the standard error of their paired difference (the same
+        # replications): stricter than the acceptance test, which takes them as independent
+        d = d1 - d2
+        sd = d.std(ddof=1) / np.sqrt(d.size)
+        paired[i] = abs(d.mean()) / sd if sd > 0 else 0.0
     norm = float(np.linalg.norm(g))
     precise = bool(np.all(se < 0.1 * norm / np.sqrt(p)))
     agree = np.abs(g - g2) <= 2 * np.sqrt(se**2 + se2**2)
     return {"grad": g.tolist(), "se": se.tolist(), "grad_half": g2.tolist(),
             "se_half": se2.tolist(), "richardson": gr.tolist(), "se_richardson": ser.tolist(),
+            "paired_z": paired.tolist(),
             "reps": int(values.shape[1]), "norm": norm,
             "precise": precise, "steps_agree": bool(np.all(agree)),
             "accepted": precise and bool(np.all(agree)),

@@ -76,3 +76,26 @@ def test_the_finer_truth_cases_rerun_the_coarser_cases_configurations():
             assert np.array_equal(base[3 + 4 * i + sign], fine[1 + 4 * i + sign])
             assert np.array_equal(fine[3 + 4 * i + sign], finer[1 + 4 * i + sign])
             assert not np.array_equal(finer[1 + 4 * i + sign], finer[3 + 4 * i + sign])
+
+
+def test_a_step_per_field_scales_only_the_coordinates_it_names():
+    # The -coord case of the gated family takes its own steps for the gate targets (one per
+    # class) and the offset and keeps h for the rest: those configurations must be the base
+    # case's exactly, and a named coordinate's widths its fraction of the base case's.
+    truth = bench.gradient_truth
+    scale = truth.step_scale("qwen-gated-100-coord")
+    assert isinstance(scale, dict) and set(scale) == {"targets", "offset"}
+    problem, params = truth.case_problem("qwen-gated-100")
+    coord, w_coord, _ = truth.configurations(problem, params, scale)
+    base, w_base, _ = truth.configurations(problem, params, 1.0)
+    assert np.array_equal(coord[0], base[0])
+    expected = {"log t1": scale["targets"][0], "log t2": scale["targets"][1],
+                "offset": scale["offset"]}
+    for i, name in enumerate(truth.coordinate_names(params)):
+        same = all(np.array_equal(coord[k], base[k]) for k in range(1 + 4 * i, 5 + 4 * i))
+        if name in expected:
+            assert not same
+            # (the points pass through float32 parameters: widths agree to about 1e-6)
+            assert np.allclose(w_coord[i], expected[name] * w_base[i], rtol=1e-4)
+        else:
+            assert same and np.array_equal(w_coord[i], w_base[i])

@@ -401,10 +401,12 @@ def _tuning(data: dict) -> str:
         rule = {"adam": "Adam", "gated": "the gated rule",
                 "rprop": "the rprop rule"}[cfg.get("rule") or "adam"]
         lr = cfg.get("learning_rate") or 0.3  # summaries from before it was a choice: 0.3
+        scale = cfg.get("step_scale") or 1.0  # summaries from before it was a choice: 1
         head += (f". The gradient method: {rule} on `{grad}` estimates, {cfg['steps']} steps of "
                  f"{cfg['reps']} replications x {cfg['horizon']:g} s, learning rate {lr:g} "
                  f"natural step{'' if lr == 1 else 's'}"
-                 f"{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
+                 + (f", differences over {scale:g} difference steps" if scale != 1 else "")
+                 + f"{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
         rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
                 "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth
                                        else "") + " events per run | s per run |",

@@ -64,7 +64,7 @@ METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 #: The gradient tuner's and SPSA's learning rate, in natural steps (tune's default).
 LEARNING_RATE = 0.3
 #: Settings of stores made before they were choices: their values then.
-SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE}
+SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE, "step_scale": 1.0}
 #: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
 #: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
 #: deterministic gate (whose targets matter only through the integers they round to), halved down
@@ -103,19 +103,20 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
         eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
         methods: tuple[str, ...] = METHODS, rule: str = "adam",
-        learning_rate: float = LEARNING_RATE) -> None:
+        learning_rate: float = LEARNING_RATE, step_scale: float = 1.0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
         "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule,
-        "learning_rate": learning_rate}
+        "learning_rate": learning_rate, "step_scale": step_scale}
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
     # A store made before a setting was a choice was made with its value then (SETTINGS_THEN);
     # one that predates the evaluation settings takes the ones given.
     for key, value in (("rule", rule), ("learning_rate", learning_rate),
+                       ("step_scale", step_scale),
                        ("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
         if store.setdefault(key, SETTINGS_THEN.get(key, value)) != value:
             raise SystemExit(f"{path} was made with --{key.replace('_', '-')} {store[key]}: "
@@ -127,6 +128,9 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         tmp.replace(path)
 
     problem = problem_of(name, reps, horizon, warmup, temperature)
+    # fd and SPSA perturb by step_scale difference steps (tune's step_scale; other estimators
+    # have no steps, and the tuner refuses one for them)
+    scaled = {} if step_scale == 1.0 else {"step_scale": step_scale}
     final = dataclasses.replace(problem, horizon=eval_horizon,
                                 warmup=min(EVAL_WARMUP, eval_horizon / 4))
     final_key = jax.random.key(999)
@@ -180,7 +184,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             t = time.perf_counter()
             result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
                           eval_reps=problem.reps, seed=seed, initial=start, rule=rule,
-                          learning_rate=learning_rate)
+                          learning_rate=learning_rate, **scaled)
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
@@ -206,7 +210,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             k = max(1, int(round(budget / (2 * per_config))))
             result = tune(problem, steps=k, estimator="spsa", seed=seed, initial=start,
                           eval_every=max(1, k // 4), eval_reps=problem.reps,
-                          learning_rate=learning_rate)
+                          learning_rate=learning_rate, **scaled)
             record("spsa", seed, from_dict(result.best["params"]), result.events,
                    time.perf_counter() - t, {"evaluation_events": result.evaluation_events,
                                              "chosen_step": result.best["step"]})
@@ -241,7 +245,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         t = time.perf_counter()
         result = tune(problem, steps=20, estimator=estimator, eval_every=5,
                       eval_reps=problem.reps, seed=100, initial=moved, rule=rule,
-                      learning_rate=learning_rate)
+                      learning_rate=learning_rate, **scaled)
         v_tuned = np.asarray(store["methods"][estimator]["0"]["final_values"])
         v_moved = evaluate(final, moved, final_key, eval_reps)
         v_back = evaluate(final, from_dict(result.best["params"]), final_key, eval_reps)
@@ -300,7 +304,7 @@ def summary(out: Path = OUT) -> dict:
         entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
                                                                "deterministic")},
                  "settings": {k: store.get(k, SETTINGS_THEN.get(k)) for k in (
-                     "estimator", "rule", "learning_rate", "temperature", "steps",
+                     "estimator", "rule", "learning_rate", "step_scale", "temperature", "steps",
                                                          "reps", "horizon", "warmup",
                                                          "eval_reps", "eval_horizon")},
                  "methods": methods, "gradient_versus": versus}
@@ -381,6 +385,8 @@ def main() -> None:
                    help="how the gradient tuner steps (jaxqueue.tune.tune's rule)")
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
                    help="the gradient tuner's and SPSA's step, in natural steps")
+    p.add_argument("--step-scale", type=float, default=1.0,
+                   help="fd's and SPSA's perturbations in difference steps (tune --step-scale)")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
@@ -418,7 +424,8 @@ def main() -> None:
         p.error("give --problem NAME, --all, --list or --report")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
-            a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate)
+            a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate,
+            a.step_scale)
 
 
 if __name__ == "__main__":

@@ -1128,6 +1128,10 @@ def _main_job(data: dict) -> str:
 #: each on one core).
 SLI_100_TRUTH = ("python scripts/gradient_truth.py --case qwen-sli-100-finer --batch 32 "
                  "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}")
+#: The gated family's truth at n = 100 with a step per coordinate (batches of 32, about 45 s
+#: each on one core).
+GATED_100_TRUTH = ("python scripts/gradient_truth.py --case qwen-gated-100-coord --batch 32 "
+                   "--min-reps 1536 --max-reps 3072 --store docs/data/runs --json {json}")
 #: The 19-parameter truth: batches of 16 (about 80 s each on one core), kept in the repository
 #: so that the run resumes on any machine, one process per core sharing it.
 DOLLY_TRUTH = ("python scripts/gradient_truth.py --case dolly-gated-20 --batch 16 --min-reps 1024 "
@@ -1209,9 +1213,11 @@ TABLES: dict[str, Table] = {
                  "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}",
          "finer": SLI_100_TRUTH,
          "gated": "python scripts/gradient_truth.py --case qwen-gated-100-finer --batch 32 "
-                  "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}"},
+                  "--min-reps 512 --max-reps 512 --store docs/data/runs --json {json}",
+         "coord": GATED_100_TRUTH},
         _truths, "the gradient truths at n = 100 on the CPU: the SLI-aware family with the "
-                 "difference steps, half of them and a quarter, the gated family with a quarter"),
+                 "difference steps, half of them and a quarter, the gated family with a quarter "
+                 "and with a step per coordinate"),
     "gradient_bench_100": Table(
         "docs/gradients.md",
         {"truth": SLI_100_TRUTH,

@@ -480,7 +480,7 @@ def _bench(data: dict) -> str:
             "s/estimate | gate: cos(mean) | gate: median cos | misses |",
             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for label, results in data["outputs"].items():
-        if label == "truth" or results is None:  # the truth runs first, for the estimates
+        if label.startswith("truth") or results is None:  # truths run first, for the estimates
             continue
         for case, by in results.items():
             p = len(by["coordinates"])
@@ -1222,9 +1222,13 @@ TABLES: dict[str, Table] = {
         "docs/gradients.md",
         {"truth": SLI_100_TRUTH,
          "main": "python scripts/gradient_bench.py --case qwen-sli-100-finer --estimator fd "
-                 "--estimator fd-h2 --estimator spsa --estimator score --estimates 32 "
-                 "--store docs/data/runs --json {json}"},
-        _bench, "every estimator against the SLI-aware family's truth at n = 100"),
+                 "--estimator fd-h2 --estimator fd-h4 --estimator spsa --estimator score "
+                 "--estimates 32 --store docs/data/runs --json {json}",
+         "truth-gated": GATED_100_TRUTH,
+         "gated": "python scripts/gradient_bench.py --case qwen-gated-100-coord --estimator fd "
+                  "--estimator fd-h2 --estimator fd-h4 --estimator spsa --estimator score "
+                  "--estimates 32 --store docs/data/runs --json {json}"},
+        _bench, "every estimator against the truths at n = 100"),
     "gradient_bench": Table(
         "docs/gradients.md",
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-20 --case qwen-sli-20 "

@@ -72,6 +72,9 @@ ESTIMATORS = {
     # Half the difference steps: where the objective bends within a step (n = 100), less bias
     # for four times the variance.
     "fd-h2": dict(estimator="fd", step_scale=0.5),
+    # A quarter of them: where the gate target of a class with about two jobs in its plan bends
+    # within half a step (the gated family at n = 100)
+    "fd-h4": dict(estimator="fd", step_scale=0.25),
 }
 
 

@@ -1274,6 +1274,15 @@ TABLES: dict[str, Table] = {
         _tuning, "the deterministic gated family tuned with central differences against SPSA, "
                  "the evolution strategy and a reference search, paper-qwen8b with a TPOT "
                  "target"),
+    "tuning_tpot50_smooth": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --temperature 20 "
+                "--methods gradient,spsa,es,reference,recovery --out "
+                "docs/data/runs/tuning_tpot50_smooth",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "docs/data/runs/tuning_tpot50_smooth"},
+        _tuning, "the smoothed gated family on tpot-50, tuned with central differences against "
+                 "SPSA, the evolution strategy and a reference search of the same family"),
     "tuning_fair200": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem fairness-200 --seeds 5 --methods "

@@ -1280,7 +1280,12 @@ TABLES: dict[str, Table] = {
                 "--methods gradient,spsa,es,reference,recovery --out "
                 "docs/data/runs/tuning_tpot50_smooth",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "docs/data/runs/tuning_tpot50_smooth"},
+                   "docs/data/runs/tuning_tpot50_smooth",
+         "run-h2": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --temperature 20 "
+                   "--step-scale 0.5 --methods gradient --out "
+                   "docs/data/runs/tuning_tpot50_smooth_h2",
+         "report-h2": "python scripts/tuning_bench.py --report --json {json} --out "
+                      "docs/data/runs/tuning_tpot50_smooth_h2"},
         _tuning, "the smoothed gated family on tpot-50, tuned with central differences against "
                  "SPSA, the evolution strategy and a reference search of the same family"),
     "tuning_fair200": Table(

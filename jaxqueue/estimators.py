@@ -126,8 +126,9 @@ def _picked(problem: Problem, estimator: str, free, only: Sequence[str] | None):
 
 
 def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str] | None = None,
-             step_scale: float = 1.0, reps: int | None = None, directions: int = 1,
-             discount: float | None = None, relaxation: float = 0.1) -> Estimate:
+             step_scale: float = 1.0, gate_steps: bool = False, reps: int | None = None,
+             directions: int = 1, discount: float | None = None,
+             relaxation: float = 0.1) -> Estimate:
     """An estimate of d(mean objective)/d(free coordinates) at ``free`` (see the module
     docstring for the estimators).
 
@@ -139,6 +140,9 @@ def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str]
         only: the parameters tuned (default all); the others get an exact zero.
         step_scale: ``fd`` and ``spsa`` move each coordinate by ``step_scale`` difference
             steps (:func:`jaxqueue.objective.difference_steps`).
+        gate_steps: ``fd`` and ``spsa`` on a smoothed family: the gate targets' and offset's
+            difference steps capped by the gate's temperature (``difference_steps(...,
+            gate=True)``).
         reps: replications per configuration (default ``problem.reps``).
         directions: ``spsa``'s number of random directions (pairs of runs).
         discount: ``score``'s credit window W in seconds (default
@@ -158,13 +162,16 @@ def estimate(problem: Problem, estimator: str, free, key, *, only: Sequence[str]
         if value is not None and (isinstance(value, bool) or int(value) != value
                                   or value < low):
             raise ValueError(f"{name} = {value!r} is invalid: must be an integer >= {low}")
+    if gate_steps and estimator not in ("fd", "spsa"):
+        raise ValueError(f"gate_steps = True is invalid for estimator = {estimator!r}: only fd "
+                         "and spsa take difference steps")
     on = _picked(problem, estimator, free, only)
     start = time.perf_counter()
     reps = reps or problem.reps
     if estimator in ("fd", "spsa"):
         params0 = from_free(free)
         steps = np.asarray(ravel_pytree(difference_steps(
-            problem, jax.tree.map(np.asarray, params0)))[0]) * step_scale
+            problem, jax.tree.map(np.asarray, params0), gate=gate_steps))[0]) * step_scale
         out = (_central(problem, free, key, steps, on, reps) if estimator == "fd" else
                _spsa(problem, free, key, steps, on, reps, directions))
     elif estimator == "score":

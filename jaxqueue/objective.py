@@ -123,17 +123,50 @@ def natural_steps(problem: Problem, params):
 ROUNDED = ("share", "slack", "caps", "cap")
 
 
-def difference_steps(problem: Problem, params):
+#: With ``gate=True``, the largest change of a class's gate logit ``-xi_i / T`` that one
+#: difference step of its target or of the offset makes (:func:`difference_steps`).
+GATE_LOGIT_STEP = 0.5
+
+
+def difference_steps(problem: Problem, params, *, gate: bool = False):
     """The steps of central differences: the natural steps, except half a GPU or job (``0.5 /
     n``) for the parameters a replication rounds (:data:`ROUNDED`). Rounded with the triangular
     dither the expected objective is quadratic in ``n * share`` between half-integers, and with
     plain randomised rounding linear between integers, so a half step is exact at the
     paper's integer points, where a larger one averages the slope over kinks (measured on
-    ``paper-qwen8b`` at n = 20: 516 per unit share with 1.5 GPUs against 351 with 0.75)."""
+    ``paper-qwen8b`` at n = 20: 516 per unit share with 1.5 GPUs against 351 with 0.75).
+
+    With ``gate`` (a smoothed gate only: ``problem.gate_temperature``), the steps of the gate
+    targets and of the offset are also capped so that one step moves a class's gate logit by at
+    most :data:`GATE_LOGIT_STEP` at the planned occupancy: the gate key ``xi_i = (X_i + offset)
+    / t_i - n`` moves by ``(X_i + offset)`` per unit of ``log t_i`` and by ``1 / t_i`` per unit
+    of offset, against the temperature ``T``. A class whose plan holds two jobs at n = 100 has a
+    natural step of 0.5 in log target, which moves its key by about 110 against T = 20: the
+    expected objective bends well within that step.
+
+    Raises:
+        ValueError: ``gate`` without a gate temperature.
+    """
     steps = natural_steps(problem, params)
-    return dataclasses.replace(steps, **{
+    steps = dataclasses.replace(steps, **{
         f.name: np.full(np.shape(getattr(steps, f.name)), 0.5 / problem.n)
         for f in dataclasses.fields(steps) if f.name in ROUNDED})
+    if not gate:
+        return steps
+    if problem.gate_temperature is None:
+        raise ValueError("gate = True is invalid without a gate temperature: the steps follow "
+                         "the smoothed gate's logits (give the problem a gate_temperature)")
+    names = {f.name for f in dataclasses.fields(params)}
+    if "targets" not in names:
+        return steps
+    t = np.asarray(params.targets, np.float64)
+    offset = float(np.asarray(params.offset)) if "offset" in names else 0.0
+    scale = GATE_LOGIT_STEP * float(problem.gate_temperature)
+    cap = np.where(t > 0, scale * t / np.maximum(problem.n * t + offset, 1e-12), np.inf)
+    out = {"targets": np.minimum(steps.targets, cap)}
+    if "offset" in names and np.any(t > 0):
+        out["offset"] = np.minimum(steps.offset, scale * np.min(t[t > 0]))
+    return dataclasses.replace(steps, **out)
 
 
 def mask(free, only: Sequence[str] | None):

@@ -1222,12 +1222,12 @@ TABLES: dict[str, Table] = {
         "docs/gradients.md",
         {"truth": SLI_100_TRUTH,
          "main": "python scripts/gradient_bench.py --case qwen-sli-100-finer --estimator fd "
-                 "--estimator fd-h2 --estimator fd-h4 --estimator spsa --estimator score "
-                 "--estimates 32 --store docs/data/runs --json {json}",
+                 "--estimator fd-h2 --estimator fd-h4 --estimator fd-gate --estimator spsa "
+                 "--estimator score --estimates 32 --store docs/data/runs --json {json}",
          "truth-gated": GATED_100_TRUTH,
          "gated": "python scripts/gradient_bench.py --case qwen-gated-100-coord --estimator fd "
-                  "--estimator fd-h2 --estimator fd-h4 --estimator spsa --estimator score "
-                  "--estimates 32 --store docs/data/runs --json {json}"},
+                  "--estimator fd-h2 --estimator fd-h4 --estimator fd-gate --estimator spsa "
+                  "--estimator score --estimates 32 --store docs/data/runs --json {json}"},
         _bench, "every estimator against the truths at n = 100"),
     "gradient_bench": Table(
         "docs/gradients.md",
@@ -1239,7 +1239,9 @@ TABLES: dict[str, Table] = {
          "w30": "python scripts/gradient_bench.py --case qwen-sli-20 --estimator score-W30 "
                 "--estimates 8 --store docs/data/runs --json {json}",
          "pathwise": "python scripts/gradient_bench.py --case qwen-gated-20 --case qwen-sli-20 "
-                     "--estimator pathwise --estimates 2 --store docs/data/runs --json {json}"},
+                     "--estimator pathwise --estimates 2 --store docs/data/runs --json {json}",
+         "gate": "python scripts/gradient_bench.py --case qwen-gated-20 --estimator fd-gate "
+                 "--estimates 16 --store docs/data/runs --json {json}"},
         _bench, "every estimator against the truths at n = 20"),
     "gradient_bench_dolly": Table(
         "docs/gradients.md",
@@ -1248,7 +1250,9 @@ TABLES: dict[str, Table] = {
                  "--estimator score --estimator spsa --estimates 16 --store docs/data/runs "
                  "--json {json}",
          "r16": "python scripts/gradient_bench.py --case dolly-gated-20 --estimator score-16 "
-                "--estimates 64 --store docs/data/runs --json {json}"},
+                "--estimates 64 --store docs/data/runs --json {json}",
+         "gate": "python scripts/gradient_bench.py --case dolly-gated-20 --estimator fd-gate "
+                 "--estimates 16 --store docs/data/runs --json {json}"},
         _bench, "every estimator against the 19-parameter truth (dolly-8class, n = 20)"),
     "tuning_tpot50": Table(
         "docs/gradients.md",

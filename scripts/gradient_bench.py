@@ -75,6 +75,9 @@ ESTIMATORS = {
     # A quarter of them: where the gate target of a class with about two jobs in its plan bends
     # within half a step (the gated family at n = 100)
     "fd-h4": dict(estimator="fd", step_scale=0.25),
+    # The gate's steps capped by its temperature (difference_steps(..., gate=True)), the rest
+    # natural
+    "fd-gate": dict(estimator="fd", gate_steps=True),
 }
 
 

@@ -94,13 +94,59 @@ def test_rate_gradient_matches_the_exact_derivatives_in_lambda_and_theta():
 
 
 @pytest.mark.slow
-def test_central_differences_match_the_exact_gradient():
+@pytest.mark.parametrize("steps", [dict(step_scale=0.5), dict(gate_steps=True)])
+def test_central_differences_match_the_exact_gradient(steps):
     # Common-random-number central differences at half the difference steps (curvature bias
-    # small against the standard errors here), all 9 configurations in one batch.
+    # small against the standard errors here), or with the gate's steps capped by its
+    # temperature, all 9 configurations in one batch.
     free = to_free(jax.tree.map(jnp.asarray, params()))
     e = estimate(problem(1024), "fd", free, jax.random.key(2),
-                 only=["targets", "offset", "share"], step_scale=0.5)
+                 only=["targets", "offset", "share"], **steps)
     check(e.grad[:4], e.se[:4], exact()["free"])
+
+
+def test_gate_steps_move_each_gate_logit_by_at_most_the_bound():
+    # Checked through the policy's own gate keys, not the formula: at the planned occupancy
+    # (X_i = n t_i), a target's step or the offset's moves a class's logit -xi_i / T by at most
+    # GATE_LOGIT_STEP, class 1's comes near it, and the other coordinates keep their steps.
+    from jaxqueue.decisions import Exact
+    from jaxqueue.objective import GATE_LOGIT_STEP, difference_steps
+
+    scenario = scenarios.load("paper-qwen8b")
+    for n in (20, 100, 500):
+        prob = Problem(family="gated", model=scenario, n=n, plan=fluid.solve(scenario),
+                       gate_temperature=20.0)
+        p0 = tunable.initial_params("gated", scenario, n, prob.plan)
+        p0 = tunable.GatedParams(targets=p0.targets, offset=np.float64(1.0), share=p0.share,
+                                 slack=p0.slack, caps=p0.caps)
+        plain, capped = difference_steps(prob, p0), difference_steps(prob, p0, gate=True)
+        X = jnp.asarray(np.round(n * p0.targets), jnp.int32)
+
+        def logits(targets, offset, n=n, X=X):
+            xi = common.gate_keys("deviation", Exact(), scenario, n, targets, targets * 0, X,
+                                  X * 0, offset)[0][0]
+            return -np.asarray(xi) / 20.0
+
+        base = logits(p0.targets, p0.offset)
+        moves = []
+        for i in range(2):
+            up = p0.targets.copy()
+            up[i] *= np.exp(capped.targets[i])
+            moves.append(abs(logits(up, p0.offset) - base)[i])
+        moves.append(np.max(abs(logits(p0.targets, p0.offset + capped.offset) - base)))
+        moves = np.asarray(moves)
+        # at X = n t (rounded) the key moves by (X + offset) (1 - exp(-h)) / t <= the bound
+        assert np.all(moves <= GATE_LOGIT_STEP * (1 + 0.5 / (n * p0.targets.min()) + 1e-6))
+        assert moves[0] > 0.5 * GATE_LOGIT_STEP  # class 1's capped step is not far below it
+        assert np.all(capped.targets <= plain.targets) and capped.offset <= plain.offset
+        assert np.any(capped.targets < plain.targets)  # class 1's step is capped at every n
+        assert capped.share == plain.share and np.all(capped.caps == plain.caps)
+    with pytest.raises(ValueError, match="gate"):
+        difference_steps(Problem(family="gated", model=scenario, n=20, plan=prob.plan), p0,
+                         gate=True)
+    with pytest.raises(ValueError, match="gate_steps"):
+        estimate(problem(4), "score", to_free(jax.tree.map(jnp.asarray, params())),
+                 jax.random.key(0), gate_steps=True)
 
 
 @pytest.mark.slow

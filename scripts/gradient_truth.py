@@ -14,11 +14,10 @@ Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
 its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
 with ``gated`` (19 parameters), each at n = 20 and n = 100 (and at n = 100 with steps h/2 and
-h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases; for ``gated``, a step per coordinate,
-the ``-coord`` cases); every family smoothed (a gate
-temperature, dithered thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled
-revenue per GPU per second over
-(200 s, 1000 s].
+h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases; for ``gated``, a step per
+coordinate, the ``-coord`` cases); every family smoothed (a gate temperature, dithered
+thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled revenue per GPU per
+second over (200 s, 1000 s].
 
 For each coordinate i the runs are the point moved by +-h_i and by +-h_i / 2 (h_i its difference
 step, :func:`jaxqueue.objective.difference_steps`), all configurations in one vmapped batch with

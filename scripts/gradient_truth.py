@@ -14,8 +14,8 @@ Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at
 (the LP point ranking classes after admission, offset 1) and with ``sli-gated`` (4 parameters) at
 its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
 with ``gated`` (19 parameters), each at n = 20 and n = 100 (and at n = 100 with steps h/2 and
-h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases; for ``gated``, a step per
-coordinate, the ``-coord`` cases); every family smoothed (a gate temperature, dithered
+h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases; ``qwen-gated-100`` with a
+step per coordinate, the ``-coord`` case); every family smoothed (a gate temperature, dithered
 thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled revenue per GPU per
 second over (200 s, 1000 s].
 
@@ -75,24 +75,22 @@ CASES = {f"{tag}-{n}": (scenario, family, n)
 SCALES = {"fine": 0.5, "finer": 0.25}
 CASES.update({f"{name}-{tag}": case for name, case in list(CASES.items()) if case[2] == 100
               for tag in SCALES})
-#: A step per field, or per entry of a field (the fields not named keep h and h/2), for the
-#: ``gated`` family at n = 100: class 1's gate target bends on a scale far below its natural
-#: step (at n = 100 the target is about two jobs, and the gate key moves by about 110 per unit
-#: of log target against a temperature of 20), class 2's (about 20 jobs) and the offset less,
-#: while the rounded share needs no smaller step than half a GPU (its dithered objective is
-#: quadratic there) and a smaller one only adds noise.
-FIELD_SCALES = {"coord": {"targets": (1 / 16, 1 / 4), "offset": 1 / 4}}
-CASES.update({f"{name}-{tag}": case for name, case in list(CASES.items())
-              if case[2] == 100 and case[1] == "gated" and name.count("-") == 2
-              for tag in FIELD_SCALES})
+#: A step per coordinate, as a fraction per field or per entry of a field (the fields not named
+#: keep h and h/2): the ``-coord`` cases. For ``qwen-gated-100``: class 1's gate target bends on
+#: a scale far below its natural step (at n = 100 the target is about two jobs, and the gate key
+#: moves by about 110 per unit of log target against a temperature of 20), class 2's (about 20
+#: jobs) and the offset less, while the rounded share needs no smaller step than half a GPU (its
+#: dithered objective is quadratic there) and a smaller one only adds noise.
+COORD_SCALES = {"qwen-gated-100": {"targets": (1 / 16, 1 / 4), "offset": 1 / 4}}
+CASES.update({f"{name}-coord": CASES[name] for name in COORD_SCALES})
 
 
 def step_scale(name: str) -> float | dict:
     """The case's steps as a fraction of the difference steps: 1, one of :data:`SCALES`, or a
-    fraction per field or per entry of a field (:data:`FIELD_SCALES`; 1 for a field not
+    fraction per field or per entry of a field (:data:`COORD_SCALES`; 1 for a field not
     named)."""
-    tag = name.rsplit("-", 1)[-1]
-    return FIELD_SCALES[tag] if tag in FIELD_SCALES else SCALES.get(tag, 1.0)
+    base, _, tag = name.rpartition("-")
+    return COORD_SCALES[base] if tag == "coord" else SCALES.get(tag, 1.0)
 
 
 def use_store(store: str | Path) -> None:

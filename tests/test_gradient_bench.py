@@ -99,3 +99,15 @@ def test_a_step_per_field_scales_only_the_coordinates_it_names():
             assert np.allclose(w_coord[i], expected[name] * w_base[i], rtol=1e-4)
         else:
             assert same and np.array_equal(w_coord[i], w_base[i])
+
+
+def test_every_truth_case_builds_its_configurations():
+    # A case whose steps do not fit its family's parameters would fail only when run (hours in,
+    # or on a device): build every listed case's configurations here.
+    truth = bench.gradient_truth
+    for name in truth.CASES:
+        problem, params = truth.case_problem(name)
+        points, widths, _ = truth.configurations(problem, params, truth.step_scale(name))
+        p = len(truth.coordinate_names(params))
+        assert len(points) == 1 + 4 * p and widths.shape == (p, 2)
+        assert np.all(widths > 0)

@@ -324,12 +324,19 @@ def _truths(data: dict) -> str:
     rows = []
     for truths in data["outputs"].values():
         for case, t in truths.items():
-            scale = t.get("step_scale", 1.0)
-            if isinstance(scale, dict):  # a step per field (1 for a field not named)
+            # the two steps' names in the table's columns, and in words for the verdict
+            scale, note = t.get("step_scale", 1.0), None
+            if isinstance(scale, dict):  # a step per coordinate (1 for a field not named)
                 each = ", ".join(f"{k} {_frac(v)} h" for k, v in scale.items())
+                big, small = "s", "s/2"
                 steps = f"each coordinate's step s and s/2 ({each}, the rest h)"
-            else:
-                steps = "h and h/2" if scale == 1.0 else f"{scale:g} h and {scale / 2:g} h"
+                note = f"  Steps s: {each}, every other coordinate h."
+            elif scale == 1.0:
+                big, small = "h", "h/2"
+            else:  # the finer cases: both steps scaled (h/2 and h/4 for a scale of 1/2)
+                big, small = f"{scale:g} h", f"{scale / 2:g} h"
+            if not isinstance(scale, dict):
+                steps = f"{big} and {small}"
             verdict = ("accepted" if t["accepted"] else
                        "**not accepted** (" + (f"the steps {steps} disagree"
                                                if t["precise"] else "not precise enough") + ")")
@@ -341,13 +348,8 @@ def _truths(data: dict) -> str:
                         f"{t['horizon']:,.0f} s, warm-up {t['warmup']:g} s ({events} events, "
                         f"{t['seconds'] / 60:.0f} min{where}); objective "
                         f"{t['value']:.2f} ± {t['value_se']:.2f}.")
-            if isinstance(scale, dict):
-                big, small = "s", "s/2"
-                rows += ["", f"  Steps s: {each}, every other coordinate h."]
-            elif scale == 1.0:
-                big, small = "h", "h/2"
-            else:  # the finer cases: both steps scaled (h/2 and h/4 for a scale of 1/2)
-                big, small = f"{scale:g} h", f"{scale / 2:g} h"
+            if note:
+                rows += ["", note]
             # how far apart the two secants are in the standard error of their paired
             # difference (stored with truths summarised since it was added)
             paired = t.get("paired_z")

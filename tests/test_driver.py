@@ -120,6 +120,33 @@ def test_ctrl_c_stops_the_run_at_the_chunk_end_even_where_the_interrupt_is_swall
     assert run.interrupted and len(chunks) == 2 and np.all(run.time < 500.0)
 
 
+def test_a_cpu_device_runs_at_most_its_batch_of_replications_at_once(monkeypatch):
+    # On a CPU the default batch stops at CPU_BATCH_PER_DEVICE replications per device (their
+    # vectors then stay in cache); the batches give what one batch of all gives.
+    system, _ = policies.build("gate-and-route", PAPER, 5)
+    kw = dict(reps=5, horizon=30.0, warmup=10.0, chunk_events=64)
+    key = jax.random.key(9)
+    whole = jq.simulate(key, system, max_batch=5, **kw)
+    sizes = []
+    run_batch = jq.driver._run_batch
+
+    def spy(system, key, first, reps, *args, **kwargs):
+        sizes.append(reps)
+        return run_batch(system, key, first, reps, *args, **kwargs)
+
+    monkeypatch.setattr(jq.driver, "_run_batch", spy)
+    monkeypatch.setattr(jq.driver, "CPU_BATCH_PER_DEVICE", 2)
+    assert jq.driver._on_cpu(None)
+    batched = jq.simulate(key, system, **kw)
+    assert sizes == [2, 2, 1]
+    np.testing.assert_array_equal(batched.tallies, whole.tallies)
+    np.testing.assert_array_equal(batched.level_integrals, whole.level_integrals)
+    # A batch the caller asks for is kept.
+    sizes.clear()
+    jq.simulate(key, system, max_batch=4, **kw)
+    assert sizes == [4, 1]
+
+
 def test_a_replication_is_the_same_alone_as_beside_one_with_a_longer_warmup(tmp_path):
     # A warm-up of several chunks of 64 events: replications reach it in different chunks, and
     # one that reached it waits (idle) for its batch-mate. It counts the steps it took, not those

@@ -6,6 +6,7 @@ of a smoothed policy family's expected objective, with as many replications as i
     python scripts/gradient_truth.py --report                      # print what is stored
     python scripts/gradient_truth.py --case qwen-gated-20 --json FILE   # ... and write it
     python scripts/gradient_truth.py --case dolly-gated-20 --store DIR  # batches under DIR
+    python scripts/gradient_truth.py --case dolly-gated-100-gate --max-seconds 500  # in time
 
 Several processes may run the same case at once (one per core, or per machine sharing the
 store): each claims the lowest batch that is neither stored nor claimed by a live process.
@@ -15,7 +16,8 @@ Cases (``--list``): ``paper-qwen8b`` with the ``gated`` family (7 parameters) at
 its LP point with class 1's split moved from 1 to 0.9 (inside its range), and ``dolly-8class``
 with ``gated`` (19 parameters), each at n = 20 and n = 100 (and at n = 100 with steps h/2 and
 h/4, the ``-fine`` cases, and h/4 and h/8, the ``-finer`` cases; ``qwen-gated-100`` with a
-step per coordinate, the ``-coord`` case); every family smoothed (a gate temperature, dithered
+step per coordinate, the ``-coord`` case; ``dolly-gated-100`` with the gate-capped steps, the
+``-gate`` case); every family smoothed (a gate temperature, dithered
 thresholds; see :func:`jaxqueue.policies.tunable.build_family`), bundled revenue per GPU per
 second over (200 s, 1000 s].
 
@@ -83,13 +85,22 @@ CASES.update({f"{name}-{tag}": case for name, case in list(CASES.items()) if cas
 #: dithered objective is quadratic there) and a smaller one only adds noise.
 COORD_SCALES = {"qwen-gated-100": {"targets": (1 / 16, 1 / 4), "offset": 1 / 4}}
 CASES.update({f"{name}-coord": CASES[name] for name in COORD_SCALES})
+#: Steps from the gate's temperature instead (the ``-gate`` cases): the gate targets' and
+#: offset's steps capped so that one moves a class's gate logit by at most 0.5 at the planned
+#: occupancy (:func:`jaxqueue.objective.difference_steps` with ``gate=True``), the rest natural.
+#: A rule fixed before this case's first run, not fitted to its secants: on ``dolly-gated-100``
+#: it takes class steps of 0.03-0.2 h and an offset step of 0.06 h.
+GATE_CASES = ("dolly-gated-100",)
+CASES.update({f"{name}-gate": CASES[name] for name in GATE_CASES})
 
 
-def step_scale(name: str) -> float | dict:
-    """The case's steps as a fraction of the difference steps: 1, one of :data:`SCALES`, or a
+def step_scale(name: str) -> float | dict | str:
+    """The case's steps as a fraction of the difference steps: 1, one of :data:`SCALES`, a
     fraction per field or per entry of a field (:data:`COORD_SCALES`; 1 for a field not
-    named)."""
+    named), or ``"gate"``: the gate-capped steps (:data:`GATE_CASES`)."""
     base, _, tag = name.rpartition("-")
+    if tag == "gate":
+        return "gate"
     return COORD_SCALES[base] if tag == "coord" else SCALES.get(tag, 1.0)
 
 
@@ -115,14 +126,17 @@ def case_problem(name: str, reps: int = 256) -> tuple[Problem, object]:
     return problem, params
 
 
-def configurations(problem: Problem, params, step: float | dict = 1.0):
+def configurations(problem: Problem, params, step: float | dict | str = 1.0):
     """The base point, then for each coordinate +h, -h, +h/2, -h/2 (free coordinates; h the
-    difference step times ``step``, a number, or a number or sequence per field), and the actual
-    widths of the two differences (after projection onto the parameter ranges)."""
+    difference step times ``step``, a number, or a number or sequence per field; for
+    ``"gate"`` the gate-capped difference step), and the actual widths of the two differences
+    (after projection onto the parameter ranges)."""
     free = to_free(jax.tree.map(jnp.asarray, params))
     flat, unravel = ravel_pytree(free)
     flat = np.asarray(flat, np.float64)
-    steps = difference_steps(problem, params)
+    steps = difference_steps(problem, params, gate=step == "gate")
+    if step == "gate":
+        step = 1.0
     if isinstance(step, dict):
         steps = dataclasses.replace(steps, **{
             f.name: np.asarray(step.get(f.name, 1.0)) * np.asarray(getattr(steps, f.name))
@@ -147,16 +161,18 @@ def configurations(problem: Problem, params, step: float | dict = 1.0):
     return points, np.asarray(widths), unravel
 
 
-def run_batch(problem: Problem, points, unravel, batch: int, reps: int) -> np.ndarray:
+def run_batch(problem: Problem, points, unravel, batch: int, reps: int):
     """Objectives ``(configurations, reps)`` of replications ``batch * reps ..`` (common random
-    numbers: every configuration uses the same replication ids)."""
+    numbers: every configuration uses the same replication ids), their events, and the ring
+    capacity the results hold for (grown from the problem's where a ring overflowed)."""
     systems = [problem.system(jax.tree.map(np.asarray, from_free(unravel(jnp.asarray(p)))))
                for p in points]
     key = jax.random.fold_in(jax.random.key(20261203), batch)
     runs = simulate_many(key, systems, reps=reps, horizon=problem.horizon,
                          warmup=problem.warmup)
-    return np.stack([measure(r, problem.model, problem.n, problem.pricing)["objective"]
-                     for r in runs]), sum(r.events for r in runs)
+    return (np.stack([measure(r, problem.model, problem.n, problem.pricing)["objective"]
+                      for r in runs]), sum(r.events for r in runs),
+            max((r.buffer_capacity or 0) for r in runs))
 
 
 def load(name: str):
@@ -239,7 +255,11 @@ def summarize(values: np.ndarray, widths: np.ndarray) -> dict:
                                                                   / np.sqrt(values.shape[1]))}
 
 
-def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
+def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int,
+             deadline: float = float("inf")) -> dict | None:
+    """Runs batches of a case until its truth is accepted or ``max_reps`` are stored (then
+    writes and returns the truth), or until ``deadline`` (a ``time.perf_counter()`` reading)
+    has passed before a batch starts (then returns None: the stored batches stay)."""
     problem, params = case_problem(name)
     points, widths, unravel = configurations(problem, params, step_scale(name))
     folder = OUT / name
@@ -254,9 +274,15 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
     if meta["batch_reps"] != batch_reps:
         raise SystemExit(f"{name}: stored batches have {meta['batch_reps']} replications, not "
                          f"{batch_reps}: pass --batch {meta['batch_reps']}")
-    tmp = folder / f"meta.json.{os.getpid()}"  # a second process may be writing it too
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.rename(meta_file)
+
+    def write_meta():
+        tmp = folder / f"meta.json.{os.getpid()}"  # a second process may be writing it too
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.rename(meta_file)
+
+    write_meta()
+    if meta.get("capacity"):  # rings grown in an earlier batch: start there (same results)
+        problem = dataclasses.replace(problem, capacity=int(meta["capacity"]))
     while True:
         values, totals = load(name)
         done = 0 if values is None else values.shape[1]
@@ -267,9 +293,17 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int) -> dict:
                           "configurations": len(points)})
                 (folder / "truth.json").write_text(json.dumps({**totals, **s}, indent=1))
                 return s
+        if time.perf_counter() > deadline:
+            return None
         batch = claim(folder)
         start = time.perf_counter()
-        out, events = run_batch(problem, points, unravel, batch, batch_reps)
+        out, events, capacity = run_batch(problem, points, unravel, batch, batch_reps)
+        if capacity > (problem.capacity or 0):
+            # A ring overflowed and the batch was rerun with larger ones (the results are those
+            # of large enough rings): later batches start with them instead of rerunning too.
+            problem = dataclasses.replace(problem, capacity=capacity)
+            meta["capacity"] = capacity
+            write_meta()
         np.savez(folder / f"batch_{batch}.npz.tmp.npz", values=out, events=int(events),
                  seconds=time.perf_counter() - start,
                  machine=f"{jax.devices()[0].device_kind}, JAX {jax.__version__}")
@@ -347,6 +381,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help="replications per batch")
     p.add_argument("--min-reps", type=int, default=2048, help="replications before a check")
     p.add_argument("--max-reps", type=int, default=8192, help="stop here even if not accepted")
+    p.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                   help="start no batch after S seconds (wall) of this call: a run that must "
+                        "end in time (a lent device) keeps what it stored")
     p.add_argument("--json", metavar="FILE",
                    help="write the truths of the cases (with --report: every stored one) to FILE")
     p.add_argument("--store", metavar="DIR", default=str(ROOT / "results"),
@@ -365,8 +402,16 @@ def main() -> None:
     cases = list(CASES) if a.all else (a.case or [])
     if not cases:
         p.error("give --case NAME, --all, --list or --report")
+    deadline = time.perf_counter() + (a.max_seconds if a.max_seconds is not None
+                                      else float("inf"))
     for name in cases:
-        s = run_case(name, a.batch, a.min_reps, a.max_reps)
+        s = run_case(name, a.batch, a.min_reps, a.max_reps, deadline)
+        if s is None:
+            values, _ = load(name)
+            stored = 0 if values is None else values.shape[1]
+            print(f"{name}: stopped at --max-seconds with {stored} replications "
+                  "stored (run the same command again to go on)", flush=True)
+            break
         print(f"{name}: accepted {s['accepted']} after {s['reps']} replications; "
               f"g = {np.round(s['grad'], 4).tolist()}", flush=True)
     if a.json:

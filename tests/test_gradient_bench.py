@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxqueue.objective import difference_steps
+
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "scripts"):
     if str(path) not in sys.path:
@@ -99,6 +101,27 @@ def test_a_step_per_field_scales_only_the_coordinates_it_names():
             assert np.allclose(w_coord[i], expected[name] * w_base[i], rtol=1e-4)
         else:
             assert same and np.array_equal(w_coord[i], w_base[i])
+
+
+def test_the_gate_truth_case_takes_the_gate_capped_steps():
+    # The -gate case's steps are difference_steps(gate=True): the gate targets' and offset's
+    # capped (each smaller than its natural step here), every other coordinate's as the base
+    # case's, exactly.
+    truth = bench.gradient_truth
+    assert truth.step_scale("dolly-gated-100-gate") == "gate"
+    problem, params = truth.case_problem("dolly-gated-100")
+    gate, w_gate, _ = truth.configurations(problem, params, "gate")
+    base, w_base, _ = truth.configurations(problem, params, 1.0)
+    capped = np.concatenate([np.ravel(difference_steps(problem, params, gate=True).targets),
+                             np.ravel(difference_steps(problem, params, gate=True).offset)])
+    for i, name in enumerate(truth.coordinate_names(params)):
+        same = all(np.array_equal(gate[k], base[k]) for k in range(1 + 4 * i, 5 + 4 * i))
+        if name.startswith("log t") or name == "offset":
+            assert not same and np.all(w_gate[i] < w_base[i])
+            # the free coordinates are log targets and the offset itself: widths 2h and h
+            np.testing.assert_allclose(w_gate[i], [2 * capped[i], capped[i]], rtol=1e-4)
+        else:
+            assert same and np.array_equal(w_gate[i], w_base[i])
 
 
 def test_every_truth_case_builds_its_configurations():

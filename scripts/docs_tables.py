@@ -408,6 +408,8 @@ def _tuning(data: dict) -> str:
                  f"{cfg['reps']} replications x {cfg['horizon']:g} s, learning rate {lr:g} "
                  f"natural step{'' if lr == 1 else 's'}"
                  + (f", differences over {scale:g} difference steps" if scale != 1 else "")
+                 + (", the gate targets' and offset's steps capped by the gate temperature"
+                    if cfg.get("gate_steps") else "")
                  + f"{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
         rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
                 "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth
@@ -1291,7 +1293,12 @@ TABLES: dict[str, Table] = {
                    "--step-scale 0.5 --methods gradient --out "
                    "docs/data/runs/tuning_tpot50_smooth_h2",
          "report-h2": "python scripts/tuning_bench.py --report --json {json} --out "
-                      "docs/data/runs/tuning_tpot50_smooth_h2"},
+                      "docs/data/runs/tuning_tpot50_smooth_h2",
+         "run-gate": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --temperature "
+                     "20 --gate-steps --methods gradient,recovery --out "
+                     "docs/data/runs/tuning_tpot50_smooth_gate",
+         "report-gate": "python scripts/tuning_bench.py --report --json {json} --out "
+                        "docs/data/runs/tuning_tpot50_smooth_gate"},
         _tuning, "the smoothed gated family on tpot-50, tuned with central differences against "
                  "SPSA, the evolution strategy and a reference search of the same family"),
     "tuning_fair200": Table(

@@ -64,7 +64,8 @@ METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 #: The gradient tuner's and SPSA's learning rate, in natural steps (tune's default).
 LEARNING_RATE = 0.3
 #: Settings of stores made before they were choices: their values then.
-SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE, "step_scale": 1.0}
+SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE, "step_scale": 1.0,
+                 "gate_steps": False}
 #: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
 #: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
 #: deterministic gate (whose targets matter only through the integers they round to), halved down
@@ -103,20 +104,21 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         warmup: float, out: Path = OUT, eval_reps: int = EVAL_REPS,
         eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
         methods: tuple[str, ...] = METHODS, rule: str = "adam",
-        learning_rate: float = LEARNING_RATE, step_scale: float = 1.0) -> None:
+        learning_rate: float = LEARNING_RATE, step_scale: float = 1.0,
+        gate_steps: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
         "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule,
-        "learning_rate": learning_rate, "step_scale": step_scale}
+        "learning_rate": learning_rate, "step_scale": step_scale, "gate_steps": gate_steps}
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
     # A store made before a setting was a choice was made with its value then (SETTINGS_THEN);
     # one that predates the evaluation settings takes the ones given.
     for key, value in (("rule", rule), ("learning_rate", learning_rate),
-                       ("step_scale", step_scale),
+                       ("step_scale", step_scale), ("gate_steps", gate_steps),
                        ("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
         if store.setdefault(key, SETTINGS_THEN.get(key, value)) != value:
             raise SystemExit(f"{path} was made with --{key.replace('_', '-')} {store[key]}: "
@@ -131,6 +133,9 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     # fd and SPSA perturb by step_scale difference steps (tune's step_scale; other estimators
     # have no steps, and the tuner refuses one for them)
     scaled = {} if step_scale == 1.0 else {"step_scale": step_scale}
+    # The gradient method's differences with the gate's steps capped by its temperature
+    # (estimate(gate_steps=True)); SPSA, the baseline, keeps the natural steps.
+    gated = {"options": {"gate_steps": True}} if gate_steps else {}
     final = dataclasses.replace(problem, horizon=eval_horizon,
                                 warmup=min(EVAL_WARMUP, eval_horizon / 4))
     final_key = jax.random.key(999)
@@ -184,7 +189,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             t = time.perf_counter()
             result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
                           eval_reps=problem.reps, seed=seed, initial=start, rule=rule,
-                          learning_rate=learning_rate, **scaled)
+                          learning_rate=learning_rate, **scaled, **gated)
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
@@ -245,7 +250,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         t = time.perf_counter()
         result = tune(problem, steps=20, estimator=estimator, eval_every=5,
                       eval_reps=problem.reps, seed=100, initial=moved, rule=rule,
-                      learning_rate=learning_rate, **scaled)
+                      learning_rate=learning_rate, **scaled, **gated)
         v_tuned = np.asarray(store["methods"][estimator]["0"]["final_values"])
         v_moved = evaluate(final, moved, final_key, eval_reps)
         v_back = evaluate(final, from_dict(result.best["params"]), final_key, eval_reps)
@@ -304,9 +309,9 @@ def summary(out: Path = OUT) -> dict:
         entry = {"start": {k: store["start"].get(k) for k in ("name", "scores", "params", "final",
                                                                "deterministic")},
                  "settings": {k: store.get(k, SETTINGS_THEN.get(k)) for k in (
-                     "estimator", "rule", "learning_rate", "step_scale", "temperature", "steps",
-                                                         "reps", "horizon", "warmup",
-                                                         "eval_reps", "eval_horizon")},
+                     "estimator", "rule", "learning_rate", "step_scale", "gate_steps",
+                     "temperature", "steps", "reps", "horizon", "warmup", "eval_reps",
+                     "eval_horizon")},
                  "methods": methods, "gradient_versus": versus}
         ref = methods.get("reference", {}).get("seeds", {}).get("0")
         if ref is not None:
@@ -387,6 +392,10 @@ def main() -> None:
                    help="the gradient tuner's and SPSA's step, in natural steps")
     p.add_argument("--step-scale", type=float, default=1.0,
                    help="fd's and SPSA's perturbations in difference steps (tune --step-scale)")
+    p.add_argument("--gate-steps", action="store_true",
+                   help="fd's differences with the gate targets' and offset's steps capped by "
+                        "the gate temperature (estimate's gate_steps; needs --temperature); "
+                        "SPSA keeps the natural steps")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
@@ -422,10 +431,13 @@ def main() -> None:
         p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not names:
         p.error("give --problem NAME, --all, --list or --report")
+    if a.gate_steps and (a.temperature is None or a.estimator != "fd"):
+        p.error("--gate-steps needs --estimator fd and a --temperature (the steps follow the "
+                "smoothed gate's logits)")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
             a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate,
-            a.step_scale)
+            a.step_scale, a.gate_steps)
 
 
 if __name__ == "__main__":

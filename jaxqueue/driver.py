@@ -18,13 +18,16 @@ draws nothing and does not count; the step whose holding time crossed its stop t
 numbers are not used again); a chunk whose steps ran out while it still had zero-time
 bookkeeping to do at its stop time is followed by another of the same phase, whatever the others
 do. So its path does not depend on how many replications run, on how they are sharded or
-batched, on how many steps a chunk runs (``chunk_events``; with the float32 clock, up to its
-rounding where an event falls within rounding of the warm-up's end or the horizon, since each
-chunk restarts the clock), or on where a checkpoint cut the run (the checkpoint keeps each
-replication's count). The same holds for the capacity of the
-FCFS buffers: it does not change a path unless it overflows, so a batch whose buffer overflowed
-is rerun from its start with a larger buffer (``grow_buffers``) and gives what a large enough
-buffer gives from the start.
+batched, on how many steps a chunk runs (``chunk_events``), or on where a checkpoint cut the run
+(the checkpoint keeps each replication's count), up to float32 rounding: each chunk restarts the
+clock, so an event within rounding of the warm-up's end or the horizon may fall on either side
+of it for another chunk length; and XLA may compile two batch widths into arithmetic that rounds
+differently, which moves the time integrals in their last digits and, rarely, such an event
+(one batch of 16,384 replications of Gate-and-Route at n = 500 over 5 s against batches of
+2,048: integrals within 6e-6 relative, three replications one event apart). The same holds for
+the capacity of the FCFS buffers: it does not change a path unless it overflows, so a batch whose
+buffer overflowed is rerun from its start with a larger buffer (``grow_buffers``) and gives what
+a large enough buffer gives from the start.
 """
 
 from __future__ import annotations
@@ -215,10 +218,11 @@ def simulate(
         max_chunks: stop after this many chunks of a batch, as an interrupt would (a safety net
             and a way to test interrupted runs; ``None`` for no limit).
         devices: devices to shard the replications over (one program, ``jax.sharding``);
-            ``None`` runs on the default device. Results are identical either way.
-        max_batch: most replications run at once; more run in successive batches (same
-            results). ``None`` picks the largest batch that fits in memory
-            (:func:`max_batch_for`), and on CPU devices at most
+            ``None`` runs on the default device. The paths are the same either way (up to
+            float32 rounding, as for batches: the module docstring).
+        max_batch: most replications run at once; more run in successive batches (the same
+            paths, up to float32 rounding: the module docstring). ``None`` picks the largest
+            batch that fits in memory (:func:`max_batch_for`), and on CPU devices at most
             :data:`CPU_BATCH_PER_DEVICE` replications per device.
         first_rep: id of the first replication (replications ``first_rep .. first_rep + reps
             - 1`` run). Several processes (e.g. one per host under ``jax.distributed``) can
@@ -660,20 +664,20 @@ def chunk_events_for(reps_per_device: int) -> int:
     return int(min(high, max(low, 2 ** math.ceil(math.log2(target)))))
 
 
-#: Most replications a CPU device runs at once by default (more run in successive batches, with
-#: the same results). A step touches every replication's vectors of rates, counts and integrals;
-#: past about a thousand replications they no longer stay in a core's cache between the step's
-#: kernels. Pooled Gate-and-Route on ``paper-qwen8b``, 4,096 replications on one pinned core of
-#: the 2-core development machine, three alternations in one process (2026-12-06): at n = 500,
-#: 8.3-8.6 M events/s in one batch against 9.6-11.0 M in batches of 1,024 and 9.7-12.0 M in
-#: batches of 512; at n = 20, 10.5-10.9 M against 11.8-12.3 M (1,024). Over both cores (a device
-#: each), 16,384 replications at n = 500: 10.6-14.0 M against 13.7-15.2 M (1,024 per device).
-#: The per-GPU engine's speed does not change (FI-WSP at n = 500, 1,024 replications: 1.9-2.1 M
-#: in one batch, 1.8-2.2 M in batches of 128 to 512), nor, within the noise, that of 4,096
-#: replications over both cores (one batch, 2,048 per device: 15.5-17.7 M; batches of 1,024 per
-#: device: 16.5-18.4 M). Whole command, ``jaxqueue simulate
-#: paper-qwen8b --gpus 500 --reps 8192 --horizon 40 --warmup 10`` (both cores, three pairs):
-#: 0.90x the wall time (0.85-0.92x). A GPU wants the widest batch: no cap there.
+#: Most replications a CPU device runs at once by default (more run in successive batches: the same
+#: paths, up to float32 rounding, see the module docstring). A step touches every replication's
+#: vectors of rates, counts and integrals; past about a thousand replications they no longer stay in
+#: a core's cache between the step's kernels. Pooled Gate-and-Route on ``paper-qwen8b``, 4,096
+#: replications on one pinned core of the 2-core development machine, three alternations in one
+#: process (2026-12-06): at n = 500, 8.3-8.6 M events/s in one batch against 9.6-11.0 M in batches
+#: of 1,024 and 9.7-12.0 M in batches of 512; at n = 20, 10.5-10.9 M against 11.8-12.3 M (1,024).
+#: Over both cores (a device each), 16,384 replications at n = 500: 10.6-14.0 M against 13.7-15.2 M
+#: (1,024 per device). The per-GPU engine's speed does not change (FI-WSP at n = 500, 1,024
+#: replications: 1.9-2.1 M in one batch, 1.8-2.2 M in batches of 128 to 512), nor, within the noise,
+#: that of 4,096 replications over both cores (one batch, 2,048 per device: 15.5-17.7 M; batches of
+#: 1,024 per device: 16.5-18.4 M). Whole command, ``jaxqueue simulate paper-qwen8b --gpus 500 --reps
+#: 8192 --horizon 40 --warmup 10`` (both cores, three pairs): 0.90x the wall time (0.85-0.92x). A
+#: GPU wants the widest batch: no cap there.
 CPU_BATCH_PER_DEVICE = 1024
 
 

@@ -331,6 +331,11 @@ def _truths(data: dict) -> str:
                 big, small = "s", "s/2"
                 steps = f"each coordinate's step s and s/2 ({each}, the rest h)"
                 note = f"  Steps s: {each}, every other coordinate h."
+            elif scale == "gate":  # fd-gate's steps: the gate's capped by its temperature
+                big, small = "c", "c/2"
+                note = ("  Steps c: the gate targets' and the offset's capped so that one moves "
+                        "a class's gate logit by at most 0.5 (`difference_steps(..., "
+                        "gate=True)`), every other coordinate h.")
             elif scale == 1.0:
                 big, small = "h", "h/2"
             else:  # the finer cases: both steps scaled (h/2 and h/4 for a scale of 1/2)
@@ -1301,6 +1306,16 @@ TABLES: dict[str, Table] = {
                         "docs/data/runs/tuning_tpot50_smooth_gate"},
         _tuning, "the smoothed gated family on tpot-50, tuned with central differences against "
                  "SPSA, the evolution strategy and a reference search of the same family"),
+    "tuning_budgets": Table(
+        "docs/gradients.md",
+        {f"{k}-{s}": cmd.format(s=s) for s in (5, 10) for k, cmd in (
+            ("run", "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --temperature 20 "
+                    "--steps {s} --methods gradient,spsa,es --out "
+                    "docs/data/runs/tuning_tpot50_smooth_s{s}"),
+            ("report", "python scripts/tuning_bench.py --report --json {{json}} --out "
+                       "docs/data/runs/tuning_tpot50_smooth_s{s}"))},
+        _tuning, "the smoothed gated family on tpot-50 at a quarter and half of the gradient "
+                 "method's budget, against SPSA and the evolution strategy at the same budget"),
     "tuning_fair200": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem fairness-200 --seeds 5 --methods "

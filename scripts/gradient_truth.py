@@ -281,7 +281,7 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int,
         tmp.rename(meta_file)
 
     write_meta()
-    if meta.get("capacity"):  # rings grown in an earlier batch: start there (same results)
+    if meta.get("capacity"):  # rings grown in an earlier batch: start there (same paths)
         problem = dataclasses.replace(problem, capacity=int(meta["capacity"]))
     while True:
         values, totals = load(name)

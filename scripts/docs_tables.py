@@ -1313,9 +1313,15 @@ TABLES: dict[str, Table] = {
                     "--steps {s} --methods gradient,spsa,es --out "
                     "docs/data/runs/tuning_tpot50_smooth_s{s}"),
             ("report", "python scripts/tuning_bench.py --report --json {{json}} --out "
-                       "docs/data/runs/tuning_tpot50_smooth_s{s}"))},
+                       "docs/data/runs/tuning_tpot50_smooth_s{s}"))}
+        | {"run-5-lr1": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --temperature "
+                        "20 --steps 5 --learning-rate 1 --methods gradient,spsa,es --out "
+                        "docs/data/runs/tuning_tpot50_smooth_s5_lr1",
+           "report-5-lr1": "python scripts/tuning_bench.py --report --json {json} --out "
+                           "docs/data/runs/tuning_tpot50_smooth_s5_lr1"},
         _tuning, "the smoothed gated family on tpot-50 at a quarter and half of the gradient "
-                 "method's budget, against SPSA and the evolution strategy at the same budget"),
+                 "method's budget (and a quarter with steps of one natural step), against SPSA "
+                 "and the evolution strategy at the same budget"),
     "tuning_fair200": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem fairness-200 --seeds 5 --methods "

@@ -70,6 +70,11 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "(default 1). Where the expected objective bends within one step, "
                          "as the smoothed families' does at n = 100, 0.5 trades bias for noise "
                          "better (docs/gradients.md)")
+    tu.add_argument("--gate-steps", action="store_true",
+                    help="fd and spsa on a smoothed family (needs --temperature): cap the gate "
+                         "targets' and offset's difference steps so that one moves a class's "
+                         "gate logit by a bounded amount at the temperature (the SPSA baseline "
+                         "keeps the natural steps)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
@@ -129,7 +134,7 @@ def run_tune(args, *, say, bars: bool, emit, sli=None) -> int:
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=sli,
         fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount,
-        rule=args.rule, step_scale=args.step_scale)
+        rule=args.rule, step_scale=args.step_scale, gate_steps=args.gate_steps)
     if args.save:
         from .policies import tunable
 
@@ -154,7 +159,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
             bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
             temperature: float | None = None, discount: float | None = None,
-            rule: str = "adam", step_scale: float | None = None):
+            rule: str = "adam", step_scale: float | None = None, gate_steps: bool = False):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
     SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
@@ -206,6 +211,14 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
         if resolved not in ("fd", "spsa"):
             raise ValueError(f"step-scale is for --estimator fd or spsa (perturbations), not "
                              f"{resolved!r}")
+    if gate_steps:
+        if temperature is None:
+            raise ValueError("gate-steps needs --temperature: the steps follow the smoothed "
+                             "gate's logits")
+        resolved = estimator if estimator != "auto" else "score"
+        if resolved not in ("fd", "spsa"):
+            raise ValueError(f"gate-steps is for --estimator fd or spsa (perturbations), not "
+                             f"{resolved!r}")
     step_scale = 1.0 if step_scale is None else float(step_scale)
     began = time.perf_counter()
     plan = fluid.solve(model, "bundled", sli=sli)
@@ -256,6 +269,8 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
     if discount is not None and not (math.isfinite(discount) and discount > 0):
         raise ValueError(f"discount = {discount}: must be finite and > 0 (seconds)")
     options = {"discount": discount} if estimator == "score" and discount is not None else {}
+    if gate_steps:
+        options["gate_steps"] = True
     result = tune(prob, steps=steps, estimator=estimator,
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
@@ -320,7 +335,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
-           "rule": rule, "step_scale": step_scale,
+           "rule": rule, "step_scale": step_scale, "gate_steps": gate_steps,
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
            "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
@@ -372,6 +387,8 @@ def _lines(o):
         return line
 
     rule = " (gated steps)" if o.get("rule") == "gated" else ""
+    if o.get("gate_steps"):
+        rule += " (gate-capped difference steps)"
     yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']}"
            f"{rule} ({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} {what} per GPU "
            f"per second, LP bound {o['lp_bound']:.3f}")

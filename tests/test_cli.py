@@ -103,6 +103,7 @@ def test_validate_erlang_a_json(capsys):
      "step-scale = -1.0: must be finite and > 0"),
     (["tune", "paper-qwen8b", "--gpus", "6", "--temperature", "20", "--step-scale", "0.5"],
      "step-scale is for --estimator fd or spsa"),
+    (["tune", "paper-qwen8b", "--gpus", "6", "--gate-steps"], "gate-steps needs --temperature"),
 ])
 def test_bad_input_names_the_field(capsys, argv, message):
     with pytest.raises(SystemExit) as err:

@@ -529,3 +529,32 @@ def test_step_scale_reaches_the_tuner_and_is_refused_where_it_means_nothing(monk
         with pytest.raises(ValueError, match=message):
             compare(PAPER, 6, family="gated", step_scale=bad, **kw, **small)
     assert len(seen) == 3  # refused before any tuning
+
+
+def test_gate_steps_reach_the_estimator_and_are_refused_where_they_mean_nothing(monkeypatch):
+    from jaxqueue import tune as tune_module
+    from jaxqueue.tune_cli import compare
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_tune(problem, **kw):
+        seen.append((kw["estimator"], kw["options"], problem.gate_temperature))
+        raise Stop
+
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    small = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False,
+                 family="gated")
+    with pytest.raises(Stop):
+        compare(PAPER, 6, estimator="fd", temperature=20.0, gate_steps=True, **small)
+    with pytest.raises(Stop):
+        compare(PAPER, 6, estimator="fd", temperature=20.0, **small)
+    assert seen == [("fd", {"gate_steps": True}, 20.0), ("fd", {}, 20.0)]
+    for kw, message in ((dict(estimator="fd"), "gate-steps needs --temperature"),
+                        (dict(temperature=20.0), "gate-steps is for --estimator fd or spsa "
+                                                 r"\(perturbations\), not 'score'")):
+        with pytest.raises(ValueError, match=message):
+            compare(PAPER, 6, gate_steps=True, **kw, **small)
+    assert len(seen) == 2  # refused before any tuning

@@ -6,8 +6,8 @@
 # Run from the repository root, on a machine whose Python has jaxqueue's dependencies:
 #     bash scripts/gpu_truth.sh [CASE] [SECONDS] [BATCH]
 # Defaults: dolly-gated-100-gate (the 19-parameter case at n = 100, about 1.5e11 events for the
-# replications the n = 20 case needed), 480 s, 256 replications per batch. The batch size is the
-# store's: a case begun with one size goes on with it.
+# replications the n = 20 case needed), 480 s, 256 replications per batch. Batches of other sizes
+# already stored (a CPU's) count too: each batch has its own key.
 set -euo pipefail
 case_name="${1:-dolly-gated-100-gate}"
 seconds="${2:-480}"

@@ -26,10 +26,11 @@ step, :func:`jaxqueue.objective.difference_steps`), all configurations in one vm
 common random numbers, ``--batch`` replications at a time. After each batch the per-replication
 objectives are written to ``STORE/gradient_truth/CASE/batch_K.npz`` (``--store``, ``results`` by
 default), with the batch's events, seconds and machine: an interrupted run loses at most one
-batch and continues where it stopped. The truth is accepted once every coordinate's
-standard error is below ``0.1 ||g|| / sqrt(p)`` and the two step sizes agree within 2 standard
-errors on every coordinate (``--max-reps`` caps the effort; the report says whether it was
-accepted).
+batch and continues where it stopped. Each batch runs on its own key (its index folded into the
+case's), so batches of different sizes (a CPU's small ones, a GPU's large ones) join freely.
+The truth is accepted once every coordinate's standard error is below ``0.1 ||g|| / sqrt(p)``
+and the two step sizes agree within 2 standard errors on every coordinate (``--max-reps`` caps
+the effort; the report says whether it was accepted).
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ def configurations(problem: Problem, params, step: float | dict | str = 1.0):
 
 
 def run_batch(problem: Problem, points, unravel, batch: int, reps: int):
-    """Objectives ``(configurations, reps)`` of replications ``batch * reps ..`` (common random
-    numbers: every configuration uses the same replication ids), their events, and the ring
+    """Objectives ``(configurations, reps)`` of ``reps`` replications on batch ``batch``'s own
+    key (common random numbers: every configuration uses the same replication ids; batches of
+    any sizes are independent of each other), their events, and the ring
     capacity the results hold for (grown from the problem's where a ring overflowed)."""
     systems = [problem.system(jax.tree.map(np.asarray, from_free(unravel(jnp.asarray(p)))))
                for p in points]
@@ -271,9 +273,10 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int,
         "temperature": TEMPERATURE, "horizon": HORIZON, "warmup": WARMUP,
         "params": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(params).items()},
         "batch_reps": batch_reps, "events": 0, "seconds": 0.0}
-    if meta["batch_reps"] != batch_reps:
-        raise SystemExit(f"{name}: stored batches have {meta['batch_reps']} replications, not "
-                         f"{batch_reps}: pass --batch {meta['batch_reps']}")
+    # Batches may differ in size (a CPU's small ones, a GPU's large ones): each has its own key
+    # (its index folded into the case's), so any mix of them is independent replications.
+    meta["batch_sizes"] = sorted(set(meta.get("batch_sizes", [meta["batch_reps"]]))
+                                 | {batch_reps})
 
     def write_meta():
         tmp = folder / f"meta.json.{os.getpid()}"  # a second process may be writing it too
@@ -309,7 +312,7 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int,
                  machine=f"{jax.devices()[0].device_kind}, JAX {jax.__version__}")
         (folder / f"batch_{batch}.npz.tmp.npz").rename(folder / f"batch_{batch}.npz")
         (folder / f"batch_{batch}.claim").unlink(missing_ok=True)
-        print(f"{name}: batch {batch} done ({done + batch_reps} replications stored, "
+        print(f"{name}: batch {batch} done ({load(name)[0].shape[1]} replications stored, "
               f"{time.perf_counter() - start:.0f} s)", flush=True)
 
 

@@ -5,6 +5,7 @@ configurations."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -134,3 +135,27 @@ def test_every_truth_case_builds_its_configurations():
         p = len(truth.coordinate_names(params))
         assert len(points) == 1 + 4 * p and widths.shape == (p, 2)
         assert np.all(widths > 0)
+
+
+def test_truth_batches_of_different_sizes_join_with_keys_of_their_own(tmp_path, monkeypatch):
+    # A case begun in small batches on a CPU goes on in a GPU's large ones: each batch runs on
+    # its own index's key, and the stored replications add up across sizes.
+    truth = bench.gradient_truth
+    monkeypatch.setattr(truth, "OUT", tmp_path)
+    ran = []
+
+    def fake_batch(problem, points, unravel, batch, reps):
+        ran.append((batch, reps))
+        values = np.random.default_rng(batch).normal(280.0, 1.0, (len(points), reps))
+        return values, 10 * reps, 0
+
+    monkeypatch.setattr(truth, "run_batch", fake_batch)
+    name = "qwen-sli-20"
+    stored = 0
+    for size in (2, 3, 2):  # each call runs one batch: it stops at max_reps
+        stored += size
+        truth.run_case(name, size, min_reps=stored, max_reps=stored)
+    values, meta = truth.load(name)
+    # no batch index (no key) used twice, every replication stored
+    assert ran == [(0, 2), (1, 3), (2, 2)] and values.shape[1] == 7
+    assert json.loads((tmp_path / name / "meta.json").read_text())["batch_sizes"] == [2, 3]

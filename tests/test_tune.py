@@ -558,3 +558,31 @@ def test_gate_steps_reach_the_estimator_and_are_refused_where_they_mean_nothing(
         with pytest.raises(ValueError, match=message):
             compare(PAPER, 6, gate_steps=True, **kw, **small)
     assert len(seen) == 2  # refused before any tuning
+
+
+def test_the_rule_by_default_is_gated_for_score_and_adam_otherwise(monkeypatch):
+    # Measured in the tuning benchmark: Adam on score estimates returned its start, the gated
+    # rule gained; on fd estimates Adam gained most. A rule the caller names is kept.
+    from jaxqueue import tune as tune_module
+    from jaxqueue.tune_cli import compare
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_tune(problem, **kw):
+        seen.append((kw["estimator"], kw["rule"]))
+        raise Stop
+
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    small = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False,
+                 family="gated")
+    for kw in (dict(temperature=20.0), dict(estimator="fd"), dict(estimator="fd", temperature=20.0),
+               dict(temperature=20.0, rule="adam"), dict(estimator="fd", rule="rprop")):
+        with pytest.raises(Stop):
+            compare(PAPER, 6, **kw, **small)
+    assert seen == [("score", "gated"), ("fd", "adam"), ("fd", "adam"), ("score", "adam"),
+                    ("fd", "rprop")]
+    with pytest.raises(ValueError, match="rule = 'sgd' is invalid: must be auto or one of"):
+        compare(PAPER, 6, rule="sgd", **small)

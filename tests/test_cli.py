@@ -101,7 +101,8 @@ def test_validate_erlang_a_json(capsys):
     (["simulate", "paper-qwen8b", "--reps", "100000000000"], "replications fit"),
     (["tune", "paper-qwen8b", "--gpus", "6", "--step-scale", "-1"],
      "step-scale = -1.0: must be finite and > 0"),
-    (["tune", "paper-qwen8b", "--gpus", "6", "--temperature", "20", "--step-scale", "0.5"],
+    (["tune", "paper-qwen8b", "--gpus", "6", "--temperature", "20", "--estimator", "score",
+      "--step-scale", "0.5"],
      "step-scale is for --estimator fd or spsa"),
     (["tune", "paper-qwen8b", "--gpus", "6", "--gate-steps"], "gate-steps needs --temperature"),
 ])

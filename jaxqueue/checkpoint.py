@@ -167,6 +167,19 @@ class Checkpoint:
             finished = bool(f["finished"]) if "finished" in f else False
         return Saved(done=done, current=current, capacity=capacity, finished=finished)
 
+    def stored_run(self) -> tuple[str, int] | None:
+        """The fingerprint in the file and the replications of its first batch (every batch
+        but a run's last has the run's batch size), without checking either; None when there
+        is no file or it is of another format."""
+        if not os.path.exists(self.path):
+            return None
+        with np.load(self.path, allow_pickle=False) as f:
+            if ("format" not in f or int(f["format"]) != FORMAT
+                    or not (int(f["num_batches"]) or bool(f["has_current"]))):
+                return None
+            first = f["b0_time"] if int(f["num_batches"]) else f["c_time"]
+            return str(f["fingerprint"]), int(first.shape[0])
+
     def save(self, done: list[Batch], current: Progress | None, *, capacity: int | None = None,
              finished: bool = False) -> None:
         """Writes the finished batches, the batch in progress, the buffers' capacity and whether

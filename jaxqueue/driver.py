@@ -234,7 +234,9 @@ def simulate(
             chunk length, batching), the run resumes from it (``Run.resumed``), so a killed or
             interrupted run loses at most ``checkpoint_every`` seconds of work; the result is
             identical to an uninterrupted run. A finished run marks its file finished; running
-            it again reads the result from the file.
+            it again reads the result from the file. With ``max_batch`` left to its default, a
+            file written in batches of another size (the default of another version) goes on
+            in its own batches where they fit.
         checkpoint_every: wall seconds between checkpoints.
         grow_buffers: when a FCFS buffer of a system with a ``capacity`` overflows, rerun the
             batch from its start with four times the capacity (the paths are the same, so the
@@ -269,8 +271,9 @@ def simulate(
         system = dataclasses.replace(system, ring_index=False)
     budget.check_fits(system, budget.estimate(system, reps=reps, horizon=horizon,
                                               chunk_events=chunk_events, devices=devices), reps)
+    chosen = max_batch is not None
     if max_batch is None:
-        max_batch = max_batch_for(system, chunk_events, devices)
+        max_batch = fits = max_batch_for(system, chunk_events, devices)
         if _on_cpu(devices):
             max_batch = min(max_batch, CPU_BATCH_PER_DEVICE * per)
     elif isinstance(max_batch, bool) or int(max_batch) < 1:
@@ -288,9 +291,18 @@ def simulate(
     tell = notify if notify is not None else _warn_growth
     store = None
     if checkpoint is not None:
-        store = Checkpoint(checkpoint, fingerprint(system, key, reps, horizon, warmup,
-                                                   chunk_events, clock_dtype, first_rep, batch),
-                           checkpoint_every)
+        def run_id(size):
+            return fingerprint(system, key, reps, horizon, warmup, chunk_events, clock_dtype,
+                               first_rep, size)
+
+        store = Checkpoint(checkpoint, run_id(batch), checkpoint_every)
+        stored = None if chosen else store.stored_run()
+        if stored is not None and stored[0] != store.fingerprint and stored[1] % per == 0 \
+                and stored[1] <= fits and run_id(stored[1]) == stored[0]:
+            # The same run with the default batch of the version that wrote it (the default
+            # changes with versions): go on in its batches, the same paths, where they fit.
+            batch = stored[1]
+            store = Checkpoint(checkpoint, stored[0], checkpoint_every)
     saved = store.load() if store else None
     done, current = (saved.done, saved.current) if saved else ([], None)
     if saved and saved.capacity is not None and saved.capacity != _capacity(system):

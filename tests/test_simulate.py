@@ -223,3 +223,23 @@ def test_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     other, _ = policies.build("gate-and-route", model, 11)
     with pytest.raises(jq.SimulationError, match="different run"):
         jq.simulate(jax.random.key(12), other, checkpoint=path, **kw)
+
+
+def test_a_checkpoint_goes_on_in_its_own_batches_when_the_default_batch_changed(tmp_path):
+    # A run checkpointed in batches of 4 (another version's default) resumes under today's
+    # default batch (all 8 at once here) in its own batches, to the uninterrupted result; a
+    # batch the caller sets is part of the run, and another one is refused.
+    model = scenarios.load("paper-qwen8b")
+    system, _ = policies.build("gate-and-route", model, 10)
+    kw = dict(reps=8, horizon=40.0, warmup=10.0, chunk_events=256)
+    whole = jq.simulate(jax.random.key(3), system, max_batch=4, **kw)
+    path = tmp_path / "run.npz"
+    part = jq.simulate(jax.random.key(3), system, checkpoint=path, max_batch=4, max_chunks=2,
+                       **kw)
+    assert part.interrupted
+    with pytest.raises(jq.SimulationError, match="different run"):
+        jq.simulate(jax.random.key(3), system, checkpoint=path, max_batch=8, **kw)
+    resumed = jq.simulate(jax.random.key(3), system, checkpoint=path, **kw)
+    assert not resumed.interrupted and resumed.resumed > 0
+    np.testing.assert_array_equal(whole.tallies, resumed.tallies)
+    np.testing.assert_allclose(whole.level_integrals, resumed.level_integrals, rtol=1e-12)

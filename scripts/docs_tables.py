@@ -1348,7 +1348,7 @@ TABLES: dict[str, Table] = {
                  "evolution strategy at equal budget, dolly-8class with a TPOT target"),
     "tuning_gated": Table(
         "docs/gradients.md",
-        {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 1 --estimator "
+        {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 5 --estimator "
                 "score --temperature 20 --rule gated --methods gradient,spsa,es --eval-reps 128 "
                 "--eval-horizon 1000 --out docs/data/runs/tuning_gated",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "

@@ -502,97 +502,78 @@ def test_the_gated_rule_steps_on_signal_and_stays_on_noise():
                      horizon=30.0, warmup=5.0, reps=2), steps=1, rule="sgd")
 
 
-def test_step_scale_reaches_the_tuner_and_is_refused_where_it_means_nothing(monkeypatch):
+class _Stop(Exception):
+    """Raised by the spy of :func:`_tuner_calls`: the tuner's arguments were seen, nothing ran."""
+
+
+#: A tuning run too small to matter: the spy stops it before its first step.
+_SMALL = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False,
+              family="gated")
+
+
+def _tuner_calls(monkeypatch, *calls):
+    """What ``tune``'s command hands the tuner (its problem and keywords) for each set of
+    arguments; a refusal raises before the tuner, so ``pytest.raises(ValueError)`` around
+    :func:`_compare` also says that nothing was tuned."""
     from jaxqueue import tune as tune_module
-    from jaxqueue.tune_cli import compare
 
     seen = []
 
-    class Stop(Exception):
-        pass
+    def spy(problem, **kw):
+        seen.append((problem, kw))
+        raise _Stop
 
-    def fake_tune(problem, **kw):
-        seen.append((kw["estimator"], kw.get("step_scale")))
-        raise Stop
+    monkeypatch.setattr(tune_module, "tune", spy)
+    for kw in calls:
+        with pytest.raises(_Stop):
+            _compare(**kw)
+    return seen
 
-    monkeypatch.setattr(tune_module, "tune", fake_tune)
-    small = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False)
-    with pytest.raises(Stop):
-        compare(PAPER, 6, family="gated", estimator="fd", step_scale=0.5, **small)
-    with pytest.raises(Stop):
-        compare(PAPER, 6, family="gated", step_scale=0.25, **small)  # auto -> fd
-    with pytest.raises(Stop):
-        compare(PAPER, 6, family="gated", estimator="fd", **small)
-    assert seen == [("fd", 0.5), ("fd", 0.25), ("fd", 1.0)]
-    for bad, message in ((0.0, "step-scale = 0.0: must be finite and > 0"),
-                         (float("nan"), "step-scale = nan"),
-                         (0.5, "step-scale is for --estimator fd or spsa")):
-        kw = dict(estimator="score", temperature=20.0) if message.startswith("step-scale is") \
-            else {}
+
+def _compare(**kw):
+    from jaxqueue.tune_cli import compare
+
+    return compare(PAPER, 6, **{**_SMALL, **kw})
+
+
+def test_step_scale_reaches_the_tuner_and_is_refused_where_it_means_nothing(monkeypatch):
+    seen = _tuner_calls(monkeypatch, dict(estimator="fd", step_scale=0.5),
+                        dict(step_scale=0.25), dict(estimator="fd"))  # auto -> fd
+    assert [(kw["estimator"], kw["step_scale"]) for _, kw in seen] == [
+        ("fd", 0.5), ("fd", 0.25), ("fd", 1.0)]
+    for kw, message in ((dict(step_scale=0.0), "step-scale = 0.0: must be finite and > 0"),
+                        (dict(step_scale=float("nan")), "step-scale = nan"),
+                        (dict(step_scale=0.5, estimator="score", temperature=20.0),
+                         "step-scale is for --estimator fd or spsa")):
         with pytest.raises(ValueError, match=message):
-            compare(PAPER, 6, family="gated", step_scale=bad, **kw, **small)
-    assert len(seen) == 3  # refused before any tuning
+            _compare(**kw)
 
 
 def test_gate_steps_reach_the_estimator_and_are_refused_where_they_mean_nothing(monkeypatch):
-    from jaxqueue import tune as tune_module
-    from jaxqueue.tune_cli import compare
-
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def fake_tune(problem, **kw):
-        seen.append((kw["estimator"], kw["options"], problem.gate_temperature))
-        raise Stop
-
-    monkeypatch.setattr(tune_module, "tune", fake_tune)
-    small = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False,
-                 family="gated")
-    with pytest.raises(Stop):
-        compare(PAPER, 6, estimator="fd", temperature=20.0, gate_steps=True, **small)
-    with pytest.raises(Stop):
-        compare(PAPER, 6, estimator="fd", temperature=20.0, **small)
-    assert seen == [("fd", {"gate_steps": True}, 20.0), ("fd", {}, 20.0)]
+    seen = _tuner_calls(monkeypatch, dict(estimator="fd", temperature=20.0, gate_steps=True),
+                        dict(estimator="fd", temperature=20.0))
+    assert [(kw["estimator"], kw["options"], problem.gate_temperature)
+            for problem, kw in seen] == [("fd", {"gate_steps": True}, 20.0), ("fd", {}, 20.0)]
     for kw, message in ((dict(estimator="fd"), "gate-steps needs --temperature"),
                         (dict(temperature=20.0, estimator="score"),
-                         "gate-steps is for --estimator fd or spsa "
-                                                 r"\(perturbations\), not 'score'")):
+                         r"gate-steps is for --estimator fd or spsa \(perturbations\), not "
+                         "'score'")):
         with pytest.raises(ValueError, match=message):
-            compare(PAPER, 6, gate_steps=True, **kw, **small)
-    assert len(seen) == 2  # refused before any tuning
+            _compare(gate_steps=True, **kw)
 
 
 def test_by_default_fd_with_adam_and_score_with_the_gated_rule(monkeypatch):
     # Measured: fd is the most accurate estimator for its events on every truth case; in the
     # tuning benchmark Adam on score estimates returned its start where the gated rule gained,
     # and on fd estimates Adam gained most. What the caller names is kept.
-    from jaxqueue import tune as tune_module
-    from jaxqueue.tune_cli import compare
-
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def fake_tune(problem, **kw):
-        seen.append((kw["estimator"], kw["rule"]))
-        raise Stop
-
-    monkeypatch.setattr(tune_module, "tune", fake_tune)
-    small = dict(steps=1, reps=2, horizon=20.0, warmup=5.0, eval_reps=2, baselines=False,
-                 family="gated")
-    for kw in (dict(estimator="score", temperature=20.0), dict(), dict(temperature=20.0),
-               dict(estimator="score", temperature=20.0, rule="adam"),
-               dict(estimator="fd", rule="rprop")):
-        with pytest.raises(Stop):
-            compare(PAPER, 6, **kw, **small)
+    seen = _tuner_calls(monkeypatch, dict(estimator="score", temperature=20.0), dict(),
+                        dict(temperature=20.0),
+                        dict(estimator="score", temperature=20.0, rule="adam"),
+                        dict(estimator="fd", rule="rprop"))
     # auto is fd, smoothed or not: the most accurate estimator for its events in the benchmark
-    assert seen == [("score", "gated"), ("fd", "adam"), ("fd", "adam"), ("score", "adam"),
-                    ("fd", "rprop")]
+    assert [(kw["estimator"], kw["rule"]) for _, kw in seen] == [
+        ("score", "gated"), ("fd", "adam"), ("fd", "adam"), ("score", "adam"), ("fd", "rprop")]
     with pytest.raises(ValueError, match="rule = 'sgd' is invalid: must be auto or one of"):
-        compare(PAPER, 6, rule="sgd", **small)
+        _compare(rule="sgd")
     with pytest.raises(ValueError, match="discount is the score estimator's credit window"):
-        compare(PAPER, 6, temperature=20.0, discount=50.0, **small)  # auto: fd
-    assert len(seen) == 5
+        _compare(temperature=20.0, discount=50.0)  # auto: fd

@@ -273,7 +273,7 @@ def simulate(
                                               chunk_events=chunk_events, devices=devices), reps)
     chosen = max_batch is not None
     if max_batch is None:
-        max_batch = fits = max_batch_for(system, chunk_events, devices)
+        max_batch = max_batch_for(system, chunk_events, devices)
         if _on_cpu(devices):
             max_batch = min(max_batch, CPU_BATCH_PER_DEVICE * per)
     elif isinstance(max_batch, bool) or int(max_batch) < 1:
@@ -298,7 +298,8 @@ def simulate(
         store = Checkpoint(checkpoint, run_id(batch), checkpoint_every)
         stored = None if chosen else store.stored_run()
         if stored is not None and stored[0] != store.fingerprint and stored[1] % per == 0 \
-                and stored[1] <= fits and run_id(stored[1]) == stored[0]:
+                and stored[1] <= max_batch_for(system, chunk_events, devices) \
+                and run_id(stored[1]) == stored[0]:
             # The same run with the default batch of the version that wrote it (the default
             # changes with versions): go on in its batches, the same paths, where they fit.
             batch = stored[1]

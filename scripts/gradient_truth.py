@@ -275,8 +275,7 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int,
         "batch_reps": batch_reps, "events": 0, "seconds": 0.0}
     # Batches may differ in size (a CPU's small ones, a GPU's large ones): each has its own key
     # (its index folded into the case's), so any mix of them is independent replications.
-    meta["batch_sizes"] = sorted(set(meta.get("batch_sizes", [meta["batch_reps"]]))
-                                 | {batch_reps})
+    # meta["batch_reps"] is the first run's size; the batches' files hold their own.
 
     def write_meta():
         tmp = folder / f"meta.json.{os.getpid()}"  # a second process may be writing it too

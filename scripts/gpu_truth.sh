@@ -5,9 +5,9 @@
 # and copies the case's folder to $OUT when that is set (a device machine's way back).
 # Run from the repository root, on a machine whose Python has jaxqueue's dependencies:
 #     bash scripts/gpu_truth.sh [CASE] [SECONDS] [BATCH]
-# Defaults: dolly-gated-100-gate (the 19-parameter case at n = 100, about 1.5e11 events for the
-# replications the n = 20 case needed), 480 s, 256 replications per batch. Batches of other sizes
-# already stored (a CPU's) count too: each batch has its own key.
+# Defaults: dolly-gated-100-gate (the 19-parameter case at n = 100: 4.3e7 events a replication,
+# about 1,600 replications needed, 872 stored on a CPU), 480 s, 256 replications per batch.
+# Batches of other sizes already stored (a CPU's) count too: each batch has its own key.
 set -euo pipefail
 case_name="${1:-dolly-gated-100-gate}"
 seconds="${2:-480}"

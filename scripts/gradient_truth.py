@@ -311,7 +311,7 @@ def run_case(name: str, batch_reps: int, min_reps: int, max_reps: int,
                  machine=f"{jax.devices()[0].device_kind}, JAX {jax.__version__}")
         (folder / f"batch_{batch}.npz.tmp.npz").rename(folder / f"batch_{batch}.npz")
         (folder / f"batch_{batch}.claim").unlink(missing_ok=True)
-        print(f"{name}: batch {batch} done ({load(name)[0].shape[1]} replications stored, "
+        print(f"{name}: batch {batch} done ({done + out.shape[1]} replications stored, "
               f"{time.perf_counter() - start:.0f} s)", flush=True)
 
 

@@ -154,6 +154,6 @@ def test_truth_batches_of_different_sizes_join_with_keys_of_their_own(tmp_path, 
     for size in (2, 3, 2):  # each call runs one batch: it stops at max_reps
         stored += size
         truth.run_case(name, size, min_reps=stored, max_reps=stored)
-    values, meta = truth.load(name)
+    values, _ = truth.load(name)
     # no batch index (no key) used twice, every replication stored
     assert ran == [(0, 2), (1, 3), (2, 2)] and values.shape[1] == 7

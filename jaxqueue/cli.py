@@ -392,7 +392,7 @@ def _cmd_simulate(args) -> int:
 
     from . import budget, policies, scenarios
     from .compare import tuned_system
-    from .driver import GROWTH, BufferOverflowError, chunk_events_for, simulate
+    from .driver import CHUNK_BOUNDS, GROWTH, BufferOverflowError, simulate
 
     model = scenarios.load(args.scenario)
     arrivals = None
@@ -437,10 +437,8 @@ def _cmd_simulate(args) -> int:
                              "counters need exponential prefill times; the wait and ttft "
                              "targets are")
     devices = _devices(args.devices, system, args.reps)
-    if args.chunk_events is None:
-        args.chunk_events = chunk_events_for(-(-args.reps // len(devices)))
     est = budget.estimate(system, reps=args.reps, horizon=args.horizon,
-                          chunk_events=args.chunk_events, devices=devices)
+                          chunk_events=args.chunk_events or CHUNK_BOUNDS[0], devices=devices)
     budget.check_fits(system, est, args.reps)
     announced = _announce(est, devices, args)
     if args.estimate:
@@ -583,7 +581,7 @@ def _simulation_out(args, model, system, plan, run, devices, *, policy=None, sli
         "resumed": run.resumed,
         "events": run.events, "wall_seconds": run.wall_seconds,
         "compile_seconds": run.compile_seconds, "events_per_second": run.events_per_second,
-        "devices": len(devices), "chunk_events": args.chunk_events,
+        "devices": len(devices), "chunk_events": run.chunk_events,
     })
     if np.any(run.collected):
         summary = stats.summarize_pooled(run, model, args.gpus)
@@ -1093,9 +1091,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="fixed slots of each FCFS buffer (an overflow is then an error); by "
                           "default sized from n and the plan and grown if it overflows")
     sim.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=None,
-                     help="steps per compiled chunk (default: chosen from the replications per "
-                          "device: 1,024 from 256 up, up to 32,768 for a few; a path does not "
-                          "depend on it)")
+                     help="steps per compiled chunk (default: chosen from the replications "
+                          "each device runs at once: 8,192 for a CPU device's 1,024, 32,768 "
+                          "below 256, down to 1,024 for a GPU's many; a path does not depend "
+                          "on it)")
     sim.add_argument("--devices", default="all",
                      help="shard replications over 'all' devices or the first N (on a CPU, one "
                           "device per core)")
@@ -1186,8 +1185,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="replications of each per-GPU policy, the first R of the pooled "
                           "ones' (by default a quarter of --reps, at least min(reps, 8): a "
                           "per-GPU event costs about 4x a pooled one)")
-    cmp.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=1024,
-                     help="events per compiled scan chunk")
+    cmp.add_argument("--chunk-events", type=_positive_int("chunk-events"), default=None,
+                     help="steps per compiled chunk (default: chosen from the replications "
+                          "each device runs at once, as for simulate)")
     cmp.add_argument("--devices", default="all",
                      help="shard replications over 'all' devices or the first N")
     cmp.add_argument("--estimate", action="store_true",

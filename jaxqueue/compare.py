@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import budget, diagnose, fluid, policies, stats
-from .driver import simulate
+from .driver import CHUNK_BOUNDS, simulate
 from .model import Model
 from .policies.pooled import Pooled
 
@@ -164,15 +164,15 @@ def per_gpu_reps(reps: int, devices: int = 1) -> int:
 
 
 def estimate(items: Sequence[Entry], *, reps: int, gpu_reps: int, horizon: float,
-             chunk_events: int = 1024, devices=None) -> dict[str, Any]:
+             chunk_events: int | None = None, devices=None) -> dict[str, Any]:
     """The run-time estimate of a comparison (:mod:`jaxqueue.budget`, compilation excluded):
     ``seconds`` in all, ``per_policy`` seconds, and whether every policy fits in memory (raises
     :class:`jaxqueue.budget.ResourceError` otherwise)."""
     per = {}
     for e in items:
         r = gpu_reps if e.engine == "per-gpu" else reps
-        est = budget.estimate(e.system, reps=r, horizon=horizon, chunk_events=chunk_events,
-                              devices=devices)
+        est = budget.estimate(e.system, reps=r, horizon=horizon,
+                              chunk_events=chunk_events or CHUNK_BOUNDS[0], devices=devices)
         budget.check_fits(e.system, est, r)
         per[e.name] = est.seconds or 0.0
     return {"seconds": float(sum(per.values())), "per_policy": per}
@@ -240,7 +240,7 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64,
             gpu_reps: int | None = None, horizon: float = 800.0, warmup: float = 200.0,
-            pricing: str = "bundled", devices=None, chunk_events: int = 1024,
+            pricing: str = "bundled", devices=None, chunk_events: int | None = None,
             progress: Callable[[str], Any] | None = None,
             notify: Callable[[str], None] | None = None, scenario: str | None = None,
             latency: bool = False) -> dict[str, Any]:
@@ -256,7 +256,8 @@ def compare(key, model: Model, n: int, items: Sequence[Entry], *, reps: int = 64
         horizon, warmup: the simulated time and the discarded initial time, model seconds.
         pricing: ``"bundled"`` or ``"separate"``: the revenue the policies are ranked by.
         devices: devices to shard replications over (see :func:`jaxqueue.simulate`).
-        chunk_events: events per compiled chunk.
+        chunk_events: steps per compiled chunk (``None``: chosen per run, as by
+            :func:`jaxqueue.simulate`).
         progress: called with a label for each policy, returns what ``simulate`` takes as
             ``progress`` (a bar label, a callable, or False).
         notify: receives notices as lines: a buffer grown, and each policy's revenue when it

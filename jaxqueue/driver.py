@@ -54,7 +54,7 @@ from .checkpoint import Batch, Checkpoint, Progress, fingerprint
 from .kernel import AbstractSystem, SimulationError
 
 __all__ = ["BufferOverflowError", "Run", "SimulationError", "SimulationWarning",
-           "chunk_events_for", "max_batch_for", "simulate"]
+           "chunk_events_for", "default_chunks", "max_batch_for", "simulate"]
 
 
 class SimulationWarning(UserWarning):
@@ -103,6 +103,7 @@ class Run:
             the warm-up moved the start of a point's statistics window, that point's others).
         resumed: share of the run (in replication-time) read from a checkpoint instead of
             simulated now: 0 for a fresh run, 1 when the checkpoint held the finished run.
+        chunk_events: the steps of each compiled chunk (0 where the run did not record it).
     """
 
     level_integrals: np.ndarray
@@ -125,6 +126,7 @@ class Run:
     regrown: int = 0
     resumed: float = 0.0
     rerun_reps: tuple[int, ...] = ()
+    chunk_events: int = 0
 
     @property
     def collected(self) -> np.ndarray:
@@ -179,7 +181,7 @@ def simulate(
     reps: int,
     horizon: float,
     warmup: float = 0.0,
-    chunk_events: int = 1024,
+    chunk_events: int | None = None,
     clock_dtype: Any = None,
     progress: bool | str | Callable[[float], None] = False,
     max_chunks: int | None = None,
@@ -209,7 +211,11 @@ def simulate(
         reps: number of replications.
         horizon: end of the simulated time.
         warmup: start of the statistics window.
-        chunk_events: events per scan chunk (static: changing it recompiles).
+        chunk_events: steps per compiled chunk (static: changing it recompiles). ``None`` (the
+            default) picks it from the replications each device runs at once
+            (:func:`chunk_events_for`); a path does not depend on it, up to the float32 rounding
+            of the clock at the warm-up's end and the horizon (``Run.chunk_events`` says which
+            ran).
         clock_dtype: dtype of the clock and time integrals (default: float32, or float64 under
             ``jax.enable_x64``).
         progress: False (quiet, the default), True for a progress bar with the time left on
@@ -255,7 +261,10 @@ def simulate(
             out of its range), whose results would be wrong; or its clock went backwards, which
             would otherwise never end.
     """
-    _check_window(reps, horizon, warmup, chunk_events)
+    chunk_given = chunk_events is not None
+    # Memory is checked at the shortest default chunk (the batch then picks its length).
+    probe = chunk_events if chunk_given else CHUNK_BOUNDS[0]
+    _check_window(reps, horizon, warmup, probe)
     clock_dtype = rng.real_dtype() if clock_dtype is None else np.dtype(clock_dtype)
     if clock_dtype == np.float64 and not jax.config.jax_enable_x64:
         raise ValueError("clock_dtype = float64 needs jax.enable_x64(True)")
@@ -270,10 +279,10 @@ def simulate(
         # counts, runs instead.
         system = dataclasses.replace(system, ring_index=False)
     budget.check_fits(system, budget.estimate(system, reps=reps, horizon=horizon,
-                                              chunk_events=chunk_events, devices=devices), reps)
+                                              chunk_events=probe, devices=devices), reps)
     chosen = max_batch is not None
     if max_batch is None:
-        max_batch = max_batch_for(system, chunk_events, devices)
+        max_batch = max_batch_for(system, probe, devices)
         if _on_cpu(devices):
             max_batch = min(max_batch, CPU_BATCH_PER_DEVICE * per)
     elif isinstance(max_batch, bool) or int(max_batch) < 1:
@@ -281,6 +290,8 @@ def simulate(
     if isinstance(first_rep, bool) or int(first_rep) != first_rep or first_rep < 0:
         raise ValueError(f"first_rep = {first_rep!r} is invalid: must be an integer >= 0")
     batch = max(per, (min(int(max_batch), reps) // per) * per)
+    if not chunk_given:
+        chunk_events = chunk_events_for(batch // per)
     if devices is not None and len(devices) == 1 and devices[0] == jax.devices()[0]:
         # The default device alone: placing each chunk's inputs there by a sharding cost about
         # 0.3 ms a chunk on the host, for nothing (the arrays land there anyway).
@@ -291,19 +302,24 @@ def simulate(
     tell = notify if notify is not None else _warn_growth
     store = None
     if checkpoint is not None:
-        def run_id(size):
-            return fingerprint(system, key, reps, horizon, warmup, chunk_events, clock_dtype,
+        def run_id(size, chunk):
+            return fingerprint(system, key, reps, horizon, warmup, chunk, clock_dtype,
                                first_rep, size)
 
-        store = Checkpoint(checkpoint, run_id(batch), checkpoint_every)
-        stored = None if chosen else store.stored_run()
-        if stored is not None and stored[0] != store.fingerprint and stored[1] % per == 0 \
-                and stored[1] <= max_batch_for(system, chunk_events, devices) \
-                and run_id(stored[1]) == stored[0]:
-            # The same run with the default batch of the version that wrote it (the default
-            # changes with versions): go on in its batches, the same paths, where they fit.
-            batch = stored[1]
-            store = Checkpoint(checkpoint, stored[0], checkpoint_every)
+        store = Checkpoint(checkpoint, run_id(batch, chunk_events), checkpoint_every)
+        stored = None if chosen and chunk_given else store.stored_run()
+        if stored is not None and stored[0] != store.fingerprint:
+            # The same run under the defaults of the version that wrote it (the default batch
+            # and chunk length change with versions): go on in its batches and chunks, the same
+            # paths, where its batches fit.
+            sizes = [batch] if chosen or stored[1] % per or \
+                stored[1] > max_batch_for(system, probe, devices) else [batch, stored[1]]
+            chunks = [chunk_events] if chunk_given else default_chunks()
+            match = next(((b, c) for b in sizes for c in chunks
+                          if run_id(b, c) == stored[0]), None)
+            if match is not None:
+                batch, chunk_events = match
+                store = Checkpoint(checkpoint, stored[0], checkpoint_every)
     saved = store.load() if store else None
     done, current = (saved.done, saved.current) if saved else ([], None)
     if saved and saved.capacity is not None and saved.capacity != _capacity(system):
@@ -366,7 +382,7 @@ def simulate(
         _say(notify, f"checkpoint {store.path} marked finished: the same command reads the "
                      "result from it")
     run = _merge(done, reps, horizon, warmup, system, regrown=regrown, resumed=resumed)
-    return dataclasses.replace(run, rerun_reps=tuple(sorted(rerun)))
+    return dataclasses.replace(run, rerun_reps=tuple(sorted(rerun)), chunk_events=chunk_events)
 
 
 def _say(notify, message: str) -> None:
@@ -654,27 +670,38 @@ def _close(system, states, sums: Batch, warmup: float, devices) -> Batch:
 
 
 #: Replication-steps per chunk that :func:`chunk_events_for` aims at, and its bounds.
-CHUNK_WORK = 2**18
+CHUNK_WORK = 2**23
 CHUNK_BOUNDS = (1024, 32768)
 
 
 def chunk_events_for(reps_per_device: int) -> int:
-    """A chunk length for ``reps_per_device`` replications on each device: about
+    """A chunk length for ``reps_per_device`` replications on each device at once: about
     :data:`CHUNK_WORK` replication-steps per chunk, a power of two within
-    :data:`CHUNK_BOUNDS` (1,024 from 256 replications up; 32,768 below 8).
+    :data:`CHUNK_BOUNDS` (8,192 for a CPU device's batch of 1,024; 1,024 from 8,192 replications
+    up; 32,768 below 256).
 
-    Each chunk costs the host a dispatch and a sum of its results, about a millisecond on one
-    CPU core, which few replications' short chunks do not hide. Since a replication's path does
-    not depend on the chunk length (up to the rounding of the float32 clock at the warm-up's
-    end and the horizon), the length is free to follow the run's shape: ``jaxqueue simulate
-    paper-qwen8b --policy fi-wsp --gpus 500 --reps 5 --horizon 2000 --warmup 500`` simulated
-    for 26.4-27.0 s in chunks of 1,024 steps and 24.0-24.1 s in chunks of 32,768 (two runs
-    each, one core of the 2-core development machine, 2026-12-06)."""
+    Each chunk costs a dispatch, the devices' wait for each other at its end, the census of the
+    buffers and a sum of its results on the host, which short chunks do not hide. Since a
+    replication's path does not depend on the chunk length (up to the rounding of the float32
+    clock at the warm-up's end and the horizon), the length is free to follow the run's shape.
+    Measured on the 2-core development machine: ``jaxqueue simulate paper-qwen8b --policy
+    fi-wsp --gpus 500 --reps 5 --horizon 2000 --warmup 500`` simulated for 26.4-27.0 s in chunks
+    of 1,024 steps and 24.0-24.1 s in chunks of 32,768 (two runs each, one core, 2026-12-06);
+    pooled Gate-and-Route at n = 500, 4,096 replications over 100 s on both cores (batches of
+    1,024 per device) ran at 26.0 M events/s in chunks of 1,024, 27.6 M in 4,096, 29.7 M in
+    8,192, 30.1 M in 16,384 and 29.6 M in 32,768 (one run each, 2026-12-07)."""
     if isinstance(reps_per_device, bool) or int(reps_per_device) < 1:
         raise ValueError(f"reps_per_device = {reps_per_device!r} is invalid: must be >= 1")
     low, high = CHUNK_BOUNDS
     target = CHUNK_WORK / int(reps_per_device)
     return int(min(high, max(low, 2 ** math.ceil(math.log2(target)))))
+
+
+def default_chunks() -> list[int]:
+    """Every chunk length :func:`chunk_events_for` may pick (a checkpoint written under another
+    version's default is matched against each)."""
+    low, high = CHUNK_BOUNDS
+    return [2**k for k in range(int(math.log2(low)), int(math.log2(high)) + 1)]
 
 
 #: Most replications a CPU device runs at once by default (more run in successive batches: the same

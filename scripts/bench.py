@@ -28,6 +28,7 @@ machine: report them with its description (the script prints it and the JAX devi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -40,7 +41,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=1024)
     p.add_argument("--per-gpu-reps", type=int, default=256)
     p.add_argument("--horizon", type=float, default=None, help="model seconds per replication")
-    p.add_argument("--chunk-events", type=int, default=1024)
+    p.add_argument("--chunk-events", type=int, default=None,
+                   help="steps per compiled chunk (default: the one jaxqueue.simulate picks)")
     p.add_argument("--devices", default="1", help="'all' or a count: shard replications")
     p.add_argument("--only", default=None,
                    choices=("pooled", "erlang", "per-gpu", "classes", "phases", "latency",
@@ -128,10 +130,15 @@ def kernels(system, reps: int, chunk: int) -> dict:
             "while_loops": ops.count("while"), "instructions": len(ops)}
 
 
-def _measure(name: str, system, reps: int, horizon: float, chunk: int, **extra) -> dict:
-    """One benchmark row: ``system`` simulated from key 0 (no warm-up), its size and speed."""
+def _measure(name: str, system, reps: int, horizon: float, chunk: int | None, **extra) -> dict:
+    """One benchmark row: ``system`` simulated from key 0 (no warm-up), its size and speed;
+    ``chunk=None`` runs at the chunk length ``simulate`` picks (an older revision that took no
+    ``None`` there, when ``scripts/bench_ab.py`` runs it, at its default)."""
+    if chunk is None:
+        chunk = inspect.signature(simulate).parameters["chunk_events"].default
     run = simulate(jax.random.key(0), system, reps=reps, horizon=horizon, warmup=0.0,
                    chunk_events=chunk, devices=_devices())
+    chunk = getattr(run, "chunk_events", 0) or chunk
     return {"benchmark": name, **extra, "reps": reps, "horizon": horizon, "chunk_events": chunk,
             "events": run.events, "wall_seconds": run.wall_seconds,
             "events_per_second": run.events_per_second, "compile_seconds": run.compile_seconds}
@@ -142,7 +149,7 @@ def bench_pooled(gpus: int, reps: int, horizon: float, chunk: int, model=None,
     model = scenarios.load("paper-qwen8b") if model is None else model
     system, _ = policies.build("gate-and-route", model, gpus)
     return _measure(name, system, reps, horizon, chunk, gpus=gpus,
-                    kernels=kernels(system, reps, chunk))
+                    kernels=kernels(system, reps, chunk or 1024))
 
 
 def bench_phases(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> list[dict]:
@@ -219,7 +226,7 @@ def bench_per_gpu(gpus: int, reps: int, horizon: float, chunk: int,
     model = scenarios.load("paper-qwen8b")
     system, _ = policies.build(policy, model, gpus, engine="per-gpu")
     return _measure(f"per-gpu {policy} paper-qwen8b", system, reps, horizon, chunk, gpus=gpus,
-                    kernels=kernels(system, reps, chunk))
+                    kernels=kernels(system, reps, chunk or 1024))
 
 
 def bench_latency(gpus: int, reps: int, horizon: float, chunk: int) -> list[dict]:

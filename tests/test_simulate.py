@@ -243,3 +243,41 @@ def test_a_checkpoint_goes_on_in_its_own_batches_when_the_default_batch_changed(
     assert not resumed.interrupted and resumed.resumed > 0
     np.testing.assert_array_equal(whole.tallies, resumed.tallies)
     np.testing.assert_allclose(whole.level_integrals, resumed.level_integrals, rtol=1e-12)
+
+
+def test_a_checkpoint_goes_on_in_its_own_chunks_when_the_default_chunk_changed(tmp_path):
+    # A run checkpointed in chunks of 1,024 steps (another version's default) resumes under
+    # today's default chunk in its own chunks, to the uninterrupted result; a chunk length the
+    # caller sets is part of the run, and another one is refused.
+    model = scenarios.load("paper-qwen8b")
+    system, _ = policies.build("gate-and-route", model, 10)
+    kw = dict(reps=4, horizon=400.0, warmup=50.0)
+    whole = jq.simulate(jax.random.key(5), system, chunk_events=1024, **kw)
+    path = tmp_path / "run.npz"
+    part = jq.simulate(jax.random.key(5), system, checkpoint=path, chunk_events=1024,
+                       max_chunks=2, **kw)
+    assert part.interrupted
+    with pytest.raises(jq.SimulationError, match="different run"):
+        jq.simulate(jax.random.key(5), system, checkpoint=path, chunk_events=2048, **kw)
+    resumed = jq.simulate(jax.random.key(5), system, checkpoint=path, **kw)
+    assert not resumed.interrupted and resumed.resumed > 0 and resumed.chunk_events == 1024
+    np.testing.assert_array_equal(whole.tallies, resumed.tallies)
+    np.testing.assert_allclose(whole.level_integrals, resumed.level_integrals, rtol=1e-12)
+
+
+def test_the_default_chunk_follows_the_replications_a_device_runs_at_once():
+    # A few replications get long chunks, a CPU device's full batch 8,192 steps; the run says
+    # which it used, and its result is the same path as at another length (up to the float32
+    # clock's rounding at the window's ends).
+    model = scenarios.load("paper-qwen8b")
+    system, _ = policies.build("gate-and-route", model, 10)
+    kw = dict(reps=3, horizon=60.0, warmup=10.0)
+    run = jq.simulate(jax.random.key(6), system, **kw)
+    assert run.chunk_events == jq.driver.chunk_events_for(3) == jq.driver.CHUNK_BOUNDS[1]
+    short = jq.simulate(jax.random.key(6), system, chunk_events=256, **kw)
+    assert short.chunk_events == 256
+    np.testing.assert_array_equal(run.tallies, short.tallies)
+    np.testing.assert_allclose(run.level_integrals, short.level_integrals, rtol=1e-4)
+    assert jq.driver.chunk_events_for(jq.driver.CPU_BATCH_PER_DEVICE) == 8192
+    assert jq.driver.chunk_events_for(10**6) == jq.driver.CHUNK_BOUNDS[0]
+    assert jq.driver.default_chunks()[0] == 1024 and jq.driver.default_chunks()[-1] == 32768

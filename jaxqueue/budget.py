@@ -135,14 +135,18 @@ def host_memory() -> int:
 #: Steps per job: its arrival, its prefill's end and its decode's end (see the module docstring).
 STEPS_PER_JOB = 3
 #: The assumed events per second of one device running k replications of a two-class pooled
-#: system: ``RATE_SCALE * k ** RATE_EXPONENT``, at most ``RATE_CAP`` (Gate-and-Route at
-#: n = 500 on one core of the 2-core machine, 2026-12-04: 3.7e5 events/s with 2 replications,
-#: 1.0e6 with 8, 5.4e6 with 32, 7.8e6 with 128, about 1e7 with 1,024).
-RATE_SCALE, RATE_EXPONENT, RATE_CAP = 2.2e5, 0.73, 1e7
+#: system: ``RATE_SCALE * k ** RATE_EXPONENT``, at most ``RATE_CAP``. Gate-and-Route at n = 500
+#: on one core of the 2-core machine: 3.7e5 events/s with 2 replications, 1.0e6 with 8, 5.4e6
+#: with 32, 7.8e6 with 128 (2026-12-04); 7.4e5, 2.2e6, 7.0e6, 1.3e7 and 1.5e7 with 1,024 on a
+#: faster day, in the default chunks (2026-12-07). The constants fit the geometric means of the
+#: two days: each measured rate is within 1.8x of the assumed one (the furthest: 8 replications
+#: on 2026-12-04).
+RATE_SCALE, RATE_EXPONENT, RATE_CAP = 2.8e5, 0.89, 1.2e7
 #: The same for the per-GPU engine at n <= 512 (FI-WSP at n = 500 on one core of the 2-core
-#: machine, 2026-12-04: 3.3e5 events/s with 2 replications, 5.6e5 with 5, 1.05e6 with 8, 1.4e6
-#: from 16 on), scaled by ``(9 / log2 n)^2`` beyond.
-PER_GPU_RATE_SCALE, PER_GPU_RATE_EXPONENT, PER_GPU_RATE_CAP = 1.9e5, 0.8, 1.4e6
+#: machine: 3.3e5 events/s with 2 replications, 5.6e5 with 5, 1.05e6 with 8, 1.4e6 from 16 on,
+#: 2026-12-04; 4.4e5, 9.5e5 and 1.8e6 with 2, 5 and 16 on 2026-12-07; the geometric means
+#: again), scaled by ``(9 / log2 n)^2`` beyond.
+PER_GPU_RATE_SCALE, PER_GPU_RATE_EXPONENT, PER_GPU_RATE_CAP = 2.4e5, 0.69, 1.6e6
 
 
 #: The events per second of a pooled step that follows service phases (jaxqueue.service),

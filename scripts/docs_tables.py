@@ -1361,6 +1361,15 @@ TABLES: dict[str, Table] = {
                          "docs/data/runs/tuning_gated40"},
         _tuning, "the score tuner with the gated step rule against SPSA and the evolution "
                  "strategy at equal budget, dolly-8class with a TPOT target"),
+    "tuning_rprop": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 5 --estimator "
+                "score --temperature 20 --rule rprop --methods gradient,spsa,es --eval-reps 128 "
+                "--eval-horizon 1000 --out docs/data/runs/tuning_rprop",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "docs/data/runs/tuning_rprop"},
+        _tuning, "the score tuner with the rprop step rule against SPSA and the evolution "
+                 "strategy at equal budget, dolly-8class with a TPOT target"),
     "tuning_control": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-200 --seeds 5 --estimator score "

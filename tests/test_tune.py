@@ -427,7 +427,7 @@ def test_tune_smoothed_reports_the_start_the_gain_and_the_deterministic_policy(c
     out = json.loads(capsys.readouterr().out)
     assert code in (0, None)
     assert out["estimator"] == "score" and out["temperature"] == 20.0
-    assert out["rule"] == "gated"  # auto on score estimates
+    assert out["rule"] == "rprop"  # auto on score estimates
     assert {"name", "params", "revenue", "steps_gained"} <= set(out["started"])
     assert set(out["tuned"]["deterministic"]) == {"revenue"}
     # The start and the tuned point are evaluated on the same key, so the paired gain is the
@@ -562,17 +562,18 @@ def test_gate_steps_reach_the_estimator_and_are_refused_where_they_mean_nothing(
             _compare(gate_steps=True, **kw)
 
 
-def test_by_default_fd_with_adam_and_score_with_the_gated_rule(monkeypatch):
+def test_by_default_fd_with_adam_and_score_with_the_rprop_rule(monkeypatch):
     # Measured: fd is the most accurate estimator for its events on every truth case; in the
     # tuning benchmark Adam on score estimates returned its start where the gated rule gained,
-    # and on fd estimates Adam gained most. What the caller names is kept.
+    # the rprop rule gained more than the gated one, and on fd estimates Adam gained most. What
+    # the caller names is kept.
     seen = _tuner_calls(monkeypatch, dict(estimator="score", temperature=20.0), dict(),
                         dict(temperature=20.0),
                         dict(estimator="score", temperature=20.0, rule="adam"),
                         dict(estimator="fd", rule="rprop"))
     # auto is fd, smoothed or not: the most accurate estimator for its events in the benchmark
     assert [(kw["estimator"], kw["rule"]) for _, kw in seen] == [
-        ("score", "gated"), ("fd", "adam"), ("fd", "adam"), ("score", "adam"), ("fd", "rprop")]
+        ("score", "rprop"), ("fd", "adam"), ("fd", "adam"), ("score", "adam"), ("fd", "rprop")]
     with pytest.raises(ValueError, match="rule = 'sgd' is invalid: must be auto or one of"):
         _compare(rule="sgd")
     with pytest.raises(ValueError, match="discount is the score estimator's credit window"):

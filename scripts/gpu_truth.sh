@@ -6,7 +6,7 @@
 # Run from the repository root, on a machine whose Python has jaxqueue's dependencies:
 #     bash scripts/gpu_truth.sh [CASE] [SECONDS] [BATCH]
 # Defaults: dolly-gated-100-gate (the 19-parameter case at n = 100: 4.3e7 events a replication,
-# about 1,600 replications needed, 872 stored on a CPU), 480 s, 256 replications per batch.
+# about 1,600 replications needed, 1,224 stored on a CPU), 480 s, 256 replications per batch.
 # Batches of other sizes already stored (a CPU's) count too: each batch has its own key.
 set -euo pipefail
 case_name="${1:-dolly-gated-100-gate}"

@@ -21,7 +21,11 @@ do. So its path does not depend on how many replications run, on how they are sh
 batched, on how many steps a chunk runs (``chunk_events``), or on where a checkpoint cut the run
 (the checkpoint keeps each replication's count), up to float32 rounding: each chunk restarts the
 clock, so an event within rounding of the warm-up's end or the horizon may fall on either side
-of it for another chunk length; and XLA may compile two batch widths into arithmetic that rounds
+of it for another chunk length, and a longer chunk reaches later clock times, whose coarser
+rounding can tip a comparison of two nearly equal times the other way (Gate-and-Route at n =
+100, 16 replications x 1,000 s: the same 16 paths in chunks of 1,024 and 8,192 steps, 11 of 16
+in chunks of 32,768, about 110 s of model time each; a path that tips is another exact sample
+of the chain, not a biased one); and XLA may compile two batch widths into arithmetic that rounds
 differently, which moves the time integrals in their last digits and, rarely, such an event
 (one batch of 16,384 replications of Gate-and-Route at n = 500 over 5 s against batches of
 2,048: integrals within 6e-6 relative, three replications one event apart). The same holds for
@@ -213,9 +217,8 @@ def simulate(
         warmup: start of the statistics window.
         chunk_events: steps per compiled chunk (static: changing it recompiles). ``None`` (the
             default) picks it from the replications each device runs at once
-            (:func:`chunk_events_for`); a path does not depend on it, up to the float32 rounding
-            of the clock at the warm-up's end and the horizon (``Run.chunk_events`` says which
-            ran).
+            (:func:`chunk_events_for`); a path does not depend on it, up to float32 rounding
+            (the module docstring; ``Run.chunk_events`` says which ran).
         clock_dtype: dtype of the clock and time integrals (default: float32, or float64 under
             ``jax.enable_x64``).
         progress: False (quiet, the default), True for a progress bar with the time left on
@@ -682,8 +685,9 @@ def chunk_events_for(reps_per_device: int) -> int:
 
     Each chunk costs a dispatch, the devices' wait for each other at its end, the census of the
     buffers and a sum of its results on the host, which short chunks do not hide. Since a
-    replication's path does not depend on the chunk length (up to the rounding of the float32
-    clock at the warm-up's end and the horizon), the length is free to follow the run's shape.
+    replication's path does not depend on the chunk length (up to float32 rounding, which a
+    long chunk's later clock times make coarser: the module docstring), the length is free to
+    follow the run's shape.
     Measured on the 2-core development machine: ``jaxqueue simulate paper-qwen8b --policy
     fi-wsp --gpus 500 --reps 5 --horizon 2000 --warmup 500`` simulated for 26.4-27.0 s in chunks
     of 1,024 steps and 24.0-24.1 s in chunks of 32,768 (two runs each, one core, 2026-12-06);

@@ -1376,9 +1376,14 @@ TABLES: dict[str, Table] = {
                 "--temperature 20 --rule gated --steps 40 --reps 8 --methods gradient "
                 "--eval-reps 128 --eval-horizon 1000 --out docs/data/runs/tuning_control",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "docs/data/runs/tuning_control"},
-        _tuning, "the gated score tuner on the control with no headroom (dolly-8class at "
-                 "n = 200, revenue only)"),
+                   "docs/data/runs/tuning_control",
+         "run-rprop": "python scripts/tuning_bench.py --problem dolly-200 --seeds 5 --estimator "
+                      "score --temperature 20 --rule rprop --methods gradient --eval-reps 128 "
+                      "--eval-horizon 1000 --out docs/data/runs/tuning_control_rprop",
+         "report-rprop": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "docs/data/runs/tuning_control_rprop"},
+        _tuning, "the score tuner (gated and rprop rules) on the control with no headroom "
+                 "(dolly-8class at n = 200, revenue only)"),
     "cli_timings": Table(
         "docs/cli.md",
         {"timings": "python scripts/cli_timings.py --skip reproduce --json {json}"},

@@ -267,8 +267,8 @@ def test_a_checkpoint_goes_on_in_its_own_chunks_when_the_default_chunk_changed(t
 
 def test_the_default_chunk_follows_the_replications_a_device_runs_at_once():
     # A few replications get long chunks, a CPU device's full batch 8,192 steps; the run says
-    # which it used, and its result is the same path as at another length (up to the float32
-    # clock's rounding at the window's ends).
+    # which it used, and its result is the same path as at another length (up to float32
+    # rounding of the clock, which a run this short does not meet).
     model = scenarios.load("paper-qwen8b")
     system, _ = policies.build("gate-and-route", model, 10)
     kw = dict(reps=3, horizon=60.0, warmup=10.0)

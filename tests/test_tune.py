@@ -56,6 +56,34 @@ def test_the_lp_point_of_each_family_is_the_papers_policy(family):
     np.testing.assert_array_equal(np.asarray(a.time), np.asarray(b.time))
 
 
+@pytest.mark.parametrize("family", ["gated", "coupled", "sli-gated"])
+def test_the_lp_point_is_the_papers_policy_when_the_plan_serves_no_job_of_a_class(family):
+    # With a TPOT target the SLI-constrained plan of dolly-8class serves none of class 2
+    # (x_2* = 0): the paper's gate admits such a class only when no other waits. The family's
+    # parameters floor its target at a small positive value (log coordinates); taken as a target
+    # it tied class 2 with every idle class and admitted nearly all of its arrivals.
+    model = scenarios.load("dolly-8class")
+    sli = fluid.SLI(tpot=0.023, penalty=True, weights={"tpot": 1e5})
+    plan = fluid.solve(model, "bundled", sli=sli)
+    assert plan.x[1] == 0 and np.all(np.delete(plan.x, 1) > 0)
+    paper = {"gated": ("gate-and-route", "pooled"), "coupled": ("gi-wsp", "per-gpu"),
+             "sli-gated": ("sli-gate-and-route", "pooled")}[family]
+    reference, _ = jq.build(paper[0], model, 10, engine=paper[1], plan=plan)
+    system, params = tunable.build_family(family, model, 10, plan=plan)
+    assert params.targets[1] == tunable.FLOOR
+    np.testing.assert_array_equal(np.asarray(tunable.get_params(system).targets),
+                                  params.targets)
+    # the traceable path keeps it too, and the class's target changes nothing
+    moved = dataclasses.replace(params, targets=params.targets * np.where(np.arange(8) == 1,
+                                                                          1e3, 1.0))
+    system = tunable.with_params(system, jax.tree.map(jnp.asarray, moved))
+    a = jq.rollout(jax.random.key(0), reference, steps=3072, reps=3)
+    b = jq.rollout(jax.random.key(0), system, steps=3072, reps=3)
+    np.testing.assert_array_equal(np.asarray(a.summary.counts), np.asarray(b.summary.counts))
+    np.testing.assert_array_equal(np.asarray(a.summary.integrals),
+                                  np.asarray(b.summary.integrals))
+
+
 @pytest.mark.slow
 def test_relaxed_forward_pass_is_the_exact_one():
     # The straight-through relaxation changes gradients only: at any temperature the relaxed

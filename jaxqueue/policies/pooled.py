@@ -874,8 +874,13 @@ class Pooled(AbstractSystem):
         if self.params is None:
             return gate_keys(self.gate, self.decide, self.model, self.n, self.x_star,
                              self.q_star, X, Qp)
-        return gate_keys(self.gate, self.decide, self.model, self.n, self.params.targets,
-                         self.q_star, X, Qp, self.params.offset)
+        # A class the plan does not serve keeps the paper's key (+inf: admitted only when no
+        # other class waits) whatever its target, which the family floors at a small positive
+        # value for its log coordinates: with a finite target such a class, with none in
+        # service, would tie every other idle class at -n and win whenever its queue is long.
+        targets = jnp.where(self.x_star > 0, self.params.targets, 0.0)
+        return gate_keys(self.gate, self.decide, self.model, self.n, targets, self.q_star, X,
+                         Qp, self.params.offset)
 
 
 def shift_phases(Zk: Int[Array, "... K"], advance: Int[Array, "... K"],

@@ -60,6 +60,13 @@ The number of mixed GPUs stays the plan's ``ceil(n sum x*)``. At ``targets = x*`
 ``split = p_s`` the family is the paper's SLI-aware policy, path for path. Its random decision is
 the router's draw, so every estimator applies: ``score`` differentiates the draw's
 log-probability (the split; the gate is exact), ``pathwise`` relaxes both.
+
+A class the plan does not serve (``x_i* = 0``, as an SLI-constrained plan may decide) has, in the
+paper's gate, the key +inf: it is admitted only when no other class waits. Targets are tuned in
+log space and so stay positive: such a class's target is the small :data:`FLOOR`, and every
+family keeps the paper's key for it whatever its target (its target changes nothing). Taken as
+a target, ``0 / FLOOR - n`` would tie the class with every other idle class at ``-n`` and, its
+queue being long, admit it nearly every time it had none running.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -90,6 +98,11 @@ __all__ = ["FAMILIES", "CoupledParams", "GatedParams", "SLIParams", "build_famil
            "check_params", "engine", "get_params", "initial_params", "is_gated", "load_params",
            "rounded", "rounding_logp", "save_params", "smallest_rounded", "starting_points",
            "with_params"]
+
+#: The gate target a family's parameters give a class that its plan does not serve (targets
+#: are tuned in log space, so they stay > 0). Such a class keeps the paper's gate key of +inf
+#: whatever its target: its target does not change the policy.
+FLOOR = 1e-6
 
 #: Family name -> (engine, one line).
 FAMILIES = {
@@ -153,7 +166,7 @@ def initial_params(family: str, model: Model, n: int, plan: fluid.Plan):
     _check_family(family)
     n = checked_gpus(n)
     x = np.maximum(np.asarray(plan.x, np.float64), 0.0)
-    targets = np.where(x > 0, x, 1e-6)
+    targets = np.where(x > 0, x, FLOOR)
     if family == "gated":
         M = min(max(ceil_count(n * float(np.sum(x))), 0), n)
         return GatedParams(targets=targets, offset=np.float64(0.0), share=np.float64(M / n),
@@ -247,19 +260,38 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
                         decide=decide)
     elif family == "sli-gated":
         system, _ = build_sli(model, n, plan=plan, decide=decide, capacity=capacity)
-        system = dataclasses.replace(system, x_star=params.targets, split=params.split,
-                                     gate_temperature=gate_temperature)
+        system = dataclasses.replace(system, x_star=_served(plan, params.targets),
+                                     split=params.split, gate_temperature=gate_temperature)
     else:
         if decide.differentiable:
             raise ValueError(f"family {family!r} runs on the per-GPU engine, which takes exact "
                              "decisions only: tune it with the exact simulator's estimators")
-        system = PerGpu(model=model, n=np.int32(n), M=np.int32(0), x_star=params.targets,
+        system = PerGpu(model=model, n=np.int32(n), M=np.int32(0),
+                        x_star=_served(plan, params.targets),
                         q_star=np.asarray(plan.q_p, np.float64), gpus=gpu_slots(n),
                         layout="shared", coupled=True,
                         gate="deviation" if family == "coupled" else "fcfs",
                         capacity=capacity, counts=counts_dtype(model), prefill_cap=params.cap,
                         gate_offset=params.offset, decide=decide)
     return system, params
+
+
+def _served(plan: fluid.Plan, targets) -> np.ndarray:
+    """The gate targets of a system of the ``coupled`` or ``sli-gated`` family: ``targets``,
+    except 0 (the paper's key of +inf: admitted only when no other class waits) for a class the
+    plan does not serve, whatever its target. The family floors such a target at a small
+    positive value for its log coordinates (:func:`initial_params`); taken as it is, the class,
+    with none in service, would tie every other idle class and be admitted whenever its queue
+    is long, so that the LP point would not be the paper's policy. The ``gated`` family keeps
+    the plan beside its knobs and does the same in its gate."""
+    return np.where(np.asarray(plan.x) > 0, np.asarray(targets, np.float64), 0.0)
+
+
+def _where(cond, a, b):
+    """``np.where`` on host arrays (keeping float64), ``jnp.where`` when any is traced."""
+    if any(isinstance(v, jax.Array) for v in (cond, a, b)):
+        return jnp.where(cond, a, b)
+    return np.where(cond, a, b)
 
 
 def is_gated(system) -> bool:
@@ -271,9 +303,12 @@ def get_params(system):
     """The tunable parameters of a system built by :func:`build_family`."""
     if is_gated(system):
         return system.params
+    # a class the plan does not serve has the gate target 0 in the system (see _served), and
+    # the family's floor in its parameters
+    targets = _where(system.x_star > 0, system.x_star, FLOOR)
     if isinstance(system, SLIGateAndRoute):
-        return SLIParams(targets=system.x_star, split=system.split)
-    return CoupledParams(targets=system.x_star, offset=system.gate_offset, cap=system.prefill_cap)
+        return SLIParams(targets=targets, split=system.split)
+    return CoupledParams(targets=targets, offset=system.gate_offset, cap=system.prefill_cap)
 
 
 def with_params(system, params):
@@ -281,10 +316,12 @@ def with_params(system, params):
     tracers; validate concrete values with :func:`check_params` first)."""
     if is_gated(system):
         return eqx.tree_at(lambda s: s.params, system, params)
+    # a class whose target is 0 (not served by the plan: see _served) stays at 0
+    targets = _where(system.x_star > 0, params.targets, 0.0)
     if isinstance(system, SLIGateAndRoute):
-        return eqx.tree_at(lambda s: (s.x_star, s.split), system, (params.targets, params.split))
+        return eqx.tree_at(lambda s: (s.x_star, s.split), system, (targets, params.split))
     return eqx.tree_at(lambda s: (s.x_star, s.gate_offset, s.prefill_cap), system,
-                       (params.targets, params.offset, params.cap))
+                       (targets, params.offset, params.cap))
 
 
 # ---- parameter files -------------------------------------------------------------------------

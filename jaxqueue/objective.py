@@ -160,12 +160,14 @@ def difference_steps(problem: Problem, params, *, gate: bool = False):
     if "targets" not in names:
         return steps
     t = np.asarray(params.targets, np.float64)
+    # a class the plan does not serve keeps the paper's key whatever its target (tunable.FLOOR)
+    served = (t > 0) & (np.asarray(problem.plan.x) > 0)
     offset = float(np.asarray(params.offset)) if "offset" in names else 0.0
     scale = GATE_LOGIT_STEP * float(problem.gate_temperature)
-    cap = np.where(t > 0, scale * t / np.maximum(problem.n * t + offset, 1e-12), np.inf)
+    cap = np.where(served, scale * t / np.maximum(problem.n * t + offset, 1e-12), np.inf)
     out = {"targets": np.minimum(steps.targets, cap)}
-    if "offset" in names and np.any(t > 0):
-        out["offset"] = np.minimum(steps.offset, scale * np.min(t[t > 0]))
+    if "offset" in names and np.any(served):
+        out["offset"] = np.minimum(steps.offset, scale * np.min(t[served]))
     return dataclasses.replace(steps, **out)
 
 

@@ -20,7 +20,7 @@ from jaxqueue.driver import SimulationWarning
 from jaxqueue.estimators import estimate, rate_gradient
 from jaxqueue.exact_gradient import gated_gradient, sli_gradient
 from jaxqueue.model import Model
-from jaxqueue.objective import Problem, to_free
+from jaxqueue.objective import Problem, natural_steps, to_free
 from jaxqueue.patience import Patience
 from jaxqueue.policies import common, tunable
 
@@ -141,6 +141,18 @@ def test_gate_steps_move_each_gate_logit_by_at_most_the_bound():
         assert np.all(capped.targets <= plain.targets) and capped.offset <= plain.offset
         assert np.any(capped.targets < plain.targets)  # class 1's step is capped at every n
         assert capped.share == plain.share and np.all(capped.caps == plain.caps)
+    # A class the plan does not serve (its target the family's floor) moves no logit, so it
+    # does not shrink the offset's step: with dolly-8class's TPOT plan (x_2* = 0) the offset's
+    # step is set by the smallest served target, not by the floor.
+    dolly = scenarios.load("dolly-8class")
+    plan = fluid.solve(dolly, "bundled",
+                       sli=fluid.SLI(tpot=0.023, penalty=True, weights={"tpot": 1e5}))
+    served = Problem(family="gated", model=dolly, n=100, plan=plan, gate_temperature=20.0)
+    q0 = tunable.initial_params("gated", dolly, 100, plan)
+    assert q0.targets[1] == tunable.FLOOR
+    step = difference_steps(served, q0, gate=True).offset
+    assert step == pytest.approx(min(natural_steps(served, q0).offset,
+                                     GATE_LOGIT_STEP * 20.0 * np.min(np.delete(q0.targets, 1))))
     with pytest.raises(ValueError, match="gate"):
         difference_steps(Problem(family="gated", model=scenario, n=20, plan=prob.plan), p0,
                          gate=True)

@@ -1145,6 +1145,9 @@ GATED_100_TRUTH = ("python scripts/gradient_truth.py --case qwen-gated-100-coord
 #: so that the run resumes on any machine, one process per core sharing it.
 DOLLY_TRUTH = ("python scripts/gradient_truth.py --case dolly-gated-20 --batch 16 --min-reps 1024 "
                "--max-reps 8192 --store docs/data/runs --json {json}")
+#: The same at n = 100 with the gate-capped steps (batches of 16, 160-240 s each on one core).
+DOLLY_100_TRUTH = ("python scripts/gradient_truth.py --case dolly-gated-100-gate --batch 16 "
+                   "--min-reps 256 --max-reps 8192 --store docs/data/runs --json {json}")
 
 TABLES: dict[str, Table] = {
     "lp": Table(
@@ -1209,6 +1212,10 @@ TABLES: dict[str, Table] = {
         "docs/gradients.md",
         {"truth": DOLLY_TRUTH},
         _truths, "the 19-parameter gradient truth (dolly-8class, n = 20)"),
+    "gradient_truth_dolly100": Table(
+        "docs/gradients.md",
+        {"truth": DOLLY_100_TRUTH},
+        _truths, "the 19-parameter gradient truth at n = 100 (dolly-8class, gate-capped steps)"),
     "gradient_truth_gpu": Table(
         "docs/gradients.md",
         {"truth": "python scripts/gradient_truth.py --case qwen-gated-100 --batch 2048 "

@@ -5,8 +5,9 @@
 # and copies the case's folder to $OUT when that is set (a device machine's way back).
 # Run from the repository root, on a machine whose Python has jaxqueue's dependencies:
 #     bash scripts/gpu_truth.sh [CASE] [SECONDS] [BATCH]
-# Defaults: dolly-gated-100-gate (the 19-parameter case at n = 100: 4.3e7 events a replication,
-# about 1,600 replications needed, 1,224 stored on a CPU), 480 s, 256 replications per batch.
+# Defaults: dolly-gated-100-gate (the 19-parameter case at n = 100: 4.3e7 events a replication;
+# accepted on a CPU at 1,512 replications, which a call takes on to 2,048), 480 s, 256
+# replications per batch.
 # Batches of other sizes already stored (a CPU's) count too: each batch has its own key.
 set -euo pipefail
 case_name="${1:-dolly-gated-100-gate}"

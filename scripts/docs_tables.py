@@ -1270,6 +1270,13 @@ TABLES: dict[str, Table] = {
          "gate": "python scripts/gradient_bench.py --case dolly-gated-20 --estimator fd-gate "
                  "--estimates 16 --store docs/data/runs --json {json}"},
         _bench, "every estimator against the 19-parameter truth (dolly-8class, n = 20)"),
+    "gradient_bench_dolly100": Table(
+        "docs/gradients.md",
+        {"truth": DOLLY_100_TRUTH,
+         "main": "python scripts/gradient_bench.py --case dolly-gated-100-gate --estimator fd-gate "
+                 "--estimator fd --estimator spsa --estimator score --estimates 16 --store "
+                 "docs/data/runs --json {json}"},
+        _bench, "every estimator against the 19-parameter truth at n = 100"),
     "tuning_tpot50": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --methods "
@@ -1377,6 +1384,22 @@ TABLES: dict[str, Table] = {
                    "docs/data/runs/tuning_rprop"},
         _tuning, "the score tuner with the rprop step rule against SPSA and the evolution "
                  "strategy at equal budget, dolly-8class with a TPOT target"),
+    "tuning_served": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 5 --estimator "
+                "score --temperature 20 --rule rprop --methods gradient,spsa,es,reference "
+                "--eval-reps 128 --eval-horizon 1000 --out docs/data/runs/tuning_served",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "docs/data/runs/tuning_served",
+         "run-gated": "python scripts/tuning_bench.py --problem dolly-tpot-100 --seeds 5 "
+                      "--estimator score --temperature 20 --rule gated --methods gradient "
+                      "--eval-reps 128 --eval-horizon 1000 --out "
+                      "docs/data/runs/tuning_served_gated",
+         "report-gated": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "docs/data/runs/tuning_served_gated"},
+        _tuning, "the score tuner with the rprop step rule against SPSA, the evolution strategy "
+                 "and a reference search, dolly-8class with a TPOT target, the family's LP "
+                 "point the paper's policy"),
     "tuning_control": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-200 --seeds 5 --estimator score "

@@ -161,7 +161,7 @@ def difference_steps(problem: Problem, params, *, gate: bool = False):
         return steps
     t = np.asarray(params.targets, np.float64)
     # a class the plan does not serve keeps the paper's key whatever its target (tunable.FLOOR)
-    served = (t > 0) & (np.asarray(problem.plan.x) > 0)
+    served = np.asarray(problem.plan.x) > 0
     offset = float(np.asarray(params.offset)) if "offset" in names else 0.0
     scale = GATE_LOGIT_STEP * float(problem.gate_temperature)
     cap = np.where(served, scale * t / np.maximum(problem.n * t + offset, 1e-12), np.inf)

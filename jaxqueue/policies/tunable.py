@@ -277,13 +277,9 @@ def build_family(family: str, model: Model, n: int, *, plan: fluid.Plan | None =
 
 
 def _served(plan: fluid.Plan, targets) -> np.ndarray:
-    """The gate targets of a system of the ``coupled`` or ``sli-gated`` family: ``targets``,
-    except 0 (the paper's key of +inf: admitted only when no other class waits) for a class the
-    plan does not serve, whatever its target. The family floors such a target at a small
-    positive value for its log coordinates (:func:`initial_params`); taken as it is, the class,
-    with none in service, would tie every other idle class and be admitted whenever its queue
-    is long, so that the LP point would not be the paper's policy. The ``gated`` family keeps
-    the plan beside its knobs and does the same in its gate."""
+    """The gate targets of a ``coupled`` or ``sli-gated`` system: ``targets``, except 0 (the
+    paper's key of +inf) for a class the plan does not serve (the module docstring). The
+    ``gated`` family keeps the plan beside its knobs and masks in its gate instead."""
     return np.where(np.asarray(plan.x) > 0, np.asarray(targets, np.float64), 0.0)
 
 

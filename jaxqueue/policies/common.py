@@ -325,7 +325,8 @@ def checked_capacity(capacity, n: int, queue: float | None = None) -> int:
 def default_capacity(n: int, queue: float | None = None) -> int:
     """A ring capacity for n GPUs: the smallest power of two (so that nearby n share one
     compiled program) that is at least 256, 2n and, given the plan's jobs waiting per GPU
-    (``queue``, prefill plus decode, all classes), ``2 n queue + 64``.
+    that the rings hold (``queue``: the caller counts those its rings keep), ``2 n queue +
+    64``.
 
     Small on purpose: every step touches each replication's ring at its head and tail, and a
     larger ring spreads those touches over more memory (on the 2-core development CPU, 8,192

@@ -252,6 +252,13 @@ class AbstractSystem(eqx.Module):
         in ``counts``; 0 by default."""
         return 0
 
+    @property
+    def num_credited_levels(self) -> int:
+        """How many of the last levels :meth:`levels` always gives as 0, because :meth:`fire`
+        credits their time integrals job by job (``credits`` or ``waits``, see :class:`Flow`):
+        the step leaves them out of its dense ``weight * levels`` add. 0 by default."""
+        return 0
+
     def tallied(self, counts: Int[Array, "... T"]) -> Int[Array, "... T"]:
         """The counters as :attr:`tally_names` define them, from what the steps added up (the
         last axis): the identity, unless a system counts some of them as a histogram's bins
@@ -368,7 +375,10 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
             bins = bins + jnp.sum(hit, axis=0, dtype=bins.dtype)
         else:
             bins = bins.at[at].add(jnp.ones((), bins.dtype), mode="drop")
-    integrals = acc.integrals + weight * levels.astype(clock_dtype)
+    dense = levels.shape[0] - system.num_credited_levels
+    integrals = acc.integrals[:dense] + weight * levels[:dense].astype(clock_dtype)
+    if dense < levels.shape[0]:  # the credited levels' integrals, as they were
+        integrals = jnp.concatenate([integrals, acc.integrals[dense:]])
     if flow.waits is not None:
         integrals = integrals + flow.waits.astype(clock_dtype)
     if flow.credits is not None:  # where no entry falls this adds nothing, as 0.0 would

@@ -70,6 +70,7 @@ if ARGS.devices != "1" and "xla_force_host_platform_device_count" not in os.envi
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from instances import many_classes  # noqa: E402
 
 from jaxqueue import (  # noqa: E402
     policies,
@@ -193,20 +194,6 @@ def bench_patience(gpus: int, reps: int, horizon: float, chunk: int,
         rows[-1]["events_per_second_vs_exponential"] = (rows[-1]["events_per_second"]
                                                         / rows[0]["events_per_second"])
     return rows
-
-
-def many_classes(k: int):
-    """``paper-qwen8b`` with k classes: its two classes alternately, the j-th pair's prompt and
-    output lengths stretched by 5% j (so no two classes are alike), the same total arrival
-    rate per GPU split evenly."""
-    base = scenarios.load("paper-qwen8b")
-    j = np.arange(k)
-    stretch = 1.0 + 0.05 * (j // 2)
-    return base.replace(lambda_=np.full(k, float(np.sum(base.lambda_)) / k),
-                        theta=np.resize(base.theta, k), P=np.resize(base.P, k) * stretch,
-                        D=np.resize(base.D, k) * stretch,
-                        class_names=tuple(f"class-{i}" for i in range(k)),
-                        name=f"paper-qwen8b-{k}-classes")
 
 
 def bench_classes(gpus: int, reps: int, horizon: float, chunk: int, k: int) -> dict:

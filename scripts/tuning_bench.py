@@ -12,7 +12,10 @@ Problems (``--list``):
 - ``fairness-200``: ``paper-qwen8b``, n = 200, decode fairness 2 as a penalty of weight 5;
 - ``dolly-tpot-100``: ``dolly-8class`` (19 parameters), n = 100, TPOT target 0.023 s, weight 1e5;
 - ``dolly-200``: ``dolly-8class``, n = 200, revenue only: a control, where a tuner should at
-  least lose nothing.
+  least lose nothing;
+- ``many16-tpot-100``: a 16-class variant of ``paper-qwen8b`` (35 parameters; the two classes
+  alternately, the j-th pair's lengths stretched by 5% j, as in ``scripts/bench.py``'s classes
+  benchmark), n = 100, TPOT target 0.023 s, weight 1e5.
 
 Each problem: the starting points of the ``gated`` family (its LP point, and the same ranking
 classes after admission), the best of them on a common key; then, from that start, with common
@@ -50,6 +53,9 @@ from jaxqueue.policies import tunable  # noqa: E402
 from jaxqueue.search import evolution_strategy, pattern_search  # noqa: E402
 from jaxqueue.tune import RULES, tune  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from instances import many_classes  # noqa: E402
+
 OUT = ROOT / "results" / "tuning_bench"
 
 PROBLEMS = {
@@ -58,6 +64,9 @@ PROBLEMS = {
                                                weights={"decode_fairness": 5.0})),
     "dolly-tpot-100": ("dolly-8class", 100, dict(tpot=0.023, weights={"tpot": 1e5})),
     "dolly-200": ("dolly-8class", 200, None),
+    # 35 parameters (16 gate targets and caps): where gradients should pay most against
+    # SPSA and the evolution strategy, whose progress per event falls with the dimension.
+    "many16-tpot-100": ("many-classes-16", 100, dict(tpot=0.023, weights={"tpot": 1e5})),
 }
 EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
 METHODS = ("gradient", "spsa", "es", "reference", "recovery")
@@ -85,7 +94,8 @@ def reference_setup(entry: dict) -> dict:
 def problem_of(name: str, reps: int, horizon: float, warmup: float,
                temperature: float | None = None) -> Problem:
     scenario, n, sli_kw = PROBLEMS[name]
-    model = scenarios.load(scenario)
+    model = (many_classes(int(scenario.rsplit("-", 1)[1])) if scenario.startswith("many-classes-")
+             else scenarios.load(scenario))
     sli = None if sli_kw is None else fluid.SLI(penalty=True, **sli_kw)
     plan = fluid.solve(model, "bundled", sli=sli)
     return Problem(family="gated", model=model, n=n, plan=plan, horizon=horizon,

@@ -1400,6 +1400,16 @@ TABLES: dict[str, Table] = {
         _tuning, "the score tuner with the rprop step rule against SPSA, the evolution strategy "
                  "and a reference search, dolly-8class with a TPOT target, the family's LP "
                  "point the paper's policy"),
+    "tuning_many16": Table(
+        "docs/gradients.md",
+        {"run": "python scripts/tuning_bench.py --problem many16-tpot-100 --seeds 5 --estimator "
+                "score --temperature 20 --rule rprop --methods gradient,spsa,es,reference "
+                "--eval-reps 128 --eval-horizon 1000 --out docs/data/runs/tuning_many16",
+         "report": "python scripts/tuning_bench.py --report --json {json} --out "
+                   "docs/data/runs/tuning_many16"},
+        _tuning, "the score tuner with the rprop step rule against SPSA, the evolution strategy "
+                 "and a reference search, a 16-class workload with a TPOT target (35 "
+                 "parameters)"),
     "tuning_control": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-200 --seeds 5 --estimator score "

@@ -68,6 +68,8 @@ PROBLEMS = {
     # SPSA and the evolution strategy, whose progress per event falls with the dimension.
     "many16-tpot-100": ("many-classes-16", 100, dict(tpot=0.023, weights={"tpot": 1e5})),
 }
+#: The problems' scenarios that are not built in (scripts/instances.py).
+SYNTHETIC = {"many-classes-16": lambda: many_classes(16)}
 EVAL_REPS, EVAL_HORIZON, EVAL_WARMUP = 512, 2000.0, 300.0
 METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 #: The gradient tuner's and SPSA's learning rate, in natural steps (tune's default).
@@ -94,8 +96,7 @@ def reference_setup(entry: dict) -> dict:
 def problem_of(name: str, reps: int, horizon: float, warmup: float,
                temperature: float | None = None) -> Problem:
     scenario, n, sli_kw = PROBLEMS[name]
-    model = (many_classes(int(scenario.rsplit("-", 1)[1])) if scenario.startswith("many-classes-")
-             else scenarios.load(scenario))
+    model = SYNTHETIC[scenario]() if scenario in SYNTHETIC else scenarios.load(scenario)
     sli = None if sli_kw is None else fluid.SLI(penalty=True, **sli_kw)
     plan = fluid.solve(model, "bundled", sli=sli)
     return Problem(family="gated", model=model, n=n, plan=plan, horizon=horizon,

@@ -216,7 +216,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
          learning_rate: float = 0.3, step_scale: float = 1.0, eval_every: int = 5,
          eval_reps: int | None = None, seed: int = 0, only: Sequence[str] | None = None,
          initial: Any = None, fluid_steps: int = 0, options: dict | None = None,
-         progress: Callable[[int, dict], None] | None = None, rule: str = "adam") -> TuneResult:
+         progress: Callable[[int, dict], None] | None = None, rule: str = "adam",
+         confirm: int = 0) -> TuneResult:
     """Adam (or the ``gated`` rule) on ``estimator``'s gradient from ``initial`` (default: the
     family's LP point, the paper's policy); returns the best exact evaluation (all on one key,
     ``eval_reps`` replications, so the choice among them is paired).
@@ -243,6 +244,12 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
             as the estimate falls within two of its standard errors of 0: :func:`gated_step`)
             or ``"rprop"`` (each coordinate's own step, from ``learning_rate``, grown while its
             significant direction holds and halved when it turns: :func:`rprop_step`).
+        confirm: 0 (default: return the best evaluation), or k >= 1: a best point other than
+            the start is evaluated again beside the start on a fresh key with k times
+            ``eval_reps`` replications, and returned only if it beats the start there by more
+            than 2 paired standard errors; else the start is returned. The choice among a few
+            noisy evaluations on one key favours whichever was luckiest: on a plateau that can
+            be a point worse than the start. ``history["confirmation"]`` records the check.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
@@ -255,6 +262,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         raise ValueError(f"learning_rate = {learning_rate!r} is invalid: must be finite and > 0")
     if rule not in RULES:
         raise ValueError(f"rule = {rule!r} is invalid: must be one of {RULES}")
+    if isinstance(confirm, bool) or int(confirm) != confirm or confirm < 0:
+        raise ValueError(f"confirm = {confirm!r} is invalid: must be an integer >= 0")
     start = time.perf_counter()
     eval_reps = eval_reps or problem.reps
     key = jax.random.key(seed)
@@ -287,6 +296,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         return out
 
     initial_eval = assess(0, jax.tree.map(np.asarray, p0))
+    best_point = p0
     if spent["capacity"] is not None and spent["capacity"] != problem.capacity:
         # The start's evaluation grew the rings: every later run starts at that size instead
         # of overflowing and rerunning (the results are those of large enough rings either way).
@@ -298,7 +308,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         staged = assess(0, coords.params(y))
         staged["stage"] = "fluid"
         if staged["mean"] > best["mean"]:
-            best = staged
+            best, best_point = staged, coords.params(y)
     free_at = np.flatnonzero(np.asarray(coords.on))  # the coordinates the history records
     for step in range(1, steps + 1):
         free = coords.free(y)
@@ -329,9 +339,21 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         if step % eval_every == 0 or step == steps:
             now = assess(step, coords.params(y))
             if now["mean"] > best["mean"]:
-                best = now
+                best, best_point = now, coords.params(y)
         if progress:
             progress(step, {"value": info["value"], "best": best["mean"]})
+    if confirm and best is not initial_eval:
+        check_key, check_reps = jax.random.fold_in(key, 2_000_000), int(confirm) * eval_reps
+        runs = [evaluate(problem, point, check_key, check_reps, detail=True)
+                for point in (p0, best_point)]
+        spent["events"] += sum(r["events"] for r in runs)
+        diff = np.asarray(runs[1]["objective"]) - np.asarray(runs[0]["objective"])
+        gain, se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
+        kept = gain > 2.0 * se
+        history["confirmation"] = {"step": best["step"], "gain": gain, "se": se,
+                                   "reps": check_reps, "kept": bool(kept)}
+        if not kept:
+            best = initial_eval
     return TuneResult(family=problem.family, initial=initial_eval, best=best, history=history,
                       events=events, replications=replications,
                       wall_seconds=time.perf_counter() - start,

@@ -415,6 +415,9 @@ def _tuning(data: dict) -> str:
                  + (f", differences over {scale:g} difference steps" if scale != 1 else "")
                  + (", the gate targets' and offset's steps capped by the gate temperature"
                     if cfg.get("gate_steps") else "")
+                 + (f", its returned point confirmed beside the start on a fresh key of "
+                    f"{cfg['confirm']} times its evaluations' replications (else the start)"
+                    if cfg.get("confirm") else "")
                  + f"{' (SPSA too)' if 'spsa' in p['methods'] else ''}.")
         rows = [head, "", "| method | seeds | gain over the start, per seed (95%) | mean gain "
                 "(SE over seeds) |" + (" deterministic policy's gain, per seed |" if smooth

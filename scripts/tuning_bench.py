@@ -76,7 +76,7 @@ METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 LEARNING_RATE = 0.3
 #: Settings of stores made before they were choices: their values then.
 SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE, "step_scale": 1.0,
-                 "gate_steps": False}
+                 "gate_steps": False, "confirm": 0}
 #: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
 #: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
 #: deterministic gate (whose targets matter only through the integers they round to), halved down
@@ -116,13 +116,14 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
         methods: tuple[str, ...] = METHODS, rule: str = "adam",
         learning_rate: float = LEARNING_RATE, step_scale: float = 1.0,
-        gate_steps: bool = False) -> None:
+        gate_steps: bool = False, confirm: int = 0, first_seed: int = 0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
         "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule,
-        "learning_rate": learning_rate, "step_scale": step_scale, "gate_steps": gate_steps}
+        "learning_rate": learning_rate, "step_scale": step_scale, "gate_steps": gate_steps,
+        "confirm": confirm}
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
@@ -130,6 +131,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     # one that predates the evaluation settings takes the ones given.
     for key, value in (("rule", rule), ("learning_rate", learning_rate),
                        ("step_scale", step_scale), ("gate_steps", gate_steps),
+                       ("confirm", confirm),
                        ("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
         if store.setdefault(key, SETTINGS_THEN.get(key, value)) != value:
             raise SystemExit(f"{path} was made with --{key.replace('_', '-')} {store[key]}: "
@@ -195,12 +197,12 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         print(f"{name} {method} seed {seed}: gain {entry['gain']['mean']:+.3f} ± "
               f"{entry['gain']['ci95']:.2g} ({events:.3g} events, {seconds:.0f} s)", flush=True)
 
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         if str(seed) not in store["methods"].get(estimator, {}):
             t = time.perf_counter()
             result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
                           eval_reps=problem.reps, seed=seed, initial=start, rule=rule,
-                          learning_rate=learning_rate, **scaled, **gated)
+                          learning_rate=learning_rate, confirm=confirm, **scaled, **gated)
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
@@ -208,7 +210,9 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                     "chosen_step": result.best["step"],
                     "events_per_step": float(np.mean(result.history["events"])),
                     # Per step: each free coordinate's move (natural steps) and estimate / SE.
-                    "moves": result.history["moves"], "z": result.history["z"]})
+                    "moves": result.history["moves"], "z": result.history["z"],
+                    **({"confirmation": result.history["confirmation"]}
+                       if "confirmation" in result.history else {})})
         budget = store["methods"][estimator][str(seed)]["events"]
         if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
             t = time.perf_counter()
@@ -322,7 +326,7 @@ def summary(out: Path = OUT) -> dict:
                  "settings": {k: store.get(k, SETTINGS_THEN.get(k)) for k in (
                      "estimator", "rule", "learning_rate", "step_scale", "gate_steps",
                      "temperature", "steps", "reps", "horizon", "warmup", "eval_reps",
-                     "eval_horizon")},
+                     "eval_horizon", "confirm")},
                  "methods": methods, "gradient_versus": versus}
         ref = methods.get("reference", {}).get("seeds", {}).get("0")
         if ref is not None:
@@ -407,6 +411,12 @@ def main() -> None:
                    help="fd's differences with the gate targets' and offset's steps capped by "
                         "the gate temperature (estimate's gate_steps; needs --temperature); "
                         "SPSA keeps the natural steps")
+    p.add_argument("--confirm", type=int, default=0, metavar="K",
+                   help="the gradient tuner returns its best point only if it beats the start "
+                        "by 2 paired standard errors on a fresh key of K times its evaluations' "
+                        "replications (tune's confirm; default 0: its best evaluation)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds FIRST .. FIRST + SEEDS - 1 (fresh seeds for a new setting)")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
     p.add_argument("--horizon", type=float, default=600.0)
     p.add_argument("--warmup", type=float, default=150.0)
@@ -448,7 +458,7 @@ def main() -> None:
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
             a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate,
-            a.step_scale, a.gate_steps)
+            a.step_scale, a.gate_steps, a.confirm, a.first_seed)
 
 
 if __name__ == "__main__":

@@ -444,6 +444,45 @@ def test_a_non_finite_estimate_is_skipped_and_reported(monkeypatch):
     assert result.evaluation_events > 0
 
 
+@pytest.mark.parametrize("real_gain", [False, True])
+def test_confirm_returns_the_start_unless_the_chosen_point_wins_on_a_fresh_key(monkeypatch,
+                                                                              real_gain):
+    # The steps raise the share; on the tuner's own key every evaluation rewards it (a lucky
+    # key), on the confirmation's fresh key it gains only if real_gain. With confirm the tuner
+    # must return the moved point exactly when the fresh key supports it.
+    import jaxqueue.tune as tune_module
+
+    plan = fluid.solve(PAPER, "bundled")
+    problem = Problem(family="gated", model=PAPER, n=6, plan=plan, horizon=30.0, warmup=5.0,
+                      reps=2)
+    real = tune_module.gradient
+    check = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(3), 2_000_000)))
+
+    def upward(problem, estimator, free, key, **kw):
+        g, info = real(problem, estimator, free, key, **kw)
+        return dataclasses.replace(jax.tree.map(jnp.zeros_like, g),
+                                   share=jnp.ones_like(g.share)), info
+
+    def evaluate(problem, params, key, reps, detail=True):
+        noise = np.linspace(-1.0, 1.0, reps)  # the same on every point: common random numbers
+        fresh = np.array_equal(np.asarray(jax.random.key_data(key)), check)
+        lift = 100.0 * float(params.share) if (real_gain or not fresh) else 0.0
+        return {"objective": noise + lift, "events": 1, "capacity": problem.capacity}
+
+    monkeypatch.setattr(tune_module, "gradient", upward)
+    monkeypatch.setattr(tune_module, "evaluate", evaluate)
+    result = tune(problem, steps=2, estimator="spsa", eval_every=1, eval_reps=4, seed=3,
+                  confirm=4)
+    moved = result.history["evaluations"][-1]["params"]["share"]
+    assert moved > float(problem.initial().share)  # the steps moved, and looked better
+    confirmation = result.history["confirmation"]
+    assert confirmation["reps"] == 16 and confirmation["kept"] is real_gain
+    expected = moved if real_gain else float(problem.initial().share)
+    np.testing.assert_allclose(result.best["params"]["share"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="confirm"):
+        tune(problem, steps=1, estimator="spsa", confirm=-1)
+
+
 def test_tune_smoothed_reports_the_start_the_gain_and_the_deterministic_policy(capsys):
     from jaxqueue.cli import main
 

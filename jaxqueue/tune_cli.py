@@ -79,6 +79,11 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "targets' and offset's difference steps so that one moves a class's "
                          "gate logit by a bounded amount at the temperature (the SPSA baseline "
                          "keeps the natural steps)")
+    tu.add_argument("--confirm", type=int, default=0, metavar="K",
+                    help="return the best point the steps reached only if it beats the start "
+                         "by 2 paired standard errors on a fresh key of K times --eval-reps "
+                         "replications, else the start (default 0: the best of the tuner's "
+                         "evaluations, which on a flat objective can be a lucky worse point)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
@@ -138,7 +143,8 @@ def run_tune(args, *, say, bars: bool, emit, sli=None) -> int:
         horizon=args.horizon, warmup=args.warmup, seed=args.seed, only=only,
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=sli,
         fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount,
-        rule=args.rule, step_scale=args.step_scale, gate_steps=args.gate_steps)
+        rule=args.rule, step_scale=args.step_scale, gate_steps=args.gate_steps,
+        confirm=args.confirm)
     if args.save:
         from .policies import tunable
 
@@ -163,7 +169,8 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             seed: int = 0, only=None, baselines: bool = True, say=lambda line: None,
             bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
             temperature: float | None = None, discount: float | None = None,
-            rule: str = "auto", step_scale: float | None = None, gate_steps: bool = False):
+            rule: str = "auto", step_scale: float | None = None, gate_steps: bool = False,
+            confirm: int = 0):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
     SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
@@ -289,7 +296,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
                   fluid_steps=fluid_steps, options=options, progress=progress, rule=rule,
-                  step_scale=step_scale)
+                  step_scale=step_scale, confirm=confirm)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
@@ -350,6 +357,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
            "rule": rule, "step_scale": step_scale, "gate_steps": gate_steps,
+           "confirmation": result.history.get("confirmation"),
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
            "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
@@ -401,6 +409,11 @@ def _lines(o):
     yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']}"
            f"{rule} ({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} {what} per GPU "
            f"per second, LP bound {o['lp_bound']:.3f}")
+    check = o.get("confirmation")
+    if check is not None:
+        yield (f"confirmation on a fresh key ({check['reps']} replications): the point of step "
+               f"{check['step']} {'kept' if check['kept'] else 'not kept, the start returned'}"
+               f" (gain {check['gain']:+.3f}, SE {check['se']:.3f})")
     if sli is not None:
         yield ("SLI targets " + ", ".join(f"{k} <= {v:g} (weight {sli['weights'][k]:g})"
                                           for k, v in sli["targets"].items()))

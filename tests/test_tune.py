@@ -616,6 +616,11 @@ def test_step_scale_reaches_the_tuner_and_is_refused_where_it_means_nothing(monk
             _compare(**kw)
 
 
+def test_confirm_reaches_the_tuner(monkeypatch):
+    seen = _tuner_calls(monkeypatch, dict(confirm=4), dict())
+    assert [kw["confirm"] for _, kw in seen] == [4, 0]
+
+
 def test_gate_steps_reach_the_estimator_and_are_refused_where_they_mean_nothing(monkeypatch):
     seen = _tuner_calls(monkeypatch, dict(estimator="fd", temperature=20.0, gate_steps=True),
                         dict(estimator="fd", temperature=20.0))

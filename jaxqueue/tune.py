@@ -249,7 +249,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
             ``eval_reps`` replications, and returned only if it beats the start there by more
             than 2 paired standard errors; else the start is returned. The choice among a few
             noisy evaluations on one key favours whichever was luckiest: on a plateau that can
-            be a point worse than the start. ``history["confirmation"]`` records the check.
+            be a point worse than the start. ``history["confirmation"]`` records the check and
+            the point checked.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
@@ -351,7 +352,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         gain, se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
         kept = gain > 2.0 * se
         history["confirmation"] = {"step": best["step"], "gain": gain, "se": se,
-                                   "reps": check_reps, "kept": bool(kept)}
+                                   "reps": check_reps, "kept": bool(kept),
+                                   "params": best["params"]}
         if not kept:
             best = initial_eval
     return TuneResult(family=problem.family, initial=initial_eval, best=best, history=history,

@@ -450,6 +450,21 @@ def _tuning(data: dict) -> str:
                 line += (f" The deterministic policies at the same end points: "
                          f"{d['mean']:+.2f} ± {d['se']:.2f} (z = {dz}).")
             rows.append(line)
+        checks = {k: g for k, g in p["methods"].get(grad, {}).get("seeds", {}).items()
+                  if g.get("confirmation")}
+        if checks:
+            said = []
+            for k, g in checks.items():
+                c, u = g["confirmation"], g.get("unconfirmed")
+                text = (f"seed {k}, step {c['step']}: {c['gain']:+.2f} (SE {c['se']:.2f}), "
+                        + ("kept" if c["kept"] else "turned down"))
+                if u is not None:
+                    text += f"; on the final key that point gains {_pm(u['gain'])}"
+                    if u.get("deterministic_gain"):
+                        text += f", {_pm(u['deterministic_gain'])} as the deterministic policy"
+                said.append(text)
+            rows += ["", "The confirmations (the best point the steps reached against the start "
+                     "on a fresh key): " + "; ".join(said) + "."]
         if p.get("fraction_of_reference"):
             fr = ", ".join(f"{f:.2f}" for f in p["fraction_of_reference"].values())
             rows.append("")
@@ -1413,6 +1428,22 @@ TABLES: dict[str, Table] = {
         _tuning, "the score tuner with the rprop step rule against SPSA, the evolution strategy "
                  "and a reference search, a 16-class workload with a TPOT target (35 "
                  "parameters)"),
+    "tuning_confirm": Table(
+        "docs/gradients.md",
+        {"run-many16": "python scripts/tuning_bench.py --problem many16-tpot-100 --first-seed 5 "
+                       "--seeds 5 --estimator score --temperature 20 --rule rprop --methods "
+                       "gradient --confirm 4 --eval-reps 128 --eval-horizon 1000 --out "
+                       "docs/data/runs/tuning_many16_confirm",
+         "report-many16": "python scripts/tuning_bench.py --report --json {json} --out "
+                          "docs/data/runs/tuning_many16_confirm",
+         "run-dolly": "python scripts/tuning_bench.py --problem dolly-tpot-100 --first-seed 5 "
+                      "--seeds 5 --estimator score --temperature 20 --rule rprop --methods "
+                      "gradient --confirm 4 --eval-reps 128 --eval-horizon 1000 --out "
+                      "docs/data/runs/tuning_served_confirm",
+         "report-dolly": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "docs/data/runs/tuning_served_confirm"},
+        _tuning, "the score tuner with its returned point confirmed on a fresh key, fresh "
+                 "seeds 5-9, the 16-class and the dolly-8class problems"),
     "tuning_control": Table(
         "docs/gradients.md",
         {"run": "python scripts/tuning_bench.py --problem dolly-200 --seeds 5 --estimator score "

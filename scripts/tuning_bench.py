@@ -213,6 +213,29 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                     "moves": result.history["moves"], "z": result.history["z"],
                     **({"confirmation": result.history["confirmation"]}
                        if "confirmation" in result.history else {})})
+        entry = store["methods"][estimator][str(seed)]
+        check = entry.get("confirmation")
+        if check is not None and not check["kept"] and "unconfirmed" not in entry:
+            # What the check turned down, on the final key: its params, from the run's record
+            # or (runs recorded before it kept them) the same run again without the check,
+            # whose steps and evaluations are the same.
+            if "params" in check:
+                point = from_dict(check["params"])
+            else:
+                again = tune(problem, steps=steps, estimator=estimator,
+                             eval_every=max(1, steps // 4), eval_reps=problem.reps, seed=seed,
+                             initial=start, rule=rule, learning_rate=learning_rate, **scaled,
+                             **gated)
+                assert again.best["step"] == check["step"], (again.best["step"], check)
+                point = from_dict(again.best["params"])
+            values = evaluate(final, point, final_key, eval_reps)
+            plain = evaluate(final, point, final_key, eval_reps, smoothed=False)
+            entry["unconfirmed"] = {
+                "step": check["step"], "gain": stats_pack(values - base),
+                "deterministic_gain": stats_pack(
+                    plain - np.asarray(store["start"]["deterministic_values"]))
+                if temperature is not None else None}
+            save()
         budget = store["methods"][estimator][str(seed)]["events"]
         if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
             t = time.perf_counter()
@@ -302,7 +325,11 @@ def summary(out: Path = OUT) -> dict:
                               "curve": r.get("curve"), "params": r["params"],
                               "deterministic_gain": r.get("deterministic_gain"),
                               "reference": (reference_setup(r) if method == "reference"
-                                            else None)}
+                                            else None),
+                              **({"confirmation": {k2: v for k2, v in
+                                                   r["confirmation"].items() if k2 != "params"},
+                                  "unconfirmed": r.get("unconfirmed")}
+                                 if "confirmation" in r else {})}
                           for k, r in runs.items()},
                 "mean_gain": _over_seeds([g["mean"] for g in gains]),
                 "events": float(np.mean([r["events"] for r in runs.values()]))}

@@ -216,18 +216,8 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         entry = store["methods"][estimator][str(seed)]
         check = entry.get("confirmation")
         if check is not None and not check["kept"] and "unconfirmed" not in entry:
-            # What the check turned down, on the final key: its params, from the run's record
-            # or (runs recorded before it kept them) the same run again without the check,
-            # whose steps and evaluations are the same.
-            if "params" in check:
-                point = from_dict(check["params"])
-            else:
-                again = tune(problem, steps=steps, estimator=estimator,
-                             eval_every=max(1, steps // 4), eval_reps=problem.reps, seed=seed,
-                             initial=start, rule=rule, learning_rate=learning_rate, **scaled,
-                             **gated)
-                assert again.best["step"] == check["step"], (again.best["step"], check)
-                point = from_dict(again.best["params"])
+            # What the check turned down, evaluated on the final key.
+            point = from_dict(check["params"])
             values = evaluate(final, point, final_key, eval_reps)
             plain = evaluate(final, point, final_key, eval_reps, smoothed=False)
             entry["unconfirmed"] = {
@@ -236,7 +226,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                     plain - np.asarray(store["start"]["deterministic_values"]))
                 if temperature is not None else None}
             save()
-        budget = store["methods"][estimator][str(seed)]["events"]
+        budget = entry["events"]
         if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
             t = time.perf_counter()
             # SPSA at the same event budget: each of its steps runs 2 configurations (plain

@@ -137,37 +137,41 @@ def test_a_hand_edited_number_in_a_generated_table_is_caught(tmp_path):
     assert [s.split(" ")[0] for s in tables.stale(tmp_path)] == [name]
 
 
-def _block(fractions=None, ref=None, z_spsa=None, z_es=None, gains=(0.5, 0.6)):
+def _block(ref=None, z_spsa=None, z_es=None, gains=(0.5, 0.6), start=200.0):
     """A stored tuning block's summary, in the shape `tuning_bench.py --report --json` writes."""
     seeds = {str(k): {"gain": {"mean": g, "ci95": 0.1}} for k, g in enumerate(gains)}
     versus = {m: {"mean": 0.0, "se": 0.1, "z": z, "seeds": {}}
               for m, z in (("spsa", z_spsa), ("es", z_es)) if z is not None}
     problem = {"settings": {"estimator": "score", "rule": "rprop", "learning_rate": 0.3,
-                            "steps": 20, "reps": 16, "temperature": 20.0},
+                            "steps": 20, "reps": 16, "temperature": 20.0,
+                            "eval_reps": 128, "eval_horizon": 1000.0},
+               "start": {"final": {"mean": start, "ci95": 0.1}},
                "methods": {"score": {"seeds": seeds, "mean_gain": {
                    "mean": sum(gains) / len(gains), "se": 0.05, "seeds": len(gains)}}},
                "gradient_versus": versus}
     if ref is not None:
         problem["reference_gain"] = {"mean": ref, "ci95": 0.1}
-        problem["fraction_of_reference"] = fractions
     return {"outputs": {"report": {"problems": {"dolly-tpot-100": problem}}}}
 
 
 def test_the_tuning_scorecard_computes_each_bar_both_ways():
     tables = _docs_tables()
     sources = {
-        "tuning_tpot50": _block(fractions={"0": 0.95, "1": 0.85}, ref=1.0),   # missed
-        "tuning_fair200": _block(fractions={"0": 0.95, "1": 1.1}, ref=1.0,   # met
-                                 z_spsa=3.5, z_es=2.9),                     # not both
-        "tuning_served": _block(z_spsa=3.1, z_es=4.0),                       # both
+        "tuning_tpot50": _block(ref=1.0, gains=(0.95, 0.85)),                 # missed
+        "tuning_fair200": _block(ref=1.0, gains=(0.95, 1.1),                  # met
+                                 z_spsa=3.5, z_es=2.9, start=300.0),        # not both
+        # no reference of its own: the one made from the same start on the same key
+        "tuning_served_rep": _block(gains=(1.2, 0.8), start=300.0),
+        "tuning_served": _block(z_spsa=3.1, z_es=4.0, start=250.0),          # both
         "tuning_rprop": _block(z_spsa=9.0, z_es=9.0),                        # superseded
-        "tuning_many16": _block(ref=0.0, fractions=None, gains=(0.0, -0.5)),  # lost
+        "tuning_many16": _block(ref=0.0, gains=(0.0, -0.5)),                  # lost
     }
     text = tables._tuning_scorecard({"sources": sources})
     bars = text.split("The benchmark's bars")[1]
     share, beat, lost = bars.strip().split("\n- ")[1:]
-    assert "met by tuning_fair200 (0.95-1.10)" in share
-    assert "missed by tuning_tpot50 (0.85-0.95)" in share
+    assert "met by tuning_fair200 (0.95 to 1.10)" in share
+    assert "missed by tuning_tpot50 (0.85 to 0.95), tuning_served_rep (0.80 to 1.20)" in share
+    assert "| 1.00 ± 0.10 (tuning_fair200) | 0.80 to 1.20 |" in text
     assert beat.endswith("problem: tuning_served.")
     assert "tuning_rprop" not in bars and "tuning_rprop (superseded)" in text
     assert lost.endswith("tuning_many16 seed 1 (-0.50 ± 0.10).")

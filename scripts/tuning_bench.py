@@ -171,12 +171,16 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
                               deterministic_values=plain.tolist())
         save()
 
+    def as_deterministic(point) -> tuple[np.ndarray, dict]:
+        """The deterministic policy at ``point`` on the final key, and its gain over the
+        start's."""
+        plain = evaluate(final, point, final_key, eval_reps, smoothed=False)
+        return plain, stats_pack(plain - np.asarray(store["start"]["deterministic_values"]))
+
     def deterministic(entry: dict) -> None:
-        plain = evaluate(final, from_dict(entry["params"]), final_key, eval_reps,
-                         smoothed=False)
-        entry.update(deterministic=stats_pack(plain), deterministic_gain=stats_pack(
-            plain - np.asarray(store["start"]["deterministic_values"])),
-            deterministic_values=plain.tolist())
+        plain, gain = as_deterministic(from_dict(entry["params"]))
+        entry.update(deterministic=stats_pack(plain), deterministic_gain=gain,
+                     deterministic_values=plain.tolist())
 
     if temperature is not None:  # results recorded before the deterministic evaluations
         for runs in store["methods"].values():
@@ -219,12 +223,10 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             # What the check turned down, evaluated on the final key.
             point = from_dict(check["params"])
             values = evaluate(final, point, final_key, eval_reps)
-            plain = evaluate(final, point, final_key, eval_reps, smoothed=False)
             entry["unconfirmed"] = {
                 "step": check["step"], "gain": stats_pack(values - base),
-                "deterministic_gain": stats_pack(
-                    plain - np.asarray(store["start"]["deterministic_values"]))
-                if temperature is not None else None}
+                "deterministic_gain": (as_deterministic(point)[1] if temperature is not None
+                                       else None)}
             save()
         budget = entry["events"]
         if "spsa" in methods and str(seed) not in store["methods"].get("spsa", {}):
@@ -472,6 +474,10 @@ def main() -> None:
     if a.gate_steps and (a.temperature is None or a.estimator != "fd"):
         p.error("--gate-steps needs --estimator fd and a --temperature (the steps follow the "
                 "smoothed gate's logits)")
+    for flag, value, least in (("--seeds", a.seeds, 1), ("--first-seed", a.first_seed, 0),
+                               ("--confirm", a.confirm, 0)):
+        if value < least:
+            p.error(f"{flag} = {value} is invalid: must be >= {least}")
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
             a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate,

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real, UInt32
 
 from . import rng
@@ -79,7 +80,9 @@ class Flow(eqx.Module):
             adding a dense vector of hundreds of them in every step cost several times what
             the rest of the step did.
         credits: None, or time-integral increments as entries ``(indices, amounts)`` into the
-            whole ``(L * I,)``, each ``(C,)``; an index past the end adds nothing. For a step
+            whole ``(L * I,)``, each ``(C,)``; an index past the end adds nothing, and so does
+            one outside the last :attr:`~AbstractSystem.num_credited_levels` when the system
+            has any (there the step adds credits to those levels only). For a step
             that credits a job's wait or two: added densely, the chain of decisions that
             decides each amount was recomputed for every integral (XLA fused it into the
             add), which cost a fifth of the pooled step at 32 classes.
@@ -256,7 +259,8 @@ class AbstractSystem(eqx.Module):
     def num_credited_levels(self) -> int:
         """How many of the last levels :meth:`levels` always gives as 0, because :meth:`fire`
         credits their time integrals job by job (``credits`` or ``waits``, see :class:`Flow`):
-        the step leaves them out of its dense ``weight * levels`` add. 0 by default."""
+        the step leaves them out of its dense ``weight * levels`` add, and adds ``credits``
+        to them only. 0 by default."""
         return 0
 
     def tallied(self, counts: Int[Array, "... T"]) -> Int[Array, "... T"]:
@@ -274,6 +278,15 @@ class AbstractSystem(eqx.Module):
     @abc.abstractmethod
     def levels(self, state: Any) -> Float[Array, " L"]:
         """Quantities integrated over time, ``(len(level_names) * num_classes,)``."""
+
+    def dense_levels(self, state: Any) -> tuple[Array, ...]:
+        """The levels the step integrates (all but the last :attr:`num_credited_levels`), as
+        consecutive blocks: by default one, sliced from :meth:`levels`. A system whose levels
+        are a concatenation gives its parts, which the step adds each to its own integrals:
+        the concatenation was a copy of every level in every step (the pooled engine's
+        blocks made its step 1.11x faster at 2 classes, 1.19x at 8, 1.00x at 32)."""
+        levels = self.levels(state)
+        return (levels[:levels.shape[0] - self.num_credited_levels],)
 
     def revenue(self, integrals: Float[Array, " L"], counts: Int[Array, " T"]) -> Revenue | None:
         """Revenue in the window from the integrals and counts (None: the system has no prices)."""
@@ -293,12 +306,15 @@ class AbstractSystem(eqx.Module):
 
 # ---- one step ---------------------------------------------------------------------------------
 class _Acc(eqx.Module):
-    integrals: Float[Array, " L"]
+    integrals: tuple[Float[Array, " B"], ...]  # AbstractSystem.dense_levels' blocks
     counts: Int[Array, " T"]  # the leading counters, added densely
     events: Int[Array, ""]
     logp: Float[Array, ""]
     taken: Int[Array, ""]  # steps begun before the window's end or with bookkeeping pending
     bins: Int[Array, " H"] | None = None  # the trailing AbstractSystem.num_hit_tallies
+    # The trailing AbstractSystem.num_credited_levels, kept apart: in one vector with the
+    # others, a step sliced them off and concatenated them back (a copy of every integral).
+    credited: Float[Array, " C"] | None = None
 
 
 #: Up to this many hit counters a step adds its hits by comparing each with every counter, past
@@ -312,14 +328,23 @@ def _zero_acc(system: AbstractSystem, batch: tuple[int, ...], clock_dtype, count
     """Empty accumulators (with a leading ``batch`` shape)."""
     num_counts = len(system.tally_names) * system.num_classes
     hit = system.num_hit_tallies
+    credited = system.num_credited_levels
+    blocks = jax.eval_shape(system.dense_levels, jax.eval_shape(system.init))
     return _Acc(
-        integrals=jnp.zeros((*batch, len(system.level_names) * system.num_classes), clock_dtype),
+        integrals=tuple(jnp.zeros((*batch, *b.shape), clock_dtype) for b in blocks),
         counts=jnp.zeros((*batch, num_counts - hit), count_dtype),
         events=jnp.zeros(batch, jnp.int32),
         logp=jnp.zeros(batch, rng.real_dtype()),
         taken=jnp.zeros(batch, jnp.int32),
         bins=jnp.zeros((*batch, hit), count_dtype) if hit else None,
+        credited=jnp.zeros((*batch, credited), clock_dtype) if credited else None,
     )
+
+
+def _integrals(acc: _Acc) -> Float[Array, "... L"]:
+    """Every level's time integral."""
+    return jnp.concatenate([*acc.integrals]
+                           + ([] if acc.credited is None else [acc.credited]), axis=-1)
 
 
 def _counts(acc: _Acc) -> Int[Array, "... T"]:
@@ -362,7 +387,7 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
     weight = jnp.maximum(jnp.minimum(t_new, w1) - jnp.maximum(t, w0), 0)
     real = rng.real_dtype()
     window = (w0.astype(real), w1.astype(real))
-    levels = system.levels(state)
+    levels = system.dense_levels(state)
     new_state, flow = system.fire(state, event, t_new.astype(real), rng.uniform(b[2:extra]),
                                   window)
     # Keep the carry's dtypes (under x64, sums of int32 counts promote to int64).
@@ -375,17 +400,31 @@ def _step(system: AbstractSystem, carry, b: UInt32[Array, " W"], w0, w1, clock_d
             bins = bins + jnp.sum(hit, axis=0, dtype=bins.dtype)
         else:
             bins = bins.at[at].add(jnp.ones((), bins.dtype), mode="drop")
-    dense = levels.shape[0] - system.num_credited_levels
-    integrals = acc.integrals[:dense] + weight * levels[:dense].astype(clock_dtype)
-    if dense < levels.shape[0]:  # the credited levels' integrals, as they were
-        integrals = jnp.concatenate([integrals, acc.integrals[dense:]])
+    integrals = [a + weight * v.astype(clock_dtype) for a, v in zip(acc.integrals, levels,
+                                                                     strict=True)]
+    ends = np.cumsum([a.shape[0] for a in integrals])
+    dense = int(ends[-1])
+    credited = acc.credited
     if flow.waits is not None:
-        integrals = integrals + flow.waits.astype(clock_dtype)
+        waits = flow.waits.astype(clock_dtype)
+        integrals = [a + waits[end - a.shape[0]:end] for a, end in zip(integrals, ends,
+                                                                      strict=True)]
+        if credited is not None:
+            credited = credited + waits[dense:]
     if flow.credits is not None:  # where no entry falls this adds nothing, as 0.0 would
         where, amount = flow.credits
-        integrals = integrals.at[where].add(amount.astype(clock_dtype), mode="drop")
+        amount = amount.astype(clock_dtype)
+        if credited is not None:  # credits fall in the credited levels (num_credited_levels)
+            at = jnp.where(where >= dense, where - dense, credited.shape[0])
+            credited = credited.at[at].add(amount, mode="drop")
+        elif len(integrals) == 1:
+            integrals = [integrals[0].at[where].add(amount, mode="drop")]
+        else:
+            raise ValueError("Flow.credits from a system whose dense_levels are several "
+                             "blocks: its num_credited_levels must say where they fall")
     acc = _Acc(
-        integrals=integrals,
+        integrals=tuple(integrals),
+        credited=credited,
         counts=acc.counts + flow.counts.astype(acc.counts.dtype),
         bins=bins,
         events=acc.events + random.astype(jnp.int32),
@@ -547,7 +586,7 @@ def _rollout(key, system, rep_ids, state, w0, w1, lo, hi, *, steps: int, clock_d
     left = pending(state)
     overflow = jax.vmap(system.overflow, in_axes=(axes,))(state)
     state = jax.vmap(system.rebase, in_axes=(axes, -1), out_axes=axes)(state, t.astype(real))
-    integrals, counts = acc.integrals.T, system.tallied(_counts(acc).astype(jnp.int32)).T
+    integrals, counts = _integrals(acc).T, system.tallied(_counts(acc).astype(jnp.int32)).T
     stock_end = jnp.zeros_like(stock_start)
     if close:  # on the rebased clock the run ends at 0
         flow, stock_end = _close(system, state, (w0 - t).astype(real), axes)

@@ -359,8 +359,19 @@ class Pooled(AbstractSystem):
     def num_credited_levels(self) -> int:
         # q_d, the last block without phases: its integral is credited job by job as each
         # decode leaves the buffer (at 32 classes, adding its zeros densely in every step
-        # took about 5% of the step).
-        return 0 if self.phased else self.num_classes
+        # took about 5% of the step); and q_p before it where the prefill queues are rings
+        # (FCFS, or per-class rings of jobs), whose level here is always 0 (Qp is unused).
+        if self.phased:
+            return 0
+        return (2 if self.gate == "fcfs" or self.per_job else 1) * self.num_classes
+
+    def dense_levels(self, s):
+        if self.phased:
+            return super().dense_levels(s)
+        real = real_dtype()
+        blocks = [s.X, s.Ym, s.Ys] + ([] if self.num_credited_levels > self.num_classes
+                                      else [s.Qp])
+        return tuple(b.astype(real) for b in blocks)
 
     def levels(self, s) -> Float[Array, " L"]:
         # Waits in the rings are credited job by job in `fire` (q_p for FCFS, q_d always).

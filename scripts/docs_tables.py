@@ -491,7 +491,7 @@ def _tuning(data: dict) -> str:
 TUNING_BLOCKS = ("tuning_tpot50", "tuning_tpot50_smooth", "tuning_budgets", "tuning_fair200",
                  "tuning_control", "tuning_score", "tuning_gated", "tuning_rprop",
                  "tuning_served", "tuning_served_rep", "tuning_many16", "tuning_confirm",
-                 "tuning_tpot50_40")
+                 "tuning_tpot50_40", "tuning_pilots")
 #: Blocks whose family was not the paper's policy at its LP point (corrected on 2026-12-07):
 #: kept as the record of what ran, not counted for the benchmark's bars.
 TUNING_SUPERSEDED = ("tuning_score", "tuning_gated", "tuning_rprop")
@@ -1567,6 +1567,22 @@ TABLES: dict[str, Table] = {
                    "docs/data/runs/tuning_tpot50_40"},
         _tuning, "the deterministic gated family tuned with central differences over 40 steps "
                  "(twice the budget), paper-qwen8b with a TPOT target"),
+    "tuning_pilots": Table(
+        "docs/gradients.md",
+        {"run-dolly": "python scripts/tuning_bench.py --problem dolly-fairness-200 --first-seed "
+                      "100 --seeds 1 --estimator score --temperature 20 --rule rprop --methods "
+                      "gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
+                      "docs/data/runs/tuning_pilot_dolly",
+         "report-dolly": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "docs/data/runs/tuning_pilot_dolly",
+         "run-many16": "python scripts/tuning_bench.py --problem many16-fairness-100 --first-seed "
+                       "100 --seeds 1 --estimator score --temperature 20 --rule rprop --methods "
+                       "gradient,spsa,es --eval-reps 128 --eval-horizon 1000 --out "
+                       "docs/data/runs/tuning_pilot_many16",
+         "report-many16": "python scripts/tuning_bench.py --report --json {json} --out "
+                          "docs/data/runs/tuning_pilot_many16"},
+        _tuning, "one-seed pilots of the score tuner against SPSA and the evolution strategy on "
+                 "two fairness-penalised problems with many parameters"),
     "tuning_scorecard": Table(
         "docs/gradients.md", {}, _tuning_scorecard,
         "every tuning block in one table, and the benchmark's bars computed from them",

@@ -15,7 +15,10 @@ Problems (``--list``):
   least lose nothing;
 - ``many16-tpot-100``: a 16-class variant of ``paper-qwen8b`` (35 parameters; the two classes
   alternately, the j-th pair's lengths stretched by 5% j, as in ``scripts/bench.py``'s classes
-  benchmark), n = 100, TPOT target 0.023 s, weight 1e5.
+  benchmark), n = 100, TPOT target 0.023 s, weight 1e5;
+- ``dolly-fairness-200`` and ``many16-fairness-100``: the decode-fairness penalty of
+  ``fairness-200`` on ``dolly-8class`` (n = 200, 19 parameters) and on the 16-class variant
+  (n = 100, 35 parameters).
 
 Each problem: the starting points of the ``gated`` family (its LP point, and the same ranking
 classes after admission), the best of them on a common key; then, from that start, with common
@@ -67,6 +70,11 @@ PROBLEMS = {
     # 35 parameters (16 gate targets and caps): where gradients should pay most against
     # SPSA and the evolution strategy, whose progress per event falls with the dimension.
     "many16-tpot-100": ("many-classes-16", 100, dict(tpot=0.023, weights={"tpot": 1e5})),
+    # Trade-offs with many parameters: the fairness penalty of fairness-200 on 8 and 16 classes.
+    "dolly-fairness-200": ("dolly-8class", 200, dict(decode_fairness=2.0,
+                                                     weights={"decode_fairness": 5.0})),
+    "many16-fairness-100": ("many-classes-16", 100, dict(decode_fairness=2.0,
+                                                         weights={"decode_fairness": 5.0})),
 }
 #: The problems' scenarios that are not built in (scripts/instances.py).
 SYNTHETIC = {"many-classes-16": lambda: many_classes(16)}

@@ -244,7 +244,11 @@ class SLIGateAndRoute(AbstractSystem):
 
     def levels(self, s: SLIState) -> Float[Array, " L"]:
         # q_d is both decode buffers together (the fluid model's q_d, per class).
-        return jnp.concatenate([s.X, s.Ym, s.Ys, s.Qp, s.Qds + s.Qdm]).astype(real_dtype())
+        return jnp.concatenate(self.dense_levels(s))
+
+    def dense_levels(self, s: SLIState):
+        real = real_dtype()
+        return tuple(a.astype(real) for a in (s.X, s.Ym, s.Ys, s.Qp, s.Qds + s.Qdm))
 
     def revenue(self, integrals, counts):
         return revenue(self.model, integrals, counts, self.tally_names)

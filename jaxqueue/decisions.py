@@ -283,13 +283,19 @@ def _inverse_cdf(rates: Float[Array, " K"], target: Float[Array, ""],
     return jnp.minimum(index, last_positive)
 
 
-#: Rows wider than :data:`_ONE_LEVEL_ROW` are drawn from in two levels themselves, in parts of
-#: :data:`_ROW_PART` entries (:func:`_draw_in_row`). At 32 classes (rows of 32; the pooled
-#: engine, 1,024 replications, one core of the 2-core CPU, best of 5 chunks of 2,048 steps):
-#: 823 us a step in parts of 8, against 952 in parts of 6, 1,000-1,110 in parts of 16 and
-#: 1,085-1,110 in one level.
+#: Rows wider than :data:`_ONE_LEVEL_ROW` are drawn from in parts of :data:`_ROW_PART` entries.
+#: At 32 classes (rows of 32; the pooled engine, 1,024 replications, one core of the 2-core
+#: CPU, best of 5 chunks of 2,048 steps): 823 us a step in parts of 8, against 952 in parts of
+#: 6, 1,000-1,110 in parts of 16 and 1,085-1,110 in one level. Up to :data:`_FLAT_PARTS` parts
+#: in all, the draw's first level picks among the parts of every row (:func:`_parts`), past it
+#: a row first, then one of its parts (:func:`_draw_in_row`). Parts in one level, events per
+#: second against a row first (`scripts/bench_ab.py`, both cores, 1,024 replications): 32
+#: classes (20 parts) 1.06x and 1.08x (5 and 3 pairs), 16 classes (10) about 1.0x, 48 classes
+#: (30) about 0.92x, 64 classes (40) 0.85x (3 pairs). XLA fused the choice of a row into each
+#: slice of its parts; a long first level costs its written-out running sum.
 _ONE_LEVEL_ROW = 12
 _ROW_PART = 8
+_FLAT_PARTS = 20
 
 
 def _split(x: Float[Array, " K"], width: int) -> list[Float[Array, " W"]]:
@@ -301,10 +307,11 @@ def _split(x: Float[Array, " K"], width: int) -> list[Float[Array, " W"]]:
     return [padded[k * width:(k + 1) * width] for k in range(count)]
 
 
-def _descend(parts, totals, below, target, draw_in) -> Int[Array, ""]:
+def _descend(parts, totals, below, target, draw_in=None, starts=None) -> Int[Array, ""]:
     """The index whose running sum passes ``target``, in two levels: the part (of positive
     total, by :func:`_inverse_cdf`; ``below`` the running sum of the parts' ``totals``), then
-    ``draw_in(part, target - its start)`` within it."""
+    ``draw_in(part, target - its start)`` within it (default :func:`_inverse_cdf`). ``starts``:
+    each part's first index (default: part k starts at k times the parts' width)."""
     width = parts[0].shape[0]
     part = _inverse_cdf(totals, target, below)
     start = jnp.where(part > 0, below[jnp.maximum(part - 1, 0)], 0)
@@ -315,18 +322,32 @@ def _descend(parts, totals, below, target, draw_in) -> Int[Array, ""]:
     chosen = parts[0]
     for k in range(1, len(parts)):
         chosen = jnp.where(part == k, parts[k], chosen)
-    return part * width + draw_in(chosen, target - start)
+    first = part * width if starts is None else starts(part)
+    return first + (draw_in or _inverse_cdf)(chosen, target - start)
 
 
 def _draw_in_row(row: Float[Array, " W"], target: Float[Array, ""]) -> Int[Array, ""]:
-    """:func:`_inverse_cdf` of a row of the two-level draw, itself in two levels past
-    :data:`_ONE_LEVEL_ROW` entries (the row of one kind of event holds one entry per class:
-    at 32 classes, its written-out running sum of 32 was the step's largest cost)."""
-    if row.shape[0] <= _ONE_LEVEL_ROW:
-        return _inverse_cdf(row, target)
+    """:func:`_inverse_cdf` of a row wider than :data:`_ONE_LEVEL_ROW`, in its parts."""
     parts = _split(row, _ROW_PART)
     totals = jnp.stack([jnp.sum(q) for q in parts])
-    return _descend(parts, totals, _running_sum(totals), target, _inverse_cdf)
+    return _descend(parts, totals, _running_sum(totals), target)
+
+
+def _parts(rates: Float[Array, " E"]) -> tuple[list, Any, Any]:
+    """The first level of the two-level draw: its parts of ``rates``, how to draw within one
+    (None: :func:`_inverse_cdf`) and where each starts (None: at k times their width). Blocks
+    of about sqrt(E) (:func:`_block_width`); blocks wider than :data:`_ONE_LEVEL_ROW` cut in
+    parts of :data:`_ROW_PART` (the last of a block padded with zeros) while those number at
+    most :data:`_FLAT_PARTS`, drawn from in their parts otherwise."""
+    width = _block_width(rates.shape[0])
+    rows = _split(rates, width)
+    if width <= _ONE_LEVEL_ROW:
+        return rows, None, None
+    per_row = -(-width // _ROW_PART)
+    if len(rows) * per_row > _FLAT_PARTS:
+        return rows, _draw_in_row, None
+    parts = [part for row in rows for part in _split(row, _ROW_PART)]
+    return parts, None, lambda k: (k // per_row) * width + (k % per_row) * _ROW_PART
 
 
 class Exact(AbstractDecisions):
@@ -343,18 +364,18 @@ class Exact(AbstractDecisions):
         # Inverse CDF with one uniform; a zero-rate event is never chosen (round-off that would
         # land past the last positive rate is sent back to it). The running sum is written out
         # (XLA's CPU cumsum is a reduce-window, slow inside a scan step); past
-        # `_ONE_LEVEL_EVENTS` events, in two levels (blocks of about sqrt(E); a wide block in two
-        # more, `_draw_in_row`): XLA fuses a long written-out chain into each of its uses, so
+        # `_ONE_LEVEL_EVENTS` events, in two levels (blocks of about sqrt(E), a wide block cut
+        # in parts: `_parts`): XLA fuses a long written-out chain into each of its uses, so
         # one level costs O(E^2) (160 events, 1,024 replications: 3.4 ms a step alone against
         # 0.35 ms in two levels).
         num = rates.shape[0]
         if num <= _ONE_LEVEL_EVENTS:
             cum = _running_sum(rates)
             return jnp.where(jnp.any(rates > 0), _inverse_cdf(rates, u * cum[-1], cum), num)
-        rows = _split(rates, _block_width(num))
-        totals = jnp.stack([jnp.sum(r) for r in rows])
+        parts, draw_in, starts = _parts(rates)
+        totals = jnp.stack([jnp.sum(p) for p in parts])
         below = _running_sum(totals)
-        index = _descend(rows, totals, below, u * below[-1], _draw_in_row)
+        index = _descend(parts, totals, below, u * below[-1], draw_in, starts)
         # Rates are >= 0: some is positive exactly when their sum is (a test of every rate
         # was a pass of its own over the event vector).
         return jnp.where(below[-1] > 0, index, num)

@@ -263,6 +263,15 @@ def _first_true(mask: Bool[Array, " K"]) -> Int[Array, ""]:
     return jnp.where(first < num, first, 0)
 
 
+def hot_index(hot: Array) -> Int[Array, ""]:
+    """The index of a vector's one nonzero entry, 0 when it has none (``jnp.argmax``): an
+    integer vector (exact decisions: a one-hot, or none) by :func:`_first_true`, a float one
+    (relaxed decisions) by ``argmax``."""
+    if jnp.issubdtype(hot.dtype, jnp.integer) or hot.dtype == jnp.bool_:
+        return _first_true(hot != 0)
+    return jnp.argmax(hot)
+
+
 def _last_true(mask: Bool[Array, " K"]) -> Int[Array, ""]:
     """The index of the last true entry, ``K - 1`` when none is."""
     num = mask.shape[0]

@@ -65,7 +65,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import patience as laws
 from .. import rng
-from ..decisions import fence
+from ..decisions import fence, hot_index
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
@@ -674,7 +674,7 @@ class Pooled(AbstractSystem):
             start = arrive * idle if self.params is None else jnp.zeros_like(arrive)
             queued = arrive - start
             Qp = s.Qp
-            cls_a = jnp.argmax(arrive)
+            cls_a = hot_index(arrive)
             hot_a = jnp.arange(num) == cls_a
             due = patience(cls_a)
             crings = jax.vmap(buf.push, in_axes=(0, 0, None, None, None))(
@@ -739,7 +739,7 @@ class Pooled(AbstractSystem):
             start = arrive * idle
             queued = arrive * (1 - idle)
             Qp = s.Qp
-            cls_a = jnp.argmax(arrive)
+            cls_a = hot_index(arrive)
             pring = buf.push(s.prefill_ring, jnp.sum(queued) > 0, cls_a, t, patience(cls_a))
             freed = jnp.sum(prefill_done) > 0
             pring, taken, p_gone, q_credit, waited, _, q_entry = serve_head(
@@ -751,7 +751,7 @@ class Pooled(AbstractSystem):
             # it arrived its whole wait ago (0 for an arrival that starts at once).
             admitted = jnp.sum(admit) > 0
             came = t - jnp.where(admitted & (jnp.sum(taken) > 0), waited, 0.0).astype(real)
-            cls_s = jnp.argmax(admit)
+            cls_s = hot_index(admit)
             row = jnp.where(admitted, cls_s, num)  # out of range: no write
             col = X[cls_s].astype(jnp.int32)
             # One scatter for both writes (the ended prefill's slot refilled, then the admitted
@@ -924,7 +924,7 @@ def latency_hits(grid: tuple[float, ...], started: Int[Array, " I"], wait: Float
     does not single out): the pair has the law of the job's own, so each counter's
     expectation, and the distribution it estimates, is exact; only the correlation between one
     job's two counters and the chain's later path is not kept."""
-    cls = jnp.argmax(started)
+    cls = hot_index(started)
     ttft = wait + fresh_service(law, cls, mu_p[cls].astype(wait.dtype), u)
     return jnp.concatenate([grid_hits(grid, started, wait), grid_hits(grid, started, ttft)])
 
@@ -942,7 +942,7 @@ def pick_prefill_origin(origins: Float[Array, "I S"], X: Int[Array, " I"],
     nothing else in the chain, so the paths are those of the chain without the table, and the
     arrival time picked has the law of the ending job's own, jointly with the path."""
     num = X.shape[0]
-    cls = jnp.argmax(prefill_done)
+    cls = hot_index(prefill_done)
     have = X[cls].astype(jnp.int32)
     last = jnp.maximum(have - 1, 0)
     j = jnp.clip((u * have.astype(u.dtype)).astype(jnp.int32), 0, last)
@@ -964,7 +964,7 @@ def e2e_hits(grid: tuple[float, ...], started: Int[Array, " I"], solo, since: Fl
     (``mu_s`` or ``mu_m`` of the class) has its law whatever happened before the start: the
     counter draws it afresh from ``u`` (see :func:`latency_hits`; :func:`fresh_service` for a
     phase-type decode law), so the latency it counts has the request's own law."""
-    cls = jnp.argmax(started)
+    cls = hot_index(started)
     rate = jnp.where(solo > 0, mu_s[cls], mu_m[cls]).astype(since.dtype)
     e2e = since + fresh_service(law, cls, rate, u)
     num = started.shape[0]
@@ -1008,7 +1008,7 @@ def grid_hits(grid: tuple[float, ...], started: Int[Array, " I"], value: Float[A
     g = jnp.asarray(grid, value.dtype)
     num = started.shape[0]
     below = jnp.sum(~(value <= g)).astype(jnp.int32)
-    where = below * num + jnp.argmax(started).astype(jnp.int32)
+    where = below * num + hot_index(started).astype(jnp.int32)
     return jnp.where(jnp.sum(started) > 0, where, len(grid) * num)[None]
 
 
@@ -1067,7 +1067,7 @@ def greedy_route(d, ring, Ym, Ys, prefill_done, mixed_done, solo_done, free_solo
     num = prefill_done.shape[0]
     finished = jnp.sum(prefill_done)
     enter = finished * (1 - free_solo) * (1 - free_mixed)
-    cls_in = jnp.argmax(prefill_done)
+    cls_in = hot_index(prefill_done)
     enter, cls_in = fence((enter, cls_in))
     dring = buf.push(ring, enter > 0, cls_in, t, patience(cls_in), origin)
     ready = free_solo + free_mixed - free_solo * free_mixed

@@ -65,7 +65,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .. import buffer as buf
 from .. import fluid
 from .. import patience as laws
-from ..decisions import AbstractDecisions, Exact, ScoreFunction
+from ..decisions import AbstractDecisions, Exact, ScoreFunction, hot_index
 from ..kernel import AbstractSystem, Flow
 from ..model import Model
 from ..patience import deadline
@@ -304,7 +304,7 @@ class SLIGateAndRoute(AbstractSystem):
         # Router: a finished class-i prefill goes to the solo side with probability p_s,i, and
         # takes a free slot of its side or waits in that side's buffer (Sec. 5.1).
         finished = jnp.sum(prefill_done)
-        cls_in = jnp.argmax(prefill_done)
+        cls_in = hot_index(prefill_done)
         p_solo = jnp.asarray(self.p_solo)[cls_in]
         solo_side = finished * d.bernoulli(p_solo, u[0])
         logp = jnp.zeros((), t.dtype)
@@ -356,7 +356,7 @@ class SLIGateAndRoute(AbstractSystem):
         X = s.X - prefill_done + start
         u_gate = u[1] if self.gate_temperature is not None else None
         if self.per_job:
-            cls_a = jnp.argmax(arrive)
+            cls_a = hot_index(arrive)
             waiting = push_class(s.prefill_rings, jnp.sum(arrive * (1 - idle)), cls_a, t,
                                  deadline(m, t, u_due, cls_a))
             waiting, heads_p = class_heads(waiting, t, window, m)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxqueue.decisions import _ONE_LEVEL_EVENTS, Exact, _inverse_cdf
+from jaxqueue.decisions import _ONE_LEVEL_EVENTS, Exact, _inverse_cdf, hot_index
 
 
 @pytest.mark.parametrize("num", [5, 40, _ONE_LEVEL_EVENTS, _ONE_LEVEL_EVENTS + 1, 65, 160, 320])
@@ -74,3 +74,18 @@ def test_lexmin_is_the_first_eligible_entry_in_lexicographic_order(size):
     for r in range(4000):
         cands = [(k0[r, j], k1[r, j], j) for j in range(size) if eligible[r, j]]
         assert got[r] == (min(cands)[2] if cands else 0)
+
+
+def test_hot_index_is_argmax_of_a_one_hot():
+    # The engines' one-hots (the class of an event, of an admission): the index of the one
+    # nonzero entry, 0 when none, as jnp.argmax gives it; float (relaxed) vectors by argmax.
+    for size in (2, 8, 32):
+        for k in range(size):
+            hot = jnp.zeros(size, jnp.int32).at[k].set(1)
+            assert int(hot_index(hot)) == k == int(jnp.argmax(hot))
+            assert int(jax.jit(hot_index)(hot.astype(bool))) == k
+        assert int(hot_index(jnp.zeros(size, jnp.int32))) == 0
+    soft = jnp.asarray([0.1, 0.7, 0.2], jnp.float32)
+    assert int(hot_index(soft)) == 1
+    batch = jnp.eye(32, dtype=jnp.int32)[jnp.asarray([3, 31, 0, 17])]
+    assert np.array_equal(np.asarray(jax.vmap(hot_index)(batch)), [3, 31, 0, 17])

@@ -38,7 +38,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 __all__ = ["AbstractDecisions", "Exact", "NotDifferentiableError", "ScoreFunction", "ceil_count",
-           "fence", "guard"]
+           "fence", "guard", "hot_index"]
 
 
 # ---- fences ----------------------------------------------------------------------------------

@@ -1564,9 +1564,18 @@ TABLES: dict[str, Table] = {
         {"run": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --steps 40 --methods "
                 "gradient,spsa,es,reference --out docs/data/runs/tuning_tpot50_40",
          "report": "python scripts/tuning_bench.py --report --json {json} --out "
-                   "docs/data/runs/tuning_tpot50_40"},
+                   "docs/data/runs/tuning_tpot50_40",
+         "run-wide2": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --step-scale 2 "
+                      "--methods gradient --out docs/data/runs/tuning_tpot50_wide2",
+         "report-wide2": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "docs/data/runs/tuning_tpot50_wide2",
+         "run-wide4": "python scripts/tuning_bench.py --problem tpot-50 --seeds 5 --step-scale 4 "
+                      "--methods gradient --out docs/data/runs/tuning_tpot50_wide4",
+         "report-wide4": "python scripts/tuning_bench.py --report --json {json} --out "
+                         "docs/data/runs/tuning_tpot50_wide4"},
         _tuning, "the deterministic gated family tuned with central differences over 40 steps "
-                 "(twice the budget), paper-qwen8b with a TPOT target"),
+                 "(twice the budget), and over 20 with differences 2 and 4 steps wide, "
+                 "paper-qwen8b with a TPOT target"),
     "tuning_pilots": Table(
         "docs/gradients.md",
         {"run-dolly": "python scripts/tuning_bench.py --problem dolly-fairness-200 --first-seed "

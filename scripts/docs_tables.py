@@ -541,6 +541,8 @@ def _tuning_scorecard(data: dict) -> str:
                f"{cfg['steps']} x {cfg['reps']} reps")
         how += ", confirmed" if cfg.get("confirm") else ""
         how += ", gate-capped" if cfg.get("gate_steps") else ""
+        scale = cfg.get("step_scale", 1.0)
+        how += f", differences x {scale:g}" if scale != 1.0 else ""
         temp = cfg["temperature"]
         family = "deterministic" if temp is None else f"smoothed, T = {temp:g}"
         seeds = p["methods"][grad]["seeds"]

@@ -45,8 +45,8 @@ from .objective import (
 )
 from .policies import tunable
 
-__all__ = ["ESTIMATORS", "RULES", "Estimate", "Problem", "TuneResult", "evaluate", "from_free",
-           "gated_step", "gradient", "mask", "measure", "natural_steps", "rprop_step",
+__all__ = ["ESTIMATORS", "RETURNS", "RULES", "Estimate", "Problem", "TuneResult", "evaluate",
+           "from_free", "gated_step", "gradient", "mask", "measure", "natural_steps", "rprop_step",
            "sli_penalty", "steps_for", "to_free", "tune"]
 
 
@@ -138,9 +138,11 @@ class TuneResult:
         family: the family tuned.
         initial: the starting parameters and their exact objective (the evaluation key), as
             ``{"step": 0, "params", "mean", "ci95"}``.
-        best: the best parameters found and their exact objective on the evaluation key (the
-            start's evaluation if no step beat it), with ``gain``: its paired difference to
-            the start on that key, ``{"mean", "ci95"}``.
+        best: the point returned and its exact objective on the evaluation key, with
+            ``gain``: its paired difference to the start on that key, ``{"mean", "ci95"}``.
+            With ``returned = "best"`` the best evaluation (the start's if no step beat it);
+            with ``"average"`` the averaged iterate's, marked ``averaged: [first, last]``
+            (the steps averaged).
         history: ``value`` (the estimator's objective at each step, from its own runs),
             ``events`` (events each step's estimate simulated), ``evaluations`` (each exact
             evaluation ``{"step", "mean", "ci95", "params"}``), ``skipped`` (steps whose
@@ -174,6 +176,8 @@ def _summary(params, values) -> dict:
 
 #: How ``tune`` turns a gradient estimate into a step (see :func:`tune`).
 RULES = ("adam", "gated", "rprop")
+#: Which point ``tune`` returns (see :func:`tune`).
+RETURNS = ("best", "average")
 
 
 def gated_step(g, se, learning_rate: float, z: float = 2.0):
@@ -217,7 +221,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
          eval_reps: int | None = None, seed: int = 0, only: Sequence[str] | None = None,
          initial: Any = None, fluid_steps: int = 0, options: dict | None = None,
          progress: Callable[[int, dict], None] | None = None, rule: str = "adam",
-         confirm: int = 0) -> TuneResult:
+         confirm: int = 0, returned: str = "best") -> TuneResult:
     """Adam (or the ``gated`` rule) on ``estimator``'s gradient from ``initial`` (default: the
     family's LP point, the paper's policy); returns the best exact evaluation (all on one key,
     ``eval_reps`` replications, so the choice among them is paired).
@@ -251,6 +255,13 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
             noisy evaluations on one key favours whichever was luckiest: on a plateau that can
             be a point worse than the start. ``history["confirmation"]`` records the check and
             the point checked.
+        returned: ``"best"`` (default: the best of the exact evaluations, the start's
+            included) or ``"average"``: the mean of the iterates of the last half of the steps
+            (steps ``steps // 2 + 1`` to ``steps``, in natural coordinates; Polyak & Juditsky,
+            SIAM J. Control Optim. 1992), evaluated on the evaluation key and returned whatever
+            that evaluation says. No choice is made among noisy evaluations, so none favours a
+            lucky one; the periodic evaluations are still made and recorded. Not with
+            ``confirm``.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps = {steps!r} is invalid: must be an integer >= 1")
@@ -265,6 +276,11 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         raise ValueError(f"rule = {rule!r} is invalid: must be one of {RULES}")
     if isinstance(confirm, bool) or int(confirm) != confirm or confirm < 0:
         raise ValueError(f"confirm = {confirm!r} is invalid: must be an integer >= 0")
+    if returned not in RETURNS:
+        raise ValueError(f"returned = {returned!r} is invalid: must be one of {RETURNS}")
+    if returned == "average" and confirm:
+        raise ValueError("returned = 'average' returns the averaged point without a choice: "
+                         "give confirm = 0 with it")
     start = time.perf_counter()
     eval_reps = eval_reps or problem.reps
     key = jax.random.key(seed)
@@ -311,6 +327,7 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         if staged["mean"] > best["mean"]:
             best, best_point = staged, coords.params(y)
     free_at = np.flatnonzero(np.asarray(coords.on))  # the coordinates the history records
+    averaged, total = steps // 2 + 1, jnp.zeros_like(y)  # returned = "average": its steps, sum
     for step in range(1, steps + 1):
         free = coords.free(y)
         g, info = gradient(problem, estimator, free, jax.random.fold_in(key, step), only=only,
@@ -337,12 +354,18 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
         else:  # a relaxed path can blow up: no step on a broken estimate
             history["skipped"].append(step)
         history["moves"].append([float(v) for v in np.asarray(y - before)[free_at]])
+        if step >= averaged:
+            total = total + y
         if step % eval_every == 0 or step == steps:
             now = assess(step, coords.params(y))
             if now["mean"] > best["mean"]:
                 best, best_point = now, coords.params(y)
         if progress:
             progress(step, {"value": info["value"], "best": best["mean"]})
+    if returned == "average":
+        mean_y = coords.project(total / (steps - averaged + 1))
+        best = assess(steps, coords.params(mean_y))
+        best["averaged"] = [averaged, steps]
     if confirm and best is not initial_eval:
         check_key, check_reps = jax.random.fold_in(key, 2_000_000), int(confirm) * eval_reps
         runs = [evaluate(problem, point, check_key, check_reps, detail=True)

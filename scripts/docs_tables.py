@@ -415,6 +415,8 @@ def _tuning(data: dict) -> str:
                  + (f", differences over {scale:g} difference steps" if scale != 1 else "")
                  + (", the gate targets' and offset's steps capped by the gate temperature"
                     if cfg.get("gate_steps") else "")
+                 + (", returning the mean of its last half's iterates (SPSA too)"
+                    if cfg.get("returned") == "average" else "")
                  + (f", its returned point confirmed beside the start on a fresh key of "
                     f"{cfg['confirm']} times its evaluations' replications (else the start)"
                     if cfg.get("confirm") else "")
@@ -540,6 +542,7 @@ def _tuning_scorecard(data: dict) -> str:
         how = (f"`{grad}`, {rule}, lr {cfg.get('learning_rate') or 0.3:g}, "
                f"{cfg['steps']} x {cfg['reps']} reps")
         how += ", confirmed" if cfg.get("confirm") else ""
+        how += ", averaged" if cfg.get("returned") == "average" else ""
         how += ", gate-capped" if cfg.get("gate_steps") else ""
         scale = cfg.get("step_scale", 1.0)
         how += f", differences x {scale:g}" if scale != 1.0 else ""

@@ -54,7 +54,7 @@ from jaxqueue import fluid, scenarios, stats  # noqa: E402
 from jaxqueue.objective import Problem, evaluate  # noqa: E402
 from jaxqueue.policies import tunable  # noqa: E402
 from jaxqueue.search import evolution_strategy, pattern_search  # noqa: E402
-from jaxqueue.tune import RULES, tune  # noqa: E402
+from jaxqueue.tune import RETURNS, RULES, tune  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from instances import many_classes  # noqa: E402
@@ -86,7 +86,7 @@ METHODS = ("gradient", "spsa", "es", "reference", "recovery")
 LEARNING_RATE = 0.3
 #: Settings of stores made before they were choices: their values then.
 SETTINGS_THEN = {"rule": "adam", "learning_rate": LEARNING_RATE, "step_scale": 1.0,
-                 "gate_steps": False, "confirm": 0}
+                 "gate_steps": False, "confirm": 0, "returned": "best"}
 #: The reference search (:func:`jaxqueue.search.pattern_search`): its first step, in natural
 #: steps (each about one to two jobs or GPUs), coarse so that it can cross a plateau of the
 #: deterministic gate (whose targets matter only through the integers they round to), halved down
@@ -126,14 +126,15 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         eval_horizon: float = EVAL_HORIZON, temperature: float | None = None,
         methods: tuple[str, ...] = METHODS, rule: str = "adam",
         learning_rate: float = LEARNING_RATE, step_scale: float = 1.0,
-        gate_steps: bool = False, confirm: int = 0, first_seed: int = 0) -> None:
+        gate_steps: bool = False, confirm: int = 0, first_seed: int = 0,
+        returned: str = "best") -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "problem": name, "methods": {}, "temperature": temperature, "estimator": estimator,
         "steps": steps, "reps": reps, "horizon": horizon, "warmup": warmup, "rule": rule,
         "learning_rate": learning_rate, "step_scale": step_scale, "gate_steps": gate_steps,
-        "confirm": confirm}
+        "confirm": confirm, "returned": returned}
     if store.get("temperature") != temperature:
         raise SystemExit(f"{path} was made with temperature {store.get('temperature')}: give "
                          "the same --temperature or another --out")
@@ -141,7 +142,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
     # one that predates the evaluation settings takes the ones given.
     for key, value in (("rule", rule), ("learning_rate", learning_rate),
                        ("step_scale", step_scale), ("gate_steps", gate_steps),
-                       ("confirm", confirm),
+                       ("confirm", confirm), ("returned", returned),
                        ("eval_reps", eval_reps), ("eval_horizon", eval_horizon)):
         if store.setdefault(key, SETTINGS_THEN.get(key, value)) != value:
             raise SystemExit(f"{path} was made with --{key.replace('_', '-')} {store[key]}: "
@@ -216,7 +217,8 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             t = time.perf_counter()
             result = tune(problem, steps=steps, estimator=estimator, eval_every=max(1, steps // 4),
                           eval_reps=problem.reps, seed=seed, initial=start, rule=rule,
-                          learning_rate=learning_rate, confirm=confirm, **scaled, **gated)
+                          learning_rate=learning_rate, confirm=confirm, returned=returned,
+                          **scaled, **gated)
             best = from_dict(result.best["params"])
             record(estimator, seed, best, result.events, time.perf_counter() - t,
                    {"curve": [e["mean"] for e in result.history["evaluations"]],
@@ -255,7 +257,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
             k = max(1, int(round(budget / (2 * per_config))))
             result = tune(problem, steps=k, estimator="spsa", seed=seed, initial=start,
                           eval_every=max(1, k // 4), eval_reps=problem.reps,
-                          learning_rate=learning_rate, **scaled)
+                          learning_rate=learning_rate, returned=returned, **scaled)
             record("spsa", seed, from_dict(result.best["params"]), result.events,
                    time.perf_counter() - t, {"evaluation_events": result.evaluation_events,
                                              "chosen_step": result.best["step"]})
@@ -290,7 +292,7 @@ def run(name: str, seeds: int, steps: int, estimator: str, reps: int, horizon: f
         t = time.perf_counter()
         result = tune(problem, steps=20, estimator=estimator, eval_every=5,
                       eval_reps=problem.reps, seed=100, initial=moved, rule=rule,
-                      learning_rate=learning_rate, **scaled, **gated)
+                      learning_rate=learning_rate, returned=returned, **scaled, **gated)
         v_tuned = np.asarray(store["methods"][estimator]["0"]["final_values"])
         v_moved = evaluate(final, moved, final_key, eval_reps)
         v_back = evaluate(final, from_dict(result.best["params"]), final_key, eval_reps)
@@ -355,7 +357,7 @@ def summary(out: Path = OUT) -> dict:
                  "settings": {k: store.get(k, SETTINGS_THEN.get(k)) for k in (
                      "estimator", "rule", "learning_rate", "step_scale", "gate_steps",
                      "temperature", "steps", "reps", "horizon", "warmup", "eval_reps",
-                     "eval_horizon", "confirm")},
+                     "eval_horizon", "confirm", "returned")},
                  "methods": methods, "gradient_versus": versus}
         ref = methods.get("reference", {}).get("seeds", {}).get("0")
         if ref is not None:
@@ -444,6 +446,10 @@ def main() -> None:
                    help="the gradient tuner returns its best point only if it beats the start "
                         "by 2 paired standard errors on a fresh key of K times its evaluations' "
                         "replications (tune's confirm; default 0: its best evaluation)")
+    p.add_argument("--returned", default="best", choices=list(RETURNS),
+                   help="the point the gradient tuner and SPSA return (tune's returned): the "
+                        "best of their evaluations (default) or the mean of the last half of "
+                        "their iterates")
     p.add_argument("--first-seed", type=int, default=0,
                    help="run seeds FIRST .. FIRST + SEEDS - 1 (fresh seeds for a new setting)")
     p.add_argument("--reps", type=int, default=16, help="replications per configuration")
@@ -491,7 +497,7 @@ def main() -> None:
     for name in names:
         run(name, a.seeds, a.steps, a.estimator, a.reps, a.horizon, a.warmup, a.out,
             a.eval_reps, a.eval_horizon, a.temperature, methods, a.rule, a.learning_rate,
-            a.step_scale, a.gate_steps, a.confirm, a.first_seed)
+            a.step_scale, a.gate_steps, a.confirm, a.first_seed, a.returned)
 
 
 if __name__ == "__main__":

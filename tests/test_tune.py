@@ -23,6 +23,7 @@ from jaxqueue.tune import (
     evaluate,
     from_free,
     gradient,
+    natural_steps,
     rprop_step,
     sli_penalty,
     to_free,
@@ -481,6 +482,53 @@ def test_confirm_returns_the_start_unless_the_chosen_point_wins_on_a_fresh_key(m
     np.testing.assert_allclose(result.best["params"]["share"], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="confirm"):
         tune(problem, steps=1, estimator="spsa", confirm=-1)
+
+
+def test_returned_average_is_the_mean_of_the_last_half_of_the_iterates(monkeypatch):
+    # The share's estimate points up for two steps and down for two (the gated rule, no noise:
+    # each step moves exactly the learning rate in natural steps), so the iterates are
+    # y0 + (1, 2, 1, 0) lr. Every evaluation rewards the share, so "best" returns the top of
+    # the path; "average" must return the mean of steps 3 and 4, y0 + lr / 2, whatever its
+    # evaluation says.
+    import jaxqueue.tune as tune_module
+
+    plan = fluid.solve(PAPER, "bundled")
+    problem = Problem(family="gated", model=PAPER, n=6, plan=plan, horizon=30.0, warmup=5.0,
+                      reps=2)
+    real, calls = tune_module.gradient, []
+
+    def up_then_down(problem, estimator, free, key, **kw):
+        g, info = real(problem, estimator, free, key, **kw)
+        calls.append(None)
+        sign = 1.0 if len(calls) <= 2 else -1.0
+        zero = jax.tree.map(jnp.zeros_like, g)
+        return (dataclasses.replace(zero, share=jnp.full_like(g.share, sign)),
+                {**info, "se": zero})
+
+    def evaluate(problem, params, key, reps, detail=True):
+        return {"objective": np.linspace(-1.0, 1.0, reps) + 100.0 * float(params.share),
+                "events": 1, "capacity": problem.capacity}
+
+    monkeypatch.setattr(tune_module, "gradient", up_then_down)
+    monkeypatch.setattr(tune_module, "evaluate", evaluate)
+    share0, lr = float(problem.initial().share), 0.3
+    step = float(natural_steps(problem, problem.initial()).share)
+    results = {}
+    for returned in ("best", "average"):
+        calls.clear()
+        results[returned] = tune(problem, steps=4, estimator="spsa", rule="gated",
+                                 learning_rate=lr, eval_every=1, eval_reps=4,
+                                 returned=returned)
+    np.testing.assert_allclose(results["best"].best["params"]["share"], share0 + 2 * lr * step,
+                               rtol=1e-5)
+    average = results["average"].best
+    np.testing.assert_allclose(average["params"]["share"], share0 + 0.5 * lr * step, rtol=1e-5)
+    assert average["averaged"] == [3, 4] and average["step"] == 4
+    assert average["gain"]["mean"] == pytest.approx(100.0 * 0.5 * lr * step, rel=1e-4)
+    with pytest.raises(ValueError, match="returned"):
+        tune(problem, steps=1, estimator="spsa", returned="last")
+    with pytest.raises(ValueError, match="confirm"):
+        tune(problem, steps=1, estimator="spsa", returned="average", confirm=2)
 
 
 def test_tune_smoothed_reports_the_start_the_gain_and_the_deterministic_policy(capsys):

@@ -84,6 +84,11 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                          "by 2 paired standard errors on a fresh key of K times --eval-reps "
                          "replications, else the start (default 0: the best of the tuner's "
                          "evaluations, which on a flat objective can be a lucky worse point)")
+    tu.add_argument("--returned", choices=("best", "average"), default="best",
+                    help="the point returned: the best of the tuner's evaluations (default) or "
+                         "the mean of the iterates of its last half of the steps, evaluated but "
+                         "not chosen by that evaluation (no choice among noisy evaluations; "
+                         "not with --confirm)")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
@@ -144,7 +149,7 @@ def run_tune(args, *, say, bars: bool, emit, sli=None) -> int:
         baselines=not args.no_baselines, say=say, bars=bars, start=args.start, sli=sli,
         fluid_steps=args.fluid_steps, temperature=args.temperature, discount=args.discount,
         rule=args.rule, step_scale=args.step_scale, gate_steps=args.gate_steps,
-        confirm=args.confirm)
+        confirm=args.confirm, returned=args.returned)
     if args.save:
         from .policies import tunable
 
@@ -170,7 +175,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             bars: bool = False, start: str = "best", sli=None, fluid_steps: int = 0,
             temperature: float | None = None, discount: float | None = None,
             rule: str = "auto", step_scale: float | None = None, gate_steps: bool = False,
-            confirm: int = 0):
+            confirm: int = 0, returned: str = "best"):
     """Tunes on ``n`` GPUs of ``model`` and compares, as ``jaxqueue tune`` does. ``sli``
     (:class:`jaxqueue.fluid.SLI`) subtracts SLI penalties from the objective and plans from the
     SLI-aware LP; ``temperature`` smooths the ``gated`` and ``sli-gated`` families.
@@ -296,7 +301,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
                   learning_rate=learning_rate, eval_every=eval_every,
                   eval_reps=eval_reps, seed=seed, only=only, initial=start_params,
                   fluid_steps=fluid_steps, options=options, progress=progress, rule=rule,
-                  step_scale=step_scale, confirm=confirm)
+                  step_scale=step_scale, confirm=confirm, returned=returned)
     if bar is not None:
         bar.close()
     # Report the best point and the LP point on one more fresh key (no winner's curse).
@@ -351,13 +356,14 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
                         learning_rate=learning_rate, eval_every=max(1, spsa_steps // 4),
                         eval_reps=eval_reps, seed=seed + 1, only=only,
-                        initial=start_params, step_scale=step_scale)
+                        initial=start_params, step_scale=step_scale, returned=returned)
             sp = _params(tunable, family, spsa.best["params"])
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)
     out = {"scenario": model.name, "gpus": n, "family": family, "estimator": estimator,
            "rule": rule, "step_scale": step_scale, "gate_steps": gate_steps,
-           "confirmation": result.history.get("confirmation"),
+           "confirmation": result.history.get("confirmation"), "returned": returned,
+           "averaged": result.best.get("averaged"),
            "pricing": pricing, "lp_bound": plan.revenue, "lp": lp, "started": started,
            "tuned": tuned, "temperature": temperature,
            "baselines": compared, "starts": starts, "start": chosen, "steps": steps,
@@ -409,6 +415,10 @@ def _lines(o):
     yield (f"{o['scenario']}, n = {o['gpus']}: family {o['family']} tuned by {o['estimator']}"
            f"{rule} ({o['steps']} steps, {o['wall_seconds']:.0f} s); {o['pricing']} {what} per GPU "
            f"per second, LP bound {o['lp_bound']:.3f}")
+    if o.get("averaged"):
+        first, last = o["averaged"]
+        yield (f"tuned: the mean of the iterates of steps {first}-{last}, returned whatever its "
+               "evaluation says")
     check = o.get("confirmation")
     if check is not None:
         yield (f"confirmation on a fresh key ({check['reps']} replications): the point of step "

@@ -669,6 +669,11 @@ def test_confirm_reaches_the_tuner(monkeypatch):
     assert [kw["confirm"] for _, kw in seen] == [4, 0]
 
 
+def test_returned_reaches_the_tuner(monkeypatch):
+    seen = _tuner_calls(monkeypatch, dict(returned="average"), dict())
+    assert [kw["returned"] for _, kw in seen] == ["average", "best"]
+
+
 def test_gate_steps_reach_the_estimator_and_are_refused_where_they_mean_nothing(monkeypatch):
     seen = _tuner_calls(monkeypatch, dict(estimator="fd", temperature=20.0, gate_steps=True),
                         dict(estimator="fd", temperature=20.0))

@@ -88,7 +88,9 @@ def add_tune_command(command, run_options, sli_options, handler) -> None:
                     help="the point returned: the best of the tuner's evaluations (default) or "
                          "the mean of the iterates of its last half of the steps, evaluated but "
                          "not chosen by that evaluation (no choice among noisy evaluations; "
-                         "not with --confirm)")
+                         "not with --confirm). For the rprop and gated rules: Adam's steps "
+                         "random-walk on noise, and their mean with them (docs/gradients.md). "
+                         "The SPSA baseline keeps the best evaluation")
     tu.add_argument("--pricing", choices=("bundled", "separate"), default="bundled",
                     help="the revenue tuned for")
     tu.add_argument("--eval-every", type=int, default=5,
@@ -356,7 +358,7 @@ def compare(model, n: int, *, family: str = "auto", estimator: str = "auto", ste
             spsa = tune(prob, steps=spsa_steps, estimator="spsa",
                         learning_rate=learning_rate, eval_every=max(1, spsa_steps // 4),
                         eval_reps=eval_reps, seed=seed + 1, only=only,
-                        initial=start_params, step_scale=step_scale, returned=returned)
+                        initial=start_params, step_scale=step_scale)
             sp = _params(tunable, family, spsa.best["params"])
             compared[f"spsa, same budget ({spsa_steps} steps)"] = _pack_measured(
                 evaluate(prob, sp, final_key, eval_reps, detail=True), sli)

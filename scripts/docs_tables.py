@@ -415,7 +415,7 @@ def _tuning(data: dict) -> str:
                  + (f", differences over {scale:g} difference steps" if scale != 1 else "")
                  + (", the gate targets' and offset's steps capped by the gate temperature"
                     if cfg.get("gate_steps") else "")
-                 + (", returning the mean of its last half's iterates (SPSA too)"
+                 + (", returning the mean of its last half's iterates"
                     if cfg.get("returned") == "average" else "")
                  + (f", its returned point confirmed beside the start on a fresh key of "
                     f"{cfg['confirm']} times its evaluations' replications (else the start)"
@@ -586,7 +586,10 @@ def _tuning_scorecard(data: dict) -> str:
              "seed, that of its paired evaluation). A reference's gain named after a block "
              "is that block's: the same start, evaluated on the same final key. Superseded: "
              "blocks run on the `dolly-tpot-100` family before its LP point was the paper's "
-             "policy (not counted below).", "",
+             "policy (not counted below). Averaged: the tuner and SPSA both return the mean of "
+             "their last half's iterates, which takes Adam on SPSA far from the start (that "
+             "block's notes), so its z against SPSA is not a comparison with SPSA as it is "
+             "otherwise run.", "",
              "The benchmark's bars, from these blocks:", "",
              "- 90% of the reference search's gain in every seed, where the reference gains "
              "beyond its interval: met by " + (", ".join(share_met) or "no block")

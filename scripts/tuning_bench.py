@@ -374,15 +374,27 @@ def summary(out: Path = OUT) -> dict:
 def _paired(runs: dict, others: dict, seeds: list[str], values: str) -> dict:
     """``runs`` minus ``others`` on the stored per-replication ``values`` of each seed (same
     final key), their mean over seeds and its standard error (with one seed, that of the paired
-    evaluation)."""
-    diffs = {k: stats_pack(np.asarray(runs[k][values]) - np.asarray(others[k][values]))
-             for k in seeds}
+    evaluation), and ``z``: the mean over it.
+
+    The seeds share the final key, so their spread leaves out that key's own noise: how far
+    the replications' differences, averaged over seeds, scatter about their mean. ``se_key`` is
+    that standard error, ``se_pooled`` both together (root sum of squares) and ``z_pooled`` the
+    mean over it: the benchmark's bar ("by 3 pooled standard errors") is read on this one."""
+    table = np.asarray([np.asarray(runs[k][values]) - np.asarray(others[k][values])
+                        for k in seeds], np.float64)  # seeds x replications
+    diffs = {k: stats_pack(row) for k, row in zip(seeds, table, strict=True)}
     means = [d["mean"] for d in diffs.values()]
     pooled = _over_seeds(means)
     if len(seeds) == 1:  # one seed: the paired interval of the evaluation alone
         pooled = {"mean": means[0], "se": diffs[seeds[0]]["ci95"] / 1.96}
+    across = table.mean(axis=0)
+    se_key = float(across.std(ddof=1) / np.sqrt(across.size))
+    se_pooled = (pooled["se"] if len(seeds) == 1 or pooled["se"] is None
+                 else float(np.hypot(pooled["se"], se_key)))
     return {**pooled, "seeds": diffs,  # per seed (pooled's "seeds" is their count)
-            "z": pooled["mean"] / pooled["se"] if pooled["se"] else None}
+            "z": pooled["mean"] / pooled["se"] if pooled["se"] else None,
+            "se_key": se_key, "se_pooled": se_pooled,
+            "z_pooled": pooled["mean"] / se_pooled if se_pooled else None}
 
 
 def _over_seeds(values) -> dict:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,10 +138,12 @@ def test_a_hand_edited_number_in_a_generated_table_is_caught(tmp_path):
     assert [s.split(" ")[0] for s in tables.stale(tmp_path)] == [name]
 
 
-def _block(ref=None, z_spsa=None, z_es=None, gains=(0.5, 0.6), start=200.0):
-    """A stored tuning block's summary, in the shape `tuning_bench.py --report --json` writes."""
+def _block(ref=None, z_spsa=None, z_es=None, gains=(0.5, 0.6), start=200.0, pooled=None):
+    """A stored tuning block's summary, in the shape `tuning_bench.py --report --json` writes
+    (``pooled``: the pooled z of both comparisons, as summaries made since it was computed)."""
     seeds = {str(k): {"gain": {"mean": g, "ci95": 0.1}} for k, g in enumerate(gains)}
-    versus = {m: {"mean": 0.0, "se": 0.1, "z": z, "seeds": {}}
+    versus = {m: {"mean": 0.0, "se": 0.1, "z": z, "seeds": {"0": {}, "1": {}},
+                  **({} if pooled is None else {"z_pooled": pooled, "se_pooled": 0.2})}
               for m, z in (("spsa", z_spsa), ("es", z_es)) if z is not None}
     problem = {"settings": {"estimator": "score", "rule": "rprop", "learning_rate": 0.3,
                             "steps": 20, "reps": 16, "temperature": 20.0,
@@ -164,6 +167,8 @@ def test_the_tuning_scorecard_computes_each_bar_both_ways():
         "tuning_served_rep": _block(gains=(1.2, 0.8), start=300.0),
         "tuning_served": _block(z_spsa=3.1, z_es=4.0, start=250.0),          # both
         "tuning_rprop": _block(z_spsa=9.0, z_es=9.0),                        # superseded
+        # over the seeds' errors both pass, pooled with the final key's noise neither does
+        "tuning_averaged": _block(z_spsa=3.5, z_es=3.2, pooled=2.5, start=260.0),
         "tuning_many16": _block(ref=0.0, gains=(0.0, -0.5)),                  # lost
     }
     text = tables._tuning_scorecard({"sources": sources})
@@ -173,8 +178,40 @@ def test_the_tuning_scorecard_computes_each_bar_both_ways():
     assert "missed by tuning_tpot50 (0.85 to 0.95), tuning_served_rep (0.80 to 1.20)" in share
     assert "| 1.00 ± 0.10 (tuning_fair200) | 0.80 to 1.20 |" in text
     assert beat.endswith("problem: tuning_served.")
+    assert "| +3.5 (+2.5) | +3.2 (+2.5) |" in text and "tuning_averaged" not in beat
     assert "tuning_rprop" not in bars and "tuning_rprop (superseded)" in text
     assert lost.endswith("tuning_many16 seed 1 (-0.50 ± 0.10).")
     # Nothing met: the lines say so.
     none = tables._tuning_scorecard({"sources": {"tuning_tpot50": sources["tuning_tpot50"]}})
     assert "met by no block" in none and "at least one problem: no block" in none
+
+
+def test_tuning_comparisons_pool_the_final_keys_noise_with_the_seeds():
+    # Two seeds whose paired differences share the final key's noise e (the same replications)
+    # and differ by 0.2 in their means: the seeds' standard error is 0.1, the key's that of
+    # e's mean, and the pooled one both together.
+    path = ROOT / "scripts" / "tuning_bench.py"
+    spec = importlib.util.spec_from_file_location("tuning_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    e = np.array([-1.0, 1.0, -1.0, 1.0])
+    runs = {"0": {"v": list(e + 1.0)}, "1": {"v": list(e + 1.2)}}
+    others = {"0": {"v": [0.0] * 4}, "1": {"v": [0.0] * 4}}
+    v = bench._paired(runs, others, ["0", "1"], "v")
+    se_key = e.std(ddof=1) / 2.0
+    assert v["mean"] == pytest.approx(1.1) and v["se"] == pytest.approx(0.1)
+    assert v["z"] == pytest.approx(11.0)
+    assert v["se_key"] == pytest.approx(se_key)
+    assert v["se_pooled"] == pytest.approx(np.hypot(0.1, se_key))
+    assert v["z_pooled"] == pytest.approx(1.1 / np.hypot(0.1, se_key))
+    one = bench._paired(runs, others, ["0"], "v")  # one seed: its evaluation's own interval
+    assert one["se_pooled"] == one["se"] and one["z_pooled"] == one["z"]
+
+
+def test_rederiving_a_report_may_add_values_but_not_change_one():
+    tables = _docs_tables()
+    old = {"a": 1.0, "b": {"z": 3.2, "seeds": [1, 2]}}
+    assert tables._kept(old, {"a": 1.0, "b": {"z": 3.2, "z_pooled": 2.6, "seeds": [1, 2]}}) == []
+    assert tables._kept(old, {"a": 1.0, "b": {"z": 3.1, "seeds": [1, 2]}}) == ["/b/z"]
+    assert tables._kept(old, {"a": 1.0, "b": {"seeds": [1, 3]}}) == ["/b/z", "/b/seeds[1]"]
+    assert tables._kept(old, {"a": 1.0, "b": {"z": 3.2, "seeds": [1]}}) == ["/b/seeds"]

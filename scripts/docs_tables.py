@@ -15,6 +15,10 @@ that every block is what its data renders to.
     python scripts/docs_tables.py --list          # the tables, their pages and commands
     python scripts/docs_tables.py --run NAME ...  # run NAME's commands (minutes to tens of
                                                   # minutes each), save their output, rewrite
+    python scripts/docs_tables.py --rederive NAME ...  # recompute NAME's reports from its
+                                                  # stored runs (simulating nothing), keeping
+                                                  # the runs' date and machine; refused if a
+                                                  # recorded value would change
 
 A table's commands are CLI commands printing one JSON object (``--json``) or scripts writing
 it to the path ``{json}`` stands for; ``{tmp}`` is a folder the table's commands share (run in

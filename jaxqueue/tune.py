@@ -224,7 +224,8 @@ def tune(problem: Problem, *, steps: int = 30, estimator: str = "spsa",
          confirm: int = 0, returned: str = "best") -> TuneResult:
     """Adam (or the ``gated`` rule) on ``estimator``'s gradient from ``initial`` (default: the
     family's LP point, the paper's policy); returns the best exact evaluation (all on one key,
-    ``eval_reps`` replications, so the choice among them is paired).
+    ``eval_reps`` replications, so the choice among them is paired), or with ``returned =
+    "average"`` the mean of the last half's iterates.
 
     Args:
         problem: what to tune.

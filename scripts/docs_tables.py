@@ -562,6 +562,7 @@ def _tuning_scorecard(data: dict) -> str:
         if p.get("reference_gain") is not None and not old:
             references.setdefault(_same_evaluation(name, p), (block, p["reference_gain"]))
     share_met, share_missed, both, lost = [], [], [], []
+    unpooled = []  # blocks summarised before the pooled z was computed
     for block, old, name, p in _tuning_blocks(data):
         cfg, grad = p["settings"], p["settings"]["estimator"]
         rule = {"adam": "Adam", "gated": "gated", "rprop": "rprop"}[cfg.get("rule") or "adam"]
@@ -596,6 +597,8 @@ def _tuning_scorecard(data: dict) -> str:
             if not old:
                 (share_met if min(frac) >= 0.9 else share_missed).append(f"{block} ({share})")
         vs = p["gradient_versus"]
+        if any(v.get("z_pooled") is None for v in vs.values()):
+            unpooled.append(block)
         det = (f"{_z(vs.get('spsa', {}).get('deterministic'))}, "
                f"{_z(vs.get('es', {}).get('deterministic'))}"
                if any(v.get("deterministic") for v in vs.values()) else "-")
@@ -612,8 +615,8 @@ def _tuning_scorecard(data: dict) -> str:
              "seed, that of its paired evaluation); in brackets, over the pooled standard "
              "error, which adds the final evaluation's own noise (the seeds share its key, so "
              "their spread leaves that out): the bar below reads this one where a block's "
-             "stored runs give it (all but tuning_tpot50 and tuning_fair200, whose runs were "
-             "not kept). A reference's gain named after a block "
+             "stored runs give it (all but " + (", ".join(unpooled) or "none") + ", whose "
+             "per-replication runs were not kept). A reference's gain named after a block "
              "is that block's: the same start, evaluated on the same final key. Superseded: "
              "blocks run on the `dolly-tpot-100` family before its LP point was the paper's "
              "policy (not counted below). Averaged: the tuner and SPSA both return the mean of "
